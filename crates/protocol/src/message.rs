@@ -1,0 +1,473 @@
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{ErrorCode, Ident, Name};
+
+// ---------------------------------------------------------------------------------------------
+// Objects
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Anchor,
+    Audience,
+}
+
+/// One user as every other client sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub user: Ident,
+    pub name: Name,
+    pub role: Role,
+    /// `None` for a viewer; 0 for the anchor; 1.. for linked audience members.
+    pub seat: Option<u32>,
+    /// Publishing audio now.
+    pub mic: bool,
+    /// Publishing video now.
+    pub camera: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat {
+    pub index: u32,
+    pub user: Option<UserInfo>,
+    pub locked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub room: Ident,
+    pub anchor: Ident,
+    /// Counts the anchor's seat 0.
+    pub max_seats: u32,
+    pub seats: Vec<Seat>,
+    pub audience_count: u32,
+}
+
+/// The `RTCIceServer` dictionary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The `RTCIceCandidateInit` dictionary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// Which of a member's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerConnectionKind {
+    Publish,
+    Subscribe,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// A client request without its envelope `id`. See [`parse_request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Join {
+        room: Ident,
+        user: Ident,
+        role: Role,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Name>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    Resume {
+        session: String,
+    },
+    RequestLink {
+        /// Absent or `""`: an application to the anchor. Set: the anchor's invitation.
+        #[serde(
+            default,
+            deserialize_with = "empty_as_none",
+            skip_serializing_if = "Option::is_none"
+        )]
+        user: Option<Ident>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seat: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_s: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open_camera: Option<bool>,
+    },
+    CancelLink {
+        #[serde(
+            default,
+            deserialize_with = "empty_as_none",
+            skip_serializing_if = "Option::is_none"
+        )]
+        user: Option<Ident>,
+    },
+    RespondLink {
+        user: Ident,
+        accept: bool,
+    },
+    DisconnectUser {
+        user: Ident,
+    },
+    TerminateLink,
+    Leave,
+    Publish {
+        sdp: String,
+    },
+    SubscribeAnswer {
+        sdp: String,
+    },
+    Ice {
+        pc: PeerConnectionKind,
+        candidate: IceCandidate,
+    },
+    /// Added to the contract: the anchor pages through the viewers to pick one to invite.
+    ListAudience {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+}
+
+impl Request {
+    /// Every request `type` this version knows.
+    pub const TYPES: &'static [&'static str] = &[
+        "join",
+        "resume",
+        "request_link",
+        "cancel_link",
+        "respond_link",
+        "disconnect_user",
+        "terminate_link",
+        "leave",
+        "publish",
+        "subscribe_answer",
+        "ice",
+        "list_audience",
+    ];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Request::Join { .. } => "join",
+            Request::Resume { .. } => "resume",
+            Request::RequestLink { .. } => "request_link",
+            Request::CancelLink { .. } => "cancel_link",
+            Request::RespondLink { .. } => "respond_link",
+            Request::DisconnectUser { .. } => "disconnect_user",
+            Request::TerminateLink => "terminate_link",
+            Request::Leave => "leave",
+            Request::Publish { .. } => "publish",
+            Request::SubscribeAnswer { .. } => "subscribe_answer",
+            Request::Ice { .. } => "ice",
+            Request::ListAudience { .. } => "list_audience",
+        }
+    }
+}
+
+fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ident>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => Ident::new(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A request with its envelope, as a client writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientMessage {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Why a frame could not be turned into a request. Each maps to one answer of the contract.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParseError {
+    /// Not JSON, not an object, no usable `id`, or an unknown `type`: answered with an `error`
+    /// event because there is no id to reply to (or the type is unknown).
+    Frame(String),
+    /// A known request with a usable id whose fields are wrong: answered with a failed reply.
+    Fields { id: u64, message: String },
+}
+
+/// Parse one text frame into `(id, request)`.
+///
+/// Unknown fields are ignored so newer clients can talk to this server.
+pub fn parse_request(text: &str) -> Result<(u64, Request), ParseError> {
+    let map: Map<String, Value> = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ParseError::Frame("frame is not a JSON object".into())),
+        Err(e) => return Err(ParseError::Frame(format!("frame is not JSON: {e}"))),
+    };
+    let Some(id) = map.get("id").and_then(Value::as_u64) else {
+        return Err(ParseError::Frame(
+            "request has no usable \"id\" (an unsigned integer)".into(),
+        ));
+    };
+    match map.get("type").and_then(Value::as_str) {
+        Some(t) if Request::TYPES.contains(&t) => {}
+        Some(t) => {
+            return Err(ParseError::Frame(format!(
+                "unknown request type {:?}",
+                truncate(t, 64)
+            )));
+        }
+        None => return Err(ParseError::Frame("request has no \"type\" string".into())),
+    }
+    match Request::deserialize(Value::Object(map)) {
+        Ok(req) => Ok((id, req)),
+        Err(e) => Err(ParseError::Fields {
+            id,
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// `{"type":"reply","id":..,"ok":..,"result"|"error":..}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(rename = "type")]
+    pub kind: ReplyTag,
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// The constant `"reply"` type tag, so a [`ServerMessage`] can tell replies from events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyTag {
+    Reply,
+}
+
+impl Reply {
+    pub fn ok(id: u64, result: impl Serialize) -> Reply {
+        Reply {
+            kind: ReplyTag::Reply,
+            id,
+            ok: true,
+            // Serializing our own result types cannot fail: they hold no maps with non-string
+            // keys and no failing Serialize impls.
+            result: Some(serde_json::to_value(result).unwrap_or(Value::Null)),
+            error: None,
+        }
+    }
+
+    pub fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply {
+            kind: ReplyTag::Reply,
+            id,
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResult {
+    pub room: RoomState,
+    pub me: UserInfo,
+    pub ice_servers: Vec<IceServer>,
+    pub session: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLinkResult {
+    pub request: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResult {
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAudienceResult {
+    /// Viewers (audience members without a seat) in the order they joined.
+    pub users: Vec<UserInfo>,
+    /// How many viewers there are in all, for paging.
+    pub total: u32,
+    pub offset: u32,
+}
+
+/// The `{}` result of requests that return nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    Cancelled,
+    Timeout,
+    Left,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    Rejected,
+    SeatsFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    AnchorLeft,
+    AnchorLost,
+    ServerShutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KickReason {
+    Replaced,
+}
+
+/// A server event (a message without `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    LinkRequest {
+        from: UserInfo,
+        request: String,
+        /// The seat asked for; `None` when any free seat will do.
+        seat: Option<u32>,
+        open_camera: bool,
+        timeout_s: u32,
+    },
+    LinkCancelled {
+        user: Ident,
+        reason: CancelReason,
+    },
+    LinkAccepted {
+        user: Ident,
+    },
+    LinkRejected {
+        user: Ident,
+        reason: RejectReason,
+    },
+    LinkTimeout {
+        user: Ident,
+    },
+    ConnectedUsersUpdated {
+        users: Vec<UserInfo>,
+        joined: Vec<UserInfo>,
+        left: Vec<UserInfo>,
+    },
+    LinkTerminated {
+        by: Ident,
+    },
+    LinkExited {
+        user: UserInfo,
+    },
+    RoomEnded {
+        reason: EndReason,
+    },
+    AudienceCount {
+        count: u32,
+    },
+    Kicked {
+        reason: KickReason,
+    },
+    SubscribeOffer {
+        sdp: String,
+    },
+    Ice {
+        pc: PeerConnectionKind,
+        candidate: IceCandidate,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::LinkRequest { .. } => "link_request",
+            Event::LinkCancelled { .. } => "link_cancelled",
+            Event::LinkAccepted { .. } => "link_accepted",
+            Event::LinkRejected { .. } => "link_rejected",
+            Event::LinkTimeout { .. } => "link_timeout",
+            Event::ConnectedUsersUpdated { .. } => "connected_users_updated",
+            Event::LinkTerminated { .. } => "link_terminated",
+            Event::LinkExited { .. } => "link_exited",
+            Event::RoomEnded { .. } => "room_ended",
+            Event::AudienceCount { .. } => "audience_count",
+            Event::Kicked { .. } => "kicked",
+            Event::SubscribeOffer { .. } => "subscribe_offer",
+            Event::Ice { .. } => "ice",
+            Event::Error { .. } => "error",
+        }
+    }
+}
+
+/// Anything the server sends: a reply or an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerMessage {
+    Reply(Reply),
+    Event(Event),
+}
+
+impl From<Reply> for ServerMessage {
+    fn from(r: Reply) -> Self {
+        ServerMessage::Reply(r)
+    }
+}
+
+impl From<Event> for ServerMessage {
+    fn from(e: Event) -> Self {
+        ServerMessage::Event(e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! The room, seat and link-request state machine of miclink.
+//!
+//! This crate decides who is live, who applied or was invited, who holds which seat and so who may
+//! publish media. It is pure: no sockets, no tasks, no clock. Time comes in as an argument, timers
+//! go out through [`Seats::poll_timeout`], and everything the world must hear about (protocol
+//! events for users, media permission changes for the SFU) is drained from [`Seats::poll_output`].
+//! It must not learn about sessions, sockets or SDP: those belong to signaling and the SFU.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod error;
+mod room;
+mod seats;
+
+pub use error::SeatError;
+pub use seats::{
+    Action, Joined, MAX_REQUEST_TIMEOUT_S, MediaChange, Output, Reply, Seats, SeatsConfig,
+};
