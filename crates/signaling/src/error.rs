@@ -1,0 +1,24 @@
+//! The one place where failures become protocol error codes.
+
+use miclink_protocol::ErrorCode;
+use miclink_seats::SeatError;
+
+pub(crate) fn seat_error_code(e: &SeatError) -> ErrorCode {
+    match e {
+        SeatError::RoomNotFound => ErrorCode::RoomNotFound,
+        SeatError::RoomExists => ErrorCode::RoomExists,
+        SeatError::NotInRoom => ErrorCode::NotInRoom,
+        SeatError::NotFound(_) => ErrorCode::NotFound,
+        SeatError::AlreadyLinked => ErrorCode::AlreadyLinked,
+        SeatError::RequestPending => ErrorCode::RequestPending,
+        SeatError::Full => ErrorCode::SeatsFull,
+        SeatError::SeatTaken(_) => ErrorCode::SeatTaken,
+        SeatError::NotAllowed(_) => ErrorCode::NotAllowed,
+        SeatError::NotLinked(_) => ErrorCode::NotLinked,
+        SeatError::WrongRole(_)
+        | SeatError::NoSuchSeat { .. }
+        | SeatError::TimeoutTooLong { .. } => ErrorCode::BadRequest,
+        // SeatError is non_exhaustive: a new variant is a bad request until it gets its own code.
+        _ => ErrorCode::BadRequest,
+    }
+}

@@ -1,0 +1,524 @@
+//! The hub: one task that owns the seat state machine and every session, and routes events.
+//!
+//! Sockets talk to it over one channel and it answers through each socket's bounded queue with
+//! `try_send`, so a slow socket can never stall the hub: it is dropped instead, and its user may
+//! `resume`. Broadcasts are serialized once and shared by every recipient.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use miclink_protocol::{
+    EndReason, ErrorCode, Event, Ident, JoinResult, KickReason, Name, Reply, Request,
+    RequestLinkResult, Role,
+};
+use miclink_seats::{Action, Joined, Output, Reply as SeatReply, Seats};
+use rand::RngExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, info_span, warn};
+
+use crate::SignalingConfig;
+use crate::auth::Auth;
+use crate::conn::{CLOSE_GOING_AWAY, CLOSE_REPLACED, Outbound, encode};
+use crate::error::seat_error_code;
+
+pub(crate) type ConnId = u64;
+type SessionId = u64;
+
+pub(crate) enum HubMsg {
+    Connect {
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+    },
+    Request {
+        conn: ConnId,
+        id: u64,
+        request: Request,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+}
+
+/// What the signaling plane holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub rooms: usize,
+    pub sessions: usize,
+    pub connections: usize,
+}
+
+/// Events kept for a session whose socket dropped, replayed on `resume`. Past this many the
+/// oldest go: the resume reply carries the full room state anyway.
+const BACKLOG: usize = 256;
+const LIST_AUDIENCE_DEFAULT: u32 = 50;
+const LIST_AUDIENCE_MAX: u32 = 200;
+
+struct Conn {
+    tx: mpsc::Sender<Outbound>,
+    session: Option<SessionId>,
+}
+
+struct Session {
+    token: String,
+    room: Ident,
+    user: Ident,
+    conn: Option<ConnId>,
+    backlog: std::collections::VecDeque<Utf8Bytes>,
+}
+
+pub(crate) struct Hub {
+    config: SignalingConfig,
+    auth: Option<Auth>,
+    seats: Seats,
+    conns: HashMap<ConnId, Conn>,
+    sessions: HashMap<SessionId, Session>,
+    by_token: HashMap<String, SessionId>,
+    by_member: HashMap<(Ident, Ident), SessionId>,
+    rooms: HashMap<Ident, HashSet<SessionId>>,
+    next_session: SessionId,
+    /// Set once shutdown began: joins are refused and waiters are told when sockets are gone.
+    shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+}
+
+fn now() -> std::time::Instant {
+    // tokio's clock, so tests with paused time drive the seat timers too.
+    Instant::now().into_std()
+}
+
+impl Hub {
+    pub(crate) fn new(config: SignalingConfig) -> Hub {
+        Hub {
+            auth: config.jwt_secret.as_deref().map(Auth::new),
+            seats: Seats::new(config.seats.clone()),
+            config,
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            by_token: HashMap::new(),
+            by_member: HashMap::new(),
+            rooms: HashMap::new(),
+            next_session: 1,
+            shutdown: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        loop {
+            let timer = self.seats.poll_timeout().map(Instant::from_std);
+            let shutdown_at = self.shutdown.as_ref().map(|(at, _)| *at);
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.on_msg(msg),
+                    None => return,
+                },
+                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
+                    self.seats.handle_timeout(now());
+                }
+                _ = sleep_until(shutdown_at.unwrap_or_else(far_future)), if shutdown_at.is_some() => {
+                    self.finish_shutdown();
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn on_msg(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Connect { conn, tx } => {
+                if self.shutdown.is_some() {
+                    let _ = tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "server shutdown"));
+                    return;
+                }
+                self.conns.insert(conn, Conn { tx, session: None });
+            }
+            HubMsg::Request { conn, id, request } => self.on_request(conn, id, request),
+            HubMsg::Closed { conn } => {
+                self.drop_conn(conn);
+                if self.conns.is_empty() && self.shutdown.is_some() {
+                    self.finish_shutdown();
+                }
+            }
+            HubMsg::Shutdown { done } => self.start_shutdown(done),
+            HubMsg::Stats { reply } => {
+                let _ = reply.send(Stats {
+                    rooms: self.rooms.len(),
+                    sessions: self.sessions.len(),
+                    connections: self.conns.len(),
+                });
+            }
+        }
+    }
+
+    fn on_request(&mut self, conn: ConnId, id: u64, request: Request) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let kind = request.type_name();
+        match (request, c.session) {
+            (Request::Join { .. } | Request::Resume { .. }, Some(_)) => {
+                self.reply_err(
+                    conn,
+                    id,
+                    ErrorCode::AlreadyJoined,
+                    "this socket already joined",
+                );
+            }
+            (
+                Request::Join {
+                    room,
+                    user,
+                    role,
+                    name,
+                    token,
+                },
+                None,
+            ) => self.join(conn, id, room, user, role, name, token),
+            (Request::Resume { session }, None) => self.resume(conn, id, &session),
+            (_, None) => self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first"),
+            (request, Some(sid)) => {
+                let s = &self.sessions[&sid];
+                let (room, user) = (s.room.clone(), s.user.clone());
+                let _span = info_span!("request", %room, %user, kind).entered();
+                self.member_request(conn, id, &room, &user, request);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        room: Ident,
+        user: Ident,
+        role: Role,
+        name: Option<Name>,
+        token: Option<String>,
+    ) {
+        let _span = info_span!("join", %room, %user, ?role).entered();
+        if self.shutdown.is_some() {
+            return self.reply_err(conn, id, ErrorCode::Unavailable, "server is shutting down");
+        }
+        if let Some(auth) = &self.auth
+            && let Err(why) = auth.check(token.as_deref(), &room, &user, role)
+        {
+            return self.reply_err(conn, id, ErrorCode::Unauthorized, why);
+        }
+        let joined = match self
+            .seats
+            .handle(now(), &room, &user, Action::Join { role, name })
+        {
+            Ok(SeatReply::Joined(j)) => j,
+            Ok(_) => unreachable!("join answers Joined"),
+            Err(e) => return self.reply_err(conn, id, seat_error_code(&e), e.to_string()),
+        };
+        // Rule 9: the same user joining again replaces the earlier session.
+        if let Some(old) = self.by_member.get(&(room.clone(), user.clone())).copied() {
+            info!("replacing an earlier session of the same user");
+            self.kick(old);
+            self.forget_session(old);
+        }
+        let sid = self.next_session;
+        self.next_session += 1;
+        let token = new_token();
+        self.sessions.insert(
+            sid,
+            Session {
+                token: token.clone(),
+                room: room.clone(),
+                user: user.clone(),
+                conn: Some(conn),
+                backlog: Default::default(),
+            },
+        );
+        self.by_token.insert(token.clone(), sid);
+        self.by_member.insert((room.clone(), user), sid);
+        self.rooms.entry(room).or_default().insert(sid);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(sid);
+        }
+        info!("joined");
+        self.reply_joined(conn, id, joined, token);
+    }
+
+    fn resume(&mut self, conn: ConnId, id: u64, token: &str) {
+        let Some(&sid) = self.by_token.get(token) else {
+            return self.reply_err(
+                conn,
+                id,
+                ErrorCode::SessionExpired,
+                "no such session; join again",
+            );
+        };
+        let s = &self.sessions[&sid];
+        let (room, user, old_conn) = (s.room.clone(), s.user.clone(), s.conn);
+        let _span = info_span!("resume", %room, %user).entered();
+        let joined = match self.seats.handle(now(), &room, &user, Action::Resume) {
+            Ok(SeatReply::Joined(j)) => j,
+            _ => {
+                return self.reply_err(conn, id, ErrorCode::SessionExpired, "session has ended");
+            }
+        };
+        if let Some(old) = old_conn {
+            // The client came back before we noticed its old socket die; that one is stale.
+            self.kick(sid);
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.session = None;
+            }
+        }
+        let s = self.sessions.get_mut(&sid).expect("found above");
+        s.conn = Some(conn);
+        let backlog = std::mem::take(&mut s.backlog);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(sid);
+        }
+        info!(missed = backlog.len(), "resumed");
+        self.reply_joined(conn, id, joined, token.to_owned());
+        for text in backlog {
+            self.send_session(sid, text);
+        }
+    }
+
+    fn member_request(&mut self, conn: ConnId, id: u64, room: &Ident, user: &Ident, req: Request) {
+        let action = match req {
+            Request::RequestLink {
+                user: to,
+                seat,
+                timeout_s,
+                open_camera,
+            } => Action::RequestLink {
+                to,
+                seat,
+                timeout_s,
+                open_camera,
+            },
+            Request::CancelLink { user: to } => Action::CancelLink { to },
+            Request::RespondLink { user: to, accept } => Action::RespondLink { to, accept },
+            Request::DisconnectUser { user: target } => Action::DisconnectUser { user: target },
+            Request::TerminateLink => Action::TerminateLink,
+            Request::Leave => Action::Leave,
+            Request::ListAudience { offset, limit } => Action::ListAudience {
+                offset: offset.unwrap_or(0),
+                limit: limit
+                    .unwrap_or(LIST_AUDIENCE_DEFAULT)
+                    .min(LIST_AUDIENCE_MAX),
+            },
+            Request::Publish { .. } => {
+                return if self.seats.may_publish(room, user).is_none() {
+                    self.reply_err(conn, id, ErrorCode::NotLinked, "only seated users publish")
+                } else {
+                    self.reply_err(
+                        conn,
+                        id,
+                        ErrorCode::NotImplemented,
+                        "this build has no media plane yet",
+                    )
+                };
+            }
+            Request::SubscribeAnswer { .. } | Request::Ice { .. } => {
+                return self.reply_err(
+                    conn,
+                    id,
+                    ErrorCode::NotImplemented,
+                    "this build has no media plane yet",
+                );
+            }
+            Request::Join { .. } | Request::Resume { .. } => {
+                unreachable!("on_request answers join and resume of a joined socket")
+            }
+        };
+        let reply = match self.seats.handle(now(), room, user, action) {
+            Ok(SeatReply::Request(request)) => Reply::ok(id, RequestLinkResult { request }),
+            Ok(SeatReply::Audience(list)) => Reply::ok(id, list),
+            Ok(SeatReply::Done | SeatReply::Joined(_)) => Reply::ok(id, miclink_protocol::Empty {}),
+            Err(e) => {
+                debug!(error = %e, "refused");
+                Reply::err(id, seat_error_code(&e), e.to_string())
+            }
+        };
+        self.send_conn(conn, encode(&reply));
+    }
+
+    /// Route everything the state machine produced.
+    fn drain(&mut self) {
+        while let Some(output) = self.seats.poll_output() {
+            match output {
+                Output::Event { room, to, event } => {
+                    match self.by_member.get(&(room, to)).copied() {
+                        Some(sid) => self.send_session(sid, encode(&event)),
+                        None => warn!(
+                            event = event.type_name(),
+                            "event for a user without a session"
+                        ),
+                    }
+                }
+                Output::Broadcast { room, event } => {
+                    let Some(members) = self.rooms.get(&room) else {
+                        continue;
+                    };
+                    let text = encode(&event);
+                    let members: Vec<SessionId> = members.iter().copied().collect();
+                    for sid in members {
+                        self.send_session(sid, text.clone());
+                    }
+                }
+                Output::Media(change) => {
+                    debug!(?change, "media change (no media plane in this build)");
+                }
+                Output::Departed { room, user } => {
+                    if let Some(sid) = self.by_member.get(&(room, user)).copied() {
+                        self.forget_session(sid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply_joined(&mut self, conn: ConnId, id: u64, joined: Joined, session: String) {
+        let result = JoinResult {
+            room: joined.room,
+            me: joined.me,
+            ice_servers: self.config.ice_servers.clone(),
+            session,
+        };
+        self.send_conn(conn, encode(&Reply::ok(id, result)));
+    }
+
+    fn reply_err(&mut self, conn: ConnId, id: u64, code: ErrorCode, message: impl Into<String>) {
+        self.send_conn(conn, encode(&Reply::err(id, code, message)));
+    }
+
+    fn send_session(&mut self, sid: SessionId, text: Utf8Bytes) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        match s.conn {
+            Some(conn) => self.send_conn(conn, text),
+            None => {
+                if s.backlog.len() == BACKLOG {
+                    s.backlog.pop_front();
+                }
+                s.backlog.push_back(text);
+            }
+        }
+    }
+
+    fn send_conn(&mut self, conn: ConnId, text: Utf8Bytes) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(Outbound::Text(text)) {
+            warn!(conn, "socket cannot keep up; dropping it");
+            self.drop_conn(conn);
+        }
+    }
+
+    /// Forget a socket. Its session, if any, waits for a resume within the grace period.
+    fn drop_conn(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(sid) = c.session else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.conn = None;
+        if self.shutdown.is_none() {
+            let (room, user) = (s.room.clone(), s.user.clone());
+            debug!(%room, %user, "connection lost; grace period starts");
+            let _ = self
+                .seats
+                .handle(now(), &room, &user, Action::ConnectionLost);
+        }
+    }
+
+    /// Tell a session's socket it was replaced, close it, and unbind it.
+    fn kick(&mut self, sid: SessionId) {
+        let Some(conn) = self.sessions.get_mut(&sid).and_then(|s| s.conn.take()) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = None;
+            let _ = c.tx.try_send(Outbound::Text(encode(&Event::Kicked {
+                reason: KickReason::Replaced,
+            })));
+            let _ = c.tx.try_send(Outbound::Close(CLOSE_REPLACED, "replaced"));
+        }
+    }
+
+    fn forget_session(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.by_token.remove(&s.token);
+        let key = (s.room.clone(), s.user.clone());
+        if self.by_member.get(&key) == Some(&sid) {
+            self.by_member.remove(&key);
+        }
+        if let Some(set) = self.rooms.get_mut(&s.room) {
+            set.remove(&sid);
+            if set.is_empty() {
+                self.rooms.remove(&s.room);
+            }
+        }
+        if let Some(c) = s.conn.and_then(|conn| self.conns.get_mut(&conn)) {
+            c.session = None;
+        }
+    }
+
+    fn start_shutdown(&mut self, done: oneshot::Sender<()>) {
+        if let Some((_, waiters)) = &mut self.shutdown {
+            waiters.push(done);
+            return;
+        }
+        info!(
+            rooms = self.rooms.len(),
+            sockets = self.conns.len(),
+            "shutting down"
+        );
+        self.shutdown = Some((Instant::now() + self.config.shutdown_grace, vec![done]));
+        let ended = encode(&Event::RoomEnded {
+            reason: EndReason::ServerShutdown,
+        });
+        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in sessions {
+            self.send_session(sid, ended.clone());
+        }
+        for c in self.conns.values() {
+            let _ =
+                c.tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "server shutdown"));
+        }
+        if self.conns.is_empty() {
+            self.finish_shutdown();
+        }
+    }
+
+    fn finish_shutdown(&mut self) {
+        if let Some((at, waiters)) = &mut self.shutdown {
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+            // Nothing left to wait for; keep refusing joins.
+            *at = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// An unguessable session token: 128 random bits from a CSPRNG, hex.
+fn new_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,138 @@
+//! miclink's signaling plane: the `/ws` WebSocket endpoint of `docs/protocol.md`.
+//!
+//! This crate owns sessions (join, resume, replacement), authentication, frame limits and the
+//! routing of the seat state machine's outputs to sockets. It decides nothing about seats itself:
+//! every admission question goes to [`miclink_seats::Seats`], which one hub task owns. Socket
+//! tasks parse and police frames; the hub applies them in order and fans events out.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod auth;
+mod conn;
+mod error;
+mod hub;
+mod ratelimit;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use miclink_protocol::{IceServer, MAX_FRAME_BYTES};
+use miclink_seats::SeatsConfig;
+use tokio::sync::{mpsc, oneshot};
+
+pub use hub::Stats;
+
+/// Settings of the signaling plane.
+#[derive(Debug, Clone)]
+pub struct SignalingConfig {
+    pub seats: SeatsConfig,
+    /// HS256 secret for join tokens; `None` accepts joins without tokens (demo mode).
+    pub jwt_secret: Option<String>,
+    /// Handed to every client in the `join` reply.
+    pub ice_servers: Vec<IceServer>,
+    /// The server pings each socket this often and drops one silent for three intervals.
+    pub keepalive: Duration,
+    /// Messages queued for one socket before it counts as too slow and is dropped.
+    pub outbound_queue: usize,
+    /// How long shutdown waits for sockets to take their `room_ended` and close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            seats: SeatsConfig::default(),
+            jwt_secret: None,
+            ice_servers: Vec::new(),
+            keepalive: Duration::from_secs(20),
+            outbound_queue: 1024,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A cheap handle to the running signaling plane.
+#[derive(Clone)]
+pub struct Signaling {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: mpsc::Sender<hub::HubMsg>,
+    config: SignalingConfig,
+    next_conn: AtomicU64,
+}
+
+impl Signaling {
+    /// Start the hub task on the current tokio runtime.
+    pub fn start(config: SignalingConfig) -> Signaling {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(hub::Hub::new(config.clone()).run(rx));
+        Signaling {
+            inner: Arc::new(Inner {
+                hub: tx,
+                config,
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The `/ws` route.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(self.clone())
+    }
+
+    /// Tell every room `room_ended` (`server_shutdown`), close every socket, and return once
+    /// they have closed or the shutdown grace has passed. Later joins answer `unavailable`.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .inner
+            .hub
+            .send(hub::HubMsg::Shutdown { done })
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
+    /// Counts for health checks and metrics.
+    pub async fn stats(&self) -> Option<Stats> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .hub
+            .send(hub::HubMsg::Stats { reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+async fn upgrade(State(sig): State<Signaling>, ws: WebSocketUpgrade) -> Response {
+    let conn = sig.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    // Frames up to 1 MiB are read so oversize ones (> 64 KiB) get the contract's `bad_request`
+    // answer; bigger ones make the WebSocket layer close the socket. The small read buffer keeps
+    // idle sockets cheap: it grows only while a large frame is being read.
+    ws.max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            conn::run(
+                socket,
+                sig.inner.hub.clone(),
+                conn,
+                sig.inner.config.keepalive,
+                sig.inner.config.outbound_queue,
+            )
+        })
+}
+
+const _: () = assert!(MAX_FRAME_BYTES < 1 << 20);

@@ -1,0 +1,229 @@
+//! Configuration: command-line flags, `MICLINK_*` variables and an optional TOML file, merged in
+//! that order of precedence over embedded defaults and checked before anything uses them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use miclink_protocol::IceServer;
+use miclink_seats::SeatsConfig;
+use miclink_signaling::SignalingConfig;
+use serde::Deserialize;
+
+/// miclink: a live-streaming server for audience mic link (co-host) rooms.
+///
+/// Runs with no configuration at all: the demo is then at http://127.0.0.1:8080 and join tokens
+/// are not checked. Every flag also reads a MICLINK_* environment variable and a key of the
+/// same name in the --config file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "miclink", version, about)]
+pub struct Args {
+    /// TOML configuration file (keys as the flags, with underscores).
+    #[arg(long, env = "MICLINK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP and WebSocket listener [default: 127.0.0.1:8080].
+    #[arg(long, env = "MICLINK_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// HS256 secret that signs join tokens. Unset: joins need no token (demo mode).
+    #[arg(long, env = "MICLINK_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Seconds a member whose socket dropped keeps their seat and requests [default: 15].
+    #[arg(long, env = "MICLINK_RESUME_GRACE_S")]
+    pub resume_grace_s: Option<u64>,
+    /// Seats per room, counting the anchor's seat 0 [default: 10, at most 10].
+    #[arg(long, env = "MICLINK_MAX_SEATS")]
+    pub max_seats: Option<u32>,
+    /// Seconds between keepalive pings; a socket silent for three is dropped [default: 20].
+    #[arg(long, env = "MICLINK_KEEPALIVE_S")]
+    pub keepalive_s: Option<u64>,
+    /// STUN/TURN URL handed to clients, repeatable (credentials: use the config file).
+    #[arg(
+        long = "ice-server",
+        env = "MICLINK_ICE_SERVERS",
+        value_delimiter = ','
+    )]
+    pub ice_servers: Vec<String>,
+}
+
+/// The TOML file: the same keys as the flags; `ice_servers` may carry credentials.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    http_addr: Option<SocketAddr>,
+    jwt_secret: Option<String>,
+    resume_grace_s: Option<u64>,
+    max_seats: Option<u32>,
+    keepalive_s: Option<u64>,
+    ice_servers: Option<Vec<IceServer>>,
+}
+
+/// The checked configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub signaling: SignalingConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            signaling: SignalingConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Merge flags, environment and file over the defaults, and check the result.
+    pub fn load(args: Args) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let defaults = Config::default();
+        let seats_defaults = SeatsConfig::default();
+
+        let max_seats = args
+            .max_seats
+            .or(file.max_seats)
+            .unwrap_or(seats_defaults.max_seats);
+        if !(2..=10).contains(&max_seats) {
+            bail!("max_seats must be 2 to 10 (the anchor's seat and 1 to 9 audience seats)");
+        }
+        let grace = args
+            .resume_grace_s
+            .or(file.resume_grace_s)
+            .map_or(seats_defaults.resume_grace, Duration::from_secs);
+        if grace > Duration::from_secs(3600) {
+            bail!("resume_grace_s must be at most 3600");
+        }
+        let keepalive = args
+            .keepalive_s
+            .or(file.keepalive_s)
+            .map_or(defaults.signaling.keepalive, Duration::from_secs);
+        if keepalive.is_zero() {
+            bail!("keepalive_s must be at least 1");
+        }
+        let jwt_secret = args.jwt_secret.or(file.jwt_secret);
+        if let Some(secret) = &jwt_secret
+            && secret.len() < 16
+        {
+            bail!("jwt_secret must be at least 16 bytes; a short HS256 secret can be guessed");
+        }
+        let ice_servers = if args.ice_servers.is_empty() {
+            file.ice_servers.unwrap_or_default()
+        } else {
+            vec![IceServer {
+                urls: args.ice_servers,
+                username: None,
+                credential: None,
+            }]
+        };
+        for server in &ice_servers {
+            for url in &server.urls {
+                if !["stun:", "stuns:", "turn:", "turns:"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
+                    bail!("ice server URL {url:?} must start with stun:, stuns:, turn: or turns:");
+                }
+            }
+        }
+        Ok(Config {
+            http_addr: args
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or(defaults.http_addr),
+            signaling: SignalingConfig {
+                seats: SeatsConfig {
+                    max_seats,
+                    resume_grace: grace,
+                    ..seats_defaults
+                },
+                jwt_secret,
+                ice_servers,
+                keepalive,
+                ..defaults.signaling
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Config> {
+        Config::load(Args::try_parse_from(
+            std::iter::once("miclink").chain(args.iter().copied()),
+        )?)
+    }
+
+    #[test]
+    fn no_configuration_gives_the_demo_defaults() {
+        let c = parse(&[]).expect("defaults are valid");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.signaling.seats.max_seats, 10);
+        assert_eq!(c.signaling.seats.resume_grace, Duration::from_secs(15));
+        assert!(c.signaling.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("miclink-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("miclink.toml");
+        std::fs::write(
+            &path,
+            r#"
+http_addr = "0.0.0.0:9000"
+max_seats = 5
+[[ice_servers]]
+urls = ["turn:turn.example.com:3478"]
+username = "u"
+credential = "p"
+"#,
+        )
+        .expect("write config");
+        let c = parse(&[
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--max-seats",
+            "7",
+        ])
+        .expect("valid");
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.signaling.seats.max_seats, 7);
+        assert_eq!(c.signaling.ice_servers[0].username.as_deref(), Some("u"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        for (args, needle) in [
+            (&["--max-seats", "11"][..], "max_seats"),
+            (&["--jwt-secret", "short"][..], "jwt_secret"),
+            (&["--ice-server", "http://x"][..], "ice server"),
+            (&["--keepalive-s", "0"][..], "keepalive"),
+        ] {
+            let err = parse(args).expect_err("refused").to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let path = std::env::temp_dir().join(format!("miclink-bad-{}.toml", std::process::id()));
+        std::fs::write(&path, "max_seat = 5\n").expect("write");
+        let err = parse(&["--config", path.to_str().expect("utf-8")]).expect_err("typo refused");
+        assert!(format!("{err:#}").contains("max_seat"), "{err:#}");
+        std::fs::remove_file(&path).ok();
+    }
+}
