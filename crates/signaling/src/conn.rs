@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use miclink_protocol::{ErrorCode, Event, MAX_FRAME_BYTES, ParseError, Reply, parse_request};
 use serde::Serialize;
@@ -85,16 +86,14 @@ async fn serve(
                     Message::Text(text) => {
                         match limiter.check(last_heard) {
                             Verdict::Close => {
-                                let _ = sink.send(close(CLOSE_POLICY, "rate limit exceeded")).await;
-                                return;
+                                return close(sink, stream, CLOSE_POLICY, "rate limit exceeded").await;
                             }
                             verdict => on_text(hub, conn, &text, verdict == Verdict::Limited).await,
                         }
                     }
                     Message::Binary(_) => match limiter.check(last_heard) {
                         Verdict::Close => {
-                            let _ = sink.send(close(CLOSE_POLICY, "rate limit exceeded")).await;
-                            return;
+                            return close(sink, stream, CLOSE_POLICY, "rate limit exceeded").await;
                         }
                         _ => Some(error_event("binary frames are not accepted; send JSON text")),
                     },
@@ -114,14 +113,10 @@ async fn serve(
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {
-                    let _ = sink.send(close(code, reason)).await;
-                    return;
+                    return close(sink, stream, code, reason).await;
                 }
                 // The hub dropped us (too slow to keep up, or shutting down).
-                None => {
-                    let _ = sink.send(close(CLOSE_GOING_AWAY, "dropped")).await;
-                    return;
-                }
+                None => return close(sink, stream, CLOSE_GOING_AWAY, "dropped").await,
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > keepalive * 3 {
@@ -136,12 +131,33 @@ async fn serve(
     }
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
+/// Send a close frame and wait (briefly) for the peer's. Dropping the socket while the peer's
+/// frames sit unread would make the kernel answer with a reset, and the peer would never see
+/// why it was closed.
+async fn close(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    code: u16,
+    reason: &'static str,
+) {
+    let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
-    }))
+    }));
+    if sink.send(frame).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Turn a text frame into a request for the hub, or into the answer to send back at once.
 async fn on_text(

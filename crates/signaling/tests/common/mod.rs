@@ -18,7 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 /// How long (real time) a test waits for something that should come.
 const WAIT: Duration = Duration::from_secs(5);
 /// How long (real time) a test listens to be sure nothing comes.
-const QUIET: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_millis(150);
 
 /// Drive `fut`, which waits on socket I/O, for at most `within` of real time; `None` if it did not
 /// finish.
@@ -139,6 +139,14 @@ impl Client {
             .await
             .expect("send in time")
             .expect("send");
+    }
+
+    /// Send without insisting: false once the server has closed the socket.
+    pub async fn try_send_text(&mut self, text: String) -> bool {
+        matches!(
+            io(WAIT, self.ws.send(Message::Text(text.into()))).await,
+            Some(Ok(()))
+        )
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
