@@ -60,6 +60,11 @@ pub(crate) struct Room {
 }
 
 impl Room {
+    /// The acting member, or `NotInRoom`.
+    pub(crate) fn member(&self, user: &Ident) -> Result<&Member, crate::SeatError> {
+        self.members.get(user).ok_or(crate::SeatError::NotInRoom)
+    }
+
     pub(crate) fn info(&self, user: &Ident) -> Option<UserInfo> {
         self.members.get(user).map(|m| UserInfo {
             user: user.clone(),

@@ -484,7 +484,7 @@ impl Seats {
             });
         }
         let room = self.room(room_id)?;
-        let me = room.members.get(user).ok_or(SeatError::NotInRoom)?;
+        let me = room.member(user)?;
         let (member, kind) = match (me.role, to) {
             (Role::Audience, None) => (user.clone(), Kind::Apply),
             (Role::Audience, Some(_)) => {
@@ -569,7 +569,7 @@ impl Seats {
         to: Option<Ident>,
     ) -> Result<Reply, SeatError> {
         let room = self.room(room_id)?;
-        let me = room.members.get(user).ok_or(SeatError::NotInRoom)?;
+        let me = room.member(user)?;
         let (member, kind) = match me.role {
             Role::Audience => (user.clone(), Kind::Apply),
             Role::Anchor => (
@@ -603,7 +603,7 @@ impl Seats {
         accept: bool,
     ) -> Result<Reply, SeatError> {
         let room = self.room(room_id)?;
-        let me = room.members.get(user).ok_or(SeatError::NotInRoom)?;
+        let me = room.member(user)?;
         let (member, kind) = match me.role {
             Role::Anchor => (to.clone(), Kind::Apply),
             Role::Audience if *to == room.anchor => (user.clone(), Kind::Invite),
@@ -674,7 +674,7 @@ impl Seats {
         target: &Ident,
     ) -> Result<Reply, SeatError> {
         let room = self.room(room_id)?;
-        let me = room.members.get(user).ok_or(SeatError::NotInRoom)?;
+        let me = room.member(user)?;
         if me.role != Role::Anchor {
             return Err(SeatError::NotAllowed(
                 "only the anchor can disconnect a link",
@@ -698,7 +698,7 @@ impl Seats {
 
     fn terminate_link(&mut self, room_id: &Ident, user: &Ident) -> Result<Reply, SeatError> {
         let room = self.room(room_id)?;
-        let me = room.members.get(user).ok_or(SeatError::NotInRoom)?;
+        let me = room.member(user)?;
         if me.role != Role::Audience || me.seat.is_none() {
             return Err(SeatError::NotLinked(
                 "only a linked audience member can terminate a link (the anchor leaves instead)",
@@ -740,7 +740,7 @@ impl Seats {
         limit: u32,
     ) -> Result<Reply, SeatError> {
         let room = self.room(room_id)?;
-        let me = room.members.get(user).ok_or(SeatError::NotInRoom)?;
+        let me = room.member(user)?;
         if me.role != Role::Anchor {
             return Err(SeatError::NotAllowed(
                 "only the anchor can list the audience",
@@ -965,10 +965,7 @@ impl Seats {
     }
 
     fn member(&self, room: &Ident, user: &Ident) -> Result<&Member, SeatError> {
-        self.room(room)?
-            .members
-            .get(user)
-            .ok_or(SeatError::NotInRoom)
+        self.room(room)?.member(user)
     }
 
     fn next_seq(&mut self) -> u64 {
