@@ -1,7 +1,7 @@
 //! Configuration: command-line flags, `MICLINK_*` variables and an optional TOML file, merged in
 //! that order of precedence over embedded defaults and checked before anything uses them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use miclink_protocol::IceServer;
 use miclink_seats::SeatsConfig;
-use miclink_signaling::SignalingConfig;
+use miclink_signaling::{SfuConfig, SignalingConfig};
 use serde::Deserialize;
 
 /// miclink: a live-streaming server for audience mic link (co-host) rooms.
@@ -38,6 +38,17 @@ pub struct Args {
     /// Seconds between keepalive pings; a socket silent for three is dropped [default: 20].
     #[arg(long, env = "MICLINK_KEEPALIVE_S")]
     pub keepalive_s: Option<u64>,
+    /// UDP address every media connection shares [default: 127.0.0.1:7882].
+    #[arg(long, env = "MICLINK_MEDIA_ADDR")]
+    pub media_addr: Option<SocketAddr>,
+    /// Address clients reach the media port at, repeatable [default: the media address's IP].
+    /// Required when the media address is a wildcard such as 0.0.0.0.
+    #[arg(
+        long = "media-public-ip",
+        env = "MICLINK_MEDIA_PUBLIC_IPS",
+        value_delimiter = ','
+    )]
+    pub media_public_ips: Vec<IpAddr>,
     /// STUN/TURN URL handed to clients, repeatable (credentials: use the config file).
     #[arg(
         long = "ice-server",
@@ -57,6 +68,8 @@ struct FileConfig {
     max_seats: Option<u32>,
     keepalive_s: Option<u64>,
     ice_servers: Option<Vec<IceServer>>,
+    media_addr: Option<SocketAddr>,
+    media_public_ips: Option<Vec<IpAddr>>,
 }
 
 /// The checked configuration the server runs with.
@@ -136,6 +149,24 @@ impl Config {
                 }
             }
         }
+        let media_addr = args
+            .media_addr
+            .or(file.media_addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7882)));
+        let mut public_ips = if args.media_public_ips.is_empty() {
+            file.media_public_ips.unwrap_or_default()
+        } else {
+            args.media_public_ips
+        };
+        if public_ips.is_empty() {
+            if media_addr.ip().is_unspecified() {
+                bail!(
+                    "media_addr {media_addr} listens on every interface: set media_public_ips to \
+                     the address(es) clients reach this server at"
+                );
+            }
+            public_ips.push(media_addr.ip());
+        }
         Ok(Config {
             http_addr: args
                 .http_addr
@@ -150,6 +181,10 @@ impl Config {
                 jwt_secret,
                 ice_servers,
                 keepalive,
+                media: Some(SfuConfig {
+                    udp_addr: media_addr,
+                    public_ips,
+                }),
                 ..defaults.signaling
             },
         })
@@ -212,6 +247,7 @@ credential = "p"
             (&["--jwt-secret", "short"][..], "jwt_secret"),
             (&["--ice-server", "http://x"][..], "ice server"),
             (&["--keepalive-s", "0"][..], "keepalive"),
+            (&["--media-addr", "0.0.0.0:7882"][..], "media_public_ips"),
         ] {
             let err = parse(args).expect_err("refused").to_string();
             assert!(err.contains(needle), "{err}");

@@ -39,7 +39,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let signaling = Signaling::start(config.signaling);
+    let signaling = Signaling::start(config.signaling)?;
     let app = app(&signaling);
     let graceful = {
         let signaling = signaling.clone();

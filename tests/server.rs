@@ -15,7 +15,11 @@ async fn start() -> (
 ) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let config = Config::load(Args::default()).expect("embedded defaults are valid");
+    let mut config = Config::load(Args::default()).expect("embedded defaults are valid");
+    // Port 0: tests run side by side.
+    if let Some(media) = &mut config.signaling.media {
+        media.udp_addr.set_port(0);
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(miclink::run(listener, config, async {
         let _ = stopped.await;

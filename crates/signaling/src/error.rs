@@ -2,6 +2,7 @@
 
 use miclink_protocol::ErrorCode;
 use miclink_seats::SeatError;
+use miclink_sfu::SfuError;
 
 pub(crate) fn seat_error_code(e: &SeatError) -> ErrorCode {
     match e {
@@ -19,6 +20,15 @@ pub(crate) fn seat_error_code(e: &SeatError) -> ErrorCode {
         | SeatError::NoSuchSeat { .. }
         | SeatError::TimeoutTooLong { .. } => ErrorCode::BadRequest,
         // SeatError is non_exhaustive: a new variant is a bad request until it gets its own code.
+        _ => ErrorCode::BadRequest,
+    }
+}
+
+pub(crate) fn media_error_code(e: &SfuError) -> ErrorCode {
+    match e {
+        SfuError::BadSdp(_) | SfuError::NoOffer => ErrorCode::BadSdp,
+        // The seats revoked the permission between the request and the media plane's turn.
+        SfuError::NotAllowed => ErrorCode::NotLinked,
         _ => ErrorCode::BadRequest,
     }
 }

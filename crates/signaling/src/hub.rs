@@ -12,7 +12,8 @@ use miclink_protocol::{
     EndReason, ErrorCode, Event, Ident, JoinResult, KickReason, Name, Reply, Request,
     RequestLinkResult, Role,
 };
-use miclink_seats::{Action, Joined, Output, Reply as SeatReply, Seats};
+use miclink_seats::{Action, Joined, MediaChange, Output, Reply as SeatReply, Seats};
+use miclink_sfu::{PcKind, ReplyTo, Sfu, SfuCommand, SfuEvent};
 use rand::RngExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -21,7 +22,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::SignalingConfig;
 use crate::auth::Auth;
 use crate::conn::{CLOSE_GOING_AWAY, CLOSE_REPLACED, Outbound, encode};
-use crate::error::seat_error_code;
+use crate::error::{media_error_code, seat_error_code};
 
 pub(crate) type ConnId = u64;
 type SessionId = u64;
@@ -86,6 +87,8 @@ pub(crate) struct Hub {
     next_session: SessionId,
     /// Set once shutdown began: joins are refused and waiters are told when sockets are gone.
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    /// The media plane, when configured.
+    media: Option<Sfu>,
 }
 
 fn now() -> std::time::Instant {
@@ -94,8 +97,12 @@ fn now() -> std::time::Instant {
 }
 
 impl Hub {
-    pub(crate) fn new(config: SignalingConfig) -> Hub {
-        Hub {
+    pub(crate) fn new(
+        config: SignalingConfig,
+        media: Option<(Sfu, mpsc::UnboundedReceiver<SfuEvent>)>,
+    ) -> (Hub, Option<mpsc::UnboundedReceiver<SfuEvent>>) {
+        let (media, media_events) = media.unzip();
+        let hub = Hub {
             auth: config.jwt_secret.as_deref().map(Auth::new),
             seats: Seats::new(config.seats.clone()),
             config,
@@ -106,10 +113,16 @@ impl Hub {
             rooms: HashMap::new(),
             next_session: 1,
             shutdown: None,
-        }
+            media,
+        };
+        (hub, media_events)
     }
 
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<HubMsg>,
+        mut media_events: Option<mpsc::UnboundedReceiver<SfuEvent>>,
+    ) {
         loop {
             let timer = self.seats.poll_timeout().map(Instant::from_std);
             let shutdown_at = self.shutdown.as_ref().map(|(at, _)| *at);
@@ -118,6 +131,12 @@ impl Hub {
                     Some(msg) => self.on_msg(msg),
                     None => return,
                 },
+                Some(event) = async {
+                    match media_events.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_media_event(event),
                 _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
                     self.seats.handle_timeout(now());
                 }
@@ -310,24 +329,60 @@ impl Hub {
                     .unwrap_or(LIST_AUDIENCE_DEFAULT)
                     .min(LIST_AUDIENCE_MAX),
             },
-            Request::Publish { .. } => {
-                return if self.seats.may_publish(room, user).is_none() {
-                    self.reply_err(conn, id, ErrorCode::NotLinked, "only seated users publish")
-                } else {
-                    self.reply_err(
+            Request::Publish { sdp } => {
+                if self.seats.may_publish(room, user).is_none() {
+                    return self.reply_err(
                         conn,
                         id,
-                        ErrorCode::NotImplemented,
-                        "this build has no media plane yet",
-                    )
-                };
+                        ErrorCode::NotLinked,
+                        "only seated users publish",
+                    );
+                }
+                return self.ask_media(
+                    conn,
+                    id,
+                    SfuCommand::Publish {
+                        room: room.clone(),
+                        user: user.clone(),
+                        offer: sdp,
+                        reply: ReplyTo { conn, id },
+                    },
+                );
             }
-            Request::SubscribeAnswer { .. } | Request::Ice { .. } => {
+            Request::SubscribeAnswer { sdp } => {
+                return self.ask_media(
+                    conn,
+                    id,
+                    SfuCommand::SubscribeAnswer {
+                        room: room.clone(),
+                        user: user.clone(),
+                        answer: sdp,
+                        reply: ReplyTo { conn, id },
+                    },
+                );
+            }
+            Request::Ice { pc, candidate } => {
+                let pc = match pc {
+                    miclink_protocol::PeerConnectionKind::Publish => PcKind::Publish,
+                    miclink_protocol::PeerConnectionKind::Subscribe => PcKind::Subscribe,
+                };
+                if let Some(media) = &self.media {
+                    // ICE-lite: the server learns client addresses from their checks, so a
+                    // trickled candidate is a hint; it is acknowledged at once.
+                    media.send(SfuCommand::Candidate {
+                        room: room.clone(),
+                        user: user.clone(),
+                        pc,
+                        candidate: candidate.candidate,
+                    });
+                    return self
+                        .send_conn(conn, encode(&Reply::ok(id, miclink_protocol::Empty {})));
+                }
                 return self.reply_err(
                     conn,
                     id,
                     ErrorCode::NotImplemented,
-                    "this build has no media plane yet",
+                    "this server runs without a media plane",
                 );
             }
             Request::Join { .. } | Request::Resume { .. } => {
@@ -370,12 +425,70 @@ impl Hub {
                     }
                 }
                 Output::Media(change) => {
-                    debug!(?change, "media change (no media plane in this build)");
+                    let Some(media) = &self.media else {
+                        continue;
+                    };
+                    media.send(match change {
+                        MediaChange::AllowPublish {
+                            room,
+                            user,
+                            audio,
+                            video,
+                        } => SfuCommand::Allow {
+                            room,
+                            user,
+                            audio,
+                            video,
+                        },
+                        MediaChange::RevokePublish { room, user } => {
+                            SfuCommand::Revoke { room, user }
+                        }
+                        MediaChange::Subscribe { room, user } => SfuCommand::Join { room, user },
+                        MediaChange::Unsubscribe { room, user } => SfuCommand::Leave { room, user },
+                        MediaChange::CloseRoom { room } => SfuCommand::CloseRoom { room },
+                    });
                 }
                 Output::Departed { room, user } => {
                     if let Some(sid) = self.by_member.get(&(room, user)).copied() {
                         self.forget_session(sid);
                     }
+                }
+            }
+        }
+    }
+
+    /// Hand a media request to the SFU; its answer comes back as an [`SfuEvent`].
+    fn ask_media(&mut self, conn: ConnId, id: u64, command: SfuCommand) {
+        match &self.media {
+            Some(media) => media.send(command),
+            None => self.reply_err(
+                conn,
+                id,
+                ErrorCode::NotImplemented,
+                "this server runs without a media plane",
+            ),
+        }
+    }
+
+    fn on_media_event(&mut self, event: SfuEvent) {
+        match event {
+            SfuEvent::PublishAnswer { reply: to, result } => {
+                let reply = match result {
+                    Ok(sdp) => Reply::ok(to.id, miclink_protocol::PublishResult { sdp }),
+                    Err(e) => Reply::err(to.id, media_error_code(&e), e.to_string()),
+                };
+                self.send_conn(to.conn, encode(&reply));
+            }
+            SfuEvent::SubscribeAnswered { reply: to, result } => {
+                let reply = match result {
+                    Ok(()) => Reply::ok(to.id, miclink_protocol::Empty {}),
+                    Err(e) => Reply::err(to.id, media_error_code(&e), e.to_string()),
+                };
+                self.send_conn(to.conn, encode(&reply));
+            }
+            SfuEvent::SubscribeOffer { room, user, sdp } => {
+                if let Some(sid) = self.by_member.get(&(room, user)).copied() {
+                    self.send_session(sid, encode(&Event::SubscribeOffer { sdp }));
                 }
             }
         }

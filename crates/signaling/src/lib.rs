@@ -22,9 +22,11 @@ use axum::response::Response;
 use axum::routing::get;
 use miclink_protocol::{IceServer, MAX_FRAME_BYTES};
 use miclink_seats::SeatsConfig;
+use miclink_sfu::Sfu;
 use tokio::sync::{mpsc, oneshot};
 
 pub use hub::Stats;
+pub use miclink_sfu::SfuConfig;
 
 /// Settings of the signaling plane.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct SignalingConfig {
     pub outbound_queue: usize,
     /// How long shutdown waits for sockets to take their `room_ended` and close.
     pub shutdown_grace: Duration,
+    /// The media plane; `None` runs signaling alone (media requests answer `not_implemented`).
+    pub media: Option<SfuConfig>,
 }
 
 impl Default for SignalingConfig {
@@ -51,6 +55,7 @@ impl Default for SignalingConfig {
             keepalive: Duration::from_secs(20),
             outbound_queue: 1024,
             shutdown_grace: Duration::from_secs(3),
+            media: None,
         }
     }
 }
@@ -65,20 +70,30 @@ struct Inner {
     hub: mpsc::Sender<hub::HubMsg>,
     config: SignalingConfig,
     next_conn: AtomicU64,
+    media_addr: Option<std::net::SocketAddr>,
 }
 
 impl Signaling {
-    /// Start the hub task on the current tokio runtime.
-    pub fn start(config: SignalingConfig) -> Signaling {
+    /// Start the hub task on the current tokio runtime, and the media plane if configured.
+    pub fn start(config: SignalingConfig) -> std::io::Result<Signaling> {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(hub::Hub::new(config.clone()).run(rx));
-        Signaling {
+        let media = config.media.clone().map(Sfu::start).transpose()?;
+        let media_addr = media.as_ref().map(|(sfu, _)| sfu.local_addr());
+        let (hub, media_events) = hub::Hub::new(config.clone(), media);
+        tokio::spawn(hub.run(rx, media_events));
+        Ok(Signaling {
             inner: Arc::new(Inner {
                 hub: tx,
                 config,
                 next_conn: AtomicU64::new(1),
+                media_addr,
             }),
-        }
+        })
+    }
+
+    /// The UDP address of the media plane, when it runs.
+    pub fn media_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.media_addr
     }
 
     /// The `/ws` route.

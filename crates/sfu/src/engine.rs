@@ -1,0 +1,914 @@
+//! The event loop: one UDP socket, every peer connection on it, and the routing between them.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use miclink_protocol::Ident;
+use rand::RngExt;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{PcKind, SfuCommand, SfuError, SfuEvent, SfuStats, keyframe, stun};
+
+pub(crate) enum Msg {
+    Command(SfuCommand),
+    Stats(oneshot::Sender<SfuStats>),
+}
+
+/// The shortest interval between two keyframe requests to one publisher track.
+const PLI_INTERVAL: Duration = Duration::from_millis(300);
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+type PeerId = u64;
+
+/// A track arriving on a publish connection.
+struct InTrack {
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+    last_pli: Option<Instant>,
+}
+
+/// One publisher's track as sent on one subscribe connection.
+struct OutTrack {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    mime: String,
+    /// The payload type this subscriber negotiated for the codec, found on first use.
+    payload_type: Option<u8>,
+    /// Added to the publisher's sequence numbers; set at the first forwarded packet so each
+    /// subscriber's stream is continuous from where it started.
+    seq_offset: Option<u16>,
+    next_seq: u16,
+    /// Video waits for a keyframe before the first packet goes out.
+    waiting_keyframe: bool,
+}
+
+struct Peer {
+    pc: RTCPeerConnection,
+    room: Ident,
+    user: Ident,
+    kind: PcKind,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    connected: bool,
+    /// Publish connections: tracks by track id.
+    tracks: HashMap<String, InTrack>,
+    /// Subscribe connections: (publisher, kind) -> sender.
+    outs: HashMap<(Ident, RtpCodecKind), OutTrack>,
+    /// Subscribe connections: an offer is out and unanswered.
+    offer_pending: bool,
+    /// Subscribe connections: the track set changed while an offer was out.
+    renegotiate: bool,
+}
+
+#[derive(Default)]
+struct RoomMedia {
+    /// Who the seats allow to publish, and what.
+    allowed: HashMap<Ident, (bool, bool)>,
+    members: HashSet<Ident>,
+    publish: HashMap<Ident, PeerId>,
+    subscribe: HashMap<Ident, PeerId>,
+}
+
+struct Engine {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    public_ips: Vec<IpAddr>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+    peers: HashMap<PeerId, Peer>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    rooms: HashMap<Ident, RoomMedia>,
+    next_peer: PeerId,
+    /// Peers with output to flush after the current step.
+    dirty: HashSet<PeerId>,
+    stats: SfuStats,
+}
+
+pub(crate) fn run(
+    socket: std::net::UdpSocket,
+    public_ips: Vec<IpAddr>,
+    commands: mpsc::UnboundedReceiver<Msg>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(error = %e, "media plane could not start its runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "media plane could not register its socket");
+                return;
+            }
+        };
+        let bound = socket
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        // ICE matches checks to the host candidate we advertised, so that is the local address
+        // every datagram is tagged with, whatever wildcard the socket is bound to.
+        let local_addr = SocketAddr::new(
+            public_ips.first().copied().unwrap_or(bound.ip()),
+            bound.port(),
+        );
+        info!(%bound, advertised = ?public_ips, "media plane listening");
+        let engine = Engine {
+            socket,
+            local_addr,
+            public_ips,
+            events,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            rooms: HashMap::new(),
+            next_peer: 1,
+            dirty: HashSet::new(),
+            stats: SfuStats::default(),
+        };
+        engine.run(commands).await;
+    });
+}
+
+impl Engine {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Msg>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let wake = self.next_timeout();
+            tokio::select! {
+                msg = commands.recv() => match msg {
+                    Some(Msg::Command(c)) => self.command(c),
+                    Some(Msg::Stats(tx)) => {
+                        let _ = tx.send(SfuStats { peers: self.peers.len(), ..self.stats });
+                    }
+                    None => return,
+                },
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.datagram(&buf[..n], from),
+                    Err(e) => debug!(error = %e, "udp receive error"),
+                },
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let now = Instant::now();
+                    let due: Vec<PeerId> = self.peers.iter_mut()
+                        .filter_map(|(id, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+                        .collect();
+                    for id in due {
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            let _ = p.pc.handle_timeout(now);
+                        }
+                        self.process(id);
+                    }
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    fn next_timeout(&mut self) -> Instant {
+        let idle = Instant::now() + IDLE_WAKE;
+        self.peers
+            .values_mut()
+            .filter_map(|p| p.pc.poll_timeout())
+            .min()
+            .map_or(idle, |t| t.min(idle))
+    }
+
+    // ----- input ---------------------------------------------------------------------------
+
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        self.stats.datagrams_in += 1;
+        let id = match self.by_addr.get(&from) {
+            Some(&id) => id,
+            None => {
+                // A new address must introduce itself with a STUN check naming a live ufrag.
+                let Some(&id) = stun::server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) else {
+                    self.stats.datagrams_dropped += 1;
+                    return;
+                };
+                id
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: self.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = peer.pc.handle_read(msg) {
+            debug!(error = %e, %from, "datagram refused by its peer connection");
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
+        if !peer.addrs.contains(&from) && stun::is_stun(data) {
+            peer.addrs.push(from);
+            self.by_addr.entry(from).or_insert(id);
+        }
+        self.process(id);
+    }
+
+    /// Drain one peer's events and media after it was fed.
+    fn process(&mut self, id: PeerId) {
+        self.dirty.insert(id);
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            if let Some(event) = peer.pc.poll_event() {
+                self.peer_event(id, event);
+                continue;
+            }
+            if let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                if let RTCMessage::RtpPacket(track_id, packet) = message {
+                    self.forward(id, &track_id, packet);
+                }
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn peer_event(&mut self, id: PeerId, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                debug!(room = %peer.room, user = %peer.user, kind = ?peer.kind, %state, "peer connection");
+                match state {
+                    RTCPeerConnectionState::Connected => peer.connected = true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.remove_peer(id);
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.track_opened(id, init.track_id, init.receiver_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn track_opened(&mut self, id: PeerId, track_id: String, receiver: RTCRtpReceiverId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.kind != PcKind::Publish {
+            return;
+        }
+        let Some(mut r) = peer.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let kind = r.track().kind();
+        let ssrc = r.track().ssrcs().next().unwrap_or(0);
+        let Some(codec) = r
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.rtp_codec.clone())
+        else {
+            return;
+        };
+        let (room, user) = (peer.room.clone(), peer.user.clone());
+        info!(%room, %user, ?kind, mime = %codec.mime_type, "track published");
+        peer.tracks.insert(
+            track_id,
+            InTrack {
+                kind,
+                codec: codec.clone(),
+                receiver,
+                ssrc,
+                last_pli: None,
+            },
+        );
+        // Every other member receives it.
+        let members: Vec<Ident> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.iter().filter(|m| **m != user).cloned().collect())
+            .unwrap_or_default();
+        for member in members {
+            self.ensure_subscribe(&room, &member);
+            if let Some(sid) = self
+                .rooms
+                .get(&room)
+                .and_then(|r| r.subscribe.get(&member))
+                .copied()
+            {
+                self.add_out_track(sid, &user, kind, &codec);
+                self.negotiate(sid);
+            }
+        }
+    }
+
+    // ----- forwarding ------------------------------------------------------------------------
+
+    fn forward(&mut self, from: PeerId, track_id: &str, mut packet: rtc::rtp::Packet) {
+        self.stats.rtp_in += 1;
+        let Some(publisher) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let (room, user) = (publisher.room.clone(), publisher.user.clone());
+        let Some(track) = publisher.tracks.get_mut(track_id) else {
+            return;
+        };
+        let kind = track.kind;
+        let allowed = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.allowed.get(&user))
+            .is_some_and(|(audio, video)| match kind {
+                RtpCodecKind::Audio => *audio,
+                RtpCodecKind::Video => *video,
+                _ => false,
+            });
+        if !allowed {
+            // Seats rule media: nobody unseated is forwarded, whatever keeps arriving.
+            self.stats.rtp_dropped_not_allowed += 1;
+            return;
+        }
+        let is_key = kind == RtpCodecKind::Video && {
+            let mime = track.codec.mime_type.to_ascii_lowercase();
+            if mime.ends_with("vp8") {
+                keyframe::vp8(&packet.payload)
+            } else if mime.ends_with("h264") {
+                keyframe::h264(&packet.payload)
+            } else {
+                true
+            }
+        };
+        let (receiver, media_ssrc) = (track.receiver, track.ssrc);
+        let subscribers: Vec<PeerId> = self
+            .rooms
+            .get(&room)
+            .map(|r| {
+                r.subscribe
+                    .iter()
+                    .filter(|(m, _)| **m != user)
+                    .map(|(_, s)| *s)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut want_keyframe = false;
+        let (seq, ts) = (packet.header.sequence_number, packet.header.timestamp);
+        for sid in subscribers {
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                continue;
+            };
+            if !sub.connected {
+                continue;
+            }
+            let Some(out) = sub.outs.get_mut(&(user.clone(), kind)) else {
+                continue;
+            };
+            if out.waiting_keyframe {
+                if !is_key {
+                    want_keyframe = true;
+                    continue;
+                }
+                out.waiting_keyframe = false;
+            }
+            let pt = match out.payload_type {
+                Some(pt) => pt,
+                None => {
+                    let Some(mut sender) = sub.pc.rtp_sender(out.sender) else {
+                        continue;
+                    };
+                    let Some(pt) = sender
+                        .get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&out.mime))
+                        .map(|c| c.payload_type)
+                    else {
+                        continue;
+                    };
+                    out.payload_type = Some(pt);
+                    pt
+                }
+            };
+            let offset = *out
+                .seq_offset
+                .get_or_insert_with(|| out.next_seq.wrapping_sub(seq));
+            let out_seq = seq.wrapping_add(offset);
+            out.next_seq = out_seq.wrapping_add(1);
+            packet.header.ssrc = out.ssrc;
+            packet.header.payload_type = pt;
+            packet.header.sequence_number = out_seq;
+            packet.header.timestamp = ts;
+            let sender_id = out.sender;
+            if let Some(mut sender) = sub.pc.rtp_sender(sender_id)
+                && sender.write_rtp(now, packet.clone()).is_ok()
+            {
+                self.stats.rtp_out += 1;
+                self.dirty.insert(sid);
+            }
+        }
+        if want_keyframe {
+            self.request_keyframe(from, track_id, receiver, media_ssrc, now);
+        }
+    }
+
+    fn request_keyframe(
+        &mut self,
+        from: PeerId,
+        track_id: &str,
+        receiver: RTCRtpReceiverId,
+        media_ssrc: u32,
+        now: Instant,
+    ) {
+        let Some(publisher) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Some(track) = publisher.tracks.get_mut(track_id) else {
+            return;
+        };
+        if track
+            .last_pli
+            .is_some_and(|t| now.duration_since(t) < PLI_INTERVAL)
+        {
+            return;
+        }
+        track.last_pli = Some(now);
+        if let Some(mut r) = publisher.pc.rtp_receiver(receiver) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                self.stats.plis_sent += 1;
+                self.dirty.insert(from);
+            }
+        }
+    }
+
+    // ----- output ----------------------------------------------------------------------------
+
+    async fn flush(&mut self) {
+        let dirty: Vec<PeerId> = self.dirty.drain().collect();
+        for id in dirty {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            while let Some(msg) = peer.pc.poll_write() {
+                if let Err(e) = self
+                    .socket
+                    .send_to(&msg.message, msg.transport.peer_addr)
+                    .await
+                {
+                    debug!(error = %e, to = %msg.transport.peer_addr, "udp send error");
+                }
+            }
+        }
+    }
+
+    // ----- commands --------------------------------------------------------------------------
+
+    fn command(&mut self, command: SfuCommand) {
+        match command {
+            SfuCommand::Allow {
+                room,
+                user,
+                audio,
+                video,
+            } => {
+                self.rooms
+                    .entry(room)
+                    .or_default()
+                    .allowed
+                    .insert(user, (audio, video));
+            }
+            SfuCommand::Revoke { room, user } => self.revoke(&room, &user),
+            SfuCommand::Join { room, user } => {
+                self.rooms
+                    .entry(room.clone())
+                    .or_default()
+                    .members
+                    .insert(user.clone());
+                self.ensure_subscribe(&room, &user);
+            }
+            SfuCommand::Leave { room, user } => {
+                self.revoke(&room, &user);
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.members.remove(&user);
+                    if let Some(sid) = r.subscribe.remove(&user) {
+                        self.close_peer(sid);
+                    }
+                }
+            }
+            SfuCommand::CloseRoom { room } => {
+                if let Some(r) = self.rooms.remove(&room) {
+                    for id in r.publish.into_values().chain(r.subscribe.into_values()) {
+                        self.close_peer(id);
+                    }
+                }
+            }
+            SfuCommand::Publish {
+                room,
+                user,
+                offer,
+                reply,
+            } => {
+                let result = self.publish(&room, &user, offer);
+                let _ = self.events.send(SfuEvent::PublishAnswer { reply, result });
+            }
+            SfuCommand::SubscribeAnswer {
+                room,
+                user,
+                answer,
+                reply,
+            } => {
+                let result = self.subscribe_answer(&room, &user, answer);
+                let _ = self
+                    .events
+                    .send(SfuEvent::SubscribeAnswered { reply, result });
+            }
+            SfuCommand::Candidate {
+                room,
+                user,
+                pc,
+                candidate,
+            } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return;
+                };
+                let id = match pc {
+                    PcKind::Publish => r.publish.get(&user),
+                    PcKind::Subscribe => r.subscribe.get(&user),
+                };
+                if let Some(p) = id.copied().and_then(|id| self.peers.get_mut(&id)) {
+                    let init = RTCIceCandidateInit {
+                        candidate,
+                        ..Default::default()
+                    };
+                    if let Err(e) = p.pc.add_remote_candidate(init) {
+                        debug!(error = %e, "remote candidate refused");
+                    }
+                }
+            }
+        }
+    }
+
+    fn revoke(&mut self, room: &Ident, user: &Ident) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        r.allowed.remove(user);
+        let publish = r.publish.remove(user);
+        let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
+        if let Some(id) = publish {
+            self.close_peer(id);
+        }
+        // Their tracks leave every subscribe connection.
+        for sid in subs {
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                continue;
+            };
+            let gone: Vec<(Ident, RtpCodecKind)> = sub
+                .outs
+                .keys()
+                .filter(|(publisher, _)| publisher == user)
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for key in gone {
+                if let Some(out) = sub.outs.remove(&key) {
+                    let _ = sub.pc.remove_track(out.sender);
+                }
+            }
+            self.negotiate(sid);
+        }
+    }
+
+    fn publish(&mut self, room: &Ident, user: &Ident, offer: String) -> Result<String, SfuError> {
+        let allowed = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.allowed.contains_key(user));
+        if !allowed {
+            return Err(SfuError::NotAllowed);
+        }
+        let offer =
+            RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let id = self
+            .new_peer(room, user, PcKind::Publish)
+            .map_err(SfuError::BadSdp)?;
+        let peer = self.peers.get_mut(&id).expect("just created");
+        let answer = (|| {
+            peer.pc.set_remote_description(Instant::now(), offer)?;
+            let answer = peer.pc.create_answer(None)?;
+            peer.pc
+                .set_local_description(Instant::now(), answer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(answer.sdp)
+        })();
+        match answer {
+            Ok(sdp) => {
+                let r = self.rooms.entry(room.clone()).or_default();
+                if let Some(old) = r.publish.insert(user.clone(), id) {
+                    self.close_peer(old);
+                }
+                self.process(id);
+                Ok(sdp)
+            }
+            Err(e) => {
+                self.close_peer(id);
+                Err(SfuError::BadSdp(e.to_string()))
+            }
+        }
+    }
+
+    fn subscribe_answer(
+        &mut self,
+        room: &Ident,
+        user: &Ident,
+        answer: String,
+    ) -> Result<(), SfuError> {
+        let id = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.subscribe.get(user))
+            .copied()
+            .ok_or(SfuError::NoOffer)?;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
+        if !peer.offer_pending {
+            return Err(SfuError::NoOffer);
+        }
+        let answer =
+            RTCSessionDescription::answer(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        peer.pc
+            .set_remote_description(Instant::now(), answer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        peer.offer_pending = false;
+        // Payload types may have changed with the new answer.
+        for out in peer.outs.values_mut() {
+            out.payload_type = None;
+        }
+        if std::mem::take(&mut peer.renegotiate) {
+            self.negotiate(id);
+        }
+        self.process(id);
+        Ok(())
+    }
+
+    /// Give `member` a subscribe connection carrying every track published in the room but
+    /// their own, if there is any and they have none yet.
+    fn ensure_subscribe(&mut self, room: &Ident, member: &Ident) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        if r.subscribe.contains_key(member) || !r.members.contains(member) {
+            return;
+        }
+        let published: Vec<(Ident, RtpCodecKind, RTCRtpCodec)> = r
+            .publish
+            .iter()
+            .filter(|(u, _)| *u != member)
+            .filter_map(|(u, id)| self.peers.get(id).map(|p| (u, p)))
+            .flat_map(|(u, p)| {
+                p.tracks
+                    .values()
+                    .map(move |t| (u.clone(), t.kind, t.codec.clone()))
+            })
+            .collect();
+        if published.is_empty() {
+            return;
+        }
+        let id = match self.new_peer(room, member, PcKind::Subscribe) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(error = %e, "could not create a subscribe connection");
+                return;
+            }
+        };
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.subscribe.insert(member.clone(), id);
+        }
+        for (publisher, kind, codec) in published {
+            self.add_out_track(id, &publisher, kind, &codec);
+        }
+        self.negotiate(id);
+    }
+
+    fn add_out_track(
+        &mut self,
+        sid: PeerId,
+        publisher: &Ident,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+    ) {
+        let Some(sub) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        let key = (publisher.clone(), kind);
+        if sub.outs.contains_key(&key) {
+            return;
+        }
+        let ssrc: u32 = rand::rng().random();
+        // The msid stream id is the publisher's user id (contract rule 7).
+        let track = MediaStreamTrack::new(
+            publisher.to_string(),
+            format!("{publisher}-{kind}"),
+            format!("{publisher} {kind}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
+                ..Default::default()
+            }],
+        );
+        match sub.pc.add_track(track) {
+            Ok(sender) => {
+                sub.outs.insert(
+                    key,
+                    OutTrack {
+                        sender,
+                        ssrc,
+                        mime: codec.mime_type.clone(),
+                        payload_type: None,
+                        seq_offset: None,
+                        next_seq: rand::rng().random(),
+                        waiting_keyframe: kind == RtpCodecKind::Video,
+                    },
+                );
+            }
+            Err(e) => warn!(error = %e, "could not add a track to a subscribe connection"),
+        }
+    }
+
+    /// Send `sid` a fresh subscribe offer, or note that one is due once the pending one is
+    /// answered.
+    fn negotiate(&mut self, sid: PeerId) {
+        let Some(sub) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        if sub.offer_pending {
+            sub.renegotiate = true;
+            return;
+        }
+        let offer = (|| {
+            let offer = sub.pc.create_offer(None)?;
+            sub.pc
+                .set_local_description(Instant::now(), offer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(offer.sdp)
+        })();
+        match offer {
+            Ok(sdp) => {
+                sub.offer_pending = true;
+                let _ = self.events.send(SfuEvent::SubscribeOffer {
+                    room: sub.room.clone(),
+                    user: sub.user.clone(),
+                    sdp,
+                });
+                self.dirty.insert(sid);
+            }
+            Err(e) => warn!(error = %e, "could not create a subscribe offer"),
+        }
+    }
+
+    // ----- peer lifecycle --------------------------------------------------------------------
+
+    fn new_peer(&mut self, room: &Ident, user: &Ident, kind: PcKind) -> Result<PeerId, String> {
+        let ufrag = random_string(16);
+        let pwd = random_string(32);
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(|e| e.to_string())?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)
+            .map_err(|e| e.to_string())?;
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), pwd)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .map_err(|e| e.to_string())?;
+        for ip in &self.public_ips {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: ip.to_string(),
+                    port: self.local_addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(|e| e.to_string())?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(|e| e.to_string())?;
+            pc.add_local_candidate(init).map_err(|e| e.to_string())?;
+        }
+        let id = self.next_peer;
+        self.next_peer += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                pc,
+                room: room.clone(),
+                user: user.clone(),
+                kind,
+                ufrag,
+                addrs: Vec::new(),
+                connected: false,
+                tracks: HashMap::new(),
+                outs: HashMap::new(),
+                offer_pending: false,
+                renegotiate: false,
+            },
+        );
+        Ok(id)
+    }
+
+    fn close_peer(&mut self, id: PeerId) {
+        if let Some(mut peer) = self.peers.remove(&id) {
+            let _ = peer.pc.close();
+            self.by_ufrag.remove(&peer.ufrag);
+            for a in &peer.addrs {
+                if self.by_addr.get(a) == Some(&id) {
+                    self.by_addr.remove(a);
+                }
+            }
+        }
+    }
+
+    /// A peer connection failed or closed on its own: forget it and where it was referenced.
+    fn remove_peer(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let (room, user, kind) = (peer.room.clone(), peer.user.clone(), peer.kind);
+        if let Some(r) = self.rooms.get_mut(&room) {
+            let map = match kind {
+                PcKind::Publish => &mut r.publish,
+                PcKind::Subscribe => &mut r.subscribe,
+            };
+            if map.get(&user) == Some(&id) {
+                map.remove(&user);
+            }
+        }
+        self.close_peer(id);
+    }
+}
+
+fn random_string(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

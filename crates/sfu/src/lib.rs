@@ -1,0 +1,185 @@
+//! miclink's media plane: a selective forwarding unit on webrtc-rs's sans-IO core (`rtc`).
+//!
+//! One event-loop thread owns one UDP socket and every peer connection on it. Datagrams are
+//! routed to their peer connection by the server ufrag of STUN checks, then by remote address.
+//! Each member has up to two connections: *publish* (offered by the client, anchor and linked
+//! members only) and *subscribe* (offered by the server, re-offered when the room's published
+//! tracks change). This crate obeys the seat state machine's permissions and never decides
+//! admission: media from anyone not allowed is dropped at packet level.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod engine;
+mod keyframe;
+mod stun;
+
+use std::net::{IpAddr, SocketAddr};
+
+use miclink_protocol::Ident;
+use tokio::sync::mpsc;
+
+/// Settings of the media plane.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// The UDP address every peer connection shares.
+    pub udp_addr: SocketAddr,
+    /// Addresses put in the host candidates clients connect to (with `udp_addr`'s port).
+    pub public_ips: Vec<IpAddr>,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            udp_addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            public_ips: vec![IpAddr::from([127, 0, 0, 1])],
+        }
+    }
+}
+
+/// Which of a member's connections a message concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PcKind {
+    Publish,
+    Subscribe,
+}
+
+/// Where the answer to a request goes: the signaling socket and the request id. Opaque here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub conn: u64,
+    pub id: u64,
+}
+
+/// What signaling asks of the media plane.
+#[derive(Debug)]
+pub enum SfuCommand {
+    /// The seats allow `user` to publish from now on.
+    Allow {
+        room: Ident,
+        user: Ident,
+        audio: bool,
+        video: bool,
+    },
+    /// `user` may no longer publish: stop forwarding now, drop their tracks, close the connection.
+    Revoke { room: Ident, user: Ident },
+    /// `user` is in the room and receives every other publisher.
+    Join { room: Ident, user: Ident },
+    /// `user` left the room.
+    Leave { room: Ident, user: Ident },
+    /// The room ended.
+    CloseRoom { room: Ident },
+    /// The client's publish offer; the answer comes back as [`SfuEvent::Reply`].
+    Publish {
+        room: Ident,
+        user: Ident,
+        offer: String,
+        reply: ReplyTo,
+    },
+    /// The client's answer to the last subscribe offer.
+    SubscribeAnswer {
+        room: Ident,
+        user: Ident,
+        answer: String,
+        reply: ReplyTo,
+    },
+    /// A trickled client candidate (`RTCIceCandidateInit.candidate`).
+    Candidate {
+        room: Ident,
+        user: Ident,
+        pc: PcKind,
+        candidate: String,
+    },
+}
+
+/// Why a media request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    #[error("the session description was refused: {0}")]
+    BadSdp(String),
+    #[error("not allowed to publish")]
+    NotAllowed,
+    #[error("no subscribe offer is waiting for an answer")]
+    NoOffer,
+}
+
+/// What the media plane tells signaling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuEvent {
+    /// The answer SDP to a [`SfuCommand::Publish`].
+    PublishAnswer {
+        reply: ReplyTo,
+        result: Result<String, SfuError>,
+    },
+    /// The outcome of a [`SfuCommand::SubscribeAnswer`].
+    SubscribeAnswered {
+        reply: ReplyTo,
+        result: Result<(), SfuError>,
+    },
+    /// A (re-)offer for `user`'s subscribe connection.
+    SubscribeOffer {
+        room: Ident,
+        user: Ident,
+        sdp: String,
+    },
+}
+
+/// Packet and byte counters of the whole media plane, kept cheaply on the hot path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub peers: usize,
+    pub datagrams_in: u64,
+    pub datagrams_dropped: u64,
+    pub rtp_in: u64,
+    pub rtp_dropped_not_allowed: u64,
+    pub rtp_out: u64,
+    pub plis_sent: u64,
+}
+
+/// A handle to the running media plane.
+#[derive(Clone)]
+pub struct Sfu {
+    commands: mpsc::UnboundedSender<engine::Msg>,
+    local_addr: SocketAddr,
+}
+
+impl Sfu {
+    /// Bind the UDP socket and start the event loop on its own thread. Events for signaling
+    /// arrive on the returned receiver.
+    pub fn start(config: SfuConfig) -> std::io::Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>)> {
+        let socket = std::net::UdpSocket::bind(config.udp_addr)?;
+        socket.set_nonblocking(true)?;
+        let local_addr = socket.local_addr()?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let public_ips = if config.public_ips.is_empty() {
+            vec![local_addr.ip()]
+        } else {
+            config.public_ips
+        };
+        std::thread::Builder::new()
+            .name("miclink-sfu".into())
+            .spawn(move || engine::run(socket, public_ips, cmd_rx, ev_tx))?;
+        Ok((
+            Sfu {
+                commands: cmd_tx,
+                local_addr,
+            },
+            ev_rx,
+        ))
+    }
+
+    /// The UDP address peers send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn send(&self, command: SfuCommand) {
+        let _ = self.commands.send(engine::Msg::Command(command));
+    }
+
+    pub async fn stats(&self) -> Option<SfuStats> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(engine::Msg::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+}

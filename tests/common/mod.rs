@@ -1,0 +1,481 @@
+//! Members for end-to-end media tests: a signaling WebSocket plus real WebRTC peer connections
+//! on the async `webrtc` crate, over loopback. Nothing here is mocked: ICE, DTLS and SRTP are real.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use miclink::{Args, Config};
+use miclink_protocol::{
+    ClientMessage, Event, Ident, JoinResult, Reply, Request, Role, ServerMessage,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::Track;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, register_default_interceptors,
+};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running server (signaling + media) on loopback ports chosen by the OS.
+pub struct Server {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn server() -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::load(Args::default()).expect("defaults");
+    if let Some(media) = &mut config.signaling.media {
+        media.udp_addr.set_port(0);
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(miclink::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        url: format!("ws://{addr}/ws"),
+        stop: Some(stop),
+    }
+}
+
+/// What a member's subscribe connection received, by publisher (msid stream id) and kind.
+#[derive(Default, Debug)]
+pub struct Received {
+    pub streams: HashMap<(String, RtpCodecKind), Stream>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Stream {
+    /// Sequence numbers in arrival order.
+    pub seqs: Vec<u16>,
+    /// The sender's counters read from the payload markers, in arrival order.
+    pub counters: Vec<u32>,
+    /// The publisher id each payload marker named.
+    pub marked_by: Vec<String>,
+    /// Whether the first packet was a VP8 keyframe.
+    pub first_is_keyframe: Option<bool>,
+}
+
+struct Shared {
+    user: String,
+    out: mpsc::UnboundedSender<String>,
+    replies: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: AtomicU64,
+    received: Mutex<Received>,
+    /// Subscribe offers answered so far.
+    offers: AtomicU64,
+    offer_done: Notify,
+}
+
+impl Shared {
+    async fn request(&self, request: Request) -> Reply {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.replies.lock().await.insert(id, tx);
+        let text = serde_json::to_string(&ClientMessage { id, request }).expect("serialize");
+        self.out.send(text).expect("socket writer running");
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .unwrap_or_else(|_| panic!("{}: no reply to request {id}", self.user))
+            .expect("reply")
+    }
+}
+
+pub struct Member {
+    pub user: String,
+    shared: Arc<Shared>,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub join: JoinResult,
+    subscriber: Arc<dyn PeerConnection>,
+    publisher: Option<Publisher>,
+}
+
+struct Publisher {
+    pc: Arc<dyn PeerConnection>,
+    stop: Arc<Notify>,
+}
+
+#[derive(Clone)]
+struct Handler {
+    gathered: Arc<Notify>,
+    shared: Option<Arc<Shared>>,
+    state: Arc<Mutex<RTCPeerConnectionState>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        *self.state.lock().await = state;
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let stream_id = track.stream_id().await;
+            let kind = track.kind().await;
+            while let Some(event) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                    continue;
+                };
+                let mut received = shared.received.lock().await;
+                let s = received
+                    .streams
+                    .entry((stream_id.clone(), kind))
+                    .or_default();
+                if s.first_is_keyframe.is_none() && kind == RtpCodecKind::Video {
+                    s.first_is_keyframe = Some(is_vp8_keyframe(&packet.payload));
+                }
+                s.seqs.push(packet.header.sequence_number);
+                if let Some((who, counter)) = read_marker(&packet.payload, kind) {
+                    s.marked_by.push(who);
+                    s.counters.push(counter);
+                }
+            }
+        });
+    }
+}
+
+async fn peer(handler: Handler) -> Arc<dyn PeerConnection> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().expect("codecs");
+    let registry =
+        register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(handler))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .build()
+        .await
+        .expect("peer connection");
+    Arc::new(pc)
+}
+
+/// Complete local description once ICE gathering is done (no trickle needed on loopback).
+async fn gathered_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.notified()).await;
+    pc.local_description().await.expect("local description").sdp
+}
+
+impl Member {
+    pub async fn join(url: &str, room: &str, user: &str, role: Role) -> Member {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(text) = out_rx.recv().await {
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let shared = Arc::new(Shared {
+            user: user.to_owned(),
+            out,
+            replies: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            received: Mutex::new(Received::default()),
+            offers: AtomicU64::new(0),
+            offer_done: Notify::new(),
+        });
+        let gathered = Arc::new(Notify::new());
+        let subscriber = peer(Handler {
+            gathered: gathered.clone(),
+            shared: Some(shared.clone()),
+            state: Arc::new(Mutex::new(RTCPeerConnectionState::New)),
+        })
+        .await;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        {
+            let shared = shared.clone();
+            let subscriber = subscriber.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = stream.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    match serde_json::from_str::<ServerMessage>(&text).expect("server message") {
+                        ServerMessage::Reply(r) => {
+                            if let Some(tx) = shared.replies.lock().await.remove(&r.id) {
+                                let _ = tx.send(r);
+                            }
+                        }
+                        ServerMessage::Event(Event::SubscribeOffer { sdp }) => {
+                            // Answer in order: the server re-offers only after an answer.
+                            let offer = RTCSessionDescription::offer(sdp).expect("offer");
+                            subscriber
+                                .set_remote_description(offer)
+                                .await
+                                .expect("set offer");
+                            let answer = subscriber.create_answer(None).await.expect("answer");
+                            subscriber
+                                .set_local_description(answer)
+                                .await
+                                .expect("set answer");
+                            let sdp = gathered_sdp(&subscriber, &gathered).await;
+                            let shared2 = shared.clone();
+                            tokio::spawn(async move {
+                                let r = shared2.request(Request::SubscribeAnswer { sdp }).await;
+                                assert!(r.ok, "{}: subscribe_answer refused: {r:?}", shared2.user);
+                                shared2.offers.fetch_add(1, Ordering::SeqCst);
+                                shared2.offer_done.notify_waiters();
+                            });
+                        }
+                        ServerMessage::Event(e) => {
+                            let _ = events_tx.send(e);
+                        }
+                    }
+                }
+            });
+        }
+        let reply = shared
+            .request(Request::Join {
+                room: Ident::new(room).expect("room"),
+                user: Ident::new(user).expect("user"),
+                role,
+                name: None,
+                token: None,
+            })
+            .await;
+        assert!(reply.ok, "{user}: join refused: {reply:?}");
+        let join = serde_json::from_value(reply.result.expect("result")).expect("join result");
+        Member {
+            user: user.to_owned(),
+            shared,
+            events,
+            join,
+            subscriber,
+            publisher: None,
+        }
+    }
+
+    pub async fn request(&self, request: Request) -> Reply {
+        self.shared.request(request).await
+    }
+
+    /// The next event of type `kind`, skipping others.
+    pub async fn wait_event(&mut self, kind: &str) -> Event {
+        loop {
+            let e = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no {kind} event", self.user))
+                .expect("events");
+            if e.type_name() == kind {
+                return e;
+            }
+        }
+    }
+
+    /// Publish VP8 video (unless `audio_only`) and Opus audio, sending RTP until dropped:
+    /// video at 30 packets/s with a keyframe every 30, audio at 50 packets/s.
+    pub async fn publish(&mut self, audio_only: bool) {
+        let gathered = Arc::new(Notify::new());
+        let pc = peer(Handler {
+            gathered: gathered.clone(),
+            shared: None,
+            state: Arc::new(Mutex::new(RTCPeerConnectionState::New)),
+        })
+        .await;
+        let mut kinds = vec![(RtpCodecKind::Audio, "audio/opus", 48000, 2)];
+        if !audio_only {
+            kinds.push((RtpCodecKind::Video, "video/VP8", 90000, 0));
+        }
+        let stop = Arc::new(Notify::new());
+        for (kind, mime, clock_rate, channels) in kinds {
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                self.user.clone(),
+                format!("{}-{kind}", self.user),
+                format!("{} {kind}", self.user),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(rand_u32()),
+                        ..Default::default()
+                    },
+                    codec: RTCRtpCodec {
+                        mime_type: mime.to_owned(),
+                        clock_rate,
+                        channels,
+                        sdp_fmtp_line: String::new(),
+                        rtcp_feedback: vec![],
+                    },
+                    ..Default::default()
+                }],
+            )));
+            pc.add_track(track.clone() as Arc<dyn TrackLocal>)
+                .await
+                .expect("add track");
+            tokio::spawn(send_rtp(track, kind, self.user.clone(), stop.clone()));
+        }
+        let offer = pc.create_offer(None).await.expect("offer");
+        pc.set_local_description(offer).await.expect("set offer");
+        let sdp = gathered_sdp(&pc, &gathered).await;
+        let reply = self.request(Request::Publish { sdp }).await;
+        assert!(reply.ok, "{}: publish refused: {reply:?}", self.user);
+        let answer: miclink_protocol::PublishResult =
+            serde_json::from_value(reply.result.expect("result")).expect("publish result");
+        pc.set_remote_description(RTCSessionDescription::answer(answer.sdp).expect("answer"))
+            .await
+            .expect("set answer");
+        self.publisher = Some(Publisher { pc, stop });
+    }
+
+    /// A copy of what arrived so far.
+    pub async fn received(&self) -> HashMap<(String, RtpCodecKind), Stream> {
+        self.shared.received.lock().await.streams.clone()
+    }
+
+    /// Wait until `pred` holds for what arrived.
+    pub async fn wait_received(
+        &self,
+        what: &str,
+        pred: impl Fn(&HashMap<(String, RtpCodecKind), Stream>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if pred(&self.shared.received.lock().await.streams) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{}: {what} never happened; received {:?}",
+                    self.user,
+                    summary(&self.shared.received.lock().await.streams)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn close(self) {
+        if let Some(p) = self.publisher {
+            p.stop.notify_waiters();
+            let _ = p.pc.close().await;
+        }
+        let _ = self.subscriber.close().await;
+    }
+}
+
+pub fn summary(streams: &HashMap<(String, RtpCodecKind), Stream>) -> Vec<(String, String, usize)> {
+    let mut v: Vec<_> = streams
+        .iter()
+        .map(|((who, kind), s)| (who.clone(), kind.to_string(), s.seqs.len()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u32
+}
+
+const MARK: &[u8; 4] = b"MKLK";
+
+/// Payload: [codec header][MARK][len][publisher id][counter u32].
+fn payload(kind: RtpCodecKind, user: &str, counter: u32, keyframe: bool) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64);
+    if kind == RtpCodecKind::Video {
+        // VP8 descriptor: S=1, partition 0; payload header P bit 0 on keyframes.
+        p.push(0x10);
+        p.push(if keyframe { 0x00 } else { 0x01 });
+    }
+    p.extend_from_slice(MARK);
+    p.push(user.len() as u8);
+    p.extend_from_slice(user.as_bytes());
+    p.extend_from_slice(&counter.to_be_bytes());
+    p.resize(p.len().max(120), 0);
+    p
+}
+
+fn read_marker(payload: &[u8], kind: RtpCodecKind) -> Option<(String, u32)> {
+    let skip = if kind == RtpCodecKind::Video { 2 } else { 0 };
+    let p = payload.get(skip..)?;
+    if p.get(..4)? != MARK {
+        return None;
+    }
+    let len = *p.get(4)? as usize;
+    let who = std::str::from_utf8(p.get(5..5 + len)?).ok()?.to_owned();
+    let c = p.get(5 + len..9 + len)?;
+    Some((who, u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+}
+
+pub fn is_vp8_keyframe(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|b| b & 0x10 != 0) && payload.get(1).is_some_and(|b| b & 0x01 == 0)
+}
+
+async fn send_rtp(
+    track: Arc<TrackLocalStaticRTP>,
+    kind: RtpCodecKind,
+    user: String,
+    stop: Arc<Notify>,
+) {
+    let (interval, ts_step, pt) = match kind {
+        RtpCodecKind::Video => (Duration::from_millis(33), 3000u32, 96u8),
+        _ => (Duration::from_millis(20), 960u32, 111u8),
+    };
+    let mut tick = tokio::time::interval(interval);
+    let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+    for counter in 0u32.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.notified() => return,
+        }
+        let keyframe = kind == RtpCodecKind::Video && counter % 30 == 0;
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: kind == RtpCodecKind::Video,
+                payload_type: pt,
+                sequence_number: counter as u16,
+                timestamp: counter.wrapping_mul(ts_step),
+                ssrc,
+                ..Default::default()
+            },
+            payload: payload(kind, &user, counter, keyframe).into(),
+        };
+        if track.write_rtp(packet).await.is_err() {
+            return;
+        }
+    }
+}
