@@ -7,12 +7,17 @@ use common::*;
 use miclink_protocol::{ErrorCode, Ident, Request, Role};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
+/// Media tests run one at a time: each pushes thousands of packets a second through two cores,
+/// and running them side by side would make them measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn key(who: &str, kind: RtpCodecKind) -> (String, RtpCodecKind) {
     (who.to_owned(), kind)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_receives_the_anchors_audio_and_video() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let s = server().await;
     let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
     anchor.publish(false).await;
@@ -50,6 +55,7 @@ async fn a_viewer_receives_the_anchors_audio_and_video() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_may_not_publish() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let s = server().await;
     let _anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
     let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
@@ -59,4 +65,187 @@ async fn a_viewer_may_not_publish() {
         })
         .await;
     assert_eq!(reply.error.map(|e| e.code), Some(ErrorCode::NotLinked));
+}
+
+/// Sorted, unique and without gaps: every packet arrived exactly once.
+fn complete(seqs: &[u16]) -> bool {
+    let mut s: Vec<u32> = seqs.iter().map(|&x| u32::from(x)).collect();
+    s.sort_unstable();
+    let unique = s.windows(2).all(|w| w[0] != w[1]);
+    // No wrap in a test this short: sequence numbers start at a random 16-bit value, so widen
+    // by checking the span in modular arithmetic instead.
+    let span = seqs
+        .iter()
+        .map(|&x| x.wrapping_sub(seqs[0]))
+        .max()
+        .unwrap_or(0) as usize;
+    unique && span + 1 == seqs.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_forwards_every_publisher_to_everyone_else() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let mut members = Vec::new();
+    for i in 1..=9 {
+        let mut m = Member::join(&s.url, "r", &format!("guest{i}"), Role::Audience).await;
+        m.link_via(&mut anchor, true).await;
+        m.publish(false).await;
+        members.push(m);
+    }
+    let mut viewers = Vec::new();
+    for i in 1..=3 {
+        viewers.push(Member::join(&s.url, "r", &format!("viewer{i}"), Role::Audience).await);
+    }
+    let publishers: Vec<String> = std::iter::once("anchor".to_owned())
+        .chain((1..=9).map(|i| format!("guest{i}")))
+        .collect();
+    let everyone: Vec<&Member> = std::iter::once(&anchor)
+        .chain(members.iter())
+        .chain(viewers.iter())
+        .collect();
+    for m in &everyone {
+        let expected: Vec<&String> = publishers.iter().filter(|p| **p != m.user).collect();
+        m.wait_received("every other publisher's audio and video", |r| {
+            expected.iter().all(|p| {
+                [RtpCodecKind::Audio, RtpCodecKind::Video]
+                    .iter()
+                    .all(|k| r.get(&key(p, *k)).is_some_and(|s| s.seqs.len() >= 20))
+            })
+        })
+        .await;
+        let got = m.received().await;
+        assert!(
+            !got.keys().any(|(p, _)| *p == m.user),
+            "{} receives no echo of itself",
+            m.user
+        );
+        for ((p, kind), stream) in &got {
+            assert!(
+                stream.marked_by.iter().all(|w| w == p),
+                "{}: {p} {kind}: stream id names the sender",
+                m.user
+            );
+            assert!(
+                stream.counters.windows(2).all(|w| w[0] != w[1]),
+                "{}: {p} {kind}: no duplicates",
+                m.user
+            );
+            assert!(
+                complete(&stream.seqs),
+                "{}: {p} {kind}: continuous sequence numbers",
+                m.user
+            );
+        }
+    }
+    for m in members.into_iter().chain(viewers) {
+        m.close().await;
+    }
+    anchor.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_member_is_cut_off_at_once_and_leaves_every_offer() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let mut fan = Member::join(&s.url, "r", "fan", Role::Audience).await;
+    fan.link_via(&mut anchor, true).await;
+    fan.publish(false).await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    for m in [&anchor, &viewer] {
+        m.wait_received("fan's media", |r| {
+            r.get(&key("fan", RtpCodecKind::Video))
+                .is_some_and(|s| s.seqs.len() >= 10)
+        })
+        .await;
+    }
+    let offers_before = viewer.offers_answered();
+    let r = anchor
+        .request(Request::DisconnectUser {
+            user: Ident::new("fan").expect("id"),
+        })
+        .await;
+    assert!(r.ok);
+    // The fan keeps sending: its RTP task runs until the fan closes.
+    fan.wait_event("link_terminated").await;
+    async fn count(m: &Member) -> usize {
+        let got = m.received().await;
+        [RtpCodecKind::Audio, RtpCodecKind::Video]
+            .iter()
+            .map(|k| got.get(&key("fan", *k)).map_or(0, |s| s.seqs.len()))
+            .sum()
+    }
+    // Packets already on the wire when the link ended may still land; nothing after.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (a0, v0) = (count(&anchor).await, count(&viewer).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        count(&anchor).await,
+        a0,
+        "the anchor got the fan's media after the disconnect"
+    );
+    assert_eq!(
+        count(&viewer).await,
+        v0,
+        "a viewer got the fan's media after the disconnect"
+    );
+    viewer.wait_offers_above(offers_before).await;
+    let offer = viewer.last_offer().await;
+    assert!(
+        !offer.contains("msid:fan "),
+        "the re-offer still carries the fan's tracks:\n{offer}"
+    );
+    assert!(offer.contains("msid:anchor "), "the anchor's tracks stay");
+    // The anchor's media keeps flowing to the viewer.
+    let before = viewer.received().await[&key("anchor", RtpCodecKind::Audio)]
+        .seqs
+        .len();
+    viewer
+        .wait_received("more of the anchor's audio", |r| {
+            r[&key("anchor", RtpCodecKind::Audio)].seqs.len() > before + 10
+        })
+        .await;
+    fan.close().await;
+    viewer.close().await;
+    anchor.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_only_link_publishes_audio_alone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let mut guest = Member::join(&s.url, "r", "guest", Role::Audience).await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    guest.link_via(&mut anchor, false).await;
+    match anchor.wait_event("connected_users_updated").await {
+        miclink_protocol::Event::ConnectedUsersUpdated { joined, .. } => {
+            assert!(
+                joined[0].mic && !joined[0].camera,
+                "camera false for an audio-only link"
+            );
+        }
+        _ => unreachable!(),
+    }
+    guest.publish(true).await;
+    viewer
+        .wait_received("the guest's audio", |r| {
+            r.get(&key("guest", RtpCodecKind::Audio))
+                .is_some_and(|s| s.seqs.len() >= 20)
+        })
+        .await;
+    assert!(
+        !viewer
+            .received()
+            .await
+            .contains_key(&key("guest", RtpCodecKind::Video))
+    );
+    guest.close().await;
+    viewer.close().await;
+    anchor.close().await;
 }

@@ -87,8 +87,9 @@ struct Shared {
     replies: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: AtomicU64,
     received: Mutex<Received>,
-    /// Subscribe offers answered so far.
+    /// Subscribe offers answered so far, and the last one.
     offers: AtomicU64,
+    last_offer: Mutex<String>,
     offer_done: Notify,
 }
 
@@ -212,6 +213,7 @@ impl Member {
             next_id: AtomicU64::new(1),
             received: Mutex::new(Received::default()),
             offers: AtomicU64::new(0),
+            last_offer: Mutex::new(String::new()),
             offer_done: Notify::new(),
         });
         let gathered = Arc::new(Notify::new());
@@ -236,6 +238,7 @@ impl Member {
                         }
                         ServerMessage::Event(Event::SubscribeOffer { sdp }) => {
                             // Answer in order: the server re-offers only after an answer.
+                            *shared.last_offer.lock().await = sdp.clone();
                             let offer = RTCSessionDescription::offer(sdp).expect("offer");
                             subscriber
                                 .set_remote_description(offer)
@@ -352,6 +355,51 @@ impl Member {
             .await
             .expect("set answer");
         self.publisher = Some(Publisher { pc, stop });
+    }
+
+    /// Subscribe offers answered so far.
+    pub fn offers_answered(&self) -> u64 {
+        self.shared.offers.load(Ordering::SeqCst)
+    }
+
+    /// The last subscribe offer the server sent.
+    pub async fn last_offer(&self) -> String {
+        self.shared.last_offer.lock().await.clone()
+    }
+
+    /// Wait until more than `n` subscribe offers were answered.
+    pub async fn wait_offers_above(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.offers_answered() <= n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no new subscribe offer",
+                self.user
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Apply for a seat and have `anchor` accept.
+    pub async fn link_via(&mut self, anchor: &mut Member, open_camera: bool) {
+        let r = self
+            .request(Request::RequestLink {
+                user: None,
+                seat: None,
+                timeout_s: None,
+                open_camera: Some(open_camera),
+            })
+            .await;
+        assert!(r.ok, "{}: apply refused: {r:?}", self.user);
+        anchor.wait_event("link_request").await;
+        let r = anchor
+            .request(Request::RespondLink {
+                user: Ident::new(&self.user).expect("id"),
+                accept: true,
+            })
+            .await;
+        assert!(r.ok, "accept refused: {r:?}");
+        self.wait_event("link_accepted").await;
     }
 
     /// A copy of what arrived so far.

@@ -687,6 +687,7 @@ impl Seats {
         if !linked {
             return Err(SeatError::NotLinked("that user is not linked"));
         }
+        self.revoke_media(room_id, target);
         self.event(
             room_id,
             target.clone(),
@@ -796,7 +797,16 @@ impl Seats {
         );
     }
 
+    /// Tell the media plane first, so forwarding stops before anyone hears the link ended.
+    fn revoke_media(&mut self, room: &Ident, user: &Ident) {
+        self.media(MediaChange::RevokePublish {
+            room: room.clone(),
+            user: user.clone(),
+        });
+    }
+
     /// Take `user`'s seat away and tell everyone. Returns the user as they were while seated.
+    /// The caller has revoked their media already.
     fn unlink(&mut self, room_id: &Ident, user: &Ident) -> Option<UserInfo> {
         let room = self.rooms.get_mut(room_id)?;
         let before = room.info(user)?;
@@ -807,10 +817,6 @@ impl Seats {
         m.mic = false;
         m.camera = false;
         let users = room.linked();
-        self.media(MediaChange::RevokePublish {
-            room: room_id.clone(),
-            user: user.clone(),
-        });
         self.broadcast(
             room_id,
             Event::ConnectedUsersUpdated {
@@ -837,6 +843,7 @@ impl Seats {
             .filter(|u| *u != user)
             .cloned()
             .collect();
+        self.revoke_media(room_id, user);
         for to in others {
             self.event(room_id, to, Event::LinkExited { user: info.clone() });
         }

@@ -135,6 +135,24 @@ pub struct SfuStats {
     pub plis_sent: u64,
 }
 
+/// Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max): one
+/// socket carries every peer, and bursts of keyframes to many subscribers must not overflow it.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::warn!(error = %e, "could not enlarge the media socket's receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::warn!(error = %e, "could not enlarge the media socket's send buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// A handle to the running media plane.
 #[derive(Clone)]
 pub struct Sfu {
@@ -146,8 +164,7 @@ impl Sfu {
     /// Bind the UDP socket and start the event loop on its own thread. Events for signaling
     /// arrive on the returned receiver.
     pub fn start(config: SfuConfig) -> std::io::Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>)> {
-        let socket = std::net::UdpSocket::bind(config.udp_addr)?;
-        socket.set_nonblocking(true)?;
+        let socket = bind(config.udp_addr)?;
         let local_addr = socket.local_addr()?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();

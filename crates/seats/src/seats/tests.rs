@@ -339,6 +339,10 @@ fn disconnect_by_the_anchor_terminates_the_link() {
         user: id("v1")
     })));
     assert_eq!(h.seats.may_publish(&h.room, &id("v1")), None);
+    assert!(
+        matches!(out[0], Output::Media(MediaChange::RevokePublish { .. })),
+        "media stops before anyone is told: {out:?}"
+    );
 }
 
 #[test]
