@@ -55,17 +55,38 @@ pub async fn run(
 }
 
 async fn healthz(State(signaling): State<Signaling>) -> Response {
-    match signaling.stats().await {
-        Some(s) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            format!(
-                r#"{{"status":"ok","rooms":{},"sessions":{},"connections":{}}}"#,
-                s.rooms, s.sessions, s.connections
+    let Some(s) = signaling.stats().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response();
+    };
+    let media = match signaling.media_stats().await {
+        Some(m) => format!(
+            concat!(
+                r#","media":{{"peers":{},"datagrams_in":{},"datagrams_dropped":{},"rtp_in":{},"#,
+                r#""rtp_dropped_not_allowed":{},"rtp_out":{},"plis_sent":{},"nacks_received":{},"#,
+                r#""retransmitted":{},"retransmit_misses":{},"twcc_feedback":{}}}"#
             ),
-        )
-            .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response(),
-    }
+            m.peers,
+            m.datagrams_in,
+            m.datagrams_dropped,
+            m.rtp_in,
+            m.rtp_dropped_not_allowed,
+            m.rtp_out,
+            m.plis_sent,
+            m.nacks_received,
+            m.retransmitted,
+            m.retransmit_misses,
+            m.twcc_feedback
+        ),
+        None => String::new(),
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            r#"{{"status":"ok","rooms":{},"sessions":{},"connections":{}{media}}}"#,
+            s.rooms, s.sessions, s.connections
+        ),
+    )
+        .into_response()
 }
 
 async fn demo(uri: Uri) -> Response {

@@ -249,3 +249,161 @@ async fn an_audio_only_link_publishes_audio_alone() {
     viewer.close().await;
     anchor.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_viewer_starts_at_a_keyframe() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    // Well into the anchor's 30-frame group of pictures.
+    tokio::time::sleep(std::time::Duration::from_millis(1400)).await;
+    let viewer = Member::join(&s.url, "r", "late", Role::Audience).await;
+    viewer
+        .wait_received("the anchor's video", |r| {
+            r.get(&key("anchor", RtpCodecKind::Video))
+                .is_some_and(|s| s.seqs.len() >= 5)
+        })
+        .await;
+    let got = viewer.received().await;
+    let video = &got[&key("anchor", RtpCodecKind::Video)];
+    assert_eq!(video.first_is_keyframe, Some(true));
+    assert_eq!(
+        video.counters[0] % 30,
+        0,
+        "the first forwarded frame is one the sender keyed"
+    );
+    viewer.close().await;
+    anchor.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_media_port_does_not_disturb_established_connections() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the anchor's audio", |r| {
+            r.get(&key("anchor", RtpCodecKind::Audio))
+                .is_some_and(|s| s.seqs.len() >= 10)
+        })
+        .await;
+    let offer = viewer.last_offer().await;
+    let port: u16 = offer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|p| p.parse().ok())
+        .expect("host candidate port");
+    let dropped_before = s.media_counter("datagrams_dropped").await;
+    let rogue = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = ("127.0.0.1", port);
+    let mut junk = Vec::new();
+    // Random bytes of every length, including empty.
+    let mut x: u32 = 0x9e37_79b9;
+    for len in 0..200usize {
+        junk.push(
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect::<Vec<u8>>(),
+        );
+    }
+    // A STUN binding request naming a ufrag no connection has.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[1; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+    stun.extend_from_slice(b"nobody:x");
+    junk.push(stun);
+    // SRTP-looking packets under no negotiated key, and a DTLS-looking record.
+    for seq in 0..50u16 {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        p.extend_from_slice(&[0xab; 100]);
+        junk.push(p);
+    }
+    junk.push(vec![
+        0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4,
+    ]);
+    let sent = junk.len() as u64;
+    for j in &junk {
+        rogue.send_to(j, target).await.expect("send");
+    }
+    let before = viewer.received().await[&key("anchor", RtpCodecKind::Audio)]
+        .seqs
+        .len();
+    viewer
+        .wait_received("the anchor's audio going on", |r| {
+            r[&key("anchor", RtpCodecKind::Audio)].seqs.len() >= before + 25
+        })
+        .await;
+    let dropped = s.media_counter("datagrams_dropped").await - dropped_before;
+    // Empty datagrams may never reach us; everything else is counted and dropped.
+    assert!(
+        dropped + 1 >= sent,
+        "dropped {dropped} of {sent} junk datagrams"
+    );
+    for ((p, kind), stream) in viewer.received().await {
+        assert!(complete(&stream.seqs), "{p} {kind}: still complete");
+    }
+    viewer.close().await;
+    anchor.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_are_answered_from_the_servers_buffer_not_by_the_publisher() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let viewer = Member::join_lossy(&s.url, "r", "lossy", dropped.clone()).await;
+    viewer
+        .wait_received("150 video packets", |r| {
+            r.get(&key("anchor", RtpCodecKind::Video))
+                .is_some_and(|s| s.seqs.len() >= 150)
+        })
+        .await;
+    // Give the last NACKs a moment, then look at everything but the newest second.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = viewer.received().await;
+    let video = &got[&key("anchor", RtpCodecKind::Video)];
+    let first = video.seqs[0];
+    let mut offsets: Vec<u16> = video.seqs.iter().map(|s| s.wrapping_sub(first)).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    let newest = *offsets.last().expect("packets");
+    let settled = newest.saturating_sub(30);
+    let missing: Vec<u16> = (0..=settled)
+        .filter(|o| offsets.binary_search(o).is_err())
+        .collect();
+    let lost_on_the_path = dropped.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        lost_on_the_path >= 5,
+        "the proxy dropped only {lost_on_the_path}"
+    );
+    assert!(missing.is_empty(), "never recovered: {missing:?}");
+    let nacks = s.media_counter("nacks_received").await;
+    let resent = s.media_counter("retransmitted").await;
+    assert!(nacks > 0, "the subscriber sent NACKs");
+    assert!(
+        resent >= lost_on_the_path.saturating_sub(2),
+        "{resent} resent for {lost_on_the_path} lost"
+    );
+    assert_eq!(
+        anchor.publisher_nacks().await,
+        0,
+        "the publisher was never asked to resend"
+    );
+    viewer.close().await;
+    anchor.close().await;
+}

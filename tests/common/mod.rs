@@ -33,7 +33,34 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A running server (signaling + media) on loopback ports chosen by the OS.
 pub struct Server {
     pub url: String,
+    pub http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+}
+
+impl Server {
+    /// `/healthz` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        serde_json::from_str(body).expect("healthz is JSON")
+    }
+
+    pub async fn media_counter(&self, name: &str) -> u64 {
+        self.health().await["media"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no media counter {name}"))
+    }
 }
 
 impl Drop for Server {
@@ -59,6 +86,7 @@ pub async fn server() -> Server {
     }));
     Server {
         url: format!("ws://{addr}/ws"),
+        http: addr,
         stop: Some(stop),
     }
 }
@@ -194,6 +222,22 @@ async fn gathered_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String
 
 impl Member {
     pub async fn join(url: &str, room: &str, user: &str, role: Role) -> Member {
+        Member::join_with(url, room, user, role, None).await
+    }
+
+    /// Join with every 20th video packet from the server to this member's subscribe connection
+    /// dropped by a UDP proxy (5% loss on its receive path). The proxy counts what it dropped.
+    pub async fn join_lossy(url: &str, room: &str, user: &str, dropped: Arc<AtomicU64>) -> Member {
+        Member::join_with(url, room, user, Role::Audience, Some(dropped)).await
+    }
+
+    async fn join_with(
+        url: &str,
+        room: &str,
+        user: &str,
+        role: Role,
+        lossy: Option<Arc<AtomicU64>>,
+    ) -> Member {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("connect");
@@ -227,6 +271,8 @@ impl Member {
         {
             let shared = shared.clone();
             let subscriber = subscriber.clone();
+            let mut proxy: Option<u16> = None;
+            let video_pt = Arc::new(std::sync::atomic::AtomicU8::new(0));
             tokio::spawn(async move {
                 while let Some(Ok(msg)) = stream.next().await {
                     let Message::Text(text) = msg else { continue };
@@ -239,6 +285,32 @@ impl Member {
                         ServerMessage::Event(Event::SubscribeOffer { sdp }) => {
                             // Answer in order: the server re-offers only after an answer.
                             *shared.last_offer.lock().await = sdp.clone();
+                            let sdp = match &lossy {
+                                Some(dropped) => {
+                                    let (server_port, vp8) = offer_port_and_vp8(&sdp);
+                                    if let Some(pt) = vp8 {
+                                        video_pt.store(pt, Ordering::SeqCst);
+                                    }
+                                    let port = match proxy {
+                                        Some(p) => p,
+                                        None => {
+                                            let p = lossy_proxy(
+                                                server_port,
+                                                video_pt.clone(),
+                                                dropped.clone(),
+                                            )
+                                            .await;
+                                            proxy = Some(p);
+                                            p
+                                        }
+                                    };
+                                    sdp.replace(
+                                        &format!(" {server_port} typ host"),
+                                        &format!(" {port} typ host"),
+                                    )
+                                }
+                                None => sdp,
+                            };
                             let offer = RTCSessionDescription::offer(sdp).expect("offer");
                             subscriber
                                 .set_remote_description(offer)
@@ -355,6 +427,24 @@ impl Member {
             .await
             .expect("set answer");
         self.publisher = Some(Publisher { pc, stop });
+    }
+
+    /// NACKs this member's publisher received (its outbound RTP statistics).
+    pub async fn publisher_nacks(&self) -> u32 {
+        let Some(p) = &self.publisher else {
+            return 0;
+        };
+        p.pc.get_stats(
+            std::time::Instant::now(),
+            webrtc::peer_connection::StatsSelector::None,
+        )
+        .await
+        .iter()
+        .filter_map(|e| match e {
+            webrtc::peer_connection::RTCStatsReportEntry::OutboundRtp(s) => Some(s.nack_count),
+            _ => None,
+        })
+        .sum()
     }
 
     /// Subscribe offers answered so far.
@@ -526,4 +616,69 @@ async fn send_rtp(
             return;
         }
     }
+}
+
+/// The server's host candidate port and the VP8 payload type (if video is offered yet).
+fn offer_port_and_vp8(sdp: &str) -> (u16, Option<u8>) {
+    let port = sdp
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(5).and_then(|p| p.parse().ok())
+        })
+        .expect("a host candidate");
+    let pt = sdp.lines().find_map(|l| {
+        let rest = l.strip_prefix("a=rtpmap:")?;
+        let (pt, codec) = rest.split_once(' ')?;
+        codec.starts_with("VP8/").then(|| pt.parse().ok()).flatten()
+    });
+    (port, pt)
+}
+
+/// A UDP proxy in front of the server's media port for one client: it drops every 20th RTP
+/// packet of payload type `video_pt` going to the client. Returns the port the client uses.
+async fn lossy_proxy(
+    server_port: u16,
+    video_pt: Arc<std::sync::atomic::AtomicU8>,
+    dropped: Arc<AtomicU64>,
+) -> u16 {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = front.local_addr().expect("addr").port();
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], server_port).into();
+    tokio::spawn(async move {
+        let mut client = None;
+        let mut video_seen = 0u64;
+        let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut a) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    let _ = back.send_to(&a[..n], server).await;
+                }
+                r = back.recv_from(&mut b) => {
+                    let Ok((n, _)) = r else { return };
+                    let Some(to) = client else { continue };
+                    // SRTP keeps the RTP header in clear: version 2, payload type in byte 1.
+                    let pt = video_pt.load(Ordering::SeqCst);
+                    let is_video = pt != 0 && n > 12 && b[0] >> 6 == 2 && b[1] & 0x7f == pt;
+                    if is_video {
+                        video_seen += 1;
+                        if video_seen.is_multiple_of(20) {
+                            dropped.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                    }
+                    let _ = front.send_to(&b[..n], to).await;
+                }
+            }
+        }
+    });
+    port
 }

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use miclink_protocol::Ident;
 use rand::RngExt;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_sender_only, register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -22,9 +24,13 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    TYPE_RTCP_FB_NACK,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
@@ -33,16 +39,23 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::{PcKind, SfuCommand, SfuError, SfuEvent, SfuStats, keyframe, stun};
+use crate::feedback::FeedbackToSfu;
+use crate::{PcKind, PeerStats, SfuCommand, SfuError, SfuEvent, SfuStats, keyframe, stun};
 
 pub(crate) enum Msg {
     Command(SfuCommand),
     Stats(oneshot::Sender<SfuStats>),
+    PeerStats(oneshot::Sender<Vec<PeerStats>>),
 }
+
+/// Packets of one published video track kept for retransmission, shared by every subscriber.
+const HISTORY: usize = 1024;
 
 /// The shortest interval between two keyframe requests to one publisher track.
 const PLI_INTERVAL: Duration = Duration::from_millis(300);
-const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// Every connection is ticked this often: rtc's interceptors (RTCP reports, NACK generation,
+/// TWCC feedback) run on their own intervals that `poll_timeout` does not report.
+const TICK: Duration = Duration::from_millis(50);
 
 type PeerId = u64;
 
@@ -53,6 +66,9 @@ struct InTrack {
     receiver: RTCRtpReceiverId,
     ssrc: u32,
     last_pli: Option<Instant>,
+    /// The last [`HISTORY`] packets by sequence number (video only): the one retransmission
+    /// buffer of this track, whatever the number of subscribers.
+    history: Vec<Option<rtc::rtp::Packet>>,
 }
 
 /// One publisher's track as sent on one subscribe connection.
@@ -86,6 +102,7 @@ struct Peer {
     offer_pending: bool,
     /// Subscribe connections: the track set changed while an offer was out.
     renegotiate: bool,
+    counters: PeerStats,
 }
 
 #[derive(Default)]
@@ -166,13 +183,17 @@ pub(crate) fn run(
 impl Engine {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Msg>) {
         let mut buf = vec![0u8; 2048];
+        let mut last_tick = Instant::now();
         loop {
-            let wake = self.next_timeout();
+            let wake = self.next_timeout().min(last_tick + TICK);
             tokio::select! {
                 msg = commands.recv() => match msg {
                     Some(Msg::Command(c)) => self.command(c),
                     Some(Msg::Stats(tx)) => {
                         let _ = tx.send(SfuStats { peers: self.peers.len(), ..self.stats });
+                    }
+                    Some(Msg::PeerStats(tx)) => {
+                        let _ = tx.send(self.peers.values().map(|p| p.counters.clone()).collect());
                     }
                     None => return,
                 },
@@ -182,8 +203,14 @@ impl Engine {
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     let now = Instant::now();
+                    let tick = now.duration_since(last_tick) >= TICK;
+                    if tick {
+                        last_tick = now;
+                    }
                     let due: Vec<PeerId> = self.peers.iter_mut()
-                        .filter_map(|(id, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+                        .filter_map(|(id, p)| {
+                            (tick || p.pc.poll_timeout().is_some_and(|t| t <= now)).then_some(*id)
+                        })
                         .collect();
                     for id in due {
                         if let Some(p) = self.peers.get_mut(&id) {
@@ -198,7 +225,7 @@ impl Engine {
     }
 
     fn next_timeout(&mut self) -> Instant {
-        let idle = Instant::now() + IDLE_WAKE;
+        let idle = Instant::now() + TICK;
         self.peers
             .values_mut()
             .filter_map(|p| p.pc.poll_timeout())
@@ -240,6 +267,8 @@ impl Engine {
             self.stats.datagrams_dropped += 1;
             return;
         }
+        peer.counters.datagrams_in += 1;
+        peer.counters.bytes_in += data.len() as u64;
         if !peer.addrs.contains(&from) && stun::is_stun(data) {
             peer.addrs.push(from);
             self.by_addr.entry(from).or_insert(id);
@@ -259,8 +288,10 @@ impl Engine {
                 continue;
             }
             if let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
-                if let RTCMessage::RtpPacket(track_id, packet) = message {
-                    self.forward(id, &track_id, packet);
+                match message {
+                    RTCMessage::RtpPacket(track_id, packet) => self.forward(id, &track_id, packet),
+                    RTCMessage::RtcpPacket(_, packets) => self.rtcp(id, packets),
+                    _ => {}
                 }
                 continue;
             }
@@ -321,6 +352,11 @@ impl Engine {
                 receiver,
                 ssrc,
                 last_pli: None,
+                history: if kind == RtpCodecKind::Video {
+                    vec![None; HISTORY]
+                } else {
+                    Vec::new()
+                },
             },
         );
         // Every other member receives it.
@@ -379,7 +415,12 @@ impl Engine {
                 true
             }
         };
+        if !track.history.is_empty() {
+            let slot = packet.header.sequence_number as usize % HISTORY;
+            track.history[slot] = Some(packet.clone());
+        }
         let (receiver, media_ssrc) = (track.receiver, track.ssrc);
+        publisher.counters.rtp_in += 1;
         let subscribers: Vec<PeerId> = self
             .rooms
             .get(&room)
@@ -445,6 +486,7 @@ impl Engine {
                 && sender.write_rtp(now, packet.clone()).is_ok()
             {
                 self.stats.rtp_out += 1;
+                sub.counters.rtp_out += 1;
                 self.dirty.insert(sid);
             }
         }
@@ -481,7 +523,112 @@ impl Engine {
             };
             if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
                 self.stats.plis_sent += 1;
+                publisher.counters.plis += 1;
                 self.dirty.insert(from);
+            }
+        }
+    }
+
+    /// RTCP from a peer. Subscribers' NACKs are answered from the published track's buffer and
+    /// their keyframe requests go to the publisher; nothing else is passed upstream.
+    fn rtcp(&mut self, id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        if peer.kind != PcKind::Subscribe {
+            return;
+        }
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.stats.nacks_received += 1;
+                let lost: Vec<u16> = nack.nacks.iter().flat_map(|p| p.packet_list()).collect();
+                self.retransmit(id, nack.media_ssrc, &lost);
+            } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.keyframe_for_subscriber(id, pli.media_ssrc);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                self.keyframe_for_subscriber(id, fir.media_ssrc);
+            } else if any.downcast_ref::<TransportLayerCc>().is_some() {
+                // Read for the bandwidth estimator to come; counted so it can be seen working.
+                self.stats.twcc_feedback += 1;
+            }
+        }
+    }
+
+    /// The publisher track a subscriber's outgoing SSRC carries: (publish peer, track id).
+    fn source_of(&self, sid: PeerId, ssrc: u32) -> Option<(PeerId, String, Ident, RtpCodecKind)> {
+        let sub = self.peers.get(&sid)?;
+        let ((publisher, kind), _) = sub.outs.iter().find(|(_, o)| o.ssrc == ssrc)?;
+        let pid = *self.rooms.get(&sub.room)?.publish.get(publisher)?;
+        let track_id = self
+            .peers
+            .get(&pid)?
+            .tracks
+            .iter()
+            .find(|(_, t)| t.kind == *kind)
+            .map(|(tid, _)| tid.clone())?;
+        Some((pid, track_id, publisher.clone(), *kind))
+    }
+
+    fn keyframe_for_subscriber(&mut self, sid: PeerId, ssrc: u32) {
+        let Some((pid, track_id, _, _)) = self.source_of(sid, ssrc) else {
+            return;
+        };
+        let Some((receiver, media_ssrc)) = self
+            .peers
+            .get(&pid)
+            .and_then(|p| p.tracks.get(&track_id))
+            .map(|t| (t.receiver, t.ssrc))
+        else {
+            return;
+        };
+        self.request_keyframe(pid, &track_id, receiver, media_ssrc, Instant::now());
+    }
+
+    fn retransmit(&mut self, sid: PeerId, ssrc: u32, lost: &[u16]) {
+        let Some((pid, track_id, publisher, kind)) = self.source_of(sid, ssrc) else {
+            return;
+        };
+        let now = Instant::now();
+        for &seq in lost {
+            let Some(sub) = self.peers.get(&sid) else {
+                return;
+            };
+            let Some(out) = sub.outs.get(&(publisher.clone(), kind)) else {
+                return;
+            };
+            let (Some(offset), Some(pt)) = (out.seq_offset, out.payload_type) else {
+                return;
+            };
+            let original = seq.wrapping_sub(offset);
+            let stored = self
+                .peers
+                .get(&pid)
+                .and_then(|p| p.tracks.get(&track_id))
+                .and_then(|t| t.history.get(original as usize % HISTORY))
+                .and_then(Option::as_ref)
+                .filter(|p| p.header.sequence_number == original)
+                .cloned();
+            let Some(mut packet) = stored else {
+                self.stats.retransmit_misses += 1;
+                continue;
+            };
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                return;
+            };
+            let Some(out) = sub.outs.get(&(publisher.clone(), kind)) else {
+                return;
+            };
+            packet.header.ssrc = out.ssrc;
+            packet.header.payload_type = pt;
+            packet.header.sequence_number = seq;
+            let sender = out.sender;
+            if let Some(mut s) = sub.pc.rtp_sender(sender)
+                && s.write_rtp(now, packet).is_ok()
+            {
+                self.stats.retransmitted += 1;
+                sub.counters.retransmitted += 1;
+                self.dirty.insert(sid);
             }
         }
     }
@@ -495,6 +642,8 @@ impl Engine {
                 continue;
             };
             while let Some(msg) = peer.pc.poll_write() {
+                peer.counters.datagrams_out += 1;
+                peer.counters.bytes_out += msg.message.len() as u64;
                 if let Err(e) = self
                     .socket
                     .send_to(&msg.message, msg.transport.peer_addr)
@@ -821,8 +970,29 @@ impl Engine {
         let pwd = random_string(32);
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(|e| e.to_string())?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
-            .map_err(|e| e.to_string())?;
+        let registry = match kind {
+            // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback.
+            PcKind::Publish => register_default_interceptors(Registry::new(), &mut media),
+            // Sending: NACK and PLI are negotiated but no per-connection responder keeps a copy
+            // of every packet; the SFU answers NACKs from the published track's one buffer.
+            // Sender reports, and TWCC sequence numbers so subscribers send feedback.
+            PcKind::Subscribe => {
+                for parameter in ["", "pli"] {
+                    media.register_feedback(
+                        RTCPFeedback {
+                            typ: TYPE_RTCP_FB_NACK.to_owned(),
+                            parameter: parameter.to_owned(),
+                        },
+                        RtpCodecKind::Video,
+                    );
+                }
+                // The responder's slot holds the SFU's hook instead: it lets the subscriber's NACK,
+                // PLI, FIR and TWCC feedback through to `Engine::rtcp`.
+                let registry = Registry::new().with(Slot::NackResponder, FeedbackToSfu::default());
+                configure_twcc_sender_only(configure_rtcp_reports(registry), &mut media)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd)
@@ -869,6 +1039,12 @@ impl Engine {
                 outs: HashMap::new(),
                 offer_pending: false,
                 renegotiate: false,
+                counters: PeerStats {
+                    room: room.clone(),
+                    user: user.clone(),
+                    kind,
+                    ..PeerStats::default()
+                },
             },
         );
         Ok(id)

@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod engine;
+mod feedback;
 mod keyframe;
 mod stun;
 
@@ -132,7 +133,54 @@ pub struct SfuStats {
     pub rtp_in: u64,
     pub rtp_dropped_not_allowed: u64,
     pub rtp_out: u64,
+    /// Keyframe requests sent to publishers.
     pub plis_sent: u64,
+    /// NACK packets received from subscribers.
+    pub nacks_received: u64,
+    /// Packets sent again from a published track's buffer.
+    pub retransmitted: u64,
+    /// NACKed packets no longer in the buffer.
+    pub retransmit_misses: u64,
+    /// Transport-wide congestion control feedback packets read.
+    pub twcc_feedback: u64,
+}
+
+/// Counters of one peer connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub room: Ident,
+    pub user: Ident,
+    pub kind: PcKind,
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    /// RTP packets received (publish connections).
+    pub rtp_in: u64,
+    /// RTP packets forwarded (subscribe connections).
+    pub rtp_out: u64,
+    pub retransmitted: u64,
+    /// Keyframe requests sent (publish connections).
+    pub plis: u64,
+}
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        let nobody = Ident::new("-").expect("a valid identifier");
+        PeerStats {
+            room: nobody.clone(),
+            user: nobody,
+            kind: PcKind::Publish,
+            datagrams_in: 0,
+            bytes_in: 0,
+            datagrams_out: 0,
+            bytes_out: 0,
+            rtp_in: 0,
+            rtp_out: 0,
+            retransmitted: 0,
+            plis: 0,
+        }
+    }
 }
 
 /// Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max): one
@@ -197,6 +245,13 @@ impl Sfu {
     pub async fn stats(&self) -> Option<SfuStats> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands.send(engine::Msg::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Counters of every peer connection, for per-room and per-participant metrics.
+    pub async fn peer_stats(&self) -> Option<Vec<PeerStats>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(engine::Msg::PeerStats(tx)).ok()?;
         rx.await.ok()
     }
 }

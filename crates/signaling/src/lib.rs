@@ -26,7 +26,7 @@ use miclink_sfu::Sfu;
 use tokio::sync::{mpsc, oneshot};
 
 pub use hub::Stats;
-pub use miclink_sfu::SfuConfig;
+pub use miclink_sfu::{PeerStats, SfuConfig, SfuStats};
 
 /// Settings of the signaling plane.
 #[derive(Debug, Clone)]
@@ -71,6 +71,7 @@ struct Inner {
     config: SignalingConfig,
     next_conn: AtomicU64,
     media_addr: Option<std::net::SocketAddr>,
+    media: Option<Sfu>,
 }
 
 impl Signaling {
@@ -79,6 +80,7 @@ impl Signaling {
         let (tx, rx) = mpsc::channel(4096);
         let media = config.media.clone().map(Sfu::start).transpose()?;
         let media_addr = media.as_ref().map(|(sfu, _)| sfu.local_addr());
+        let media_handle = media.as_ref().map(|(sfu, _)| sfu.clone());
         let (hub, media_events) = hub::Hub::new(config.clone(), media);
         tokio::spawn(hub.run(rx, media_events));
         Ok(Signaling {
@@ -87,6 +89,7 @@ impl Signaling {
                 config,
                 next_conn: AtomicU64::new(1),
                 media_addr,
+                media: media_handle,
             }),
         })
     }
@@ -116,6 +119,16 @@ impl Signaling {
         {
             let _ = wait.await;
         }
+    }
+
+    /// Media plane counters, when it runs.
+    pub async fn media_stats(&self) -> Option<SfuStats> {
+        self.inner.media.as_ref()?.stats().await
+    }
+
+    /// Per peer connection counters, when the media plane runs.
+    pub async fn media_peer_stats(&self) -> Option<Vec<PeerStats>> {
+        self.inner.media.as_ref()?.peer_stats().await
     }
 
     /// Counts for health checks and metrics.
