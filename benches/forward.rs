@@ -14,7 +14,7 @@ use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, register_default_interceptors,
+    configure_rtcp_reports, configure_twcc_sender_only, register_default_interceptors,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -72,7 +72,9 @@ fn connected_pair(i: u16) -> (Subscriber, RTCPeerConnection) {
     let client_addr: SocketAddr = ([10, 0, 1, 1], 10_000 + i).into();
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
-    let registry = configure_rtcp_reports(Registry::new());
+    // The interceptors of the SFU's subscribe connections: sender reports and TWCC numbering.
+    let registry = configure_twcc_sender_only(configure_rtcp_reports(Registry::new()), &mut media)
+        .expect("registry");
     let mut server = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(
