@@ -49,6 +49,9 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub media_public_ips: Vec<IpAddr>,
+    /// Media event-loop threads sharing the media port [default: 0 = one per core].
+    #[arg(long, env = "MICLINK_MEDIA_LOOPS")]
+    pub media_loops: Option<usize>,
     /// STUN/TURN URL handed to clients, repeatable (credentials: use the config file).
     #[arg(
         long = "ice-server",
@@ -70,6 +73,7 @@ struct FileConfig {
     ice_servers: Option<Vec<IceServer>>,
     media_addr: Option<SocketAddr>,
     media_public_ips: Option<Vec<IpAddr>>,
+    media_loops: Option<usize>,
 }
 
 /// The checked configuration the server runs with.
@@ -184,6 +188,7 @@ impl Config {
                 media: Some(SfuConfig {
                     udp_addr: media_addr,
                     public_ips,
+                    loops: args.media_loops.or(file.media_loops).unwrap_or(0),
                 }),
                 ..defaults.signaling
             },

@@ -63,7 +63,8 @@ async fn healthz(State(signaling): State<Signaling>) -> Response {
             concat!(
                 r#","media":{{"peers":{},"datagrams_in":{},"datagrams_dropped":{},"rtp_in":{},"#,
                 r#""rtp_dropped_not_allowed":{},"rtp_out":{},"plis_sent":{},"nacks_received":{},"#,
-                r#""retransmitted":{},"retransmit_misses":{},"twcc_feedback":{}}}"#
+                r#""retransmitted":{},"retransmit_misses":{},"twcc_feedback":{},"handed_over":{},"#,
+                r#""send_errors":{}}}"#
             ),
             m.peers,
             m.datagrams_in,
@@ -75,7 +76,9 @@ async fn healthz(State(signaling): State<Signaling>) -> Response {
             m.nacks_received,
             m.retransmitted,
             m.retransmit_misses,
-            m.twcc_feedback
+            m.twcc_feedback,
+            m.handed_over,
+            m.send_errors
         ),
         None => String::new(),
     };

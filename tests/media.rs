@@ -140,6 +140,17 @@ async fn a_full_room_forwards_every_publisher_to_everyone_else() {
             );
         }
     }
+    // Steady state: every flow arrives at the loop that owns it (its connected socket), so no
+    // datagram is handed from one loop to another any more.
+    let handed = s.media_counter("handed_over").await;
+    let received = s.media_counter("datagrams_in").await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(s.media_counter("datagrams_in").await > received + 500);
+    assert_eq!(
+        s.media_counter("handed_over").await,
+        handed,
+        "no per-packet hop between loops"
+    );
     for m in members.into_iter().chain(viewers) {
         m.close().await;
     }

@@ -35,7 +35,10 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::net::UdpSocket;
+use std::sync::{Arc, RwLock};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -46,7 +49,38 @@ pub(crate) enum Msg {
     Command(SfuCommand),
     Stats(oneshot::Sender<SfuStats>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
+    /// A datagram another loop's socket received for a peer connection this loop owns: only
+    /// the first packets of a flow, before this loop's connected socket takes it over.
+    Handover {
+        data: Vec<u8>,
+        from: SocketAddr,
+    },
 }
+
+/// How other threads reach one loop.
+pub(crate) struct LoopHandle {
+    pub(crate) tx: std::sync::mpsc::Sender<Msg>,
+    pub(crate) waker: Arc<Waker>,
+}
+
+impl LoopHandle {
+    pub(crate) fn send(&self, msg: Msg) {
+        if self.tx.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// What every loop shares: the way to each other loop, and which loop owns which remote address.
+pub(crate) struct Shared {
+    pub(crate) loops: Vec<LoopHandle>,
+    pub(crate) owners: RwLock<HashMap<SocketAddr, usize>>,
+}
+
+const SHARED_SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Tokens from here on are connected sockets.
+const FIRST_CONNECTED: usize = 2;
 
 /// Packets of one published video track kept for retransmission, shared by every subscriber.
 const HISTORY: usize = 1024;
@@ -93,6 +127,8 @@ struct Peer {
     kind: PcKind,
     ufrag: String,
     addrs: Vec<SocketAddr>,
+    /// Connected sockets this peer's remote addresses arrive on.
+    sockets: Vec<Token>,
     connected: bool,
     /// Publish connections: tracks by track id.
     tracks: HashMap<String, InTrack>,
@@ -115,7 +151,19 @@ struct RoomMedia {
 }
 
 struct Engine {
+    /// This loop's index among all loops; it leads every ufrag the loop hands out.
+    index: usize,
+    poll: Poll,
+    /// The loop's socket on the shared port (`SO_REUSEPORT`): new flows, as the kernel spreads them.
     socket: UdpSocket,
+    bound: SocketAddr,
+    /// Sockets connected to one remote address each, on the same port: the kernel delivers a
+    /// connected flow to its socket, so after the first packets every datagram of a peer
+    /// connection arrives at the loop that owns it.
+    connected: HashMap<Token, (UdpSocket, SocketAddr, PeerId)>,
+    connected_by_addr: HashMap<SocketAddr, Token>,
+    next_token: usize,
+    shared: Arc<Shared>,
     local_addr: SocketAddr,
     public_ips: Vec<IpAddr>,
     events: mpsc::UnboundedSender<SfuEvent>,
@@ -129,98 +177,163 @@ struct Engine {
     stats: SfuStats,
 }
 
+/// Bind one socket of the shared port's `SO_REUSEPORT` group.
+pub(crate) fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if let Err(e) = socket.set_recv_buffer_size(crate::SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge a media socket's receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(crate::SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge a media socket's send buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// One event loop: its poll, its socket, its command queue.
+pub(crate) struct LoopParts {
+    pub(crate) index: usize,
+    pub(crate) poll: Poll,
+    pub(crate) socket: std::net::UdpSocket,
+    pub(crate) commands: std::sync::mpsc::Receiver<Msg>,
+}
+
 pub(crate) fn run(
-    socket: std::net::UdpSocket,
+    parts: LoopParts,
+    shared: Arc<Shared>,
     public_ips: Vec<IpAddr>,
-    commands: mpsc::UnboundedReceiver<Msg>,
     events: mpsc::UnboundedSender<SfuEvent>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let LoopParts {
+        index,
+        poll,
+        socket,
+        commands,
+    } = parts;
+    let bound = socket
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    let mut socket = UdpSocket::from_std(socket);
+    if let Err(e) = poll
+        .registry()
+        .register(&mut socket, SHARED_SOCKET, Interest::READABLE)
     {
-        Ok(rt) => rt,
-        Err(e) => {
-            warn!(error = %e, "media plane could not start its runtime");
-            return;
-        }
+        warn!(error = %e, "media loop could not register its socket");
+        return;
+    }
+    // ICE matches checks to the host candidate we advertised, so that is the local address
+    // every datagram is tagged with, whatever wildcard the socket is bound to.
+    let local_addr = SocketAddr::new(
+        public_ips.first().copied().unwrap_or(bound.ip()),
+        bound.port(),
+    );
+    if index == 0 {
+        info!(%bound, advertised = ?public_ips, loops = shared.loops.len(), "media plane listening");
+    }
+    let engine = Engine {
+        index,
+        poll,
+        socket,
+        bound,
+        connected: HashMap::new(),
+        connected_by_addr: HashMap::new(),
+        next_token: FIRST_CONNECTED,
+        shared,
+        local_addr,
+        public_ips,
+        events,
+        peers: HashMap::new(),
+        by_ufrag: HashMap::new(),
+        by_addr: HashMap::new(),
+        rooms: HashMap::new(),
+        next_peer: 1,
+        dirty: HashSet::new(),
+        stats: SfuStats::default(),
     };
-    rt.block_on(async move {
-        let socket = match UdpSocket::from_std(socket) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "media plane could not register its socket");
-                return;
-            }
-        };
-        let bound = socket
-            .local_addr()
-            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        // ICE matches checks to the host candidate we advertised, so that is the local address
-        // every datagram is tagged with, whatever wildcard the socket is bound to.
-        let local_addr = SocketAddr::new(
-            public_ips.first().copied().unwrap_or(bound.ip()),
-            bound.port(),
-        );
-        info!(%bound, advertised = ?public_ips, "media plane listening");
-        let engine = Engine {
-            socket,
-            local_addr,
-            public_ips,
-            events,
-            peers: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            rooms: HashMap::new(),
-            next_peer: 1,
-            dirty: HashSet::new(),
-            stats: SfuStats::default(),
-        };
-        engine.run(commands).await;
-    });
+    engine.run(commands);
 }
 
 impl Engine {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Msg>) {
+    fn run(mut self, commands: std::sync::mpsc::Receiver<Msg>) {
         let mut buf = vec![0u8; 2048];
+        let mut events = Events::with_capacity(256);
         let mut last_tick = Instant::now();
         loop {
             let wake = self.next_timeout().min(last_tick + TICK);
-            tokio::select! {
-                msg = commands.recv() => match msg {
-                    Some(Msg::Command(c)) => self.command(c),
-                    Some(Msg::Stats(tx)) => {
-                        let _ = tx.send(SfuStats { peers: self.peers.len(), ..self.stats });
-                    }
-                    Some(Msg::PeerStats(tx)) => {
-                        let _ = tx.send(self.peers.values().map(|p| p.counters.clone()).collect());
-                    }
-                    None => return,
-                },
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.datagram(&buf[..n], from),
-                    Err(e) => debug!(error = %e, "udp receive error"),
-                },
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    let tick = now.duration_since(last_tick) >= TICK;
-                    if tick {
-                        last_tick = now;
-                    }
-                    let due: Vec<PeerId> = self.peers.iter_mut()
-                        .filter_map(|(id, p)| {
-                            (tick || p.pc.poll_timeout().is_some_and(|t| t <= now)).then_some(*id)
-                        })
-                        .collect();
-                    for id in due {
-                        if let Some(p) = self.peers.get_mut(&id) {
-                            let _ = p.pc.handle_timeout(now);
+            let timeout = wake.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                warn!(error = %e, "media loop poll failed");
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => loop {
+                        match commands.try_recv() {
+                            Ok(msg) => self.message(msg),
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            // Every handle is gone: the server is shutting down.
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
                         }
-                        self.process(id);
+                    },
+                    SHARED_SOCKET => {
+                        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                            self.datagram(&buf[..n], from);
+                        }
+                    }
+                    token => {
+                        while let Some((socket, from, _)) = self.connected.get(&token) {
+                            let from = *from;
+                            match socket.recv(&mut buf) {
+                                Ok(n) => self.datagram(&buf[..n], from),
+                                Err(_) => break,
+                            }
+                        }
                     }
                 }
             }
-            self.flush().await;
+            let now = Instant::now();
+            let tick = now.duration_since(last_tick) >= TICK;
+            if tick {
+                last_tick = now;
+            }
+            let due: Vec<PeerId> = self
+                .peers
+                .iter_mut()
+                .filter_map(|(id, p)| {
+                    (tick || p.pc.poll_timeout().is_some_and(|t| t <= now)).then_some(*id)
+                })
+                .collect();
+            for id in due {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    let _ = p.pc.handle_timeout(now);
+                }
+                self.process(id);
+            }
+            self.flush();
+        }
+    }
+
+    fn message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Command(c) => self.command(c),
+            Msg::Stats(tx) => {
+                let _ = tx.send(SfuStats {
+                    peers: self.peers.len(),
+                    ..self.stats
+                });
+            }
+            Msg::PeerStats(tx) => {
+                let _ = tx.send(self.peers.values().map(|p| p.counters.clone()).collect());
+            }
+            Msg::Handover { data, from } => {
+                self.stats.handed_over += 1;
+                self.datagram(&data, from);
+            }
         }
     }
 
@@ -240,8 +353,29 @@ impl Engine {
         let id = match self.by_addr.get(&from) {
             Some(&id) => id,
             None => {
-                // A new address must introduce itself with a STUN check naming a live ufrag.
-                let Some(&id) = stun::server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) else {
+                // A new address must introduce itself with a STUN check naming a live ufrag,
+                // whose first two characters name the loop that owns the connection.
+                let ufrag = stun::server_ufrag(data);
+                let owner = ufrag
+                    .and_then(|u| u.get(..2))
+                    .and_then(|i| usize::from_str_radix(i, 16).ok())
+                    .filter(|i| *i < self.shared.loops.len());
+                let owner = owner.or_else(|| {
+                    // Not STUN: a flow another loop owns whose packets the kernel still sends
+                    // here (before that loop's connected socket existed).
+                    self.shared.owners.read().ok()?.get(&from).copied()
+                });
+                match owner {
+                    Some(owner) if owner != self.index => {
+                        self.shared.loops[owner].send(Msg::Handover {
+                            data: data.to_vec(),
+                            from,
+                        });
+                        return;
+                    }
+                    _ => {}
+                }
+                let Some(&id) = ufrag.and_then(|u| self.by_ufrag.get(u)) else {
                     self.stats.datagrams_dropped += 1;
                     return;
                 };
@@ -272,6 +406,7 @@ impl Engine {
         if !peer.addrs.contains(&from) && stun::is_stun(data) {
             peer.addrs.push(from);
             self.by_addr.entry(from).or_insert(id);
+            self.connect(id, from);
         }
         self.process(id);
     }
@@ -635,7 +770,45 @@ impl Engine {
 
     // ----- output ----------------------------------------------------------------------------
 
-    async fn flush(&mut self) {
+    /// Open a socket connected to `remote` on the shared port, so the kernel brings that flow
+    /// to this loop from now on, and say so to the other loops for packets already under way.
+    fn connect(&mut self, id: PeerId, remote: SocketAddr) {
+        if let Ok(mut owners) = self.shared.owners.write() {
+            owners.insert(remote, self.index);
+        }
+        if self.connected_by_addr.contains_key(&remote) {
+            return;
+        }
+        let socket = bind_reuseport(self.bound).and_then(|s| {
+            s.connect(remote)?;
+            Ok(s)
+        });
+        let mut socket = match socket {
+            Ok(s) => UdpSocket::from_std(s),
+            Err(e) => {
+                // The shared socket still works; other loops hand this flow over.
+                debug!(error = %e, %remote, "no connected socket");
+                return;
+            }
+        };
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if self
+            .poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        self.connected.insert(token, (socket, remote, id));
+        self.connected_by_addr.insert(remote, token);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.sockets.push(token);
+        }
+    }
+
+    fn flush(&mut self) {
         let dirty: Vec<PeerId> = self.dirty.drain().collect();
         for id in dirty {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -644,12 +817,19 @@ impl Engine {
             while let Some(msg) = peer.pc.poll_write() {
                 peer.counters.datagrams_out += 1;
                 peer.counters.bytes_out += msg.message.len() as u64;
-                if let Err(e) = self
-                    .socket
-                    .send_to(&msg.message, msg.transport.peer_addr)
-                    .await
+                let to = msg.transport.peer_addr;
+                let sent = match self
+                    .connected_by_addr
+                    .get(&to)
+                    .and_then(|t| self.connected.get(t))
                 {
-                    debug!(error = %e, to = %msg.transport.peer_addr, "udp send error");
+                    Some((socket, _, _)) => socket.send(&msg.message),
+                    None => self.socket.send_to(&msg.message, to),
+                };
+                // UDP: a full send buffer drops the datagram, as the network would.
+                if let Err(e) = sent {
+                    self.stats.send_errors += 1;
+                    debug!(error = %e, %to, "udp send error");
                 }
             }
         }
@@ -966,7 +1146,7 @@ impl Engine {
     // ----- peer lifecycle --------------------------------------------------------------------
 
     fn new_peer(&mut self, room: &Ident, user: &Ident, kind: PcKind) -> Result<PeerId, String> {
-        let ufrag = random_string(16);
+        let ufrag = format!("{:02x}{}", self.index, random_string(14));
         let pwd = random_string(32);
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(|e| e.to_string())?;
@@ -1034,6 +1214,7 @@ impl Engine {
                 kind,
                 ufrag,
                 addrs: Vec::new(),
+                sockets: Vec::new(),
                 connected: false,
                 tracks: HashMap::new(),
                 outs: HashMap::new(),
@@ -1053,10 +1234,23 @@ impl Engine {
     fn close_peer(&mut self, id: PeerId) {
         if let Some(mut peer) = self.peers.remove(&id) {
             let _ = peer.pc.close();
+            // The close alerts still go out before the sockets are gone.
+            while let Some(msg) = peer.pc.poll_write() {
+                let _ = self.socket.send_to(&msg.message, msg.transport.peer_addr);
+            }
             self.by_ufrag.remove(&peer.ufrag);
             for a in &peer.addrs {
                 if self.by_addr.get(a) == Some(&id) {
                     self.by_addr.remove(a);
+                }
+            }
+            for token in peer.sockets {
+                if let Some((mut socket, remote, _)) = self.connected.remove(&token) {
+                    let _ = self.poll.registry().deregister(&mut socket);
+                    self.connected_by_addr.remove(&remote);
+                    if let Ok(mut owners) = self.shared.owners.write() {
+                        owners.remove(&remote);
+                    }
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! miclink's media plane: a selective forwarding unit on webrtc-rs's sans-IO core (`rtc`).
 //!
-//! One event-loop thread owns one UDP socket and every peer connection on it. Datagrams are
-//! routed to their peer connection by the server ufrag of STUN checks, then by remote address.
+//! A fixed number of event-loop threads share one UDP port. Each owns a socket of the port's
+//! `SO_REUSEPORT` group, the rooms pinned to it and their peer connections. Datagrams are routed
+//! to their peer connection by the server ufrag of STUN checks, then by remote address; once a
+//! remote address is known its loop opens a socket connected to it on the same port, so the kernel
+//! brings that flow straight to the loop that owns it.
 //! Each member has up to two connections: *publish* (offered by the client, anchor and linked
 //! members only) and *subscribe* (offered by the server, re-offered when the room's published
 //! tracks change). This crate obeys the seat state machine's permissions and never decides
@@ -25,6 +28,8 @@ pub struct SfuConfig {
     pub udp_addr: SocketAddr,
     /// Addresses put in the host candidates clients connect to (with `udp_addr`'s port).
     pub public_ips: Vec<IpAddr>,
+    /// Event-loop threads; 0 means one per core.
+    pub loops: usize,
 }
 
 impl Default for SfuConfig {
@@ -32,6 +37,7 @@ impl Default for SfuConfig {
         SfuConfig {
             udp_addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
             public_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            loops: 0,
         }
     }
 }
@@ -143,6 +149,28 @@ pub struct SfuStats {
     pub retransmit_misses: u64,
     /// Transport-wide congestion control feedback packets read.
     pub twcc_feedback: u64,
+    /// Datagrams a loop received for a connection another loop owns (first packets of a flow).
+    pub handed_over: u64,
+    /// Datagrams the kernel would not take (full send buffer).
+    pub send_errors: u64,
+}
+
+impl std::ops::AddAssign for SfuStats {
+    fn add_assign(&mut self, o: SfuStats) {
+        self.peers += o.peers;
+        self.datagrams_in += o.datagrams_in;
+        self.datagrams_dropped += o.datagrams_dropped;
+        self.rtp_in += o.rtp_in;
+        self.rtp_dropped_not_allowed += o.rtp_dropped_not_allowed;
+        self.rtp_out += o.rtp_out;
+        self.plis_sent += o.plis_sent;
+        self.nacks_received += o.nacks_received;
+        self.retransmitted += o.retransmitted;
+        self.retransmit_misses += o.retransmit_misses;
+        self.twcc_feedback += o.twcc_feedback;
+        self.handed_over += o.handed_over;
+        self.send_errors += o.send_errors;
+    }
 }
 
 /// Counters of one peer connection.
@@ -184,53 +212,63 @@ impl Default for PeerStats {
 }
 
 /// Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max): one
-/// socket carries every peer, and bursts of keyframes to many subscribers must not overflow it.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
-        tracing::warn!(error = %e, "could not enlarge the media socket's receive buffer");
-    }
-    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
-        tracing::warn!(error = %e, "could not enlarge the media socket's send buffer");
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
+/// port carries every peer, and bursts of keyframes to many subscribers must not overflow it.
+pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 
 /// A handle to the running media plane.
 #[derive(Clone)]
 pub struct Sfu {
-    commands: mpsc::UnboundedSender<engine::Msg>,
+    shared: std::sync::Arc<engine::Shared>,
     local_addr: SocketAddr,
 }
 
 impl Sfu {
-    /// Bind the UDP socket and start the event loop on its own thread. Events for signaling
+    /// Bind the UDP port and start the event loops, each on its own thread. Events for signaling
     /// arrive on the returned receiver.
     pub fn start(config: SfuConfig) -> std::io::Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>)> {
-        let socket = bind(config.udp_addr)?;
-        let local_addr = socket.local_addr()?;
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let count = match config.loops {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(255);
+        // The first socket fixes the port (the configured one, or the one the OS picked for 0).
+        let first = engine::bind_reuseport(config.udp_addr)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(engine::bind_reuseport(local_addr)?);
+        }
         let public_ips = if config.public_ips.is_empty() {
             vec![local_addr.ip()]
         } else {
             config.public_ips
         };
-        std::thread::Builder::new()
-            .name("miclink-sfu".into())
-            .spawn(move || engine::run(socket, public_ips, cmd_rx, ev_tx))?;
-        Ok((
-            Sfu {
-                commands: cmd_tx,
-                local_addr,
-            },
-            ev_rx,
-        ))
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let mut handles = Vec::with_capacity(count);
+        let mut parts = Vec::with_capacity(count);
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let poll = mio::Poll::new()?;
+            let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), mio::Token(1))?);
+            let (tx, rx) = std::sync::mpsc::channel();
+            handles.push(engine::LoopHandle { tx, waker });
+            parts.push(engine::LoopParts {
+                index,
+                poll,
+                socket,
+                commands: rx,
+            });
+        }
+        let shared = std::sync::Arc::new(engine::Shared {
+            loops: handles,
+            owners: std::sync::RwLock::new(std::collections::HashMap::new()),
+        });
+        for part in parts {
+            let (shared, ips, events) = (shared.clone(), public_ips.clone(), ev_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("miclink-sfu-{}", part.index))
+                .spawn(move || engine::run(part, shared, ips, events))?;
+        }
+        Ok((Sfu { shared, local_addr }, ev_rx))
     }
 
     /// The UDP address peers send to.
@@ -238,20 +276,52 @@ impl Sfu {
         self.local_addr
     }
 
-    pub fn send(&self, command: SfuCommand) {
-        let _ = self.commands.send(engine::Msg::Command(command));
+    /// How many event loops run.
+    pub fn loops(&self) -> usize {
+        self.shared.loops.len()
     }
 
+    pub fn send(&self, command: SfuCommand) {
+        let room = match &command {
+            SfuCommand::Allow { room, .. }
+            | SfuCommand::Revoke { room, .. }
+            | SfuCommand::Join { room, .. }
+            | SfuCommand::Leave { room, .. }
+            | SfuCommand::CloseRoom { room }
+            | SfuCommand::Publish { room, .. }
+            | SfuCommand::SubscribeAnswer { room, .. }
+            | SfuCommand::Candidate { room, .. } => room,
+        };
+        self.shared.loops[self.loop_of(room)].send(engine::Msg::Command(command));
+    }
+
+    /// The loop a room is pinned to: every connection of the room lives there, so forwarding
+    /// never leaves the thread.
+    fn loop_of(&self, room: &Ident) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room.as_str());
+        (hash % self.shared.loops.len() as u64) as usize
+    }
+
+    /// Counters summed over every loop.
     pub async fn stats(&self) -> Option<SfuStats> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.commands.send(engine::Msg::Stats(tx)).ok()?;
-        rx.await.ok()
+        let mut total = SfuStats::default();
+        for l in &self.shared.loops {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            l.send(engine::Msg::Stats(tx));
+            total += rx.await.ok()?;
+        }
+        Some(total)
     }
 
     /// Counters of every peer connection, for per-room and per-participant metrics.
     pub async fn peer_stats(&self) -> Option<Vec<PeerStats>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.commands.send(engine::Msg::PeerStats(tx)).ok()?;
-        rx.await.ok()
+        let mut all = Vec::new();
+        for l in &self.shared.loops {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            l.send(engine::Msg::PeerStats(tx));
+            all.extend(rx.await.ok()?);
+        }
+        Some(all)
     }
 }
