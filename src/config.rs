@@ -41,8 +41,8 @@ pub struct Args {
     /// UDP address every media connection shares [default: 127.0.0.1:7882].
     #[arg(long, env = "MICLINK_MEDIA_ADDR")]
     pub media_addr: Option<SocketAddr>,
-    /// Address clients reach the media port at, repeatable [default: the media address's IP].
-    /// Required when the media address is a wildcard such as 0.0.0.0.
+    /// Address clients reach the media port at, repeatable [default: the media address's IP; for
+    /// a wildcard such as 0.0.0.0, 127.0.0.1 and every interface address].
     #[arg(
         long = "media-public-ip",
         env = "MICLINK_MEDIA_PUBLIC_IPS",
@@ -157,19 +157,14 @@ impl Config {
             .media_addr
             .or(file.media_addr)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7882)));
-        let mut public_ips = if args.media_public_ips.is_empty() {
+        // Empty: the media plane advertises the bound address, or every interface for a wildcard.
+        let public_ips = if args.media_public_ips.is_empty() {
             file.media_public_ips.unwrap_or_default()
         } else {
             args.media_public_ips
         };
-        if public_ips.is_empty() {
-            if media_addr.ip().is_unspecified() {
-                bail!(
-                    "media_addr {media_addr} listens on every interface: set media_public_ips to \
-                     the address(es) clients reach this server at"
-                );
-            }
-            public_ips.push(media_addr.ip());
+        if public_ips.iter().any(IpAddr::is_unspecified) {
+            bail!("media_public_ips must be addresses clients can reach, not a wildcard");
         }
         Ok(Config {
             http_addr: args
@@ -252,7 +247,7 @@ credential = "p"
             (&["--jwt-secret", "short"][..], "jwt_secret"),
             (&["--ice-server", "http://x"][..], "ice server"),
             (&["--keepalive-s", "0"][..], "keepalive"),
-            (&["--media-addr", "0.0.0.0:7882"][..], "media_public_ips"),
+            (&["--media-public-ip", "0.0.0.0"][..], "media_public_ips"),
         ] {
             let err = parse(args).expect_err("refused").to_string();
             assert!(err.contains(needle), "{err}");

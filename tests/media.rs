@@ -418,3 +418,37 @@ async fn nacks_are_answered_from_the_servers_buffer_not_by_the_publisher() {
     viewer.close().await;
     anchor.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_bound_to_every_interface_advertises_them_and_works() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server_with(|media| {
+        media.udp_addr = "0.0.0.0:0".parse().expect("addr");
+        media.public_ips.clear();
+    })
+    .await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the anchor's media", |r| {
+            r.get(&key("anchor", RtpCodecKind::Video))
+                .is_some_and(|s| s.seqs.len() >= 10)
+        })
+        .await;
+    let offer = viewer.last_offer().await;
+    let candidates: Vec<&str> = offer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert!(
+        candidates[0].contains(" 127.0.0.1 "),
+        "loopback first: {candidates:?}"
+    );
+    assert!(
+        candidates.iter().all(|c| !c.contains(" 0.0.0.0 ")),
+        "never the wildcard"
+    );
+    viewer.close().await;
+    anchor.close().await;
+}

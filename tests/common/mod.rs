@@ -72,12 +72,18 @@ impl Drop for Server {
 }
 
 pub async fn server() -> Server {
+    server_with(|_| {}).await
+}
+
+/// A server whose media settings `adjust` may change (the port is always chosen by the OS).
+pub async fn server_with(adjust: impl FnOnce(&mut miclink_signaling::SfuConfig)) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::load(Args::default()).expect("defaults");
     if let Some(media) = &mut config.signaling.media {
+        adjust(media);
         media.udp_addr.set_port(0);
     }
     let (stop, stopped) = oneshot::channel::<()>();

@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 pub struct SfuConfig {
     /// The UDP address every peer connection shares.
     pub udp_addr: SocketAddr,
-    /// Addresses put in the host candidates clients connect to (with `udp_addr`'s port).
+    /// Addresses put in the host candidates clients connect to (with `udp_addr`'s port). Empty:
+    /// the bound address, or for a wildcard bind the loopback address and every interface address
+    /// of its family.
     pub public_ips: Vec<IpAddr>,
     /// Event-loop threads; 0 means one per core.
     pub loops: usize,
@@ -215,6 +217,64 @@ impl Default for PeerStats {
 /// port carries every peer, and bursts of keyframes to many subscribers must not overflow it.
 pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 
+/// The candidate addresses when none are configured: the bound address itself, or for a wildcard
+/// bind the loopback address followed by every interface address of the same family.
+fn default_public_ips(bound: IpAddr, interfaces: Vec<IpAddr>) -> Vec<IpAddr> {
+    if !bound.is_unspecified() {
+        return vec![bound];
+    }
+    let loopback = match bound {
+        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    };
+    let mut ips = vec![loopback];
+    for ip in interfaces {
+        let usable = ip.is_ipv4() == bound.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified();
+        // IPv6 link-local addresses need a scope id a candidate cannot carry.
+        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if usable && !link_local && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_specific_bind_advertises_itself() {
+        assert_eq!(
+            default_public_ips(ip("10.1.2.3"), vec![ip("192.168.0.2")]),
+            vec![ip("10.1.2.3")]
+        );
+    }
+
+    #[test]
+    fn a_wildcard_bind_advertises_loopback_and_interfaces_of_its_family() {
+        let interfaces = vec![
+            ip("127.0.0.1"),
+            ip("192.168.0.2"),
+            ip("10.0.0.5"),
+            ip("fe80::1"),
+            ip("2001:db8::7"),
+        ];
+        assert_eq!(
+            default_public_ips(ip("0.0.0.0"), interfaces.clone()),
+            vec![ip("127.0.0.1"), ip("192.168.0.2"), ip("10.0.0.5")]
+        );
+        assert_eq!(
+            default_public_ips(ip("::"), interfaces),
+            vec![ip("::1"), ip("2001:db8::7")]
+        );
+    }
+}
+
 /// A handle to the running media plane.
 #[derive(Clone)]
 pub struct Sfu {
@@ -239,7 +299,10 @@ impl Sfu {
             sockets.push(engine::bind_reuseport(local_addr)?);
         }
         let public_ips = if config.public_ips.is_empty() {
-            vec![local_addr.ip()]
+            let interfaces = if_addrs::get_if_addrs()
+                .map(|list| list.into_iter().map(|i| i.ip()).collect())
+                .unwrap_or_default();
+            default_public_ips(local_addr.ip(), interfaces)
         } else {
             config.public_ips
         };
