@@ -63,6 +63,7 @@ async fn healthz(State(signaling): State<Signaling>) -> Response {
             concat!(
                 r#","media":{{"peers":{},"datagrams_in":{},"datagrams_dropped":{},"rtp_in":{},"#,
                 r#""rtp_dropped_not_allowed":{},"rtp_out":{},"plis_sent":{},"nacks_received":{},"#,
+                r#""nacks_to_publishers":{},"#,
                 r#""retransmitted":{},"retransmit_misses":{},"twcc_feedback":{},"handed_over":{},"#,
                 r#""send_errors":{}}}"#
             ),
@@ -74,6 +75,7 @@ async fn healthz(State(signaling): State<Signaling>) -> Response {
             m.rtp_out,
             m.plis_sent,
             m.nacks_received,
+            m.nacks_to_publishers,
             m.retransmitted,
             m.retransmit_misses,
             m.twcc_feedback,

@@ -411,7 +411,7 @@ async fn nacks_are_answered_from_the_servers_buffer_not_by_the_publisher() {
         "{resent} resent for {lost_on_the_path} lost"
     );
     assert_eq!(
-        anchor.publisher_nacks().await,
+        s.media_counter("nacks_to_publishers").await,
         0,
         "the publisher was never asked to resend"
     );
@@ -448,6 +448,55 @@ async fn media_bound_to_every_interface_advertises_them_and_works() {
     assert!(
         candidates.iter().all(|c| !c.contains(" 0.0.0.0 ")),
         "never the wildcard"
+    );
+    viewer.close().await;
+    anchor.close().await;
+}
+
+/// The sender's packet counters, from the first one received (where this subscriber started) up
+/// to a second before the newest, that never arrived (the newest second may still have
+/// retransmissions on the way).
+fn never_arrived(counters: &[u32]) -> Vec<u32> {
+    let Some(&first) = counters.first() else {
+        return Vec::new();
+    };
+    let mut seen = counters.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    let last = seen.last().copied().unwrap_or(first);
+    assert!(
+        seen[0] >= first,
+        "a packet from before the subscriber's start was forwarded"
+    );
+    (first..last.saturating_sub(30))
+        .filter(|c| seen.binary_search(c).is_err())
+        .take(20)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_asks_the_publisher_for_what_it_lost() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    anchor.publish_lossy(dropped.clone()).await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("150 video packets", |r| {
+            r.get(&key("anchor", RtpCodecKind::Video))
+                .is_some_and(|s| s.seqs.len() >= 150)
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = viewer.received().await;
+    let lost_upstream = dropped.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(lost_upstream >= 5, "the proxy dropped only {lost_upstream}");
+    let missing = never_arrived(&got[&key("anchor", RtpCodecKind::Video)].counters);
+    assert!(missing.is_empty(), "the viewer never got {missing:?}");
+    assert!(
+        s.media_counter("nacks_to_publishers").await > 0,
+        "the server asked the publisher"
     );
     viewer.close().await;
     anchor.close().await;

@@ -304,6 +304,7 @@ impl Member {
                                                 server_port,
                                                 video_pt.clone(),
                                                 dropped.clone(),
+                                                Toward::Client,
                                             )
                                             .await;
                                             proxy = Some(p);
@@ -384,6 +385,15 @@ impl Member {
     /// Publish VP8 video (unless `audio_only`) and Opus audio, sending RTP until dropped:
     /// video at 30 packets/s with a keyframe every 30, audio at 50 packets/s.
     pub async fn publish(&mut self, audio_only: bool) {
+        self.publish_with(audio_only, None).await;
+    }
+
+    /// Publish through a proxy that drops every 20th video packet on the way to the server.
+    pub async fn publish_lossy(&mut self, dropped: Arc<AtomicU64>) {
+        self.publish_with(false, Some(dropped)).await;
+    }
+
+    async fn publish_with(&mut self, audio_only: bool, lossy: Option<Arc<AtomicU64>>) {
         let gathered = Arc::new(Notify::new());
         let pc = peer(Handler {
             gathered: gathered.clone(),
@@ -429,28 +439,22 @@ impl Member {
         assert!(reply.ok, "{}: publish refused: {reply:?}", self.user);
         let answer: miclink_protocol::PublishResult =
             serde_json::from_value(reply.result.expect("result")).expect("publish result");
-        pc.set_remote_description(RTCSessionDescription::answer(answer.sdp).expect("answer"))
+        let sdp = match lossy {
+            Some(dropped) => {
+                let (server_port, vp8) = offer_port_and_vp8(&answer.sdp);
+                let pt = Arc::new(std::sync::atomic::AtomicU8::new(vp8.expect("VP8 answered")));
+                let port = lossy_proxy(server_port, pt, dropped, Toward::Server).await;
+                answer.sdp.replace(
+                    &format!(" {server_port} typ host"),
+                    &format!(" {port} typ host"),
+                )
+            }
+            None => answer.sdp,
+        };
+        pc.set_remote_description(RTCSessionDescription::answer(sdp).expect("answer"))
             .await
             .expect("set answer");
         self.publisher = Some(Publisher { pc, stop });
-    }
-
-    /// NACKs this member's publisher received (its outbound RTP statistics).
-    pub async fn publisher_nacks(&self) -> u32 {
-        let Some(p) = &self.publisher else {
-            return 0;
-        };
-        p.pc.get_stats(
-            std::time::Instant::now(),
-            webrtc::peer_connection::StatsSelector::None,
-        )
-        .await
-        .iter()
-        .filter_map(|e| match e {
-            webrtc::peer_connection::RTCStatsReportEntry::OutboundRtp(s) => Some(s.nack_count),
-            _ => None,
-        })
-        .sum()
     }
 
     /// Subscribe offers answered so far.
@@ -642,12 +646,20 @@ fn offer_port_and_vp8(sdp: &str) -> (u16, Option<u8>) {
     (port, pt)
 }
 
+/// Which way a lossy proxy drops packets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Toward {
+    Client,
+    Server,
+}
+
 /// A UDP proxy in front of the server's media port for one client: it drops every 20th RTP
-/// packet of payload type `video_pt` going to the client. Returns the port the client uses.
+/// packet of payload type `video_pt` going `toward` one side. Returns the port the client uses.
 async fn lossy_proxy(
     server_port: u16,
     video_pt: Arc<std::sync::atomic::AtomicU8>,
     dropped: Arc<AtomicU64>,
+    toward: Toward,
 ) -> u16 {
     let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
@@ -661,25 +673,34 @@ async fn lossy_proxy(
         let mut client = None;
         let mut video_seen = 0u64;
         let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
+        // SRTP keeps the RTP header in clear: version 2, payload type in byte 1.
+        let mut drop_this = |p: &[u8]| {
+            let pt = video_pt.load(Ordering::SeqCst);
+            let is_video = pt != 0 && p.len() > 12 && p[0] >> 6 == 2 && p[1] & 0x7f == pt;
+            if is_video {
+                video_seen += 1;
+                if video_seen.is_multiple_of(20) {
+                    dropped.fetch_add(1, Ordering::SeqCst);
+                    return true;
+                }
+            }
+            false
+        };
         loop {
             tokio::select! {
                 r = front.recv_from(&mut a) => {
                     let Ok((n, from)) = r else { return };
                     client = Some(from);
+                    if toward == Toward::Server && drop_this(&a[..n]) {
+                        continue;
+                    }
                     let _ = back.send_to(&a[..n], server).await;
                 }
                 r = back.recv_from(&mut b) => {
                     let Ok((n, _)) = r else { return };
                     let Some(to) = client else { continue };
-                    // SRTP keeps the RTP header in clear: version 2, payload type in byte 1.
-                    let pt = video_pt.load(Ordering::SeqCst);
-                    let is_video = pt != 0 && n > 12 && b[0] >> 6 == 2 && b[1] & 0x7f == pt;
-                    if is_video {
-                        video_seen += 1;
-                        if video_seen.is_multiple_of(20) {
-                            dropped.fetch_add(1, Ordering::SeqCst);
-                            continue;
-                        }
+                    if toward == Toward::Client && drop_this(&b[..n]) {
+                        continue;
                     }
                     let _ = front.send_to(&b[..n], to).await;
                 }

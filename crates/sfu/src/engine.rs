@@ -115,6 +115,9 @@ struct OutTrack {
     /// Added to the publisher's sequence numbers; set at the first forwarded packet so each
     /// subscriber's stream is continuous from where it started.
     seq_offset: Option<u16>,
+    /// The publisher's sequence number of that first packet: anything older (a late
+    /// retransmission from the publisher) belongs to before this subscriber's start.
+    start_seq: u16,
     next_seq: u16,
     /// Video waits for a keyframe before the first packet goes out.
     waiting_keyframe: bool,
@@ -318,12 +321,34 @@ impl Engine {
         }
     }
 
+    /// NACKs the publish connections' generators sent: rtc counts them on the way out, per
+    /// inbound stream.
+    fn nacks_to_publishers(&mut self) -> u64 {
+        let now = Instant::now();
+        self.peers
+            .values_mut()
+            .filter(|p| p.kind == PcKind::Publish)
+            .map(|p| {
+                p.pc.get_stats(now, rtc::statistics::StatsSelector::None)
+                    .iter()
+                    .map(|e| match e {
+                        rtc::statistics::report::RTCStatsReportEntry::InboundRtp(s) => {
+                            u64::from(s.nack_count)
+                        }
+                        _ => 0,
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     fn message(&mut self, msg: Msg) {
         match msg {
             Msg::Command(c) => self.command(c),
             Msg::Stats(tx) => {
                 let _ = tx.send(SfuStats {
                     peers: self.peers.len(),
+                    nacks_to_publishers: self.nacks_to_publishers(),
                     ..self.stats
                 });
             }
@@ -607,9 +632,18 @@ impl Engine {
                     pt
                 }
             };
-            let offset = *out
-                .seq_offset
-                .get_or_insert_with(|| out.next_seq.wrapping_sub(seq));
+            let offset = match out.seq_offset {
+                Some(offset) => {
+                    if (seq.wrapping_sub(out.start_seq) as i16) < 0 {
+                        continue;
+                    }
+                    offset
+                }
+                None => {
+                    out.start_seq = seq;
+                    *out.seq_offset.insert(out.next_seq.wrapping_sub(seq))
+                }
+            };
             let out_seq = seq.wrapping_add(offset);
             out.next_seq = out_seq.wrapping_add(1);
             packet.header.ssrc = out.ssrc;
@@ -1104,6 +1138,7 @@ impl Engine {
                         mime: codec.mime_type.clone(),
                         payload_type: None,
                         seq_offset: None,
+                        start_seq: 0,
                         next_seq: rand::rng().random(),
                         waiting_keyframe: kind == RtpCodecKind::Video,
                     },

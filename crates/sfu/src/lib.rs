@@ -145,6 +145,8 @@ pub struct SfuStats {
     pub plis_sent: u64,
     /// NACK packets received from subscribers.
     pub nacks_received: u64,
+    /// NACK packets sent to publishers for what the server lost on their leg.
+    pub nacks_to_publishers: u64,
     /// Packets sent again from a published track's buffer.
     pub retransmitted: u64,
     /// NACKed packets no longer in the buffer.
@@ -167,6 +169,7 @@ impl std::ops::AddAssign for SfuStats {
         self.rtp_out += o.rtp_out;
         self.plis_sent += o.plis_sent;
         self.nacks_received += o.nacks_received;
+        self.nacks_to_publishers += o.nacks_to_publishers;
         self.retransmitted += o.retransmitted;
         self.retransmit_misses += o.retransmit_misses;
         self.twcc_feedback += o.twcc_feedback;
