@@ -501,3 +501,33 @@ async fn the_server_asks_the_publisher_for_what_it_lost() {
     viewer.close().await;
     anchor.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_is_forwarded_and_starts_at_an_idr() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish_h264().await;
+    // Into the group of pictures, so the server must wait for (and ask for) the next IDR.
+    tokio::time::sleep(std::time::Duration::from_millis(1400)).await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the anchor's H.264", |r| {
+            r.get(&key("anchor", RtpCodecKind::Video))
+                .is_some_and(|s| s.seqs.len() >= 10)
+        })
+        .await;
+    assert!(
+        viewer.last_offer().await.contains("H264/90000"),
+        "H.264 offered to the viewer"
+    );
+    let got = viewer.received().await;
+    let video = &got[&key("anchor", RtpCodecKind::Video)];
+    assert!(
+        is_h264_idr(video.first_payload.as_deref().expect("video")),
+        "starts at an IDR"
+    );
+    assert!(complete(&video.seqs));
+    viewer.close().await;
+    anchor.close().await;
+}

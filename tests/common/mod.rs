@@ -113,6 +113,8 @@ pub struct Stream {
     pub marked_by: Vec<String>,
     /// Whether the first packet was a VP8 keyframe.
     pub first_is_keyframe: Option<bool>,
+    /// The first video payload, for codec-specific checks.
+    pub first_payload: Option<Vec<u8>>,
 }
 
 struct Shared {
@@ -141,8 +143,16 @@ impl Shared {
     }
 }
 
+/// The video codec a member publishes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Video {
+    Vp8,
+    H264,
+}
+
 pub struct Member {
     pub user: String,
+    video: Video,
     shared: Arc<Shared>,
     pub events: mpsc::UnboundedReceiver<Event>,
     pub join: JoinResult,
@@ -192,6 +202,7 @@ impl PeerConnectionEventHandler for Handler {
                     .or_default();
                 if s.first_is_keyframe.is_none() && kind == RtpCodecKind::Video {
                     s.first_is_keyframe = Some(is_vp8_keyframe(&packet.payload));
+                    s.first_payload = Some(packet.payload.to_vec());
                 }
                 s.seqs.push(packet.header.sequence_number);
                 if let Some((who, counter)) = read_marker(&packet.payload, kind) {
@@ -357,6 +368,7 @@ impl Member {
         let join = serde_json::from_value(reply.result.expect("result")).expect("join result");
         Member {
             user: user.to_owned(),
+            video: Video::Vp8,
             shared,
             events,
             join,
@@ -388,6 +400,12 @@ impl Member {
         self.publish_with(audio_only, None).await;
     }
 
+    /// Publish H.264 video (constrained baseline, packetization mode 1) and Opus audio.
+    pub async fn publish_h264(&mut self) {
+        self.video = Video::H264;
+        self.publish_with(false, None).await;
+    }
+
     /// Publish through a proxy that drops every 20th video packet on the way to the server.
     pub async fn publish_lossy(&mut self, dropped: Arc<AtomicU64>) {
         self.publish_with(false, Some(dropped)).await;
@@ -401,12 +419,23 @@ impl Member {
             state: Arc::new(Mutex::new(RTCPeerConnectionState::New)),
         })
         .await;
-        let mut kinds = vec![(RtpCodecKind::Audio, "audio/opus", 48000, 2)];
+        let mut kinds = vec![(RtpCodecKind::Audio, "audio/opus", 48000, 2, "")];
         if !audio_only {
-            kinds.push((RtpCodecKind::Video, "video/VP8", 90000, 0));
+            kinds.push(match self.video {
+                Video::Vp8 => (RtpCodecKind::Video, "video/VP8", 90000, 0, ""),
+                Video::H264 => (
+                    RtpCodecKind::Video,
+                    "video/H264",
+                    90000,
+                    0,
+                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                ),
+            });
         }
         let stop = Arc::new(Notify::new());
-        for (kind, mime, clock_rate, channels) in kinds {
+        // Payload types come from the answer; until it arrives nothing can be sent anyway.
+        let mut pts = Vec::new();
+        for (kind, mime, clock_rate, channels, fmtp) in kinds {
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 self.user.clone(),
                 format!("{}-{kind}", self.user),
@@ -421,7 +450,7 @@ impl Member {
                         mime_type: mime.to_owned(),
                         clock_rate,
                         channels,
-                        sdp_fmtp_line: String::new(),
+                        sdp_fmtp_line: fmtp.to_owned(),
                         rtcp_feedback: vec![],
                     },
                     ..Default::default()
@@ -430,7 +459,16 @@ impl Member {
             pc.add_track(track.clone() as Arc<dyn TrackLocal>)
                 .await
                 .expect("add track");
-            tokio::spawn(send_rtp(track, kind, self.user.clone(), stop.clone()));
+            let pt = Arc::new(std::sync::atomic::AtomicU8::new(0));
+            pts.push((pt.clone(), mime, fmtp));
+            tokio::spawn(send_rtp(
+                track,
+                kind,
+                self.video,
+                self.user.clone(),
+                stop.clone(),
+                pt,
+            ));
         }
         let offer = pc.create_offer(None).await.expect("offer");
         pc.set_local_description(offer).await.expect("set offer");
@@ -439,6 +477,11 @@ impl Member {
         assert!(reply.ok, "{}: publish refused: {reply:?}", self.user);
         let answer: miclink_protocol::PublishResult =
             serde_json::from_value(reply.result.expect("result")).expect("publish result");
+        for (pt, mime, fmtp) in pts {
+            let negotiated = negotiated_pt(&answer.sdp, mime, fmtp)
+                .unwrap_or_else(|| panic!("{mime} {fmtp} not in the answer"));
+            pt.store(negotiated, Ordering::SeqCst);
+        }
         let sdp = match lossy {
             Some(dropped) => {
                 let (server_port, vp8) = offer_port_and_vp8(&answer.sdp);
@@ -561,12 +604,15 @@ fn rand_u32() -> u32 {
 const MARK: &[u8; 4] = b"MKLK";
 
 /// Payload: [codec header][MARK][len][publisher id][counter u32].
-fn payload(kind: RtpCodecKind, user: &str, counter: u32, keyframe: bool) -> Vec<u8> {
+fn payload(kind: RtpCodecKind, video: Video, user: &str, counter: u32, keyframe: bool) -> Vec<u8> {
     let mut p = Vec::with_capacity(64);
     if kind == RtpCodecKind::Video {
-        // VP8 descriptor: S=1, partition 0; payload header P bit 0 on keyframes.
-        p.push(0x10);
-        p.push(if keyframe { 0x00 } else { 0x01 });
+        match video {
+            // VP8 descriptor: S=1, partition 0; payload header P bit 0 on keyframes.
+            Video::Vp8 => p.extend_from_slice(&[0x10, if keyframe { 0x00 } else { 0x01 }]),
+            // A single NAL unit: IDR slice (type 5) or non-IDR slice (type 1).
+            Video::H264 => p.extend_from_slice(&[if keyframe { 0x65 } else { 0x41 }, 0x88]),
+        }
     }
     p.extend_from_slice(MARK);
     p.push(user.len() as u8);
@@ -588,19 +634,41 @@ fn read_marker(payload: &[u8], kind: RtpCodecKind) -> Option<(String, u32)> {
     Some((who, u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
 }
 
+pub fn is_h264_idr(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|b| b & 0x1f == 5)
+}
+
 pub fn is_vp8_keyframe(payload: &[u8]) -> bool {
     payload.first().is_some_and(|b| b & 0x10 != 0) && payload.get(1).is_some_and(|b| b & 0x01 == 0)
+}
+
+/// The payload type an SDP gives the codec `mime` (e.g. "video/H264") whose fmtp holds `fmtp`.
+fn negotiated_pt(sdp: &str, mime: &str, fmtp: &str) -> Option<u8> {
+    let name = mime.split('/').nth(1)?.to_ascii_lowercase();
+    sdp.lines().find_map(|l| {
+        let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+        if !codec.to_ascii_lowercase().starts_with(&format!("{name}/")) {
+            return None;
+        }
+        let fmtp_line = sdp
+            .lines()
+            .find(|f| f.starts_with(&format!("a=fmtp:{pt} ")))
+            .unwrap_or_default();
+        (fmtp.is_empty() || fmtp_line.contains(fmtp)).then(|| pt.parse().ok())?
+    })
 }
 
 async fn send_rtp(
     track: Arc<TrackLocalStaticRTP>,
     kind: RtpCodecKind,
+    video: Video,
     user: String,
     stop: Arc<Notify>,
+    pt: Arc<std::sync::atomic::AtomicU8>,
 ) {
-    let (interval, ts_step, pt) = match kind {
-        RtpCodecKind::Video => (Duration::from_millis(33), 3000u32, 96u8),
-        _ => (Duration::from_millis(20), 960u32, 111u8),
+    let (interval, ts_step) = match kind {
+        RtpCodecKind::Video => (Duration::from_millis(33), 3000u32),
+        _ => (Duration::from_millis(20), 960u32),
     };
     let mut tick = tokio::time::interval(interval);
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
@@ -610,6 +678,10 @@ async fn send_rtp(
             _ = stop.notified() => return,
         }
         let keyframe = kind == RtpCodecKind::Video && counter % 30 == 0;
+        let pt = pt.load(Ordering::SeqCst);
+        if pt == 0 {
+            continue;
+        }
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
@@ -620,7 +692,7 @@ async fn send_rtp(
                 ssrc,
                 ..Default::default()
             },
-            payload: payload(kind, &user, counter, keyframe).into(),
+            payload: payload(kind, video, &user, counter, keyframe).into(),
         };
         if track.write_rtp(packet).await.is_err() {
             return;
