@@ -415,6 +415,13 @@ async fn nacks_are_answered_from_the_servers_buffer_not_by_the_publisher() {
         0,
         "the publisher was never asked to resend"
     );
+    assert!(
+        s.peer_metric("nacks", "lossy", "subscribe").await > 0,
+        "per-participant NACKs"
+    );
+    assert_eq!(s.peer_metric("nacks", "anchor", "publish").await, 0);
+    assert!(s.peer_metric("rtp_out", "lossy", "subscribe").await >= 150);
+    assert!(s.peer_metric("bytes_in", "anchor", "publish").await > 0);
     viewer.close().await;
     anchor.close().await;
 }
@@ -497,6 +504,14 @@ async fn the_server_asks_the_publisher_for_what_it_lost() {
     assert!(
         s.media_counter("nacks_to_publishers").await > 0,
         "the server asked the publisher"
+    );
+    assert!(
+        s.peer_metric("nacks", "anchor", "publish").await > 0,
+        "per-participant NACKs"
+    );
+    assert!(
+        s.peer_metric("packets_lost", "anchor", "publish").await > 0,
+        "losses on the publisher's leg are counted"
     );
     viewer.close().await;
     anchor.close().await;

@@ -56,6 +56,25 @@ impl Server {
         serde_json::from_str(body).expect("healthz is JSON")
     }
 
+    /// One per connection series of `/metrics`, e.g. `("nacks", "lossy", "subscribe")`.
+    pub async fn peer_metric(&self, name: &str, user: &str, pc: &str) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let prefix =
+            format!("miclink_peer_{name}_total{{room=\"r\",user=\"{user}\",pc=\"{pc}\"}} ");
+        out.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{out}"))
+    }
+
     pub async fn media_counter(&self, name: &str) -> u64 {
         self.health().await["media"][name]
             .as_u64()

@@ -328,17 +328,7 @@ impl Engine {
         self.peers
             .values_mut()
             .filter(|p| p.kind == PcKind::Publish)
-            .map(|p| {
-                p.pc.get_stats(now, rtc::statistics::StatsSelector::None)
-                    .iter()
-                    .map(|e| match e {
-                        rtc::statistics::report::RTCStatsReportEntry::InboundRtp(s) => {
-                            u64::from(s.nack_count)
-                        }
-                        _ => 0,
-                    })
-                    .sum::<u64>()
-            })
+            .map(|p| rtc_losses(&mut p.pc, now, PcKind::Publish).1)
             .sum()
     }
 
@@ -353,7 +343,21 @@ impl Engine {
                 });
             }
             Msg::PeerStats(tx) => {
-                let _ = tx.send(self.peers.values().map(|p| p.counters.clone()).collect());
+                let now = Instant::now();
+                let all = self
+                    .peers
+                    .values_mut()
+                    .map(|p| {
+                        let mut c = p.counters.clone();
+                        let (lost, nacks_sent) = rtc_losses(&mut p.pc, now, p.kind);
+                        c.packets_lost = lost;
+                        if p.kind == PcKind::Publish {
+                            c.nacks = nacks_sent;
+                        }
+                        c
+                    })
+                    .collect();
+                let _ = tx.send(all);
             }
             Msg::Handover { data, from } => {
                 self.stats.handed_over += 1;
@@ -711,6 +715,9 @@ impl Engine {
             let any = packet.as_any();
             if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.stats.nacks_received += 1;
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.counters.nacks += 1;
+                }
                 let lost: Vec<u16> = nack.nacks.iter().flat_map(|p| p.packet_list()).collect();
                 self.retransmit(id, nack.media_ssrc, &lost);
             } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
@@ -1308,6 +1315,30 @@ impl Engine {
         }
         self.close_peer(id);
     }
+}
+
+/// Packets lost on a connection's leg and NACKs it sent, from rtc's statistics (read when asked,
+/// never on the packet path). Publish connections count their own receive side; subscribe
+/// connections what the subscriber's receiver reports say.
+fn rtc_losses(pc: &mut RTCPeerConnection, now: Instant, kind: PcKind) -> (u64, u64) {
+    use rtc::statistics::report::RTCStatsReportEntry;
+    let (mut lost, mut nacks) = (0u64, 0u64);
+    for entry in pc
+        .get_stats(now, rtc::statistics::StatsSelector::None)
+        .iter()
+    {
+        match (kind, entry) {
+            (PcKind::Publish, RTCStatsReportEntry::InboundRtp(s)) => {
+                lost += s.received_rtp_stream_stats.packets_lost.max(0) as u64;
+                nacks += u64::from(s.nack_count);
+            }
+            (PcKind::Subscribe, RTCStatsReportEntry::RemoteInboundRtp(s)) => {
+                lost += s.received_rtp_stream_stats.packets_lost.max(0) as u64;
+            }
+            _ => {}
+        }
+    }
+    (lost, nacks)
 }
 
 fn random_string(len: usize) -> String {

@@ -195,6 +195,11 @@ pub struct PeerStats {
     pub retransmitted: u64,
     /// Keyframe requests sent (publish connections).
     pub plis: u64,
+    /// NACK packets: received from this subscriber, or sent to this publisher.
+    pub nacks: u64,
+    /// RTP packets lost: on this publisher's leg as the server counts them, or on this
+    /// subscriber's leg as its receiver reports say.
+    pub packets_lost: u64,
 }
 
 impl Default for PeerStats {
@@ -212,6 +217,8 @@ impl Default for PeerStats {
             rtp_out: 0,
             retransmitted: 0,
             plis: 0,
+            nacks: 0,
+            packets_lost: 0,
         }
     }
 }

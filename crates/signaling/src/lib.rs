@@ -26,7 +26,7 @@ use miclink_sfu::Sfu;
 use tokio::sync::{mpsc, oneshot};
 
 pub use hub::Stats;
-pub use miclink_sfu::{PeerStats, SfuConfig, SfuStats};
+pub use miclink_sfu::{PcKind, PeerStats, SfuConfig, SfuStats};
 
 /// Settings of the signaling plane.
 #[derive(Debug, Clone)]
