@@ -1,4 +1,22 @@
-//! The event loop: one UDP socket, every peer connection on it, and the routing between them.
+//! One event loop: its socket of the shared port, the rooms pinned to it, every peer connection
+//! in them, and the routing between them. It owns its state alone; other threads reach it only
+//! through [`LoopHandle`] (a channel and a poll waker).
+//!
+//! # How each rtc peer connection is driven
+//! rtc's `RTCPeerConnection` is sans-IO, and this loop calls it in a fixed order:
+//! 1. input: `handle_read` with each datagram that belongs to it (demultiplexed by remote
+//!    address, or by the server ufrag of a STUN check), tagged with the advertised local address;
+//!    `handle_timeout` when `poll_timeout` is due **and** at least every [`TICK`], because the
+//!    interceptors' own intervals (reports, NACK generation, TWCC) are not reported by
+//!    `poll_timeout`;
+//! 2. drain, right after any input: `poll_event` (connection state, tracks opening) and
+//!    `poll_read` (RTP to forward, RTCP the feedback interceptor let through) until both are
+//!    empty; forwarding writes into *other* connections (`write_rtp`) and marks them dirty;
+//! 3. output, once per turn of the loop: `poll_write` on every dirty connection, sent on the
+//!    connection's connected socket or the shared one;
+//! 4. then wait in `mio::Poll::poll` until the earliest `poll_timeout`, a datagram, or a command.
+//!
+//! Signaling commands (`SfuCommand`) are applied between turns, in the order they were sent.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
