@@ -76,7 +76,7 @@ pub enum SfuCommand {
     Leave { room: Ident, user: Ident },
     /// The room ended.
     CloseRoom { room: Ident },
-    /// The client's publish offer; the answer comes back as [`SfuEvent::Reply`].
+    /// The client's publish offer; the answer comes back as [`SfuEvent::PublishAnswer`].
     Publish {
         room: Ident,
         user: Ident,
