@@ -60,29 +60,16 @@ async fn healthz(State(signaling): State<Signaling>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response();
     };
     let media = match signaling.media_stats().await {
-        Some(m) => format!(
-            concat!(
-                r#","media":{{"peers":{},"datagrams_in":{},"datagrams_dropped":{},"rtp_in":{},"#,
-                r#""rtp_dropped_not_allowed":{},"rtp_out":{},"plis_sent":{},"nacks_received":{},"#,
-                r#""nacks_to_publishers":{},"#,
-                r#""retransmitted":{},"retransmit_misses":{},"twcc_feedback":{},"handed_over":{},"#,
-                r#""send_errors":{}}}"#
-            ),
-            m.peers,
-            m.datagrams_in,
-            m.datagrams_dropped,
-            m.rtp_in,
-            m.rtp_dropped_not_allowed,
-            m.rtp_out,
-            m.plis_sent,
-            m.nacks_received,
-            m.nacks_to_publishers,
-            m.retransmitted,
-            m.retransmit_misses,
-            m.twcc_feedback,
-            m.handed_over,
-            m.send_errors
-        ),
+        Some(m) => {
+            let fields: Vec<String> = std::iter::once(format!(r#""peers":{}"#, m.peers))
+                .chain(
+                    media_counters(&m)
+                        .iter()
+                        .map(|(name, _, value)| format!(r#""{name}":{value}"#)),
+                )
+                .collect();
+            format!(r#","media":{{{}}}"#, fields.join(","))
+        }
         None => String::new(),
     };
     (
@@ -123,69 +110,7 @@ async fn metrics(State(signaling): State<Signaling>) -> Response {
     );
     if let Some(m) = signaling.media_stats().await {
         gauge("media_peers", "Media peer connections.", m.peers as u64);
-        for (name, help, value) in [
-            (
-                "datagrams_in",
-                "Datagrams received on the media port.",
-                m.datagrams_in,
-            ),
-            (
-                "datagrams_dropped",
-                "Datagrams dropped: unknown sender, or refused.",
-                m.datagrams_dropped,
-            ),
-            ("rtp_in", "RTP packets received from publishers.", m.rtp_in),
-            (
-                "rtp_dropped_not_allowed",
-                "RTP packets dropped because the sender holds no seat.",
-                m.rtp_dropped_not_allowed,
-            ),
-            (
-                "rtp_out",
-                "RTP packets forwarded to subscribers.",
-                m.rtp_out,
-            ),
-            (
-                "plis_sent",
-                "Keyframe requests sent to publishers.",
-                m.plis_sent,
-            ),
-            (
-                "nacks_received",
-                "NACK packets received from subscribers.",
-                m.nacks_received,
-            ),
-            (
-                "nacks_to_publishers",
-                "NACK packets sent to publishers.",
-                m.nacks_to_publishers,
-            ),
-            (
-                "retransmitted",
-                "Packets resent from the servers buffers.",
-                m.retransmitted,
-            ),
-            (
-                "retransmit_misses",
-                "NACKed packets no longer buffered.",
-                m.retransmit_misses,
-            ),
-            (
-                "twcc_feedback",
-                "Transport-wide congestion control feedback packets read.",
-                m.twcc_feedback,
-            ),
-            (
-                "handed_over",
-                "Datagrams handed between media loops.",
-                m.handed_over,
-            ),
-            (
-                "send_errors",
-                "Datagrams the kernel would not send.",
-                m.send_errors,
-            ),
-        ] {
+        for (name, help, value) in media_counters(&m) {
             let _ = writeln!(
                 out,
                 "# HELP miclink_media_{name}_total {help}\n# TYPE miclink_media_{name}_total counter\nmiclink_media_{name}_total {value}"
@@ -252,6 +177,73 @@ async fn metrics(State(signaling): State<Signaling>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The media plane's counters, named once for `/healthz` and `/metrics`.
+fn media_counters(m: &miclink_signaling::SfuStats) -> [(&'static str, &'static str, u64); 13] {
+    [
+        (
+            "datagrams_in",
+            "Datagrams received on the media port.",
+            m.datagrams_in,
+        ),
+        (
+            "datagrams_dropped",
+            "Datagrams dropped: unknown sender, or refused.",
+            m.datagrams_dropped,
+        ),
+        ("rtp_in", "RTP packets received from publishers.", m.rtp_in),
+        (
+            "rtp_dropped_not_allowed",
+            "RTP packets dropped because the sender holds no seat.",
+            m.rtp_dropped_not_allowed,
+        ),
+        (
+            "rtp_out",
+            "RTP packets forwarded to subscribers.",
+            m.rtp_out,
+        ),
+        (
+            "plis_sent",
+            "Keyframe requests sent to publishers.",
+            m.plis_sent,
+        ),
+        (
+            "nacks_received",
+            "NACK packets received from subscribers.",
+            m.nacks_received,
+        ),
+        (
+            "nacks_to_publishers",
+            "NACK packets sent to publishers.",
+            m.nacks_to_publishers,
+        ),
+        (
+            "retransmitted",
+            "Packets resent from the server's buffers.",
+            m.retransmitted,
+        ),
+        (
+            "retransmit_misses",
+            "NACKed packets no longer buffered.",
+            m.retransmit_misses,
+        ),
+        (
+            "twcc_feedback",
+            "Transport-wide congestion control feedback packets read.",
+            m.twcc_feedback,
+        ),
+        (
+            "handed_over",
+            "Datagrams handed between media loops.",
+            m.handed_over,
+        ),
+        (
+            "send_errors",
+            "Datagrams the kernel would not send.",
+            m.send_errors,
+        ),
+    ]
 }
 
 async fn demo(uri: Uri) -> Response {

@@ -19,9 +19,7 @@ fn key(who: &str, kind: RtpCodecKind) -> (String, RtpCodecKind) {
 async fn a_viewer_receives_the_anchors_audio_and_video() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let s = server().await;
-    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
-    anchor.publish(false).await;
-    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
     viewer
         .wait_received("anchor's audio and video", |r| {
             r.get(&key("anchor", RtpCodecKind::Video))
@@ -292,9 +290,7 @@ async fn a_late_viewer_starts_at_a_keyframe() {
 async fn garbage_on_the_media_port_does_not_disturb_established_connections() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let s = server().await;
-    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
-    anchor.publish(false).await;
-    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
     viewer
         .wait_received("the anchor's audio", |r| {
             r.get(&key("anchor", RtpCodecKind::Audio))
@@ -434,9 +430,7 @@ async fn media_bound_to_every_interface_advertises_them_and_works() {
         media.public_ips.clear();
     })
     .await;
-    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
-    anchor.publish(false).await;
-    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
     viewer
         .wait_received("the anchor's media", |r| {
             r.get(&key("anchor", RtpCodecKind::Video))

@@ -38,35 +38,32 @@ pub struct Server {
 }
 
 impl Server {
-    /// `/healthz` as JSON.
-    pub async fn health(&self) -> serde_json::Value {
+    /// The body of a plain HTTP GET on the server's port.
+    async fn get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.http)
             .await
             .expect("connect");
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        serde_json::from_str(body).expect("healthz is JSON")
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// `/healthz` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/healthz").await).expect("healthz is JSON")
     }
 
     /// One per connection series of `/metrics`, e.g. `("nacks", "lossy", "subscribe")`.
     pub async fn peer_metric(&self, name: &str, user: &str, pc: &str) -> u64 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.http)
-            .await
-            .expect("connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
+        let out = self.get("/metrics").await;
         let prefix =
             format!("miclink_peer_{name}_total{{room=\"r\",user=\"{user}\",pc=\"{pc}\"}} ");
         out.lines()
@@ -598,6 +595,14 @@ impl Member {
         }
         let _ = self.subscriber.close().await;
     }
+}
+
+/// Room "r" with the anchor publishing VP8 and Opus, and one viewer named `viewer`.
+pub async fn live_room(server: &Server, viewer: &str) -> (Member, Member) {
+    let mut anchor = Member::join(&server.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let viewer = Member::join(&server.url, "r", viewer, Role::Audience).await;
+    (anchor, viewer)
 }
 
 pub fn summary(streams: &HashMap<(String, RtpCodecKind), Stream>) -> Vec<(String, String, usize)> {
