@@ -540,3 +540,31 @@ async fn h264_is_forwarded_and_starts_at_an_idr() {
     viewer.close().await;
     anchor.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_unexpected_sdp_gets_bad_sdp() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    let code = |r: miclink_protocol::Reply| r.error.map(|e| e.code);
+    let garbage = anchor
+        .request(Request::Publish {
+            sdp: "this is not a session description".into(),
+        })
+        .await;
+    assert_eq!(code(garbage), Some(ErrorCode::BadSdp));
+    let unasked = anchor
+        .request(Request::SubscribeAnswer {
+            sdp: "v=0\r\n".into(),
+        })
+        .await;
+    assert_eq!(
+        code(unasked),
+        Some(ErrorCode::BadSdp),
+        "no offer awaits an answer"
+    );
+    // The connection is fine afterwards: a real publish still works.
+    let mut anchor = anchor;
+    anchor.publish(false).await;
+    anchor.close().await;
+}
