@@ -88,3 +88,27 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_datagram_is_routed_or_refused_without_panicking(
+            mut data in prop::collection::vec(any::<u8>(), 0..300),
+            make_stun in any::<bool>(),
+        ) {
+            if make_stun && data.len() >= 8 {
+                data[0] &= 0x03;
+                data[4..8].copy_from_slice(&MAGIC_COOKIE);
+            }
+            let _ = server_ufrag(&data);
+            let _ = crate::keyframe::vp8(&data);
+            let _ = crate::keyframe::h264(&data);
+        }
+    }
+}
