@@ -603,28 +603,26 @@ impl Engine {
         }
         let (receiver, media_ssrc) = (track.receiver, track.ssrc);
         publisher.counters.rtp_in += 1;
-        let subscribers: Vec<PeerId> = self
-            .rooms
-            .get(&room)
-            .map(|r| {
-                r.subscribe
-                    .iter()
-                    .filter(|(m, _)| **m != user)
-                    .map(|(_, s)| *s)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Some(room_media) = self.rooms.get(&room) else {
+            return;
+        };
         let now = Instant::now();
         let mut want_keyframe = false;
         let (seq, ts) = (packet.header.sequence_number, packet.header.timestamp);
-        for sid in subscribers {
+        let key = (user, kind);
+        // Disjoint borrows of the engine's fields: the room's subscriber list is read while
+        // subscriber connections are written, with no list copied per packet.
+        for (member, &sid) in &room_media.subscribe {
+            if *member == key.0 {
+                continue;
+            }
             let Some(sub) = self.peers.get_mut(&sid) else {
                 continue;
             };
             if !sub.connected {
                 continue;
             }
-            let Some(out) = sub.outs.get_mut(&(user.clone(), kind)) else {
+            let Some(out) = sub.outs.get_mut(&key) else {
                 continue;
             };
             if out.waiting_keyframe {
