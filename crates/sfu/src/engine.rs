@@ -111,10 +111,20 @@ const TICK: Duration = Duration::from_millis(50);
 
 type PeerId = u64;
 
+/// How keyframes of a track's codec are recognised.
+#[derive(Clone, Copy)]
+enum KeyframeDetector {
+    Vp8,
+    H264,
+    /// Audio, or a codec we cannot parse: every packet may start a subscriber's stream.
+    Any,
+}
+
 /// A track arriving on a publish connection.
 struct InTrack {
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
+    keyframes: KeyframeDetector,
     receiver: RTCRtpReceiverId,
     ssrc: u32,
     last_pli: Option<Instant>,
@@ -195,6 +205,9 @@ struct Engine {
     next_peer: PeerId,
     /// Peers with output to flush after the current step.
     dirty: HashSet<PeerId>,
+    /// The earliest `poll_timeout` known: folded in from the peers each turn touched, and
+    /// recomputed over all peers at every full tick, so a datagram never scans every peer.
+    soonest: Instant,
     stats: SfuStats,
 }
 
@@ -272,6 +285,7 @@ pub(crate) fn run(
         rooms: HashMap::new(),
         next_peer: 1,
         dirty: HashSet::new(),
+        soonest: Instant::now(),
         stats: SfuStats::default(),
     };
     engine.run(commands);
@@ -283,7 +297,7 @@ impl Engine {
         let mut events = Events::with_capacity(256);
         let mut last_tick = Instant::now();
         loop {
-            let wake = self.next_timeout().min(last_tick + TICK);
+            let wake = self.soonest.min(last_tick + TICK);
             let timeout = wake.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
@@ -322,18 +336,8 @@ impl Engine {
             if tick {
                 last_tick = now;
             }
-            let due: Vec<PeerId> = self
-                .peers
-                .iter_mut()
-                .filter_map(|(id, p)| {
-                    (tick || p.pc.poll_timeout().is_some_and(|t| t <= now)).then_some(*id)
-                })
-                .collect();
-            for id in due {
-                if let Some(p) = self.peers.get_mut(&id) {
-                    let _ = p.pc.handle_timeout(now);
-                }
-                self.process(id);
+            if tick || now >= self.soonest {
+                self.run_timers(now, tick);
             }
             self.flush();
         }
@@ -384,13 +388,26 @@ impl Engine {
         }
     }
 
-    fn next_timeout(&mut self) -> Instant {
-        let idle = Instant::now() + TICK;
-        self.peers
-            .values_mut()
-            .filter_map(|p| p.pc.poll_timeout())
-            .min()
-            .map_or(idle, |t| t.min(idle))
+    /// Fire every due peer (every peer on a full `tick`) and recompute the earliest deadline of
+    /// the rest; the peers fired here fold theirs in when they are flushed.
+    fn run_timers(&mut self, now: Instant, tick: bool) {
+        let mut soonest = now + TICK;
+        let mut due = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            match p.pc.poll_timeout() {
+                Some(t) if tick || t <= now => due.push(*id),
+                Some(t) => soonest = soonest.min(t),
+                None if tick => due.push(*id),
+                None => {}
+            }
+        }
+        self.soonest = soonest;
+        for id in due {
+            if let Some(p) = self.peers.get_mut(&id) {
+                let _ = p.pc.handle_timeout(now);
+            }
+            self.process(id);
+        }
     }
 
     // ----- input ---------------------------------------------------------------------------
@@ -526,11 +543,18 @@ impl Engine {
         };
         let (room, user) = (peer.room.clone(), peer.user.clone());
         info!(%room, %user, ?kind, mime = %codec.mime_type, "track published");
+        let mime = codec.mime_type.to_ascii_lowercase();
+        let keyframes = match kind {
+            RtpCodecKind::Video if mime.ends_with("/vp8") => KeyframeDetector::Vp8,
+            RtpCodecKind::Video if mime.ends_with("/h264") => KeyframeDetector::H264,
+            _ => KeyframeDetector::Any,
+        };
         peer.tracks.insert(
             track_id,
             InTrack {
                 kind,
                 codec: codec.clone(),
+                keyframes,
                 receiver,
                 ssrc,
                 last_pli: None,
@@ -587,15 +611,10 @@ impl Engine {
             self.stats.rtp_dropped_not_allowed += 1;
             return;
         }
-        let is_key = kind == RtpCodecKind::Video && {
-            let mime = track.codec.mime_type.to_ascii_lowercase();
-            if mime.ends_with("vp8") {
-                keyframe::vp8(&packet.payload)
-            } else if mime.ends_with("h264") {
-                keyframe::h264(&packet.payload)
-            } else {
-                true
-            }
+        let is_key = match track.keyframes {
+            KeyframeDetector::Vp8 => keyframe::vp8(&packet.payload),
+            KeyframeDetector::H264 => keyframe::h264(&packet.payload),
+            KeyframeDetector::Any => true,
         };
         if !track.history.is_empty() {
             let slot = packet.header.sequence_number as usize % HISTORY;
@@ -866,8 +885,9 @@ impl Engine {
     }
 
     fn flush(&mut self) {
-        let dirty: Vec<PeerId> = self.dirty.drain().collect();
-        for id in dirty {
+        // Taken and put back so the set keeps its allocation from turn to turn.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for id in dirty.drain() {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
@@ -889,7 +909,11 @@ impl Engine {
                     debug!(error = %e, %to, "udp send error");
                 }
             }
+            if let Some(t) = peer.pc.poll_timeout() {
+                self.soonest = self.soonest.min(t);
+            }
         }
+        self.dirty = dirty;
     }
 
     // ----- commands --------------------------------------------------------------------------

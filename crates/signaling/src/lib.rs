@@ -70,7 +70,6 @@ struct Inner {
     hub: mpsc::Sender<hub::HubMsg>,
     config: SignalingConfig,
     next_conn: AtomicU64,
-    media_addr: Option<std::net::SocketAddr>,
     media: Option<Sfu>,
 }
 
@@ -79,7 +78,6 @@ impl Signaling {
     pub fn start(config: SignalingConfig) -> std::io::Result<Signaling> {
         let (tx, rx) = mpsc::channel(4096);
         let media = config.media.clone().map(Sfu::start).transpose()?;
-        let media_addr = media.as_ref().map(|(sfu, _)| sfu.local_addr());
         let media_handle = media.as_ref().map(|(sfu, _)| sfu.clone());
         let (hub, media_events) = hub::Hub::new(config.clone(), media);
         tokio::spawn(hub.run(rx, media_events));
@@ -88,7 +86,6 @@ impl Signaling {
                 hub: tx,
                 config,
                 next_conn: AtomicU64::new(1),
-                media_addr,
                 media: media_handle,
             }),
         })
@@ -96,7 +93,7 @@ impl Signaling {
 
     /// The UDP address of the media plane, when it runs.
     pub fn media_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.media_addr
+        self.inner.media.as_ref().map(Sfu::local_addr)
     }
 
     /// The `/ws` route.
