@@ -128,6 +128,9 @@ struct InTrack {
     receiver: RTCRtpReceiverId,
     ssrc: u32,
     last_pli: Option<Instant>,
+    /// The header extensions worth passing on (see [`FORWARDED_EXTENSIONS`]) with the ids this
+    /// publisher negotiated for them.
+    extensions: Arc<[(u8, &'static str)]>,
     /// The last [`HISTORY`] packets by sequence number (video only): the one retransmission
     /// buffer of this track, whatever the number of subscribers.
     history: Vec<Option<rtc::rtp::Packet>>,
@@ -149,6 +152,56 @@ struct OutTrack {
     next_seq: u16,
     /// Video waits for a keyframe before the first packet goes out.
     waiting_keyframe: bool,
+    /// Part of a subscribe offer already sent.
+    offered: bool,
+    /// Part of an offer the subscriber has answered. Nothing is forwarded before: a browser
+    /// that gets packets of an SSRC its description does not list yet binds them by payload
+    /// type to another track with the same codec (with no MID extension to say otherwise), and
+    /// keeps them there after the answer, so the track would stay silent.
+    negotiated: bool,
+    /// Publisher extension id -> this subscriber's id, for the extensions both negotiated;
+    /// found with the payload type.
+    extension_ids: Vec<(u8, u8)>,
+}
+
+const ICE_DISCONNECTED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+const ICE_FAILED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
+
+/// Header extensions carried from publisher to subscribers, renumbered to each subscriber's ids.
+/// Every other extension describes one leg (transport-wide sequence numbers, send times, mid
+/// and rid) and is the sending stack's to write; an id the subscriber did not negotiate would
+/// make the packet invalid for it.
+const FORWARDED_EXTENSIONS: [&str; 2] = [
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "urn:3gpp:video-orientation",
+];
+
+/// Rewrite `header`'s extensions from the publisher's `original` ones, keeping those in `ids`
+/// (publisher id -> subscriber id).
+fn renumber_extensions(
+    header: &mut rtc::rtp::header::Header,
+    original: &[rtc::rtp::header::Extension],
+    ids: &[(u8, u8)],
+) {
+    header.extension = false;
+    header.extension_profile = 0;
+    header.extensions.clear();
+    header.extensions_padding = 0;
+    for &(from, to) in ids {
+        let Some(ext) = original.iter().find(|e| e.id == from) else {
+            continue;
+        };
+        if !header.extension {
+            header.extension = true;
+            header.extension_profile = if to <= 14 && ext.payload.len() <= 16 {
+                rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE
+            } else {
+                rtc::rtp::header::EXTENSION_PROFILE_TWO_BYTE
+            };
+        }
+        // An extension that does not fit the profile chosen by the first one is dropped.
+        let _ = header.set_extension(to, ext.payload.clone());
+    }
 }
 
 struct Peer {
@@ -532,15 +585,18 @@ impl Engine {
         };
         let kind = r.track().kind();
         let ssrc = r.track().ssrcs().next().unwrap_or(0);
-        let Some(codec) = r
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.rtp_codec.clone())
-        else {
+        let parameters = r.get_parameters().rtp_parameters.clone();
+        let Some(codec) = parameters.codecs.first().map(|c| c.rtp_codec.clone()) else {
             return;
         };
+        let extensions: Arc<[(u8, &'static str)]> = parameters
+            .header_extensions
+            .iter()
+            .filter_map(|h| {
+                let uri = FORWARDED_EXTENSIONS.iter().find(|u| **u == h.uri)?;
+                Some((u8::try_from(h.id).ok()?, *uri))
+            })
+            .collect();
         let (room, user) = (peer.room.clone(), peer.user.clone());
         info!(%room, %user, ?kind, mime = %codec.mime_type, "track published");
         let mime = codec.mime_type.to_ascii_lowercase();
@@ -558,6 +614,7 @@ impl Engine {
                 receiver,
                 ssrc,
                 last_pli: None,
+                extensions,
                 history: if kind == RtpCodecKind::Video {
                     vec![None; HISTORY]
                 } else {
@@ -616,10 +673,17 @@ impl Engine {
             KeyframeDetector::H264 => keyframe::h264(&packet.payload),
             KeyframeDetector::Any => true,
         };
+        // The publisher's extensions, in its id space; each subscriber gets its own renumbering.
+        let original_extensions = std::mem::take(&mut packet.header.extensions);
+        let had_extensions = packet.header.extension;
+        packet.header.extension = false;
+        packet.header.extension_profile = 0;
+        packet.header.extensions_padding = 0;
         if !track.history.is_empty() {
             let slot = packet.header.sequence_number as usize % HISTORY;
             track.history[slot] = Some(packet.clone());
         }
+        let publisher_extensions = Arc::clone(&track.extensions);
         let (receiver, media_ssrc) = (track.receiver, track.ssrc);
         publisher.counters.rtp_in += 1;
         let Some(room_media) = self.rooms.get(&room) else {
@@ -644,6 +708,9 @@ impl Engine {
             let Some(out) = sub.outs.get_mut(&key) else {
                 continue;
             };
+            if !out.negotiated {
+                continue;
+            }
             if out.waiting_keyframe {
                 if !is_key {
                     want_keyframe = true;
@@ -657,8 +724,8 @@ impl Engine {
                     let Some(mut sender) = sub.pc.rtp_sender(out.sender) else {
                         continue;
                     };
-                    let Some(pt) = sender
-                        .get_parameters()
+                    let parameters = sender.get_parameters();
+                    let Some(pt) = parameters
                         .rtp_parameters
                         .codecs
                         .iter()
@@ -667,6 +734,17 @@ impl Engine {
                     else {
                         continue;
                     };
+                    out.extension_ids = publisher_extensions
+                        .iter()
+                        .filter_map(|&(from, uri)| {
+                            let to = parameters
+                                .rtp_parameters
+                                .header_extensions
+                                .iter()
+                                .find(|h| h.uri == uri)?;
+                            Some((from, u8::try_from(to.id).ok()?))
+                        })
+                        .collect();
                     out.payload_type = Some(pt);
                     pt
                 }
@@ -689,6 +767,11 @@ impl Engine {
             packet.header.payload_type = pt;
             packet.header.sequence_number = out_seq;
             packet.header.timestamp = ts;
+            if had_extensions && !out.extension_ids.is_empty() {
+                renumber_extensions(&mut packet.header, &original_extensions, &out.extension_ids);
+            } else if packet.header.extension {
+                renumber_extensions(&mut packet.header, &[], &[]);
+            }
             let sender_id = out.sender;
             if let Some(mut sender) = sub.pc.rtp_sender(sender_id)
                 && sender.write_rtp(now, packet.clone()).is_ok()
@@ -1095,9 +1178,11 @@ impl Engine {
             .set_remote_description(Instant::now(), answer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         peer.offer_pending = false;
-        // Payload types may have changed with the new answer.
+        // Payload types may have changed with the new answer; tracks in the answered offer
+        // may now be forwarded.
         for out in peer.outs.values_mut() {
             out.payload_type = None;
+            out.negotiated |= out.offered;
         }
         if std::mem::take(&mut peer.renegotiate) {
             self.negotiate(id);
@@ -1188,6 +1273,9 @@ impl Engine {
                         start_seq: 0,
                         next_seq: rand::rng().random(),
                         waiting_keyframe: kind == RtpCodecKind::Video,
+                        extension_ids: Vec::new(),
+                        offered: false,
+                        negotiated: false,
                     },
                 );
             }
@@ -1214,6 +1302,9 @@ impl Engine {
         match offer {
             Ok(sdp) => {
                 sub.offer_pending = true;
+                for out in sub.outs.values_mut() {
+                    out.offered = true;
+                }
                 let _ = self.events.send(SfuEvent::SubscribeOffer {
                     room: sub.room.clone(),
                     user: sub.user.clone(),
@@ -1258,6 +1349,12 @@ impl Engine {
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd)
+            // An ICE-lite side hears only the client's checks, and Chromium checks a stable,
+            // receiving connection only every 10 to 25 s (seen in the browser tests), so rtc's
+            // 5 s default flapped every subscribe connection to `disconnected` and its 25 s
+            // failure timer could close one that was fine. A client that really went away is
+            // removed with its signaling session (grace period) long before these expire.
+            .with_ice_timeouts(ICE_DISCONNECTED_TIMEOUT, ICE_FAILED_TIMEOUT, None)
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -1387,4 +1484,57 @@ fn random_string(len: usize) -> String {
     (0..len)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber_extensions;
+    use bytes::Bytes;
+    use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
+    use rtc::shared::marshal::{Marshal, Unmarshal};
+
+    fn ext(id: u8, payload: &'static [u8]) -> Extension {
+        Extension {
+            id,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn extensions_are_renumbered_and_the_rest_dropped() {
+        // Publisher ids: 1 = audio level, 3 = transport-wide cc, 4 = mid.
+        let original = [ext(1, &[0x85]), ext(3, &[0, 7]), ext(4, b"0")];
+        let mut header = Header {
+            version: 2,
+            extension: true,
+            extension_profile: EXTENSION_PROFILE_ONE_BYTE,
+            extensions: original.to_vec(),
+            ..Default::default()
+        };
+        renumber_extensions(&mut header, &original, &[(1, 9)]);
+        let wire = header.marshal().unwrap();
+        let back = Header::unmarshal(&mut wire.as_ref()).unwrap();
+        assert!(back.extension);
+        assert_eq!(back.get_extension(9), Some(Bytes::from_static(&[0x85])));
+        assert_eq!(back.get_extension(1), None);
+        assert_eq!(back.get_extension(3), None);
+        assert_eq!(back.get_extension(4), None);
+    }
+
+    #[test]
+    fn no_common_extension_leaves_a_plain_header() {
+        let original = [ext(3, &[0, 7])];
+        let mut header = Header {
+            version: 2,
+            extension: true,
+            extension_profile: EXTENSION_PROFILE_ONE_BYTE,
+            extensions: original.to_vec(),
+            ..Default::default()
+        };
+        renumber_extensions(&mut header, &original, &[(1, 9)]);
+        let wire = header.marshal().unwrap();
+        assert_eq!(wire.len(), 12, "a fixed header without an extension block");
+        let back = Header::unmarshal(&mut wire.as_ref()).unwrap();
+        assert!(!back.extension);
+    }
 }
