@@ -1,0 +1,238 @@
+// The demo page in real Chromium: the whole mic-link flow with fake camera and microphone, real
+// WebRTC to the server's SFU over loopback, and the media checked with getStats on every page.
+import { test, expect } from '@playwright/test';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const docs = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs');
+
+let roomSeq = 0;
+const newRoom = () => `e2e-${process.pid}-${Date.now().toString(36)}-${roomSeq++}`;
+
+// A page in its own browser context (own sessionStorage, so its own user id), joined to `room`.
+async function join(browser, { room, name, role, viewport }) {
+  const context = await browser.newContext(viewport ? { viewport } : {});
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.log(`[${name}] page error: ${e.message}`));
+  await page.goto('/');
+  await page.getByLabel('Room').fill(room);
+  await page.getByLabel('Your name').fill(name);
+  await page.getByLabel(role === 'anchor' ? 'Anchor: go live' : 'Audience: watch').check();
+  await page.getByRole('button', { name: 'Join' }).click();
+  await expect(page.locator('#stage')).toBeVisible();
+  const me = await page.evaluate(() => window.miclink.state().me);
+  return { page, context, name, user: me.user };
+}
+
+const tile = (p, who) => p.page.locator('#tiles .tile', { has: p.page.locator('.name', { hasText: who.name }) });
+
+async function expectTiles(pages, names) {
+  for (const p of pages) {
+    await expect(p.page.locator('#tiles .tile')).toHaveCount(names.length);
+    for (const n of names) await expect(tile(p, { name: n })).toHaveCount(1);
+  }
+}
+
+// Samples getStats twice and checks that, for every remote publisher the page should receive,
+// decoded video frames rise (when they publish video) and audio packets arrive and rise.
+async function expectMediaFlowing(p, remotes) {
+  const sample = () => p.page.evaluate(() => window.miclink.stats());
+  const ok = (before, after) =>
+    remotes.every(({ user, video }) => {
+      const a = before[user];
+      const b = after[user];
+      if (!a?.audio || !b?.audio || !(b.audio.packetsReceived > a.audio.packetsReceived)) return false;
+      if (video) return a.video && b.video && b.video.framesDecoded > a.video.framesDecoded;
+      return !b.video; // a microphone-only member sends no video track
+    });
+  await expect
+    .poll(
+      async () => {
+        const before = await sample();
+        await p.page.waitForTimeout(1000);
+        const after = await sample();
+        if (ok(before, after)) return 'flowing';
+        const receivers = await p.page.evaluate(() => window.miclink.receivers());
+        return JSON.stringify({ stats: after, receivers });
+      },
+      { message: `media on ${p.name}'s page`, timeout: 30_000, intervals: [500] },
+    )
+    .toBe('flowing');
+}
+
+async function toast(p, text) {
+  await expect(p.page.locator('.toast', { hasText: text }).first()).toBeVisible();
+}
+
+test('anchor, two co-guests and a viewer: apply, invite, media, disconnect, timeout, end', async ({ browser }) => {
+  const room = newRoom();
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor' });
+  await expect(tile(anchor, anchor)).toHaveCount(1);
+  const aud1 = await join(browser, { room, name: 'Guest One', role: 'audience' });
+  const aud2 = await join(browser, { room, name: 'Guest Two', role: 'audience' });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
+  const all = [anchor, aud1, aud2, viewer];
+  await expectTiles(all, ['Anchor Ann']);
+  await expect(anchor.page.locator('#viewer-count')).toHaveText('3');
+
+  // Audience 1 applies with camera and microphone; the anchor accepts.
+  await aud1.page.getByLabel('Link with').selectOption('video');
+  await aud1.page.getByRole('button', { name: 'Request to link' }).click();
+  await expect(aud1.page.locator('#pending-box')).toBeVisible();
+  const application = anchor.page.locator('#applications li', { hasText: 'Guest One' });
+  await expect(application).toBeVisible();
+  await application.getByRole('button', { name: 'Accept' }).click();
+  await toast(aud1, 'The anchor accepted');
+  await expectTiles(all, ['Anchor Ann', 'Guest One']);
+  for (const p of all) await expect(p.page.locator('#tiles')).toHaveClass(/dual/);
+
+  // The anchor invites audience 2, who accepts with the microphone only.
+  const row = anchor.page.locator('#audience-list li', { hasText: 'Guest Two' });
+  await row.getByRole('button', { name: 'Invite' }).click();
+  await expect(aud2.page.locator('#invitation')).toBeVisible();
+  await expect(aud2.page.locator('#inviter')).toHaveText('Anchor Ann');
+  await aud2.page.getByRole('button', { name: 'Accept, microphone only' }).click();
+  await toast(anchor, 'Guest Two accepted your invitation');
+  await expectTiles(all, ['Anchor Ann', 'Guest One', 'Guest Two']);
+  for (const p of all) await expect(p.page.locator('#tiles')).toHaveClass(/grid/);
+  await expect(tile(anchor, aud1).locator('.badge')).toHaveText(/Seat [1-9]/);
+  await expect(tile(anchor, anchor).locator('.badge')).toHaveText('Anchor');
+
+  // Every page receives every other seat: video frames decoded, audio packets arriving.
+  const A = { user: anchor.user, video: true };
+  const G1 = { user: aud1.user, video: true };
+  const G2 = { user: aud2.user, video: false };
+  await expectMediaFlowing(anchor, [G1, G2]);
+  await expectMediaFlowing(aud1, [A, G2]);
+  await expectMediaFlowing(aud2, [A, G1]);
+  await expectMediaFlowing(viewer, [A, G1, G2]);
+  for (const p of all) await expect(tile(p, aud2)).toHaveClass(/no-video/);
+  await expect(tile(viewer, anchor)).not.toHaveClass(/no-video/);
+  await expect(tile(viewer, aud1).locator('.stats')).toHaveText(/kbit\/s .* fps/);
+
+  await anchor.page.screenshot({ path: path.join(docs, 'screenshots/anchor-two-coguests.png') });
+  await viewer.page.screenshot({ path: path.join(docs, 'screenshots/viewer-grid.png') });
+
+  // The anchor disconnects audience 1: their tile leaves every page.
+  await tile(anchor, aud1).getByRole('button', { name: 'Disconnect' }).click();
+  await expectTiles(all, ['Anchor Ann', 'Guest Two']);
+  await toast(aud1, 'The anchor disconnected you');
+  await expect(aud1.page.locator('#apply-box')).toBeVisible();
+  await expectMediaFlowing(viewer, [A, G2]);
+
+  // An application nobody answers times out on both sides.
+  await viewer.page.getByLabel(/s to answer/).fill('2');
+  await viewer.page.getByRole('button', { name: 'Request to link' }).click();
+  await expect(anchor.page.locator('#applications li', { hasText: 'Viewer Vic' })).toBeVisible();
+  await toast(viewer, 'The anchor did not answer: your request timed out');
+  await toast(anchor, "Viewer Vic's request timed out");
+  await expect(anchor.page.locator('#applications li')).toHaveCount(0);
+  await expect(viewer.page.locator('#apply-box')).toBeVisible();
+
+  // Audience 1 applies again and cancels: the application leaves the anchor's list.
+  await aud1.page.getByRole('button', { name: 'Request to link' }).click();
+  await expect(anchor.page.locator('#applications li', { hasText: 'Guest One' })).toBeVisible();
+  await aud1.page.getByRole('button', { name: 'Cancel request' }).click();
+  await toast(anchor, "Guest One's request cancelled");
+  await expect(anchor.page.locator('#applications li')).toHaveCount(0);
+
+  // The viewer rejects an invitation; the anchor rejects an application.
+  await anchor.page.locator('#audience-list li', { hasText: 'Viewer Vic' }).getByRole('button', { name: 'Invite' }).click();
+  await viewer.page.getByRole('button', { name: 'Reject' }).click();
+  await toast(anchor, 'Viewer Vic rejected your invitation');
+  await aud1.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest One' }).getByRole('button', { name: 'Reject' }).click();
+  await toast(aud1, 'The anchor rejected your request');
+  await expectTiles(all, ['Anchor Ann', 'Guest Two']);
+
+  // The anchor ends the live: every page says so.
+  await anchor.page.getByRole('button', { name: 'End live' }).click();
+  await expect(anchor.page.locator('#ended')).toBeVisible();
+  for (const p of [aud1, aud2, viewer]) {
+    await expect(p.page.locator('#ended')).toBeVisible();
+    await expect(p.page.locator('#ended-text')).toHaveText('The anchor ended the live.');
+  }
+  for (const p of all) await p.context.close();
+});
+
+test('a dropped connection resumes: the seat and the media stay', async ({ browser }) => {
+  const room = newRoom();
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor' });
+  // Route the guest's WebSocket through the test so it can be cut like a network drop.
+  const context = await browser.newContext();
+  const sockets = [];
+  await context.routeWebSocket(/\/ws/, (ws) => {
+    ws.connectToServer();
+    sockets.push(ws);
+  });
+  const page = await context.newPage();
+  await page.goto('/');
+  await page.getByLabel('Room').fill(room);
+  await page.getByLabel('Your name').fill('Guest One');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await expect(page.locator('#stage')).toBeVisible();
+  const guest = { page, context, name: 'Guest One', user: (await page.evaluate(() => window.miclink.state().me)).user };
+  await guest.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest One' }).getByRole('button', { name: 'Accept' }).click();
+  await expectTiles([anchor, guest], ['Anchor Ann', 'Guest One']);
+  await expectMediaFlowing(anchor, [{ user: guest.user, video: true }]);
+
+  expect(sockets).toHaveLength(1);
+  await sockets[0].close({ code: 4000, reason: 'network drop' });
+  await toast(guest, 'Reconnected');
+  expect(sockets).toHaveLength(2);
+  await expect(guest.page.locator('#linked-box')).toBeVisible();
+  await expectTiles([anchor, guest], ['Anchor Ann', 'Guest One']);
+  await expectMediaFlowing(anchor, [{ user: guest.user, video: true }]);
+  await expectMediaFlowing(guest, [{ user: anchor.user, video: true }]);
+
+  // The session still works after the resume: hanging up reaches the anchor.
+  await guest.page.getByRole('button', { name: 'Hang up' }).click();
+  await toast(anchor, 'Guest One hung up');
+  await expectTiles([anchor, guest], ['Anchor Ann']);
+  await anchor.context.close();
+  await context.close();
+});
+
+test('says clearly what went wrong: server unreachable, no live room, camera refused', async ({ browser }) => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto('/?server=ws://127.0.0.1:9/ws');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await expect(page.locator('#lobby-error')).toContainText('Cannot reach the server');
+
+  await page.goto('/');
+  await page.getByLabel('Room').fill(newRoom());
+  await page.getByRole('button', { name: 'Join' }).click();
+  await expect(page.locator('#lobby-error')).toContainText('Nobody is live in this room yet');
+  await context.close();
+
+  const refused = await browser.newContext();
+  await refused.addInitScript(() => {
+    navigator.mediaDevices.getUserMedia = () =>
+      Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+  });
+  const anchorPage = await refused.newPage();
+  await anchorPage.goto('/');
+  await anchorPage.getByLabel('Room').fill(newRoom());
+  await anchorPage.getByLabel('Anchor: go live').check();
+  await anchorPage.getByRole('button', { name: 'Join' }).click();
+  await expect(anchorPage.locator('#banner')).toContainText('Access to the camera and microphone was refused');
+  await expect(anchorPage.getByRole('button', { name: 'Try again' })).toBeVisible();
+  await refused.close();
+});
+
+test('fits a phone screen: tiles above the controls, nothing wider than the screen', async ({ browser }) => {
+  const room = newRoom();
+  const phone = { width: 390, height: 844 };
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor', viewport: phone });
+  const guest = await join(browser, { room, name: 'Guest One', role: 'audience', viewport: phone });
+  const tiles = await guest.page.locator('#tiles').boundingBox();
+  const panel = await guest.page.locator('#panel').boundingBox();
+  expect(panel.y).toBeGreaterThanOrEqual(tiles.y + tiles.height);
+  const overflow = await guest.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  expect(overflow).toBeLessThanOrEqual(0);
+  await expect(guest.page.getByRole('button', { name: 'Request to link' })).toBeInViewport();
+  await anchor.context.close();
+  await guest.context.close();
+});

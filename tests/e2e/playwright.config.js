@@ -1,0 +1,59 @@
+// The demo's end-to-end tests: Debian's Chromium (/usr/bin/chromium, installed by tests/run) with
+// fake camera and microphone, against the server binary that `cargo test` has just built.
+import { defineConfig } from '@playwright/test';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const bin = process.env.MICLINK_BIN ?? path.join(root, 'target/debug/miclink');
+const http = process.env.MICLINK_E2E_HTTP ?? '127.0.0.1:18480';
+const media = process.env.MICLINK_E2E_MEDIA ?? '127.0.0.1:18482';
+
+export default defineConfig({
+  testDir: '.',
+  timeout: 180_000,
+  expect: { timeout: 20_000 },
+  // One browser with several pages is what the machine (two cores) can carry; tests share one
+  // server and use their own rooms.
+  workers: 1,
+  retries: 0,
+  reporter: [['list']],
+  outputDir: path.join(root, 'target/e2e-results'),
+  use: {
+    baseURL: `http://${http}`,
+    viewport: { width: 1280, height: 800 },
+    trace: 'retain-on-failure',
+    launchOptions: {
+      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      args: [
+        '--use-fake-device-for-media-stream',
+        '--use-fake-ui-for-media-stream',
+        '--autoplay-policy=no-user-gesture-required',
+        '--allow-loopback-in-peer-connection',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        // This machine's network is closed: without these Chromium keeps dialing Google's hosts.
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    },
+  },
+  webServer: {
+    command: `"${bin}"`,
+    url: `http://${http}/healthz`,
+    reuseExistingServer: false,
+    timeout: 30_000,
+    stdout: process.env.MICLINK_E2E_LOG ? 'pipe' : 'ignore',
+    stderr: 'pipe',
+    env: {
+      MICLINK_HTTP_ADDR: http,
+      MICLINK_MEDIA_ADDR: media,
+      MICLINK_RESUME_GRACE_S: '15',
+      // rtc's own info and warn lines (state changes, DTLS extensions it skips) would drown the report.
+      RUST_LOG: process.env.RUST_LOG ?? 'info,rtc=error,rtc_ice=error,rtc_dtls=error',
+    },
+  },
+});

@@ -1,0 +1,559 @@
+// The demo page: lobby, stage with tiles, the anchor's and the audience's controls. All state comes
+// from the server's replies and events (docs/protocol.md); the page keeps only what the protocol
+// leaves to clients: pending requests it has seen, with their deadlines.
+
+import { Signal } from './signal.js';
+import { Media, MediaError } from './media.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const serverUrl =
+  params.get('server') ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+
+const ENDED_TEXT = {
+  anchor_left: 'The anchor ended the live.',
+  anchor_lost: "The anchor's connection was lost.",
+  server_shutdown: 'The server is shutting down.',
+};
+
+let S = null; // the state of the room we are in, null in the lobby
+
+// --- lobby ---------------------------------------------------------------------------------
+
+function userId() {
+  // One id per tab, kept across reloads of the tab so a reload takes the same place back.
+  let id = sessionStorage.getItem('miclink-user');
+  if (!id) {
+    id = `u-${crypto.getRandomValues(new Uint32Array(1))[0].toString(36)}`;
+    sessionStorage.setItem('miclink-user', id);
+  }
+  return id;
+}
+
+function initLobby() {
+  $('name').value ||= `Guest ${Math.floor(Math.random() * 900 + 100)}`;
+  if (params.get('room')) $('room').value = params.get('room');
+  $('join-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    join().catch((err) => showLobbyError(err.message));
+  });
+}
+
+function showLobbyError(text) {
+  $('lobby-error').textContent = text;
+  $('lobby-error').hidden = !text;
+  $('join').disabled = false;
+}
+
+const JOIN_ERRORS = {
+  room_not_found: 'Nobody is live in this room yet. Ask the anchor to go live, or go live yourself.',
+  room_exists: 'Someone else is already live in this room. Pick another room.',
+  unauthorized: 'This server needs a login token to join.',
+  unavailable: 'The server is shutting down. Try again in a moment.',
+};
+
+async function join() {
+  showLobbyError('');
+  $('join').disabled = true;
+  const role = new FormData($('join-form')).get('role');
+  const fields = { room: $('room').value.trim(), user: userId(), role, name: $('name').value.trim() };
+  const state = {
+    role,
+    me: null,
+    users: [],
+    audienceCount: 0,
+    applications: new Map(), // anchor: applicant -> {info, deadline}
+    invites: new Map(), // anchor: invitee -> deadline
+    myRequest: null, // audience: {deadline}
+    invitation: null, // audience: {from, deadline}
+    audience: [],
+    streams: new Map(), // user -> remote MediaStream
+    wantVideo: true,
+    starting: false,
+    ended: false,
+  };
+  const signal = new Signal(serverUrl, {
+    onEvent: (ev) => S === state && onEvent(ev),
+    onState: (st, code) => S === state && onConnState(st, code),
+  });
+  try {
+    await signal.open();
+  } catch (e) {
+    throw new Error(`${e.message} Check that the miclink server is running.`);
+  }
+  let result;
+  try {
+    result = await signal.join(fields);
+  } catch (e) {
+    signal.stop();
+    throw new Error(JOIN_ERRORS[e.code] ?? `Could not join: ${e.message}`);
+  }
+  state.signal = signal;
+  state.media = new Media(signal, result.ice_servers, {
+    onRemoteStream: (user, stream) => {
+      state.streams.set(user, stream);
+      stream.onremovetrack = () => render();
+      render();
+    },
+    onError: (text) => toast(text, 'bad'),
+  });
+  S = state;
+  applyRoom(result);
+  $('lobby').hidden = true;
+  $('stage').hidden = false;
+  $('ended').hidden = true;
+  $('join').disabled = false;
+  onConnState('open');
+  render();
+  if (role === 'anchor') startPublishing(true);
+}
+
+function applyRoom(result) {
+  S.me = result.me;
+  S.room = result.room.room;
+  S.maxSeats = result.room.max_seats;
+  S.users = result.room.seats.filter((s) => s.user).map((s) => s.user);
+  S.audienceCount = result.room.audience_count;
+  $('room-title').textContent = `Room ${S.room}`;
+  if (S.role === 'anchor') refreshAudience();
+}
+
+// --- events --------------------------------------------------------------------------------
+
+function nameOf(user) {
+  return (
+    S.users.find((u) => u.user === user)?.name ??
+    S.audience.find((u) => u.user === user)?.name ??
+    S.applications.get(user)?.info.name ??
+    user
+  );
+}
+
+function deadline(timeoutS) {
+  return timeoutS > 0 ? Date.now() + timeoutS * 1000 : null;
+}
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case 'subscribe_offer':
+      S.media.subscribeOffer(ev.sdp);
+      return;
+    case 'ice':
+      return; // the server is ICE-lite: its candidates are all in its SDP
+    case 'link_request':
+      if (S.role === 'anchor') {
+        S.applications.set(ev.from.user, { info: ev.from, deadline: deadline(ev.timeout_s) });
+        toast(`${ev.from.name} wants to link`);
+      } else {
+        S.invitation = { from: ev.from, deadline: deadline(ev.timeout_s) };
+        S.wantVideo = ev.open_camera;
+        showInvitation();
+      }
+      break;
+    case 'link_cancelled': {
+      const who = nameOf(ev.user);
+      const why = { cancelled: 'cancelled', timeout: 'timed out', left: 'ended: they left' }[ev.reason] ?? ev.reason;
+      if (S.role === 'anchor') {
+        S.applications.delete(ev.user);
+        S.invites.delete(ev.user);
+        toast(`${who}'s request ${why}`);
+      } else {
+        S.invitation = null;
+        $('invitation').close();
+        toast(`The invitation from ${who} ${why}`);
+      }
+      break;
+    }
+    case 'link_accepted':
+      if (S.role === 'anchor') {
+        S.invites.delete(ev.user);
+        toast(`${nameOf(ev.user)} accepted your invitation`, 'good');
+      } else {
+        S.myRequest = null;
+        toast('The anchor accepted: you are linked', 'good');
+      }
+      break;
+    case 'link_rejected':
+      if (S.role === 'anchor') {
+        S.invites.delete(ev.user);
+        toast(`${nameOf(ev.user)} rejected your invitation`);
+      } else {
+        S.myRequest = null;
+        toast(ev.reason === 'seats_full' ? 'Every seat is taken' : 'The anchor rejected your request', 'bad');
+      }
+      break;
+    case 'link_timeout':
+      if (S.role === 'anchor') {
+        S.invites.delete(ev.user);
+        toast(`${nameOf(ev.user)} did not answer: the invitation timed out`);
+      } else {
+        S.myRequest = null;
+        toast('The anchor did not answer: your request timed out', 'bad');
+      }
+      break;
+    case 'connected_users_updated':
+      S.users = ev.users;
+      for (const u of ev.joined) S.applications.delete(u.user);
+      if (S.role === 'anchor') refreshAudience();
+      break;
+    case 'link_terminated':
+      toast('The anchor disconnected you', 'bad');
+      break;
+    case 'link_exited':
+      toast(`${ev.user.name} hung up`);
+      break;
+    case 'audience_count':
+      S.audienceCount = ev.count;
+      if (S.role === 'anchor') refreshAudience();
+      break;
+    case 'room_ended':
+      ended('The live has ended', ENDED_TEXT[ev.reason] ?? `The room ended (${ev.reason}).`);
+      return;
+    case 'kicked':
+      ended('You joined from somewhere else', 'This tab was replaced by a newer one with the same user.');
+      return;
+    case 'resumed':
+      applyRoom(ev.result);
+      toast('Reconnected', 'good');
+      break;
+    case 'resume_failed':
+      ended('Connection lost', 'The connection was down for too long and you have left the room.');
+      return;
+    case 'error':
+      toast(`Server: ${ev.message}`, 'bad');
+      return;
+    default:
+      return; // events this page does not know yet are ignored (the protocol may grow)
+  }
+  syncPublishing();
+  render();
+}
+
+function onConnState(st, code) {
+  const el = $('conn');
+  el.hidden = st === 'open';
+  el.textContent = st === 'reconnecting' ? 'Reconnecting…' : 'Offline';
+  el.className = `pill conn ${st}`;
+  if (st === 'closed' && !S.ended && code !== 4001) {
+    ended('Disconnected', 'The server closed the connection.');
+  }
+}
+
+function ended(title, text) {
+  if (S.ended) return;
+  S.ended = true;
+  S.media?.close();
+  S.signal.stop();
+  $('invitation').close();
+  $('ended-title').textContent = title;
+  $('ended-text').textContent = text;
+  $('ended').hidden = false;
+  toast(text);
+}
+
+// --- publishing follows the seat -----------------------------------------------------------
+
+function mySeat() {
+  return S.users.find((u) => u.user === S.me.user) ?? null;
+}
+
+function syncPublishing() {
+  if (S.ended || S.role === 'anchor') return;
+  const seat = mySeat();
+  if (seat && !S.media.publishing && !S.starting) startPublishing(S.wantVideo && seat.camera);
+  if (!seat && S.media.publishing) S.media.stopPublish();
+}
+
+async function startPublishing(video) {
+  S.starting = true;
+  banner('');
+  try {
+    await S.media.publish({ video });
+  } catch (e) {
+    const text = e instanceof MediaError ? e.message : `Publishing failed: ${e.message}`;
+    banner(text, () => startPublishing(video));
+  } finally {
+    S.starting = false;
+  }
+  render();
+}
+
+function banner(text, retry) {
+  $('banner').hidden = !text;
+  $('banner-text').textContent = text;
+  $('banner-retry').hidden = !retry;
+  $('banner-retry').onclick = retry ?? null;
+}
+
+// --- actions -------------------------------------------------------------------------------
+
+async function act(promise, after) {
+  try {
+    const result = await promise;
+    after?.(result);
+  } catch (e) {
+    toast(e.message, 'bad');
+  }
+  render();
+}
+
+function initActions() {
+  $('apply').onclick = () => {
+    const timeout = Number($('apply-timeout').value) || 0;
+    S.wantVideo = $('link-mode').value === 'video';
+    act(S.signal.request('request_link', { timeout_s: timeout, open_camera: S.wantVideo }), () => {
+      S.myRequest = { deadline: deadline(timeout) };
+    });
+  };
+  $('cancel-apply').onclick = () =>
+    act(S.signal.request('cancel_link'), () => {
+      S.myRequest = null;
+    });
+  $('hang-up').onclick = () => act(S.signal.request('terminate_link'));
+  $('leave').onclick = () => leave();
+  $('end-live').onclick = () => leave();
+  $('back').onclick = () => {
+    S = null;
+    $('ended').hidden = true;
+    $('stage').hidden = true;
+    $('lobby').hidden = false;
+    $('viewers').hidden = true;
+    $('conn').hidden = true;
+    $('room-title').textContent = '';
+    $('tiles').replaceChildren();
+  };
+  const answer = (accept, video) => {
+    const inv = S.invitation;
+    if (!inv) return;
+    S.invitation = null;
+    $('invitation').close();
+    S.wantVideo = video;
+    act(S.signal.request('respond_link', { user: inv.from.user, accept }));
+  };
+  $('accept-video').onclick = () => answer(true, true);
+  $('accept-audio').onclick = () => answer(true, false);
+  $('reject-invite').onclick = () => answer(false, false);
+  // Escape closes the dialog without an answer; the invitation stays open until it times out.
+  $('invitation').addEventListener('cancel', (e) => e.preventDefault());
+}
+
+async function leave() {
+  const s = S;
+  try {
+    await s.signal.request('leave');
+  } catch {
+    // leaving over a dead socket: the server's grace period ends the session
+  }
+  if (s.role === 'anchor') ended('You ended the live', 'Everyone in the room was told the live ended.');
+  else {
+    ended('You left the room', '');
+  }
+}
+
+let audienceTimer = null;
+function refreshAudience() {
+  // Coalesced: count changes come in bursts when many viewers arrive.
+  clearTimeout(audienceTimer);
+  audienceTimer = setTimeout(async () => {
+    if (!S || S.ended || S.role !== 'anchor') return;
+    try {
+      const { users } = await S.signal.request('list_audience', { limit: 200 });
+      S.audience = users;
+      render();
+    } catch (e) {
+      console.debug('miclink: list_audience', e);
+    }
+  }, 200);
+}
+
+function invite(user) {
+  const video = $('invite-camera').checked;
+  act(S.signal.request('request_link', { user, timeout_s: 60, open_camera: video }), () => {
+    S.invites.set(user, deadline(60));
+  });
+}
+
+function showInvitation() {
+  $('inviter').textContent = S.invitation.from.name;
+  $('accept-video').hidden = !S.wantVideo;
+  if (!$('invitation').open) $('invitation').showModal();
+}
+
+// --- rendering -----------------------------------------------------------------------------
+
+function secondsLeft(dl) {
+  return dl == null ? '' : ` · ${Math.max(0, Math.ceil((dl - Date.now()) / 1000))} s left`;
+}
+
+function render() {
+  if (!S) return;
+  const anchor = S.role === 'anchor';
+  $('viewers').hidden = false;
+  $('viewer-count').textContent = S.audienceCount;
+  $('anchor-panel').hidden = !anchor;
+  $('audience-panel').hidden = anchor;
+  renderTiles();
+  if (anchor) renderAnchorPanel();
+  else renderAudiencePanel();
+  if (S.invitation) $('invite-left').textContent = secondsLeft(S.invitation.deadline);
+}
+
+function renderTiles() {
+  const box = $('tiles');
+  const n = S.users.length;
+  box.className = `tiles ${n <= 1 ? 'solo' : n === 2 ? 'dual' : 'grid'}`;
+  box.dataset.count = n;
+  const keep = new Set(S.users.map((u) => u.user));
+  for (const el of [...box.children]) if (!keep.has(el.dataset.user)) el.remove();
+  S.users.forEach((u, i) => {
+    let el = box.querySelector(`[data-user="${CSS.escape(u.user)}"]`);
+    if (!el) {
+      el = $('tile-template').content.firstElementChild.cloneNode(true);
+      el.dataset.user = u.user;
+      el.querySelector('.kick').onclick = () => act(S.signal.request('disconnect_user', { user: u.user }));
+    }
+    if (box.children[i] !== el) box.insertBefore(el, box.children[i] ?? null);
+    const self = u.user === S.me.user;
+    const stream = self ? S.media.local : S.streams.get(u.user);
+    const video = el.querySelector('video');
+    if (video.srcObject !== (stream ?? null)) {
+      video.srcObject = stream ?? null;
+      video.muted = self; // never play our own microphone back
+      if (stream) video.play().catch(() => {});
+    }
+    const hasVideo = !!stream?.getVideoTracks().some((t) => t.readyState === 'live');
+    el.classList.toggle('no-video', !hasVideo);
+    el.classList.toggle('self', self);
+    el.querySelector('.avatar').textContent = (u.name || u.user).slice(0, 1).toUpperCase();
+    el.querySelector('.badge').textContent = u.seat === 0 ? 'Anchor' : `Seat ${u.seat}`;
+    el.querySelector('.name').textContent = self ? `${u.name} (you)` : u.name;
+    const hasAudio = !!stream?.getAudioTracks().some((t) => t.readyState === 'live');
+    const devices = el.querySelector('.devices');
+    devices.querySelector('.mic').classList.toggle('off', !(u.mic && hasAudio));
+    devices.querySelector('.cam').classList.toggle('off', !(u.camera && hasVideo));
+    devices.title = `microphone ${u.mic && hasAudio ? 'on' : 'off'}, camera ${u.camera && hasVideo ? 'on' : 'off'}`;
+    el.querySelector('.kick').hidden = !(S.role === 'anchor' && u.seat !== 0);
+  });
+}
+
+function item(label, sub, buttons) {
+  const li = document.createElement('li');
+  const text = document.createElement('span');
+  text.className = 'who';
+  text.textContent = label;
+  const small = document.createElement('small');
+  small.textContent = sub;
+  text.append(small);
+  li.append(text, ...buttons);
+  return li;
+}
+
+function button(label, onclick, cls = '') {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = label;
+  b.className = cls;
+  b.onclick = onclick;
+  return b;
+}
+
+function renderAnchorPanel() {
+  const apps = [...S.applications.entries()];
+  $('applications').replaceChildren(
+    ...apps.map(([user, a]) => {
+      const li = item(a.info.name, `${a.info.camera ? 'camera + mic' : 'mic only'}${secondsLeft(a.deadline)}`, [
+        button('Accept', () => act(S.signal.request('respond_link', { user, accept: true })), 'primary'),
+        button('Reject', () =>
+          act(S.signal.request('respond_link', { user, accept: false }), () => S.applications.delete(user)),
+        ),
+      ]);
+      li.dataset.user = user;
+      return li;
+    }),
+  );
+  $('app-count').textContent = apps.length ? `(${apps.length})` : '';
+  $('no-applications').hidden = apps.length > 0;
+  const seated = new Set(S.users.map((u) => u.user));
+  const viewers = S.audience.filter((u) => !seated.has(u.user));
+  $('audience-list').replaceChildren(
+    ...viewers.map((u) => {
+      const dl = S.invites.get(u.user);
+      const invited = S.invites.has(u.user);
+      const applied = S.applications.has(u.user);
+      const li = item(u.name, invited ? `invited${secondsLeft(dl)}` : applied ? 'applied' : 'watching', [
+        invited
+          ? button('Cancel invite', () =>
+              act(S.signal.request('cancel_link', { user: u.user }), () => S.invites.delete(u.user)),
+            )
+          : button('Invite', () => invite(u.user), applied ? '' : 'primary'),
+      ]);
+      li.dataset.user = u.user;
+      li.querySelector('button').disabled = applied;
+      return li;
+    }),
+  );
+  $('no-audience').hidden = viewers.length > 0;
+}
+
+function renderAudiencePanel() {
+  const seat = mySeat();
+  $('apply-box').hidden = !!seat || !!S.myRequest;
+  $('pending-box').hidden = !!seat || !S.myRequest;
+  $('linked-box').hidden = !seat;
+  if (S.myRequest) $('pending-left').textContent = secondsLeft(S.myRequest.deadline);
+  if (seat) $('linked-seat').textContent = `Seat ${seat.seat}, ${S.media.local?.getVideoTracks().length ? 'camera and microphone' : 'microphone only'}.`;
+  $('apply').disabled = S.users.length >= S.maxSeats;
+  $('apply').title = $('apply').disabled ? 'Every seat is taken' : '';
+}
+
+async function renderStats() {
+  if (!S || S.ended) return;
+  let stats;
+  try {
+    stats = await S.media.stats(S.me.user);
+  } catch {
+    return;
+  }
+  for (const el of $('tiles').children) {
+    const s = stats[el.dataset.user];
+    const box = el.querySelector('.stats');
+    if (!s) {
+      box.textContent = '';
+      continue;
+    }
+    const kbps = ((s.video?.bitrate ?? 0) + (s.audio?.bitrate ?? 0)) / 1000;
+    const parts = [`${kbps.toFixed(0)} kbit/s`];
+    if (s.video?.fps != null) parts.push(`${s.video.fps.toFixed(0)} fps`);
+    if (s.rtt != null) parts.push(`rtt ${(s.rtt * 1000).toFixed(0)} ms`);
+    box.textContent = parts.join(' · ');
+  }
+}
+
+// --- toasts --------------------------------------------------------------------------------
+
+function toast(text, kind = '') {
+  if (!text) return;
+  const el = document.createElement('div');
+  el.className = `toast ${kind}`;
+  el.textContent = text;
+  $('toasts').append(el);
+  setTimeout(() => el.remove(), 6000);
+}
+
+// --- start ---------------------------------------------------------------------------------
+
+initLobby();
+initActions();
+setInterval(() => {
+  // countdowns and the disappearance of expired items between events
+  if (S && !S.ended) render();
+}, 1000);
+setInterval(renderStats, 1000);
+
+// For the end-to-end tests and for curious users in the console: the media counters per user.
+window.miclink = {
+  stats: () => (S ? S.media.stats(S.me.user) : Promise.resolve({})),
+  // What the subscribe connection holds: [mid, direction, track id, publishing user].
+  receivers: () => S?.media.receivers() ?? [],
+  state: () => (S ? { role: S.role, me: S.me, users: S.users, audienceCount: S.audienceCount } : null),
+};

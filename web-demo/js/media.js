@@ -1,0 +1,204 @@
+// The two peer connections of a member: `publish` (offered by us, sendonly camera and microphone,
+// only while we hold a seat) and `subscribe` (offered by the server, carrying every other seat's
+// tracks, re-offered when that set changes). The msid stream id of a forwarded track is the
+// publishing user's id, which is how a track finds its tile.
+
+export class MediaError extends Error {}
+
+// getUserMedia failures in words a person can act on.
+function describeCaptureError(e, video) {
+  const what = video ? 'camera and microphone' : 'microphone';
+  switch (e.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return `Access to the ${what} was refused. Allow it in the browser's site settings and try again.`;
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return `No ${what} was found on this device.`;
+    case 'NotReadableError':
+    case 'AbortError':
+      return `The ${what} is in use by another application or could not be started.`;
+    default:
+      return `Could not open the ${what}: ${e.message || e.name}.`;
+  }
+}
+
+export class Media {
+  constructor(signal, iceServers, { onRemoteStream, onError }) {
+    this.signal = signal;
+    this.config = { iceServers, bundlePolicy: 'max-bundle' };
+    this.onRemoteStream = onRemoteStream;
+    this.onError = onError;
+    this.sub = null;
+    this.pub = null;
+    this.local = null;
+    // The subscribe connection's offers are answered one at a time, in order.
+    this.offers = Promise.resolve();
+    // track id -> publishing user, for the statistics.
+    this.trackUser = new Map();
+    // previous byte and frame counters, for rates between two samples.
+    this.last = new Map();
+  }
+
+  get publishing() {
+    return this.pub !== null;
+  }
+
+  subscribeOffer(sdp) {
+    this.offers = this.offers.then(() => this.answer(sdp)).catch((e) => {
+      this.onError(`The server's media offer failed: ${e.message}`);
+    });
+  }
+
+  async answer(sdp) {
+    if (!this.sub) {
+      const pc = new RTCPeerConnection(this.config);
+      pc.ontrack = (e) => {
+        const stream = e.streams[0];
+        if (!stream) return;
+        this.trackUser.set(e.track.id, stream.id);
+        this.onRemoteStream(stream.id, stream);
+      };
+      pc.onicecandidate = (e) => this.trickle('subscribe', e.candidate);
+      this.sub = pc;
+    }
+    await this.sub.setRemoteDescription({ type: 'offer', sdp });
+    const answer = await this.sub.createAnswer();
+    await this.sub.setLocalDescription(answer);
+    await this.signal.request('subscribe_answer', { sdp: this.sub.localDescription.sdp });
+  }
+
+  trickle(pc, candidate) {
+    if (!candidate || !candidate.candidate) return;
+    // The server also learns our address from our connectivity checks, so a lost candidate is
+    // harmless; errors are only logged.
+    this.signal.request('ice', { pc, candidate: candidate.toJSON() }).catch((e) => {
+      console.debug('miclink: ice not taken', e);
+    });
+  }
+
+  // Open the camera (when `video`) and the microphone and publish them. Returns the local stream.
+  async publish({ video }) {
+    this.stopPublish();
+    let stream;
+    if (!navigator.mediaDevices?.getUserMedia) {
+      throw new MediaError('This page needs camera access, which browsers allow only on https:// or localhost.');
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: true,
+        video: video ? { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } } : false,
+      });
+    } catch (e) {
+      throw new MediaError(describeCaptureError(e, video));
+    }
+    const pc = new RTCPeerConnection(this.config);
+    this.pub = pc;
+    this.local = stream;
+    for (const track of stream.getTracks()) {
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    }
+    pc.onicecandidate = (e) => this.trickle('publish', e.candidate);
+    try {
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const { sdp } = await this.signal.request('publish', { sdp: pc.localDescription.sdp });
+      if (this.pub !== pc) return stream; // replaced or stopped meanwhile
+      await pc.setRemoteDescription({ type: 'answer', sdp });
+    } catch (e) {
+      if (this.pub === pc) this.stopPublish();
+      throw e;
+    }
+    return stream;
+  }
+
+  stopPublish() {
+    if (this.pub) this.pub.close();
+    this.pub = null;
+    if (this.local) for (const t of this.local.getTracks()) t.stop();
+    this.local = null;
+  }
+
+  close() {
+    this.stopPublish();
+    if (this.sub) this.sub.close();
+    this.sub = null;
+  }
+
+  receivers() {
+    if (!this.sub) return [];
+    return this.sub.getTransceivers().map((t) => [
+      t.mid,
+      t.currentDirection,
+      t.receiver.track.id,
+      this.trackUser.get(t.receiver.track.id) ?? null,
+    ]);
+  }
+
+  // One sample of every flowing track: `{user -> {video?, audio?, rtt}}`, with bitrate (bit/s) and
+  // frame rate computed against the previous sample. `self` is the member's own published media.
+  async stats(selfUser) {
+    const out = {};
+    const entry = (user) => (out[user] ??= { rtt: null });
+    const now = performance.now();
+    const rate = (key, bytes, frames) => {
+      const prev = this.last.get(key);
+      this.last.set(key, { t: now, bytes, frames });
+      if (!prev || now <= prev.t) return { bitrate: null, fps: null };
+      const dt = (now - prev.t) / 1000;
+      return {
+        bitrate: Math.max(0, ((bytes - prev.bytes) * 8) / dt),
+        fps: frames == null ? null : Math.max(0, (frames - prev.frames) / dt),
+      };
+    };
+    if (this.sub) {
+      const report = await this.sub.getStats();
+      let rtt = null;
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+          rtt = s.currentRoundTripTime ?? rtt;
+        }
+      });
+      // Tracks the server removed stay in the report with frozen counters: only live ones count.
+      const live = new Set(
+        this.sub
+          .getTransceivers()
+          .filter((t) => t.currentDirection === 'recvonly' || t.currentDirection === 'sendrecv')
+          .map((t) => t.receiver.track.id),
+      );
+      report.forEach((s) => {
+        if (s.type !== 'inbound-rtp' || !live.has(s.trackIdentifier)) return;
+        const user = this.trackUser.get(s.trackIdentifier);
+        if (!user) return;
+        const e = entry(user);
+        const frames = s.kind === 'video' ? (s.framesDecoded ?? 0) : null;
+        e[s.kind] = {
+          packetsReceived: s.packetsReceived ?? 0,
+          packetsLost: s.packetsLost ?? 0,
+          bytesReceived: s.bytesReceived ?? 0,
+          framesDecoded: frames,
+          ...rate(`in:${s.ssrc}`, s.bytesReceived ?? 0, frames),
+        };
+        e.rtt = rtt;
+      });
+    }
+    if (this.pub && selfUser) {
+      const report = await this.pub.getStats();
+      const e = entry(selfUser);
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+          e.rtt = s.currentRoundTripTime ?? e.rtt;
+        }
+        if (s.type === 'outbound-rtp') {
+          const frames = s.kind === 'video' ? (s.framesEncoded ?? 0) : null;
+          e[s.kind] = {
+            packetsSent: s.packetsSent ?? 0,
+            framesEncoded: frames,
+            ...rate(`out:${s.ssrc}`, s.bytesSent ?? 0, frames),
+          };
+        }
+      });
+    }
+    return out;
+  }
+}
