@@ -1,19 +1,24 @@
-//! `miclink-load`: load generator for a miclink server on this machine.
+//! `miclink-load`: load generator for a media server on this machine (loopback only).
 //!
-//! Scenario `idle`: one anchor and N viewers join one room over real WebSockets and stay idle,
-//! answering keepalives. It reports how many joined, join latency, and the server's resident
-//! memory and CPU time (read from /proc/<pid>) before and after, so the memory per member is
-//! measured, not guessed. Targets must be loopback addresses.
+//! Media scenarios (`cohost`, `audio`, `rooms`) run simulated publishers and viewers on real
+//! WebRTC connections against miclink (its WebSocket protocol) or Janus (videoroom over HTTP),
+//! and report what really arrived: loss, one-way delay, join-to-first-packet, and the server's
+//! CPU per delivered packet and memory from /proc. `idle` measures signaling alone.
 
-use std::time::{Duration, Instant};
+mod idle;
+mod janus;
+mod media;
+mod miclink;
+mod run;
+mod util;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
-use miclink_protocol::{ClientMessage, Ident, Request, Role, ServerMessage};
-use tokio::sync::{Semaphore, watch};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::idle::idle;
+use crate::media::{Kind, StreamSpec};
+use crate::run::{RoomPlan, Target};
 
 #[derive(Parser)]
 #[command(name = "miclink-load", version, about)]
@@ -22,8 +27,59 @@ struct Cli {
     scenario: Scenario,
 }
 
+/// What every media scenario takes.
+#[derive(Args, Clone)]
+struct Common {
+    /// The server to load.
+    #[arg(long, value_enum, default_value = "miclink")]
+    target: Target,
+    /// miclink: its WebSocket URL; janus: its HTTP API URL. Loopback only.
+    #[arg(long)]
+    url: Option<String>,
+    /// Viewers joining per second.
+    #[arg(long, default_value_t = 10.0)]
+    ramp: f64,
+    /// Seconds between the last join and the measurement.
+    #[arg(long, default_value_t = 5)]
+    warmup_s: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Server process to read CPU time and memory from (/proc/<pid>).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum Scenario {
+    /// One room: the anchor at 1.5 Mbit/s and 9 linked members at 500 kbit/s, audio for all,
+    /// V viewers.
+    Cohost {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        viewers: usize,
+    },
+    /// One room: 10 audio-only publishers (the anchor and 9 linked members), V viewers.
+    Audio {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        viewers: usize,
+    },
+    /// R rooms, each an anchor (1.5 Mbit/s), one linked guest (500 kbit/s) and 4 viewers.
+    Rooms {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+    },
     /// N idle viewers in one room: server memory and CPU per connected member.
     Idle {
         /// The server's WebSocket URL (loopback only).
@@ -57,7 +113,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.scenario {
+    let (scenario, common, rooms) = match cli.scenario {
+        Scenario::Cohost { common, viewers } => ("cohost", common, cohost(viewers)),
+        Scenario::Audio { common, viewers } => ("audio", common, audio(viewers)),
+        Scenario::Rooms { common, rooms } => ("rooms", common, many_rooms(rooms)),
         Scenario::Idle {
             url,
             members,
@@ -66,237 +125,79 @@ fn main() -> anyhow::Result<()> {
             server_pid,
             room,
             json,
-        } => rt.block_on(idle(
-            url,
-            members,
-            concurrency,
-            Duration::from_secs(hold_s),
-            server_pid,
-            room,
-            json,
-        )),
-    }
-}
-
-fn check_loopback(url: &str) -> anyhow::Result<()> {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or_default();
-    let ok = host == "localhost" || host.starts_with("127.") || url.contains("[::1]");
-    if !ok {
-        bail!("miclink-load only targets loopback addresses, not {host:?}");
-    }
-    Ok(())
-}
-
-/// Resident memory (bytes) and CPU time (user + system, seconds) of a process.
-fn proc_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    // USER_HZ is 100 on every Linux this runs on.
-    Ok((rss_kib * 1024, ticks / 100.0))
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn join(url: &str, room: &str, user: &str, role: Role) -> anyhow::Result<Ws> {
-    // A small read buffer: the client holds thousands of sockets too.
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-    let msg = ClientMessage {
-        id: 1,
-        request: Request::Join {
-            room: Ident::new(room)?,
-            user: Ident::new(user)?,
-            role,
-            name: None,
-            token: None,
-        },
+        } => {
+            return rt.block_on(idle(
+                url,
+                members,
+                concurrency,
+                Duration::from_secs(hold_s),
+                server_pid,
+                room,
+                json,
+            ));
+        }
     };
-    ws.send(Message::Text(serde_json::to_string(&msg)?.into()))
-        .await?;
-    while let Some(frame) = ws.next().await {
-        if let Message::Text(t) = frame?
-            && let ServerMessage::Reply(r) = serde_json::from_str(&t)?
-        {
-            if r.ok {
-                return Ok(ws);
-            }
-            bail!("join refused: {:?}", r.error);
+    let url = common.url.unwrap_or_else(|| {
+        match common.target {
+            Target::Miclink => "ws://127.0.0.1:8080/ws",
+            Target::Janus => "http://127.0.0.1:8088/janus",
         }
-    }
-    bail!("closed before the join reply")
-}
-
-/// Keep a socket open, reading (so pings are answered) until told to stop.
-async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            frame = ws.next() => if !matches!(frame, Some(Ok(_))) { return },
-            _ = stop.changed() => {
-                let _ = ws.close(None).await;
-                return;
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn idle(
-    url: String,
-    members: usize,
-    concurrency: usize,
-    hold_for: Duration,
-    server_pid: Option<u32>,
-    room: String,
-    json: bool,
-) -> anyhow::Result<()> {
-    check_loopback(&url)?;
-    let before = server_pid.map(proc_usage).transpose()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let anchor = join(&url, &room, "anchor", Role::Anchor)
-        .await
-        .context("anchor join")?;
-    let anchor_task = tokio::spawn(hold(anchor, stop_rx.clone()));
-
-    let started = Instant::now();
-    let gate = std::sync::Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut joins = Vec::with_capacity(members);
-    for i in 0..members {
-        let permit = gate.clone().acquire_owned().await?;
-        let (url, room, stop) = (url.clone(), room.clone(), stop_rx.clone());
-        joins.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let r = join(&url, &room, &format!("v{i}"), Role::Audience).await;
-            let took = t.elapsed();
-            drop(permit);
-            match r {
-                Ok(ws) => {
-                    let holder = tokio::spawn(hold(ws, stop));
-                    Ok((took, holder))
-                }
-                Err(e) => Err(e),
-            }
-        }));
-    }
-    let mut latencies = Vec::with_capacity(members);
-    let mut holders = Vec::with_capacity(members);
-    let mut failures = 0usize;
-    let mut first_error = None;
-    for j in joins {
-        match j.await? {
-            Ok((took, holder)) => {
-                latencies.push(took);
-                holders.push(holder);
-            }
-            Err(e) => {
-                failures += 1;
-                first_error.get_or_insert(e.to_string());
-            }
-        }
-    }
-    let ramp = started.elapsed();
-    tokio::time::sleep(hold_for).await;
-    let after = server_pid.map(proc_usage).transpose()?;
-    let _ = stop_tx.send(true);
-    for h in holders {
-        let _ = h.await;
-    }
-    let _ = anchor_task.await;
-
-    latencies.sort();
-    let connected = latencies.len();
-    let p50 = percentile(&latencies, 0.5);
-    let p99 = percentile(&latencies, 0.99);
-    let (rss_before, rss_after, per_member, cpu_s) = match (before, after) {
-        (Some((rb, cb)), Some((ra, ca))) => (
-            Some(rb),
-            Some(ra),
-            Some(ra.saturating_sub(rb) as f64 / connected.max(1) as f64),
-            Some(ca - cb),
-        ),
-        _ => (None, None, None, None),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "idle",
-                "asked": members,
-                "connected": connected,
-                "failed": failures,
-                "first_error": first_error,
-                "ramp_s": ramp.as_secs_f64(),
-                "join_p50_ms": p50.as_secs_f64() * 1e3,
-                "join_p99_ms": p99.as_secs_f64() * 1e3,
-                "server_rss_before_bytes": rss_before,
-                "server_rss_after_bytes": rss_after,
-                "server_rss_per_member_bytes": per_member,
-                "server_cpu_s": cpu_s,
-            })
-        );
+        .to_owned()
+    });
+    let report = rt.block_on(run::run(run::Options {
+        scenario,
+        target: common.target,
+        url,
+        rooms,
+        ramp_per_s: common.ramp,
+        warmup: Duration::from_secs(common.warmup_s),
+        duration: Duration::from_secs(common.duration_s),
+        server_pid: common.server_pid,
+        quiet: common.quiet || common.json,
+    }))?;
+    if common.json {
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("scenario             idle (1 anchor + viewers in one room)");
-        println!("members connected    {connected} of {members} ({failures} failed)");
-        if let Some(e) = &first_error {
-            println!("first error          {e}");
-        }
-        println!(
-            "ramp                 {:.2} s ({:.0} joins/s)",
-            ramp.as_secs_f64(),
-            connected as f64 / ramp.as_secs_f64()
-        );
-        println!(
-            "join latency         p50 {:.2} ms, p99 {:.2} ms",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
-        );
-        if let (Some(rb), Some(ra), Some(pm), Some(cpu)) =
-            (rss_before, rss_after, per_member, cpu_s)
-        {
-            println!(
-                "server RSS           {:.1} MiB -> {:.1} MiB ({:.1} KiB per member)",
-                rb as f64 / 1048576.0,
-                ra as f64 / 1048576.0,
-                pm / 1024.0
-            );
-            println!(
-                "server CPU           {cpu:.2} s ({:.0} µs per join)",
-                cpu * 1e6 / connected.max(1) as f64
-            );
-        }
-    }
-    if connected < members {
-        bail!("{failures} of {members} members failed to join");
+        run::print(&report);
     }
     Ok(())
+}
+
+const AUDIO: StreamSpec = StreamSpec {
+    kind: Kind::Audio,
+    bitrate_bps: 48_000,
+    fps: 50,
+};
+
+const fn video(bitrate_bps: u32) -> StreamSpec {
+    StreamSpec {
+        kind: Kind::Video,
+        bitrate_bps,
+        fps: 30,
+    }
+}
+
+fn cohost(viewers: usize) -> Vec<RoomPlan> {
+    let mut publishers = vec![vec![video(1_500_000), AUDIO]];
+    publishers.extend((0..9).map(|_| vec![video(500_000), AUDIO]));
+    vec![RoomPlan {
+        publishers,
+        viewers,
+    }]
+}
+
+fn audio(viewers: usize) -> Vec<RoomPlan> {
+    vec![RoomPlan {
+        publishers: (0..10).map(|_| vec![AUDIO]).collect(),
+        viewers,
+    }]
+}
+
+fn many_rooms(rooms: usize) -> Vec<RoomPlan> {
+    (0..rooms)
+        .map(|_| RoomPlan {
+            publishers: vec![vec![video(1_500_000), AUDIO], vec![video(500_000), AUDIO]],
+            viewers: 4,
+        })
+        .collect()
 }

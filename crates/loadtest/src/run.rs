@@ -1,0 +1,398 @@
+//! The media scenarios: build the rooms of a scenario on a target, ramp the viewers up, warm up,
+//! measure for a fixed window, and report what really arrived.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use miclink_protocol::Role;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::janus;
+use crate::media::{Kind, MEASURING, Recv, Sent, StreamSpec};
+use crate::miclink;
+use crate::util::{check_loopback, proc_usage};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Target {
+    Miclink,
+    Janus,
+}
+
+/// One room of a scenario: its publishers' streams (the first is the anchor) and its viewers.
+#[derive(Clone, Debug)]
+pub(crate) struct RoomPlan {
+    pub(crate) publishers: Vec<Vec<StreamSpec>>,
+    pub(crate) viewers: usize,
+}
+
+pub(crate) struct Options {
+    pub(crate) scenario: &'static str,
+    pub(crate) target: Target,
+    pub(crate) url: String,
+    pub(crate) rooms: Vec<RoomPlan>,
+    /// Viewers joining per second.
+    pub(crate) ramp_per_s: f64,
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) quiet: bool,
+}
+
+/// A connected participant, holding its connections open.
+enum Participant {
+    Miclink(miclink::Member),
+    Janus(janus::Participant),
+}
+
+impl Participant {
+    async fn close(self) {
+        match self {
+            Participant::Miclink(m) => m.close().await,
+            Participant::Janus(j) => j.close().await,
+        }
+    }
+}
+
+/// A room as set up on the target.
+enum RoomHandle {
+    Miclink { id: String },
+    Janus(janus::Room),
+}
+
+struct Receiver {
+    room: usize,
+    /// The publisher index this receiver also is, if it publishes (its own streams are not
+    /// expected back).
+    own: Option<u16>,
+    viewer: bool,
+    recv: Arc<Recv>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Report {
+    scenario: &'static str,
+    target: Target,
+    rooms: usize,
+    publishers: usize,
+    viewers_asked: usize,
+    viewers_connected: usize,
+    first_error: Option<String>,
+    warmup_s: f64,
+    duration_s: f64,
+    join_to_first_packet_p50_ms: Option<f64>,
+    join_to_first_packet_p99_ms: Option<f64>,
+    viewers_without_media: usize,
+    expected_packets: u64,
+    delivered_packets: u64,
+    duplicates: u64,
+    loss_percent: f64,
+    delay_p50_ms: Option<f64>,
+    delay_p99_ms: Option<f64>,
+    delivered_per_s: f64,
+    server_cpu_percent: Option<f64>,
+    server_cpu_us_per_packet: Option<f64>,
+    server_rss_mib: Option<f64>,
+    load_tool_cpu_percent: f64,
+}
+
+fn room_name(i: usize) -> String {
+    format!("load-{}-{i}", std::process::id())
+}
+
+pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
+    check_loopback(&opts.url)?;
+    let stop = Arc::new(Notify::new());
+    let mut participants: Vec<Participant> = Vec::new();
+    let mut receivers: Vec<Receiver> = Vec::new();
+    let mut sent: Vec<(usize, Arc<Sent>)> = Vec::new();
+    let mut handles = Vec::new();
+    let progress = |len: u64, msg: &str| {
+        let bar = if opts.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(len)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} {elapsed}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(msg.to_owned());
+        bar
+    };
+
+    // Publishers first, room by room: the anchor goes live, the guests are admitted.
+    let total_publishers: usize = opts.rooms.iter().map(|r| r.publishers.len()).sum();
+    let bar = progress(total_publishers as u64, "publishers");
+    for (r, plan) in opts.rooms.iter().enumerate() {
+        let first_of_room = participants.len();
+        let mut handle = match opts.target {
+            Target::Miclink => RoomHandle::Miclink { id: room_name(r) },
+            Target::Janus => RoomHandle::Janus(janus::Room::create(&opts.url, r).await?),
+        };
+        for (p, streams) in plan.publishers.iter().enumerate() {
+            let index = (r * 16 + p) as u16;
+            let recv = Recv::new(Instant::now());
+            let user = format!("p{p}");
+            let (participant, s) = match &mut handle {
+                RoomHandle::Miclink { id } => {
+                    let role = if p == 0 { Role::Anchor } else { Role::Audience };
+                    let mut m =
+                        miclink::Member::join(&opts.url, id, &user, role, recv.clone()).await?;
+                    if p > 0 {
+                        let camera = streams.iter().any(|s| s.kind == Kind::Video);
+                        m.apply(camera).await?;
+                    }
+                    let s = m.publish(index, &user, streams, stop.clone()).await?;
+                    (Participant::Miclink(m), s)
+                }
+                RoomHandle::Janus(room) => {
+                    let (j, s) = room
+                        .publish(index, &user, streams, recv.clone(), stop.clone())
+                        .await?;
+                    (Participant::Janus(j), s)
+                }
+            };
+            participants.push(participant);
+            sent.extend(s.into_iter().map(|s| (r, s)));
+            receivers.push(Receiver {
+                room: r,
+                own: Some(index),
+                viewer: false,
+                recv,
+            });
+            bar.inc(1);
+        }
+        if let RoomHandle::Janus(room) = &handle {
+            for p in &mut participants[first_of_room..] {
+                if let Participant::Janus(j) = p {
+                    room.link_publisher(j).await?;
+                }
+            }
+        }
+        handles.push(handle);
+    }
+    bar.finish();
+
+    // Viewers, at the ramp rate, each joining in its own task.
+    let viewers_asked: usize = opts.rooms.iter().map(|r| r.viewers).sum();
+    let bar = progress(viewers_asked as u64, "viewers");
+    let gap = Duration::from_secs_f64(1.0 / opts.ramp_per_s.max(0.01));
+    let mut joins = Vec::new();
+    let mut next = tokio::time::Instant::now();
+    for (r, plan) in opts.rooms.iter().enumerate() {
+        for v in 0..plan.viewers {
+            tokio::time::sleep_until(next).await;
+            next += gap;
+            let recv = Recv::new(Instant::now());
+            let url = opts.url.clone();
+            let user = format!("v{v}");
+            let bar = bar.clone();
+            let task = match &handles[r] {
+                RoomHandle::Miclink { id } => {
+                    let id = id.clone();
+                    let recv2 = recv.clone();
+                    tokio::spawn(async move {
+                        let m =
+                            miclink::Member::join(&url, &id, &user, Role::Audience, recv2).await;
+                        bar.inc(1);
+                        m.map(Participant::Miclink)
+                    })
+                }
+                RoomHandle::Janus(room) => {
+                    let room = room.clone();
+                    let recv2 = recv.clone();
+                    tokio::spawn(async move {
+                        let j = room.view(&user, recv2).await;
+                        bar.inc(1);
+                        j.map(Participant::Janus)
+                    })
+                }
+            };
+            joins.push((r, recv, task));
+        }
+    }
+    let mut first_error = None;
+    let mut viewers_connected = 0;
+    let mut viewer_recvs = Vec::new();
+    for (r, recv, task) in joins {
+        match task.await? {
+            Ok(p) => {
+                viewers_connected += 1;
+                participants.push(p);
+                viewer_recvs.push(recv.clone());
+                receivers.push(Receiver {
+                    room: r,
+                    own: None,
+                    viewer: true,
+                    recv,
+                });
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
+    bar.finish();
+
+    tokio::time::sleep(opts.warmup).await;
+
+    // The measurement window.
+    let starts: Vec<u32> = sent
+        .iter()
+        .map(|(_, s)| s.next_seq.load(Ordering::Relaxed))
+        .collect();
+    let server_before = opts.server_pid.map(proc_usage).transpose()?;
+    let tool_before = proc_usage(std::process::id())?;
+    let t0 = Instant::now();
+    MEASURING.store(true, Ordering::Relaxed);
+    let secs = opts.duration.as_secs().max(1);
+    let bar = progress(secs, "measuring");
+    for _ in 0..secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bar.inc(1);
+    }
+    let ends: Vec<u32> = sent
+        .iter()
+        .map(|(_, s)| s.next_seq.load(Ordering::Relaxed))
+        .collect();
+    let server_after = opts.server_pid.map(proc_usage).transpose()?;
+    let tool_after = proc_usage(std::process::id())?;
+    let window = t0.elapsed().as_secs_f64();
+    bar.finish();
+    // Packets sent near the end are still in flight: give them a moment before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    MEASURING.store(false, Ordering::Relaxed);
+
+    let mut expected = 0u64;
+    let mut delivered = 0u64;
+    let mut duplicates = 0u64;
+    let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for rcv in &receivers {
+        for (i, (room, s)) in sent.iter().enumerate() {
+            if *room != rcv.room || rcv.own == Some(s.publisher) {
+                continue;
+            }
+            expected += u64::from(ends[i].saturating_sub(starts[i]));
+            let (got, dups) = rcv.recv.received(s.publisher, s.kind, starts[i], ends[i]);
+            delivered += got;
+            duplicates += dups;
+        }
+        rcv.recv.add_delays(&mut delays);
+    }
+    let mut firsts: Vec<Duration> = receivers
+        .iter()
+        .filter(|r| r.viewer)
+        .filter_map(|r| r.recv.first_packet())
+        .collect();
+    firsts.sort();
+    let without_media = viewer_recvs.len() - firsts.len();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pct = |p: f64| (!firsts.is_empty()).then(|| ms(crate::idle::percentile(&firsts, p)));
+    let delay_ms = |q: f64| (!delays.is_empty()).then(|| delays.value_at_quantile(q) as f64 / 1e3);
+    let server_cpu = match (server_before, server_after) {
+        (Some((_, a)), Some((_, b))) => Some(b - a),
+        _ => None,
+    };
+    let report = Report {
+        scenario: opts.scenario,
+        target: opts.target,
+        rooms: opts.rooms.len(),
+        publishers: total_publishers,
+        viewers_asked,
+        viewers_connected,
+        first_error,
+        warmup_s: opts.warmup.as_secs_f64(),
+        duration_s: window,
+        join_to_first_packet_p50_ms: pct(0.5),
+        join_to_first_packet_p99_ms: pct(0.99),
+        viewers_without_media: without_media,
+        expected_packets: expected,
+        delivered_packets: delivered,
+        duplicates,
+        loss_percent: if expected == 0 {
+            0.0
+        } else {
+            100.0 * (expected.saturating_sub(delivered)) as f64 / expected as f64
+        },
+        delay_p50_ms: delay_ms(0.5),
+        delay_p99_ms: delay_ms(0.99),
+        delivered_per_s: delivered as f64 / window,
+        server_cpu_percent: server_cpu.map(|c| 100.0 * c / window),
+        server_cpu_us_per_packet: server_cpu.map(|c| c * 1e6 / delivered.max(1) as f64),
+        server_rss_mib: server_after.map(|(rss, _)| rss as f64 / 1048576.0),
+        load_tool_cpu_percent: 100.0 * (tool_after.1 - tool_before.1) / window,
+    };
+
+    stop.notify_waiters();
+    for p in participants {
+        p.close().await;
+    }
+    for h in handles {
+        if let RoomHandle::Janus(room) = h {
+            room.destroy().await;
+        }
+    }
+    if report.viewers_connected == 0 && viewers_asked > 0 {
+        bail!(
+            "no viewer connected: {}",
+            report.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(report)
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.2}{unit}"))
+}
+
+pub(crate) fn print(report: &Report) {
+    let r = report;
+    println!("scenario                 {} on {:?}", r.scenario, r.target);
+    println!(
+        "participants             {} publishers in {} room(s); viewers {} of {} connected",
+        r.publishers, r.rooms, r.viewers_connected, r.viewers_asked
+    );
+    if let Some(e) = &r.first_error {
+        println!("first error              {e}");
+    }
+    println!(
+        "join to first packet     p50 {}, p99 {} ({} viewers got nothing)",
+        opt(r.join_to_first_packet_p50_ms, " ms"),
+        opt(r.join_to_first_packet_p99_ms, " ms"),
+        r.viewers_without_media
+    );
+    println!(
+        "packets                  {} delivered of {} expected ({:.3}% lost, {} duplicates) in {:.1} s, {:.0}/s",
+        r.delivered_packets,
+        r.expected_packets,
+        r.loss_percent,
+        r.duplicates,
+        r.duration_s,
+        r.delivered_per_s
+    );
+    println!(
+        "added delay              p50 {}, p99 {}",
+        opt(r.delay_p50_ms, " ms"),
+        opt(r.delay_p99_ms, " ms")
+    );
+    println!(
+        "server CPU               {} of one core, {} per delivered packet",
+        opt(r.server_cpu_percent, " %"),
+        opt(r.server_cpu_us_per_packet, " µs")
+    );
+    println!(
+        "server memory            {}",
+        opt(r.server_rss_mib, " MiB resident")
+    );
+    println!(
+        "load tool CPU            {:.1} % of one core",
+        r.load_tool_cpu_percent
+    );
+}
