@@ -222,8 +222,16 @@ struct Peer {
     offer_pending: bool,
     /// Subscribe connections: the track set changed while an offer was out.
     renegotiate: bool,
+    /// Subscribe connections before their first answer: the client's first connectivity checks
+    /// race its answer (UDP beats the WebSocket and the hub) and rtc refuses a check it cannot
+    /// yet attribute, so they are kept (a few) and fed again once the answer is in, instead of
+    /// leaving the client to its retransmission schedule.
+    early: Option<Vec<(Vec<u8>, SocketAddr)>>,
     counters: PeerStats,
 }
+
+/// Datagrams kept per subscribe connection while its first answer is awaited.
+const EARLY_DATAGRAMS: usize = 16;
 
 #[derive(Default)]
 struct RoomMedia {
@@ -503,6 +511,14 @@ impl Engine {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        if let Some(early) = &mut peer.early {
+            if early.len() < EARLY_DATAGRAMS {
+                early.push((data.to_vec(), from));
+            } else {
+                self.stats.datagrams_dropped += 1;
+            }
+            return;
+        }
         let msg = TaggedBytesMut {
             now: Instant::now(),
             transport: TransportContext {
@@ -1178,6 +1194,7 @@ impl Engine {
             .set_remote_description(Instant::now(), answer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         peer.offer_pending = false;
+        let early = peer.early.take();
         // Payload types may have changed with the new answer; tracks in the answered offer
         // may now be forwarded.
         for out in peer.outs.values_mut() {
@@ -1188,6 +1205,9 @@ impl Engine {
             self.negotiate(id);
         }
         self.process(id);
+        for (data, from) in early.into_iter().flatten() {
+            self.datagram(&data, from);
+        }
         Ok(())
     }
 
@@ -1399,6 +1419,7 @@ impl Engine {
                 outs: HashMap::new(),
                 offer_pending: false,
                 renegotiate: false,
+                early: (kind == PcKind::Subscribe).then(Vec::new),
                 counters: PeerStats {
                     room: room.clone(),
                     user: user.clone(),
