@@ -72,7 +72,7 @@ def svg(rows):
     w, h, pad = 360, 240, 48
     colors = {"miclink": "#d6336c", "janus": "#1c7ed6"}
 
-    def panel(x0, title, idx, unit):
+    def panel(x0, title, idx):
         ymax = max([p[idx] for v in pts.values() for p in v] + [1e-9]) * 1.15
         xmax = max(xs)
         sx = lambda x: x0 + pad + (w - 2 * pad) * x / xmax
@@ -85,10 +85,10 @@ def svg(rows):
         for k in range(5):
             y = ymax * k / 4
             g.append(
-                f'<text x="{sx(0) - 6}" y="{sy(y) + 4}" text-anchor="end" font-size="10">{y:.2f}</text>'
+                f'<text x="{sx(0) - 6}" y="{sy(y) + 4}" text-anchor="end" font-size="10">{y:.3g}</text>'
             )
         g.append(
-            f'<text x="{x0 + w / 2}" y="{h}" text-anchor="middle" font-size="11">viewers ({unit})</text>'
+            f'<text x="{x0 + w / 2}" y="{h}" text-anchor="middle" font-size="11">viewers</text>'
         )
         for name, v in pts.items():
             path = " ".join(f"{sx(p[0]):.1f},{sy(p[idx]):.1f}" for p in v)
@@ -104,9 +104,9 @@ def svg(rows):
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h + 30}" '
         f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="#fff"/>\n'
-        + panel(0, "server CPU µs per delivered packet (cohost)", 1, "µs")
+        + panel(0, "server CPU µs per delivered packet (cohost)", 1)
         + "\n"
-        + panel(w, "loss % (cohost)", 2, "%")
+        + panel(w, "loss % (cohost)", 2)
         + "\n"
         + legend
         + "\n</svg>\n"
