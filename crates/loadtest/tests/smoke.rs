@@ -1,0 +1,71 @@
+//! `miclink-load` against a real server in this process: the numbers it reports must come from
+//! packets that arrived. A short `cohost` run (anchor and nine guests admitted through
+//! apply/accept, two viewers) over real WebRTC on loopback.
+
+use std::process::Command;
+
+use miclink::{Args, Config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohost_reports_what_really_arrived() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::load(Args::default()).expect("defaults");
+    if let Some(media) = &mut config.signaling.media {
+        media.udp_addr.set_port(0);
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(miclink::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+
+    let url = format!("ws://{addr}/ws");
+    let pid = std::process::id().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_miclink-load"))
+            .args([
+                "cohost",
+                "--viewers",
+                "2",
+                "--ramp",
+                "20",
+                "--warmup-s",
+                "1",
+            ])
+            .args([
+                "--duration-s",
+                "2",
+                "--json",
+                "--url",
+                &url,
+                "--server-pid",
+                &pid,
+            ])
+            .output()
+            .expect("run miclink-load")
+    })
+    .await
+    .expect("join");
+    let _ = stop.send(());
+    assert!(
+        out.status.success(),
+        "miclink-load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(r["viewers_connected"], 2, "{r}");
+    assert_eq!(r["publishers"], 10, "{r}");
+    assert_eq!(r["viewers_without_media"], 0, "{r}");
+    let expected = r["expected_packets"].as_u64().expect("expected");
+    let delivered = r["delivered_packets"].as_u64().expect("delivered");
+    // 10 publishers' audio and video reach 2 viewers and the 9 other publishers for 2 s: in the
+    // thousands, and on loopback nearly all of it arrives.
+    assert!(expected > 5_000, "{r}");
+    assert!(delivered <= expected, "{r}");
+    assert!(delivered * 100 >= expected * 98, "{r}");
+    assert!(r["delay_p50_ms"].as_f64().is_some_and(|d| d > 0.0), "{r}");
+    assert!(r["server_cpu_us_per_packet"].as_f64().is_some(), "{r}");
+    assert!(r["join_to_first_packet_p50_ms"].as_f64().is_some(), "{r}");
+}
