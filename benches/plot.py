@@ -1,6 +1,8 @@
 """Turn benches/compare's JSON lines into a Markdown table and an SVG plot (no dependencies).
 
-Usage: python3 benches/plot.py compare.json compare.md compare.svg
+Usage: python3 benches/plot.py compare.json compare.md compare.svg [RESULTS.md]
+
+With RESULTS.md, the table also replaces what stands between its compare markers.
 """
 
 import json
@@ -119,6 +121,15 @@ def main():
         f.write(table(rows))
     with open(sys.argv[3], "w") as f:
         f.write(svg(rows))
+    if len(sys.argv) > 4:
+        begin, end = "<!-- compare:begin", "<!-- compare:end -->"
+        with open(sys.argv[4]) as f:
+            text = f.read()
+        head, rest = text.split(begin, 1)
+        marker_line, rest = rest.split("\n", 1)
+        _, tail = rest.split(end, 1)
+        with open(sys.argv[4], "w") as f:
+            f.write(head + begin + marker_line + "\n" + table(rows) + end + tail)
 
 
 if __name__ == "__main__":
