@@ -6,22 +6,20 @@
 //! [sent ns u64][padding]`. The send time is on this process's monotonic clock, so one-way delay
 //! over loopback is exact; `seq` counts the stream's packets and gives loss and duplicates.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use miclink_sfu::{RtcpToApplication, is_keyframe_request};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::RTCDtlsRole;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::sansio::Protocol;
 use tokio::sync::Notify;
 use webrtc::media_stream::Track;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -189,55 +187,6 @@ fn read_marker(payload: &[u8]) -> Option<(u16, Kind, u32, u64)> {
     Some((publisher, kind, seq, sent))
 }
 
-/// Lets PLI and FIR from the server reach the publisher's track (rtc's chain stops inbound RTCP
-/// before the application unless an interceptor vouches for it). It sits in the interval-PLI
-/// slot, which a sending-only connection does not use.
-#[derive(Default)]
-struct KeyframeRequests {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-        {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequests {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
-fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
-    let any = p.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
 struct Handler {
     gathered: Arc<Notify>,
     recv: Option<Arc<Recv>>,
@@ -279,7 +228,13 @@ impl Peer {
         media.register_default_codecs()?;
         let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
         if sending {
-            registry = registry.with(Slot::IntervalPli, KeyframeRequests::default());
+            // PLI and FIR from the server must reach the publisher's track (rtc's chain stops
+            // inbound RTCP before the application unless an interceptor vouches for it); the
+            // interval-PLI slot is free on a sending-only connection.
+            registry = registry.with(
+                Slot::IntervalPli,
+                RtcpToApplication::new(is_keyframe_request),
+            );
         }
         let gathered = Arc::new(Notify::new());
         // Answer as DTLS client, as browsers do: the answerer starts the handshake the moment its

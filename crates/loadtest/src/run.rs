@@ -220,13 +220,11 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     let mut first_error = None;
     let mut viewers_connected = 0;
-    let mut viewer_recvs = Vec::new();
     for (r, recv, task) in joins {
         match task.await? {
             Ok(p) => {
                 viewers_connected += 1;
                 participants.push(p);
-                viewer_recvs.push(recv.clone());
                 receivers.push(Receiver {
                     room: r,
                     own: None,
@@ -292,7 +290,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
         .filter_map(|r| r.recv.first_packet())
         .collect();
     firsts.sort();
-    let without_media = viewer_recvs.len() - firsts.len();
+    let without_media = viewers_connected - firsts.len();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let pct = |p: f64| (!firsts.is_empty()).then(|| ms(crate::idle::percentile(&firsts, p)));
     let delay_ms = |q: f64| (!delays.is_empty()).then(|| delays.value_at_quantile(q) as f64 / 1e3);

@@ -60,7 +60,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::feedback::FeedbackToSfu;
+use crate::feedback::{RtcpToApplication, sfu_feedback};
 use crate::{PcKind, PeerStats, SfuCommand, SfuError, SfuEvent, SfuStats, keyframe, stun};
 
 pub(crate) enum Msg {
@@ -130,7 +130,7 @@ struct InTrack {
     last_pli: Option<Instant>,
     /// The header extensions worth passing on (see [`FORWARDED_EXTENSIONS`]) with the ids this
     /// publisher negotiated for them.
-    extensions: Arc<[(u8, &'static str)]>,
+    extensions: ForwardedExtensions,
     /// The last [`HISTORY`] packets by sequence number (video only): the one retransmission
     /// buffer of this track, whatever the number of subscribers.
     history: Vec<Option<rtc::rtp::Packet>>,
@@ -159,10 +159,15 @@ struct OutTrack {
     /// type to another track with the same codec (with no MID extension to say otherwise), and
     /// keeps them there after the answer, so the track would stay silent.
     negotiated: bool,
+    /// The publisher's forwarded extensions (its ids), shared with its track.
+    publisher_extensions: ForwardedExtensions,
     /// Publisher extension id -> this subscriber's id, for the extensions both negotiated;
     /// found with the payload type.
     extension_ids: Vec<(u8, u8)>,
 }
+
+/// A publisher's forwarded header extensions: (its id, URI).
+type ForwardedExtensions = Arc<[(u8, &'static str)]>;
 
 const ICE_DISCONNECTED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
 const ICE_FAILED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
@@ -605,7 +610,7 @@ impl Engine {
         let Some(codec) = parameters.codecs.first().map(|c| c.rtp_codec.clone()) else {
             return;
         };
-        let extensions: Arc<[(u8, &'static str)]> = parameters
+        let extensions: ForwardedExtensions = parameters
             .header_extensions
             .iter()
             .filter_map(|h| {
@@ -630,7 +635,7 @@ impl Engine {
                 receiver,
                 ssrc,
                 last_pli: None,
-                extensions,
+                extensions: extensions.clone(),
                 history: if kind == RtpCodecKind::Video {
                     vec![None; HISTORY]
                 } else {
@@ -652,7 +657,7 @@ impl Engine {
                 .and_then(|r| r.subscribe.get(&member))
                 .copied()
             {
-                self.add_out_track(sid, &user, kind, &codec);
+                self.add_out_track(sid, &user, kind, &codec, &extensions);
                 self.negotiate(sid);
             }
         }
@@ -699,7 +704,6 @@ impl Engine {
             let slot = packet.header.sequence_number as usize % HISTORY;
             track.history[slot] = Some(packet.clone());
         }
-        let publisher_extensions = Arc::clone(&track.extensions);
         let (receiver, media_ssrc) = (track.receiver, track.ssrc);
         publisher.counters.rtp_in += 1;
         let Some(room_media) = self.rooms.get(&room) else {
@@ -750,7 +754,8 @@ impl Engine {
                     else {
                         continue;
                     };
-                    out.extension_ids = publisher_extensions
+                    out.extension_ids = out
+                        .publisher_extensions
                         .iter()
                         .filter_map(|&(from, uri)| {
                             let to = parameters
@@ -783,10 +788,8 @@ impl Engine {
             packet.header.payload_type = pt;
             packet.header.sequence_number = out_seq;
             packet.header.timestamp = ts;
-            if had_extensions && !out.extension_ids.is_empty() {
+            if had_extensions {
                 renumber_extensions(&mut packet.header, &original_extensions, &out.extension_ids);
-            } else if packet.header.extension {
-                renumber_extensions(&mut packet.header, &[], &[]);
             }
             let sender_id = out.sender;
             if let Some(mut sender) = sub.pc.rtp_sender(sender_id)
@@ -1220,7 +1223,7 @@ impl Engine {
         if r.subscribe.contains_key(member) || !r.members.contains(member) {
             return;
         }
-        let published: Vec<(Ident, RtpCodecKind, RTCRtpCodec)> = r
+        let published: Vec<(Ident, RtpCodecKind, RTCRtpCodec, ForwardedExtensions)> = r
             .publish
             .iter()
             .filter(|(u, _)| *u != member)
@@ -1228,7 +1231,7 @@ impl Engine {
             .flat_map(|(u, p)| {
                 p.tracks
                     .values()
-                    .map(move |t| (u.clone(), t.kind, t.codec.clone()))
+                    .map(move |t| (u.clone(), t.kind, t.codec.clone(), t.extensions.clone()))
             })
             .collect();
         if published.is_empty() {
@@ -1244,8 +1247,8 @@ impl Engine {
         if let Some(r) = self.rooms.get_mut(room) {
             r.subscribe.insert(member.clone(), id);
         }
-        for (publisher, kind, codec) in published {
-            self.add_out_track(id, &publisher, kind, &codec);
+        for (publisher, kind, codec, extensions) in published {
+            self.add_out_track(id, &publisher, kind, &codec, &extensions);
         }
         self.negotiate(id);
     }
@@ -1256,6 +1259,7 @@ impl Engine {
         publisher: &Ident,
         kind: RtpCodecKind,
         codec: &RTCRtpCodec,
+        extensions: &ForwardedExtensions,
     ) {
         let Some(sub) = self.peers.get_mut(&sid) else {
             return;
@@ -1293,6 +1297,7 @@ impl Engine {
                         start_seq: 0,
                         next_seq: rand::rng().random(),
                         waiting_keyframe: kind == RtpCodecKind::Video,
+                        publisher_extensions: Arc::clone(extensions),
                         extension_ids: Vec::new(),
                         offered: false,
                         negotiated: false,
@@ -1361,7 +1366,8 @@ impl Engine {
                 }
                 // The responder's slot holds the SFU's hook instead: it lets the subscriber's NACK,
                 // PLI, FIR and TWCC feedback through to `Engine::rtcp`.
-                let registry = Registry::new().with(Slot::NackResponder, FeedbackToSfu::default());
+                let registry =
+                    Registry::new().with(Slot::NackResponder, RtcpToApplication::new(sfu_feedback));
                 configure_twcc_sender_only(configure_rtcp_reports(registry), &mut media)
             }
         }
@@ -1521,17 +1527,21 @@ mod tests {
         }
     }
 
+    fn carrying(extensions: &[Extension]) -> Header {
+        Header {
+            version: 2,
+            extension: true,
+            extension_profile: EXTENSION_PROFILE_ONE_BYTE,
+            extensions: extensions.to_vec(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn extensions_are_renumbered_and_the_rest_dropped() {
         // Publisher ids: 1 = audio level, 3 = transport-wide cc, 4 = mid.
         let original = [ext(1, &[0x85]), ext(3, &[0, 7]), ext(4, b"0")];
-        let mut header = Header {
-            version: 2,
-            extension: true,
-            extension_profile: EXTENSION_PROFILE_ONE_BYTE,
-            extensions: original.to_vec(),
-            ..Default::default()
-        };
+        let mut header = carrying(&original);
         renumber_extensions(&mut header, &original, &[(1, 9)]);
         let wire = header.marshal().unwrap();
         let back = Header::unmarshal(&mut wire.as_ref()).unwrap();
@@ -1545,13 +1555,7 @@ mod tests {
     #[test]
     fn no_common_extension_leaves_a_plain_header() {
         let original = [ext(3, &[0, 7])];
-        let mut header = Header {
-            version: 2,
-            extension: true,
-            extension_profile: EXTENSION_PROFILE_ONE_BYTE,
-            extensions: original.to_vec(),
-            ..Default::default()
-        };
+        let mut header = carrying(&original);
         renumber_extensions(&mut header, &original, &[(1, 9)]);
         let wire = header.marshal().unwrap();
         assert_eq!(wire.len(), 12, "a fixed header without an extension block");

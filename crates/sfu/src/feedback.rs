@@ -1,9 +1,11 @@
-//! The interceptor that lets a subscriber's feedback reach the SFU.
+//! The interceptor that lets chosen inbound RTCP reach the application.
 //!
 //! rtc's interceptor chain ends inbound RTCP before the application unless an interceptor vouches
 //! for a packet. On subscribe connections the SFU itself answers NACKs (from the one buffer of the
 //! published track) and relays keyframe requests, so it needs exactly those packets: NACK, PLI,
-//! FIR and transport-wide congestion control feedback. Reports stay inside the chain.
+//! FIR and transport-wide congestion control feedback ([`sfu_feedback`]). Reports stay inside the
+//! chain. A publishing client (the load tool) needs the keyframe requests
+//! ([`is_keyframe_request`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -15,21 +17,37 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
-#[derive(Default)]
-pub(crate) struct FeedbackToSfu {
+/// Marks inbound RTCP compounds holding a packet `wanted` accepts for delivery to the
+/// application; passes everything else through unchanged.
+pub struct RtcpToApplication {
+    wanted: fn(&dyn rtc::rtcp::Packet) -> bool,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
-fn wanted(packet: &dyn rtc::rtcp::Packet) -> bool {
-    let any = packet.as_any();
-    any.is::<TransportLayerNack>()
-        || any.is::<PictureLossIndication>()
-        || any.is::<FullIntraRequest>()
-        || any.is::<TransportLayerCc>()
+impl RtcpToApplication {
+    pub fn new(wanted: fn(&dyn rtc::rtcp::Packet) -> bool) -> RtcpToApplication {
+        RtcpToApplication {
+            wanted,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackToSfu {
+/// PLI or FIR: the receiver wants a keyframe.
+pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// What the SFU acts on from a subscriber: keyframe requests, NACK and TWCC feedback.
+pub(crate) fn sfu_feedback(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    is_keyframe_request(packet) || any.is::<TransportLayerNack>() || any.is::<TransportLayerCc>()
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -38,7 +56,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackToSfu {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| wanted(p.as_ref()))
+            && packets.iter().any(|p| (self.wanted)(p.as_ref()))
         {
             msg.message.add(Attribute::DeliverToApplication);
         }
@@ -60,7 +78,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackToSfu {
     }
 }
 
-impl Interceptor for FeedbackToSfu {
+impl Interceptor for RtcpToApplication {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

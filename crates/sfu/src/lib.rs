@@ -16,6 +16,8 @@ mod feedback;
 mod keyframe;
 mod stun;
 
+pub use feedback::{RtcpToApplication, is_keyframe_request};
+
 use std::net::{IpAddr, SocketAddr};
 
 use miclink_protocol::Ident;
