@@ -413,21 +413,32 @@ impl Member {
     /// Publish VP8 video (unless `audio_only`) and Opus audio, sending RTP until dropped:
     /// video at 30 packets/s with a keyframe every 30, audio at 50 packets/s.
     pub async fn publish(&mut self, audio_only: bool) {
-        self.publish_with(audio_only, None).await;
+        self.publish_with(audio_only, None, None).await;
+    }
+
+    /// Publish VP8 video alone, paced by `burst`: slow until [`Burst::go`], then fast.
+    pub async fn publish_burst(&mut self, burst: Arc<Burst>) {
+        self.video = Video::Vp8;
+        self.publish_with(false, None, Some(burst)).await;
     }
 
     /// Publish H.264 video (constrained baseline, packetization mode 1) and Opus audio.
     pub async fn publish_h264(&mut self) {
         self.video = Video::H264;
-        self.publish_with(false, None).await;
+        self.publish_with(false, None, None).await;
     }
 
     /// Publish through a proxy that drops every 20th video packet on the way to the server.
     pub async fn publish_lossy(&mut self, dropped: Arc<AtomicU64>) {
-        self.publish_with(false, Some(dropped)).await;
+        self.publish_with(false, Some(dropped), None).await;
     }
 
-    async fn publish_with(&mut self, audio_only: bool, lossy: Option<Arc<AtomicU64>>) {
+    async fn publish_with(
+        &mut self,
+        audio_only: bool,
+        lossy: Option<Arc<AtomicU64>>,
+        burst: Option<Arc<Burst>>,
+    ) {
         let gathered = Arc::new(Notify::new());
         let pc = peer(Handler {
             gathered: gathered.clone(),
@@ -436,6 +447,9 @@ impl Member {
         })
         .await;
         let mut kinds = vec![(RtpCodecKind::Audio, "audio/opus", 48000, 2, "")];
+        if burst.is_some() {
+            kinds.clear();
+        }
         if !audio_only {
             kinds.push(match self.video {
                 Video::Vp8 => (RtpCodecKind::Video, "video/VP8", 90000, 0, ""),
@@ -484,6 +498,7 @@ impl Member {
                 self.user.clone(),
                 stop.clone(),
                 pt,
+                burst.clone(),
             ));
         }
         let offer = pc.create_offer(None).await.expect("offer");
@@ -572,7 +587,17 @@ impl Member {
         what: &str,
         pred: impl Fn(&HashMap<(String, RtpCodecKind), Stream>) -> bool,
     ) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_received_within(WAIT, what, pred).await;
+    }
+
+    /// Wait up to `limit` until `pred` holds for what arrived.
+    pub async fn wait_received_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&HashMap<(String, RtpCodecKind), Stream>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if pred(&self.shared.received.lock().await.streams) {
                 return;
@@ -682,6 +707,36 @@ fn negotiated_pt(sdp: &str, mime: &str, fmtp: &str) -> Option<u8> {
     })
 }
 
+/// A video stream sent as fast as a test needs: a packet every 33 ms until [`Burst::go`], then
+/// `per_ms` packets every millisecond until `total` packets were sent in all.
+pub struct Burst {
+    pub total: u32,
+    pub per_ms: u32,
+    go: std::sync::atomic::AtomicBool,
+    sent: std::sync::atomic::AtomicU32,
+}
+
+impl Burst {
+    pub fn new(total: u32, per_ms: u32) -> Arc<Burst> {
+        Arc::new(Burst {
+            total,
+            per_ms,
+            go: Default::default(),
+            sent: Default::default(),
+        })
+    }
+
+    /// Switch to the fast pace.
+    pub fn go(&self) {
+        self.go.store(true, Ordering::SeqCst);
+    }
+
+    /// Packets sent so far.
+    pub fn sent(&self) -> u32 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
 async fn send_rtp(
     track: Arc<TrackLocalStaticRTP>,
     kind: RtpCodecKind,
@@ -689,39 +744,70 @@ async fn send_rtp(
     user: String,
     stop: Arc<Notify>,
     pt: Arc<std::sync::atomic::AtomicU8>,
+    burst: Option<Arc<Burst>>,
 ) {
-    let (interval, ts_step) = match kind {
-        RtpCodecKind::Video => (Duration::from_millis(33), 3000u32),
+    let (interval, ts_step) = match (kind, &burst) {
+        (_, Some(_)) => (Duration::from_millis(1), 3000u32),
+        (RtpCodecKind::Video, None) => (Duration::from_millis(33), 3000u32),
         _ => (Duration::from_millis(20), 960u32),
     };
     let mut tick = tokio::time::interval(interval);
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
-    for counter in 0u32.. {
+    let mut counter = 0u32;
+    for ticks in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.notified() => return,
         }
-        let keyframe = kind == RtpCodecKind::Video && counter % 30 == 0;
         let pt = pt.load(Ordering::SeqCst);
         if pt == 0 {
             continue;
         }
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                marker: kind == RtpCodecKind::Video,
-                payload_type: pt,
-                sequence_number: counter as u16,
-                timestamp: counter.wrapping_mul(ts_step),
-                ssrc,
-                ..Default::default()
-            },
-            payload: payload(kind, video, &user, counter, keyframe).into(),
+        let packets = match &burst {
+            None => 1,
+            Some(b) if b.go.load(Ordering::SeqCst) => b.per_ms.min(b.total - counter),
+            Some(_) => u32::from(ticks % 33 == 0),
         };
-        if track.write_rtp(packet).await.is_err() {
-            return;
+        for _ in 0..packets {
+            if !send_one(&track, kind, video, &user, counter, ts_step, ssrc, pt).await {
+                return;
+            }
+            counter += 1;
+            if let Some(b) = &burst {
+                b.sent.store(counter, Ordering::SeqCst);
+                if counter >= b.total {
+                    return;
+                }
+            }
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_one(
+    track: &TrackLocalStaticRTP,
+    kind: RtpCodecKind,
+    video: Video,
+    user: &str,
+    counter: u32,
+    ts_step: u32,
+    ssrc: u32,
+    pt: u8,
+) -> bool {
+    let keyframe = kind == RtpCodecKind::Video && counter % 30 == 0;
+    let packet = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker: kind == RtpCodecKind::Video,
+            payload_type: pt,
+            sequence_number: counter as u16,
+            timestamp: counter.wrapping_mul(ts_step),
+            ssrc,
+            ..Default::default()
+        },
+        payload: payload(kind, video, user, counter, keyframe).into(),
+    };
+    track.write_rtp(packet).await.is_ok()
 }
 
 /// The server's host candidate port and the VP8 payload type (if video is offered yet).

@@ -61,6 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::feedback::{RtcpToApplication, sfu_feedback};
+use crate::seq::SeqExtender;
 use crate::{PcKind, PeerStats, SfuCommand, SfuError, SfuEvent, SfuStats, keyframe, stun};
 
 pub(crate) enum Msg {
@@ -131,9 +132,11 @@ struct InTrack {
     /// The header extensions worth passing on (see [`FORWARDED_EXTENSIONS`]) with the ids this
     /// publisher negotiated for them.
     extensions: ForwardedExtensions,
-    /// The last [`HISTORY`] packets by sequence number (video only): the one retransmission
-    /// buffer of this track, whatever the number of subscribers.
-    history: Vec<Option<rtc::rtp::Packet>>,
+    /// Extends the publisher's sequence numbers; nothing downstream compares raw ones.
+    seqs: SeqExtender,
+    /// The last [`HISTORY`] packets by extended sequence number (video only): the one
+    /// retransmission buffer of this track, whatever the number of subscribers.
+    history: Vec<Option<(u64, rtc::rtp::Packet)>>,
 }
 
 /// One publisher's track as sent on one subscribe connection.
@@ -143,12 +146,12 @@ struct OutTrack {
     mime: String,
     /// The payload type this subscriber negotiated for the codec, found on first use.
     payload_type: Option<u8>,
-    /// Added to the publisher's sequence numbers; set at the first forwarded packet so each
-    /// subscriber's stream is continuous from where it started.
-    seq_offset: Option<u16>,
-    /// The publisher's sequence number of that first packet: anything older (a late
+    /// Added (wrapping) to the publisher's extended sequence numbers; set at the first forwarded
+    /// packet so each subscriber's stream is continuous from where it started.
+    seq_offset: Option<u64>,
+    /// The publisher's extended sequence number of that first packet: anything older (a late
     /// retransmission from the publisher) belongs to before this subscriber's start.
-    start_seq: u16,
+    start_seq: u64,
     next_seq: u16,
     /// Video waits for a keyframe before the first packet goes out.
     waiting_keyframe: bool,
@@ -636,6 +639,7 @@ impl Engine {
                 ssrc,
                 last_pli: None,
                 extensions: extensions.clone(),
+                seqs: SeqExtender::default(),
                 history: if kind == RtpCodecKind::Video {
                     vec![None; HISTORY]
                 } else {
@@ -700,9 +704,10 @@ impl Engine {
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions_padding = 0;
+        let ext_seq = track.seqs.extend(packet.header.sequence_number);
         if !track.history.is_empty() {
-            let slot = packet.header.sequence_number as usize % HISTORY;
-            track.history[slot] = Some(packet.clone());
+            let slot = (ext_seq % HISTORY as u64) as usize;
+            track.history[slot] = Some((ext_seq, packet.clone()));
         }
         let (receiver, media_ssrc) = (track.receiver, track.ssrc);
         publisher.counters.rtp_in += 1;
@@ -711,7 +716,7 @@ impl Engine {
         };
         let now = Instant::now();
         let mut want_keyframe = false;
-        let (seq, ts) = (packet.header.sequence_number, packet.header.timestamp);
+        let ts = packet.header.timestamp;
         let key = (user, kind);
         // Disjoint borrows of the engine's fields: the room's subscriber list is read while
         // subscriber connections are written, with no list copied per packet.
@@ -772,17 +777,18 @@ impl Engine {
             };
             let offset = match out.seq_offset {
                 Some(offset) => {
-                    if (seq.wrapping_sub(out.start_seq) as i16) < 0 {
+                    if ext_seq < out.start_seq {
                         continue;
                     }
                     offset
                 }
                 None => {
-                    out.start_seq = seq;
-                    *out.seq_offset.insert(out.next_seq.wrapping_sub(seq))
+                    out.start_seq = ext_seq;
+                    *out.seq_offset
+                        .insert(u64::from(out.next_seq).wrapping_sub(ext_seq))
                 }
             };
-            let out_seq = seq.wrapping_add(offset);
+            let out_seq = ext_seq.wrapping_add(offset) as u16;
             out.next_seq = out_seq.wrapping_add(1);
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = pt;
@@ -913,15 +919,19 @@ impl Engine {
             let (Some(offset), Some(pt)) = (out.seq_offset, out.payload_type) else {
                 return;
             };
-            let original = seq.wrapping_sub(offset);
+            let start = out.start_seq;
+            // The subscriber names its own 16-bit numbers: back to the publisher's, then
+            // extended next to the newest packet of the track.
+            let original = seq.wrapping_sub(offset as u16);
             let stored = self
                 .peers
                 .get(&pid)
                 .and_then(|p| p.tracks.get(&track_id))
-                .and_then(|t| t.history.get(original as usize % HISTORY))
-                .and_then(Option::as_ref)
-                .filter(|p| p.header.sequence_number == original)
-                .cloned();
+                .and_then(|t| {
+                    let ext = t.seqs.peek(original).filter(|e| *e >= start)?;
+                    let (at, packet) = t.history.get((ext % HISTORY as u64) as usize)?.as_ref()?;
+                    (*at == ext).then(|| packet.clone())
+                });
             let Some(mut packet) = stored else {
                 self.stats.retransmit_misses += 1;
                 continue;

@@ -14,6 +14,7 @@
 mod engine;
 mod feedback;
 mod keyframe;
+mod seq;
 mod stun;
 
 pub use feedback::{RtcpToApplication, is_keyframe_request};
