@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use miclink_protocol::IceServer;
 use miclink_seats::SeatsConfig;
-use miclink_signaling::{SfuConfig, SignalingConfig};
+use miclink_sfu::SfuConfig;
+use miclink_signaling::SignalingConfig;
 use serde::Deserialize;
 
 /// miclink: a live-streaming server for audience mic link (co-host) rooms.
@@ -59,6 +60,9 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub ice_servers: Vec<String>,
+    /// Print peer addresses as "[redacted]" in logs.
+    #[arg(long, env = "MICLINK_SCRUB_LOGS")]
+    pub scrub_logs: bool,
 }
 
 /// The TOML file: the same keys as the flags; `ice_servers` may carry credentials.
@@ -74,6 +78,7 @@ struct FileConfig {
     media_addr: Option<SocketAddr>,
     media_public_ips: Option<Vec<IpAddr>>,
     media_loops: Option<usize>,
+    scrub_logs: Option<bool>,
 }
 
 /// The checked configuration the server runs with.
@@ -81,6 +86,12 @@ struct FileConfig {
 pub struct Config {
     pub http_addr: SocketAddr,
     pub signaling: SignalingConfig,
+    /// The media plane; `None` runs signaling alone (media requests answer `not_implemented`).
+    pub media: Option<SfuConfig>,
+    /// How long the server keeps answering `/healthz` with 503 after a media loop died, so load
+    /// balancers see it, before it exits non-zero for its supervisor to restart it.
+    pub failure_exit_delay: Duration,
+    pub scrub_logs: bool,
 }
 
 impl Default for Config {
@@ -88,6 +99,9 @@ impl Default for Config {
         Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             signaling: SignalingConfig::default(),
+            media: Some(SfuConfig::default()),
+            failure_exit_delay: Duration::from_secs(5),
+            scrub_logs: false,
         }
     }
 }
@@ -180,13 +194,16 @@ impl Config {
                 jwt_secret,
                 ice_servers,
                 keepalive,
-                media: Some(SfuConfig {
-                    udp_addr: media_addr,
-                    public_ips,
-                    loops: args.media_loops.or(file.media_loops).unwrap_or(0),
-                }),
                 ..defaults.signaling
             },
+            media: Some(SfuConfig {
+                udp_addr: media_addr,
+                public_ips,
+                loops: args.media_loops.or(file.media_loops).unwrap_or(0),
+                fault_room: None,
+            }),
+            failure_exit_delay: defaults.failure_exit_delay,
+            scrub_logs: args.scrub_logs || file.scrub_logs.unwrap_or(false),
         })
     }
 }

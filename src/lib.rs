@@ -11,10 +11,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use miclink_signaling::Signaling;
+use miclink_sfu::{PcKind, Pii, Sfu};
+use miclink_signaling::{MediaPlane, Signaling};
 use rust_embed::RustEmbed;
+use serde::Serialize;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 pub use config::{Args, Config};
 
@@ -23,71 +25,130 @@ pub use config::{Args, Config};
 #[folder = "web-demo/"]
 struct Demo;
 
-/// The HTTP routes: `/ws`, `/healthz` and the demo.
-pub fn app(signaling: &Signaling) -> Router {
+/// What the HTTP handlers reach: both planes.
+#[derive(Clone)]
+struct Planes {
+    signaling: Signaling,
+    media: Option<Sfu>,
+}
+
+/// The HTTP routes: `/ws`, `/healthz`, `/metrics` and the demo.
+pub fn app(signaling: &Signaling, media: Option<Sfu>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(signaling.clone())
+        .with_state(Planes {
+            signaling: signaling.clone(),
+            media,
+        })
         .merge(signaling.router())
         .fallback(get(demo))
 }
 
-/// Serve on a bound listener until `shutdown` resolves, then end every room with
-/// `server_shutdown` and close every socket before returning.
+/// Why the server stopped other than being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not start: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a media loop died; exiting so a supervisor restarts the server")]
+    MediaFailed,
+}
+
+/// Start the media plane (if configured) and signaling, and serve on a bound listener until
+/// `shutdown` resolves; then end every room with `server_shutdown` and close every socket before
+/// returning. A media loop that dies makes `/healthz` answer 503 at once, and the server shut
+/// down the same way `failure_exit_delay` later and return [`RunError::MediaFailed`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let signaling = Signaling::start(config.signaling)?;
-    let app = app(&signaling);
+) -> Result<(), RunError> {
+    Pii::scrub(config.scrub_logs);
+    let media = config.media.clone().map(Sfu::start).transpose()?;
+    let sfu = media.as_ref().map(|(sfu, _)| sfu.clone());
+    let plane = media.map(|(sfu, events)| MediaPlane { sfu, events });
+    let signaling = Signaling::start(config.signaling, plane);
+    let app = app(&signaling, sfu.clone());
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let graceful = {
-        let signaling = signaling.clone();
+        let (signaling, failed) = (signaling.clone(), failed.clone());
+        let delay = config.failure_exit_delay;
         async move {
-            shutdown.await;
-            info!("shutdown requested");
+            let media_failure = async {
+                match &sfu {
+                    Some(sfu) => sfu.failure().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown => info!("shutdown requested"),
+                () = media_failure => {
+                    error!(?delay, "the media plane failed; /healthz answers 503 until the server exits");
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                }
+            }
             signaling.shutdown().await;
         }
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
-        .await
+        .await?;
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::MediaFailed);
+    }
+    Ok(())
 }
 
-async fn healthz(State(signaling): State<Signaling>) -> Response {
-    let Some(s) = signaling.stats().await else {
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    rooms: usize,
+    sessions: usize,
+    connections: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+async fn healthz(State(planes): State<Planes>) -> Response {
+    let Some(s) = planes.signaling.stats().await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response();
     };
-    let media = match signaling.media_stats().await {
-        Some(m) => {
-            let fields: Vec<String> = std::iter::once(format!(r#""peers":{}"#, m.peers))
-                .chain(
-                    media_counters(&m)
-                        .iter()
-                        .map(|(name, _, value)| format!(r#""{name}":{value}"#)),
-                )
-                .collect();
-            format!(r#","media":{{{}}}"#, fields.join(","))
-        }
-        None => String::new(),
+    let failed = planes.media.as_ref().is_some_and(Sfu::failed);
+    let media = match (&planes.media, failed) {
+        (Some(sfu), false) => sfu.stats().await.map(|m| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("peers".into(), m.peers.into());
+            fields.insert("shed_level".into(), m.shed_level.into());
+            fields.insert("backlog_ms".into(), m.backlog_ms.into());
+            for (name, _, value) in m.counters() {
+                fields.insert(name.into(), value.into());
+            }
+            fields
+        }),
+        _ => None,
     };
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        format!(
-            r#"{{"status":"ok","rooms":{},"sessions":{},"connections":{}{media}}}"#,
-            s.rooms, s.sessions, s.connections
-        ),
-    )
-        .into_response()
+    let health = Health {
+        status: if failed { "media_failed" } else { "ok" },
+        rooms: s.rooms,
+        sessions: s.sessions,
+        connections: s.connections,
+        media,
+    };
+    let status = if failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(health)).into_response()
 }
 
 /// Prometheus text exposition: signaling gauges, media plane totals, and per connection counters
 /// labelled with room, user and connection kind. Room and user ids are `[A-Za-z0-9_.-]` by
 /// protocol, so label values need no escaping.
-async fn metrics(State(signaling): State<Signaling>) -> Response {
+async fn metrics(State(planes): State<Planes>) -> Response {
     use std::fmt::Write;
-    let Some(s) = signaling.stats().await else {
+    let Some(s) = planes.signaling.stats().await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response();
     };
     let mut out = String::new();
@@ -108,17 +169,30 @@ async fn metrics(State(signaling): State<Signaling>) -> Response {
         "Open signaling sockets.",
         s.connections as u64,
     );
-    if let Some(m) = signaling.media_stats().await {
-        gauge("media_peers", "Media peer connections.", m.peers as u64);
-        for (name, help, value) in media_counters(&m) {
+    let Some(sfu) = planes.media.as_ref().filter(|m| !m.failed()) else {
+        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response();
+    };
+    if let Some(m) = sfu.stats().await {
+        gauge("media_peers", "Media peer connections.", m.peers);
+        gauge(
+            "media_shed_level",
+            "Subscriber video tracks paused because a media loop is overloaded.",
+            m.shed_level,
+        );
+        gauge(
+            "media_backlog_ms",
+            "How long the most loaded media loop has been behind its sockets.",
+            m.backlog_ms,
+        );
+        for (name, help, value) in m.counters() {
             let _ = writeln!(
                 out,
                 "# HELP miclink_media_{name}_total {help}\n# TYPE miclink_media_{name}_total counter\nmiclink_media_{name}_total {value}"
             );
         }
     }
-    if let Some(peers) = signaling.media_peer_stats().await {
-        type Pick = fn(&miclink_signaling::PeerStats) -> u64;
+    if let Some(peers) = sfu.peer_stats().await {
+        type Pick = fn(&miclink_sfu::PeerStats) -> u64;
         let series: [(&str, &str, Pick); 9] = [
             ("bytes_in", "Bytes received on this connection.", |p| {
                 p.bytes_in
@@ -163,8 +237,8 @@ async fn metrics(State(signaling): State<Signaling>) -> Response {
             );
             for p in &peers {
                 let kind = match p.kind {
-                    miclink_signaling::PcKind::Publish => "publish",
-                    miclink_signaling::PcKind::Subscribe => "subscribe",
+                    PcKind::Publish => "publish",
+                    PcKind::Subscribe => "subscribe",
                 };
                 let _ = writeln!(
                     out,
@@ -177,73 +251,6 @@ async fn metrics(State(signaling): State<Signaling>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-/// The media plane's counters, named once for `/healthz` and `/metrics`.
-fn media_counters(m: &miclink_signaling::SfuStats) -> [(&'static str, &'static str, u64); 13] {
-    [
-        (
-            "datagrams_in",
-            "Datagrams received on the media port.",
-            m.datagrams_in,
-        ),
-        (
-            "datagrams_dropped",
-            "Datagrams dropped: unknown sender, or refused.",
-            m.datagrams_dropped,
-        ),
-        ("rtp_in", "RTP packets received from publishers.", m.rtp_in),
-        (
-            "rtp_dropped_not_allowed",
-            "RTP packets dropped because the sender holds no seat.",
-            m.rtp_dropped_not_allowed,
-        ),
-        (
-            "rtp_out",
-            "RTP packets forwarded to subscribers.",
-            m.rtp_out,
-        ),
-        (
-            "plis_sent",
-            "Keyframe requests sent to publishers.",
-            m.plis_sent,
-        ),
-        (
-            "nacks_received",
-            "NACK packets received from subscribers.",
-            m.nacks_received,
-        ),
-        (
-            "nacks_to_publishers",
-            "NACK packets sent to publishers.",
-            m.nacks_to_publishers,
-        ),
-        (
-            "retransmitted",
-            "Packets resent from the server's buffers.",
-            m.retransmitted,
-        ),
-        (
-            "retransmit_misses",
-            "NACKed packets no longer buffered.",
-            m.retransmit_misses,
-        ),
-        (
-            "twcc_feedback",
-            "Transport-wide congestion control feedback packets read.",
-            m.twcc_feedback,
-        ),
-        (
-            "handed_over",
-            "Datagrams handed between media loops.",
-            m.handed_over,
-        ),
-        (
-            "send_errors",
-            "Datagrams the kernel would not send.",
-            m.send_errors,
-        ),
-    ]
 }
 
 async fn demo(uri: Uri) -> Response {

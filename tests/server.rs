@@ -11,13 +11,13 @@ use tokio_tungstenite::tungstenite::Message;
 async fn start() -> (
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
+    tokio::task::JoinHandle<Result<(), miclink::RunError>>,
 ) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::load(Args::default()).expect("embedded defaults are valid");
     // Port 0: tests run side by side.
-    if let Some(media) = &mut config.signaling.media {
+    if let Some(media) = &mut config.media {
         media.udp_addr.set_port(0);
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,32 +1,22 @@
-//! Members for end-to-end media tests: a signaling WebSocket plus real WebRTC peer connections
-//! on the async `webrtc` crate, over loopback. Nothing here is mocked: ICE, DTLS and SRTP are real.
+//! The server in this process and members for end-to-end media tests: the load tool's own
+//! simulated client (`miclink_loadtest::client`) over loopback, with test conveniences (waits
+//! that panic with what arrived, lossy proxies). Nothing is mocked: ICE, DTLS and SRTP are real.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use miclink::{Args, Config};
-use miclink_protocol::{
-    ClientMessage, Event, Ident, JoinResult, Reply, Request, Role, ServerMessage,
-};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
-use webrtc::media_stream::Track;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
-    Registry, register_default_interceptors,
-};
+use miclink_loadtest::client::{self, SdpRewrite};
+use miclink_loadtest::peer::{StreamSpec, VideoCodec};
+use miclink_loadtest::recv::{Arrivals, Recv};
+use miclink_protocol::{Event, Ident, JoinResult, Reply, Request, Role};
+use tokio::sync::{Notify, oneshot};
+
+pub use miclink_loadtest::marker::Kind;
+pub use miclink_loadtest::peer::Burst;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -35,11 +25,12 @@ pub struct Server {
     pub url: String,
     pub http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<Result<(), miclink::RunError>>>,
 }
 
 impl Server {
-    /// The body of a plain HTTP GET on the server's port.
-    async fn get(&self, path: &str) -> String {
+    /// A plain HTTP GET on the server's port: the status line and the body.
+    pub async fn get(&self, path: &str) -> (String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.http)
             .await
@@ -51,19 +42,22 @@ impl Server {
         .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
-        out.split_once("\r\n\r\n")
+        let status = out.lines().next().unwrap_or_default().to_owned();
+        let body = out
+            .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// `/healthz` as JSON.
     pub async fn health(&self) -> serde_json::Value {
-        serde_json::from_str(&self.get("/healthz").await).expect("healthz is JSON")
+        serde_json::from_str(&self.get("/healthz").await.1).expect("healthz is JSON")
     }
 
     /// One per connection series of `/metrics`, e.g. `("nacks", "lossy", "subscribe")`.
     pub async fn peer_metric(&self, name: &str, user: &str, pc: &str) -> u64 {
-        let out = self.get("/metrics").await;
+        let out = self.get("/metrics").await.1;
         let prefix =
             format!("miclink_peer_{name}_total{{room=\"r\",user=\"{user}\",pc=\"{pc}\"}} ");
         out.lines()
@@ -91,177 +85,87 @@ pub async fn server() -> Server {
     server_with(|_| {}).await
 }
 
-/// A server whose media settings `adjust` may change (the port is always chosen by the OS).
-pub async fn server_with(adjust: impl FnOnce(&mut miclink_signaling::SfuConfig)) -> Server {
+/// A server whose configuration `adjust` may change (the media port is always chosen by the OS).
+pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::load(Args::default()).expect("defaults");
-    if let Some(media) = &mut config.signaling.media {
-        adjust(media);
+    adjust(&mut config);
+    if let Some(media) = &mut config.media {
         media.udp_addr.set_port(0);
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(miclink::run(listener, config, async {
+    let done = tokio::spawn(miclink::run(listener, config, async {
         let _ = stopped.await;
     }));
     Server {
         url: format!("ws://{addr}/ws"),
         http: addr,
         stop: Some(stop),
+        done: Some(done),
     }
 }
 
 /// What a member's subscribe connection received, by publisher (msid stream id) and kind.
-#[derive(Default, Debug)]
-pub struct Received {
-    pub streams: HashMap<(String, RtpCodecKind), Stream>,
+pub type Received = HashMap<(String, Kind), Arrivals>;
+
+/// Whether the first packet of a stream started a VP8 keyframe.
+pub fn first_is_keyframe(s: &Arrivals) -> Option<bool> {
+    s.first_payload.as_deref().map(is_vp8_keyframe)
 }
 
-#[derive(Default, Debug, Clone)]
-pub struct Stream {
-    /// Sequence numbers in arrival order.
-    pub seqs: Vec<u16>,
-    /// The sender's counters read from the payload markers, in arrival order.
-    pub counters: Vec<u32>,
-    /// The publisher id each payload marker named.
-    pub marked_by: Vec<String>,
-    /// Whether the first packet was a VP8 keyframe.
-    pub first_is_keyframe: Option<bool>,
-    /// The first video payload, for codec-specific checks.
-    pub first_payload: Option<Vec<u8>>,
-}
-
-struct Shared {
-    user: String,
-    out: mpsc::UnboundedSender<String>,
-    replies: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    next_id: AtomicU64,
-    received: Mutex<Received>,
-    /// Subscribe offers answered so far, and the last one.
-    offers: AtomicU64,
-    last_offer: Mutex<String>,
-    offer_done: Notify,
-}
-
-impl Shared {
-    async fn request(&self, request: Request) -> Reply {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.replies.lock().await.insert(id, tx);
-        let text = serde_json::to_string(&ClientMessage { id, request }).expect("serialize");
-        self.out.send(text).expect("socket writer running");
-        tokio::time::timeout(WAIT, rx)
-            .await
-            .unwrap_or_else(|_| panic!("{}: no reply to request {id}", self.user))
-            .expect("reply")
-    }
-}
-
-/// The video codec a member publishes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Video {
-    Vp8,
-    H264,
-}
-
+/// A test member: the load tool's client with the pacing tests use (video: one packet a frame
+/// at 30 frames a second, a keyframe every 30 frames and when asked; audio every 20 ms).
 pub struct Member {
     pub user: String,
-    video: Video,
-    shared: Arc<Shared>,
-    pub events: mpsc::UnboundedReceiver<Event>,
     pub join: JoinResult,
-    subscriber: Arc<dyn PeerConnection>,
-    publisher: Option<Publisher>,
-}
-
-struct Publisher {
-    pc: Arc<dyn PeerConnection>,
+    inner: client::Member,
     stop: Arc<Notify>,
 }
 
-#[derive(Clone)]
-struct Handler {
-    gathered: Arc<Notify>,
-    shared: Option<Arc<Shared>>,
-    state: Arc<Mutex<RTCPeerConnectionState>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.notify_one();
-        }
+fn test_video(codec: VideoCodec) -> StreamSpec {
+    StreamSpec {
+        codec,
+        keyframe_every: 30,
+        ..StreamSpec::video(36_000, 30)
     }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        *self.state.lock().await = state;
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let stream_id = track.stream_id().await;
-            let kind = track.kind().await;
-            while let Some(event) = track.poll().await {
-                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-                    continue;
-                };
-                let mut received = shared.received.lock().await;
-                let s = received
-                    .streams
-                    .entry((stream_id.clone(), kind))
-                    .or_default();
-                if s.first_is_keyframe.is_none() && kind == RtpCodecKind::Video {
-                    s.first_is_keyframe = Some(is_vp8_keyframe(&packet.payload));
-                    s.first_payload = Some(packet.payload.to_vec());
-                }
-                s.seqs.push(packet.header.sequence_number);
-                if let Some((who, counter)) = read_marker(&packet.payload, kind) {
-                    s.marked_by.push(who);
-                    s.counters.push(counter);
-                }
-            }
-        });
-    }
-}
-
-async fn peer(handler: Handler) -> Arc<dyn PeerConnection> {
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().expect("codecs");
-    let registry =
-        register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(handler))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-        .build()
-        .await
-        .expect("peer connection");
-    Arc::new(pc)
-}
-
-/// Complete local description once ICE gathering is done (no trickle needed on loopback).
-async fn gathered_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
-    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.notified()).await;
-    pc.local_description().await.expect("local description").sdp
 }
 
 impl Member {
     pub async fn join(url: &str, room: &str, user: &str, role: Role) -> Member {
-        Member::join_with(url, room, user, role, None).await
+        Member::join_with(url, room, user, role, client::Options::default()).await
     }
 
     /// Join with every 20th video packet from the server to this member's subscribe connection
     /// dropped by a UDP proxy (5% loss on its receive path). The proxy counts what it dropped.
     pub async fn join_lossy(url: &str, room: &str, user: &str, dropped: Arc<AtomicU64>) -> Member {
-        Member::join_with(url, room, user, Role::Audience, Some(dropped)).await
+        let proxy: Arc<std::sync::Mutex<Option<u16>>> = Default::default();
+        let video_pt = Arc::new(AtomicU8::new(0));
+        let rewrite: SdpRewrite = Arc::new(move |sdp: &str| {
+            let (server_port, vp8) = offer_port_and_vp8(sdp);
+            if let Some(pt) = vp8 {
+                video_pt.store(pt, Ordering::SeqCst);
+            }
+            let port = *proxy.lock().expect("proxy").get_or_insert_with(|| {
+                lossy_proxy(
+                    server_port,
+                    video_pt.clone(),
+                    dropped.clone(),
+                    Toward::Client,
+                )
+            });
+            sdp.replace(
+                &format!(" {server_port} typ host"),
+                &format!(" {port} typ host"),
+            )
+        });
+        let options = client::Options {
+            offer_rewrite: Some(rewrite),
+            ..Default::default()
+        };
+        Member::join_with(url, room, user, Role::Audience, options).await
     }
 
     async fn join_with(
@@ -269,276 +173,105 @@ impl Member {
         room: &str,
         user: &str,
         role: Role,
-        lossy: Option<Arc<AtomicU64>>,
+        options: client::Options,
     ) -> Member {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        let (mut sink, mut stream) = ws.split();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
-        tokio::spawn(async move {
-            while let Some(text) = out_rx.recv().await {
-                if sink.send(Message::Text(text.into())).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let shared = Arc::new(Shared {
-            user: user.to_owned(),
-            out,
-            replies: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            received: Mutex::new(Received::default()),
-            offers: AtomicU64::new(0),
-            last_offer: Mutex::new(String::new()),
-            offer_done: Notify::new(),
-        });
-        let gathered = Arc::new(Notify::new());
-        let subscriber = peer(Handler {
-            gathered: gathered.clone(),
-            shared: Some(shared.clone()),
-            state: Arc::new(Mutex::new(RTCPeerConnectionState::New)),
-        })
-        .await;
-        let (events_tx, events) = mpsc::unbounded_channel();
-        {
-            let shared = shared.clone();
-            let subscriber = subscriber.clone();
-            let mut proxy: Option<u16> = None;
-            let video_pt = Arc::new(std::sync::atomic::AtomicU8::new(0));
-            tokio::spawn(async move {
-                while let Some(Ok(msg)) = stream.next().await {
-                    let Message::Text(text) = msg else { continue };
-                    match serde_json::from_str::<ServerMessage>(&text).expect("server message") {
-                        ServerMessage::Reply(r) => {
-                            if let Some(tx) = shared.replies.lock().await.remove(&r.id) {
-                                let _ = tx.send(r);
-                            }
-                        }
-                        ServerMessage::Event(Event::SubscribeOffer { sdp }) => {
-                            // Answer in order: the server re-offers only after an answer.
-                            *shared.last_offer.lock().await = sdp.clone();
-                            let sdp = match &lossy {
-                                Some(dropped) => {
-                                    let (server_port, vp8) = offer_port_and_vp8(&sdp);
-                                    if let Some(pt) = vp8 {
-                                        video_pt.store(pt, Ordering::SeqCst);
-                                    }
-                                    let port = match proxy {
-                                        Some(p) => p,
-                                        None => {
-                                            let p = lossy_proxy(
-                                                server_port,
-                                                video_pt.clone(),
-                                                dropped.clone(),
-                                                Toward::Client,
-                                            )
-                                            .await;
-                                            proxy = Some(p);
-                                            p
-                                        }
-                                    };
-                                    sdp.replace(
-                                        &format!(" {server_port} typ host"),
-                                        &format!(" {port} typ host"),
-                                    )
-                                }
-                                None => sdp,
-                            };
-                            let offer = RTCSessionDescription::offer(sdp).expect("offer");
-                            subscriber
-                                .set_remote_description(offer)
-                                .await
-                                .expect("set offer");
-                            let answer = subscriber.create_answer(None).await.expect("answer");
-                            subscriber
-                                .set_local_description(answer)
-                                .await
-                                .expect("set answer");
-                            let sdp = gathered_sdp(&subscriber, &gathered).await;
-                            let shared2 = shared.clone();
-                            tokio::spawn(async move {
-                                let r = shared2.request(Request::SubscribeAnswer { sdp }).await;
-                                assert!(r.ok, "{}: subscribe_answer refused: {r:?}", shared2.user);
-                                shared2.offers.fetch_add(1, Ordering::SeqCst);
-                                shared2.offer_done.notify_waiters();
-                            });
-                        }
-                        ServerMessage::Event(e) => {
-                            let _ = events_tx.send(e);
-                        }
-                    }
-                }
-            });
-        }
-        let reply = shared
-            .request(Request::Join {
-                room: Ident::new(room).expect("room"),
-                user: Ident::new(user).expect("user"),
-                role,
-                name: None,
-                token: None,
-            })
-            .await;
-        assert!(reply.ok, "{user}: join refused: {reply:?}");
-        let join = serde_json::from_value(reply.result.expect("result")).expect("join result");
+        let inner = client::Member::join(
+            url,
+            room,
+            user,
+            role,
+            Recv::logging(Instant::now()),
+            options,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e:#}"));
         Member {
             user: user.to_owned(),
-            video: Video::Vp8,
-            shared,
-            events,
-            join,
-            subscriber,
-            publisher: None,
+            join: inner.join.clone(),
+            inner,
+            stop: Arc::new(Notify::new()),
         }
     }
 
     pub async fn request(&self, request: Request) -> Reply {
-        self.shared.request(request).await
+        self.inner
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The next event of type `kind`, skipping others.
     pub async fn wait_event(&mut self, kind: &str) -> Event {
-        loop {
-            let e = tokio::time::timeout(WAIT, self.events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no {kind} event", self.user))
-                .expect("events");
-            if e.type_name() == kind {
-                return e;
-            }
-        }
+        self.inner
+            .wait_event(kind, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// Publish VP8 video (unless `audio_only`) and Opus audio, sending RTP until dropped:
-    /// video at 30 packets/s with a keyframe every 30, audio at 50 packets/s.
+    async fn publish_streams(&mut self, streams: &[StreamSpec], rewrite: Option<SdpRewrite>) {
+        self.inner
+            .publish(streams, self.stop.clone(), rewrite)
+            .await
+            .unwrap_or_else(|e| panic!("{}: publish: {e:#}", self.user));
+    }
+
+    /// Publish VP8 video (unless `audio_only`) and Opus audio.
     pub async fn publish(&mut self, audio_only: bool) {
-        self.publish_with(audio_only, None, None).await;
-    }
-
-    /// Publish VP8 video alone, paced by `burst`: slow until [`Burst::go`], then fast.
-    pub async fn publish_burst(&mut self, burst: Arc<Burst>) {
-        self.video = Video::Vp8;
-        self.publish_with(false, None, Some(burst)).await;
+        let mut streams = vec![StreamSpec::audio(48_000)];
+        if !audio_only {
+            streams.push(test_video(VideoCodec::Vp8));
+        }
+        self.publish_streams(&streams, None).await;
     }
 
     /// Publish H.264 video (constrained baseline, packetization mode 1) and Opus audio.
     pub async fn publish_h264(&mut self) {
-        self.video = Video::H264;
-        self.publish_with(false, None, None).await;
+        let streams = [StreamSpec::audio(48_000), test_video(VideoCodec::H264)];
+        self.publish_streams(&streams, None).await;
+    }
+
+    /// Publish VP8 video alone, paced by `burst`: slow until [`Burst::go`], then fast.
+    pub async fn publish_burst(&mut self, burst: Arc<Burst>) {
+        let video = StreamSpec {
+            burst: Some(burst),
+            ..test_video(VideoCodec::Vp8)
+        };
+        self.publish_streams(&[video], None).await;
     }
 
     /// Publish through a proxy that drops every 20th video packet on the way to the server.
     pub async fn publish_lossy(&mut self, dropped: Arc<AtomicU64>) {
-        self.publish_with(false, Some(dropped), None).await;
-    }
-
-    async fn publish_with(
-        &mut self,
-        audio_only: bool,
-        lossy: Option<Arc<AtomicU64>>,
-        burst: Option<Arc<Burst>>,
-    ) {
-        let gathered = Arc::new(Notify::new());
-        let pc = peer(Handler {
-            gathered: gathered.clone(),
-            shared: None,
-            state: Arc::new(Mutex::new(RTCPeerConnectionState::New)),
-        })
-        .await;
-        let mut kinds = vec![(RtpCodecKind::Audio, "audio/opus", 48000, 2, "")];
-        if burst.is_some() {
-            kinds.clear();
-        }
-        if !audio_only {
-            kinds.push(match self.video {
-                Video::Vp8 => (RtpCodecKind::Video, "video/VP8", 90000, 0, ""),
-                Video::H264 => (
-                    RtpCodecKind::Video,
-                    "video/H264",
-                    90000,
-                    0,
-                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-                ),
-            });
-        }
-        let stop = Arc::new(Notify::new());
-        // Payload types come from the answer; until it arrives nothing can be sent anyway.
-        let mut pts = Vec::new();
-        for (kind, mime, clock_rate, channels, fmtp) in kinds {
-            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                self.user.clone(),
-                format!("{}-{kind}", self.user),
-                format!("{} {kind}", self.user),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(rand_u32()),
-                        ..Default::default()
-                    },
-                    codec: RTCRtpCodec {
-                        mime_type: mime.to_owned(),
-                        clock_rate,
-                        channels,
-                        sdp_fmtp_line: fmtp.to_owned(),
-                        rtcp_feedback: vec![],
-                    },
-                    ..Default::default()
-                }],
-            )));
-            pc.add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
-                .expect("add track");
-            let pt = Arc::new(std::sync::atomic::AtomicU8::new(0));
-            pts.push((pt.clone(), mime, fmtp));
-            tokio::spawn(send_rtp(
-                track,
-                kind,
-                self.video,
-                self.user.clone(),
-                stop.clone(),
-                pt,
-                burst.clone(),
-            ));
-        }
-        let offer = pc.create_offer(None).await.expect("offer");
-        pc.set_local_description(offer).await.expect("set offer");
-        let sdp = gathered_sdp(&pc, &gathered).await;
-        let reply = self.request(Request::Publish { sdp }).await;
-        assert!(reply.ok, "{}: publish refused: {reply:?}", self.user);
-        let answer: miclink_protocol::PublishResult =
-            serde_json::from_value(reply.result.expect("result")).expect("publish result");
-        for (pt, mime, fmtp) in pts {
-            let negotiated = negotiated_pt(&answer.sdp, mime, fmtp)
-                .unwrap_or_else(|| panic!("{mime} {fmtp} not in the answer"));
-            pt.store(negotiated, Ordering::SeqCst);
-        }
-        let sdp = match lossy {
-            Some(dropped) => {
-                let (server_port, vp8) = offer_port_and_vp8(&answer.sdp);
-                let pt = Arc::new(std::sync::atomic::AtomicU8::new(vp8.expect("VP8 answered")));
-                let port = lossy_proxy(server_port, pt, dropped, Toward::Server).await;
-                answer.sdp.replace(
-                    &format!(" {server_port} typ host"),
-                    &format!(" {port} typ host"),
-                )
-            }
-            None => answer.sdp,
-        };
-        pc.set_remote_description(RTCSessionDescription::answer(sdp).expect("answer"))
-            .await
-            .expect("set answer");
-        self.publisher = Some(Publisher { pc, stop });
+        let rewrite: SdpRewrite = Arc::new(move |sdp: &str| {
+            let (server_port, vp8) = offer_port_and_vp8(sdp);
+            let pt = Arc::new(AtomicU8::new(vp8.expect("VP8 answered")));
+            let port = lossy_proxy(server_port, pt, dropped.clone(), Toward::Server);
+            sdp.replace(
+                &format!(" {server_port} typ host"),
+                &format!(" {port} typ host"),
+            )
+        });
+        let streams = [StreamSpec::audio(48_000), test_video(VideoCodec::Vp8)];
+        self.publish_streams(&streams, Some(rewrite)).await;
     }
 
     /// Subscribe offers answered so far.
     pub fn offers_answered(&self) -> u64 {
-        self.shared.offers.load(Ordering::SeqCst)
+        self.inner.offers_answered()
+    }
+
+    /// Offers that started a new subscribe connection.
+    pub fn new_connections(&self) -> u64 {
+        self.inner.new_connections()
     }
 
     /// The last subscribe offer the server sent.
     pub async fn last_offer(&self) -> String {
-        self.shared.last_offer.lock().await.clone()
+        self.inner.last_offer().await
+    }
+
+    /// Close the subscribe connection as a crashed client would.
+    pub async fn drop_subscriber(&self) {
+        self.inner.drop_subscriber().await;
     }
 
     /// Wait until more than `n` subscribe offers were answered.
@@ -577,16 +310,12 @@ impl Member {
     }
 
     /// A copy of what arrived so far.
-    pub async fn received(&self) -> HashMap<(String, RtpCodecKind), Stream> {
-        self.shared.received.lock().await.streams.clone()
+    pub async fn received(&self) -> Received {
+        self.inner.recv.arrivals()
     }
 
     /// Wait until `pred` holds for what arrived.
-    pub async fn wait_received(
-        &self,
-        what: &str,
-        pred: impl Fn(&HashMap<(String, RtpCodecKind), Stream>) -> bool,
-    ) {
+    pub async fn wait_received(&self, what: &str, pred: impl Fn(&Received) -> bool) {
         self.wait_received_within(WAIT, what, pred).await;
     }
 
@@ -595,18 +324,19 @@ impl Member {
         &self,
         limit: Duration,
         what: &str,
-        pred: impl Fn(&HashMap<(String, RtpCodecKind), Stream>) -> bool,
+        pred: impl Fn(&Received) -> bool,
     ) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if pred(&self.shared.received.lock().await.streams) {
+            let got = self.inner.recv.arrivals();
+            if pred(&got) {
                 return;
             }
             if tokio::time::Instant::now() > deadline {
                 panic!(
                     "{}: {what} never happened; received {:?}",
                     self.user,
-                    summary(&self.shared.received.lock().await.streams)
+                    summary(&got)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -614,11 +344,8 @@ impl Member {
     }
 
     pub async fn close(self) {
-        if let Some(p) = self.publisher {
-            p.stop.notify_waiters();
-            let _ = p.pc.close().await;
-        }
-        let _ = self.subscriber.close().await;
+        self.stop.notify_waiters();
+        self.inner.close().await;
     }
 }
 
@@ -630,57 +357,13 @@ pub async fn live_room(server: &Server, viewer: &str) -> (Member, Member) {
     (anchor, viewer)
 }
 
-pub fn summary(streams: &HashMap<(String, RtpCodecKind), Stream>) -> Vec<(String, String, usize)> {
+pub fn summary(streams: &Received) -> Vec<(String, String, usize)> {
     let mut v: Vec<_> = streams
         .iter()
-        .map(|((who, kind), s)| (who.clone(), kind.to_string(), s.seqs.len()))
+        .map(|((who, kind), s)| (who.clone(), format!("{kind:?}"), s.seqs.len()))
         .collect();
     v.sort();
     v
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .elapsed()
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    h.finish() as u32
-}
-
-const MARK: &[u8; 4] = b"MKLK";
-
-/// Payload: [codec header][MARK][len][publisher id][counter u32].
-fn payload(kind: RtpCodecKind, video: Video, user: &str, counter: u32, keyframe: bool) -> Vec<u8> {
-    let mut p = Vec::with_capacity(64);
-    if kind == RtpCodecKind::Video {
-        match video {
-            // VP8 descriptor: S=1, partition 0; payload header P bit 0 on keyframes.
-            Video::Vp8 => p.extend_from_slice(&[0x10, if keyframe { 0x00 } else { 0x01 }]),
-            // A single NAL unit: IDR slice (type 5) or non-IDR slice (type 1).
-            Video::H264 => p.extend_from_slice(&[if keyframe { 0x65 } else { 0x41 }, 0x88]),
-        }
-    }
-    p.extend_from_slice(MARK);
-    p.push(user.len() as u8);
-    p.extend_from_slice(user.as_bytes());
-    p.extend_from_slice(&counter.to_be_bytes());
-    p.resize(p.len().max(120), 0);
-    p
-}
-
-fn read_marker(payload: &[u8], kind: RtpCodecKind) -> Option<(String, u32)> {
-    let skip = if kind == RtpCodecKind::Video { 2 } else { 0 };
-    let p = payload.get(skip..)?;
-    if p.get(..4)? != MARK {
-        return None;
-    }
-    let len = *p.get(4)? as usize;
-    let who = std::str::from_utf8(p.get(5..5 + len)?).ok()?.to_owned();
-    let c = p.get(5 + len..9 + len)?;
-    Some((who, u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
 }
 
 pub fn is_h264_idr(payload: &[u8]) -> bool {
@@ -689,125 +372,6 @@ pub fn is_h264_idr(payload: &[u8]) -> bool {
 
 pub fn is_vp8_keyframe(payload: &[u8]) -> bool {
     payload.first().is_some_and(|b| b & 0x10 != 0) && payload.get(1).is_some_and(|b| b & 0x01 == 0)
-}
-
-/// The payload type an SDP gives the codec `mime` (e.g. "video/H264") whose fmtp holds `fmtp`.
-fn negotiated_pt(sdp: &str, mime: &str, fmtp: &str) -> Option<u8> {
-    let name = mime.split('/').nth(1)?.to_ascii_lowercase();
-    sdp.lines().find_map(|l| {
-        let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
-        if !codec.to_ascii_lowercase().starts_with(&format!("{name}/")) {
-            return None;
-        }
-        let fmtp_line = sdp
-            .lines()
-            .find(|f| f.starts_with(&format!("a=fmtp:{pt} ")))
-            .unwrap_or_default();
-        (fmtp.is_empty() || fmtp_line.contains(fmtp)).then(|| pt.parse().ok())?
-    })
-}
-
-/// A video stream sent as fast as a test needs: a packet every 33 ms until [`Burst::go`], then
-/// `per_ms` packets every millisecond until `total` packets were sent in all.
-pub struct Burst {
-    pub total: u32,
-    pub per_ms: u32,
-    go: std::sync::atomic::AtomicBool,
-    sent: std::sync::atomic::AtomicU32,
-}
-
-impl Burst {
-    pub fn new(total: u32, per_ms: u32) -> Arc<Burst> {
-        Arc::new(Burst {
-            total,
-            per_ms,
-            go: Default::default(),
-            sent: Default::default(),
-        })
-    }
-
-    /// Switch to the fast pace.
-    pub fn go(&self) {
-        self.go.store(true, Ordering::SeqCst);
-    }
-
-    /// Packets sent so far.
-    pub fn sent(&self) -> u32 {
-        self.sent.load(Ordering::SeqCst)
-    }
-}
-
-async fn send_rtp(
-    track: Arc<TrackLocalStaticRTP>,
-    kind: RtpCodecKind,
-    video: Video,
-    user: String,
-    stop: Arc<Notify>,
-    pt: Arc<std::sync::atomic::AtomicU8>,
-    burst: Option<Arc<Burst>>,
-) {
-    let (interval, ts_step) = match (kind, &burst) {
-        (_, Some(_)) => (Duration::from_millis(1), 3000u32),
-        (RtpCodecKind::Video, None) => (Duration::from_millis(33), 3000u32),
-        _ => (Duration::from_millis(20), 960u32),
-    };
-    let mut tick = tokio::time::interval(interval);
-    let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
-    let mut counter = 0u32;
-    for ticks in 0u64.. {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.notified() => return,
-        }
-        let pt = pt.load(Ordering::SeqCst);
-        if pt == 0 {
-            continue;
-        }
-        let packets = match &burst {
-            None => 1,
-            Some(b) if b.go.load(Ordering::SeqCst) => b.per_ms.min(b.total - counter),
-            Some(_) => u32::from(ticks % 33 == 0),
-        };
-        for _ in 0..packets {
-            if !send_one(&track, kind, video, &user, counter, ts_step, ssrc, pt).await {
-                return;
-            }
-            counter += 1;
-            if let Some(b) = &burst {
-                b.sent.store(counter, Ordering::SeqCst);
-                if counter >= b.total {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_one(
-    track: &TrackLocalStaticRTP,
-    kind: RtpCodecKind,
-    video: Video,
-    user: &str,
-    counter: u32,
-    ts_step: u32,
-    ssrc: u32,
-    pt: u8,
-) -> bool {
-    let keyframe = kind == RtpCodecKind::Video && counter % 30 == 0;
-    let packet = rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            marker: kind == RtpCodecKind::Video,
-            payload_type: pt,
-            sequence_number: counter as u16,
-            timestamp: counter.wrapping_mul(ts_step),
-            ssrc,
-            ..Default::default()
-        },
-        payload: payload(kind, video, user, counter, keyframe).into(),
-    };
-    track.write_rtp(packet).await.is_ok()
 }
 
 /// The server's host candidate port and the VP8 payload type (if video is offered yet).
@@ -837,18 +401,18 @@ enum Toward {
 
 /// A UDP proxy in front of the server's media port for one client: it drops every 20th RTP
 /// packet of payload type `video_pt` going `toward` one side. Returns the port the client uses.
-async fn lossy_proxy(
+fn lossy_proxy(
     server_port: u16,
-    video_pt: Arc<std::sync::atomic::AtomicU8>,
+    video_pt: Arc<AtomicU8>,
     dropped: Arc<AtomicU64>,
     toward: Toward,
 ) -> u16 {
-    let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let bind = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_nonblocking(true).expect("nonblocking");
+        tokio::net::UdpSocket::from_std(s).expect("tokio socket")
+    };
+    let (front, back) = (bind(), bind());
     let port = front.local_addr().expect("addr").port();
     let server: std::net::SocketAddr = ([127, 0, 0, 1], server_port).into();
     tokio::spawn(async move {

@@ -59,7 +59,7 @@ async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) {
     }
 }
 
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -68,7 +68,7 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn idle(
+pub async fn idle(
     url: String,
     members: usize,
     concurrency: usize,

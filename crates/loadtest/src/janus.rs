@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, oneshot};
 
-use crate::media::{Peer, Publisher, Recv, Sent, StreamSpec};
+use crate::peer::{Peer, Publisher, Sent, StreamSpec};
+use crate::recv::Recv;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -223,7 +224,6 @@ impl Room {
 
     pub(crate) async fn publish(
         &self,
-        index: u16,
         name: &str,
         streams: &[StreamSpec],
         recv: Arc<Recv>,
@@ -231,7 +231,7 @@ impl Room {
     ) -> anyhow::Result<(Participant, Vec<Arc<Sent>>)> {
         let session = Session::create(&self.http, &self.base).await?;
         let handle = session.attach().await?;
-        let (p, sdp) = Publisher::offer(index, name, streams).await?;
+        let (p, sdp) = Publisher::offer(name, streams).await?;
         let event = session
             .request(
                 handle,

@@ -3,22 +3,15 @@
 //! Media scenarios (`cohost`, `audio`, `rooms`) run simulated publishers and viewers on real
 //! WebRTC connections against miclink (its WebSocket protocol) or Janus (videoroom over HTTP),
 //! and report what really arrived: loss, one-way delay, join-to-first-packet, and the server's
-//! CPU per delivered packet and memory from /proc. `idle` measures signaling alone.
-
-mod idle;
-mod janus;
-mod media;
-mod miclink;
-mod run;
-mod util;
+//! CPU per delivered packet and memory from /proc; `--soak` adds a row per minute. `idle`
+//! measures signaling alone.
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::idle::idle;
-use crate::media::{Kind, StreamSpec};
-use crate::run::{RoomPlan, Target};
+use miclink_loadtest::idle::idle;
+use miclink_loadtest::peer::StreamSpec;
+use miclink_loadtest::run::{self, RoomPlan, Target};
 
 #[derive(Parser)]
 #[command(name = "miclink-load", version, about)]
@@ -54,6 +47,10 @@ struct Common {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// A long run: report each minute of the window on its own (delivered, lost, duplicates,
+    /// the longest silence of any stream, server memory and CPU).
+    #[arg(long)]
+    soak: bool,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(common.duration_s),
         server_pid: common.server_pid,
         quiet: common.quiet || common.json,
+        soak: common.soak,
     }))?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -163,23 +161,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-const AUDIO: StreamSpec = StreamSpec {
-    kind: Kind::Audio,
-    bitrate_bps: 48_000,
-    fps: 50,
-};
+fn audio_stream() -> StreamSpec {
+    StreamSpec::audio(48_000)
+}
 
-const fn video(bitrate_bps: u32) -> StreamSpec {
-    StreamSpec {
-        kind: Kind::Video,
-        bitrate_bps,
-        fps: 30,
-    }
+fn video(bitrate_bps: u32) -> StreamSpec {
+    StreamSpec::video(bitrate_bps, 30)
 }
 
 fn cohost(viewers: usize) -> Vec<RoomPlan> {
-    let mut publishers = vec![vec![video(1_500_000), AUDIO]];
-    publishers.extend((0..9).map(|_| vec![video(500_000), AUDIO]));
+    let mut publishers = vec![vec![video(1_500_000), audio_stream()]];
+    publishers.extend((0..9).map(|_| vec![video(500_000), audio_stream()]));
     vec![RoomPlan {
         publishers,
         viewers,
@@ -188,7 +180,7 @@ fn cohost(viewers: usize) -> Vec<RoomPlan> {
 
 fn audio(viewers: usize) -> Vec<RoomPlan> {
     vec![RoomPlan {
-        publishers: (0..10).map(|_| vec![AUDIO]).collect(),
+        publishers: (0..10).map(|_| vec![audio_stream()]).collect(),
         viewers,
     }]
 }
@@ -196,7 +188,10 @@ fn audio(viewers: usize) -> Vec<RoomPlan> {
 fn many_rooms(rooms: usize) -> Vec<RoomPlan> {
     (0..rooms)
         .map(|_| RoomPlan {
-            publishers: vec![vec![video(1_500_000), AUDIO], vec![video(500_000), AUDIO]],
+            publishers: vec![
+                vec![video(1_500_000), audio_stream()],
+                vec![video(500_000), audio_stream()],
+            ],
             viewers: 4,
         })
         .collect()

@@ -1,5 +1,5 @@
 //! The media scenarios: build the rooms of a scenario on a target, ramp the viewers up, warm up,
-//! measure for a fixed window, and report what really arrived.
+//! measure for a fixed window, and report what really arrived; with `soak`, minute by minute.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,41 +12,45 @@ use miclink_protocol::Role;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::client::{self, Member};
 use crate::janus;
-use crate::media::{Kind, MEASURING, Recv, Sent, StreamSpec};
-use crate::miclink;
+use crate::marker::{Kind, now_ns};
+use crate::peer::{Sent, StreamSpec};
+use crate::recv::{self, Recv};
 use crate::util::{check_loopback, proc_usage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Target {
+pub enum Target {
     Miclink,
     Janus,
 }
 
 /// One room of a scenario: its publishers' streams (the first is the anchor) and its viewers.
-#[derive(Clone, Debug)]
-pub(crate) struct RoomPlan {
-    pub(crate) publishers: Vec<Vec<StreamSpec>>,
-    pub(crate) viewers: usize,
+#[derive(Clone)]
+pub struct RoomPlan {
+    pub publishers: Vec<Vec<StreamSpec>>,
+    pub viewers: usize,
 }
 
-pub(crate) struct Options {
-    pub(crate) scenario: &'static str,
-    pub(crate) target: Target,
-    pub(crate) url: String,
-    pub(crate) rooms: Vec<RoomPlan>,
+pub struct Options {
+    pub scenario: &'static str,
+    pub target: Target,
+    pub url: String,
+    pub rooms: Vec<RoomPlan>,
     /// Viewers joining per second.
-    pub(crate) ramp_per_s: f64,
-    pub(crate) warmup: Duration,
-    pub(crate) duration: Duration,
-    pub(crate) server_pid: Option<u32>,
-    pub(crate) quiet: bool,
+    pub ramp_per_s: f64,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub server_pid: Option<u32>,
+    pub quiet: bool,
+    /// Report every minute of the window on its own.
+    pub soak: bool,
 }
 
 /// A connected participant, holding its connections open.
 enum Participant {
-    Miclink(miclink::Member),
+    Miclink(Member),
     Janus(janus::Participant),
 }
 
@@ -67,15 +71,31 @@ enum RoomHandle {
 
 struct Receiver {
     room: usize,
-    /// The publisher index this receiver also is, if it publishes (its own streams are not
-    /// expected back).
-    own: Option<u16>,
+    /// The publisher this receiver also is, if it publishes (its own streams are not expected
+    /// back).
+    own: Option<String>,
     viewer: bool,
     recv: Arc<Recv>,
 }
 
+/// One minute of a soak: every stream to every receiver, summed.
+#[derive(Serialize, Debug, Clone)]
+pub struct Minute {
+    pub minute: usize,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// The longest time any receiver went without a new packet of any one stream.
+    pub max_gap_ms: f64,
+    /// Which stream that was: "publisher kind".
+    pub max_gap_stream: String,
+    pub server_rss_mib: Option<f64>,
+    pub server_cpu_percent: Option<f64>,
+}
+
 #[derive(Serialize)]
-pub(crate) struct Report {
+pub struct Report {
     scenario: &'static str,
     target: Target,
     rooms: usize,
@@ -99,37 +119,40 @@ pub(crate) struct Report {
     server_cpu_us_per_packet: Option<f64>,
     server_rss_mib: Option<f64>,
     load_tool_cpu_percent: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minutes: Option<Vec<Minute>>,
 }
 
 fn room_name(i: usize) -> String {
     format!("load-{}-{i}", std::process::id())
 }
 
-pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
+fn progress(quiet: bool, len: u64, msg: &str) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} {elapsed}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_owned());
+    bar
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
     check_loopback(&opts.url)?;
     let stop = Arc::new(Notify::new());
     let mut participants: Vec<Participant> = Vec::new();
     let mut receivers: Vec<Receiver> = Vec::new();
     let mut sent: Vec<(usize, Arc<Sent>)> = Vec::new();
     let mut handles = Vec::new();
-    let progress = |len: u64, msg: &str| {
-        let bar = if opts.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(len)
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} {elapsed}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(msg.to_owned());
-        bar
-    };
 
     // Publishers first, room by room: the anchor goes live, the guests are admitted.
     let total_publishers: usize = opts.rooms.iter().map(|r| r.publishers.len()).sum();
-    let bar = progress(total_publishers as u64, "publishers");
+    let bar = progress(opts.quiet, total_publishers as u64, "publishers");
     for (r, plan) in opts.rooms.iter().enumerate() {
         let first_of_room = participants.len();
         let mut handle = match opts.target {
@@ -137,24 +160,27 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
             Target::Janus => RoomHandle::Janus(janus::Room::create(&opts.url, r).await?),
         };
         for (p, streams) in plan.publishers.iter().enumerate() {
-            let index = (r * 16 + p) as u16;
             let recv = Recv::new(Instant::now());
             let user = format!("p{p}");
             let (participant, s) = match &mut handle {
                 RoomHandle::Miclink { id } => {
                     let role = if p == 0 { Role::Anchor } else { Role::Audience };
+                    let options = client::Options {
+                        auto_accept: p == 0,
+                        ..Default::default()
+                    };
                     let mut m =
-                        miclink::Member::join(&opts.url, id, &user, role, recv.clone()).await?;
+                        Member::join(&opts.url, id, &user, role, recv.clone(), options).await?;
                     if p > 0 {
                         let camera = streams.iter().any(|s| s.kind == Kind::Video);
                         m.apply(camera).await?;
                     }
-                    let s = m.publish(index, &user, streams, stop.clone()).await?;
+                    let s = m.publish(streams, stop.clone(), None).await?;
                     (Participant::Miclink(m), s)
                 }
                 RoomHandle::Janus(room) => {
                     let (j, s) = room
-                        .publish(index, &user, streams, recv.clone(), stop.clone())
+                        .publish(&user, streams, recv.clone(), stop.clone())
                         .await?;
                     (Participant::Janus(j), s)
                 }
@@ -163,7 +189,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
             sent.extend(s.into_iter().map(|s| (r, s)));
             receivers.push(Receiver {
                 room: r,
-                own: Some(index),
+                own: Some(user),
                 viewer: false,
                 recv,
             });
@@ -182,7 +208,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
 
     // Viewers, at the ramp rate, each joining in its own task.
     let viewers_asked: usize = opts.rooms.iter().map(|r| r.viewers).sum();
-    let bar = progress(viewers_asked as u64, "viewers");
+    let bar = progress(opts.quiet, viewers_asked as u64, "viewers");
     let gap = Duration::from_secs_f64(1.0 / opts.ramp_per_s.max(0.01));
     let mut joins = Vec::new();
     let mut next = tokio::time::Instant::now();
@@ -194,20 +220,26 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
             let url = opts.url.clone();
             let user = format!("v{v}");
             let bar = bar.clone();
+            let recv2 = recv.clone();
             let task = match &handles[r] {
                 RoomHandle::Miclink { id } => {
                     let id = id.clone();
-                    let recv2 = recv.clone();
                     tokio::spawn(async move {
-                        let m =
-                            miclink::Member::join(&url, &id, &user, Role::Audience, recv2).await;
+                        let m = Member::join(
+                            &url,
+                            &id,
+                            &user,
+                            Role::Audience,
+                            recv2,
+                            client::Options::default(),
+                        )
+                        .await;
                         bar.inc(1);
                         m.map(Participant::Miclink)
                     })
                 }
                 RoomHandle::Janus(room) => {
                     let room = room.clone();
-                    let recv2 = recv.clone();
                     tokio::spawn(async move {
                         let j = room.view(&user, recv2).await;
                         bar.inc(1);
@@ -241,49 +273,59 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
 
     tokio::time::sleep(opts.warmup).await;
 
-    // The measurement window.
-    let starts: Vec<u32> = sent
-        .iter()
-        .map(|(_, s)| s.next_seq.load(Ordering::Relaxed))
-        .collect();
+    // The measurement window, with a snapshot of every stream's counter each minute.
+    let snapshot = |sent: &[(usize, Arc<Sent>)]| -> Vec<u32> {
+        sent.iter()
+            .map(|(_, s)| s.next_seq.load(Ordering::Relaxed))
+            .collect()
+    };
+    let mut marks = vec![snapshot(&sent)];
     let server_before = opts.server_pid.map(proc_usage).transpose()?;
+    let mut server_marks = vec![server_before];
     let tool_before = proc_usage(std::process::id())?;
     let t0 = Instant::now();
-    MEASURING.store(true, Ordering::Relaxed);
+    recv::open_window();
     let secs = opts.duration.as_secs().max(1);
-    let bar = progress(secs, "measuring");
-    for _ in 0..secs {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let bar = progress(opts.quiet, secs, "measuring");
+    for s in 1..=secs {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + Duration::from_secs(s))).await;
         bar.inc(1);
+        if s % 60 == 0 && s != secs {
+            marks.push(snapshot(&sent));
+            server_marks.push(opts.server_pid.map(proc_usage).transpose()?);
+        }
     }
-    let ends: Vec<u32> = sent
-        .iter()
-        .map(|(_, s)| s.next_seq.load(Ordering::Relaxed))
-        .collect();
+    marks.push(snapshot(&sent));
     let server_after = opts.server_pid.map(proc_usage).transpose()?;
+    server_marks.push(server_after);
     let tool_after = proc_usage(std::process::id())?;
     let window = t0.elapsed().as_secs_f64();
+    let window_end_ns = now_ns();
     bar.finish();
     // Packets sent near the end are still in flight: give them a moment before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    MEASURING.store(false, Ordering::Relaxed);
+    recv::close_window();
 
+    let (starts, ends) = (&marks[0], &marks[marks.len() - 1]);
     let mut expected = 0u64;
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
-    let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut delays = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     for rcv in &receivers {
         for (i, (room, s)) in sent.iter().enumerate() {
-            if *room != rcv.room || rcv.own == Some(s.publisher) {
+            if *room != rcv.room || rcv.own.as_deref() == Some(s.publisher.as_str()) {
                 continue;
             }
             expected += u64::from(ends[i].saturating_sub(starts[i]));
-            let (got, dups) = rcv.recv.received(s.publisher, s.kind, starts[i], ends[i]);
+            let (got, dups) = rcv.recv.received(&s.publisher, s.kind, starts[i], ends[i]);
             delivered += got;
             duplicates += dups;
         }
         rcv.recv.add_delays(&mut delays);
     }
+    let minutes = opts
+        .soak
+        .then(|| minutes(&receivers, &sent, &marks, &server_marks, window_end_ns));
     let mut firsts: Vec<Duration> = receivers
         .iter()
         .filter(|r| r.viewer)
@@ -326,6 +368,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
         server_cpu_us_per_packet: server_cpu.map(|c| c * 1e6 / delivered.max(1) as f64),
         server_rss_mib: server_after.map(|(rss, _)| rss as f64 / 1048576.0),
         load_tool_cpu_percent: 100.0 * (tool_after.1 - tool_before.1) / window,
+        minutes,
     };
 
     stop.notify_waiters();
@@ -346,11 +389,73 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Each minute of the window: what every receiver should have had of every stream sent in that
+/// minute, what arrived (however late), duplicates, and the longest silence of any stream.
+fn minutes(
+    receivers: &[Receiver],
+    sent: &[(usize, Arc<Sent>)],
+    marks: &[Vec<u32>],
+    server_marks: &[Option<(u64, f64)>],
+    window_end_ns: u64,
+) -> Vec<Minute> {
+    let count = marks.len() - 1;
+    let mut rows: Vec<Minute> = (0..count)
+        .map(|m| {
+            let server = match (server_marks[m], server_marks[m + 1]) {
+                (Some((_, a)), Some((rss, b))) => {
+                    Some((rss as f64 / 1048576.0, 100.0 * (b - a) / 60.0))
+                }
+                _ => None,
+            };
+            Minute {
+                minute: m + 1,
+                expected: 0,
+                delivered: 0,
+                lost: 0,
+                duplicates: 0,
+                max_gap_ms: 0.0,
+                max_gap_stream: String::new(),
+                server_rss_mib: server.map(|s| s.0),
+                server_cpu_percent: server.map(|s| s.1),
+            }
+        })
+        .collect();
+    for rcv in receivers {
+        for (i, (room, s)) in sent.iter().enumerate() {
+            if *room != rcv.room || rcv.own.as_deref() == Some(s.publisher.as_str()) {
+                continue;
+            }
+            let figures = rcv.recv.minutes(&s.publisher, s.kind);
+            let name = format!("{} {:?}", s.publisher, s.kind).to_lowercase();
+            for (m, row) in rows.iter_mut().enumerate() {
+                let (from, to) = (marks[m][i], marks[m + 1][i]);
+                let want = u64::from(to.saturating_sub(from));
+                let (got, _) = rcv.recv.received(&s.publisher, s.kind, from, to);
+                row.expected += want;
+                row.delivered += got;
+                row.lost += want.saturating_sub(got);
+                row.duplicates += figures.duplicates.get(m).copied().unwrap_or(0);
+                let mut gap = figures.max_gap_ns.get(m).copied().unwrap_or(0);
+                if m + 1 == count {
+                    // A stream that stopped shows as a gap up to the end of the window.
+                    gap = gap.max(window_end_ns.saturating_sub(figures.last_arrival_ns));
+                }
+                let gap_ms = gap as f64 / 1e6;
+                if gap_ms > row.max_gap_ms {
+                    row.max_gap_ms = gap_ms;
+                    row.max_gap_stream = name.clone();
+                }
+            }
+        }
+    }
+    rows
+}
+
 fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or("-".to_owned(), |v| format!("{v:.2}{unit}"))
 }
 
-pub(crate) fn print(report: &Report) {
+pub fn print(report: &Report) {
     let r = report;
     println!("scenario                 {} on {:?}", r.scenario, r.target);
     println!(
@@ -393,4 +498,23 @@ pub(crate) fn print(report: &Report) {
         "load tool CPU            {:.1} % of one core",
         r.load_tool_cpu_percent
     );
+    if let Some(minutes) = &r.minutes {
+        println!(
+            "\nminute  expected  delivered  lost  dups  max gap ms (stream)        server RSS MiB  CPU %"
+        );
+        for m in minutes {
+            println!(
+                "{:>6}  {:>8}  {:>9}  {:>4}  {:>4}  {:>10.1} ({:<14})  {:>14}  {:>5}",
+                m.minute,
+                m.expected,
+                m.delivered,
+                m.lost,
+                m.duplicates,
+                m.max_gap_ms,
+                m.max_gap_stream,
+                opt(m.server_rss_mib, ""),
+                opt(m.server_cpu_percent, ""),
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 
-pub(crate) fn check_loopback(url: &str) -> anyhow::Result<()> {
+pub fn check_loopback(url: &str) -> anyhow::Result<()> {
     let host = url
         .split("://")
         .nth(1)
@@ -16,7 +16,7 @@ pub(crate) fn check_loopback(url: &str) -> anyhow::Result<()> {
 }
 
 /// Resident memory (bytes) and CPU time (user + system, seconds) of a process.
-pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let rss_kib: u64 = status

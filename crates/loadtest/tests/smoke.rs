@@ -13,7 +13,7 @@ async fn cohost_reports_what_really_arrived() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::load(Args::default()).expect("defaults");
-    if let Some(media) = &mut config.signaling.media {
+    if let Some(media) = &mut config.media {
         media.udp_addr.set_port(0);
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

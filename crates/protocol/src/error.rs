@@ -27,6 +27,9 @@ pub enum ErrorCode {
     NotImplemented,
     /// The server is shutting down or overloaded; try again later.
     Unavailable,
+    /// Added to the contract: the server failed to do what was asked, through no fault of the
+    /// request (for example it could not set up a media connection).
+    Internal,
     /// A code this build of the crate does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -90,6 +94,7 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::NotImplemented,
             ErrorCode::Unavailable,
+            ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).expect("serializes");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

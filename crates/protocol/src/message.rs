@@ -134,6 +134,9 @@ pub enum Request {
     SubscribeAnswer {
         sdp: String,
     },
+    /// Added to the contract: the client's subscribe connection is broken (or it lost track of
+    /// it); the server closes it and offers a new one (`subscribe_offer` with `new_connection`).
+    Resubscribe,
     Ice {
         pc: PeerConnectionKind,
         candidate: IceCandidate,
@@ -160,6 +163,7 @@ impl Request {
         "leave",
         "publish",
         "subscribe_answer",
+        "resubscribe",
         "ice",
         "list_audience",
     ];
@@ -176,6 +180,7 @@ impl Request {
             Request::Leave => "leave",
             Request::Publish { .. } => "publish",
             Request::SubscribeAnswer { .. } => "subscribe_answer",
+            Request::Resubscribe => "resubscribe",
             Request::Ice { .. } => "ice",
             Request::ListAudience { .. } => "list_audience",
         }
@@ -311,6 +316,24 @@ pub struct JoinResult {
     pub me: UserInfo,
     pub ice_servers: Vec<IceServer>,
     pub session: String,
+    /// Added to the contract: the pending link requests this user sent or received, so a client
+    /// that resumes (or joins again) loses none that were in flight on its old socket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<PendingLink>,
+}
+
+/// A pending link request, as listed in the `join` and `resume` replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingLink {
+    pub request: String,
+    /// Who sent it (the applicant, or the anchor for an invitation).
+    pub from: UserInfo,
+    /// Who must answer it.
+    pub to: Ident,
+    pub seat: Option<u32>,
+    pub open_camera: bool,
+    /// Whole seconds left before it times out (rounded up); 0 = it never does.
+    pub timeout_s: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +440,12 @@ pub enum Event {
     },
     SubscribeOffer {
         sdp: String,
+        /// Added to the contract: the offer belongs to a new subscribe connection (after
+        /// `resubscribe`, a rejoin, or a connection the server found broken). Close the old
+        /// RTCPeerConnection and answer on a new one. Absent (false): a re-offer for the current
+        /// connection.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        new_connection: bool,
     },
     Ice {
         pc: PeerConnectionKind,

@@ -5,7 +5,6 @@
 //! go out through [`Seats::poll_timeout`], and everything the world must hear about (protocol
 //! events for users, media permission changes for the SFU) is drained from [`Seats::poll_output`].
 //! It must not learn about sessions, sockets or SDP: those belong to signaling and the SFU.
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod error;
 mod room;

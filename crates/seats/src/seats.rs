@@ -2,8 +2,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use miclink_protocol::{
-    CancelReason, EndReason, Event, Ident, ListAudienceResult, Name, RejectReason, Role, RoomState,
-    UserInfo,
+    CancelReason, EndReason, Event, Ident, ListAudienceResult, Name, PendingLink, RejectReason,
+    Role, RoomState, UserInfo,
 };
 
 use crate::SeatError;
@@ -82,6 +82,9 @@ pub enum Reply {
 pub struct Joined {
     pub room: RoomState,
     pub me: UserInfo,
+    /// The pending link requests the user sent or received (what a resuming client may have
+    /// missed on its old socket).
+    pub pending: Vec<PendingLink>,
     /// The user was already in the room (replacement or resume): no state changed.
     pub rejoined: bool,
 }
@@ -89,10 +92,12 @@ pub struct Joined {
 /// A change of who may publish or subscribe, for the media plane to obey.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaChange {
-    /// `user` may publish from now on: the anchor went live or a member was linked.
+    /// `user` may publish from now on: the anchor went live or a member was linked. `seat`
+    /// ranks their media (0 is the anchor, who comes first).
     AllowPublish {
         room: Ident,
         user: Ident,
+        seat: u32,
         audio: bool,
         video: bool,
     },
@@ -217,10 +222,6 @@ impl Seats {
         }
     }
 
-    pub fn config(&self) -> &SeatsConfig {
-        &self.config
-    }
-
     // ----- getters ---------------------------------------------------------------------------
 
     pub fn room_state(&self, room: &Ident) -> Option<RoomState> {
@@ -229,10 +230,6 @@ impl Seats {
 
     pub fn user_info(&self, room: &Ident, user: &Ident) -> Option<UserInfo> {
         self.rooms.get(room)?.info(user)
-    }
-
-    pub fn room_count(&self) -> usize {
-        self.rooms.len()
     }
 
     /// Every member of `room`, anchor and viewers alike, in join order.
@@ -279,8 +276,10 @@ impl Seats {
         action: Action,
     ) -> Result<Reply, SeatError> {
         match action {
-            Action::Join { role, name } => self.join(now, room, user, role, name),
-            Action::Resume => self.resume(room, user),
+            Action::Join { role, name } => {
+                self.join(now, room, user, role, name).map(Reply::Joined)
+            }
+            Action::Resume => self.resume(now, room, user).map(Reply::Joined),
             Action::RequestLink {
                 to,
                 seat,
@@ -353,14 +352,15 @@ impl Seats {
 
     // ----- actions ---------------------------------------------------------------------------
 
-    fn join(
+    /// [`Action::Join`], with its reply typed: go live (anchor) or start watching (audience).
+    pub fn join(
         &mut self,
         now: Instant,
         room_id: &Ident,
         user: &Ident,
         role: Role,
         name: Option<Name>,
-    ) -> Result<Reply, SeatError> {
+    ) -> Result<Joined, SeatError> {
         let name = name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| Name::from(user));
@@ -381,7 +381,7 @@ impl Seats {
                 let lost = m.lost.take();
                 m.name = name;
                 self.disarm(lost);
-                return Ok(self.joined(room_id, user, true));
+                return Ok(self.joined(now, room_id, user, true));
             }
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -403,7 +403,7 @@ impl Seats {
                 user: user.clone(),
             });
             self.count_changed(now, room_id);
-            return Ok(self.joined(room_id, user, false));
+            return Ok(self.joined(now, room_id, user, false));
         }
         if role == Role::Audience {
             return Err(SeatError::RoomNotFound);
@@ -443,27 +443,58 @@ impl Seats {
         self.media(MediaChange::AllowPublish {
             room: room_id.clone(),
             user: user.clone(),
+            seat: 0,
             audio: true,
             video: true,
         });
-        Ok(self.joined(room_id, user, false))
+        Ok(self.joined(now, room_id, user, false))
     }
 
-    fn joined(&self, room: &Ident, user: &Ident, rejoined: bool) -> Reply {
+    fn joined(&self, now: Instant, room: &Ident, user: &Ident, rejoined: bool) -> Joined {
         let r = &self.rooms[room];
-        Reply::Joined(Joined {
+        let pending = r
+            .requests
+            .iter()
+            .filter_map(|(member, req)| {
+                let (from, to) = r.sides(member, req.kind);
+                if from != *user && to != *user {
+                    return None;
+                }
+                let left = req.timer.map_or(0, |(at, _)| {
+                    let d = at.saturating_duration_since(now);
+                    // Rounded up, and never 0 (which would read as "never times out").
+                    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+                });
+                Some(PendingLink {
+                    request: req.id.clone(),
+                    from: r.info(&from)?,
+                    to,
+                    seat: req.seat,
+                    open_camera: req.open_camera,
+                    timeout_s: u32::try_from(left).unwrap_or(u32::MAX),
+                })
+            })
+            .collect();
+        Joined {
             room: r.state(),
             me: r.info(user).expect("the member was just found or inserted"),
+            pending,
             rejoined,
-        })
+        }
     }
 
-    fn resume(&mut self, room_id: &Ident, user: &Ident) -> Result<Reply, SeatError> {
+    /// [`Action::Resume`], with its reply typed: the member's connection came back.
+    pub fn resume(
+        &mut self,
+        now: Instant,
+        room_id: &Ident,
+        user: &Ident,
+    ) -> Result<Joined, SeatError> {
         let room = self.rooms.get_mut(room_id).ok_or(SeatError::NotInRoom)?;
         let m = room.members.get_mut(user).ok_or(SeatError::NotInRoom)?;
         let lost = m.lost.take();
         self.disarm(lost);
-        Ok(self.joined(room_id, user, true))
+        Ok(self.joined(now, room_id, user, true))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -661,6 +692,7 @@ impl Seats {
         self.media(MediaChange::AllowPublish {
             room: room_id.clone(),
             user: member,
+            seat: index,
             audio: true,
             video: req.open_camera,
         });

@@ -1,5 +1,35 @@
 //! Whether an RTP payload starts a keyframe, for the codecs the SFU forwards.
 
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+
+/// How keyframes of a track's codec are recognised; chosen once when the track opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detector {
+    Vp8,
+    H264,
+    /// Audio, or a codec we cannot parse: every packet may start a subscriber's stream.
+    Any,
+}
+
+impl Detector {
+    pub(crate) fn for_codec(kind: RtpCodecKind, mime: &str) -> Detector {
+        let mime = mime.to_ascii_lowercase();
+        match kind {
+            RtpCodecKind::Video if mime.ends_with("/vp8") => Detector::Vp8,
+            RtpCodecKind::Video if mime.ends_with("/h264") => Detector::H264,
+            _ => Detector::Any,
+        }
+    }
+
+    pub(crate) fn is_keyframe(self, payload: &[u8]) -> bool {
+        match self {
+            Detector::Vp8 => vp8(payload),
+            Detector::H264 => h264(payload),
+            Detector::Any => true,
+        }
+    }
+}
+
 /// VP8 (RFC 7741): the first packet of a key frame.
 pub(crate) fn vp8(payload: &[u8]) -> bool {
     let Some(&first) = payload.first() else {

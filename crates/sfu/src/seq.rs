@@ -32,8 +32,8 @@ impl SeqExtender {
         ext
     }
 
-    /// The extended number `seq` would get, without remembering anything: for sequence numbers
-    /// that do not come from the stream itself (a receiver's NACK).
+    /// The extended number `seq` would get, without remembering anything.
+    #[cfg(test)]
     pub(crate) fn peek(&self, seq: u16) -> Option<u64> {
         self.highest.map(|h| nearest(h, seq))
     }

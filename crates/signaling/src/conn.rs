@@ -1,40 +1,20 @@
 //! One WebSocket: reads and polices frames, writes what the hub queues for it.
 //!
 //! Frames that cannot become requests (too big, binary, not JSON, over the rate) are answered
-//! here without bothering the hub. Everything else goes to the hub in arrival order.
+//! here without bothering the hub. Everything else goes to the hub in arrival order. The task
+//! is written against any `Sink`/`Stream` of WebSocket messages, so tests drive it with channels.
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use miclink_protocol::{ErrorCode, Event, MAX_FRAME_BYTES, ParseError, Reply, parse_request};
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info_span};
 
-use crate::hub::{ConnId, HubMsg};
 use crate::ratelimit::{RateLimiter, Verdict};
-
-/// What the hub asks a socket to do.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Text(Utf8Bytes),
-    Close(u16, &'static str),
-}
-
-/// WebSocket close code for "policy violation".
-pub(crate) const CLOSE_POLICY: u16 = 1008;
-pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
-/// Application close code: a newer session of the same user took over.
-pub(crate) const CLOSE_REPLACED: u16 = 4001;
-
-pub(crate) fn encode(msg: &impl Serialize) -> Utf8Bytes {
-    serde_json::to_string(msg)
-        .expect("protocol messages hold only string-keyed maps and always serialize")
-        .into()
-}
+use crate::wire::{CLOSE_GOING_AWAY, CLOSE_POLICY, ConnId, HubMsg, Outbound, encode};
 
 fn error_event(message: impl Into<String>) -> Utf8Bytes {
     encode(&Event::Error {
@@ -43,13 +23,15 @@ fn error_event(message: impl Into<String>) -> Utf8Bytes {
     })
 }
 
-pub(crate) async fn run(
-    socket: WebSocket,
+pub(crate) async fn run<S, E>(
+    socket: S,
     hub: mpsc::Sender<HubMsg>,
     conn: ConnId,
     keepalive: Duration,
     queue: usize,
-) {
+) where
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + Send,
+{
     let span = info_span!("conn", conn);
     async move {
         let (tx, rx) = mpsc::channel(queue.max(1));
@@ -65,13 +47,15 @@ pub(crate) async fn run(
     .await
 }
 
-async fn serve(
-    socket: WebSocket,
+async fn serve<S, E>(
+    socket: S,
     hub: &mpsc::Sender<HubMsg>,
     conn: ConnId,
     mut rx: mpsc::Receiver<Outbound>,
     keepalive: Duration,
-) {
+) where
+    S: Sink<Message> + Stream<Item = Result<Message, E>>,
+{
     let (mut sink, mut stream) = socket.split();
     let mut limiter = RateLimiter::new(Instant::now());
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
@@ -134,9 +118,9 @@ async fn serve(
 /// Send a close frame and wait (briefly) for the peer's. Dropping the socket while the peer's
 /// frames sit unread would make the kernel answer with a reset, and the peer would never see
 /// why it was closed.
-async fn close(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
+async fn close<S, E>(
+    mut sink: impl Sink<Message, Error = S> + Unpin,
+    mut stream: impl Stream<Item = Result<Message, E>> + Unpin,
     code: u16,
     reason: &'static str,
 ) {
@@ -187,5 +171,163 @@ async fn on_text(
             hub.send(HubMsg::Request { conn, id, request }).await.ok()?;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// One end of an in-memory WebSocket: what the test sends comes out of the stream, what the
+    /// task sends goes to the test.
+    struct Duplex {
+        from_client: mpsc::UnboundedReceiver<Message>,
+        to_client: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Duplex {
+        type Item = Result<Message, std::convert::Infallible>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for Duplex {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), ()> {
+            self.to_client.send(item).map_err(|_| ())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Harness {
+        send: mpsc::UnboundedSender<Message>,
+        recv: mpsc::UnboundedReceiver<Message>,
+        hub: mpsc::Receiver<HubMsg>,
+        outbound: mpsc::Sender<Outbound>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn harness(keepalive: Duration) -> Harness {
+        let (send, from_client) = mpsc::unbounded_channel();
+        let (to_client, recv) = mpsc::unbounded_channel();
+        let (hub_tx, mut hub) = mpsc::channel(16);
+        let socket = Duplex {
+            from_client,
+            to_client,
+        };
+        let task = tokio::spawn(run(socket, hub_tx, 7, keepalive, 8));
+        let Some(HubMsg::Connect { conn: 7, tx }) = hub.recv().await else {
+            panic!("the task introduces itself first");
+        };
+        Harness {
+            send,
+            recv,
+            hub,
+            outbound: tx,
+            task,
+        }
+    }
+
+    async fn next_text(h: &mut Harness) -> String {
+        match h.recv.recv().await {
+            Some(Message::Text(t)) => t.to_string(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_answered_here_and_never_reach_the_hub() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        let big = format!(
+            "{{\"id\":1,\"type\":\"leave\",\"x\":\"{}\"}}",
+            "a".repeat(70_000)
+        );
+        for frame in [
+            Message::Text(big.into()),
+            Message::Binary(vec![1, 2, 3].into()),
+            Message::Text("not json".into()),
+            Message::Text("{\"type\":\"leave\"}".into()),
+        ] {
+            h.send.send(frame).expect("send");
+            let answer = next_text(&mut h).await;
+            assert!(answer.contains("\"bad_request\""), "{answer}");
+        }
+        assert!(h.hub.try_recv().is_err(), "the hub heard nothing");
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_to_the_hub_and_its_answer_comes_back() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        h.send
+            .send(Message::Text("{\"id\":5,\"type\":\"leave\"}".into()))
+            .expect("send");
+        match h.hub.recv().await {
+            Some(HubMsg::Request { conn: 7, id: 5, .. }) => {}
+            _ => panic!("the request reaches the hub"),
+        }
+        h.outbound
+            .send(Outbound::Text("hello".into()))
+            .await
+            .expect("queue");
+        assert_eq!(next_text(&mut h).await, "hello");
+        h.outbound
+            .send(Outbound::Close(CLOSE_GOING_AWAY, "bye"))
+            .await
+            .expect("queue");
+        match h.recv.recv().await {
+            Some(Message::Close(Some(f))) => assert_eq!(f.code, CLOSE_GOING_AWAY),
+            other => panic!("a close frame, not {other:?}"),
+        }
+        h.send.send(Message::Close(None)).expect("send");
+        h.task.await.expect("the task ends");
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_closed_as_a_policy_violation() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        for _ in 0..1_200 {
+            if h.send.send(Message::Text("{}".into())).is_err() {
+                break;
+            }
+        }
+        loop {
+            match h.recv.recv().await {
+                Some(Message::Close(Some(f))) => {
+                    assert_eq!(f.code, CLOSE_POLICY);
+                    break;
+                }
+                Some(_) => continue,
+                None => panic!("closed without a close frame"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_dropped_after_three_keepalives() {
+        let mut h = harness(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        h.task.await.expect("the task ended");
+        let mut closed = false;
+        while let Ok(msg) = h.hub.try_recv() {
+            closed |= matches!(msg, HubMsg::Closed { conn: 7 });
+        }
+        assert!(closed, "the hub was told");
+        let mut pings = 0;
+        while let Ok(m) = h.recv.try_recv() {
+            pings += usize::from(matches!(m, Message::Ping(_)));
+        }
+        assert!(pings >= 3, "pinged {pings} times first");
     }
 }

@@ -29,6 +29,11 @@ pub(crate) fn media_error_code(e: &SfuError) -> ErrorCode {
         SfuError::BadSdp(_) | SfuError::NoOffer => ErrorCode::BadSdp,
         // The seats revoked the permission between the request and the media plane's turn.
         SfuError::NotAllowed => ErrorCode::NotLinked,
-        _ => ErrorCode::BadRequest,
+        SfuError::NotInRoom => ErrorCode::NotInRoom,
+        // The server's own failures are never blamed on the request.
+        SfuError::Unavailable => ErrorCode::Unavailable,
+        SfuError::Internal(_) => ErrorCode::Internal,
+        // SfuError is non_exhaustive: a new variant is the server's fault until it has a code.
+        _ => ErrorCode::Internal,
     }
 }

@@ -12,67 +12,24 @@ use miclink_protocol::{
     EndReason, ErrorCode, Event, Ident, JoinResult, KickReason, Name, Reply, Request,
     RequestLinkResult, Role,
 };
-use miclink_seats::{Action, Joined, MediaChange, Output, Reply as SeatReply, Seats};
-use miclink_sfu::{PcKind, ReplyTo, Sfu, SfuCommand, SfuEvent};
-use rand::RngExt;
+use miclink_seats::{Action, Joined, Output, Reply as SeatReply, Seats};
+use miclink_sfu::{MediaCommand, MediaEvent, ReplyTo, Sfu};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
-use crate::SignalingConfig;
 use crate::auth::Auth;
-use crate::conn::{CLOSE_GOING_AWAY, CLOSE_REPLACED, Outbound, encode};
 use crate::error::{media_error_code, seat_error_code};
+use crate::session::{Session, SessionId, new_token};
+use crate::wire::{CLOSE_GOING_AWAY, CLOSE_REPLACED, ConnId, HubMsg, Outbound, Stats, encode};
+use crate::{MediaPlane, SignalingConfig};
 
-pub(crate) type ConnId = u64;
-type SessionId = u64;
-
-pub(crate) enum HubMsg {
-    Connect {
-        conn: ConnId,
-        tx: mpsc::Sender<Outbound>,
-    },
-    Request {
-        conn: ConnId,
-        id: u64,
-        request: Request,
-    },
-    Closed {
-        conn: ConnId,
-    },
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
-    Stats {
-        reply: oneshot::Sender<Stats>,
-    },
-}
-
-/// What the signaling plane holds right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
-    pub rooms: usize,
-    pub sessions: usize,
-    pub connections: usize,
-}
-
-/// Events kept for a session whose socket dropped, replayed on `resume`. Past this many the
-/// oldest go: the resume reply carries the full room state anyway.
-const BACKLOG: usize = 256;
 const LIST_AUDIENCE_DEFAULT: u32 = 50;
 const LIST_AUDIENCE_MAX: u32 = 200;
 
 struct Conn {
     tx: mpsc::Sender<Outbound>,
     session: Option<SessionId>,
-}
-
-struct Session {
-    token: String,
-    room: Ident,
-    user: Ident,
-    conn: Option<ConnId>,
-    backlog: std::collections::VecDeque<Utf8Bytes>,
 }
 
 pub(crate) struct Hub {
@@ -99,9 +56,9 @@ fn now() -> std::time::Instant {
 impl Hub {
     pub(crate) fn new(
         config: SignalingConfig,
-        media: Option<(Sfu, mpsc::UnboundedReceiver<SfuEvent>)>,
-    ) -> (Hub, Option<mpsc::UnboundedReceiver<SfuEvent>>) {
-        let (media, media_events) = media.unzip();
+        media: Option<MediaPlane>,
+    ) -> (Hub, Option<mpsc::UnboundedReceiver<MediaEvent>>) {
+        let (media, media_events) = media.map(|m| (m.sfu, m.events)).unzip();
         let hub = Hub {
             auth: config.jwt_secret.as_deref().map(Auth::new),
             seats: Seats::new(config.seats.clone()),
@@ -121,7 +78,7 @@ impl Hub {
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<HubMsg>,
-        mut media_events: Option<mpsc::UnboundedReceiver<SfuEvent>>,
+        mut media_events: Option<mpsc::UnboundedReceiver<MediaEvent>>,
     ) {
         loop {
             let timer = self.seats.poll_timeout().map(Instant::from_std);
@@ -180,28 +137,19 @@ impl Hub {
             return;
         };
         let kind = request.type_name();
-        match (request, c.session) {
-            (Request::Join { .. } | Request::Resume { .. }, Some(_)) => {
-                self.reply_err(
-                    conn,
-                    id,
-                    ErrorCode::AlreadyJoined,
-                    "this socket already joined",
-                );
-            }
-            (
+        match c.session {
+            None => match request {
                 Request::Join {
                     room,
                     user,
                     role,
                     name,
                     token,
-                },
-                None,
-            ) => self.join(conn, id, room, user, role, name, token),
-            (Request::Resume { session }, None) => self.resume(conn, id, &session),
-            (_, None) => self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first"),
-            (request, Some(sid)) => {
+                } => self.join(conn, id, room, user, role, name, token),
+                Request::Resume { session } => self.resume(conn, id, &session),
+                _ => self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first"),
+            },
+            Some(sid) => {
                 let s = &self.sessions[&sid];
                 let (room, user) = (s.room.clone(), s.user.clone());
                 let _span = info_span!("request", %room, %user, kind).entered();
@@ -230,12 +178,8 @@ impl Hub {
         {
             return self.reply_err(conn, id, ErrorCode::Unauthorized, why);
         }
-        let joined = match self
-            .seats
-            .handle(now(), &room, &user, Action::Join { role, name })
-        {
-            Ok(SeatReply::Joined(j)) => j,
-            Ok(_) => unreachable!("join answers Joined"),
+        let joined = match self.seats.join(now(), &room, &user, role, name) {
+            Ok(j) => j,
             Err(e) => return self.reply_err(conn, id, seat_error_code(&e), e.to_string()),
         };
         // Rule 9: the same user joining again replaces the earlier session.
@@ -244,18 +188,20 @@ impl Hub {
             self.kick(old);
             self.forget_session(old);
         }
+        if joined.rejoined {
+            // A reload or a second device: the new session gets new media connections at once
+            // (and may publish again) instead of waiting for the old ones to time out.
+            self.to_media(MediaCommand::Rejoin {
+                room: room.clone(),
+                user: user.clone(),
+            });
+        }
         let sid = self.next_session;
         self.next_session += 1;
         let token = new_token();
         self.sessions.insert(
             sid,
-            Session {
-                token: token.clone(),
-                room: room.clone(),
-                user: user.clone(),
-                conn: Some(conn),
-                backlog: Default::default(),
-            },
+            Session::new(token.clone(), room.clone(), user.clone(), conn),
         );
         self.by_token.insert(token.clone(), sid);
         self.by_member.insert((room.clone(), user), sid);
@@ -279,11 +225,8 @@ impl Hub {
         let s = &self.sessions[&sid];
         let (room, user, old_conn) = (s.room.clone(), s.user.clone(), s.conn);
         let _span = info_span!("resume", %room, %user).entered();
-        let joined = match self.seats.handle(now(), &room, &user, Action::Resume) {
-            Ok(SeatReply::Joined(j)) => j,
-            _ => {
-                return self.reply_err(conn, id, ErrorCode::SessionExpired, "session has ended");
-            }
+        let Ok(joined) = self.seats.resume(now(), &room, &user) else {
+            return self.reply_err(conn, id, ErrorCode::SessionExpired, "session has ended");
         };
         if let Some(old) = old_conn {
             // The client came back before we noticed its old socket die; that one is stale.
@@ -294,7 +237,7 @@ impl Hub {
         }
         let s = self.sessions.get_mut(&sid).expect("found above");
         s.conn = Some(conn);
-        let backlog = std::mem::take(&mut s.backlog);
+        let backlog = s.take_backlog();
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(sid);
         }
@@ -303,6 +246,8 @@ impl Hub {
         for text in backlog {
             self.send_session(sid, text);
         }
+        // An offer that was in flight on the old socket goes out again on this one.
+        self.to_media(MediaCommand::Resumed { room, user });
     }
 
     fn member_request(&mut self, conn: ConnId, id: u64, room: &Ident, user: &Ident, req: Request) {
@@ -329,6 +274,14 @@ impl Hub {
                     .unwrap_or(LIST_AUDIENCE_DEFAULT)
                     .min(LIST_AUDIENCE_MAX),
             },
+            Request::Join { .. } | Request::Resume { .. } => {
+                return self.reply_err(
+                    conn,
+                    id,
+                    ErrorCode::AlreadyJoined,
+                    "this socket already joined",
+                );
+            }
             Request::Publish { sdp } => {
                 if self.seats.may_publish(room, user).is_none() {
                     return self.reply_err(
@@ -341,7 +294,7 @@ impl Hub {
                 return self.ask_media(
                     conn,
                     id,
-                    SfuCommand::Publish {
+                    MediaCommand::Publish {
                         room: room.clone(),
                         user: user.clone(),
                         offer: sdp,
@@ -353,7 +306,7 @@ impl Hub {
                 return self.ask_media(
                     conn,
                     id,
-                    SfuCommand::SubscribeAnswer {
+                    MediaCommand::SubscribeAnswer {
                         room: room.clone(),
                         user: user.clone(),
                         answer: sdp,
@@ -361,32 +314,38 @@ impl Hub {
                     },
                 );
             }
-            Request::Ice { pc, candidate } => {
-                let pc = match pc {
-                    miclink_protocol::PeerConnectionKind::Publish => PcKind::Publish,
-                    miclink_protocol::PeerConnectionKind::Subscribe => PcKind::Subscribe,
-                };
-                if let Some(media) = &self.media {
-                    // ICE-lite: the server learns client addresses from their checks, so a
-                    // trickled candidate is a hint; it is acknowledged at once.
-                    media.send(SfuCommand::Candidate {
-                        room: room.clone(),
-                        user: user.clone(),
-                        pc,
-                        candidate: candidate.candidate,
-                    });
-                    return self
-                        .send_conn(conn, encode(&Reply::ok(id, miclink_protocol::Empty {})));
-                }
-                return self.reply_err(
+            Request::Resubscribe => {
+                return self.ask_media(
                     conn,
                     id,
-                    ErrorCode::NotImplemented,
-                    "this server runs without a media plane",
+                    MediaCommand::Resubscribe {
+                        room: room.clone(),
+                        user: user.clone(),
+                        reply: ReplyTo { conn, id },
+                    },
                 );
             }
-            Request::Join { .. } | Request::Resume { .. } => {
-                unreachable!("on_request answers join and resume of a joined socket")
+            Request::Ice { pc, candidate } => {
+                let Some(media) = &self.media else {
+                    return self.reply_err(
+                        conn,
+                        id,
+                        ErrorCode::NotImplemented,
+                        "this server runs without a media plane",
+                    );
+                };
+                // ICE-lite: the server learns client addresses from their checks, so a
+                // trickled candidate is a hint; it is acknowledged at once.
+                let reply = match media.send(MediaCommand::Candidate {
+                    room: room.clone(),
+                    user: user.clone(),
+                    pc,
+                    candidate: candidate.candidate,
+                }) {
+                    Ok(()) => Reply::ok(id, miclink_protocol::Empty {}),
+                    Err(e) => Reply::err(id, media_error_code(&e), e.to_string()),
+                };
+                return self.send_conn(conn, encode(&reply));
             }
         };
         let reply = match self.seats.handle(now(), room, user, action) {
@@ -424,30 +383,7 @@ impl Hub {
                         self.send_session(sid, text.clone());
                     }
                 }
-                Output::Media(change) => {
-                    let Some(media) = &self.media else {
-                        continue;
-                    };
-                    media.send(match change {
-                        MediaChange::AllowPublish {
-                            room,
-                            user,
-                            audio,
-                            video,
-                        } => SfuCommand::Allow {
-                            room,
-                            user,
-                            audio,
-                            video,
-                        },
-                        MediaChange::RevokePublish { room, user } => {
-                            SfuCommand::Revoke { room, user }
-                        }
-                        MediaChange::Subscribe { room, user } => SfuCommand::Join { room, user },
-                        MediaChange::Unsubscribe { room, user } => SfuCommand::Leave { room, user },
-                        MediaChange::CloseRoom { room } => SfuCommand::CloseRoom { room },
-                    });
-                }
+                Output::Media(change) => self.to_media(MediaCommand::Seats(change)),
                 Output::Departed { room, user } => {
                     if let Some(sid) = self.by_member.get(&(room, user)).copied() {
                         self.forget_session(sid);
@@ -457,39 +393,69 @@ impl Hub {
         }
     }
 
-    /// Hand a media request to the SFU; its answer comes back as an [`SfuEvent`].
-    fn ask_media(&mut self, conn: ConnId, id: u64, command: SfuCommand) {
-        match &self.media {
-            Some(media) => media.send(command),
-            None => self.reply_err(
-                conn,
-                id,
-                ErrorCode::NotImplemented,
-                "this server runs without a media plane",
-            ),
+    /// Tell the media plane what changed; nobody waits for an answer.
+    fn to_media(&self, command: MediaCommand) {
+        if let Some(media) = &self.media
+            && let Err(e) = media.send(command)
+        {
+            debug!(error = %e, "media plane did not take a command");
         }
     }
 
-    fn on_media_event(&mut self, event: SfuEvent) {
+    /// Hand a media request to the media plane; its answer comes back as a [`MediaEvent`].
+    fn ask_media(&mut self, conn: ConnId, id: u64, command: MediaCommand) {
+        let sent = match &self.media {
+            Some(media) => media.send(command),
+            None => {
+                return self.reply_err(
+                    conn,
+                    id,
+                    ErrorCode::NotImplemented,
+                    "this server runs without a media plane",
+                );
+            }
+        };
+        if let Err(e) = sent {
+            self.reply_err(conn, id, media_error_code(&e), e.to_string());
+        }
+    }
+
+    fn on_media_event(&mut self, event: MediaEvent) {
         match event {
-            SfuEvent::PublishAnswer { reply: to, result } => {
+            MediaEvent::PublishAnswer { reply: to, result } => {
                 let reply = match result {
                     Ok(sdp) => Reply::ok(to.id, miclink_protocol::PublishResult { sdp }),
                     Err(e) => Reply::err(to.id, media_error_code(&e), e.to_string()),
                 };
                 self.send_conn(to.conn, encode(&reply));
             }
-            SfuEvent::SubscribeAnswered { reply: to, result } => {
+            MediaEvent::Done { reply: to, result } => {
                 let reply = match result {
                     Ok(()) => Reply::ok(to.id, miclink_protocol::Empty {}),
                     Err(e) => Reply::err(to.id, media_error_code(&e), e.to_string()),
                 };
                 self.send_conn(to.conn, encode(&reply));
             }
-            SfuEvent::SubscribeOffer { room, user, sdp } => {
+            MediaEvent::SubscribeOffer {
+                room,
+                user,
+                sdp,
+                new_connection,
+            } => {
                 if let Some(sid) = self.by_member.get(&(room, user)).copied() {
-                    self.send_session(sid, encode(&Event::SubscribeOffer { sdp }));
+                    self.send_session(
+                        sid,
+                        encode(&Event::SubscribeOffer {
+                            sdp,
+                            new_connection,
+                        }),
+                    );
                 }
+            }
+            MediaEvent::LoopFailed { index } => {
+                // The server exits for its supervisor to restart it; until then media requests
+                // answer `unavailable`.
+                error!(index, "a media loop died; media requests now fail");
             }
         }
     }
@@ -500,6 +466,7 @@ impl Hub {
             me: joined.me,
             ice_servers: self.config.ice_servers.clone(),
             session,
+            requests: joined.pending,
         };
         self.send_conn(conn, encode(&Reply::ok(id, result)));
     }
@@ -514,12 +481,7 @@ impl Hub {
         };
         match s.conn {
             Some(conn) => self.send_conn(conn, text),
-            None => {
-                if s.backlog.len() == BACKLOG {
-                    s.backlog.pop_front();
-                }
-                s.backlog.push_back(text);
-            }
+            None => s.keep(text),
         }
     }
 
@@ -628,10 +590,4 @@ impl Hub {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
-}
-
-/// An unguessable session token: 128 random bits from a CSPRNG, hex.
-fn new_token() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -3,14 +3,16 @@
 //! This crate owns sessions (join, resume, replacement), authentication, frame limits and the
 //! routing of the seat state machine's outputs to sockets. It decides nothing about seats itself:
 //! every admission question goes to [`miclink_seats::Seats`], which one hub task owns. Socket
-//! tasks parse and police frames; the hub applies them in order and fans events out.
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+//! tasks parse and police frames; the hub applies them in order and fans events out. The media
+//! plane is not started here: the server hands a running one in ([`MediaPlane`]).
 
 mod auth;
 mod conn;
 mod error;
 mod hub;
 mod ratelimit;
+mod session;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +24,16 @@ use axum::response::Response;
 use axum::routing::get;
 use miclink_protocol::{IceServer, MAX_FRAME_BYTES};
 use miclink_seats::SeatsConfig;
-use miclink_sfu::Sfu;
+use miclink_sfu::{MediaEvent, Sfu};
 use tokio::sync::{mpsc, oneshot};
 
-pub use hub::Stats;
-pub use miclink_sfu::{PcKind, PeerStats, SfuConfig, SfuStats};
+pub use wire::Stats;
+
+/// A running media plane for signaling to drive: the handle, and the events it sends back.
+pub struct MediaPlane {
+    pub sfu: Sfu,
+    pub events: mpsc::UnboundedReceiver<MediaEvent>,
+}
 
 /// Settings of the signaling plane.
 #[derive(Debug, Clone)]
@@ -42,8 +49,6 @@ pub struct SignalingConfig {
     pub outbound_queue: usize,
     /// How long shutdown waits for sockets to take their `room_ended` and close.
     pub shutdown_grace: Duration,
-    /// The media plane; `None` runs signaling alone (media requests answer `not_implemented`).
-    pub media: Option<SfuConfig>,
 }
 
 impl Default for SignalingConfig {
@@ -55,7 +60,6 @@ impl Default for SignalingConfig {
             keepalive: Duration::from_secs(20),
             outbound_queue: 1024,
             shutdown_grace: Duration::from_secs(3),
-            media: None,
         }
     }
 }
@@ -67,33 +71,25 @@ pub struct Signaling {
 }
 
 struct Inner {
-    hub: mpsc::Sender<hub::HubMsg>,
+    hub: mpsc::Sender<wire::HubMsg>,
     config: SignalingConfig,
     next_conn: AtomicU64,
-    media: Option<Sfu>,
 }
 
 impl Signaling {
-    /// Start the hub task on the current tokio runtime, and the media plane if configured.
-    pub fn start(config: SignalingConfig) -> std::io::Result<Signaling> {
+    /// Start the hub task on the current tokio runtime. Without a media plane, media requests
+    /// answer `not_implemented`.
+    pub fn start(config: SignalingConfig, media: Option<MediaPlane>) -> Signaling {
         let (tx, rx) = mpsc::channel(4096);
-        let media = config.media.clone().map(Sfu::start).transpose()?;
-        let media_handle = media.as_ref().map(|(sfu, _)| sfu.clone());
         let (hub, media_events) = hub::Hub::new(config.clone(), media);
         tokio::spawn(hub.run(rx, media_events));
-        Ok(Signaling {
+        Signaling {
             inner: Arc::new(Inner {
                 hub: tx,
                 config,
                 next_conn: AtomicU64::new(1),
-                media: media_handle,
             }),
-        })
-    }
-
-    /// The UDP address of the media plane, when it runs.
-    pub fn media_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.media.as_ref().map(Sfu::local_addr)
+        }
     }
 
     /// The `/ws` route.
@@ -110,7 +106,7 @@ impl Signaling {
         if self
             .inner
             .hub
-            .send(hub::HubMsg::Shutdown { done })
+            .send(wire::HubMsg::Shutdown { done })
             .await
             .is_ok()
         {
@@ -118,22 +114,12 @@ impl Signaling {
         }
     }
 
-    /// Media plane counters, when it runs.
-    pub async fn media_stats(&self) -> Option<SfuStats> {
-        self.inner.media.as_ref()?.stats().await
-    }
-
-    /// Per peer connection counters, when the media plane runs.
-    pub async fn media_peer_stats(&self) -> Option<Vec<PeerStats>> {
-        self.inner.media.as_ref()?.peer_stats().await
-    }
-
     /// Counts for health checks and metrics.
     pub async fn stats(&self) -> Option<Stats> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .hub
-            .send(hub::HubMsg::Stats { reply })
+            .send(wire::HubMsg::Stats { reply })
             .await
             .ok()?;
         rx.await.ok()

@@ -152,6 +152,11 @@ fn media_requests() {
         },
     );
     request_round_trip(
+        json!({"id": 15, "type": "resubscribe"}),
+        15,
+        Request::Resubscribe,
+    );
+    request_round_trip(
         json!({"id": 14, "type": "ice", "pc": "publish", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}}),
         14,
         Request::Ice {
@@ -255,6 +260,25 @@ fn join_result() {
     assert_eq!(parsed.room.seats.len(), 2);
     assert_eq!(parsed.me.seat, None);
     assert_eq!(serde_json::to_value(&parsed).expect("serializes"), text);
+    assert!(parsed.requests.is_empty(), "absent means none pending");
+}
+
+#[test]
+fn resume_result_lists_pending_requests() {
+    let text = json!({
+        "room": {"room": "r1", "anchor": "bob", "max_seats": 1,
+                 "seats": [{"index": 0, "user": null, "locked": false}], "audience_count": 1},
+        "me": {"user": "bob", "name": "Bob", "role": "anchor", "seat": 0, "mic": true, "camera": true},
+        "ice_servers": [],
+        "session": "s1",
+        "requests": [{"request": "q1",
+                      "from": {"user": "al", "name": "Al", "role": "audience", "seat": null, "mic": false, "camera": false},
+                      "to": "bob", "seat": null, "open_camera": true, "timeout_s": 42}]
+    });
+    let parsed: JoinResult = serde_json::from_value(text.clone()).expect("parses");
+    assert_eq!(parsed.requests[0].from.user, "al");
+    assert_eq!(parsed.requests[0].timeout_s, 42);
+    assert_eq!(serde_json::to_value(&parsed).expect("serializes"), text);
 }
 
 fn event_round_trip(text: Value, expected: Event) {
@@ -335,6 +359,14 @@ fn events() {
         json!({"type":"subscribe_offer","sdp":"v=0\r\n"}),
         Event::SubscribeOffer {
             sdp: "v=0\r\n".into(),
+            new_connection: false,
+        },
+    );
+    event_round_trip(
+        json!({"type":"subscribe_offer","sdp":"v=0\r\n","new_connection":true}),
+        Event::SubscribeOffer {
+            sdp: "v=0\r\n".into(),
+            new_connection: true,
         },
     );
     event_round_trip(

@@ -187,6 +187,7 @@ fn apply_then_accept_seats_the_applicant_and_tells_everyone() {
     assert!(out.contains(&Output::Media(MediaChange::AllowPublish {
         room: h.room.clone(),
         user: id("v1"),
+        seat: 1,
         audio: true,
         video: true
     })));
@@ -623,4 +624,55 @@ fn list_audience_pages_viewers_in_join_order() {
     assert_eq!(page.total, 4);
     let names: Vec<&str> = page.users.iter().map(|u| u.user.as_str()).collect();
     assert_eq!(names, vec!["v3", "v4"]);
+}
+
+#[test]
+fn resume_lists_the_pending_requests_in_both_directions() {
+    let mut h = Harness::new(10, 3);
+    let Reply::Request(applied) = h
+        .act(
+            "v1",
+            Action::RequestLink {
+                to: None,
+                seat: Some(2),
+                timeout_s: Some(30),
+                open_camera: Some(false),
+            },
+        )
+        .expect("apply")
+    else {
+        panic!("a request id");
+    };
+    let Reply::Request(invited) = h.invite("v2").expect("invite") else {
+        panic!("a request id");
+    };
+    h.act("anchor", Action::ConnectionLost).expect("lost");
+    h.advance(Duration::from_millis(10_500));
+    let room = h.room.clone();
+    let j = h.seats.resume(h.now, &room, &id("anchor")).expect("resume");
+    let mut pending = j.pending.clone();
+    pending.sort_by(|a, b| a.request.cmp(&b.request));
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    let apply = pending
+        .iter()
+        .find(|p| p.request == applied)
+        .expect("apply");
+    assert_eq!(apply.from.user, "v1");
+    assert_eq!(apply.to, "anchor");
+    assert_eq!(apply.seat, Some(2));
+    assert!(!apply.open_camera);
+    assert_eq!(apply.timeout_s, 20, "30 s less 10.5 s, rounded up");
+    let invite = pending
+        .iter()
+        .find(|p| p.request == invited)
+        .expect("invite");
+    assert_eq!(
+        (invite.from.user.as_str(), invite.to.as_str()),
+        ("anchor", "v2")
+    );
+    // A member sees only their own.
+    let j = h.seats.resume(h.now, &room, &id("v3")).expect("resume");
+    assert!(j.pending.is_empty());
+    let j = h.seats.resume(h.now, &room, &id("v2")).expect("resume");
+    assert_eq!(j.pending.len(), 1);
 }

@@ -52,7 +52,7 @@ pub struct Server {
 pub async fn server(config: SignalingConfig) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let signaling = Signaling::start(config).expect("start");
+    let signaling = Signaling::start(config, None);
     let app = signaling.router();
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server {

@@ -1,0 +1,359 @@
+//! Commands from signaling, applied by the core: seat changes, publish offers, subscribe
+//! answers, rejoin, resume, resubscribe and trickled candidates.
+
+use std::time::Instant;
+
+use miclink_protocol::Ident;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use tracing::{debug, info};
+
+use crate::core::{MAX_REMOTE_CANDIDATES, Output};
+use crate::peer::PeerId;
+use crate::track::Negotiated;
+use crate::{MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions};
+
+impl MediaCore {
+    pub(crate) fn command(&mut self, now: Instant, command: MediaCommand) {
+        match command {
+            MediaCommand::Seats(change) => self.seats(now, change),
+            MediaCommand::Rejoin { room, user } => {
+                info!(%room, %user, "rejoined: new connections");
+                if let Some(id) = self.room_peer(&room, &user, PcKind::Publish) {
+                    self.remove_peer(id);
+                }
+                self.renew_subscribe(now, &room, &user);
+            }
+            MediaCommand::Resumed { room, user } => {
+                let Some(sub) = self
+                    .room_peer(&room, &user, PcKind::Subscribe)
+                    .and_then(|id| self.peers.get(&id))
+                else {
+                    return;
+                };
+                if let Some(sdp) = &sub.pending_offer {
+                    self.outputs
+                        .push_back(Output::Event(MediaEvent::SubscribeOffer {
+                            room,
+                            user,
+                            sdp: sdp.clone(),
+                            new_connection: sub.new_connection,
+                        }));
+                }
+            }
+            MediaCommand::Publish {
+                room,
+                user,
+                offer,
+                reply,
+            } => {
+                let result = self.publish(now, &room, &user, offer);
+                self.outputs
+                    .push_back(Output::Event(MediaEvent::PublishAnswer { reply, result }));
+            }
+            MediaCommand::SubscribeAnswer {
+                room,
+                user,
+                answer,
+                reply,
+            } => {
+                let result = self.subscribe_answer(now, &room, &user, answer);
+                self.outputs
+                    .push_back(Output::Event(MediaEvent::Done { reply, result }));
+            }
+            MediaCommand::Resubscribe { room, user, reply } => {
+                let member = self
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|r| r.members.contains(&user));
+                let result = if member {
+                    self.stats.subscribe_rebuilt += 1;
+                    self.renew_subscribe(now, &room, &user);
+                    Ok(())
+                } else {
+                    Err(SfuError::NotInRoom)
+                };
+                self.outputs
+                    .push_back(Output::Event(MediaEvent::Done { reply, result }));
+            }
+            MediaCommand::Candidate {
+                room,
+                user,
+                pc,
+                candidate,
+            } => {
+                let Some(p) = self
+                    .room_peer(&room, &user, pc)
+                    .and_then(|id| self.peers.get_mut(&id))
+                else {
+                    return;
+                };
+                if p.remote_candidates >= MAX_REMOTE_CANDIDATES {
+                    return;
+                }
+                p.remote_candidates += 1;
+                let init = RTCIceCandidateInit {
+                    candidate,
+                    ..Default::default()
+                };
+                if let Err(e) = p.pc.add_remote_candidate(init) {
+                    debug!(parent: &p.span, error = %e, "remote candidate refused");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn seats(&mut self, now: Instant, change: MediaChange) {
+        match change {
+            MediaChange::AllowPublish {
+                room,
+                user,
+                seat,
+                audio,
+                video,
+            } => {
+                let r = self.rooms.entry(room).or_default();
+                r.seats.insert(user.clone(), seat);
+                r.allowed.insert(user, (audio, video));
+            }
+            MediaChange::RevokePublish { room, user } => self.revoke(now, &room, &user),
+            MediaChange::Subscribe { room, user } => {
+                self.rooms
+                    .entry(room.clone())
+                    .or_default()
+                    .members
+                    .insert(user.clone());
+                self.ensure_subscribe(now, &room, &user);
+            }
+            MediaChange::Unsubscribe { room, user } => {
+                self.revoke(now, &room, &user);
+                if let Some(id) = self.room_peer(&room, &user, PcKind::Subscribe) {
+                    self.remove_peer(id);
+                }
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.members.remove(&user);
+                    r.subscribed_before.remove(&user);
+                }
+                self.rebuilds
+                    .retain(|(_, r, u)| !(*r == room && *u == user));
+                self.last_rebuild.remove(&(room, user));
+            }
+            MediaChange::CloseRoom { room } => {
+                if let Some(r) = self.rooms.remove(&room) {
+                    for id in r.publish.into_values().chain(r.subscribe.into_values()) {
+                        self.remove_peer(id);
+                    }
+                }
+                self.rebuilds.retain(|(_, r, _)| *r != room);
+                self.last_rebuild.retain(|(r, _), _| *r != room);
+            }
+        }
+    }
+
+    pub(crate) fn revoke(&mut self, now: Instant, room: &Ident, user: &Ident) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        r.allowed.remove(user);
+        r.seats.remove(user);
+        let publish = r.publish.get(user).copied();
+        let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
+        if let Some(id) = publish {
+            self.remove_peer(id);
+        }
+        // Their tracks leave every subscribe connection.
+        for sid in subs {
+            if self.remove_out_tracks(sid, user, None) {
+                self.negotiate(now, sid);
+            }
+        }
+    }
+
+    pub(crate) fn publish(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        user: &Ident,
+        offer: String,
+    ) -> Result<String, SfuError> {
+        let allowed = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.allowed.contains_key(user));
+        if !allowed {
+            return Err(SfuError::NotAllowed);
+        }
+        let kinds = offered_kinds(&offer);
+        let offer =
+            RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let id = self.new_peer(now, room, user, PcKind::Publish)?;
+        let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
+        let answer = (|| {
+            peer.pc.set_remote_description(now, offer)?;
+            let answer = peer.pc.create_answer(None)?;
+            peer.pc.set_local_description(now, answer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(answer.sdp)
+        })();
+        let sdp = match answer {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                self.remove_peer(id);
+                return Err(SfuError::BadSdp(e.to_string()));
+            }
+        };
+        let old = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.publish.insert(user.clone(), id));
+        if let Some(old) = old {
+            // A republish: the old connection goes; subscribers keep their senders and carry on
+            // from the new connection's first keyframe, except for kinds no longer offered.
+            self.stats.republished += 1;
+            self.remove_peer(old);
+            let subs: Vec<PeerId> = self
+                .rooms
+                .get(room)
+                .map_or_else(Vec::new, |r| r.subscribe.values().copied().collect());
+            for sid in subs {
+                let mut changed = false;
+                for (kind, offered) in [
+                    (RtpCodecKind::Audio, kinds.0),
+                    (RtpCodecKind::Video, kinds.1),
+                ] {
+                    if !offered {
+                        changed |= self.remove_out_tracks(sid, user, Some(kind));
+                    }
+                }
+                if changed {
+                    self.negotiate(now, sid);
+                }
+            }
+        }
+        self.process(now, id);
+        Ok(sdp)
+    }
+
+    pub(crate) fn subscribe_answer(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        user: &Ident,
+        answer: String,
+    ) -> Result<(), SfuError> {
+        let id = self
+            .room_peer(room, user, PcKind::Subscribe)
+            .ok_or(SfuError::NoOffer)?;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
+        if !peer.offer_pending() {
+            return Err(SfuError::NoOffer);
+        }
+        let answer =
+            RTCSessionDescription::answer(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        peer.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        peer.pending_offer = None;
+        peer.new_connection = false;
+        let early = peer.early.take();
+        // What the answer settled: payload types and extension ids, once, not per packet.
+        for out in peer.outs.values_mut() {
+            if !out.offered {
+                continue;
+            }
+            let Some(mut sender) = peer.pc.rtp_sender(out.sender) else {
+                continue;
+            };
+            let parameters = sender.get_parameters();
+            // The same codec with the same parameters (H.264 profile and packetization mode)
+            // if the subscriber has it, else the same codec.
+            let codecs = &parameters.rtp_parameters.codecs;
+            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                c.rtp_codec.mime_type.eq_ignore_ascii_case(&out.mime)
+            };
+            let Some(payload_type) = codecs
+                .iter()
+                .filter(same_mime)
+                .find(|c| c.rtp_codec.sdp_fmtp_line == out.fmtp)
+                .or_else(|| codecs.iter().find(same_mime))
+                .map(|c| c.payload_type)
+            else {
+                continue;
+            };
+            out.negotiated = Some(Negotiated {
+                payload_type,
+                extensions: extensions::forwarded(
+                    parameters
+                        .rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .map(|h| (h.id, h.uri.as_str())),
+                )
+                .to_vec(),
+            });
+        }
+        self.settle_extensions(id);
+        let renegotiate = self
+            .peers
+            .get_mut(&id)
+            .is_some_and(|p| std::mem::take(&mut p.renegotiate));
+        if renegotiate {
+            self.negotiate(now, id);
+        }
+        self.process(now, id);
+        for (data, from) in early.into_iter().flatten() {
+            self.handle_datagram(now, from, &data);
+        }
+        Ok(())
+    }
+}
+
+/// Which kinds (audio, video) a publish offer sends: m-sections with a port and a sending
+/// direction.
+fn offered_kinds(sdp: &str) -> (bool, bool) {
+    let (mut audio, mut video) = (false, false);
+    let mut current: Option<(&str, bool)> = None;
+    let mut finish = |section: Option<(&str, bool)>| match section {
+        Some(("audio", true)) => audio = true,
+        Some(("video", true)) => video = true,
+        _ => {}
+    };
+    for line in sdp.lines() {
+        if let Some(rest) = line.strip_prefix("m=") {
+            finish(current.take());
+            let mut fields = rest.split_whitespace();
+            let media = fields.next().unwrap_or("");
+            let port = fields.next().unwrap_or("0");
+            current = Some((
+                if media == "audio" || media == "video" {
+                    media
+                } else {
+                    ""
+                },
+                port != "0",
+            ));
+        } else if matches!(line.trim_end(), "a=recvonly" | "a=inactive")
+            && let Some((_, sending)) = &mut current
+        {
+            *sending = false;
+        }
+    }
+    finish(current);
+    (audio, video)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offered_kinds;
+
+    #[test]
+    fn the_kinds_an_offer_sends() {
+        let both = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
+        assert_eq!(offered_kinds(both), (true, true));
+        let audio = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\n";
+        assert_eq!(offered_kinds(audio), (true, false));
+        let recv = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
+        assert_eq!(offered_kinds(recv), (false, false));
+        assert_eq!(offered_kinds("garbage"), (false, false));
+    }
+}

@@ -1,0 +1,420 @@
+//! The media core: every room pinned to one event loop, their peer connections, and the routing
+//! between them, without I/O. The driver hands it datagrams, commands and the time; it answers
+//! through [`MediaCore::poll_output`]. Forwarding lives in `forward.rs`, shedding in `shed.rs`.
+//!
+//! It must not touch a socket or read the clock: every method that needs the time takes `now`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use miclink_protocol::Ident;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tracing::debug;
+
+use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, PeerId, losses};
+use crate::shed::Shedder;
+use crate::track::SourceId;
+use crate::{MediaCommand, MediaEvent, PcKind, PeerStats, Pii, SfuError, SfuStats, stun};
+
+/// Every connection is ticked this often: rtc's interceptors (RTCP reports, NACK generation,
+/// TWCC feedback) run on their own intervals that `poll_timeout` does not report.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+/// The shortest time between two rebuilds of one member's subscribe connection, so a client
+/// whose connections keep failing does not make the server spin.
+pub(crate) const REBUILD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Trickled candidates kept per connection; more are ignored.
+pub(crate) const MAX_REMOTE_CANDIDATES: usize = 16;
+
+/// Where this core sits among the loops sharing the media port, and what it advertises.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This loop's index: it leads every ufrag the core hands out.
+    pub loop_index: usize,
+    /// How many loops share the port (ufrags naming another loop are routed there).
+    pub loops: usize,
+    /// The host candidates clients connect to. The first is the local address every datagram
+    /// is tagged with, since ICE matches checks against the candidates it was given.
+    pub public: Vec<SocketAddr>,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: BytesMut,
+}
+
+/// What the core asks of its driver, in order.
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    /// `remote` now belongs to a connection of this core: bring its datagrams here (a connected
+    /// socket on the shared port).
+    Connect {
+        remote: SocketAddr,
+    },
+    /// `remote`'s connection is gone.
+    Forget {
+        remote: SocketAddr,
+    },
+    /// For signaling.
+    Event(MediaEvent),
+}
+
+/// Where a datagram given to [`MediaCore::handle_datagram`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Taken (or dropped and counted) here.
+    Handled,
+    /// A connectivity check for a connection of the loop with this index.
+    Loop(usize),
+    /// Not a check, from an address no connection here has: the driver may know which loop
+    /// owns it; otherwise it is garbage.
+    Unknown,
+}
+
+#[derive(Default)]
+pub(crate) struct RoomMedia {
+    /// Who the seats allow to publish, and what: (audio, video).
+    pub(crate) allowed: HashMap<Ident, (bool, bool)>,
+    /// Seat of each publisher: lower seats come first when video must be shed.
+    pub(crate) seats: HashMap<Ident, u32>,
+    pub(crate) members: HashSet<Ident>,
+    /// Members who had a subscribe connection: their next one is a new connection.
+    pub(crate) subscribed_before: HashSet<Ident>,
+    pub(crate) publish: HashMap<Ident, PeerId>,
+    pub(crate) subscribe: HashMap<Ident, PeerId>,
+}
+
+/// The SFU of one event loop, without I/O: rooms, peer connections, routing and forwarding.
+///
+/// # Calling it
+/// As with `quinn-proto`'s `Connection` and str0m's `Rtc`, the methods fall into groups:
+/// - getters ([`stats`](Self::stats), [`peer_stats`](Self::peer_stats),
+///   [`peers`](Self::peers)) read state;
+/// - `handle_*` feed it: [`handle_datagram`](Self::handle_datagram) with each datagram from the
+///   media port, [`handle_command`](Self::handle_command) with each signaling command,
+///   [`handle_backlog`](Self::handle_backlog) with how long the driver has been behind its
+///   sockets, and [`handle_timeout`](Self::handle_timeout) once [`poll_timeout`](Self::poll_timeout)
+///   is due;
+/// - [`poll_output`](Self::poll_output) yields what to do, in order: datagrams to send, remote
+///   addresses to connect or forget, events for signaling.
+///
+/// After any `handle_*` call (or a batch of datagrams), drain `poll_output` until `None` and
+/// send what it says, then wait for input until `poll_timeout`. `now` never goes backwards.
+/// The core never reads the clock, so tests drive it with a fake one.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use miclink_protocol::Ident;
+/// use miclink_sfu::{CoreConfig, MediaChange, MediaCommand, MediaCore, Output};
+///
+/// let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let mut core = MediaCore::new(CoreConfig {
+///     loop_index: 0,
+///     loops: 1,
+///     public: vec![socket.local_addr().unwrap()],
+/// })
+/// .unwrap();
+/// let (room, user) = (Ident::new("r").unwrap(), Ident::new("u").unwrap());
+/// let mut now = Instant::now();
+/// core.handle_command(now, MediaCommand::Seats(MediaChange::Subscribe { room, user }));
+/// socket.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+/// let mut buf = [0u8; 2048];
+/// for _ in 0..3 {
+///     while let Some(output) = core.poll_output() {
+///         if let Output::Transmit(t) = output {
+///             socket.send_to(&t.data, t.to).unwrap();
+///         }
+///     }
+///     if let Ok((n, from)) = socket.recv_from(&mut buf) {
+///         core.handle_datagram(now, from, &buf[..n]);
+///     }
+///     if let Some(at) = core.poll_timeout() {
+///         now = now.max(at);
+///         core.handle_timeout(now);
+///     }
+/// }
+/// assert_eq!(core.peers(), 0, "nobody publishes, so nobody needs a subscribe connection");
+/// ```
+pub struct MediaCore {
+    pub(crate) config: CoreConfig,
+    /// The address every datagram is tagged with as its local address.
+    pub(crate) local: SocketAddr,
+    pub(crate) factory: PeerFactory,
+    pub(crate) peers: HashMap<PeerId, Peer>,
+    pub(crate) by_ufrag: HashMap<String, PeerId>,
+    pub(crate) by_addr: HashMap<SocketAddr, PeerId>,
+    pub(crate) rooms: HashMap<Ident, RoomMedia>,
+    pub(crate) next_peer: PeerId,
+    pub(crate) next_source: SourceId,
+    /// Peers with output to flush, and the one being flushed.
+    pub(crate) dirty: HashSet<PeerId>,
+    pub(crate) flushing: Option<PeerId>,
+    pub(crate) outputs: VecDeque<Output>,
+    /// The earliest `poll_timeout` known: folded in from the peers that were flushed, and
+    /// recomputed over all peers at every tick, so a datagram never scans every peer.
+    pub(crate) soonest: Option<Instant>,
+    pub(crate) last_tick: Option<Instant>,
+    /// The latest `now` any `handle_*` call brought.
+    pub(crate) clock: Option<Instant>,
+    /// Subscribe connections to rebuild: (not before, room, member).
+    pub(crate) rebuilds: Vec<(Instant, Ident, Ident)>,
+    /// When each member's subscribe connection was last rebuilt.
+    pub(crate) last_rebuild: HashMap<(Ident, Ident), Instant>,
+    pub(crate) shed: Shedder,
+    pub(crate) stats: SfuStats,
+}
+
+impl MediaCore {
+    pub fn new(config: CoreConfig) -> Result<MediaCore, SfuError> {
+        let local = *config
+            .public
+            .first()
+            .ok_or_else(|| SfuError::Internal("no address to advertise".into()))?;
+        let factory = PeerFactory::new(config.loop_index, &config.public)?;
+        Ok(MediaCore {
+            config,
+            local,
+            factory,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            rooms: HashMap::new(),
+            next_peer: 1,
+            next_source: 1,
+            dirty: HashSet::new(),
+            flushing: None,
+            outputs: VecDeque::new(),
+            soonest: None,
+            last_tick: None,
+            clock: None,
+            rebuilds: Vec::new(),
+            last_rebuild: HashMap::new(),
+            shed: Shedder::default(),
+            stats: SfuStats::default(),
+        })
+    }
+
+    // ----- getters ---------------------------------------------------------------------------
+
+    /// Peer connections open now.
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// This core's counters (losses and NACKs read from every publish connection).
+    pub fn stats(&mut self, now: Instant) -> SfuStats {
+        let nacks = self
+            .peers
+            .values_mut()
+            .filter(|p| p.kind == PcKind::Publish)
+            .map(|p| losses(&mut p.pc, now, PcKind::Publish).1)
+            .sum();
+        SfuStats {
+            peers: self.peers.len() as u64,
+            nacks_to_publishers: nacks,
+            shed_level: self.shed.level() as u64,
+            backlog_ms: self.shed.backlog().as_millis() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Counters of every peer connection.
+    pub fn peer_stats(&mut self, now: Instant) -> Vec<PeerStats> {
+        self.peers
+            .values_mut()
+            .map(|p| {
+                let mut c = p.counters.clone();
+                let (lost, nacks_sent) = losses(&mut p.pc, now, p.kind);
+                c.packets_lost = lost;
+                if p.kind == PcKind::Publish {
+                    c.nacks = nacks_sent;
+                }
+                c
+            })
+            .collect()
+    }
+
+    // ----- input -----------------------------------------------------------------------------
+
+    /// One datagram from the media port.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Route {
+        self.saw(now);
+        self.stats.datagrams_in += 1;
+        let id = match self.by_addr.get(&from) {
+            Some(&id) => id,
+            None => {
+                // A new address must introduce itself with a STUN check naming a live ufrag,
+                // whose first two characters name the loop that owns the connection.
+                let Some(ufrag) = stun::server_ufrag(data) else {
+                    return Route::Unknown;
+                };
+                let owner = ufrag
+                    .get(..2)
+                    .and_then(|i| usize::from_str_radix(i, 16).ok())
+                    .filter(|i| *i < self.config.loops);
+                if let Some(owner) = owner
+                    && owner != self.config.loop_index
+                {
+                    return Route::Loop(owner);
+                }
+                let Some(&id) = self.by_ufrag.get(ufrag) else {
+                    self.stats.datagrams_dropped += 1;
+                    return Route::Handled;
+                };
+                id
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.stats.datagrams_dropped += 1;
+            return Route::Handled;
+        };
+        if let Some(early) = &mut peer.early {
+            if early.len() < EARLY_DATAGRAMS {
+                early.push((data.to_vec(), from));
+            } else {
+                self.stats.datagrams_dropped += 1;
+            }
+            return Route::Handled;
+        }
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = peer.pc.handle_read(msg) {
+            debug!(parent: &peer.span, error = %e, from = %Pii(from), "datagram refused");
+            self.stats.datagrams_dropped += 1;
+            return Route::Handled;
+        }
+        peer.counters.datagrams_in += 1;
+        peer.counters.bytes_in += data.len() as u64;
+        if !peer.addrs.contains(&from) && stun::is_stun(data) && peer.addrs.len() < MAX_ADDRS {
+            peer.addrs.push(from);
+            self.by_addr.entry(from).or_insert(id);
+            self.outputs.push_back(Output::Connect { remote: from });
+        }
+        self.process(now, id);
+        Route::Handled
+    }
+
+    /// One command from signaling.
+    pub fn handle_command(&mut self, now: Instant, command: MediaCommand) {
+        self.saw(now);
+        self.command(now, command);
+    }
+
+    /// How long the driver has been behind its sockets (zero once it drained them): the input
+    /// of overload shedding.
+    pub fn handle_backlog(&mut self, now: Instant, backlog: Duration) {
+        self.saw(now);
+        if self.shed.observe(now, backlog) {
+            self.apply_shedding();
+        }
+    }
+
+    /// Run every timer due at `now`: the connections' own, the periodic tick, rebuilds.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.saw(now);
+        let tick = self
+            .last_tick
+            .is_none_or(|t| now.saturating_duration_since(t) >= TICK);
+        let mut soonest: Option<Instant> = None;
+        let mut due = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            match p.pc.poll_timeout() {
+                Some(t) if tick || t <= now => due.push(*id),
+                Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
+                None if tick => due.push(*id),
+                None => {}
+            }
+        }
+        if tick {
+            self.last_tick = Some(now);
+            self.soonest = soonest;
+        }
+        for id in due {
+            if let Some(p) = self.peers.get_mut(&id) {
+                let _ = p.pc.handle_timeout(now);
+            }
+            self.process(now, id);
+        }
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rebuilds)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.rebuilds = later;
+        for (_, room, user) in ready {
+            let member = self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.members.contains(&user) && !r.subscribe.contains_key(&user));
+            if member {
+                self.stats.subscribe_rebuilt += 1;
+                self.renew_subscribe(now, &room, &user);
+            }
+        }
+    }
+
+    // ----- output ----------------------------------------------------------------------------
+
+    /// The next thing to do, or `None` until more input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        loop {
+            if let Some(o) = self.outputs.pop_front() {
+                return Some(o);
+            }
+            if let Some(id) = self.flushing {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    if let Some(msg) = peer.pc.poll_write() {
+                        peer.counters.datagrams_out += 1;
+                        peer.counters.bytes_out += msg.message.len() as u64;
+                        return Some(Output::Transmit(Transmit {
+                            to: msg.transport.peer_addr,
+                            data: msg.message,
+                        }));
+                    }
+                    if let Some(t) = peer.pc.poll_timeout() {
+                        self.soonest = Some(self.soonest.map_or(t, |s| s.min(t)));
+                    }
+                }
+                self.flushing = None;
+            }
+            let id = *self.dirty.iter().next()?;
+            self.dirty.remove(&id);
+            self.flushing = Some(id);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must run next; `None` while the core
+    /// holds nothing that needs time.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.peers.is_empty() && self.rebuilds.is_empty() {
+            return None;
+        }
+        let tick = match self.last_tick {
+            Some(t) => t + TICK,
+            // Never ticked: at once.
+            None => self.clock?,
+        };
+        let rebuild = self.rebuilds.iter().map(|(at, _, _)| *at).min();
+        [Some(tick), self.soonest, rebuild]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn saw(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+}

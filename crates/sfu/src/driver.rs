@@ -1,0 +1,459 @@
+//! The driver of one event loop: its socket of the shared port, the sockets connected to each
+//! remote address of its connections, its command queue, and the clock. It feeds one
+//! [`MediaCore`] and does what it says; it is the only code of the media plane that does I/O.
+//!
+//! # One turn of the loop
+//! 1. wait in `mio::Poll` until a socket is readable, a command arrives, or the core's deadline;
+//! 2. apply every queued command and handed-over datagram;
+//! 3. read at most [`BATCH`] datagrams from each readable socket into the core; a socket with
+//!    more waiting stays on the readable list for the next turn;
+//! 4. tell the core how long the loop has been behind (sockets left unread since when), run its
+//!    timers when due, and send everything it output.
+//!
+//! So commands (a revoked seat, a leave) and writes happen at least every [`BATCH`] datagrams
+//! per socket however hard a flood comes, and the core's queued output never outgrows one turn.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::handle::Shared;
+use crate::{
+    CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, PeerStats, Pii, Route,
+    SfuStats,
+};
+
+/// Datagrams read from one socket before the loop turns (commands, timers, writes).
+pub(crate) const BATCH: usize = 64;
+
+/// Datagrams queued from other loops (first packets of flows) before more are dropped.
+const HANDOVER_QUEUE: usize = 1024;
+
+/// Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max): one
+/// port carries every peer, and bursts of keyframes to many subscribers must not overflow it.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+const SHARED_SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Tokens from here on are connected sockets.
+const FIRST_CONNECTED: usize = 2;
+
+pub(crate) enum Msg {
+    Command(MediaCommand),
+    Stats(oneshot::Sender<SfuStats>),
+    PeerStats(oneshot::Sender<Vec<PeerStats>>),
+}
+
+/// How other threads reach one loop.
+pub(crate) struct LoopHandle {
+    commands: std::sync::mpsc::Sender<Msg>,
+    /// Bounded: a flood of first packets for this loop's flows must not grow memory.
+    handover: std::sync::mpsc::SyncSender<(Vec<u8>, SocketAddr)>,
+    waker: Arc<Waker>,
+}
+
+impl LoopHandle {
+    pub(crate) fn send(&self, msg: Msg) {
+        if self.commands.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn hand_over(&self, data: &[u8], from: SocketAddr) -> bool {
+        let ok = self.handover.try_send((data.to_vec(), from)).is_ok();
+        if ok {
+            let _ = self.waker.wake();
+        }
+        ok
+    }
+}
+
+/// What a loop thread starts with.
+pub(crate) struct LoopParts {
+    pub(crate) index: usize,
+    poll: Poll,
+    socket: std::net::UdpSocket,
+    commands: std::sync::mpsc::Receiver<Msg>,
+    handover: std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+}
+
+pub(crate) fn new_loop(
+    index: usize,
+    socket: std::net::UdpSocket,
+) -> std::io::Result<(LoopHandle, LoopParts)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (htx, hrx) = std::sync::mpsc::sync_channel(HANDOVER_QUEUE);
+    Ok((
+        LoopHandle {
+            commands: tx,
+            handover: htx,
+            waker,
+        },
+        LoopParts {
+            index,
+            poll,
+            socket,
+            commands: rx,
+            handover: hrx,
+        },
+    ))
+}
+
+/// Bind one socket of the shared port's `SO_REUSEPORT` group.
+pub(crate) fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge a media socket's receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge a media socket's send buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Says when a loop thread dies of a panic: the media plane is marked failed (so `/healthz`
+/// and requests say so and the server exits for its supervisor to restart it), and signaling
+/// hears of it. A loop that ends because the server is shutting down is not a failure.
+struct FailGuard {
+    index: usize,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+}
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            error!(index = self.index, "a media loop died");
+            self.shared
+                .failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.shared.failure.notify_waiters();
+            let _ = self
+                .events
+                .send(MediaEvent::LoopFailed { index: self.index });
+        }
+    }
+}
+
+/// Counters only the driver sees; added to the core's.
+#[derive(Default)]
+struct DriverStats {
+    dropped_unknown: u64,
+    handed_over: u64,
+    handover_dropped: u64,
+    send_errors: u64,
+}
+
+struct Driver {
+    index: usize,
+    poll: Poll,
+    socket: UdpSocket,
+    bound: SocketAddr,
+    /// Sockets connected to one remote address each, on the same port: the kernel delivers a
+    /// connected flow to its socket, so after the first packets every datagram of a peer
+    /// connection arrives at the loop that owns it.
+    connected: HashMap<Token, (UdpSocket, SocketAddr)>,
+    connected_by_addr: HashMap<SocketAddr, Token>,
+    next_token: usize,
+    /// Sockets with datagrams left unread at the end of the last turn.
+    readable: Vec<Token>,
+    behind_since: Option<Instant>,
+    core: MediaCore,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    stats: DriverStats,
+    fault_room: Option<String>,
+}
+
+pub(crate) fn run(
+    parts: LoopParts,
+    config: CoreConfig,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    fault_room: Option<String>,
+) {
+    let LoopParts {
+        index,
+        poll,
+        socket,
+        commands,
+        handover,
+    } = parts;
+    let _guard = FailGuard {
+        index,
+        shared: shared.clone(),
+        events: events.clone(),
+    };
+    let bound = socket
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    let mut socket = UdpSocket::from_std(socket);
+    let started = poll
+        .registry()
+        .register(&mut socket, SHARED_SOCKET, Interest::READABLE)
+        .map_err(|e| e.to_string())
+        .and_then(|()| MediaCore::new(config).map_err(|e| e.to_string()));
+    let core = match started {
+        Ok(core) => {
+            let _ = ready.send(Ok(()));
+            core
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut driver = Driver {
+        index,
+        poll,
+        socket,
+        bound,
+        connected: HashMap::new(),
+        connected_by_addr: HashMap::new(),
+        next_token: FIRST_CONNECTED,
+        readable: Vec::new(),
+        behind_since: None,
+        core,
+        shared,
+        events,
+        stats: DriverStats::default(),
+        fault_room,
+    };
+    driver.run(&commands, &handover);
+}
+
+impl Driver {
+    fn run(
+        &mut self,
+        commands: &std::sync::mpsc::Receiver<Msg>,
+        handover: &std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = if self.readable.is_empty() {
+                self.core
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                error!(error = %e, "media loop poll failed");
+                panic!("media loop {} cannot poll: {e}", self.index);
+            }
+            let mut woken = false;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => woken = true,
+                    token => {
+                        if !self.readable.contains(&token) {
+                            self.readable.push(token);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if woken {
+                loop {
+                    match commands.try_recv() {
+                        Ok(msg) => self.message(now, msg),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        // Every handle is gone: the server is shutting down.
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    }
+                }
+                while let Ok((data, from)) = handover.try_recv() {
+                    self.stats.handed_over += 1;
+                    self.datagram(now, &data, from);
+                }
+            }
+            self.read(now, &mut buf);
+            let now = Instant::now();
+            let backlog = if self.readable.is_empty() {
+                self.behind_since = None;
+                Duration::ZERO
+            } else {
+                now.saturating_duration_since(*self.behind_since.get_or_insert(now))
+            };
+            self.core.handle_backlog(now, backlog);
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.flush();
+        }
+    }
+
+    /// One turn's reading: up to [`BATCH`] datagrams from each readable socket.
+    fn read(&mut self, now: Instant, buf: &mut [u8]) {
+        let tokens = std::mem::take(&mut self.readable);
+        for token in tokens {
+            let mut more = false;
+            for _ in 0..BATCH {
+                let got = if token == SHARED_SOCKET {
+                    self.socket.recv_from(buf)
+                } else {
+                    match self.connected.get(&token) {
+                        Some((socket, from)) => socket.recv(buf).map(|n| (n, *from)),
+                        None => break,
+                    }
+                };
+                match got {
+                    Ok((n, from)) => {
+                        self.datagram(now, &buf[..n], from);
+                        more = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        more = false;
+                        break;
+                    }
+                    // An ICMP error reported on a connected socket: the datagrams behind it are
+                    // still there.
+                    Err(_) => more = true,
+                }
+            }
+            if more {
+                self.readable.push(token);
+            }
+        }
+    }
+
+    fn datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
+        let owner = match self.core.handle_datagram(now, from, data) {
+            Route::Handled => return,
+            Route::Loop(owner) => Some(owner),
+            // Not a check: a flow another loop owns whose packets the kernel still brings here
+            // (before that loop's connected socket existed), or garbage.
+            Route::Unknown => self
+                .shared
+                .owners
+                .read()
+                .ok()
+                .and_then(|o| o.get(&from).copied())
+                .filter(|o| *o != self.index),
+        };
+        match owner.and_then(|o| self.shared.loops.get(o)) {
+            Some(l) => {
+                if !l.hand_over(data, from) {
+                    self.stats.handover_dropped += 1;
+                }
+            }
+            None => self.stats.dropped_unknown += 1,
+        }
+    }
+
+    fn message(&mut self, now: Instant, msg: Msg) {
+        match msg {
+            Msg::Command(command) => {
+                if let (Some(fault), MediaCommand::Seats(MediaChange::Subscribe { room, .. })) =
+                    (&self.fault_room, &command)
+                    && room.as_str() == fault
+                {
+                    panic!("fault injection: media loop {} dies", self.index);
+                }
+                self.core.handle_command(now, command);
+            }
+            Msg::Stats(tx) => {
+                let mut s = self.core.stats(now);
+                s.datagrams_dropped += self.stats.dropped_unknown;
+                s.handed_over += self.stats.handed_over;
+                s.handover_dropped += self.stats.handover_dropped;
+                s.send_errors += self.stats.send_errors;
+                let _ = tx.send(s);
+            }
+            Msg::PeerStats(tx) => {
+                let _ = tx.send(self.core.peer_stats(now));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Transmit(t) => {
+                    let sent = match self
+                        .connected_by_addr
+                        .get(&t.to)
+                        .and_then(|token| self.connected.get(token))
+                    {
+                        Some((socket, _)) => socket.send(&t.data),
+                        None => self.socket.send_to(&t.data, t.to),
+                    };
+                    // UDP: a full send buffer drops the datagram, as the network would.
+                    if let Err(e) = sent {
+                        self.stats.send_errors += 1;
+                        debug!(error = %e, to = %Pii(t.to), "udp send error");
+                    }
+                }
+                Output::Connect { remote } => self.connect(remote),
+                Output::Forget { remote } => self.forget(remote),
+                Output::Event(event) => {
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+    }
+
+    /// Open a socket connected to `remote` on the shared port, so the kernel brings that flow
+    /// to this loop from now on, and say so to the other loops for packets already under way.
+    fn connect(&mut self, remote: SocketAddr) {
+        if let Ok(mut owners) = self.shared.owners.write() {
+            owners.insert(remote, self.index);
+        }
+        if self.connected_by_addr.contains_key(&remote) {
+            return;
+        }
+        let socket = bind_reuseport(self.bound).and_then(|s| {
+            s.connect(remote)?;
+            Ok(s)
+        });
+        let mut socket = match socket {
+            Ok(s) => UdpSocket::from_std(s),
+            Err(e) => {
+                // The shared socket still works; other loops hand this flow over.
+                debug!(error = %e, remote = %Pii(remote), "no connected socket");
+                return;
+            }
+        };
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if self
+            .poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        self.connected.insert(token, (socket, remote));
+        self.connected_by_addr.insert(remote, token);
+    }
+
+    fn forget(&mut self, remote: SocketAddr) {
+        if let Some(token) = self.connected_by_addr.remove(&remote)
+            && let Some((mut socket, _)) = self.connected.remove(&token)
+        {
+            let _ = self.poll.registry().deregister(&mut socket);
+        }
+        if let Ok(mut owners) = self.shared.owners.write()
+            && owners.get(&remote) == Some(&self.index)
+        {
+            owners.remove(&remote);
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Why a media request failed. Signaling turns these into protocol error codes in one place.
+
+/// Why a media request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// The client's session description was refused (malformed, or one the connection cannot
+    /// take in its state).
+    #[error("the session description was refused: {0}")]
+    BadSdp(String),
+    /// The seats do not (or no longer) allow this user to publish.
+    #[error("not allowed to publish")]
+    NotAllowed,
+    /// An answer came with no subscribe offer waiting for one.
+    #[error("no subscribe offer is waiting for an answer")]
+    NoOffer,
+    /// The user is not a member of the room on the media plane.
+    #[error("not in the room")]
+    NotInRoom,
+    /// The server could not build a connection: its own fault, not the request's.
+    #[error("the media plane failed: {0}")]
+    Internal(String),
+    /// The media plane is down (an event loop died).
+    #[error("the media plane is unavailable")]
+    Unavailable,
+}

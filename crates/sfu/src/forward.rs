@@ -1,0 +1,277 @@
+//! The packet path of the core: a publisher's RTP to every subscriber (permission, keyframe
+//! gating, rewrite, extensions), subscribers' RTCP (NACKs answered from the track's buffer,
+//! keyframe requests relayed), and keyframe requests to publishers.
+
+use std::time::Instant;
+
+use miclink_protocol::Ident;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp::Packet;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+
+use crate::MediaCore;
+use crate::extensions::renumber;
+use crate::peer::PeerId;
+use crate::track::Verdict;
+
+/// Sequence numbers one NACK packet may ask for; a receiver never honestly misses more at once,
+/// and a forged NACK naming the same packets hundreds of times must not cost hundreds of sends.
+const MAX_NACKED: usize = 128;
+
+impl MediaCore {
+    /// One RTP packet from publish connection `from`, out to every subscriber that may have it.
+    pub(crate) fn forward(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        track_id: &str,
+        mut packet: Packet,
+    ) {
+        self.stats.rtp_in += 1;
+        let Some(publisher) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Some(track) = publisher.tracks.get_mut(track_id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&publisher.room) else {
+            return;
+        };
+        let kind = track.kind;
+        let allowed = room
+            .allowed
+            .get(&publisher.user)
+            .is_some_and(|(audio, video)| match kind {
+                RtpCodecKind::Audio => *audio,
+                RtpCodecKind::Video => *video,
+                _ => false,
+            });
+        if !allowed {
+            // Seats rule media: nobody unseated is forwarded, whatever keeps arriving.
+            self.stats.rtp_dropped_not_allowed += 1;
+            return;
+        }
+        publisher.counters.rtp_in += 1;
+        let is_key = track.keyframes.is_keyframe(&packet.payload);
+        // The publisher's extensions, in its id space; each subscriber gets its own renumbering.
+        let original = std::mem::take(&mut packet.header.extensions);
+        let had_extensions = packet.header.extension;
+        packet.header.extension = false;
+        packet.header.extension_profile = 0;
+        packet.header.extensions_padding = 0;
+        let ext = track.receive(&packet);
+        let (source, timestamp) = (track.source, packet.header.timestamp);
+        let key = (publisher.user.clone(), kind);
+        let mut want_keyframe = false;
+        // Disjoint borrows of the core's fields: the room's subscriber list is read while
+        // subscriber connections are written, with no list copied per packet.
+        for (member, &sid) in &room.subscribe {
+            if *member == key.0 {
+                continue;
+            }
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                continue;
+            };
+            if !sub.connected {
+                continue;
+            }
+            let Some(out) = sub.outs.get_mut(&key) else {
+                continue;
+            };
+            let Some(negotiated) = &out.negotiated else {
+                continue;
+            };
+            if out.paused {
+                self.stats.video_shed += 1;
+                continue;
+            }
+            let (seq, timestamp) =
+                match out
+                    .munger
+                    .rewrite(source, ext, timestamp, is_key, out.clock_rate, now)
+                {
+                    Verdict::Forward { seq, timestamp } => (seq, timestamp),
+                    Verdict::WaitKeyframe => {
+                        want_keyframe = true;
+                        continue;
+                    }
+                    Verdict::Drop => continue,
+                };
+            packet.header.ssrc = out.ssrc;
+            packet.header.payload_type = negotiated.payload_type;
+            packet.header.sequence_number = seq;
+            packet.header.timestamp = timestamp;
+            if had_extensions {
+                renumber(&mut packet.header, &original, &out.ext_ids);
+            }
+            let sender = out.sender;
+            let written = match sub.pc.rtp_sender(sender) {
+                Some(mut sender) => sender.write_rtp(now, packet.clone()),
+                None => continue,
+            };
+            match written {
+                Ok(()) => {
+                    self.stats.rtp_out += 1;
+                    sub.counters.rtp_out += 1;
+                    self.dirty.insert(sid);
+                }
+                Err(e) => {
+                    self.stats.rtp_write_errors += 1;
+                    tracing::debug!(parent: &sub.span, error = %e, "packet refused by the subscriber leg");
+                }
+            }
+        }
+        if want_keyframe {
+            self.request_keyframe(now, from, track_id);
+        }
+    }
+
+    /// Ask publisher `from` for a keyframe of `track_id` (at most once per PLI interval).
+    pub(crate) fn request_keyframe(&mut self, now: Instant, from: PeerId, track_id: &str) {
+        let Some(publisher) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Some(track) = publisher.tracks.get_mut(track_id) else {
+            return;
+        };
+        if !track.pli_due(now) {
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: track.ssrc,
+        };
+        if let Some(mut r) = publisher.pc.rtp_receiver(track.receiver)
+            && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
+        {
+            self.stats.plis_sent += 1;
+            publisher.counters.plis += 1;
+            self.dirty.insert(from);
+        }
+    }
+
+    /// RTCP from a peer. Subscribers' NACKs are answered from the published track's buffer and
+    /// their keyframe requests go to the publisher; nothing else is passed upstream.
+    pub(crate) fn rtcp(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        packets: Vec<Box<dyn rtc::rtcp::Packet>>,
+    ) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.kind != crate::PcKind::Subscribe {
+            return;
+        }
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.stats.nacks_received += 1;
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.counters.nacks += 1;
+                }
+                let mut lost: Vec<u16> = nack.nacks.iter().flat_map(|p| p.packet_list()).collect();
+                lost.sort_unstable();
+                lost.dedup();
+                lost.truncate(MAX_NACKED);
+                self.retransmit(now, id, nack.media_ssrc, &lost);
+            } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.keyframe_for_subscriber(now, id, pli.media_ssrc);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                self.keyframe_for_subscriber(now, id, fir.media_ssrc);
+            } else if any.downcast_ref::<TransportLayerCc>().is_some() {
+                // Read for the bandwidth estimator to come; counted so it can be seen working.
+                self.stats.twcc_feedback += 1;
+            }
+        }
+    }
+
+    /// The publisher and kind a subscriber's outgoing SSRC carries.
+    fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<(Ident, RtpCodecKind)> {
+        let sub = self.peers.get(&sid)?;
+        sub.outs
+            .iter()
+            .find(|(_, o)| o.ssrc == ssrc)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// The publish connection and track id of `publisher`'s current track of `kind` in the room
+    /// of subscriber `sid`.
+    fn source_track(
+        &self,
+        sid: PeerId,
+        publisher: &Ident,
+        kind: RtpCodecKind,
+    ) -> Option<(PeerId, String)> {
+        let room = &self.peers.get(&sid)?.room;
+        let pid = *self.rooms.get(room)?.publish.get(publisher)?;
+        let track_id = self
+            .peers
+            .get(&pid)?
+            .tracks
+            .iter()
+            .find(|(_, t)| t.kind == kind)
+            .map(|(id, _)| id.clone())?;
+        Some((pid, track_id))
+    }
+
+    fn keyframe_for_subscriber(&mut self, now: Instant, sid: PeerId, ssrc: u32) {
+        let Some((publisher, kind)) = self.out_key(sid, ssrc) else {
+            return;
+        };
+        if let Some((pid, track_id)) = self.source_track(sid, &publisher, kind) {
+            self.request_keyframe(now, pid, &track_id);
+        }
+    }
+
+    fn retransmit(&mut self, now: Instant, sid: PeerId, ssrc: u32, lost: &[u16]) {
+        let Some(key) = self.out_key(sid, ssrc) else {
+            return;
+        };
+        let Some((pid, track_id)) = self.source_track(sid, &key.0, key.1) else {
+            return;
+        };
+        for &seq in lost {
+            let Some(out) = self.peers.get(&sid).and_then(|s| s.outs.get(&key)) else {
+                return;
+            };
+            let Some(payload_type) = out.negotiated.as_ref().map(|n| n.payload_type) else {
+                return;
+            };
+            let (ssrc, sender) = (out.ssrc, out.sender);
+            let stored = out
+                .munger
+                .original(seq)
+                .and_then(|(source, ext, ts_offset)| {
+                    let track = self.peers.get(&pid)?.tracks.get(&track_id)?;
+                    if track.source != source {
+                        return None;
+                    }
+                    let mut p = track.stored(ext)?.clone();
+                    p.header.timestamp = p.header.timestamp.wrapping_add(ts_offset);
+                    Some(p)
+                });
+            let Some(mut packet) = stored else {
+                self.stats.retransmit_misses += 1;
+                continue;
+            };
+            packet.header.ssrc = ssrc;
+            packet.header.payload_type = payload_type;
+            packet.header.sequence_number = seq;
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                return;
+            };
+            if let Some(mut s) = sub.pc.rtp_sender(sender)
+                && s.write_rtp(now, packet).is_ok()
+            {
+                self.stats.retransmitted += 1;
+                sub.counters.retransmitted += 1;
+                self.dirty.insert(sid);
+            }
+        }
+    }
+}

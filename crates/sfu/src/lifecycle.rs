@@ -1,0 +1,417 @@
+//! The lifecycle of peer connections in the core: building and closing them, tracks
+//! opening, subscribe connections and their offers, rebuilds after failures.
+
+use std::time::Instant;
+
+use miclink_protocol::Ident;
+use rand::RngExt;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use tracing::{debug, info, warn};
+
+use crate::core::{Output, REBUILD_INTERVAL, Transmit};
+use crate::peer::{OutKey, PeerId};
+use crate::track::{InTrack, OutTrack};
+use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions};
+
+impl MediaCore {
+    pub(crate) fn room_peer(&self, room: &Ident, user: &Ident, kind: PcKind) -> Option<PeerId> {
+        let r = self.rooms.get(room)?;
+        match kind {
+            PcKind::Publish => r.publish.get(user),
+            PcKind::Subscribe => r.subscribe.get(user),
+        }
+        .copied()
+    }
+
+    /// Drain one peer's events and media after it was fed.
+    pub(crate) fn process(&mut self, now: Instant, id: PeerId) {
+        self.dirty.insert(id);
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            if let Some(event) = peer.pc.poll_event() {
+                self.peer_event(now, id, event);
+                continue;
+            }
+            if let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                match message {
+                    RTCMessage::RtpPacket(track_id, packet) => {
+                        self.forward(now, id, &track_id, packet);
+                    }
+                    RTCMessage::RtcpPacket(_, packets) => self.rtcp(now, id, packets),
+                    _ => {}
+                }
+                continue;
+            }
+            return;
+        }
+    }
+
+    pub(crate) fn peer_event(&mut self, now: Instant, id: PeerId, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                debug!(parent: &peer.span, %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => peer.connected = true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        let (room, user, kind) = (peer.room.clone(), peer.user.clone(), peer.kind);
+                        info!(parent: &peer.span, %state, "connection ended");
+                        self.remove_peer(id);
+                        if kind == PcKind::Subscribe {
+                            self.schedule_rebuild(now, room, user);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.track_opened(now, id, init.track_id, init.receiver_id);
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn schedule_rebuild(&mut self, now: Instant, room: Ident, user: Ident) {
+        let member = self
+            .rooms
+            .get(&room)
+            .is_some_and(|r| r.members.contains(&user));
+        if !member
+            || self
+                .rebuilds
+                .iter()
+                .any(|(_, r, u)| *r == room && *u == user)
+        {
+            return;
+        }
+        let at = self
+            .last_rebuild
+            .get(&(room.clone(), user.clone()))
+            .map_or(now, |t| now.max(*t + REBUILD_INTERVAL));
+        self.rebuilds.push((at, room, user));
+    }
+
+    /// Close `user`'s subscribe connection, if any, and give them a new one.
+    pub(crate) fn renew_subscribe(&mut self, now: Instant, room: &Ident, user: &Ident) {
+        if let Some(id) = self.room_peer(room, user, PcKind::Subscribe) {
+            self.remove_peer(id);
+        }
+        self.last_rebuild.insert((room.clone(), user.clone()), now);
+        self.ensure_subscribe(now, room, user);
+    }
+
+    pub(crate) fn track_opened(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        track_id: String,
+        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+    ) {
+        let source = self.next_source;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.kind != PcKind::Publish {
+            return;
+        }
+        let Some(mut r) = peer.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let kind = r.track().kind();
+        let ssrc = r.track().ssrcs().next().unwrap_or(0);
+        let parameters = r.get_parameters().rtp_parameters.clone();
+        // The codec of the stream's first packet (its payload type), not merely the first one
+        // the m-section lists: a publisher offering VP8 and H.264 may send either.
+        let Some(codec) = r
+            .track()
+            .codec(ssrc)
+            .cloned()
+            .or_else(|| parameters.codecs.first().map(|c| c.rtp_codec.clone()))
+        else {
+            return;
+        };
+        let forwarded = extensions::forwarded(
+            parameters
+                .header_extensions
+                .iter()
+                .map(|h| (h.id, h.uri.as_str())),
+        );
+        let (room, user) = (peer.room.clone(), peer.user.clone());
+        info!(parent: &peer.span, ?kind, mime = %codec.mime_type, source, "track published");
+        self.next_source += 1;
+        peer.tracks.insert(
+            track_id,
+            InTrack::new(source, kind, codec.clone(), receiver, ssrc, forwarded),
+        );
+        // Every other member receives it.
+        let members: Vec<Ident> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.iter().filter(|m| **m != user).cloned().collect())
+            .unwrap_or_default();
+        for member in members {
+            let Some(sid) = self.room_peer(&room, &member, PcKind::Subscribe) else {
+                self.ensure_subscribe(now, &room, &member);
+                continue;
+            };
+            // A republish with another codec needs a new sender; the same codec keeps the one
+            // the subscriber has, and its stream continues from the new source's keyframe.
+            let stale = self
+                .peers
+                .get(&sid)
+                .and_then(|s| s.outs.get(&(user.clone(), kind)))
+                .is_some_and(|o| {
+                    !o.mime.eq_ignore_ascii_case(&codec.mime_type) || o.fmtp != codec.sdp_fmtp_line
+                });
+            let removed = stale && self.remove_out_tracks(sid, &user, Some(kind));
+            if self.add_out_track(sid, &user, kind, &codec) || removed {
+                self.negotiate(now, sid);
+            }
+            self.settle_extensions(sid);
+        }
+    }
+
+    /// Map each of `sid`'s answered tracks' forwarded extensions from its publisher's current
+    /// ids to the subscriber's.
+    pub(crate) fn settle_extensions(&mut self, sid: PeerId) {
+        let Some(sub) = self.peers.get(&sid) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&sub.room) else {
+            return;
+        };
+        let mappings: Vec<(OutKey, Vec<(u8, u8)>)> = sub
+            .outs
+            .iter()
+            .filter_map(|(key, out)| {
+                let negotiated = out.negotiated.as_ref()?;
+                let publisher = self.peers.get(room.publish.get(&key.0)?)?;
+                let track = publisher.tracks.values().find(|t| t.kind == key.1)?;
+                Some((
+                    key.clone(),
+                    extensions::mapping(&track.extensions, &negotiated.extensions),
+                ))
+            })
+            .collect();
+        if let Some(sub) = self.peers.get_mut(&sid) {
+            for (key, ids) in mappings {
+                if let Some(out) = sub.outs.get_mut(&key) {
+                    out.ext_ids = ids;
+                }
+            }
+        }
+    }
+
+    /// Give `member` a subscribe connection carrying every track published in the room but
+    /// their own, if there is any and they have none yet.
+    pub(crate) fn ensure_subscribe(&mut self, now: Instant, room: &Ident, member: &Ident) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        if r.subscribe.contains_key(member) || !r.members.contains(member) {
+            return;
+        }
+        let published: Vec<(Ident, RtpCodecKind, RTCRtpCodec)> = r
+            .publish
+            .iter()
+            .filter(|(u, _)| *u != member)
+            .filter_map(|(u, id)| self.peers.get(id).map(|p| (u, p)))
+            .flat_map(|(u, p)| {
+                p.tracks
+                    .values()
+                    .map(move |t| (u.clone(), t.kind, t.codec.clone()))
+            })
+            .collect();
+        if published.is_empty() {
+            return;
+        }
+        let id = match self.new_peer(now, room, member, PcKind::Subscribe) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(%room, user = %member, error = %e, "could not create a subscribe connection");
+                return;
+            }
+        };
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.subscribe.insert(member.clone(), id);
+            let before = !r.subscribed_before.insert(member.clone());
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.new_connection = before;
+            }
+        }
+        for (publisher, kind, codec) in published {
+            self.add_out_track(id, &publisher, kind, &codec);
+        }
+        self.negotiate(now, id);
+    }
+
+    /// Add `publisher`'s track of `kind` to subscribe connection `sid`; false if it was there.
+    pub(crate) fn add_out_track(
+        &mut self,
+        sid: PeerId,
+        publisher: &Ident,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+    ) -> bool {
+        let Some(sub) = self.peers.get_mut(&sid) else {
+            return false;
+        };
+        let key = (publisher.clone(), kind);
+        if sub.outs.contains_key(&key) {
+            return false;
+        }
+        let ssrc: u32 = rand::rng().random();
+        // The msid stream id is the publisher's user id (contract rule 7). Track ids are never
+        // reused on a connection: a replaced sender's id may still be in its transceiver.
+        let track = MediaStreamTrack::new(
+            publisher.to_string(),
+            format!("{publisher}-{kind}-{ssrc:08x}"),
+            format!("{publisher} {kind}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
+                ..Default::default()
+            }],
+        );
+        match sub.pc.add_track(track) {
+            Ok(sender) => {
+                // Offer every forwarded codec of the kind, not only this track's (see
+                // `register_forwarded_codecs`).
+                if let Some(mut t) = sub.pc.rtp_transceiver(sender.into()) {
+                    let _ = t.set_codec_preferences(Vec::new());
+                }
+                let first_seq = rand::rng().random();
+                sub.outs
+                    .insert(key, OutTrack::new(sender, ssrc, kind, codec, first_seq));
+                true
+            }
+            Err(e) => {
+                warn!(parent: &sub.span, error = %e, "could not add a track");
+                false
+            }
+        }
+    }
+
+    /// Remove `publisher`'s tracks (of `kind`, or all) from subscribe connection `sid`; true if
+    /// any was there (the connection then needs a new offer).
+    pub(crate) fn remove_out_tracks(
+        &mut self,
+        sid: PeerId,
+        publisher: &Ident,
+        kind: Option<RtpCodecKind>,
+    ) -> bool {
+        let Some(sub) = self.peers.get_mut(&sid) else {
+            return false;
+        };
+        let gone: Vec<(Ident, RtpCodecKind)> = sub
+            .outs
+            .keys()
+            .filter(|(p, k)| p == publisher && kind.is_none_or(|kind| kind == *k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            if let Some(out) = sub.outs.remove(key) {
+                let _ = sub.pc.remove_track(out.sender);
+            }
+        }
+        !gone.is_empty()
+    }
+
+    /// Send `sid` a new subscribe offer, or note that one is due once the pending one is
+    /// answered.
+    pub(crate) fn negotiate(&mut self, now: Instant, sid: PeerId) {
+        let Some(sub) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        if sub.offer_pending() {
+            sub.renegotiate = true;
+            return;
+        }
+        let offer = (|| {
+            let offer = sub.pc.create_offer(None)?;
+            sub.pc.set_local_description(now, offer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(offer.sdp)
+        })();
+        match offer {
+            Ok(sdp) => {
+                sub.pending_offer = Some(sdp.clone());
+                for out in sub.outs.values_mut() {
+                    out.offered = true;
+                }
+                self.outputs
+                    .push_back(Output::Event(MediaEvent::SubscribeOffer {
+                        room: sub.room.clone(),
+                        user: sub.user.clone(),
+                        sdp,
+                        new_connection: sub.new_connection,
+                    }));
+                self.dirty.insert(sid);
+            }
+            Err(e) => warn!(parent: &sub.span, error = %e, "could not create a subscribe offer"),
+        }
+    }
+
+    pub(crate) fn new_peer(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        user: &Ident,
+        kind: PcKind,
+    ) -> Result<PeerId, SfuError> {
+        let peer = self.factory.build(now, room, user, kind)?;
+        let id = self.next_peer;
+        self.next_peer += 1;
+        self.by_ufrag.insert(peer.ufrag.clone(), id);
+        self.peers.insert(id, peer);
+        Ok(id)
+    }
+
+    /// Close a connection and forget it everywhere; its close alerts still go out first.
+    pub(crate) fn remove_peer(&mut self, id: PeerId) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        if let Some(r) = self.rooms.get_mut(&peer.room) {
+            let map = match peer.kind {
+                PcKind::Publish => &mut r.publish,
+                PcKind::Subscribe => &mut r.subscribe,
+            };
+            if map.get(&peer.user) == Some(&id) {
+                map.remove(&peer.user);
+            }
+        }
+        let _ = peer.pc.close();
+        while let Some(msg) = peer.pc.poll_write() {
+            self.outputs.push_back(Output::Transmit(Transmit {
+                to: msg.transport.peer_addr,
+                data: msg.message,
+            }));
+        }
+        self.by_ufrag.remove(&peer.ufrag);
+        for a in &peer.addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+                self.outputs.push_back(Output::Forget { remote: *a });
+            }
+        }
+        self.dirty.remove(&id);
+        if self.flushing == Some(id) {
+            self.flushing = None;
+        }
+    }
+}

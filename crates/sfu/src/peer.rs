@@ -1,0 +1,305 @@
+//! One peer connection as the SFU holds it: the rtc connection, whose it is, its addresses, its
+//! tracks, and its offer state; and how the SFU builds one ([`PeerFactory`]).
+//!
+//! Nothing here routes or forwards; that is the core's job.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use miclink_protocol::Ident;
+use rand::RngExt;
+use rtc::interceptor::{Registry, Slot};
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_sender_only, register_default_interceptors,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind, TYPE_RTCP_FB_NACK,
+};
+
+use crate::feedback::{RtcpToApplication, sfu_feedback};
+use crate::stats::PeerStats;
+use crate::track::{InTrack, OutTrack};
+use crate::{PcKind, SfuError};
+
+pub(crate) type PeerId = u64;
+
+/// A subscribe connection's outgoing track: the publisher and the kind.
+pub(crate) type OutKey = (Ident, RtpCodecKind);
+
+/// Remote addresses one connection may use at once: a client switches networks now and then,
+/// but a handful covers every honest case, and each address costs a map entry and a socket.
+pub(crate) const MAX_ADDRS: usize = 4;
+
+/// Datagrams kept per subscribe connection while its first answer is awaited.
+pub(crate) const EARLY_DATAGRAMS: usize = 16;
+
+/// ICE-lite hears only the client's checks, and Chromium checks a stable, receiving connection
+/// only every 10 to 25 s, so rtc's 5 s default flapped every subscribe connection to
+/// `disconnected` and its 25 s failure timer could close one that was fine.
+const ICE_DISCONNECTED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+const ICE_FAILED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
+
+pub(crate) struct Peer {
+    pub(crate) pc: RTCPeerConnection,
+    pub(crate) room: Ident,
+    pub(crate) user: Ident,
+    pub(crate) kind: PcKind,
+    pub(crate) ufrag: String,
+    /// Remote addresses learned from the client's checks, at most [`MAX_ADDRS`].
+    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) connected: bool,
+    /// Publish connections: tracks by track id.
+    pub(crate) tracks: HashMap<String, InTrack>,
+    /// Subscribe connections: (publisher, kind) -> sender.
+    pub(crate) outs: HashMap<OutKey, OutTrack>,
+    /// Subscribe connections: the SDP of an offer that is out and unanswered.
+    pub(crate) pending_offer: Option<String>,
+    /// Subscribe connections: the offer starts a new connection (the client must make one).
+    pub(crate) new_connection: bool,
+    /// Subscribe connections: the track set changed while an offer was out.
+    pub(crate) renegotiate: bool,
+    /// Subscribe connections before their first answer: the client's first connectivity checks
+    /// race its answer (UDP beats the WebSocket and the hub) and rtc refuses a check it cannot
+    /// yet attribute, so they are kept (a few) and fed again once the answer is in, instead of
+    /// leaving the client to its retransmission schedule.
+    pub(crate) early: Option<Vec<(Vec<u8>, SocketAddr)>>,
+    /// Trickled candidates taken so far (they are capped).
+    pub(crate) remote_candidates: usize,
+    pub(crate) counters: PeerStats,
+    pub(crate) span: tracing::Span,
+}
+
+impl Peer {
+    pub(crate) fn offer_pending(&self) -> bool {
+        self.pending_offer.is_some()
+    }
+}
+
+/// Builds the SFU's peer connections: ICE-lite, host candidates on the shared port, one DTLS
+/// certificate for every connection of the loop (generating one per connection would cost a
+/// key generation on the loop for every publish), and the interceptors each kind needs.
+pub(crate) struct PeerFactory {
+    /// Leads every ufrag: it names the loop that owns the connection.
+    prefix: String,
+    candidates: Vec<String>,
+    certificate: RTCCertificate,
+}
+
+impl PeerFactory {
+    pub(crate) fn new(loop_index: usize, public: &[SocketAddr]) -> Result<PeerFactory, SfuError> {
+        let internal = |e: &dyn std::fmt::Display| SfuError::Internal(e.to_string());
+        let provider = rtc::crypto::default_provider().map_err(|e| internal(&e))?;
+        let params =
+            CertificateParams::new(vec!["miclink".to_owned()]).map_err(|e| internal(&e))?;
+        let certificate = RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            params,
+        )
+        .map_err(|e| internal(&e))?;
+        let mut candidates = Vec::with_capacity(public.len());
+        for addr in public {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(|e| internal(&e))?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(|e| internal(&e))?;
+            candidates.push(init.candidate);
+        }
+        Ok(PeerFactory {
+            prefix: format!("{loop_index:02x}"),
+            candidates,
+            certificate,
+        })
+    }
+
+    /// A new connection of `kind` for `user`, with its ufrag.
+    pub(crate) fn build(
+        &self,
+        now: Instant,
+        room: &Ident,
+        user: &Ident,
+        kind: PcKind,
+    ) -> Result<Peer, SfuError> {
+        let internal = |e: &dyn std::fmt::Display| SfuError::Internal(e.to_string());
+        let ufrag = format!("{}{}", self.prefix, random_string(14));
+        let mut media = MediaEngine::default();
+        register_forwarded_codecs(&mut media).map_err(|e| internal(&e))?;
+        let registry = match kind {
+            // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback.
+            PcKind::Publish => register_default_interceptors(Registry::new(), &mut media),
+            // Sending: NACK and PLI are negotiated but no per-connection responder keeps a copy
+            // of every packet; the SFU answers NACKs from the published track's one buffer.
+            // Sender reports, and TWCC sequence numbers so subscribers send feedback.
+            PcKind::Subscribe => {
+                // The responder's slot holds the SFU's hook instead: it lets the subscriber's
+                // NACK, PLI, FIR and TWCC feedback through to the core.
+                let registry =
+                    Registry::new().with(Slot::NackResponder, RtcpToApplication::new(sfu_feedback));
+                configure_twcc_sender_only(configure_rtcp_reports(registry), &mut media)
+            }
+        }
+        .map_err(|e| internal(&e))?;
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), random_string(32))
+            // A client that really went away is removed with its signaling session (grace
+            // period) long before these expire.
+            .with_ice_timeouts(ICE_DISCONNECTED_TIMEOUT, ICE_FAILED_TIMEOUT, None)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![self.certificate.clone()])
+                    .build(),
+            )
+            .with_setting_engine(settings)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|e| internal(&e))?;
+        for candidate in &self.candidates {
+            pc.add_local_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
+                candidate: candidate.clone(),
+                ..Default::default()
+            })
+            .map_err(|e| internal(&e))?;
+        }
+        let pc_kind = match kind {
+            PcKind::Publish => "publish",
+            PcKind::Subscribe => "subscribe",
+        };
+        Ok(Peer {
+            pc,
+            room: room.clone(),
+            user: user.clone(),
+            kind,
+            addrs: Vec::new(),
+            connected: false,
+            tracks: HashMap::new(),
+            outs: HashMap::new(),
+            pending_offer: None,
+            new_connection: false,
+            renegotiate: false,
+            early: (kind == PcKind::Subscribe).then(Vec::new),
+            remote_candidates: 0,
+            counters: PeerStats::new(room.clone(), user.clone(), kind),
+            span: tracing::info_span!("pc", %room, %user, pc = pc_kind, ufrag = %ufrag),
+            ufrag,
+        })
+    }
+}
+
+/// The codecs the SFU forwards, on both kinds of connection: publishers can only negotiate
+/// what every subscriber can be offered, and keyframes of each can be found (VP9 and AV1 wait
+/// for their keyframe detectors). Every subscriber m-section lists them all, because rtc narrows
+/// a connection to what its first negotiation settled: one that only ever offered VP8 could
+/// never carry a later publisher's H.264. No RTX: lost packets are resent as themselves.
+fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    let feedback = |list: &[(&str, &str)]| {
+        list.iter()
+            .map(|(typ, parameter)| RTCPFeedback {
+                typ: (*typ).to_owned(),
+                parameter: (*parameter).to_owned(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let video_feedback = feedback(&[
+        ("ccm", "fir"),
+        (TYPE_RTCP_FB_NACK, ""),
+        (TYPE_RTCP_FB_NACK, "pli"),
+        ("transport-cc", ""),
+    ]);
+    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback, payload_type| {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback,
+            },
+            payload_type,
+        }
+    };
+    media.register_codec(
+        codec(
+            "audio/opus",
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            feedback(&[("transport-cc", "")]),
+            111,
+        ),
+        RtpCodecKind::Audio,
+    )?;
+    // The payload types are rtc's defaults, so descriptions read as before.
+    for (mime, fmtp, pt) in [
+        ("video/VP8", "", 96),
+        (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            125,
+        ),
+        (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            102,
+        ),
+    ] {
+        media.register_codec(
+            codec(mime, 90_000, 0, fmtp, video_feedback.clone(), pt),
+            RtpCodecKind::Video,
+        )?;
+    }
+    Ok(())
+}
+
+fn random_string(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Packets lost on a connection's leg and NACKs it sent, from rtc's statistics (read when asked,
+/// never on the packet path). Publish connections count their own receive side; subscribe
+/// connections what the subscriber's receiver reports say.
+pub(crate) fn losses(pc: &mut RTCPeerConnection, now: Instant, kind: PcKind) -> (u64, u64) {
+    use rtc::statistics::report::RTCStatsReportEntry;
+    let (mut lost, mut nacks) = (0u64, 0u64);
+    for entry in pc
+        .get_stats(now, rtc::statistics::StatsSelector::None)
+        .iter()
+    {
+        match (kind, entry) {
+            (PcKind::Publish, RTCStatsReportEntry::InboundRtp(s)) => {
+                lost += s.received_rtp_stream_stats.packets_lost.max(0) as u64;
+                nacks += u64::from(s.nack_count);
+            }
+            (PcKind::Subscribe, RTCStatsReportEntry::RemoteInboundRtp(s)) => {
+                lost += s.received_rtp_stream_stats.packets_lost.max(0) as u64;
+            }
+            _ => {}
+        }
+    }
+    (lost, nacks)
+}

@@ -1,0 +1,153 @@
+//! Overload shedding: when a loop cannot keep up with its sockets, it stops forwarding some
+//! video instead of queueing, so memory and delay stay flat and audio keeps flowing.
+//!
+//! The unit shed is one subscriber's copy of one publisher's video. Units are ordered by the
+//! publisher's seat, highest first (the anchor, seat 0, last), then by subscriber, and the first
+//! `level` of them are paused. The level rises by a tenth of the units every 100 ms the driver
+//! stays behind its sockets and falls by a twentieth once it has kept up for a second: quick to
+//! protect the loop, slow to probe back. A resumed unit restarts at a keyframe, with its sequence
+//! numbers continuing where they stopped.
+
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use crate::MediaCore;
+
+/// Behind the sockets this long: shed more.
+const BEHIND: Duration = Duration::from_millis(50);
+/// Caught up to within this: calm.
+const CAUGHT_UP: Duration = Duration::from_millis(5);
+/// The shortest time between two increases.
+const STEP_UP: Duration = Duration::from_millis(100);
+/// Calm for this long (and this long since the last change) before shedding less.
+const STEP_DOWN: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub(crate) struct Shedder {
+    level: usize,
+    units: usize,
+    backlog: Duration,
+    changed: Option<Instant>,
+    calm_since: Option<Instant>,
+}
+
+impl Shedder {
+    /// How many units are paused.
+    pub(crate) fn level(&self) -> usize {
+        self.level
+    }
+
+    /// The driver's last reported backlog.
+    pub(crate) fn backlog(&self) -> Duration {
+        self.backlog
+    }
+
+    /// Take the driver's backlog into account; true when the level changed.
+    pub(crate) fn observe(&mut self, now: Instant, backlog: Duration) -> bool {
+        self.backlog = backlog;
+        let since_change = self
+            .changed
+            .map_or(Duration::MAX, |c| now.saturating_duration_since(c));
+        if backlog >= BEHIND {
+            self.calm_since = None;
+            if since_change >= STEP_UP && self.level < self.units.max(1) {
+                self.level += (self.units / 10).max(1);
+                self.changed = Some(now);
+                return true;
+            }
+        } else if backlog <= CAUGHT_UP {
+            let calm = *self.calm_since.get_or_insert(now);
+            if self.level > 0
+                && now.saturating_duration_since(calm) >= STEP_DOWN
+                && since_change >= STEP_DOWN
+            {
+                self.level = self.level.saturating_sub((self.units / 20).max(1));
+                self.changed = Some(now);
+                return true;
+            }
+        } else {
+            self.calm_since = None;
+        }
+        false
+    }
+}
+
+impl MediaCore {
+    /// Pause the first `level` units, resume the rest.
+    pub(crate) fn apply_shedding(&mut self) {
+        let mut units = Vec::new();
+        for (&sid, sub) in &self.peers {
+            let Some(room) = self.rooms.get(&sub.room) else {
+                continue;
+            };
+            for (key, out) in &sub.outs {
+                if out.kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video {
+                    let seat = room.seats.get(&key.0).copied().unwrap_or(u32::MAX);
+                    units.push((Reverse(seat), sid, key.clone()));
+                }
+            }
+        }
+        units.sort_unstable_by(|a, b| (a.0, a.1, &a.2.0).cmp(&(b.0, b.1, &b.2.0)));
+        self.shed.units = units.len();
+        self.shed.level = self.shed.level.min(units.len());
+        for (i, (_, sid, key)) in units.into_iter().enumerate() {
+            let pause = i < self.shed.level;
+            let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(&key)) else {
+                continue;
+            };
+            if pause && !out.paused {
+                out.munger.pause();
+            }
+            out.paused = pause;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn sheds_quickly_while_behind_and_recovers_slowly() {
+        let t0 = Instant::now();
+        let mut s = Shedder {
+            units: 40,
+            ..Default::default()
+        };
+        assert!(!s.observe(t0, ms(10)), "a short burst is not overload");
+        assert!(s.observe(t0, ms(60)));
+        assert_eq!(s.level(), 4);
+        assert!(!s.observe(t0 + ms(50), ms(120)), "one step per 100 ms");
+        assert!(s.observe(t0 + ms(100), ms(160)));
+        assert_eq!(s.level(), 8);
+        // Caught up: nothing changes for a second, then a twentieth at a time.
+        let t1 = t0 + ms(200);
+        assert!(!s.observe(t1, ms(0)));
+        assert!(!s.observe(t1 + ms(900), ms(1)));
+        assert!(s.observe(t1 + ms(1000), ms(0)));
+        assert_eq!(s.level(), 6);
+        assert!(!s.observe(t1 + ms(1500), ms(0)));
+        assert!(s.observe(t1 + ms(2000), ms(0)));
+        assert_eq!(s.level(), 4);
+        // In between the thresholds: hold.
+        assert!(!s.observe(t1 + ms(5000), ms(20)));
+        assert_eq!(s.level(), 4);
+    }
+
+    #[test]
+    fn never_counts_past_the_units_there_are() {
+        let t0 = Instant::now();
+        let mut s = Shedder {
+            units: 3,
+            ..Default::default()
+        };
+        for i in 0..100 {
+            s.observe(t0 + ms(100 * i), ms(500));
+        }
+        assert_eq!(s.level(), 3);
+    }
+}

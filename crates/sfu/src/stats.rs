@@ -1,0 +1,151 @@
+//! Counters of the media plane, declared once: each has its name and help text here, and
+//! `/healthz` and `/metrics` list them from [`SfuStats::counters`].
+
+use miclink_protocol::Ident;
+
+use crate::PcKind;
+
+macro_rules! counters {
+    ($($(#[doc = $help:literal])+ $name:ident,)+) => {
+        /// Totals of the whole media plane (every loop summed), kept cheaply on the hot path.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct SfuStats {
+            /// Peer connections open now.
+            pub peers: u64,
+            /// How many of the current overload shedding units (a subscriber's video track) are
+            /// paused, summed over the loops: 0 when no loop is behind.
+            pub shed_level: u64,
+            /// The longest time any loop has been behind its sockets, in milliseconds.
+            pub backlog_ms: u64,
+            $($(#[doc = $help])+ pub $name: u64,)+
+        }
+
+        impl SfuStats {
+            /// Every monotonic counter as (name, help, value), for `/healthz` and `/metrics`.
+            pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($help),+).trim(), self.$name),)+]
+            }
+        }
+
+        impl std::ops::AddAssign for SfuStats {
+            fn add_assign(&mut self, o: SfuStats) {
+                self.peers += o.peers;
+                self.shed_level += o.shed_level;
+                self.backlog_ms = self.backlog_ms.max(o.backlog_ms);
+                $(self.$name += o.$name;)+
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams received on the media port.
+    datagrams_in,
+    /// Datagrams dropped: unknown sender, or refused by their connection.
+    datagrams_dropped,
+    /// RTP packets received from publishers.
+    rtp_in,
+    /// RTP packets dropped because the sender holds no seat (or not for that kind).
+    rtp_dropped_not_allowed,
+    /// RTP packets forwarded to subscribers.
+    rtp_out,
+    /// Video packets not forwarded because the loop was overloaded (shed, audio kept).
+    video_shed,
+    /// Packets a subscriber's connection refused to send (not negotiated on that leg).
+    rtp_write_errors,
+    /// Keyframe requests sent to publishers.
+    plis_sent,
+    /// NACK packets received from subscribers.
+    nacks_received,
+    /// NACK packets sent to publishers for what the server lost on their leg.
+    nacks_to_publishers,
+    /// Packets sent again from a published track's buffer.
+    retransmitted,
+    /// NACKed packets no longer in the buffer.
+    retransmit_misses,
+    /// Transport-wide congestion control feedback packets read.
+    twcc_feedback,
+    /// Datagrams a loop received for a connection another loop owns (first packets of a flow).
+    handed_over,
+    /// Datagrams dropped between loops because the receiving loop's queue was full.
+    handover_dropped,
+    /// Datagrams the kernel would not take (full send buffer).
+    send_errors,
+    /// Subscribe connections rebuilt after they failed or the client asked (`resubscribe`).
+    subscribe_rebuilt,
+    /// Publish connections replaced by a new publish offer of the same user.
+    republished,
+}
+
+/// Counters of one peer connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub room: Ident,
+    pub user: Ident,
+    pub kind: PcKind,
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    /// RTP packets received (publish connections).
+    pub rtp_in: u64,
+    /// RTP packets forwarded (subscribe connections).
+    pub rtp_out: u64,
+    pub retransmitted: u64,
+    /// Keyframe requests sent (publish connections).
+    pub plis: u64,
+    /// NACK packets: received from this subscriber, or sent to this publisher.
+    pub nacks: u64,
+    /// RTP packets lost: on this publisher's leg as the server counts them, or on this
+    /// subscriber's leg as its receiver reports say.
+    pub packets_lost: u64,
+}
+
+impl PeerStats {
+    pub(crate) fn new(room: Ident, user: Ident, kind: PcKind) -> PeerStats {
+        PeerStats {
+            room,
+            user,
+            kind,
+            datagrams_in: 0,
+            bytes_in: 0,
+            datagrams_out: 0,
+            bytes_out: 0,
+            rtp_in: 0,
+            rtp_out: 0,
+            retransmitted: 0,
+            plis: 0,
+            nacks: 0,
+            packets_lost: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_listed_with_their_help_and_summed() {
+        let mut a = SfuStats {
+            rtp_out: 3,
+            backlog_ms: 5,
+            ..Default::default()
+        };
+        a += SfuStats {
+            rtp_out: 4,
+            backlog_ms: 2,
+            peers: 1,
+            ..Default::default()
+        };
+        assert_eq!((a.rtp_out, a.backlog_ms, a.peers), (7, 5, 1));
+        let listed = a.counters();
+        let (_, help, value) = listed
+            .iter()
+            .find(|(name, _, _)| *name == "rtp_out")
+            .expect("listed");
+        assert_eq!(*value, 7);
+        assert_eq!(*help, "RTP packets forwarded to subscribers.");
+        assert!(listed.iter().all(|(_, help, _)| !help.trim().is_empty()));
+    }
+}

@@ -1,0 +1,458 @@
+//! Per-track state: a published track as it arrives ([`InTrack`]: extended sequence numbers,
+//! the retransmission buffer, keyframe requests) and one publisher's track as one subscriber
+//! receives it ([`OutTrack`]: its sender, what was negotiated, and the [`Munger`] that keeps
+//! its sequence numbers and timestamps continuous across sources, pauses and wraps).
+//!
+//! Nothing here touches a peer connection; the forwarding code reads and writes through them.
+
+use std::time::{Duration, Instant};
+
+use rtc::rtp::Packet;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+
+use crate::extensions::Forwarded;
+use crate::keyframe::Detector;
+use crate::seq::{SeqExtender, nearest};
+
+/// Packets of one published video track kept for retransmission, shared by every subscriber.
+pub(crate) const HISTORY: usize = 1024;
+
+/// The shortest interval between two keyframe requests to one publisher track.
+pub(crate) const PLI_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Identifies one published track for as long as the process lives: a republish, even of the
+/// same kind by the same user, is a new source, so subscribers notice the switch.
+pub(crate) type SourceId = u64;
+
+/// A track arriving on a publish connection.
+pub(crate) struct InTrack {
+    pub(crate) source: SourceId,
+    pub(crate) kind: RtpCodecKind,
+    pub(crate) codec: RTCRtpCodec,
+    pub(crate) keyframes: Detector,
+    pub(crate) receiver: RTCRtpReceiverId,
+    pub(crate) ssrc: u32,
+    /// The forwarded header extensions with this publisher's ids.
+    pub(crate) extensions: Forwarded,
+    last_pli: Option<Instant>,
+    seqs: SeqExtender,
+    history: History,
+}
+
+impl InTrack {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        source: SourceId,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodec,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        extensions: Forwarded,
+    ) -> InTrack {
+        InTrack {
+            source,
+            kind,
+            keyframes: Detector::for_codec(kind, &codec.mime_type),
+            codec,
+            receiver,
+            ssrc,
+            extensions,
+            last_pli: None,
+            seqs: SeqExtender::default(),
+            // Audio is not retransmitted: a late audio packet is worse than a lost one.
+            history: History::new(if kind == RtpCodecKind::Video {
+                HISTORY
+            } else {
+                0
+            }),
+        }
+    }
+
+    /// Take one packet in: its extended sequence number, and a copy kept for retransmission.
+    pub(crate) fn receive(&mut self, packet: &Packet) -> u64 {
+        let ext = self.seqs.extend(packet.header.sequence_number);
+        self.history.put(ext, packet);
+        ext
+    }
+
+    /// The stored packet with extended sequence number `ext`.
+    pub(crate) fn stored(&self, ext: u64) -> Option<&Packet> {
+        self.history.get(ext)
+    }
+
+    /// Whether a keyframe request may go out now (one per [`PLI_INTERVAL`]); notes it if so.
+    pub(crate) fn pli_due(&mut self, now: Instant) -> bool {
+        if self
+            .last_pli
+            .is_some_and(|t| now.saturating_duration_since(t) < PLI_INTERVAL)
+        {
+            return false;
+        }
+        self.last_pli = Some(now);
+        true
+    }
+}
+
+/// A ring of the last packets by extended sequence number; each slot remembers whose it is, so
+/// a lookup never returns a packet one ring length older than asked.
+struct History {
+    slots: Vec<Option<(u64, Packet)>>,
+}
+
+impl History {
+    fn new(len: usize) -> History {
+        History {
+            slots: vec![None; len],
+        }
+    }
+
+    fn put(&mut self, ext: u64, packet: &Packet) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let len = self.slots.len() as u64;
+        self.slots[(ext % len) as usize] = Some((ext, packet.clone()));
+    }
+
+    fn get(&self, ext: u64) -> Option<&Packet> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let len = self.slots.len() as u64;
+        match &self.slots[(ext % len) as usize] {
+            Some((at, packet)) if *at == ext => Some(packet),
+            _ => None,
+        }
+    }
+}
+
+/// What a subscriber's answer settled for one outgoing track: looked up once per answer, never
+/// per packet.
+#[derive(Debug, Clone)]
+pub(crate) struct Negotiated {
+    pub(crate) payload_type: u8,
+    /// The subscriber's ids of the forwarded extensions: (id, URI).
+    pub(crate) extensions: Vec<(u8, &'static str)>,
+}
+
+/// One publisher's track as sent on one subscribe connection.
+pub(crate) struct OutTrack {
+    pub(crate) sender: RTCRtpSenderId,
+    pub(crate) ssrc: u32,
+    pub(crate) kind: RtpCodecKind,
+    pub(crate) mime: String,
+    pub(crate) fmtp: String,
+    pub(crate) clock_rate: u32,
+    /// Part of a subscribe offer already sent.
+    pub(crate) offered: bool,
+    /// Set once an answer listing the track is applied. Nothing is forwarded before: a browser
+    /// that gets packets of an SSRC its description does not list yet binds them by payload
+    /// type to another track with the same codec, and keeps them there after the answer.
+    pub(crate) negotiated: Option<Negotiated>,
+    /// Publisher id -> subscriber id of the forwarded extensions: settled when an answer is
+    /// applied or the publisher's track changes, never per packet.
+    pub(crate) ext_ids: Vec<(u8, u8)>,
+    /// Paused by overload shedding: nothing is sent until the shedding lifts, then the track
+    /// restarts at a keyframe.
+    pub(crate) paused: bool,
+    pub(crate) munger: Munger,
+}
+
+impl OutTrack {
+    pub(crate) fn new(
+        sender: RTCRtpSenderId,
+        ssrc: u32,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+        first_seq: u16,
+    ) -> OutTrack {
+        OutTrack {
+            sender,
+            ssrc,
+            kind,
+            mime: codec.mime_type.clone(),
+            fmtp: codec.sdp_fmtp_line.clone(),
+            clock_rate: codec.clock_rate.max(1),
+            offered: false,
+            negotiated: None,
+            ext_ids: Vec::new(),
+            paused: false,
+            munger: Munger::new(first_seq),
+        }
+    }
+}
+
+/// What to do with one packet for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Send it with this sequence number and timestamp.
+    Forward { seq: u16, timestamp: u32 },
+    /// The subscriber needs a keyframe of this source before anything else.
+    WaitKeyframe,
+    /// Older than where this subscriber's stream of the source started.
+    Drop,
+}
+
+/// Keeps one subscriber's stream of one publisher track continuous: its sequence numbers count
+/// on by one across wraps, source switches (a republish) and pauses (overload shedding), and its
+/// timestamps advance with the wall clock across a switch, so the decoder never sees a jump.
+///
+/// All arithmetic is on extended (64-bit) sequence numbers: `out = in + offset` within one
+/// segment (one source, from one keyframe on), wrapping on purpose.
+#[derive(Debug, Clone)]
+pub(crate) struct Munger {
+    /// The extended number the next new packet goes out with.
+    next: u64,
+    segment: Option<Segment>,
+    /// The last timestamp sent and when, to place the first timestamp of the next segment.
+    last_timestamp: u32,
+    last_sent: Option<Instant>,
+    /// The timestamp offset of a paused segment, kept so a pause and resume of the same source
+    /// keeps its exact timing.
+    paused_timing: Option<(SourceId, u32)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    source: SourceId,
+    seq_offset: u64,
+    /// The first incoming extended number of the segment; older ones are dropped.
+    start: u64,
+    /// The first outgoing extended number of the segment.
+    first_out: u64,
+    timestamp_offset: u32,
+}
+
+impl Munger {
+    pub(crate) fn new(first_seq: u16) -> Munger {
+        Munger {
+            // One cycle up, as incoming numbers are, so nothing below the start goes negative.
+            next: (1 << 16) + u64::from(first_seq),
+            segment: None,
+            last_timestamp: 0,
+            last_sent: None,
+            paused_timing: None,
+        }
+    }
+
+    /// The sequence number and timestamp packet `ext`/`timestamp` of `source` goes out with.
+    pub(crate) fn rewrite(
+        &mut self,
+        source: SourceId,
+        ext: u64,
+        timestamp: u32,
+        is_keyframe: bool,
+        clock_rate: u32,
+        now: Instant,
+    ) -> Verdict {
+        let segment = match self.segment {
+            Some(s) if s.source == source => {
+                if ext < s.start {
+                    return Verdict::Drop;
+                }
+                s
+            }
+            _ => {
+                if !is_keyframe {
+                    return Verdict::WaitKeyframe;
+                }
+                self.start_segment(source, ext, timestamp, clock_rate, now)
+            }
+        };
+        let out = ext.wrapping_add(segment.seq_offset);
+        let timestamp = timestamp.wrapping_add(segment.timestamp_offset);
+        if out >= self.next {
+            self.next = out + 1;
+            self.last_timestamp = timestamp;
+            self.last_sent = Some(now);
+        }
+        Verdict::Forward {
+            seq: out as u16,
+            timestamp,
+        }
+    }
+
+    fn start_segment(
+        &mut self,
+        source: SourceId,
+        ext: u64,
+        timestamp: u32,
+        clock_rate: u32,
+        now: Instant,
+    ) -> Segment {
+        let timestamp_offset = match (self.paused_timing.take(), self.last_sent) {
+            // The same source again after a pause: its own clock is still right.
+            (Some((paused, offset)), _) if paused == source => offset,
+            // The very first packet: the publisher's timestamps pass through.
+            (_, None) => 0,
+            // A new source: continue from the last timestamp sent, plus the time since.
+            (_, Some(at)) => {
+                let elapsed = now.saturating_duration_since(at);
+                let ticks = (elapsed.as_micros() * u128::from(clock_rate) / 1_000_000).max(1);
+                let target = self.last_timestamp.wrapping_add(ticks as u32);
+                target.wrapping_sub(timestamp)
+            }
+        };
+        let segment = Segment {
+            source,
+            seq_offset: self.next.wrapping_sub(ext),
+            start: ext,
+            first_out: self.next,
+            timestamp_offset,
+        };
+        self.segment = Some(segment);
+        segment
+    }
+
+    /// Stop the current segment: the next packet sent must be a keyframe.
+    pub(crate) fn pause(&mut self) {
+        if let Some(s) = self.segment.take() {
+            self.paused_timing = Some((s.source, s.timestamp_offset));
+        }
+    }
+
+    /// Whether packets of `source` are flowing to this subscriber (a segment of it is open).
+    #[cfg(test)]
+    pub(crate) fn is_sending(&self, source: SourceId) -> bool {
+        self.segment.is_some_and(|s| s.source == source)
+    }
+
+    /// The source and incoming extended sequence number of a packet this subscriber names by
+    /// its own 16-bit number (a NACK), if it belongs to the current segment and was sent.
+    pub(crate) fn original(&self, seq: u16) -> Option<(SourceId, u64, u32)> {
+        let s = self.segment?;
+        let newest = self.next.checked_sub(1)?;
+        let out = nearest(newest, seq);
+        if out < s.first_out || out > newest {
+            return None;
+        }
+        Some((s.source, out.wrapping_sub(s.seq_offset), s.timestamp_offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOCK: u32 = 90_000;
+
+    fn forward(v: Verdict) -> (u16, u32) {
+        match v {
+            Verdict::Forward { seq, timestamp } => (seq, timestamp),
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_stays_contiguous_for_seventy_thousand_packets() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(65_000);
+        let mut expected = 65_000u16;
+        // The publisher starts near its own wrap too; extended numbers come from an extender.
+        let mut x = SeqExtender::default();
+        for i in 0..70_000u32 {
+            let ext = x.extend(60_000u16.wrapping_add(i as u16));
+            let (seq, ts) = forward(m.rewrite(1, ext, i * 3000, i == 0, CLOCK, t0));
+            assert_eq!(seq, expected, "packet {i}");
+            assert_eq!(ts, i * 3000, "timestamps of one source pass through");
+            expected = expected.wrapping_add(1);
+        }
+    }
+
+    #[test]
+    fn video_waits_for_a_keyframe_and_older_packets_are_dropped() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(10);
+        assert_eq!(
+            m.rewrite(1, 100, 0, false, CLOCK, t0),
+            Verdict::WaitKeyframe
+        );
+        assert_eq!(forward(m.rewrite(1, 101, 3000, true, CLOCK, t0)).0, 10);
+        assert_eq!(m.rewrite(1, 100, 0, false, CLOCK, t0), Verdict::Drop);
+        // A reordered packet inside the segment keeps its place.
+        assert_eq!(forward(m.rewrite(1, 103, 9000, false, CLOCK, t0)).0, 12);
+        assert_eq!(forward(m.rewrite(1, 102, 6000, false, CLOCK, t0)).0, 11);
+        assert_eq!(forward(m.rewrite(1, 104, 12000, false, CLOCK, t0)).0, 13);
+    }
+
+    #[test]
+    fn a_new_source_continues_the_numbering_and_the_clock() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(u16::MAX - 1);
+        let (s1, ts1) = forward(m.rewrite(1, 5000, 1_000_000, true, CLOCK, t0));
+        forward(m.rewrite(1, 5001, 1_003_000, false, CLOCK, t0));
+        // The republished stream: new numbers, new random timestamp base, 500 ms later.
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(
+            m.rewrite(2, 70, 42, false, CLOCK, later),
+            Verdict::WaitKeyframe
+        );
+        let (s2, ts2) = forward(m.rewrite(2, 71, 45, true, CLOCK, later));
+        assert_eq!(
+            s2,
+            s1.wrapping_add(2),
+            "one on from the last packet sent, across the wrap"
+        );
+        assert_eq!(ts2, ts1.wrapping_add(3000).wrapping_add(45_000));
+        let (s3, ts3) = forward(m.rewrite(2, 72, 3045, false, CLOCK, later));
+        assert_eq!((s3, ts3), (s2.wrapping_add(1), ts2.wrapping_add(3000)));
+        // The old source's late packets are not sent any more.
+        assert_eq!(
+            m.rewrite(1, 5002, 1_006_000, false, CLOCK, later),
+            Verdict::WaitKeyframe
+        );
+    }
+
+    #[test]
+    fn a_pause_resumes_at_a_keyframe_without_a_gap_in_numbers() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(0);
+        forward(m.rewrite(1, 1000, 0, true, CLOCK, t0));
+        forward(m.rewrite(1, 1001, 3000, false, CLOCK, t0));
+        m.pause();
+        assert!(!m.is_sending(1));
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            m.rewrite(1, 1060, 180_000, false, CLOCK, t1),
+            Verdict::WaitKeyframe
+        );
+        let (seq, ts) = forward(m.rewrite(1, 1061, 183_000, true, CLOCK, t1));
+        assert_eq!(seq, 2, "numbering resumes where it stopped");
+        assert_eq!(ts, 183_000, "the same source keeps its own timing");
+    }
+
+    #[test]
+    fn nacked_numbers_map_back_within_the_current_segment_only() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(65_530);
+        for i in 0..10u64 {
+            forward(m.rewrite(7, 300 + i, 0, i == 0, CLOCK, t0));
+        }
+        // Sent 65,530 ..= 3 (wrapped); 65,535 came from incoming 305, 2 from 308.
+        assert_eq!(m.original(65_535), Some((7, 305, 0)));
+        assert_eq!(m.original(2), Some((7, 308, 0)));
+        assert_eq!(m.original(4), None, "not sent yet");
+        assert_eq!(m.original(65_529), None, "before the segment");
+        m.pause();
+        assert_eq!(m.original(2), None);
+    }
+
+    #[test]
+    fn history_returns_only_the_packet_asked_for() {
+        let mut h = History::new(4);
+        let p = |seq: u16| Packet {
+            header: rtc::rtp::header::Header {
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: Default::default(),
+        };
+        for ext in 10..16u64 {
+            h.put(ext, &p(ext as u16));
+        }
+        assert!(h.get(11).is_none(), "overwritten by 15");
+        assert_eq!(h.get(13).map(|p| p.header.sequence_number), Some(13));
+        assert!(h.get(13 + 4 * 1000).is_none());
+    }
+}

@@ -1,0 +1,530 @@
+//! The media core on a fake clock with in-memory peers: real ICE, DTLS and SRTP between rtc
+//! clients and the core, no sockets and no sleeping. Each test runs in well under a second of
+//! real time however much simulated time it covers.
+
+use std::time::Duration;
+
+use miclink_protocol::Ident;
+use miclink_sfu::sim::{ClientId, Codec, Net, Received};
+use miclink_sfu::{MediaCommand, MediaEvent, ReplyTo};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+
+const FRAME: Duration = Duration::from_millis(20);
+const CONNECT: Duration = Duration::from_secs(5);
+
+fn id(s: &str) -> Ident {
+    Ident::new(s).expect("id")
+}
+
+/// A simulated publisher's two streams: audio and video, one packet each per 20 ms frame, a
+/// keyframe every 50 frames and whenever the server asked for one. Payloads carry a counter.
+struct Pub {
+    c: ClientId,
+    video: Codec,
+    seq: [u16; 2],
+    ts: [u32; 2],
+    sent: [u32; 2],
+    plis_seen: usize,
+    /// Send audio as well as video.
+    audio: bool,
+}
+
+impl Pub {
+    fn new(c: ClientId, video: Codec) -> Pub {
+        Pub {
+            c,
+            video,
+            seq: [1000, 20_000],
+            ts: [5000, 900_000],
+            sent: [0, 0],
+            plis_seen: 0,
+            audio: true,
+        }
+    }
+
+    fn starting_at(mut self, audio_seq: u16, video_seq: u16) -> Pub {
+        self.seq = [audio_seq, video_seq];
+        self
+    }
+
+    fn frame(&mut self, net: &mut Net) {
+        if self.audio {
+            self.send(net, Codec::Opus, false);
+        }
+        let asked = net.clients[self.c].keyframe_requests;
+        let key = self.sent[1].is_multiple_of(50) || asked > self.plis_seen;
+        self.plis_seen = asked;
+        self.send(net, self.video, key);
+    }
+
+    fn send(&mut self, net: &mut Net, codec: Codec, key: bool) {
+        let i = usize::from(codec.kind() == RtpCodecKind::Video);
+        let mut body = self.sent[i].to_be_bytes().to_vec();
+        body.resize(if i == 1 { 1000 } else { 80 }, 0xab);
+        net.send(
+            self.c,
+            codec,
+            self.seq[i],
+            self.ts[i],
+            codec.payload(key, &body),
+        );
+        self.seq[i] = self.seq[i].wrapping_add(1);
+        self.ts[i] = self.ts[i].wrapping_add(if i == 1 { 1800 } else { 960 });
+        self.sent[i] += 1;
+    }
+}
+
+fn run(net: &mut Net, pubs: &mut [&mut Pub], frames: usize) {
+    for _ in 0..frames {
+        for p in pubs.iter_mut() {
+            p.frame(net);
+        }
+        net.step(FRAME);
+    }
+}
+
+/// The counter a test payload carries after its codec header.
+fn counter(r: &Received) -> u32 {
+    let skip = if r.kind == RtpCodecKind::Video { 2 } else { 0 };
+    u32::from_be_bytes(r.payload[skip..skip + 4].try_into().expect("counter"))
+}
+
+fn stream<'a>(net: &'a Net, c: ClientId, publisher: &str, kind: RtpCodecKind) -> Vec<&'a Received> {
+    net.clients[c]
+        .received
+        .iter()
+        .filter(|r| r.publisher == publisher && r.kind == kind)
+        .collect()
+}
+
+/// Each packet's sequence number follows the previous one's, and its counter too.
+fn assert_contiguous(packets: &[&Received], what: &str) {
+    assert!(!packets.is_empty(), "{what}: nothing received");
+    for w in packets.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "{what}: sequence gap after counter {}",
+            counter(w[0])
+        );
+    }
+}
+
+/// Room "r" with the anchor publishing audio alone, connected.
+fn audio_anchor(net: &mut Net) -> Pub {
+    net.allow("r", "anchor", 0, true, true);
+    let a = net.enter("r", "anchor");
+    net.publish(a, &[Codec::Opus]).expect("publish");
+    let mut anchor = Pub::new(a, Codec::Vp8);
+    for _ in 0..250 {
+        if net.clients[a].publisher_connected {
+            return anchor;
+        }
+        anchor.send(net, Codec::Opus, true);
+        net.step(FRAME);
+    }
+    panic!("the anchor's publish connection never connected");
+}
+
+/// Room "r": the anchor publishing `video` and Opus, connected; then a viewer connected.
+fn live(net: &mut Net, video: Codec) -> (Pub, ClientId) {
+    net.allow("r", "anchor", 0, true, true);
+    let a = net.enter("r", "anchor");
+    net.publish(a, &[Codec::Opus, video]).expect("publish");
+    let mut anchor = Pub::new(a, video);
+    let v = net.enter("r", "viewer");
+    for _ in 0..250 {
+        if net.clients[v].subscriber_connected && !net.clients[v].received.is_empty() {
+            break;
+        }
+        run(net, &mut [&mut anchor], 1);
+    }
+    assert!(net.clients[v].subscriber_connected, "the viewer connected");
+    (anchor, v)
+}
+
+#[test]
+fn a_viewer_gets_the_anchors_media_rewritten_and_starting_at_a_keyframe() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 50);
+    let video = stream(&net, v, "anchor", RtpCodecKind::Video);
+    let audio = stream(&net, v, "anchor", RtpCodecKind::Audio);
+    assert!(
+        video.len() >= 40 && audio.len() >= 40,
+        "{} / {}",
+        video.len(),
+        audio.len()
+    );
+    assert_eq!(video[0].payload[1] & 0x01, 0, "video starts at a keyframe");
+    assert_contiguous(&video, "video");
+    assert_contiguous(&audio, "audio");
+    assert_ne!(
+        video[0].ssrc, 0x5000_0001,
+        "the subscriber leg has its own SSRC"
+    );
+    assert!(video.iter().all(|r| r.ssrc == video[0].ssrc));
+    // Counters step by one: nothing lost, nothing twice.
+    for w in video.windows(2) {
+        assert_eq!(counter(w[1]), counter(w[0]) + 1);
+    }
+    assert!(
+        net.clients[anchor.c].received.is_empty(),
+        "no echo to the publisher"
+    );
+}
+
+/// The regression test of the sequence-wrap bug at the core: a subscriber's stream stopped
+/// after 32,768 packets for the next 32,768.
+#[test]
+fn seventy_thousand_packets_stay_contiguous_across_both_wraps() {
+    let mut net = Net::new();
+    net.allow("r", "anchor", 0, true, true);
+    let a = net.enter("r", "anchor");
+    net.publish(a, &[Codec::Vp8]).expect("publish");
+    // The publisher itself wraps early on, too.
+    let mut anchor = Pub::new(a, Codec::Vp8).starting_at(0, 65_000);
+    anchor.audio = false;
+    let v = net.enter("r", "viewer");
+    while stream(&net, v, "anchor", RtpCodecKind::Video).is_empty() {
+        run(&mut net, &mut [&mut anchor], 1);
+        assert!(anchor.sent[1] < 500, "the viewer never got video");
+    }
+    let first = counter(stream(&net, v, "anchor", RtpCodecKind::Video)[0]);
+    for _ in 0..1_400 {
+        for _ in 0..50 {
+            anchor.send(&mut net, Codec::Vp8, false);
+        }
+        net.step(Duration::from_millis(1));
+    }
+    net.step(FRAME);
+    let video = stream(&net, v, "anchor", RtpCodecKind::Video);
+    assert_eq!(
+        video.len() as u32,
+        anchor.sent[1] - first,
+        "every packet arrived"
+    );
+    assert!(video.len() > 70_000);
+    assert_contiguous(&video, "video across 16-bit wraps");
+    for (i, r) in video.iter().enumerate() {
+        assert_eq!(counter(r), first + i as u32, "in order, none missing");
+    }
+}
+
+#[test]
+fn lost_packets_are_resent_from_the_tracks_buffer() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    let mut n = 0u32;
+    // Every 10th large datagram (video) toward the viewer is lost.
+    net.set_loss(
+        v,
+        Some(Box::new(move |d: &[u8]| {
+            if d.len() < 500 {
+                return false;
+            }
+            n += 1;
+            n.is_multiple_of(10)
+        })),
+    );
+    run(&mut net, &mut [&mut anchor], 200);
+    net.set_loss(v, None);
+    run(&mut net, &mut [&mut anchor], 50);
+    let stats = net.core.stats(net.now);
+    assert!(stats.nacks_received > 0, "the viewer sent NACKs");
+    assert!(stats.retransmitted >= 15, "resent {}", stats.retransmitted);
+    let mut got: Vec<u32> = stream(&net, v, "anchor", RtpCodecKind::Video)
+        .iter()
+        .map(|r| counter(r))
+        .collect();
+    got.sort_unstable();
+    got.dedup();
+    let (lo, hi) = (got[0], *got.last().expect("some"));
+    assert_eq!(got.len() as u32, hi - lo + 1, "every lost packet came back");
+}
+
+#[test]
+fn a_late_viewer_waits_for_a_keyframe_and_the_publisher_is_asked_for_one() {
+    let mut net = Net::new();
+    let (mut anchor, _) = live(&mut net, Codec::H264);
+    // Into the group of pictures: the next scheduled keyframe is far off.
+    run(&mut net, &mut [&mut anchor], 60);
+    let asked_before = net.clients[anchor.c].keyframe_requests;
+    let late = net.enter("r", "late");
+    net.run_until(CONNECT, FRAME, |n| n.clients[late].subscriber_connected);
+    run(&mut net, &mut [&mut anchor], 20);
+    assert!(
+        net.clients[anchor.c].keyframe_requests > asked_before,
+        "a PLI reached the publisher"
+    );
+    let video = stream(&net, late, "anchor", RtpCodecKind::Video);
+    assert!(!video.is_empty());
+    assert_eq!(video[0].payload[0] & 0x1f, 5, "starts at an IDR");
+    assert!(
+        !counter(video[0]).is_multiple_of(50),
+        "the keyframe was the requested one"
+    );
+    assert_contiguous(&video, "late viewer's video");
+}
+
+#[test]
+fn checks_that_beat_the_answer_are_kept_and_fed_after_it() {
+    let mut net = Net::new();
+    let mut anchor = audio_anchor(&mut net);
+    net.hold_answers = true;
+    let v = net.enter("r", "viewer");
+    anchor.send(&mut net, Codec::Opus, true);
+    net.step(FRAME);
+    // The viewer has the offer and is checking; the core has no answer yet.
+    net.step(Duration::from_millis(200));
+    assert!(!net.clients[v].subscriber_connected);
+    net.hold_answers = false;
+    net.release_answers();
+    // Fed the kept checks, the connection is up at the client's next DTLS step (200 ms here);
+    // refused, it waits for the client's next round of checks as well (400 ms).
+    let mut ms = 0;
+    while !net.clients[v].subscriber_connected && ms < 2000 {
+        net.step(Duration::from_millis(1));
+        ms += 1;
+    }
+    assert!(
+        ms < 300,
+        "connected {ms} ms after the answer: the early checks were not fed"
+    );
+}
+
+#[test]
+fn a_revoked_publisher_is_cut_off_at_once_and_leaves_the_offer() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    net.allow("r", "guest", 1, true, true);
+    let g = net.enter("r", "guest");
+    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
+    let mut guest = Pub::new(g, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor, &mut guest], 50);
+    assert!(!stream(&net, v, "guest", RtpCodecKind::Video).is_empty());
+    let offers = net.clients[v].offers;
+    net.revoke("r", "guest");
+    let before = stream(&net, v, "guest", RtpCodecKind::Audio).len();
+    // The guest keeps sending (its connection is gone on the server, so nothing arrives).
+    for _ in 0..20 {
+        net.send(
+            g,
+            Codec::Opus,
+            60_000,
+            0,
+            Codec::Opus.payload(true, &[0; 8]),
+        );
+        anchor.frame(&mut net);
+        net.step(FRAME);
+    }
+    assert_eq!(stream(&net, v, "guest", RtpCodecKind::Audio).len(), before);
+    assert!(
+        net.clients[v].offers > offers,
+        "a re-offer without the guest"
+    );
+    let last_offer = net
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            MediaEvent::SubscribeOffer { user, sdp, .. } if user.as_str() == "viewer" => Some(sdp),
+            _ => None,
+        })
+        .expect("an offer");
+    assert!(!last_offer.contains("msid:guest "), "{last_offer}");
+    assert!(last_offer.contains("msid:anchor "));
+}
+
+#[test]
+fn a_republished_stream_continues_contiguous_from_the_new_keyframe() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 40);
+    let offers = net.clients[v].offers;
+    // A reload: a new publish connection, new SSRCs, new sequence and timestamp bases.
+    net.publish(anchor.c, &[Codec::Opus, Codec::Vp8])
+        .expect("republish");
+    let mut again = Pub::new(anchor.c, Codec::Vp8).starting_at(40_000, 7);
+    again.ts = [123, 456];
+    again.sent = [1_000_000, 1_000_001]; // mid-GOP: the server must ask for the keyframe
+    run(&mut net, &mut [&mut again], 60);
+    assert_eq!(
+        net.clients[v].offers, offers,
+        "same codecs: no renegotiation"
+    );
+    assert!(
+        net.clients[anchor.c].keyframe_requests > 0,
+        "PLI sent to the new connection"
+    );
+    let video = stream(&net, v, "anchor", RtpCodecKind::Video);
+    assert_contiguous(&video, "video across the republish");
+    let switch = video
+        .iter()
+        .position(|r| counter(r) >= 1_000_000)
+        .expect("the new stream arrived");
+    assert_eq!(video[switch].payload[1] & 0x01, 0, "resumes at a keyframe");
+    let before = video[switch - 1];
+    let gap = video[switch].timestamp.wrapping_sub(before.timestamp);
+    assert!(
+        (1800..=90_000).contains(&gap),
+        "timestamps advance by the time between, not jump: {gap}"
+    );
+    assert_contiguous(&stream(&net, v, "anchor", RtpCodecKind::Audio), "audio");
+    assert_eq!(net.core.stats(net.now).republished, 1);
+}
+
+#[test]
+fn a_republish_with_another_codec_is_renegotiated() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 10);
+    let offers = net.clients[v].offers;
+    net.publish(anchor.c, &[Codec::Opus, Codec::H264])
+        .expect("republish");
+    let mut again = Pub::new(anchor.c, Codec::H264);
+    run(&mut net, &mut [&mut again], 60);
+    assert!(net.clients[v].offers > offers, "re-offered");
+    let h264 = stream(&net, v, "anchor", RtpCodecKind::Video)
+        .into_iter()
+        .filter(|r| r.payload[0] & 0x1f == 5 || r.payload[0] & 0x1f == 1)
+        .count();
+    assert!(h264 >= 20, "H.264 arrives after the switch: {h264}");
+}
+
+fn resubscribe(net: &mut Net, user: &str) {
+    net.send_command(MediaCommand::Resubscribe {
+        room: id("r"),
+        user: id(user),
+        reply: ReplyTo { conn: 0, id: 99 },
+    });
+}
+
+#[test]
+fn resubscribe_gives_a_new_connection_and_media_comes_back() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 10);
+    resubscribe(&mut net, "viewer");
+    assert_eq!(
+        net.clients[v].new_connections, 1,
+        "the offer says: new connection"
+    );
+    let before = net.clients[v].received.len();
+    run(&mut net, &mut [&mut anchor], 60);
+    assert!(net.clients[v].subscriber_connected);
+    assert!(net.clients[v].received.len() > before + 50);
+    assert!(net.events.iter().any(|e| matches!(
+        e,
+        MediaEvent::Done { reply, result: Ok(()) } if reply.id == 99
+    )));
+}
+
+/// A client that vanishes without a word (a crashed tab, a dead network): the server's
+/// connection fails when ICE hears nothing for its failure timeout, and is rebuilt.
+#[test]
+fn a_subscribe_connection_that_fails_is_rebuilt() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 10);
+    net.kill_subscriber(v);
+    let mut frames = 0;
+    while net.clients[v].new_connections == 0 {
+        run(&mut net, &mut [&mut anchor], 50);
+        frames += 50;
+        assert!(frames < 100 * 50, "no new offer after 100 s");
+    }
+    let before = net.clients[v].received.len();
+    run(&mut net, &mut [&mut anchor], 60);
+    assert!(net.clients[v].received.len() > before + 50, "media is back");
+    assert!(net.core.stats(net.now).subscribe_rebuilt >= 1);
+}
+
+#[test]
+fn rejoin_closes_the_old_connections_and_offers_a_new_one() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 10);
+    let peers = net.core.peers();
+    net.send_command(MediaCommand::Rejoin {
+        room: id("r"),
+        user: id("anchor"),
+    });
+    assert_eq!(
+        net.core.peers(),
+        peers - 1,
+        "the anchor's publish connection closed"
+    );
+    net.send_command(MediaCommand::Rejoin {
+        room: id("r"),
+        user: id("viewer"),
+    });
+    assert_eq!(
+        net.clients[v].new_connections, 0,
+        "nothing is published: no offer yet"
+    );
+    net.publish(anchor.c, &[Codec::Opus, Codec::Vp8])
+        .expect("publish again");
+    run(&mut net, &mut [&mut anchor], 60);
+    assert_eq!(net.clients[v].new_connections, 1);
+    assert!(net.clients[v].subscriber_connected);
+}
+
+#[test]
+fn a_resumed_session_gets_its_unanswered_offer_again() {
+    let mut net = Net::new();
+    let mut anchor = audio_anchor(&mut net);
+    net.hold_answers = true;
+    net.enter("r", "viewer");
+    anchor.send(&mut net, Codec::Opus, true);
+    net.step(FRAME);
+    let offers = |net: &Net| {
+        net.events
+            .iter()
+            .filter(|e| matches!(e, MediaEvent::SubscribeOffer { user, .. } if user.as_str() == "viewer"))
+            .count()
+    };
+    assert_eq!(offers(&net), 1);
+    net.send_command(MediaCommand::Resumed {
+        room: id("r"),
+        user: id("viewer"),
+    });
+    assert_eq!(offers(&net), 2, "the pending offer went out again");
+}
+
+#[test]
+fn overload_sheds_guests_video_first_keeps_audio_and_recovers_at_a_keyframe() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    net.allow("r", "guest", 1, true, true);
+    let g = net.enter("r", "guest");
+    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
+    let mut guest = Pub::new(g, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor, &mut guest], 60);
+    // The driver reports it is behind: the first step pauses one of the four video copies
+    // (each publisher's video to each other member), a guest's before the anchor's.
+    net.core.handle_backlog(net.now, Duration::from_millis(80));
+    let counts = |net: &Net| {
+        (
+            stream(net, v, "guest", RtpCodecKind::Video).len(),
+            stream(net, v, "guest", RtpCodecKind::Audio).len(),
+            stream(net, v, "anchor", RtpCodecKind::Video).len(),
+        )
+    };
+    let (gv, ga, av) = counts(&net);
+    run(&mut net, &mut [&mut anchor, &mut guest], 25);
+    let (gv2, ga2, av2) = counts(&net);
+    assert_eq!(gv2, gv, "the guest's video to the viewer is shed");
+    assert_eq!(ga2, ga + 25, "audio is never shed");
+    assert_eq!(av2, av + 25, "the anchor's video is shed last");
+    assert!(net.core.stats(net.now).video_shed >= 25);
+    // Caught up for a second: shedding lifts, the video resumes at a keyframe, numbering on.
+    for _ in 0..60 {
+        net.core.handle_backlog(net.now, Duration::ZERO);
+        run(&mut net, &mut [&mut anchor, &mut guest], 1);
+    }
+    let video = stream(&net, v, "guest", RtpCodecKind::Video);
+    assert!(video.len() > gv + 5, "resumed");
+    assert_eq!(video[gv].payload[1] & 0x01, 0, "at a keyframe");
+    assert_contiguous(&video, "guest video across the pause");
+}

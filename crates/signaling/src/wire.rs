@@ -1,0 +1,58 @@
+//! What the socket tasks and the hub say to each other, and how frames are encoded. Both sides
+//! depend on this module and not on each other.
+
+use axum::extract::ws::Utf8Bytes;
+use miclink_protocol::Request;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) type ConnId = u64;
+
+/// What a socket task tells the hub.
+pub(crate) enum HubMsg {
+    Connect {
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+    },
+    Request {
+        conn: ConnId,
+        id: u64,
+        request: Request,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+}
+
+/// What the signaling plane holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub rooms: usize,
+    pub sessions: usize,
+    pub connections: usize,
+}
+
+/// What the hub asks a socket to do.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Text(Utf8Bytes),
+    Close(u16, &'static str),
+}
+
+/// WebSocket close code for "policy violation".
+pub(crate) const CLOSE_POLICY: u16 = 1008;
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// Application close code: a newer session of the same user took over.
+pub(crate) const CLOSE_REPLACED: u16 = 4001;
+
+pub(crate) fn encode(msg: &impl Serialize) -> Utf8Bytes {
+    serde_json::to_string(msg)
+        .expect("protocol messages hold only string-keyed maps and always serialize")
+        .into()
+}
