@@ -163,10 +163,26 @@ async fn rejoining_members_get_media_back_and_may_publish_again_at_once() {
         .expect("the new page's counters start again")
         + 1;
     assert!(video.keyframes[resumed], "and it resumes at a keyframe");
-    for m in [viewer2, guest2, anchor] {
+    // The anchor reloads: the live goes on; the new page receives the guest again and everyone
+    // receives the anchor again.
+    let before = count(&viewer2, "anchor", Kind::Video).await;
+    let mut anchor2 = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor2.publish(false).await;
+    anchor2
+        .wait_received("the guest on the anchor's new page", |r| {
+            r.get(&key("guest", Kind::Video))
+                .is_some_and(|s| s.seqs.len() >= 10)
+        })
+        .await;
+    viewer2
+        .wait_received("the reloaded anchor's video", |r| {
+            r[&key("anchor", Kind::Video)].seqs.len() >= before + 20
+        })
+        .await;
+    for m in [viewer2, guest2, anchor2] {
         m.close().await;
     }
-    drop((viewer, guest));
+    drop((viewer, guest, anchor));
 }
 
 /// A publisher that publishes again (a new device, a network change) replaces its connection;

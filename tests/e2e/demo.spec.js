@@ -194,6 +194,87 @@ test('a dropped connection resumes: the seat and the media stay', async ({ brows
   await context.close();
 });
 
+// Counters of what `p` receives from each of `remotes`, now.
+async function counters(p, remotes) {
+  const stats = await p.page.evaluate(() => window.miclink.stats());
+  return Object.fromEntries(
+    remotes.map(({ user }) => [
+      user,
+      { audio: stats[user]?.audio?.packetsReceived ?? 0, video: stats[user]?.video?.framesDecoded ?? 0 },
+    ]),
+  );
+}
+
+// Wait until `p` decodes new video frames and gets new audio packets from every one of
+// `remotes` (beyond `base`); the time it took since `t0`, in ms.
+async function mediaBack(p, remotes, base, t0) {
+  for (;;) {
+    const now = await counters(p, remotes).catch(() => null);
+    const back =
+      now &&
+      remotes.every(({ user, video }) => {
+        const b = base[user] ?? { audio: 0, video: 0 };
+        return now[user].audio > b.audio + 5 && (!video || now[user].video > b.video + 3);
+      });
+    if (back) return Date.now() - t0;
+    if (Date.now() - t0 > 20_000) throw new Error(`${p.name}: media never came back: ${JSON.stringify(now)}`);
+    await p.page.waitForTimeout(100);
+  }
+}
+
+test('a reload of any tab takes its place back with media in under 3 s', async ({ browser }) => {
+  const room = newRoom();
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor' });
+  const guest = await join(browser, { room, name: 'Guest One', role: 'audience' });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
+  await guest.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest One' }).getByRole('button', { name: 'Accept' }).click();
+  const A = { user: anchor.user, video: true };
+  const G = { user: guest.user, video: true };
+  await expectMediaFlowing(viewer, [A, G]);
+  await expectMediaFlowing(anchor, [G]);
+  await expectMediaFlowing(guest, [A]);
+  const took = {};
+
+  // The viewer reloads: the same user, watching again.
+  let t0 = Date.now();
+  await viewer.page.reload();
+  took.viewer = await mediaBack(viewer, [A, G], {}, t0);
+  expect(await viewer.page.evaluate(() => window.miclink.state().me.user)).toBe(viewer.user);
+
+  // The guest reloads: still on their seat, publishing again, receiving again.
+  let base = await counters(anchor, [G]);
+  const baseViewer = await counters(viewer, [G]);
+  t0 = Date.now();
+  await guest.page.reload();
+  took.guest = Math.max(
+    await mediaBack(guest, [A], {}, t0),
+    await mediaBack(anchor, [G], base, t0),
+    await mediaBack(viewer, [G], baseViewer, t0),
+  );
+  await expect(guest.page.locator('#linked-box')).toBeVisible();
+
+  // The anchor reloads: the live goes on, everyone sees the anchor again.
+  base = await counters(guest, [A]);
+  const baseV = await counters(viewer, [A]);
+  t0 = Date.now();
+  await anchor.page.reload();
+  took.anchor = Math.max(
+    await mediaBack(guest, [A], base, t0),
+    await mediaBack(viewer, [A], baseV, t0),
+    await mediaBack(anchor, [G], {}, t0),
+  );
+  await expectTiles([anchor, guest, viewer], ['Anchor Ann', 'Guest One']);
+  console.log(`media back after a reload (ms): ${JSON.stringify(took)}`);
+  for (const [who, ms] of Object.entries(took)) expect(ms, `${who}'s reload`).toBeLessThan(3000);
+
+  // Leaving clears the tab's place: a reload then shows the lobby.
+  await viewer.page.getByRole('button', { name: 'Leave room' }).click();
+  await viewer.page.reload();
+  await expect(viewer.page.locator('#lobby')).toBeVisible();
+  for (const p of [anchor, guest, viewer]) await p.context.close();
+});
+
 test('says clearly what went wrong: server unreachable, no live room, camera refused', async ({ browser }) => {
   const context = await browser.newContext();
   const page = await context.newPage();

@@ -30,6 +30,23 @@ function userId() {
   return id;
 }
 
+// The room this tab is in, kept across reloads so a reload rejoins it (rule 9: the same user
+// takes their place back, seat included) instead of dropping the user in the lobby.
+const PLACE_KEY = 'miclink-place';
+
+function savePlace(place) {
+  if (place) sessionStorage.setItem(PLACE_KEY, JSON.stringify(place));
+  else sessionStorage.removeItem(PLACE_KEY);
+}
+
+function savedPlace() {
+  try {
+    return JSON.parse(sessionStorage.getItem(PLACE_KEY) ?? 'null');
+  } catch {
+    return null;
+  }
+}
+
 function initLobby() {
   $('name').value ||= `Guest ${Math.floor(Math.random() * 900 + 100)}`;
   if (params.get('room')) $('room').value = params.get('room');
@@ -37,6 +54,17 @@ function initLobby() {
     e.preventDefault();
     join().catch((err) => showLobbyError(err.message));
   });
+  const place = savedPlace();
+  if (place) {
+    $('room').value = place.room;
+    $('name').value = place.name;
+    const radio = document.querySelector(`input[name="role"][value="${place.role}"]`);
+    if (radio) radio.checked = true;
+    join().catch((err) => {
+      savePlace(null);
+      showLobbyError(err.message);
+    });
+  }
 }
 
 function showLobbyError(text) {
@@ -96,8 +124,13 @@ async function join() {
       render();
     },
     onError: (text) => toast(text, 'bad'),
+    // A publish connection that broke is published again while the seat holds.
+    onPublishBroken: (video) => {
+      if (S === state && !state.ended && (state.role === 'anchor' || mySeat())) startPublishing(video);
+    },
   });
   S = state;
+  savePlace({ room: fields.room, role, name: fields.name });
   applyRoom(result);
   $('lobby').hidden = true;
   $('stage').hidden = false;
@@ -105,7 +138,9 @@ async function join() {
   $('join').disabled = false;
   onConnState('open');
   render();
+  // The anchor goes live; a member who joined again while seated (a reload) publishes again.
   if (role === 'anchor') startPublishing(true);
+  else syncPublishing();
 }
 
 function applyRoom(result) {
@@ -115,7 +150,25 @@ function applyRoom(result) {
   S.users = result.room.seats.filter((s) => s.user).map((s) => s.user);
   S.audienceCount = result.room.audience_count;
   $('room-title').textContent = `Room ${S.room}`;
+  applyRequests(result.requests ?? []);
   if (S.role === 'anchor') refreshAudience();
+}
+
+// The pending requests a join or resume reply lists: whatever was in flight on an old socket.
+function applyRequests(requests) {
+  const me = S.me.user;
+  for (const r of requests) {
+    if (S.role === 'anchor') {
+      if (r.to === me) S.applications.set(r.from.user, { info: r.from, deadline: deadline(r.timeout_s) });
+      else if (r.from.user === me) S.invites.set(r.to, deadline(r.timeout_s));
+    } else if (r.from.user === me) {
+      S.myRequest = { deadline: deadline(r.timeout_s) };
+    } else if (r.to === me) {
+      S.invitation = { from: r.from, deadline: deadline(r.timeout_s) };
+      S.wantVideo = r.open_camera;
+      showInvitation();
+    }
+  }
 }
 
 // --- events --------------------------------------------------------------------------------
@@ -136,7 +189,7 @@ function deadline(timeoutS) {
 function onEvent(ev) {
   switch (ev.type) {
     case 'subscribe_offer':
-      S.media.subscribeOffer(ev.sdp);
+      S.media.subscribeOffer(ev.sdp, !!ev.new_connection);
       return;
     case 'ice':
       return; // the server is ICE-lite: its candidates are all in its SDP
@@ -242,6 +295,7 @@ function onConnState(st, code) {
 function ended(title, text) {
   if (S.ended) return;
   S.ended = true;
+  savePlace(null);
   S.media?.close();
   S.signal.stop();
   $('invitation').close();

@@ -2,6 +2,13 @@
 // only while we hold a seat) and `subscribe` (offered by the server, carrying every other seat's
 // tracks, re-offered when that set changes). The msid stream id of a forwarded track is the
 // publishing user's id, which is how a track finds its tile.
+//
+// Both recover by themselves: a subscribe connection that fails (or stays disconnected) is
+// replaced by asking the server for a new one (`resubscribe`); an offer marked `new_connection`
+// is answered on a new RTCPeerConnection; a publish connection that fails is published again.
+
+// How long a connection may stay "disconnected" before it counts as broken.
+const DISCONNECTED_GRACE_MS = 4000;
 
 export class MediaError extends Error {}
 
@@ -24,11 +31,13 @@ function describeCaptureError(e, video) {
 }
 
 export class Media {
-  constructor(signal, iceServers, { onRemoteStream, onError }) {
+  constructor(signal, iceServers, { onRemoteStream, onError, onPublishBroken }) {
     this.signal = signal;
     this.config = { iceServers, bundlePolicy: 'max-bundle' };
     this.onRemoteStream = onRemoteStream;
     this.onError = onError;
+    this.onPublishBroken = onPublishBroken;
+    this.publishVideo = true;
     this.sub = null;
     this.pub = null;
     this.local = null;
@@ -44,13 +53,17 @@ export class Media {
     return this.pub !== null;
   }
 
-  subscribeOffer(sdp) {
-    this.offers = this.offers.then(() => this.answer(sdp)).catch((e) => {
+  subscribeOffer(sdp, newConnection) {
+    this.offers = this.offers.then(() => this.answer(sdp, newConnection)).catch((e) => {
       this.onError(`The server's media offer failed: ${e.message}`);
     });
   }
 
-  async answer(sdp) {
+  async answer(sdp, newConnection) {
+    if (newConnection && this.sub) {
+      this.sub.close();
+      this.sub = null;
+    }
     if (!this.sub) {
       const pc = new RTCPeerConnection(this.config);
       pc.ontrack = (e) => {
@@ -60,12 +73,30 @@ export class Media {
         this.onRemoteStream(stream.id, stream);
       };
       pc.onicecandidate = (e) => this.trickle('subscribe', e.candidate);
+      this.watch(pc, () => this.resubscribe());
       this.sub = pc;
     }
     await this.sub.setRemoteDescription({ type: 'offer', sdp });
     const answer = await this.sub.createAnswer();
     await this.sub.setLocalDescription(answer);
     await this.signal.request('subscribe_answer', { sdp: this.sub.localDescription.sdp });
+  }
+
+  // Call `broken` when `pc` fails, or stays disconnected past the grace. Replaced or closed
+  // connections are not watched any more.
+  watch(pc, broken) {
+    let timer = null;
+    pc.onconnectionstatechange = () => {
+      clearTimeout(timer);
+      if (pc !== this.sub && pc !== this.pub) return;
+      if (pc.connectionState === 'failed') broken();
+      else if (pc.connectionState === 'disconnected') timer = setTimeout(broken, DISCONNECTED_GRACE_MS);
+    };
+  }
+
+  // Ask the server for a new subscribe connection (its offer will say `new_connection`).
+  resubscribe() {
+    this.signal.request('resubscribe').catch((e) => console.debug('miclink: resubscribe', e));
   }
 
   trickle(pc, candidate) {
@@ -80,6 +111,7 @@ export class Media {
   // Open the camera (when `video`) and the microphone and publish them. Returns the local stream.
   async publish({ video }) {
     this.stopPublish();
+    this.publishVideo = video;
     let stream;
     if (!navigator.mediaDevices?.getUserMedia) {
       throw new MediaError('This page needs camera access, which browsers allow only on https:// or localhost.');
@@ -99,6 +131,7 @@ export class Media {
       pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
     }
     pc.onicecandidate = (e) => this.trickle('publish', e.candidate);
+    this.watch(pc, () => this.onPublishBroken?.(this.publishVideo));
     try {
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
