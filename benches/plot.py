@@ -1,8 +1,9 @@
 """Turn benches/compare's JSON lines into a Markdown table and an SVG plot (no dependencies).
 
-Usage: python3 benches/plot.py compare.json compare.md compare.svg [RESULTS.md]
+Usage: python3 benches/plot.py compare.json compare.md compare.svg [RESULTS.md [marker]]
 
-With RESULTS.md, the table also replaces what stands between its compare markers.
+With RESULTS.md, the table also replaces what stands between its `<!-- marker:begin` and
+`<!-- marker:end -->` lines (marker: "compare" unless given).
 """
 
 import json
@@ -23,7 +24,7 @@ def table(rows):
     for r in rows:
         by.setdefault((r["scenario"], r["viewers_asked"]), {})[r["target"]] = r
     out = [
-        "| scenario | viewers | server | connected | delivered pkt/s | loss % | delay p50 / p99 ms "
+        "| scenario | viewers | server | connected | delivered pkt/s | loss % (audio / video) | delay p50 / p99 ms "
         "| join→first packet p50 / p99 ms | server CPU % | server µs / packet | server RSS MiB "
         "| load tool CPU % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -37,6 +38,7 @@ def table(rows):
             out.append(
                 f"| {scenario} | {viewers} | {name} | {r['viewers_connected']}/{r['viewers_asked']} "
                 f"| {r['delivered_per_s']:.0f} | {r['loss_percent']:.3f} "
+                f"({fmt(r.get('audio_loss_percent'), 3)} / {fmt(r.get('video_loss_percent'), 3)}) "
                 f"| {fmt(r['delay_p50_ms'])} / {fmt(r['delay_p99_ms'])} "
                 f"| {fmt(r['join_to_first_packet_p50_ms'], 0)} / {fmt(r['join_to_first_packet_p99_ms'], 0)} "
                 f"| {fmt(r['server_cpu_percent'], 1)} | {fmt(r['server_cpu_us_per_packet'])} "
@@ -122,7 +124,8 @@ def main():
     with open(sys.argv[3], "w") as f:
         f.write(svg(rows))
     if len(sys.argv) > 4:
-        begin, end = "<!-- compare:begin", "<!-- compare:end -->"
+        marker = sys.argv[5] if len(sys.argv) > 5 else "compare"
+        begin, end = f"<!-- {marker}:begin", f"<!-- {marker}:end -->"
         with open(sys.argv[4]) as f:
             text = f.read()
         head, rest = text.split(begin, 1)

@@ -1,3 +1,5 @@
+//! The `miclink` binary: logging, configuration, the file-descriptor limit, signals, exit status.
+
 use anyhow::Context;
 use clap::Parser;
 use miclink::{Args, Config};

@@ -93,8 +93,9 @@ struct Inner {
     first_packet: Option<Duration>,
     /// By the publisher the marker names, and kind.
     streams: HashMap<(String, Kind), Seen>,
-    /// One-way delay in microseconds, for packets received in the window.
+    /// One-way delay in microseconds, for packets received in the window, and per minute of it.
     delay_us: Histogram<u64>,
+    minute_delay_us: Vec<Histogram<u64>>,
     /// By the track's msid stream id, and kind (only when logging).
     arrivals: HashMap<(String, Kind), Arrivals>,
 }
@@ -126,6 +127,7 @@ impl Recv {
                 first_packet: None,
                 streams: HashMap::new(),
                 delay_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+                minute_delay_us: Vec::new(),
                 arrivals: HashMap::new(),
             }),
         })
@@ -174,6 +176,12 @@ impl Recv {
             }
             let us = arrived.saturating_sub(m.sent_ns) / 1000;
             let _ = inner.delay_us.record(us.max(1));
+            while inner.minute_delay_us.len() <= i {
+                // Two significant digits: a minute's percentiles need no more.
+                let h = Histogram::new_with_bounds(1, 600_000_000, 2).expect("histogram bounds");
+                inner.minute_delay_us.push(h);
+            }
+            let _ = inner.minute_delay_us[i].record(us.max(1));
         }
     }
 
@@ -208,6 +216,14 @@ impl Recv {
     pub fn add_delays(&self, into: &mut Histogram<u64>) {
         let inner = self.inner.lock().expect("recv lock");
         let _ = into.add(&inner.delay_us);
+    }
+
+    /// Add minute `m`'s delays to `into`.
+    pub fn add_minute_delays(&self, m: usize, into: &mut Histogram<u64>) {
+        let inner = self.inner.lock().expect("recv lock");
+        if let Some(h) = inner.minute_delay_us.get(m) {
+            let _ = into.add(h);
+        }
     }
 
     /// The arrival log by msid stream id and kind (empty unless made with [`Recv::logging`]).

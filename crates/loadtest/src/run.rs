@@ -90,6 +90,8 @@ pub struct Minute {
     pub max_gap_ms: f64,
     /// Which stream that was: "publisher kind".
     pub max_gap_stream: String,
+    pub delay_p50_ms: Option<f64>,
+    pub delay_p99_ms: Option<f64>,
     pub server_rss_mib: Option<f64>,
     pub server_cpu_percent: Option<f64>,
 }
@@ -112,6 +114,8 @@ pub struct Report {
     delivered_packets: u64,
     duplicates: u64,
     loss_percent: f64,
+    audio_loss_percent: f64,
+    video_loss_percent: f64,
     delay_p50_ms: Option<f64>,
     delay_p99_ms: Option<f64>,
     delivered_per_s: f64,
@@ -121,6 +125,14 @@ pub struct Report {
     load_tool_cpu_percent: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     minutes: Option<Vec<Minute>>,
+}
+
+fn loss(expected: u64, delivered: u64) -> f64 {
+    if expected == 0 {
+        0.0
+    } else {
+        100.0 * (expected.saturating_sub(delivered)) as f64 / expected as f64
+    }
 }
 
 fn room_name(i: usize) -> String {
@@ -310,16 +322,21 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut expected = 0u64;
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
+    // (expected, delivered) per kind: audio must survive what video may not.
+    let mut by_kind = [(0u64, 0u64); 2];
     let mut delays = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     for rcv in &receivers {
         for (i, (room, s)) in sent.iter().enumerate() {
             if *room != rcv.room || rcv.own.as_deref() == Some(s.publisher.as_str()) {
                 continue;
             }
-            expected += u64::from(ends[i].saturating_sub(starts[i]));
+            let want = u64::from(ends[i].saturating_sub(starts[i]));
+            expected += want;
             let (got, dups) = rcv.recv.received(&s.publisher, s.kind, starts[i], ends[i]);
             delivered += got;
             duplicates += dups;
+            by_kind[s.kind as usize].0 += want;
+            by_kind[s.kind as usize].1 += got;
         }
         rcv.recv.add_delays(&mut delays);
     }
@@ -356,11 +373,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         expected_packets: expected,
         delivered_packets: delivered,
         duplicates,
-        loss_percent: if expected == 0 {
-            0.0
-        } else {
-            100.0 * (expected.saturating_sub(delivered)) as f64 / expected as f64
-        },
+        loss_percent: loss(expected, delivered),
+        audio_loss_percent: loss(by_kind[0].0, by_kind[0].1),
+        video_loss_percent: loss(by_kind[1].0, by_kind[1].1),
         delay_p50_ms: delay_ms(0.5),
         delay_p99_ms: delay_ms(0.99),
         delivered_per_s: delivered as f64 / window,
@@ -415,11 +430,24 @@ fn minutes(
                 duplicates: 0,
                 max_gap_ms: 0.0,
                 max_gap_stream: String::new(),
+                delay_p50_ms: None,
+                delay_p99_ms: None,
                 server_rss_mib: server.map(|s| s.0),
                 server_cpu_percent: server.map(|s| s.1),
             }
         })
         .collect();
+    for (m, row) in rows.iter_mut().enumerate() {
+        if let Ok(mut h) = Histogram::<u64>::new_with_bounds(1, 600_000_000, 2) {
+            for rcv in receivers {
+                rcv.recv.add_minute_delays(m, &mut h);
+            }
+            if !h.is_empty() {
+                row.delay_p50_ms = Some(h.value_at_quantile(0.5) as f64 / 1e3);
+                row.delay_p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1e3);
+            }
+        }
+    }
     for rcv in receivers {
         for (i, (room, s)) in sent.iter().enumerate() {
             if *room != rcv.room || rcv.own.as_deref() == Some(s.publisher.as_str()) {
@@ -481,6 +509,10 @@ pub fn print(report: &Report) {
         r.delivered_per_s
     );
     println!(
+        "lost by kind             audio {:.3}%, video {:.3}%",
+        r.audio_loss_percent, r.video_loss_percent
+    );
+    println!(
         "added delay              p50 {}, p99 {}",
         opt(r.delay_p50_ms, " ms"),
         opt(r.delay_p99_ms, " ms")
@@ -500,16 +532,18 @@ pub fn print(report: &Report) {
     );
     if let Some(minutes) = &r.minutes {
         println!(
-            "\nminute  expected  delivered  lost  dups  max gap ms (stream)        server RSS MiB  CPU %"
+            "\nminute  expected  delivered    lost  dups  delay p50 / p99 ms  max gap ms (stream)        server RSS MiB  CPU %"
         );
         for m in minutes {
             println!(
-                "{:>6}  {:>8}  {:>9}  {:>4}  {:>4}  {:>10.1} ({:<14})  {:>14}  {:>5}",
+                "{:>6}  {:>8}  {:>9}  {:>6}  {:>4}  {:>7} / {:<8} {:>10.1} ({:<14})  {:>14}  {:>5}",
                 m.minute,
                 m.expected,
                 m.delivered,
                 m.lost,
                 m.duplicates,
+                opt(m.delay_p50_ms, ""),
+                opt(m.delay_p99_ms, ""),
                 m.max_gap_ms,
                 m.max_gap_stream,
                 opt(m.server_rss_mib, ""),

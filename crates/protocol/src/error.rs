@@ -1,3 +1,5 @@
+//! The error codes of failed replies and `error` events.
+
 use serde::{Deserialize, Serialize};
 
 /// The `code` of a failed reply or of an `error` event.

@@ -1,3 +1,5 @@
+//! Identifiers and display names, validated where they are parsed.
+
 use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;

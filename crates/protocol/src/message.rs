@@ -1,3 +1,5 @@
+//! Requests, replies, events and the objects they carry, as serde types of `docs/protocol.md`.
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 

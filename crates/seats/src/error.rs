@@ -1,3 +1,5 @@
+//! Why a seat action was refused; signaling turns these into protocol error codes.
+
 use thiserror::Error;
 
 /// Why a command was refused. A refused command changes no state.

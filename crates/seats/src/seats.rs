@@ -1,3 +1,5 @@
+//! The state machine itself: [`Seats`], its actions, replies and outputs, and the timers it arms.
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

@@ -342,8 +342,10 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
-            self.soonest = soonest;
         }
+        // The peers not due set the next deadline; those fired fold theirs in when flushed. A
+        // deadline left in the past would make every turn scan every peer.
+        self.soonest = soonest;
         for id in due {
             if let Some(p) = self.peers.get_mut(&id) {
                 let _ = p.pc.handle_timeout(now);

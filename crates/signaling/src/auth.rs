@@ -11,6 +11,22 @@ struct Claims {
     role: Role,
 }
 
+/// Why a join token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum AuthError {
+    #[error("this server needs a token to join")]
+    Missing,
+    #[error("token refused: {0}")]
+    Invalid(String),
+    #[error("token is for another room")]
+    OtherRoom,
+    #[error("token is for another user")]
+    OtherUser,
+    #[error("token is for another role")]
+    OtherRole,
+}
+
 pub(crate) struct Auth {
     key: DecodingKey,
     validation: Validation,
@@ -35,19 +51,19 @@ impl Auth {
         room: &Ident,
         user: &Ident,
         role: Role,
-    ) -> Result<(), String> {
-        let token = token.ok_or("this server needs a token to join")?;
+    ) -> Result<(), AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
         let claims = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| format!("token refused: {e}"))?
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
             .claims;
         if claims.room != room.as_str() {
-            return Err("token is for another room".into());
+            return Err(AuthError::OtherRoom);
         }
         if claims.sub != user.as_str() {
-            return Err("token is for another user".into());
+            return Err(AuthError::OtherUser);
         }
         if claims.role != role {
-            return Err("token is for another role".into());
+            return Err(AuthError::OtherRole);
         }
         Ok(())
     }

@@ -176,7 +176,7 @@ impl Hub {
         if let Some(auth) = &self.auth
             && let Err(why) = auth.check(token.as_deref(), &room, &user, role)
         {
-            return self.reply_err(conn, id, ErrorCode::Unauthorized, why);
+            return self.reply_err(conn, id, ErrorCode::Unauthorized, why.to_string());
         }
         let joined = match self.seats.join(now(), &room, &user, role, name) {
             Ok(j) => j,

@@ -1,3 +1,5 @@
+//! Unit tests of the state machine, one behaviour each, on a fake clock.
+
 use super::*;
 
 fn id(s: &str) -> Ident {
