@@ -528,3 +528,19 @@ fn overload_sheds_guests_video_first_keeps_audio_and_recovers_at_a_keyframe() {
     assert_eq!(video[gv].payload[1] & 0x01, 0, "at a keyframe");
     assert_contiguous(&video, "guest video across the pause");
 }
+
+/// After its timers ran and its output was taken, the core's next deadline is in the future: a
+/// deadline left in the past made the driver run every timer of every peer on every turn.
+#[test]
+fn the_next_deadline_is_never_left_in_the_past() {
+    let mut net = Net::new();
+    let (mut anchor, _) = live(&mut net, Codec::Vp8);
+    for _ in 0..100 {
+        run(&mut net, &mut [&mut anchor], 1);
+        let now = net.now;
+        net.core.handle_timeout(now);
+        net.pump();
+        let next = net.core.poll_timeout().expect("peers need time");
+        assert!(next > now, "next deadline {:?} before now", now - next);
+    }
+}
