@@ -297,6 +297,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let tool_before = proc_usage(std::process::id())?;
     let t0 = Instant::now();
     recv::open_window();
+    // A line for scripts that act during the window (benches/overload lifts a CPU quota).
+    eprintln!("miclink-load: measuring for {} s", opts.duration.as_secs());
     let secs = opts.duration.as_secs().max(1);
     let bar = progress(opts.quiet, secs, "measuring");
     for s in 1..=secs {

@@ -379,15 +379,15 @@ impl MediaCore {
                 return Some(o);
             }
             if let Some(id) = self.flushing {
-                if let Some(peer) = self.peers.get_mut(&id) {
-                    if let Some(msg) = peer.pc.poll_write() {
-                        peer.counters.datagrams_out += 1;
-                        peer.counters.bytes_out += msg.message.len() as u64;
-                        return Some(Output::Transmit(Transmit {
-                            to: msg.transport.peer_addr,
-                            data: msg.message,
-                        }));
-                    }
+                if let Some(peer) = self.peers.get_mut(&id)
+                    && let Some(msg) = peer.pc.poll_write()
+                {
+                    peer.counters.datagrams_out += 1;
+                    peer.counters.bytes_out += msg.message.len() as u64;
+                    return Some(Output::Transmit(Transmit {
+                        to: msg.transport.peer_addr,
+                        data: msg.message,
+                    }));
                 }
                 self.flushing = None;
             }

@@ -32,6 +32,10 @@ use crate::{
 /// Datagrams read from one socket before the loop turns (commands, timers, writes).
 pub(crate) const BATCH: usize = 64;
 
+/// Datagrams read in all in one turn: what the core queues between two flushes is at most this
+/// many packets' fan-out, however many sockets are readable.
+pub(crate) const TURN: usize = 256;
+
 /// Datagrams queued from other loops (first packets of flows) before more are dropped.
 const HANDOVER_QUEUE: usize = 1024;
 
@@ -299,12 +303,20 @@ impl Driver {
         }
     }
 
-    /// One turn's reading: up to [`BATCH`] datagrams from each readable socket.
+    /// One turn's reading: up to [`BATCH`] datagrams from each readable socket and [`TURN`] in
+    /// all. Sockets left with datagrams go to the back of the list, so every flow gets its turn.
     fn read(&mut self, now: Instant, buf: &mut [u8]) {
         let tokens = std::mem::take(&mut self.readable);
+        let mut budget = TURN;
+        let (mut waiting, mut read_from) = (Vec::new(), Vec::new());
         for token in tokens {
+            if budget == 0 {
+                waiting.push(token);
+                continue;
+            }
             let mut more = false;
-            for _ in 0..BATCH {
+            for _ in 0..BATCH.min(budget) {
+                budget -= 1;
                 let got = if token == SHARED_SOCKET {
                     self.socket.recv_from(buf)
                 } else {
@@ -328,9 +340,11 @@ impl Driver {
                 }
             }
             if more {
-                self.readable.push(token);
+                read_from.push(token);
             }
         }
+        waiting.extend(read_from);
+        self.readable = waiting;
     }
 
     fn datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {

@@ -85,7 +85,10 @@ impl MediaCore {
                 continue;
             };
             if out.paused {
-                self.stats.video_shed += 1;
+                match kind {
+                    RtpCodecKind::Video => self.stats.video_shed += 1,
+                    _ => self.stats.audio_shed += 1,
+                }
                 continue;
             }
             let (seq, timestamp) =

@@ -1,9 +1,10 @@
 //! Overload shedding: when a loop cannot keep up with its sockets, it stops forwarding some
 //! video instead of queueing, so memory and delay stay flat and audio keeps flowing.
 //!
-//! The unit shed is one subscriber's copy of one publisher's video. Units are ordered by the
-//! publisher's seat, highest first (the anchor, seat 0, last), then by subscriber, and the first
-//! `level` of them are paused. The level rises by a tenth of the units every 100 ms the driver
+//! The unit shed is one subscriber's copy of one publisher's track. Every video unit comes before
+//! every audio unit (audio goes only once no video is left to shed), and within a kind units are
+//! ordered by the publisher's seat, highest first (the anchor, seat 0, last), then by subscriber;
+//! the first `level` of them are paused. The level rises by a tenth of the units every 100 ms the driver
 //! stays behind its sockets and falls by a twentieth once it has kept up for a second: quick to
 //! protect the loop, slow to probe back. A resumed unit restarts at a keyframe, with its sequence
 //! numbers continuing where they stopped.
@@ -81,16 +82,15 @@ impl MediaCore {
                 continue;
             };
             for (key, out) in &sub.outs {
-                if out.kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video {
-                    let seat = room.seats.get(&key.0).copied().unwrap_or(u32::MAX);
-                    units.push((Reverse(seat), sid, key.clone()));
-                }
+                let audio = out.kind != rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
+                let seat = room.seats.get(&key.0).copied().unwrap_or(u32::MAX);
+                units.push((audio, Reverse(seat), sid, key.clone()));
             }
         }
-        units.sort_unstable_by(|a, b| (a.0, a.1, &a.2.0).cmp(&(b.0, b.1, &b.2.0)));
+        units.sort_unstable_by(|a, b| (a.0, a.1, a.2, &a.3.0).cmp(&(b.0, b.1, b.2, &b.3.0)));
         self.shed.units = units.len();
         self.shed.level = self.shed.level.min(units.len());
-        for (i, (_, sid, key)) in units.into_iter().enumerate() {
+        for (i, (_, _, sid, key)) in units.into_iter().enumerate() {
             let pause = i < self.shed.level;
             let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(&key)) else {
                 continue;

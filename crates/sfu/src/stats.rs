@@ -49,8 +49,10 @@ counters! {
     rtp_dropped_not_allowed,
     /// RTP packets forwarded to subscribers.
     rtp_out,
-    /// Video packets not forwarded because the loop was overloaded (shed, audio kept).
+    /// Video packets not forwarded because the loop was overloaded (shed before any audio).
     video_shed,
+    /// Audio packets not forwarded because the loop was overloaded even with no video left.
+    audio_shed,
     /// Packets a subscriber's connection refused to send (not negotiated on that leg).
     rtp_write_errors,
     /// Keyframe requests sent to publishers.

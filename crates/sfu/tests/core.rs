@@ -492,6 +492,50 @@ fn a_resumed_session_gets_its_unanswered_offer_again() {
     assert_eq!(offers(&net), 2, "the pending offer went out again");
 }
 
+/// Shedding past every video copy takes audio too, the guest's before the anchor's, and gives
+/// it back first.
+#[test]
+fn deep_overload_sheds_audio_only_after_every_video_copy() {
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    net.allow("r", "guest", 1, true, true);
+    let g = net.enter("r", "guest");
+    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
+    let mut guest = Pub::new(g, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor, &mut guest], 60);
+    // Eight copies: each publisher's audio and video to each of the two others. Five steps behind
+    // pause the four video copies and one audio copy: a guest's.
+    for _ in 0..5 {
+        net.core.handle_backlog(net.now, Duration::from_millis(500));
+        net.step(Duration::from_millis(100));
+    }
+    assert_eq!(net.core.stats(net.now).shed_level, 5);
+    let count = |net: &Net, who: &str, kind| stream(net, v, who, kind).len();
+    let before = [
+        count(&net, "anchor", RtpCodecKind::Audio),
+        count(&net, "guest", RtpCodecKind::Audio),
+        count(&net, "anchor", RtpCodecKind::Video),
+    ];
+    run(&mut net, &mut [&mut anchor, &mut guest], 20);
+    // The viewer's subscribe connection is older than the anchor's, so its copy goes first.
+    assert_eq!(
+        count(&net, "guest", RtpCodecKind::Audio),
+        before[1],
+        "the guest's audio to the viewer is paused"
+    );
+    assert_eq!(
+        count(&net, "anchor", RtpCodecKind::Audio),
+        before[0] + 20,
+        "the anchor's audio goes last"
+    );
+    assert_eq!(
+        count(&net, "anchor", RtpCodecKind::Video),
+        before[2],
+        "no video at all"
+    );
+    assert!(net.core.stats(net.now).audio_shed >= 20);
+}
+
 #[test]
 fn overload_sheds_guests_video_first_keeps_audio_and_recovers_at_a_keyframe() {
     let mut net = Net::new();
