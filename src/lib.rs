@@ -218,9 +218,11 @@ async fn metrics(State(planes): State<Planes>) -> Response {
                 "RTP packets forwarded (subscribe connections).",
                 |p| p.rtp_out,
             ),
-            ("packets_lost", "RTP packets lost on this leg.", |p| {
-                p.packets_lost
-            }),
+            (
+                "packets_lost",
+                "RTP packets lost on this leg (publish: missing on arrival, repaired or not; subscribe: as the receiver reports).",
+                |p| p.packets_lost,
+            ),
             (
                 "nacks",
                 "NACKs received from this subscriber or sent to this publisher.",

@@ -232,9 +232,12 @@ impl MediaCore {
             .map(|p| {
                 let mut c = p.counters.clone();
                 let (lost, nacks_sent) = losses(&mut p.pc, now, p.kind);
-                c.packets_lost = lost;
+                // A publisher's leg keeps the server's own count (numbers skipped on arrival):
+                // rtc's figure falls back to zero once retransmissions repair the gaps.
                 if p.kind == PcKind::Publish {
                     c.nacks = nacks_sent;
+                } else {
+                    c.packets_lost = lost;
                 }
                 c
             })

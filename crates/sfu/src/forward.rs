@@ -62,7 +62,8 @@ impl MediaCore {
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions_padding = 0;
-        let ext = track.receive(&packet);
+        let (ext, skipped) = track.receive(&packet);
+        publisher.counters.packets_lost += skipped;
         let (source, timestamp) = (track.source, packet.header.timestamp);
         let key = (publisher.user.clone(), kind);
         let mut want_keyframe = false;

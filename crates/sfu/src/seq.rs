@@ -39,7 +39,6 @@ impl SeqExtender {
     }
 
     /// The newest extended number seen.
-    #[cfg(test)]
     pub(crate) fn highest(&self) -> Option<u64> {
         self.highest
     }

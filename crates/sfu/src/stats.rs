@@ -98,8 +98,9 @@ pub struct PeerStats {
     pub plis: u64,
     /// NACK packets: received from this subscriber, or sent to this publisher.
     pub nacks: u64,
-    /// RTP packets lost: on this publisher's leg as the server counts them, or on this
-    /// subscriber's leg as its receiver reports say.
+    /// RTP packets lost: on this publisher's leg, the sequence numbers skipped on arrival (counted
+    /// even when a retransmission repairs them later); on this subscriber's leg, what its
+    /// receiver reports say.
     pub packets_lost: u64,
 }
 

@@ -69,11 +69,15 @@ impl InTrack {
         }
     }
 
-    /// Take one packet in: its extended sequence number, and a copy kept for retransmission.
-    pub(crate) fn receive(&mut self, packet: &Packet) -> u64 {
+    /// Take one packet in: its extended sequence number and how many numbers it skipped (packets
+    /// missing on arrival, whether or not a retransmission repairs them later), and a copy kept
+    /// for retransmission.
+    pub(crate) fn receive(&mut self, packet: &Packet) -> (u64, u64) {
+        let before = self.seqs.highest();
         let ext = self.seqs.extend(packet.header.sequence_number);
+        let skipped = before.map_or(0, |h| ext.saturating_sub(h).saturating_sub(1));
         self.history.put(ext, packet);
-        ext
+        (ext, skipped)
     }
 
     /// The stored packet with extended sequence number `ext`.
@@ -436,6 +440,35 @@ mod tests {
         assert_eq!(m.original(65_529), None, "before the segment");
         m.pause();
         assert_eq!(m.original(2), None);
+    }
+
+    #[test]
+    fn numbers_skipped_on_arrival_are_counted_across_the_wrap_and_late_ones_are_not() {
+        let mut t = InTrack::new(
+            1,
+            RtpCodecKind::Video,
+            RTCRtpCodec::default(),
+            RTCRtpReceiverId::default(),
+            7,
+            Forwarded::from(Vec::new()),
+        );
+        let p = |seq: u16| Packet {
+            header: rtc::rtp::header::Header {
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: Default::default(),
+        };
+        let skipped = |t: &mut InTrack, seq| t.receive(&p(seq)).1;
+        assert_eq!(skipped(&mut t, 65_533), 0, "the first packet");
+        assert_eq!(skipped(&mut t, 65_534), 0);
+        assert_eq!(
+            skipped(&mut t, 1),
+            2,
+            "65,535 and 0 missing across the wrap"
+        );
+        assert_eq!(skipped(&mut t, 0), 0, "a late one (a repair) skips nothing");
+        assert_eq!(skipped(&mut t, 2), 0);
     }
 
     #[test]
