@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
+use miclink_sfu::sim::Codec;
 use miclink_sfu::{RtcpToApplication, is_keyframe_request};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -235,27 +236,12 @@ impl Peer {
 }
 
 fn codec_of(spec: &StreamSpec) -> (RtpCodecKind, RTCRtpCodec) {
-    let (kind, mime, clock_rate, channels, fmtp) = match (spec.kind, spec.codec) {
-        (Kind::Audio, _) => (RtpCodecKind::Audio, "audio/opus", 48_000, 2, ""),
-        (Kind::Video, VideoCodec::Vp8) => (RtpCodecKind::Video, "video/VP8", 90_000, 0, ""),
-        (Kind::Video, VideoCodec::H264) => (
-            RtpCodecKind::Video,
-            "video/H264",
-            90_000,
-            0,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-        ),
+    let codec = match (spec.kind, spec.codec) {
+        (Kind::Audio, _) => Codec::Opus,
+        (Kind::Video, VideoCodec::Vp8) => Codec::Vp8,
+        (Kind::Video, VideoCodec::H264) => Codec::H264,
     };
-    (
-        kind,
-        RTCRtpCodec {
-            mime_type: mime.to_owned(),
-            clock_rate,
-            channels,
-            sdp_fmtp_line: fmtp.to_owned(),
-            rtcp_feedback: vec![],
-        },
-    )
+    (codec.kind(), codec.rtp_codec())
 }
 
 /// A publisher's tracks and their sending tasks.

@@ -104,25 +104,10 @@ impl PeerFactory {
             params,
         )
         .map_err(|e| internal(&e))?;
-        let mut candidates = Vec::with_capacity(public.len());
-        for addr in public {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: addr.ip().to_string(),
-                    port: addr.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-            .new_candidate_host()
-            .map_err(|e| internal(&e))?;
-            let init = RTCIceCandidate::from(&candidate)
-                .to_json()
-                .map_err(|e| internal(&e))?;
-            candidates.push(init.candidate);
-        }
+        let candidates = public
+            .iter()
+            .map(|addr| host_candidate(*addr).map_err(|e| internal(&e)))
+            .collect::<Result<_, _>>()?;
         Ok(PeerFactory {
             prefix: format!("{loop_index:02x}"),
             candidates,
@@ -270,6 +255,22 @@ fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Res
         )?;
     }
     Ok(())
+}
+
+/// The SDP line of a UDP host candidate on `addr`.
+pub(crate) fn host_candidate(addr: SocketAddr) -> Result<String, rtc::shared::error::Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    Ok(RTCIceCandidate::from(&candidate).to_json()?.candidate)
 }
 
 fn random_string(len: usize) -> String {

@@ -143,6 +143,17 @@ fn live(net: &mut Net, video: Codec) -> (Pub, ClientId) {
     (anchor, v)
 }
 
+/// [`live`], then a guest on seat 1 publishing Opus and VP8, everyone run for `frames` frames.
+fn live_with_guest(net: &mut Net, frames: usize) -> (Pub, Pub, ClientId, ClientId) {
+    let (mut anchor, v) = live(net, Codec::Vp8);
+    net.allow("r", "guest", 1, true, true);
+    let g = net.enter("r", "guest");
+    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
+    let mut guest = Pub::new(g, Codec::Vp8);
+    run(net, &mut [&mut anchor, &mut guest], frames);
+    (anchor, guest, v, g)
+}
+
 #[test]
 fn a_viewer_gets_the_anchors_media_rewritten_and_starting_at_a_keyframe() {
     let mut net = Net::new();
@@ -296,12 +307,7 @@ fn checks_that_beat_the_answer_are_kept_and_fed_after_it() {
 #[test]
 fn a_revoked_publisher_is_cut_off_at_once_and_leaves_the_offer() {
     let mut net = Net::new();
-    let (mut anchor, v) = live(&mut net, Codec::Vp8);
-    net.allow("r", "guest", 1, true, true);
-    let g = net.enter("r", "guest");
-    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
-    let mut guest = Pub::new(g, Codec::Vp8);
-    run(&mut net, &mut [&mut anchor, &mut guest], 50);
+    let (mut anchor, _, v, g) = live_with_guest(&mut net, 50);
     assert!(!stream(&net, v, "guest", RtpCodecKind::Video).is_empty());
     let offers = net.clients[v].offers;
     net.revoke("r", "guest");
@@ -497,12 +503,7 @@ fn a_resumed_session_gets_its_unanswered_offer_again() {
 #[test]
 fn deep_overload_sheds_audio_only_after_every_video_copy() {
     let mut net = Net::new();
-    let (mut anchor, v) = live(&mut net, Codec::Vp8);
-    net.allow("r", "guest", 1, true, true);
-    let g = net.enter("r", "guest");
-    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
-    let mut guest = Pub::new(g, Codec::Vp8);
-    run(&mut net, &mut [&mut anchor, &mut guest], 60);
+    let (mut anchor, mut guest, v, _) = live_with_guest(&mut net, 60);
     // Eight copies: each publisher's audio and video to each of the two others. Five steps behind
     // pause the four video copies and one audio copy: a guest's.
     for _ in 0..5 {
@@ -539,12 +540,7 @@ fn deep_overload_sheds_audio_only_after_every_video_copy() {
 #[test]
 fn overload_sheds_guests_video_first_keeps_audio_and_recovers_at_a_keyframe() {
     let mut net = Net::new();
-    let (mut anchor, v) = live(&mut net, Codec::Vp8);
-    net.allow("r", "guest", 1, true, true);
-    let g = net.enter("r", "guest");
-    net.publish(g, &[Codec::Opus, Codec::Vp8]).expect("publish");
-    let mut guest = Pub::new(g, Codec::Vp8);
-    run(&mut net, &mut [&mut anchor, &mut guest], 60);
+    let (mut anchor, mut guest, v, _) = live_with_guest(&mut net, 60);
     // The driver reports it is behind: the first step pauses one of the four video copies
     // (each publisher's video to each other member), a guest's before the anchor's.
     net.core.handle_backlog(net.now, Duration::from_millis(80));

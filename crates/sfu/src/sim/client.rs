@@ -15,9 +15,7 @@ use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
-};
+use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -185,19 +183,11 @@ pub(super) fn client_pc(
         .with_interceptor_registry(registry)
         .build(now)
         .expect("client connection");
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
+    let candidate = crate::peer::host_candidate(addr).expect("candidate");
+    pc.add_local_candidate(RTCIceCandidateInit {
+        candidate,
         ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("candidate");
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json"))
-        .expect("local candidate");
+    })
+    .expect("local candidate");
     pc
 }

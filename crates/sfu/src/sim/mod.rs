@@ -51,7 +51,9 @@ impl Codec {
         }
     }
 
-    fn rtp_codec(self) -> RTCRtpCodec {
+    /// The codec as a sender registers it: the parameters the server forwards (H.264 is
+    /// constrained baseline with packetization mode 1).
+    pub fn rtp_codec(self) -> RTCRtpCodec {
         let (mime, clock_rate, channels, fmtp) = match self {
             Codec::Opus => ("audio/opus", 48_000, 2, ""),
             Codec::Vp8 => ("video/VP8", 90_000, 0, ""),
