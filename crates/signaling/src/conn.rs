@@ -23,23 +23,31 @@ fn error_event(message: impl Into<String>) -> Utf8Bytes {
     })
 }
 
-pub(crate) async fn run<S, E>(
-    socket: S,
-    hub: mpsc::Sender<HubMsg>,
-    conn: ConnId,
-    keepalive: Duration,
-    queue: usize,
-) where
+/// How long a socket may take to do what it must; from the signaling configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// The server pings this often and drops a socket silent for three intervals.
+    pub(crate) keepalive: Duration,
+    /// Messages the hub may queue for the socket before it counts as too slow.
+    pub(crate) queue: usize,
+    /// A socket without a session this long after it opened is closed.
+    pub(crate) join_timeout: Duration,
+    /// A frame the peer has not taken in this long means it stopped reading; it is dropped.
+    pub(crate) send_timeout: Duration,
+}
+
+pub(crate) async fn run<S, E>(socket: S, hub: mpsc::Sender<HubMsg>, conn: ConnId, timing: Timing)
+where
     S: Sink<Message> + Stream<Item = Result<Message, E>> + Send,
 {
     let span = info_span!("conn", conn);
     async move {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(timing.queue.max(1));
         if hub.send(HubMsg::Connect { conn, tx }).await.is_err() {
             return;
         }
         debug!("connected");
-        serve(socket, &hub, conn, rx, keepalive).await;
+        serve(socket, &hub, conn, rx, timing).await;
         let _ = hub.send(HubMsg::Closed { conn }).await;
         debug!("closed");
     }
@@ -52,49 +60,49 @@ async fn serve<S, E>(
     hub: &mpsc::Sender<HubMsg>,
     conn: ConnId,
     mut rx: mpsc::Receiver<Outbound>,
-    keepalive: Duration,
+    timing: Timing,
 ) where
     S: Sink<Message> + Stream<Item = Result<Message, E>>,
 {
     let (mut sink, mut stream) = socket.split();
+    let keepalive = timing.keepalive;
     let mut limiter = RateLimiter::new(Instant::now());
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // A socket only costs a session's worth of memory once it joins; one that never does is
+    // closed soon, so idle sockets cannot be piled up for free.
+    let join_deadline = tokio::time::sleep(timing.join_timeout);
+    tokio::pin!(join_deadline);
+    let mut joined = false;
     loop {
-        tokio::select! {
+        let outgoing = tokio::select! {
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else { return };
                 last_heard = Instant::now();
-                let answer = match frame {
+                // Every frame counts against the rate, control frames too: a ping flood costs
+                // the server a pong each.
+                let verdict = limiter.check(last_heard);
+                if verdict == Verdict::Close {
+                    return close(sink, stream, CLOSE_POLICY, "rate limit exceeded").await;
+                }
+                match frame {
                     Message::Text(text) => {
-                        match limiter.check(last_heard) {
-                            Verdict::Close => {
-                                return close(sink, stream, CLOSE_POLICY, "rate limit exceeded").await;
-                            }
-                            verdict => on_text(hub, conn, &text, verdict == Verdict::Limited).await,
-                        }
+                        on_text(hub, conn, &text, verdict == Verdict::Limited).await
                     }
-                    Message::Binary(_) => match limiter.check(last_heard) {
-                        Verdict::Close => {
-                            return close(sink, stream, CLOSE_POLICY, "rate limit exceeded").await;
-                        }
-                        _ => Some(error_event("binary frames are not accepted; send JSON text")),
-                    },
+                    Message::Binary(_) => {
+                        Some(error_event("binary frames are not accepted; send JSON text"))
+                    }
                     Message::Close(_) => return,
                     Message::Ping(_) | Message::Pong(_) => None,
-                };
-                if let Some(text) = answer
-                    && sink.send(Message::Text(text)).await.is_err()
-                {
-                    return;
                 }
+                .map(Message::Text)
             }
             out = rx.recv() => match out {
-                Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text)).await.is_err() {
-                        return;
-                    }
+                Some(Outbound::Text(text)) => Some(Message::Text(text)),
+                Some(Outbound::Joined(text)) => {
+                    joined = true;
+                    Some(Message::Text(text))
                 }
                 Some(Outbound::Close(code, reason)) => {
                     return close(sink, stream, code, reason).await;
@@ -107,7 +115,19 @@ async fn serve<S, E>(
                     debug!("silent for three keepalive intervals");
                     return;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                Some(Message::Ping(Default::default()))
+            }
+            () = &mut join_deadline, if !joined => {
+                debug!("no join in time");
+                return close(sink, stream, CLOSE_POLICY, "join or resume first").await;
+            }
+        };
+        if let Some(message) = outgoing {
+            match tokio::time::timeout(timing.send_timeout, sink.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    debug!("the peer stopped reading");
                     return;
                 }
             }
@@ -128,7 +148,11 @@ async fn close<S, E>(
         code,
         reason: Utf8Bytes::from_static(reason),
     }));
-    if sink.send(frame).await.is_err() {
+    // A peer that stopped reading would hold the send forever.
+    if !matches!(
+        tokio::time::timeout(CLOSE_WAIT, sink.send(frame)).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -186,6 +210,8 @@ mod tests {
     struct Duplex {
         from_client: mpsc::UnboundedReceiver<Message>,
         to_client: mpsc::UnboundedSender<Message>,
+        /// Set: the client stopped reading, so nothing more can be written.
+        stuck: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Stream for Duplex {
@@ -198,6 +224,10 @@ mod tests {
     impl Sink<Message> for Duplex {
         type Error = ();
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            if self.stuck.load(std::sync::atomic::Ordering::SeqCst) {
+                // A full TCP window: never ready (the task's own timer must end the wait).
+                return Poll::Pending;
+            }
             Poll::Ready(Ok(()))
         }
         fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), ()> {
@@ -217,17 +247,31 @@ mod tests {
         hub: mpsc::Receiver<HubMsg>,
         outbound: mpsc::Sender<Outbound>,
         task: tokio::task::JoinHandle<()>,
+        stuck: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
+
+    const TIMING: Timing = Timing {
+        keepalive: Duration::from_secs(20),
+        queue: 8,
+        join_timeout: Duration::from_secs(10),
+        send_timeout: Duration::from_secs(10),
+    };
 
     async fn harness(keepalive: Duration) -> Harness {
         let (send, from_client) = mpsc::unbounded_channel();
         let (to_client, recv) = mpsc::unbounded_channel();
         let (hub_tx, mut hub) = mpsc::channel(16);
+        let stuck = std::sync::Arc::default();
         let socket = Duplex {
             from_client,
             to_client,
+            stuck: std::sync::Arc::clone(&stuck),
         };
-        let task = tokio::spawn(run(socket, hub_tx, 7, keepalive, 8));
+        let timing = Timing {
+            keepalive,
+            ..TIMING
+        };
+        let task = tokio::spawn(run(socket, hub_tx, 7, timing));
         let Some(HubMsg::Connect { conn: 7, tx }) = hub.recv().await else {
             panic!("the task introduces itself first");
         };
@@ -237,6 +281,27 @@ mod tests {
             hub,
             outbound: tx,
             task,
+            stuck,
+        }
+    }
+
+    /// Whether the hub was told the socket closed.
+    fn hub_heard_closed(hub: &mut mpsc::Receiver<HubMsg>) -> bool {
+        let mut closed = false;
+        while let Ok(msg) = hub.try_recv() {
+            closed |= matches!(msg, HubMsg::Closed { conn: 7 });
+        }
+        closed
+    }
+
+    /// The close frame the task sent, skipping anything before it.
+    async fn close_code(h: &mut Harness) -> u16 {
+        loop {
+            match h.recv.recv().await {
+                Some(Message::Close(Some(f))) => return f.code,
+                Some(_) => continue,
+                None => panic!("closed without a close frame"),
+            }
         }
     }
 
@@ -302,28 +367,72 @@ mod tests {
                 break;
             }
         }
-        loop {
-            match h.recv.recv().await {
-                Some(Message::Close(Some(f))) => {
-                    assert_eq!(f.code, CLOSE_POLICY);
-                    break;
-                }
-                Some(_) => continue,
-                None => panic!("closed without a close frame"),
+        assert_eq!(close_code(&mut h).await, CLOSE_POLICY);
+    }
+
+    #[tokio::test]
+    async fn a_ping_flood_counts_against_the_rate_limit() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        for _ in 0..1_200 {
+            if h.send.send(Message::Ping(Default::default())).is_err() {
+                break;
             }
         }
+        assert_eq!(close_code(&mut h).await, CLOSE_POLICY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_never_joins_is_closed_after_the_join_timeout() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(h.recv.try_recv().is_err(), "still open before the timeout");
+        assert_eq!(close_code(&mut h).await, CLOSE_POLICY);
+        h.send.send(Message::Close(None)).expect("send");
+        h.task.await.expect("the task ends");
+        assert!(hub_heard_closed(&mut h.hub));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joined_socket_outlives_the_join_timeout() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        h.outbound
+            .send(Outbound::Joined("joined".into()))
+            .await
+            .expect("queue");
+        assert_eq!(next_text(&mut h).await, "joined");
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert!(h.recv.try_recv().is_err(), "no close frame");
+        assert!(!h.task.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_stops_reading_is_dropped_after_the_send_timeout() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        h.outbound
+            .send(Outbound::Joined("joined".into()))
+            .await
+            .expect("queue");
+        assert_eq!(next_text(&mut h).await, "joined");
+        h.stuck.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.outbound
+            .send(Outbound::Text("event".into()))
+            .await
+            .expect("queue");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(h.task.is_finished(), "the task gave up on the socket");
+        assert!(hub_heard_closed(&mut h.hub));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_is_dropped_after_three_keepalives() {
         let mut h = harness(Duration::from_secs(10)).await;
+        h.outbound
+            .send(Outbound::Joined("joined".into()))
+            .await
+            .expect("queue");
         tokio::time::sleep(Duration::from_secs(45)).await;
         h.task.await.expect("the task ended");
-        let mut closed = false;
-        while let Ok(msg) = h.hub.try_recv() {
-            closed |= matches!(msg, HubMsg::Closed { conn: 7 });
-        }
-        assert!(closed, "the hub was told");
+        assert!(hub_heard_closed(&mut h.hub), "the hub was told");
         let mut pings = 0;
         while let Ok(m) = h.recv.try_recv() {
             pings += usize::from(matches!(m, Message::Ping(_)));

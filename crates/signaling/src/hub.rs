@@ -468,7 +468,7 @@ impl Hub {
             session,
             requests: joined.pending,
         };
-        self.send_conn(conn, encode(&Reply::ok(id, result)));
+        self.queue(conn, Outbound::Joined(encode(&Reply::ok(id, result))));
     }
 
     fn reply_err(&mut self, conn: ConnId, id: u64, code: ErrorCode, message: impl Into<String>) {
@@ -486,10 +486,14 @@ impl Hub {
     }
 
     fn send_conn(&mut self, conn: ConnId, text: Utf8Bytes) {
+        self.queue(conn, Outbound::Text(text));
+    }
+
+    fn queue(&mut self, conn: ConnId, out: Outbound) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(Outbound::Text(text)) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(out) {
             warn!(conn, "socket cannot keep up; dropping it");
             self.drop_conn(conn);
         }

@@ -35,6 +35,12 @@ pub struct MediaPlane {
     pub events: mpsc::UnboundedReceiver<MediaEvent>,
 }
 
+/// Something a WebSocket keeps for as long as it lives, found in the upgrade request's
+/// extensions: the server puts the connection's place in its connection caps here, so a socket
+/// still counts after it left HTTP.
+#[derive(Clone)]
+pub struct ConnectionSlot(pub Arc<dyn std::any::Any + Send + Sync>);
+
 /// Settings of the signaling plane.
 #[derive(Debug, Clone)]
 pub struct SignalingConfig {
@@ -49,6 +55,10 @@ pub struct SignalingConfig {
     pub outbound_queue: usize,
     /// How long shutdown waits for sockets to take their `room_ended` and close.
     pub shutdown_grace: Duration,
+    /// A socket that has not joined (or resumed) this long after it opened is closed.
+    pub join_timeout: Duration,
+    /// A frame the peer has not taken in this long means it stopped reading; it is dropped.
+    pub send_timeout: Duration,
 }
 
 impl Default for SignalingConfig {
@@ -60,6 +70,8 @@ impl Default for SignalingConfig {
             keepalive: Duration::from_secs(20),
             outbound_queue: 1024,
             shutdown_grace: Duration::from_secs(3),
+            join_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -126,7 +138,11 @@ impl Signaling {
     }
 }
 
-async fn upgrade(State(sig): State<Signaling>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(sig): State<Signaling>,
+    slot: Option<axum::Extension<ConnectionSlot>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let conn = sig.inner.next_conn.fetch_add(1, Ordering::Relaxed);
     // Frames up to 1 MiB are read so oversize ones (> 64 KiB) get the contract's `bad_request`
     // answer; bigger ones make the WebSocket layer close the socket. The small read buffer keeps
@@ -136,13 +152,17 @@ async fn upgrade(State(sig): State<Signaling>, ws: WebSocketUpgrade) -> Response
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            conn::run(
-                socket,
-                sig.inner.hub.clone(),
-                conn,
-                sig.inner.config.keepalive,
-                sig.inner.config.outbound_queue,
-            )
+            let c = &sig.inner.config;
+            let timing = conn::Timing {
+                keepalive: c.keepalive,
+                queue: c.outbound_queue,
+                join_timeout: c.join_timeout,
+                send_timeout: c.send_timeout,
+            };
+            async move {
+                let _slot = slot;
+                conn::run(socket, sig.inner.hub.clone(), conn, timing).await;
+            }
         })
 }
 

@@ -42,6 +42,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Text(Utf8Bytes),
+    /// The reply to a successful join or resume: the socket now has a session.
+    Joined(Utf8Bytes),
     Close(u16, &'static str),
 }
 
