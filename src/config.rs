@@ -63,6 +63,19 @@ pub struct Args {
     /// Print peer addresses as "[redacted]" in logs.
     #[arg(long, env = "MICLINK_SCRUB_LOGS")]
     pub scrub_logs: bool,
+    /// Serve a non-loopback HTTP address without a JWT secret: anyone may join any room.
+    #[arg(long, env = "MICLINK_OPEN_DEMO")]
+    pub open_demo: bool,
+    /// Bearer token that unlocks per-connection series (with room and user ids) on /metrics.
+    /// Unset: /metrics shows totals only.
+    #[arg(long, env = "MICLINK_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Open HTTP and WebSocket connections in all [default: 8192].
+    #[arg(long, env = "MICLINK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address, loopback excepted; 0 = no cap [default: 256].
+    #[arg(long, env = "MICLINK_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags; `ice_servers` may carry credentials.
@@ -79,6 +92,10 @@ struct FileConfig {
     media_public_ips: Option<Vec<IpAddr>>,
     media_loops: Option<usize>,
     scrub_logs: Option<bool>,
+    open_demo: Option<bool>,
+    metrics_token: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
 }
 
 /// The checked configuration the server runs with.
@@ -92,6 +109,34 @@ pub struct Config {
     /// balancers see it, before it exits non-zero for its supervisor to restart it.
     pub failure_exit_delay: Duration,
     pub scrub_logs: bool,
+    /// Caps and timeouts of the HTTP listener.
+    pub http: HttpLimits,
+    /// Bearer token for the per-connection series of `/metrics`; `None`: totals only.
+    pub metrics_token: Option<String>,
+}
+
+/// What one client may hold of the HTTP listener. WebSockets count for as long as they live.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// 0 = no cap. Loopback clients are not counted per address unless `per_ip_on_loopback`:
+    /// there the peer is a local proxy or tool speaking for many users.
+    pub max_connections_per_ip: usize,
+    pub per_ip_on_loopback: bool,
+    /// A connection that has not sent a whole request head this long after it opened (or after
+    /// its last request) is closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 8192,
+            max_connections_per_ip: 256,
+            per_ip_on_loopback: false,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Config {
@@ -102,6 +147,8 @@ impl Default for Config {
             media: Some(SfuConfig::default()),
             failure_exit_delay: Duration::from_secs(5),
             scrub_logs: false,
+            http: HttpLimits::default(),
+            metrics_token: None,
         }
     }
 }
@@ -180,11 +227,33 @@ impl Config {
         if public_ips.iter().any(IpAddr::is_unspecified) {
             bail!("media_public_ips must be addresses clients can reach, not a wildcard");
         }
+        let http_addr = args
+            .http_addr
+            .or(file.http_addr)
+            .unwrap_or(defaults.http_addr);
+        let open_demo = args.open_demo || file.open_demo.unwrap_or(false);
+        if jwt_secret.is_none() && !http_addr.ip().is_loopback() && !open_demo {
+            bail!(
+                "http_addr {http_addr} is reachable from other machines but no jwt_secret is set, \
+                 so anyone could join any room; set jwt_secret, or open_demo = true (--open-demo) \
+                 if that is what you want"
+            );
+        }
+        let metrics_token = args.metrics_token.or(file.metrics_token);
+        if let Some(token) = &metrics_token
+            && token.len() < 16
+        {
+            bail!("metrics_token must be at least 16 bytes");
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.http.max_connections);
+        if max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
         Ok(Config {
-            http_addr: args
-                .http_addr
-                .or(file.http_addr)
-                .unwrap_or(defaults.http_addr),
+            http_addr,
             signaling: SignalingConfig {
                 seats: SeatsConfig {
                     max_seats,
@@ -204,6 +273,15 @@ impl Config {
             }),
             failure_exit_delay: defaults.failure_exit_delay,
             scrub_logs: args.scrub_logs || file.scrub_logs.unwrap_or(false),
+            http: HttpLimits {
+                max_connections,
+                max_connections_per_ip: args
+                    .max_connections_per_ip
+                    .or(file.max_connections_per_ip)
+                    .unwrap_or(defaults.http.max_connections_per_ip),
+                ..defaults.http
+            },
+            metrics_token,
         })
     }
 }
@@ -236,6 +314,7 @@ mod tests {
             &path,
             r#"
 http_addr = "0.0.0.0:9000"
+jwt_secret = "0123456789abcdef0123"
 max_seats = 5
 [[ice_servers]]
 urls = ["turn:turn.example.com:3478"]
@@ -265,10 +344,27 @@ credential = "p"
             (&["--ice-server", "http://x"][..], "ice server"),
             (&["--keepalive-s", "0"][..], "keepalive"),
             (&["--media-public-ip", "0.0.0.0"][..], "media_public_ips"),
+            (&["--metrics-token", "short"][..], "metrics_token"),
+            (&["--max-connections", "0"][..], "max_connections"),
         ] {
             let err = parse(args).expect_err("refused").to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn a_public_address_without_a_secret_is_refused_unless_it_is_an_open_demo() {
+        let err = parse(&["--http-addr", "0.0.0.0:8080"]).expect_err("refused");
+        assert!(err.to_string().contains("open_demo"), "{err}");
+        parse(&["--http-addr", "0.0.0.0:8080", "--open-demo"]).expect("an explicit open demo");
+        parse(&[
+            "--http-addr",
+            "0.0.0.0:8080",
+            "--jwt-secret",
+            "0123456789abcdef",
+        ])
+        .expect("with a secret");
+        parse(&["--http-addr", "[::1]:8080"]).expect("loopback needs neither");
     }
 
     #[test]

@@ -3,15 +3,18 @@
 //! Everything here is glue; the signaling rules live in `miclink-signaling` and `miclink-seats`.
 
 pub mod config;
+mod metrics;
+mod serve;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use miclink_sfu::{PcKind, Pii, Sfu};
+use miclink_sfu::{Pii, Sfu};
 use miclink_signaling::{MediaPlane, Signaling};
 use rust_embed::RustEmbed;
 use serde::Serialize;
@@ -25,22 +28,23 @@ pub use config::{Args, Config};
 #[folder = "web-demo/"]
 struct Demo;
 
-/// What the HTTP handlers reach: both planes.
+/// What the HTTP handlers reach: both planes, the listener's counts, the metrics token.
 #[derive(Clone)]
 struct Planes {
     signaling: Signaling,
     media: Option<Sfu>,
+    connections: Arc<serve::Connections>,
+    metrics_token: Option<Arc<str>>,
+    peer_series: Arc<metrics::PeerSeriesCache>,
 }
 
 /// The HTTP routes: `/ws`, `/healthz`, `/metrics` and the demo.
-pub fn app(signaling: &Signaling, media: Option<Sfu>) -> Router {
+fn app(planes: Planes) -> Router {
+    let signaling = planes.signaling.clone();
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(Planes {
-            signaling: signaling.clone(),
-            media,
-        })
+        .route("/metrics", get(metrics::metrics))
+        .with_state(planes)
         .merge(signaling.router())
         .fallback(get(demo))
 }
@@ -68,8 +72,15 @@ pub async fn run(
     let sfu = media.as_ref().map(|(sfu, _)| sfu.clone());
     let plane = media.map(|(sfu, events)| MediaPlane { sfu, events });
     let signaling = Signaling::start(config.signaling, plane);
-    let app = app(&signaling, sfu.clone());
-    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connections = Arc::new(serve::Connections::default());
+    let app = app(Planes {
+        signaling: signaling.clone(),
+        media: sfu.clone(),
+        connections: connections.clone(),
+        metrics_token: config.metrics_token.map(Arc::from),
+        peer_series: Arc::default(),
+    });
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let graceful = {
         let (signaling, failed) = (signaling.clone(), failed.clone());
         let delay = config.failure_exit_delay;
@@ -91,9 +102,7 @@ pub async fn run(
             signaling.shutdown().await;
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await?;
+    serve::serve(listener, app, config.http, connections, graceful).await?;
     if failed.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(RunError::MediaFailed);
     }
@@ -141,118 +150,6 @@ async fn healthz(State(planes): State<Planes>) -> Response {
         StatusCode::OK
     };
     (status, axum::Json(health)).into_response()
-}
-
-/// Prometheus text exposition: signaling gauges, media plane totals, and per connection counters
-/// labelled with room, user and connection kind. Room and user ids are `[A-Za-z0-9_.-]` by
-/// protocol, so label values need no escaping.
-async fn metrics(State(planes): State<Planes>) -> Response {
-    use std::fmt::Write;
-    let Some(s) = planes.signaling.stats().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response();
-    };
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP miclink_{name} {help}\n# TYPE miclink_{name} gauge\nmiclink_{name} {value}"
-        );
-    };
-    gauge("rooms", "Live rooms.", s.rooms as u64);
-    gauge(
-        "sessions",
-        "Sessions, connected or within their resume grace.",
-        s.sessions as u64,
-    );
-    gauge(
-        "connections",
-        "Open signaling sockets.",
-        s.connections as u64,
-    );
-    let Some(sfu) = planes.media.as_ref().filter(|m| !m.failed()) else {
-        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response();
-    };
-    if let Some(m) = sfu.stats().await {
-        gauge("media_peers", "Media peer connections.", m.peers);
-        gauge(
-            "media_shed_level",
-            "Subscriber video tracks paused because a media loop is overloaded.",
-            m.shed_level,
-        );
-        gauge(
-            "media_backlog_ms",
-            "How long the most loaded media loop has been behind its sockets.",
-            m.backlog_ms,
-        );
-        for (name, help, value) in m.counters() {
-            let _ = writeln!(
-                out,
-                "# HELP miclink_media_{name}_total {help}\n# TYPE miclink_media_{name}_total counter\nmiclink_media_{name}_total {value}"
-            );
-        }
-    }
-    if let Some(peers) = sfu.peer_stats().await {
-        type Pick = fn(&miclink_sfu::PeerStats) -> u64;
-        let series: [(&str, &str, Pick); 9] = [
-            ("bytes_in", "Bytes received on this connection.", |p| {
-                p.bytes_in
-            }),
-            ("bytes_out", "Bytes sent on this connection.", |p| {
-                p.bytes_out
-            }),
-            (
-                "packets_in",
-                "Datagrams received on this connection.",
-                |p| p.datagrams_in,
-            ),
-            ("packets_out", "Datagrams sent on this connection.", |p| {
-                p.datagrams_out
-            }),
-            (
-                "rtp_in",
-                "RTP packets received (publish connections).",
-                |p| p.rtp_in,
-            ),
-            (
-                "rtp_out",
-                "RTP packets forwarded (subscribe connections).",
-                |p| p.rtp_out,
-            ),
-            (
-                "packets_lost",
-                "RTP packets lost on this leg (publish: missing on arrival, repaired or not; subscribe: as the receiver reports).",
-                |p| p.packets_lost,
-            ),
-            (
-                "nacks",
-                "NACKs received from this subscriber or sent to this publisher.",
-                |p| p.nacks,
-            ),
-            ("plis", "Keyframe requests sent to this publisher.", |p| {
-                p.plis
-            }),
-        ];
-        for (name, help, pick) in series {
-            let _ = writeln!(
-                out,
-                "# HELP miclink_peer_{name}_total {help}\n# TYPE miclink_peer_{name}_total counter"
-            );
-            for p in &peers {
-                let kind = match p.kind {
-                    PcKind::Publish => "publish",
-                    PcKind::Subscribe => "subscribe",
-                };
-                let _ = writeln!(
-                    out,
-                    "miclink_peer_{name}_total{{room=\"{}\",user=\"{}\",pc=\"{kind}\"}} {}",
-                    p.room,
-                    p.user,
-                    pick(p)
-                );
-            }
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn demo(uri: Uri) -> Response {

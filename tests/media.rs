@@ -581,3 +581,44 @@ async fn malformed_or_unexpected_sdp_gets_bad_sdp() {
     anchor.publish(false).await;
     anchor.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_room_and_user_ids_only_to_the_token() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
+    viewer
+        .wait_received("anchor's video", |r| {
+            r.contains_key(&key("anchor", Kind::Video))
+        })
+        .await;
+    let auth = format!("Authorization: Bearer {METRICS_TOKEN}\r\n");
+    let (_, full) = s.get_with("/metrics", &auth).await;
+    assert!(
+        full.contains("user=\"anchor\",pc=\"publish\""),
+        "the token shows per-connection series:\n{full}"
+    );
+    let (status, anonymous) = s.get("/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        anonymous.contains("miclink_media_rtp_in_total"),
+        "{anonymous}"
+    );
+    for (what, body) in [
+        ("anonymous", anonymous),
+        (
+            "wrong token",
+            s.get_with("/metrics", "Authorization: Bearer not-the-token-at-all\r\n")
+                .await
+                .1,
+        ),
+        ("healthz", s.get("/healthz").await.1),
+    ] {
+        assert!(
+            !body.contains("room=") && !body.contains("user=") && !body.contains("\"r\""),
+            "{what} shows no room or user id:\n{body}"
+        );
+    }
+    viewer.close().await;
+    anchor.close().await;
+}

@@ -20,6 +20,9 @@ pub use miclink_loadtest::peer::Burst;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The token the test servers' per-connection metrics are read with.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123";
+
 /// A running server (signaling + media) on loopback ports chosen by the OS.
 pub struct Server {
     pub url: String,
@@ -31,12 +34,18 @@ pub struct Server {
 impl Server {
     /// A plain HTTP GET on the server's port: the status line and the body.
     pub async fn get(&self, path: &str) -> (String, String) {
+        self.get_with(path, "").await
+    }
+
+    /// A GET with extra header lines (each ending in CRLF).
+    pub async fn get_with(&self, path: &str, headers: &str) -> (String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.http)
             .await
             .expect("connect");
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .expect("write");
@@ -57,7 +66,8 @@ impl Server {
 
     /// One per connection series of `/metrics`, e.g. `("nacks", "lossy", "subscribe")`.
     pub async fn peer_metric(&self, name: &str, user: &str, pc: &str) -> u64 {
-        let out = self.get("/metrics").await.1;
+        let auth = format!("Authorization: Bearer {METRICS_TOKEN}\r\n");
+        let out = self.get_with("/metrics", &auth).await.1;
         let prefix =
             format!("miclink_peer_{name}_total{{room=\"r\",user=\"{user}\",pc=\"{pc}\"}} ");
         out.lines()
@@ -92,6 +102,7 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::load(Args::default()).expect("defaults");
+    config.metrics_token = Some(METRICS_TOKEN.to_owned());
     adjust(&mut config);
     if let Some(media) = &mut config.media {
         media.udp_addr.set_port(0);

@@ -169,6 +169,9 @@ pub struct MediaCore {
     pub(crate) last_rebuild: HashMap<(Ident, Ident), Instant>,
     pub(crate) shed: Shedder,
     pub(crate) stats: SfuStats,
+    /// When the publishers' NACK counts were last read from rtc (once a second, so statistics
+    /// requests cost nothing per peer whatever their rate).
+    pub(crate) nacks_read: Option<Instant>,
 }
 
 impl MediaCore {
@@ -198,6 +201,7 @@ impl MediaCore {
             last_rebuild: HashMap::new(),
             shed: Shedder::default(),
             stats: SfuStats::default(),
+            nacks_read: None,
         })
     }
 
@@ -208,40 +212,49 @@ impl MediaCore {
         self.peers.len()
     }
 
-    /// This core's counters (losses and NACKs read from every publish connection).
-    pub fn stats(&mut self, now: Instant) -> SfuStats {
-        let nacks = self
-            .peers
-            .values_mut()
-            .filter(|p| p.kind == PcKind::Publish)
-            .map(|p| losses(&mut p.pc, now, PcKind::Publish).1)
-            .sum();
+    /// This core's counters; NACKs sent to publishers as of the last second.
+    pub fn stats(&mut self, _now: Instant) -> SfuStats {
         SfuStats {
             peers: self.peers.len() as u64,
-            nacks_to_publishers: nacks,
             shed_level: self.shed.level() as u64,
             backlog_ms: self.shed.backlog().as_millis() as u64,
             ..self.stats
         }
     }
 
-    /// Counters of every peer connection.
+    /// Counters of every peer connection (subscribers' losses read from rtc now).
     pub fn peer_stats(&mut self, now: Instant) -> Vec<PeerStats> {
         self.peers
             .values_mut()
             .map(|p| {
                 let mut c = p.counters.clone();
-                let (lost, nacks_sent) = losses(&mut p.pc, now, p.kind);
                 // A publisher's leg keeps the server's own count (numbers skipped on arrival):
                 // rtc's figure falls back to zero once retransmissions repair the gaps.
-                if p.kind == PcKind::Publish {
-                    c.nacks = nacks_sent;
-                } else {
-                    c.packets_lost = lost;
+                if p.kind == PcKind::Subscribe {
+                    c.packets_lost = losses(&mut p.pc, now, p.kind).0;
                 }
                 c
             })
             .collect()
+    }
+
+    /// Read each publish connection's NACK count from rtc, at most once a second.
+    fn read_nacks(&mut self, now: Instant) {
+        if self
+            .nacks_read
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.nacks_read = Some(now);
+        for p in self.peers.values_mut() {
+            if p.kind == PcKind::Publish {
+                let sent = losses(&mut p.pc, now, p.kind).1;
+                // Added as a difference so the total never goes back when a publisher leaves.
+                self.stats.nacks_to_publishers += sent.saturating_sub(p.counters.nacks);
+                p.counters.nacks = sent;
+            }
+        }
     }
 
     // ----- input -----------------------------------------------------------------------------
@@ -345,6 +358,7 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
+            self.read_nacks(now);
         }
         // The peers not due set the next deadline; those fired are looked at again at the next
         // tick at the latest (asking each flushed peer for its deadline cost more per forwarded

@@ -1,0 +1,193 @@
+//! `/metrics`: Prometheus text exposition. Anyone may read the totals (signaling gauges, media
+//! plane counters, HTTP connections), which cost a message to each plane and nothing per peer.
+//! Per-connection series carry room and user ids and are built on the media loops, so they are
+//! shown only to a caller with the metrics token, and built at most once a second whatever the
+//! request rate.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use miclink_sfu::PcKind;
+
+use crate::Planes;
+
+/// How long a built set of per-connection series is served again.
+const PEER_SERIES_TTL: Duration = Duration::from_secs(1);
+
+/// The per-connection series last built, and when.
+pub(crate) type PeerSeriesCache = tokio::sync::Mutex<Option<(Instant, String)>>;
+
+pub(crate) async fn metrics(State(planes): State<Planes>, headers: HeaderMap) -> Response {
+    let Some(s) = planes.signaling.stats().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "signaling is down").into_response();
+    };
+    let mut out = String::new();
+    gauge(&mut out, "rooms", "Live rooms.", s.rooms as u64);
+    gauge(
+        &mut out,
+        "sessions",
+        "Sessions, connected or within their resume grace.",
+        s.sessions as u64,
+    );
+    gauge(
+        &mut out,
+        "connections",
+        "Open signaling sockets.",
+        s.connections as u64,
+    );
+    let (open, refused) = planes.connections.counts();
+    gauge(
+        &mut out,
+        "http_connections",
+        "Open HTTP connections, WebSockets included.",
+        open as u64,
+    );
+    counter(
+        &mut out,
+        "http_refused",
+        "Connections closed at accept: a connection cap was reached.",
+        refused,
+    );
+    let Some(sfu) = planes.media.as_ref().filter(|m| !m.failed()) else {
+        return text(out);
+    };
+    if let Some(m) = sfu.stats().await {
+        gauge(&mut out, "media_peers", "Media peer connections.", m.peers);
+        gauge(
+            &mut out,
+            "media_shed_level",
+            "Subscriber video tracks paused because a media loop is overloaded.",
+            m.shed_level,
+        );
+        gauge(
+            &mut out,
+            "media_backlog_ms",
+            "How long the most loaded media loop has been behind its sockets.",
+            m.backlog_ms,
+        );
+        for (name, help, value) in m.counters() {
+            counter(&mut out, &format!("media_{name}"), help, value);
+        }
+    }
+    if authorized(planes.metrics_token.as_deref(), &headers) {
+        let mut cache = planes.peer_series.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < PEER_SERIES_TTL);
+        if !fresh && let Some(peers) = sfu.peer_stats().await {
+            *cache = Some((Instant::now(), peer_series(&peers)));
+        }
+        if let Some((_, series)) = cache.as_ref() {
+            out.push_str(series);
+        }
+    }
+    text(out)
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP miclink_{name} {help}\n# TYPE miclink_{name} gauge\nmiclink_{name} {value}"
+    );
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP miclink_{name}_total {help}\n# TYPE miclink_{name}_total counter\nmiclink_{name}_total {value}"
+    );
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Whether the request carries `Authorization: Bearer <token>` for the configured token,
+/// compared in constant time. No token configured: nobody is.
+fn authorized(token: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
+        return false;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Per-connection counters labelled with room, user and connection kind. Room and user ids are
+/// `[A-Za-z0-9_.-]` by protocol, so label values need no escaping.
+fn peer_series(peers: &[miclink_sfu::PeerStats]) -> String {
+    let mut out = String::new();
+    type Pick = fn(&miclink_sfu::PeerStats) -> u64;
+    let series: [(&str, &str, Pick); 9] = [
+        ("bytes_in", "Bytes received on this connection.", |p| {
+            p.bytes_in
+        }),
+        ("bytes_out", "Bytes sent on this connection.", |p| {
+            p.bytes_out
+        }),
+        (
+            "packets_in",
+            "Datagrams received on this connection.",
+            |p| p.datagrams_in,
+        ),
+        ("packets_out", "Datagrams sent on this connection.", |p| {
+            p.datagrams_out
+        }),
+        (
+            "rtp_in",
+            "RTP packets received (publish connections).",
+            |p| p.rtp_in,
+        ),
+        (
+            "rtp_out",
+            "RTP packets forwarded (subscribe connections).",
+            |p| p.rtp_out,
+        ),
+        (
+            "packets_lost",
+            "RTP packets lost on this leg (publish: missing on arrival, repaired or not; subscribe: as the receiver reports).",
+            |p| p.packets_lost,
+        ),
+        (
+            "nacks",
+            "NACKs received from this subscriber or sent to this publisher.",
+            |p| p.nacks,
+        ),
+        ("plis", "Keyframe requests sent to this publisher.", |p| {
+            p.plis
+        }),
+    ];
+    for (name, help, pick) in series {
+        let _ = writeln!(
+            out,
+            "# HELP miclink_peer_{name}_total {help}\n# TYPE miclink_peer_{name}_total counter"
+        );
+        for p in peers {
+            let kind = match p.kind {
+                PcKind::Publish => "publish",
+                PcKind::Subscribe => "subscribe",
+            };
+            let _ = writeln!(
+                out,
+                "miclink_peer_{name}_total{{room=\"{}\",user=\"{}\",pc=\"{kind}\"}} {}",
+                p.room,
+                p.user,
+                pick(p)
+            );
+        }
+    }
+    out
+}
