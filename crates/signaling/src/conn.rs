@@ -77,6 +77,27 @@ async fn serve<S, E>(
     let mut joined = false;
     loop {
         let outgoing = tokio::select! {
+            // In this order: a join reply that is ready wins over the join deadline.
+            biased;
+            out = rx.recv() => match out {
+                Some(Outbound::Text(text)) => Some(Message::Text(text)),
+                Some(Outbound::Joined(text)) => {
+                    joined = true;
+                    Some(Message::Text(text))
+                }
+                Some(Outbound::Unbound) => {
+                    joined = false;
+                    join_deadline
+                        .as_mut()
+                        .reset(Instant::now() + timing.join_timeout);
+                    None
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    return close(sink, stream, code, reason).await;
+                }
+                // The hub dropped us (too slow to keep up, or shutting down).
+                None => return close(sink, stream, CLOSE_GOING_AWAY, "dropped").await,
+            },
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else { return };
                 last_heard = Instant::now();
@@ -98,18 +119,6 @@ async fn serve<S, E>(
                 }
                 .map(Message::Text)
             }
-            out = rx.recv() => match out {
-                Some(Outbound::Text(text)) => Some(Message::Text(text)),
-                Some(Outbound::Joined(text)) => {
-                    joined = true;
-                    Some(Message::Text(text))
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    return close(sink, stream, code, reason).await;
-                }
-                // The hub dropped us (too slow to keep up, or shutting down).
-                None => return close(sink, stream, CLOSE_GOING_AWAY, "dropped").await,
-            },
             _ = ping.tick() => {
                 if last_heard.elapsed() > keepalive * 3 {
                     debug!("silent for three keepalive intervals");
@@ -403,6 +412,21 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(15)).await;
         assert!(h.recv.try_recv().is_err(), "no close frame");
         assert!(!h.task.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_whose_session_ended_is_held_to_the_join_timeout_again() {
+        let mut h = harness(Duration::from_secs(20)).await;
+        h.outbound
+            .send(Outbound::Joined("joined".into()))
+            .await
+            .expect("queue");
+        assert_eq!(next_text(&mut h).await, "joined");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        h.outbound.send(Outbound::Unbound).await.expect("queue");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!h.task.is_finished(), "a fresh 10 s from the session's end");
+        assert_eq!(close_code(&mut h).await, CLOSE_POLICY);
     }
 
     #[tokio::test(start_paused = true)]

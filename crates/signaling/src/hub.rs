@@ -527,10 +527,18 @@ impl Hub {
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = None;
-            let _ = c.tx.try_send(Outbound::Text(encode(&Event::Kicked {
-                reason: KickReason::Replaced,
-            })));
-            let _ = c.tx.try_send(Outbound::Close(CLOSE_REPLACED, "replaced"));
+            let told =
+                c.tx.try_send(Outbound::Text(encode(&Event::Kicked {
+                    reason: KickReason::Replaced,
+                })))
+                .is_ok()
+                    && c.tx
+                        .try_send(Outbound::Close(CLOSE_REPLACED, "replaced"))
+                        .is_ok();
+            if !told {
+                // Too far behind to be told: forgetting the socket ends its task.
+                self.conns.remove(&conn);
+            }
         }
     }
 
@@ -549,8 +557,15 @@ impl Hub {
                 self.rooms.remove(&s.room);
             }
         }
-        if let Some(c) = s.conn.and_then(|conn| self.conns.get_mut(&conn)) {
+        if let Some(conn) = s.conn
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
             c.session = None;
+            // The socket stays open (it may join again) but is again one without a session,
+            // held to the join timeout like a new one.
+            if c.tx.try_send(Outbound::Unbound).is_err() {
+                self.conns.remove(&conn);
+            }
         }
     }
 

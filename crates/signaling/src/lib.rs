@@ -144,11 +144,12 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let conn = sig.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    // Frames up to 1 MiB are read so oversize ones (> 64 KiB) get the contract's `bad_request`
-    // answer; bigger ones make the WebSocket layer close the socket. The small read buffer keeps
+    // Frames up to 128 KiB are read so oversize ones (> 64 KiB) get the contract's `bad_request`
+    // answer; bigger ones make the WebSocket layer close the socket (so a socket that has not
+    // joined can hold at most that much of a frame in memory). The small read buffer keeps
     // idle sockets cheap: it grows only while a large frame is being read.
-    ws.max_message_size(1 << 20)
-        .max_frame_size(1 << 20)
+    ws.max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
@@ -166,4 +167,6 @@ async fn upgrade(
         })
 }
 
-const _: () = assert!(MAX_FRAME_BYTES < 1 << 20);
+/// The largest WebSocket message read at all (then answered `bad_request` if over the frame limit).
+const READ_LIMIT: usize = 128 * 1024;
+const _: () = assert!(MAX_FRAME_BYTES < READ_LIMIT);

@@ -44,6 +44,9 @@ pub(crate) enum Outbound {
     Text(Utf8Bytes),
     /// The reply to a successful join or resume: the socket now has a session.
     Joined(Utf8Bytes),
+    /// The socket's session ended (left, disconnected, room ended) but the socket stays: it is
+    /// held to the join timeout again.
+    Unbound,
     Close(u16, &'static str),
 }
 
