@@ -15,6 +15,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use crate::MediaCore;
 use crate::extensions::renumber;
 use crate::peer::PeerId;
+use crate::resend::Refused;
 use crate::track::Verdict;
 
 /// Sequence numbers one NACK packet may ask for; a receiver never honestly misses more at once,
@@ -120,6 +121,7 @@ impl MediaCore {
                 Ok(()) => {
                     self.stats.rtp_out += 1;
                     sub.counters.rtp_out += 1;
+                    out.resends.forwarded();
                     self.dirty.insert(sid);
                 }
                 Err(e) => {
@@ -240,12 +242,23 @@ impl MediaCore {
             return;
         };
         for &seq in lost {
-            let Some(out) = self.peers.get(&sid).and_then(|s| s.outs.get(&key)) else {
+            let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(&key)) else {
                 return;
             };
             let Some(payload_type) = out.negotiated.as_ref().map(|n| n.payload_type) else {
                 return;
             };
+            match out.resends.allow(now, seq) {
+                Ok(()) => {}
+                Err(Refused::Repeat) => {
+                    self.stats.retransmit_repeats += 1;
+                    continue;
+                }
+                Err(Refused::OverBudget) => {
+                    self.stats.retransmit_over_budget += 1;
+                    continue;
+                }
+            }
             let (ssrc, sender) = (out.ssrc, out.sender);
             let stored = out
                 .munger

@@ -26,6 +26,7 @@ mod keyframe;
 mod lifecycle;
 mod peer;
 mod pii;
+mod resend;
 mod seq;
 mod shed;
 pub mod sim;

@@ -65,6 +65,11 @@ counters! {
     retransmitted,
     /// NACKed packets no longer in the buffer.
     retransmit_misses,
+    /// NACKed packets not sent again: already sent again less than 100 ms before.
+    retransmit_repeats,
+    /// NACKed packets not sent again: the subscriber's track had used its retransmission budget
+    /// (half its own packet rate, bursts of 64).
+    retransmit_over_budget,
     /// Transport-wide congestion control feedback packets read.
     twcc_feedback,
     /// Datagrams a loop received for a connection another loop owns (first packets of a flow).

@@ -13,6 +13,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 
 use crate::extensions::Forwarded;
 use crate::keyframe::Detector;
+use crate::resend::Resends;
 use crate::seq::{SeqExtender, nearest};
 
 /// Packets of one published video track kept for retransmission, shared by every subscriber.
@@ -161,6 +162,8 @@ pub(crate) struct OutTrack {
     /// restarts at a keyframe.
     pub(crate) paused: bool,
     pub(crate) munger: Munger,
+    /// What this subscriber may still have retransmitted.
+    pub(crate) resends: Resends,
 }
 
 impl OutTrack {
@@ -183,6 +186,7 @@ impl OutTrack {
             ext_ids: Vec::new(),
             paused: false,
             munger: Munger::new(first_seq),
+            resends: Resends::default(),
         }
     }
 }
