@@ -185,8 +185,8 @@ impl MediaCore {
             return Err(SfuError::NotAllowed);
         }
         let kinds = offered_kinds(&offer);
-        let offer =
-            RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let id = self.new_peer(now, room, user, PcKind::Publish)?;
         let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
         let answer = (|| {
@@ -248,8 +248,8 @@ impl MediaCore {
         if !peer.offer_pending() {
             return Err(SfuError::NoOffer);
         }
-        let answer =
-            RTCSessionDescription::answer(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = RTCSessionDescription::answer(without_ice_lite(&answer))
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         peer.pc
             .set_remote_description(now, answer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
@@ -340,6 +340,17 @@ fn offered_kinds(sdp: &str) -> (bool, bool) {
     }
     finish(current);
     (audio, video)
+}
+
+/// `sdp` without `a=ice-lite`. The server is ICE-lite and must stay the controlled side: given a
+/// client that also claims to be lite, rtc makes the offering side controlling, and a lite agent
+/// that controls falls back to a full one that checks every candidate the client listed, which
+/// would let a client aim the server's checks at any address. Clients are never lite in fact
+/// (browsers, OBS, our load tool), so the claim is dropped before rtc reads the description.
+fn without_ice_lite(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|line| line.trim_end() != "a=ice-lite")
+        .collect()
 }
 
 #[cfg(test)]

@@ -62,6 +62,13 @@ pub enum Output {
     Forget {
         remote: SocketAddr,
     },
+    /// A connection of this core answers checks for `ufrag` from now on (`live`), or no longer
+    /// does. Other loops hand a new address's check over only for a ufrag some loop has, so a
+    /// forged prefix cannot fill another loop's queue.
+    Ufrag {
+        ufrag: String,
+        live: bool,
+    },
     /// For signaling.
     Event(MediaEvent),
 }
@@ -212,8 +219,10 @@ impl MediaCore {
         self.peers.len()
     }
 
-    /// This core's counters; NACKs sent to publishers as of the last second.
-    pub fn stats(&mut self, _now: Instant) -> SfuStats {
+    /// This core's counters. The publishers' NACK counts are read from rtc at most once a
+    /// second, so asking often costs nothing per peer.
+    pub fn stats(&mut self, now: Instant) -> SfuStats {
+        self.read_nacks(now);
         SfuStats {
             peers: self.peers.len() as u64,
             shed_level: self.shed.level() as u64,
@@ -248,12 +257,7 @@ impl MediaCore {
         }
         self.nacks_read = Some(now);
         for p in self.peers.values_mut() {
-            if p.kind == PcKind::Publish {
-                let sent = losses(&mut p.pc, now, p.kind).1;
-                // Added as a difference so the total never goes back when a publisher leaves.
-                self.stats.nacks_to_publishers += sent.saturating_sub(p.counters.nacks);
-                p.counters.nacks = sent;
-            }
+            self.stats.nacks_to_publishers += p.read_nacks(now);
         }
     }
 
@@ -358,7 +362,6 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
-            self.read_nacks(now);
         }
         // The peers not due set the next deadline; those fired are looked at again at the next
         // tick at the latest (asking each flushed peer for its deadline cost more per forwarded

@@ -350,7 +350,10 @@ impl Driver {
     fn datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
         let owner = match self.core.handle_datagram(now, from, data) {
             Route::Handled => return,
-            Route::Loop(owner) => Some(owner),
+            // Only for a ufrag some loop has: a made-up one is dropped here, not queued there.
+            Route::Loop(owner) => crate::stun::server_ufrag(data)
+                .filter(|u| self.shared.ufrags.read().is_ok_and(|set| set.contains(*u)))
+                .map(|_| owner),
             // Not a check: a flow another loop owns whose packets the kernel still brings here
             // (before that loop's connected socket existed), or garbage.
             Route::Unknown => self
@@ -416,6 +419,15 @@ impl Driver {
                 }
                 Output::Connect { remote } => self.connect(remote),
                 Output::Forget { remote } => self.forget(remote),
+                Output::Ufrag { ufrag, live } => {
+                    if let Ok(mut set) = self.shared.ufrags.write() {
+                        if live {
+                            set.insert(ufrag);
+                        } else {
+                            set.remove(&ufrag);
+                        }
+                    }
+                }
                 Output::Event(event) => {
                     let _ = self.events.send(event);
                 }

@@ -1,7 +1,7 @@
 //! The running media plane as the rest of the server sees it: [`Sfu`], a cheap handle that
 //! starts the event loops, routes commands to the loop owning each room, and gathers counters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// Which loop owns which remote address, for the first packets of a flow that the kernel
     /// still brings to another loop's socket.
     pub(crate) owners: RwLock<HashMap<SocketAddr, usize>>,
+    /// Every live connection's server ufrag, whichever loop has it.
+    pub(crate) ufrags: RwLock<HashSet<String>>,
     /// A loop died: the media plane is down.
     pub(crate) failed: AtomicBool,
     pub(crate) failure: Notify,
@@ -98,6 +100,7 @@ impl Sfu {
         let shared = Arc::new(Shared {
             loops: handles,
             owners: RwLock::new(HashMap::new()),
+            ufrags: RwLock::new(HashSet::new()),
             failed: AtomicBool::new(false),
             failure: Notify::new(),
             hash_key: std::hash::RandomState::new(),

@@ -377,6 +377,10 @@ impl MediaCore {
         let id = self.next_peer;
         self.next_peer += 1;
         self.by_ufrag.insert(peer.ufrag.clone(), id);
+        self.outputs.push_back(Output::Ufrag {
+            ufrag: peer.ufrag.clone(),
+            live: true,
+        });
         self.peers.insert(id, peer);
         Ok(id)
     }
@@ -386,6 +390,10 @@ impl MediaCore {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
+        // The last NACKs of a publisher count too, however soon after the last read it leaves.
+        if let Some(now) = self.clock {
+            self.stats.nacks_to_publishers += peer.read_nacks(now);
+        }
         if let Some(r) = self.rooms.get_mut(&peer.room) {
             let map = match peer.kind {
                 PcKind::Publish => &mut r.publish,
@@ -402,7 +410,12 @@ impl MediaCore {
                 data: msg.message,
             }));
         }
-        self.by_ufrag.remove(&peer.ufrag);
+        if self.by_ufrag.remove(&peer.ufrag).is_some() {
+            self.outputs.push_back(Output::Ufrag {
+                ufrag: peer.ufrag.clone(),
+                live: false,
+            });
+        }
         for a in &peer.addrs {
             if self.by_addr.get(a) == Some(&id) {
                 self.by_addr.remove(a);

@@ -80,6 +80,17 @@ impl Peer {
     pub(crate) fn offer_pending(&self) -> bool {
         self.pending_offer.is_some()
     }
+
+    /// NACKs this publish connection sent since the last read (none for a subscribe one).
+    pub(crate) fn read_nacks(&mut self, now: Instant) -> u64 {
+        if self.kind != PcKind::Publish {
+            return 0;
+        }
+        let sent = losses(&mut self.pc, now, self.kind).1;
+        let new = sent.saturating_sub(self.counters.nacks);
+        self.counters.nacks = sent;
+        new
+    }
 }
 
 /// Builds the SFU's peer connections: ICE-lite, host candidates on the shared port, one DTLS
@@ -148,6 +159,10 @@ impl PeerFactory {
             // A client that really went away is removed with its signaling session (grace
             // period) long before these expire.
             .with_ice_timeouts(ICE_DISCONNECTED_TIMEOUT, ICE_FAILED_TIMEOUT, None)
+            // An ICE-lite server learns client addresses from their checks; resolving a
+            // client's `.local` names would send multicast queries onto the server's network
+            // for every browser offer.
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use miclink_protocol::Ident;
 use miclink_sfu::sim::{ClientId, Codec, Net, Received};
-use miclink_sfu::{MediaCommand, MediaEvent, ReplyTo};
+use miclink_sfu::{MediaCommand, MediaEvent, PcKind, ReplyTo};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 const FRAME: Duration = Duration::from_millis(20);
@@ -252,6 +252,125 @@ fn lost_packets_are_resent_from_the_tracks_buffer() {
     got.dedup();
     let (lo, hi) = (got[0], *got.last().expect("some"));
     assert_eq!(got.len() as u32, hi - lo + 1, "every lost packet came back");
+}
+
+/// One NACK of 500 pairs naming the same packets, and then a NACK of 128 distinct recent
+/// numbers every frame: without a budget each would be thousands of retransmissions.
+#[test]
+fn nack_amplification_costs_at_most_the_tracks_budget() {
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+    let mut net = Net::new();
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 100);
+    let video = stream(&net, v, "anchor", RtpCodecKind::Video);
+    let ssrc = video[0].ssrc;
+    let newest = video.last().map(|r| r.seq).expect("video");
+    let nack = |first: u16, pairs: usize| -> Vec<Box<dyn rtc::rtcp::Packet>> {
+        vec![Box::new(TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: ssrc,
+            nacks: vec![
+                NackPair {
+                    packet_id: first,
+                    lost_packets: 0xffff,
+                };
+                pairs
+            ],
+        })]
+    };
+    let before = net.core.stats(net.now);
+    // 500 copies of the same 17 numbers: each is sent once.
+    net.inject_rtcp(v, nack(newest.wrapping_sub(40), 500));
+    let once = net.core.stats(net.now);
+    assert_eq!(once.retransmitted - before.retransmitted, 17);
+    // The same NACK again at once: a repeat within a round trip, nothing sent.
+    net.inject_rtcp(v, nack(newest.wrapping_sub(40), 1));
+    let again = net.core.stats(net.now);
+    assert_eq!(again.retransmitted, once.retransmitted);
+    assert_eq!(again.retransmit_repeats - once.retransmit_repeats, 17);
+    // A flood: every frame a NACK of 136 numbers (8 pairs of 17), cut to 128, of what was sent.
+    // The newest number is read after each frame, so it is a fresh packet, not a resent one.
+    for _ in 0..50 {
+        let newest = stream(&net, v, "anchor", RtpCodecKind::Video)
+            .last()
+            .map(|r| r.seq)
+            .expect("video");
+        let pairs: Vec<NackPair> = (0..8u16)
+            .map(|i| NackPair {
+                packet_id: newest.wrapping_sub(400).wrapping_add(i * 17),
+                lost_packets: 0xffff,
+            })
+            .collect();
+        net.inject_rtcp(
+            v,
+            vec![Box::new(TransportLayerNack {
+                sender_ssrc: 1,
+                media_ssrc: ssrc,
+                nacks: pairs,
+            })],
+        );
+        run(&mut net, &mut [&mut anchor], 1);
+    }
+    let after = net.core.stats(net.now);
+    let resent = after.retransmitted - again.retransmitted;
+    let forwarded = after.rtp_out - again.rtp_out;
+    assert!(
+        resent as f64 <= 64.0 + 0.5 * forwarded as f64,
+        "{resent} retransmissions for {forwarded} packets forwarded"
+    );
+    assert!(after.retransmit_over_budget > 0, "the budget was hit");
+}
+
+/// ICE role: whatever the clients claim (here every client says it is ICE-lite too, which
+/// would make the server the controlling, checking side) or name in candidates, the server
+/// stays ICE-lite and controlled, and sends nothing to (nor resolves) an address a client only
+/// supplied.
+#[test]
+fn ice_role_the_server_stays_lite_and_never_contacts_a_supplied_address() {
+    let mut net = Net::new();
+    net.claim_ice_lite = true;
+    let (mut anchor, v) = live(&mut net, Codec::Vp8);
+    let sdps: Vec<&str> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            MediaEvent::PublishAnswer {
+                result: Ok(sdp), ..
+            } => Some(sdp.as_str()),
+            MediaEvent::SubscribeOffer { sdp, .. } => Some(sdp.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(sdps.len() >= 2, "a publish answer and a subscribe offer");
+    for sdp in sdps {
+        assert!(sdp.contains("a=ice-lite"), "{sdp}");
+    }
+    for i in 0..40 {
+        net.trickle(
+            v,
+            PcKind::Subscribe,
+            &format!(
+                "candidate:{i} 1 udp 2130706431 10.9.{i}.9 {} typ host",
+                9000 + i
+            ),
+        );
+        net.trickle(
+            0,
+            PcKind::Publish,
+            &format!("candidate:{i} 1 udp 2130706431 {i}-host.local 9 typ host"),
+        );
+    }
+    let before = stream(&net, v, "anchor", RtpCodecKind::Video).len();
+    run(&mut net, &mut [&mut anchor], 200);
+    assert!(
+        net.stray.is_empty(),
+        "sent to {:?}",
+        &net.stray[..net.stray.len().min(5)]
+    );
+    assert!(
+        stream(&net, v, "anchor", RtpCodecKind::Video).len() > before,
+        "media still flows"
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub use client::Client;
 use client::{Publisher, client_pc};
 
 use crate::{
-    CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, ReplyTo,
+    CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, PcKind, ReplyTo,
     RtcpToApplication, SfuError, is_keyframe_request,
 };
 
@@ -110,8 +110,35 @@ pub struct Net {
     /// Keep subscribe answers back until [`Net::release_answers`] (as a slow signaling path
     /// would), while the clients' connectivity checks already fly.
     pub hold_answers: bool,
+    /// Addresses the core sent datagrams to that no client has (an address a client only
+    /// named, say).
+    pub stray: Vec<SocketAddr>,
+    /// Every description the clients send claims `a=ice-lite` (they still act as full agents).
+    pub claim_ice_lite: bool,
     held: Vec<MediaCommand>,
     next_reply: u64,
+}
+
+/// Where [`claiming_ice_lite`] descriptions say the client can also be reached: an address no
+/// client has (a third party's).
+pub const FOREIGN: &str = "10.9.9.9";
+
+/// `sdp` with an `a=ice-lite` session line and, in every media section, a host candidate on
+/// [`FOREIGN`]: what a client that wants the server to check a third party's address sends.
+fn claiming_ice_lite(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 128);
+    for line in sdp.split_inclusive("\r\n") {
+        out.push_str(line);
+        if line.starts_with("t=") {
+            out.push_str("a=ice-lite\r\n");
+        }
+        if line.starts_with("a=mid:") {
+            out.push_str(&format!(
+                "a=candidate:9 1 udp 2130706431 {FOREIGN} 9999 typ host\r\n"
+            ));
+        }
+    }
+    out
 }
 
 /// Decides, datagram by datagram, what the network loses on the way to a client.
@@ -135,6 +162,8 @@ impl Net {
             clients: Vec::new(),
             events: Vec::new(),
             hold_answers: false,
+            stray: Vec::new(),
+            claim_ice_lite: false,
             held: Vec::new(),
             next_reply: 1,
         }
@@ -234,10 +263,15 @@ impl Net {
             .expect("local offer");
         let reply = self.reply();
         let (room, user) = (self.clients[c].room.clone(), self.clients[c].user.clone());
+        let offer = if self.claim_ice_lite {
+            claiming_ice_lite(&offer.sdp)
+        } else {
+            offer.sdp
+        };
         self.command(MediaCommand::Publish {
             room,
             user,
-            offer: offer.sdp,
+            offer,
             reply,
         });
         let answer = self
@@ -330,6 +364,28 @@ impl Net {
         self.clients[c].loss = drop;
     }
 
+    /// RTCP `packets` (a forged NACK, say) arrive on client `c`'s subscribe connection at the
+    /// server, as if the client had sent them: handed to the core after rtc's decryption, which
+    /// is where the core's own handling starts.
+    pub fn inject_rtcp(&mut self, c: ClientId, packets: Vec<Box<dyn rtc::rtcp::Packet>>) {
+        let (room, user) = (self.clients[c].room.clone(), self.clients[c].user.clone());
+        if let Some(id) = self.core.room_peer(&room, &user, PcKind::Subscribe) {
+            self.core.rtcp(self.now, id, packets);
+        }
+        self.pump();
+    }
+
+    /// Client `c` trickles `candidate` (an SDP candidate line) for its connection `pc`.
+    pub fn trickle(&mut self, c: ClientId, pc: PcKind, candidate: &str) {
+        let (room, user) = (self.clients[c].room.clone(), self.clients[c].user.clone());
+        self.command(MediaCommand::Candidate {
+            room,
+            user,
+            pc,
+            candidate: candidate.to_owned(),
+        });
+    }
+
     /// Client `c`'s subscribe connection vanishes without a word, as a crashed tab's does.
     pub fn kill_subscriber(&mut self, c: ClientId) {
         self.clients[c].subscriber = None;
@@ -370,16 +426,17 @@ impl Net {
                 moved = true;
                 match output {
                     Output::Transmit(t) => {
-                        if let Some(client) = self
+                        match self
                             .clients
                             .iter_mut()
                             .find(|c| c.addr == t.to || c.publish_addr() == t.to)
                         {
-                            client.deliver(self.now, t.to, &t.data);
+                            Some(client) => client.deliver(self.now, t.to, &t.data),
+                            None => self.stray.push(t.to),
                         }
                     }
                     Output::Event(e) => self.event(e),
-                    Output::Connect { .. } | Output::Forget { .. } => {}
+                    Output::Connect { .. } | Output::Forget { .. } | Output::Ufrag { .. } => {}
                 }
             }
             for i in 0..self.clients.len() {
@@ -437,7 +494,10 @@ impl Net {
                 .iter()
                 .position(|c| c.room == *room && c.user == *user)
         {
-            let answer = self.clients[c].answer(self.now, sdp, *new_connection);
+            let mut answer = self.clients[c].answer(self.now, sdp, *new_connection);
+            if self.claim_ice_lite {
+                answer = claiming_ice_lite(&answer);
+            }
             self.events.push(e.clone());
             let reply = self.reply();
             let command = MediaCommand::SubscribeAnswer {
