@@ -70,7 +70,8 @@ pub struct Args {
     /// Unset: /metrics shows totals only.
     #[arg(long, env = "MICLINK_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
-    /// Open HTTP and WebSocket connections in all [default: 8192].
+    /// Open HTTP and WebSocket connections in all [default: 32768, lowered to fit the open file
+    /// limit].
     #[arg(long, env = "MICLINK_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Open connections from one client address, loopback excepted; 0 = no cap [default: 256].
@@ -131,7 +132,7 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_connections: 8192,
+            max_connections: 32_768,
             max_connections_per_ip: 256,
             per_ip_on_loopback: false,
             header_read_timeout: Duration::from_secs(10),
@@ -241,9 +242,11 @@ impl Config {
         }
         let metrics_token = args.metrics_token.or(file.metrics_token);
         if let Some(token) = &metrics_token
-            && token.len() < 16
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
         {
-            bail!("metrics_token must be at least 16 bytes");
+            bail!(
+                "metrics_token must be at least 16 printable ASCII characters (it is sent in a header)"
+            );
         }
         let max_connections = args
             .max_connections

@@ -14,11 +14,23 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Config::load(Args::parse())?;
+    let mut config = Config::load(Args::parse())?;
     // Every member holds a socket: lift the soft descriptor limit to the hard one so the
     // distribution's default of 1024 does not cap a room.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => info!(limit = n, "open file limit"),
+        Ok(n) => {
+            info!(limit = n, "open file limit");
+            // A member holds a WebSocket and, with media, a connected UDP socket per connection:
+            // keep the HTTP cap where accepting one more never starves the media plane.
+            let fit = usize::try_from(n.saturating_sub(1024) / 3).unwrap_or(usize::MAX);
+            if config.http.max_connections > fit {
+                warn!(
+                    max_connections = fit,
+                    "max_connections lowered to fit the open file limit"
+                );
+                config.http.max_connections = fit.max(1);
+            }
+        }
         Err(e) => warn!(error = %e, "could not raise the open file limit"),
     }
     if config.signaling.jwt_secret.is_none() {

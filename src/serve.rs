@@ -24,6 +24,11 @@ use crate::config::HttpLimits;
 
 /// How long a connection may take to finish once shutdown began, before it is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a plain HTTP connection (not one that became a WebSocket) may stay open: a client
+/// that asks and never reads the answers would otherwise hold its place for ever.
+const HTTP_LIFETIME: Duration = Duration::from_secs(60);
+/// What one connection may buffer of a request head (hyper's default is about 400 KiB).
+const MAX_BUFFER: usize = 16 * 1024;
 
 /// Open connections, in all and by client address.
 #[derive(Debug, Default)]
@@ -68,6 +73,7 @@ impl Connections {
 
     /// A place for a connection from `peer`, or `None` when a cap is reached.
     fn admit(self: &Arc<Self>, peer: IpAddr, limits: &HttpLimits) -> Option<Slot> {
+        let peer = client_key(peer);
         let per_ip =
             limits.max_connections_per_ip > 0 && (limits.per_ip_on_loopback || !peer.is_loopback());
         let mut held = self.lock();
@@ -92,6 +98,18 @@ impl Connections {
     pub(crate) fn counts(&self) -> (usize, u64) {
         let held = self.lock();
         (held.total, held.refused)
+    }
+}
+
+/// What a client is counted as: its IPv4 address (also when it arrives mapped into IPv6 on a
+/// dual-stack listener), or its IPv6 /64, which one subscriber usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if !v6.is_loopback() => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        other => other,
     }
 }
 
@@ -165,7 +183,8 @@ async fn connection(
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_BUFFER);
     let conn = http
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -178,8 +197,57 @@ async fn connection(
             return;
         }
         _ = stopping.wait_for(|stop| *stop) => {}
+        // The connection future ends at an upgrade, so this never cuts a WebSocket.
+        () = tokio::time::sleep(HTTP_LIFETIME) => debug!("connection open too long"),
     }
-    // Shutdown: an idle connection closes at once, one mid-request gets a moment to finish.
+    // Shutdown or too old: an idle connection closes at once, one mid-request gets a moment.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(CLOSE_WAIT, conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_counted_by_ipv4_address_or_ipv6_slash_64() {
+        let key = |s: &str| client_key(s.parse().expect("an address"));
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"), "mapped IPv4");
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff::9"),
+            "same /64"
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert!(
+            key("::ffff:127.0.0.1").is_loopback(),
+            "a proxy on this host"
+        );
+        assert!(key("::1").is_loopback());
+    }
+
+    #[test]
+    fn a_slot_is_given_back_once_and_the_counts_never_go_below_zero() {
+        let c = Arc::new(Connections::default());
+        let limits = HttpLimits {
+            max_connections: 2,
+            max_connections_per_ip: 1,
+            ..HttpLimits::default()
+        };
+        let ip: IpAddr = "198.51.100.1".parse().expect("an address");
+        let first = c.admit(ip, &limits).expect("admitted");
+        assert!(c.admit(ip, &limits).is_none(), "per-address cap");
+        let other = c
+            .admit("198.51.100.2".parse().expect("an address"), &limits)
+            .expect("another address");
+        assert!(
+            c.admit("198.51.100.3".parse().expect("an address"), &limits)
+                .is_none(),
+            "total cap"
+        );
+        drop(first);
+        drop(other);
+        assert_eq!(c.counts(), (0, 2));
+        assert!(c.lock().by_ip.is_empty(), "no address left behind");
+    }
 }

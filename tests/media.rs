@@ -622,3 +622,71 @@ async fn metrics_show_room_and_user_ids_only_to_the_token() {
     viewer.close().await;
     anchor.close().await;
 }
+
+/// Loop steering: checks whose ufrag prefix names another loop, but whose ufrag no connection
+/// has, are dropped where they land instead of being queued for that loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ufrag_prefixes_are_not_handed_between_loops() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server_with(|c| {
+        if let Some(m) = &mut c.media {
+            m.loops = 2;
+        }
+    })
+    .await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
+    viewer
+        .wait_received("the anchor's audio", |r| {
+            r.contains_key(&key("anchor", Kind::Audio))
+        })
+        .await;
+    let offer = viewer.last_offer().await;
+    let port: u16 = offer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|p| p.parse().ok())
+        .expect("host candidate port");
+    let handed = s.media_counter("handed_over").await;
+    let dropped = s.media_counter("datagrams_dropped").await;
+    // From many source ports (the kernel spreads them over both loops' sockets), binding
+    // requests naming loop 0 and loop 1 with made-up ufrags.
+    for i in 0..50u8 {
+        let rogue = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        for prefix in [b"00", b"01"] {
+            let mut username = prefix.to_vec();
+            username.extend_from_slice(format!("forged{i:02}:x").as_bytes());
+            let padded = username.len().div_ceil(4) * 4;
+            let mut stun = vec![0x00, 0x01];
+            stun.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+            stun.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+            stun.extend_from_slice(&[i; 12]);
+            stun.extend_from_slice(&[0x00, 0x06]);
+            stun.extend_from_slice(&(username.len() as u16).to_be_bytes());
+            stun.extend_from_slice(&username);
+            stun.resize(20 + 4 + padded, 0);
+            rogue
+                .send_to(&stun, ("127.0.0.1", port))
+                .await
+                .expect("send");
+        }
+    }
+    let mut settled = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if s.media_counter("datagrams_dropped").await >= dropped + 100 {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "every forged check is dropped and counted");
+    assert_eq!(
+        s.media_counter("handed_over").await,
+        handed,
+        "none was handed to the other loop"
+    );
+    viewer.close().await;
+    anchor.close().await;
+}

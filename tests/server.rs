@@ -221,3 +221,51 @@ async fn shutdown_ends_within_five_seconds_whatever_the_clients_do() {
     // Tokio's timeout bounds it; this line only reports how long it took.
     eprintln!("stopped {:?} after the request", asked.elapsed());
 }
+
+#[tokio::test]
+async fn past_the_total_cap_new_connections_are_refused() {
+    let (addr, stop, server) = start_with(|c| {
+        c.http.max_connections = 2;
+        c.http.max_connections_per_ip = 0;
+    })
+    .await;
+    let _a = join(addr, "a", "anchor").await;
+    let _b = join(addr, "b", "audience").await;
+    let mut third = TcpStream::connect(addr).await.expect("the kernel accepts");
+    assert!(
+        closed_by_server(&mut third, Duration::from_secs(5)).await,
+        "closed at accept"
+    );
+    stop.send(()).expect("running");
+    let _ = server.await;
+}
+
+#[tokio::test]
+async fn loopback_clients_are_not_capped_per_address_by_default() {
+    let (addr, stop, server) = start_with(|c| c.http.max_connections_per_ip = 1).await;
+    let _a = join(addr, "a", "anchor").await;
+    let _b = join(addr, "b", "audience").await;
+    let (status, _) = get(addr, "/healthz").await;
+    assert!(status.contains("200"), "{status}");
+    stop.send(()).expect("running");
+    let _ = server.await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_that_goes_quiet_is_closed() {
+    let (addr, stop, server) =
+        start_with(|c| c.http.header_read_timeout = Duration::from_secs(1)).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.expect("a response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(10)).await,
+        "closed after a second without the next request"
+    );
+    stop.send(()).expect("running");
+    let _ = server.await;
+}
