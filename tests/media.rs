@@ -64,6 +64,17 @@ async fn a_viewer_may_not_publish() {
     assert_eq!(reply.error.map(|e| e.code), Some(ErrorCode::NotLinked));
 }
 
+/// The server's media port, from the host candidate of `m`'s last subscribe offer.
+async fn media_port(m: &Member) -> u16 {
+    m.last_offer()
+        .await
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|p| p.parse().ok())
+        .expect("host candidate port")
+}
+
 /// Sorted, unique and without gaps: every packet arrived exactly once.
 fn complete(seqs: &[u16]) -> bool {
     let mut s: Vec<u32> = seqs.iter().map(|&x| u32::from(x)).collect();
@@ -309,13 +320,7 @@ async fn garbage_on_the_media_port_does_not_disturb_established_connections() {
                 .is_some_and(|s| s.seqs.len() >= 10)
         })
         .await;
-    let offer = viewer.last_offer().await;
-    let port: u16 = offer
-        .lines()
-        .find(|l| l.starts_with("a=candidate:"))
-        .and_then(|l| l.split_whitespace().nth(5))
-        .and_then(|p| p.parse().ok())
-        .expect("host candidate port");
+    let port = media_port(&viewer).await;
     let dropped_before = s.media_counter("datagrams_dropped").await;
     let rogue = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
@@ -640,13 +645,7 @@ async fn forged_ufrag_prefixes_are_not_handed_between_loops() {
             r.contains_key(&key("anchor", Kind::Audio))
         })
         .await;
-    let offer = viewer.last_offer().await;
-    let port: u16 = offer
-        .lines()
-        .find(|l| l.starts_with("a=candidate:"))
-        .and_then(|l| l.split_whitespace().nth(5))
-        .and_then(|p| p.parse().ok())
-        .expect("host candidate port");
+    let port = media_port(&viewer).await;
     let handed = s.media_counter("handed_over").await;
     let dropped = s.media_counter("datagrams_dropped").await;
     // From many source ports (the kernel spreads them over both loops' sockets), binding

@@ -294,6 +294,15 @@ mod tests {
         }
     }
 
+    /// The hub answers a join: the socket has a session and sends the reply.
+    async fn join(h: &mut Harness) {
+        h.outbound
+            .send(Outbound::Joined("joined".into()))
+            .await
+            .expect("queue");
+        assert_eq!(next_text(h).await, "joined");
+    }
+
     /// Whether the hub was told the socket closed.
     fn hub_heard_closed(hub: &mut mpsc::Receiver<HubMsg>) -> bool {
         let mut closed = false;
@@ -404,11 +413,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_joined_socket_outlives_the_join_timeout() {
         let mut h = harness(Duration::from_secs(20)).await;
-        h.outbound
-            .send(Outbound::Joined("joined".into()))
-            .await
-            .expect("queue");
-        assert_eq!(next_text(&mut h).await, "joined");
+        join(&mut h).await;
         tokio::time::sleep(Duration::from_secs(15)).await;
         assert!(h.recv.try_recv().is_err(), "no close frame");
         assert!(!h.task.is_finished());
@@ -417,11 +422,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_socket_whose_session_ended_is_held_to_the_join_timeout_again() {
         let mut h = harness(Duration::from_secs(20)).await;
-        h.outbound
-            .send(Outbound::Joined("joined".into()))
-            .await
-            .expect("queue");
-        assert_eq!(next_text(&mut h).await, "joined");
+        join(&mut h).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
         h.outbound.send(Outbound::Unbound).await.expect("queue");
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -432,11 +433,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_socket_that_stops_reading_is_dropped_after_the_send_timeout() {
         let mut h = harness(Duration::from_secs(20)).await;
-        h.outbound
-            .send(Outbound::Joined("joined".into()))
-            .await
-            .expect("queue");
-        assert_eq!(next_text(&mut h).await, "joined");
+        join(&mut h).await;
         h.stuck.store(true, std::sync::atomic::Ordering::SeqCst);
         h.outbound
             .send(Outbound::Text("event".into()))
@@ -450,10 +447,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_is_dropped_after_three_keepalives() {
         let mut h = harness(Duration::from_secs(10)).await;
-        h.outbound
-            .send(Outbound::Joined("joined".into()))
-            .await
-            .expect("queue");
+        join(&mut h).await;
         tokio::time::sleep(Duration::from_secs(45)).await;
         h.task.await.expect("the task ended");
         assert!(hub_heard_closed(&mut h.hub), "the hub was told");
