@@ -272,7 +272,7 @@ impl Config {
                 udp_addr: media_addr,
                 public_ips,
                 loops: args.media_loops.or(file.media_loops).unwrap_or(0),
-                fault_room: None,
+                ..SfuConfig::default()
             }),
             failure_exit_delay: defaults.failure_exit_delay,
             scrub_logs: args.scrub_logs || file.scrub_logs.unwrap_or(false),

@@ -187,7 +187,8 @@ impl MediaCore {
         let kinds = offered_kinds(&offer);
         let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let id = self.new_peer(now, room, user, PcKind::Publish)?;
+        let republish = self.room_peer(room, user, PcKind::Publish).is_some();
+        let id = self.new_peer(now, room, user, PcKind::Publish, republish)?;
         let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
         let answer = (|| {
             peer.pc.set_remote_description(now, offer)?;

@@ -40,6 +40,9 @@ pub struct CoreConfig {
     /// The host candidates clients connect to. The first is the local address every datagram
     /// is tagged with, since ICE matches checks against the candidates it was given.
     pub public: Vec<SocketAddr>,
+    /// Peer connections this core may hold (each may take a socket, so the driver derives it
+    /// from the open file limit); more are refused with [`SfuError::AtCapacity`].
+    pub max_peers: usize,
 }
 
 /// A datagram to send.
@@ -126,6 +129,7 @@ pub(crate) struct RoomMedia {
 ///     loop_index: 0,
 ///     loops: 1,
 ///     public: vec![socket.local_addr().unwrap()],
+///     max_peers: 1000,
 /// })
 /// .unwrap();
 /// let (room, user) = (Ident::new("r").unwrap(), Ident::new("u").unwrap());

@@ -23,4 +23,7 @@ pub enum SfuError {
     /// The media plane is down (an event loop died).
     #[error("the media plane is unavailable")]
     Unavailable,
+    /// The loop holds as many connections as the process's file limit leaves room for.
+    #[error("the server has no room for another media connection; try again later")]
+    AtCapacity,
 }

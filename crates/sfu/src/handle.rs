@@ -23,6 +23,9 @@ pub struct SfuConfig {
     pub public_ips: Vec<IpAddr>,
     /// Event-loop threads; 0 means one per core.
     pub loops: usize,
+    /// Peer connections one loop may hold; `None`: derived from the open file limit
+    /// ([`max_peers_per_loop`]).
+    pub max_peers_per_loop: Option<usize>,
     /// Fault injection for tests: the loop that owns this room panics when someone enters it.
     #[doc(hidden)]
     pub fault_room: Option<String>,
@@ -34,9 +37,20 @@ impl Default for SfuConfig {
             udp_addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
             public_ips: vec![IpAddr::from([127, 0, 0, 1])],
             loops: 0,
+            max_peers_per_loop: None,
             fault_room: None,
         }
     }
+}
+
+/// Peer connections one of `loops` loops may hold: two thirds of the open file limit, less 1,024
+/// kept for everything else, shared by the loops (a connection takes a connected socket as a
+/// rule, and members' WebSockets take the rest), and at least 256 so a low limit still serves
+/// a room: a connection that gets no socket of its own works on the shared one.
+pub(crate) fn max_peers_per_loop(loops: usize) -> usize {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    let budget = limit.saturating_sub(1024) / 3 * 2 / loops.max(1) as u64;
+    usize::try_from(budget).unwrap_or(usize::MAX).max(256)
 }
 
 /// What every loop and handle shares.
@@ -112,6 +126,9 @@ impl Sfu {
                 loop_index: part.index,
                 loops: count,
                 public: public.clone(),
+                max_peers: config
+                    .max_peers_per_loop
+                    .unwrap_or_else(|| max_peers_per_loop(count)),
             };
             let (shared, events, ready) = (shared.clone(), events_tx.clone(), ready_tx.clone());
             let fault_room = config.fault_room.clone();

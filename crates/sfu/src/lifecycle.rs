@@ -236,8 +236,13 @@ impl MediaCore {
         if published.is_empty() {
             return;
         }
-        let id = match self.new_peer(now, room, member, PcKind::Subscribe) {
+        let id = match self.new_peer(now, room, member, PcKind::Subscribe, false) {
             Ok(id) => id,
+            Err(SfuError::AtCapacity) => {
+                // Tried again every rebuild interval until a connection closes somewhere.
+                self.schedule_rebuild(now, room.clone(), member.clone());
+                return;
+            }
             Err(e) => {
                 warn!(%room, user = %member, error = %e, "could not create a subscribe connection");
                 return;
@@ -372,7 +377,14 @@ impl MediaCore {
         room: &Ident,
         user: &Ident,
         kind: PcKind,
+        replaces: bool,
     ) -> Result<PeerId, SfuError> {
+        // A connection that replaces one (a republish) may go one over for the moment of the
+        // swap: a member's new device must not be refused for the old one's place.
+        if !replaces && self.peers.len() >= self.config.max_peers {
+            self.stats.peers_refused += 1;
+            return Err(SfuError::AtCapacity);
+        }
         let peer = self.factory.build(now, room, user, kind)?;
         let id = self.next_peer;
         self.next_peer += 1;

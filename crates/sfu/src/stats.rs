@@ -82,6 +82,8 @@ counters! {
     subscribe_rebuilt,
     /// Publish connections replaced by a new publish offer of the same user.
     republished,
+    /// Connections refused because a loop held as many as the open file limit leaves room for.
+    peers_refused,
 }
 
 /// Counters of one peer connection.

@@ -373,6 +373,49 @@ fn ice_role_the_server_stays_lite_and_never_contacts_a_supplied_address() {
     );
 }
 
+/// Near the file limit: past the loop's connection budget a publish is refused with
+/// `AtCapacity` (signaling answers `unavailable`) and a viewer waits without an offer; once a
+/// connection closes, the waiting viewer gets its offer at the next retry.
+#[test]
+fn connections_past_the_loops_budget_are_refused_cleanly_and_retried() {
+    // The anchor's publish connection and two viewers' subscribe connections fill it.
+    let mut net = Net::with_max_peers(3);
+    let (mut anchor, v1) = live(&mut net, Codec::Vp8);
+    let v2 = net.enter("r", "viewer2");
+    run(&mut net, &mut [&mut anchor], 50);
+    assert!(net.clients[v2].subscriber_connected);
+    let v3 = net.enter("r", "viewer3");
+    run(&mut net, &mut [&mut anchor], 50);
+    assert_eq!(net.clients[v3].offers, 0, "no room for a third viewer yet");
+    net.allow("r", "guest", 1, true, true);
+    let g = net.enter("r", "guest");
+    assert!(matches!(
+        net.publish(g, &[Codec::Opus]),
+        Err(miclink_sfu::SfuError::AtCapacity)
+    ));
+    assert!(net.core.stats(net.now).peers_refused >= 2);
+    // At capacity, the anchor may still republish (a new device replaces the old one's place).
+    net.publish(0, &[Codec::Opus, Codec::Vp8])
+        .expect("a republish is never refused for capacity");
+    // The guest gives up and leaves; then a viewer leaves, and its place is the waiting one's.
+    for who in ["guest", "viewer2"] {
+        net.send_command(MediaCommand::Seats(miclink_sfu::MediaChange::Unsubscribe {
+            room: id("r"),
+            user: id(who),
+        }));
+    }
+    run(&mut net, &mut [&mut anchor], 150);
+    assert!(
+        net.clients[v3].subscriber_connected,
+        "the freed place went to the waiting viewer"
+    );
+    assert!(!stream(&net, v3, "anchor", RtpCodecKind::Video).is_empty());
+    assert!(
+        net.clients[v1].subscriber_connected,
+        "the first viewer never noticed"
+    );
+}
+
 #[test]
 fn a_late_viewer_waits_for_a_keyframe_and_the_publisher_is_asked_for_one() {
     let mut net = Net::new();

@@ -31,7 +31,7 @@ pub(crate) fn media_error_code(e: &SfuError) -> ErrorCode {
         SfuError::NotAllowed => ErrorCode::NotLinked,
         SfuError::NotInRoom => ErrorCode::NotInRoom,
         // The server's own failures are never blamed on the request.
-        SfuError::Unavailable => ErrorCode::Unavailable,
+        SfuError::Unavailable | SfuError::AtCapacity => ErrorCode::Unavailable,
         SfuError::Internal(_) => ErrorCode::Internal,
         // SfuError is non_exhaustive: a new variant is the server's fault until it has a code.
         _ => ErrorCode::Internal,

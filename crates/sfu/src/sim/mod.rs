@@ -150,10 +150,16 @@ pub type ClientId = usize;
 impl Net {
     /// A core alone on the network (one loop).
     pub fn new() -> Net {
+        Net::with_max_peers(usize::MAX)
+    }
+
+    /// A core that may hold at most `max_peers` connections.
+    pub fn with_max_peers(max_peers: usize) -> Net {
         let core = MediaCore::new(CoreConfig {
             loop_index: 0,
             loops: 1,
             public: vec![SERVER],
+            max_peers,
         })
         .expect("a media core");
         Net {
