@@ -270,6 +270,8 @@ test('a reload of any tab takes its place back with media in under 3 s', async (
 
   // Leaving clears the tab's place: a reload then shows the lobby.
   await viewer.page.getByRole('button', { name: 'Leave room' }).click();
+  // The place is cleared once the server confirmed the leave: wait for that, not just the click.
+  await expect(viewer.page.locator('#ended')).toBeVisible();
   await viewer.page.reload();
   await expect(viewer.page.locator('#lobby')).toBeVisible();
   for (const p of [anchor, guest, viewer]) await p.context.close();
