@@ -14,7 +14,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tracing::debug;
 
-use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, PeerId, losses};
+use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, PeerId, subscriber_losses};
 use crate::shed::Shedder;
 use crate::track::SourceId;
 use crate::{MediaCommand, MediaEvent, PcKind, PeerStats, Pii, SfuError, SfuStats, stun};
@@ -244,7 +244,7 @@ impl MediaCore {
                 // A publisher's leg keeps the server's own count (numbers skipped on arrival):
                 // rtc's figure falls back to zero once retransmissions repair the gaps.
                 if p.kind == PcKind::Subscribe {
-                    c.packets_lost = losses(&mut p.pc, now, p.kind).0;
+                    c.packets_lost = subscriber_losses(&mut p.pc, now);
                 }
                 c
             })

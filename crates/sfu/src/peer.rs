@@ -86,7 +86,7 @@ impl Peer {
         if self.kind != PcKind::Publish {
             return 0;
         }
-        let sent = losses(&mut self.pc, now, self.kind).1;
+        let sent = nacks_sent(&mut self.pc, now);
         let new = sent.saturating_sub(self.counters.nacks);
         self.counters.nacks = sent;
         new
@@ -296,26 +296,35 @@ fn random_string(len: usize) -> String {
         .collect()
 }
 
-/// Packets lost on a connection's leg and NACKs it sent, from rtc's statistics (read when asked,
-/// never on the packet path). Publish connections count their own receive side; subscribe
-/// connections what the subscriber's receiver reports say.
-pub(crate) fn losses(pc: &mut RTCPeerConnection, now: Instant, kind: PcKind) -> (u64, u64) {
-    use rtc::statistics::report::RTCStatsReportEntry;
-    let (mut lost, mut nacks) = (0u64, 0u64);
-    for entry in pc
-        .get_stats(now, rtc::statistics::StatsSelector::None)
+/// One figure summed over a connection's rtc statistics (read when asked, never on the packet
+/// path).
+fn stats_sum(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    pick: impl Fn(&rtc::statistics::report::RTCStatsReportEntry) -> Option<u64>,
+) -> u64 {
+    pc.get_stats(now, rtc::statistics::StatsSelector::None)
         .iter()
-    {
-        match (kind, entry) {
-            (PcKind::Publish, RTCStatsReportEntry::InboundRtp(s)) => {
-                lost += s.received_rtp_stream_stats.packets_lost.max(0) as u64;
-                nacks += u64::from(s.nack_count);
-            }
-            (PcKind::Subscribe, RTCStatsReportEntry::RemoteInboundRtp(s)) => {
-                lost += s.received_rtp_stream_stats.packets_lost.max(0) as u64;
-            }
-            _ => {}
+        .filter_map(pick)
+        .sum()
+}
+
+/// Packets lost on a subscribe connection's leg, as the subscriber's receiver reports say.
+pub(crate) fn subscriber_losses(pc: &mut RTCPeerConnection, now: Instant) -> u64 {
+    use rtc::statistics::report::RTCStatsReportEntry;
+    stats_sum(pc, now, |entry| match entry {
+        RTCStatsReportEntry::RemoteInboundRtp(s) => {
+            Some(s.received_rtp_stream_stats.packets_lost.max(0) as u64)
         }
-    }
-    (lost, nacks)
+        _ => None,
+    })
+}
+
+/// NACKs a publish connection has sent its publisher.
+fn nacks_sent(pc: &mut RTCPeerConnection, now: Instant) -> u64 {
+    use rtc::statistics::report::RTCStatsReportEntry;
+    stats_sum(pc, now, |entry| match entry {
+        RTCStatsReportEntry::InboundRtp(s) => Some(u64::from(s.nack_count)),
+        _ => None,
+    })
 }
