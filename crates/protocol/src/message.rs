@@ -135,6 +135,11 @@ pub enum Request {
     },
     SubscribeAnswer {
         sdp: String,
+        /// Added to the contract: the `offer_id` of the offer this answers. With it, an answer
+        /// to an offer the server has since replaced is refused (`bad_sdp`) instead of being
+        /// applied to the newer one, whose own answer then still fits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer_id: Option<u64>,
     },
     /// Added to the contract: the client's subscribe connection is broken (or it lost track of
     /// it); the server closes it and offers a new one (`subscribe_offer` with `new_connection`).
@@ -187,6 +192,10 @@ impl Request {
             Request::ListAudience { .. } => "list_audience",
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ident>, D::Error> {
@@ -243,8 +252,20 @@ pub fn parse_request(text: &str) -> Result<(u64, Request), ParseError> {
         Ok(req) => Ok((id, req)),
         Err(e) => Err(ParseError::Fields {
             id,
-            message: e.to_string(),
+            // serde names the offending value (`unknown variant ...`): cut it, so a bad frame
+            // cannot make the server send (or log) back as much as the client sent.
+            message: bounded(e.to_string()),
         }),
+    }
+}
+
+/// The longest error message a bad field gets, in characters.
+const MAX_FIELD_ERROR_CHARS: usize = 200;
+
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_FIELD_ERROR_CHARS) {
+        Some((i, _)) => format!("{}...", &message[..i]),
+        None => message,
     }
 }
 
@@ -448,6 +469,10 @@ pub enum Event {
         /// connection.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         new_connection: bool,
+        /// Added to the contract: this offer's number, to send back with the answer
+        /// (`subscribe_answer.offer_id`). 0 when absent (an older server).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offer_id: u64,
     },
     Ice {
         pc: PeerConnectionKind,

@@ -149,6 +149,15 @@ fn media_requests() {
         13,
         Request::SubscribeAnswer {
             sdp: "v=0\r\n".into(),
+            offer_id: None,
+        },
+    );
+    request_round_trip(
+        json!({"id": 16, "type": "subscribe_answer", "sdp": "v=0\r\n", "offer_id": 7}),
+        16,
+        Request::SubscribeAnswer {
+            sdp: "v=0\r\n".into(),
+            offer_id: Some(7),
         },
     );
     request_round_trip(
@@ -360,13 +369,15 @@ fn events() {
         Event::SubscribeOffer {
             sdp: "v=0\r\n".into(),
             new_connection: false,
+            offer_id: 0,
         },
     );
     event_round_trip(
-        json!({"type":"subscribe_offer","sdp":"v=0\r\n","new_connection":true}),
+        json!({"type":"subscribe_offer","sdp":"v=0\r\n","new_connection":true,"offer_id":3}),
         Event::SubscribeOffer {
             sdp: "v=0\r\n".into(),
             new_connection: true,
+            offer_id: 3,
         },
     );
     event_round_trip(
@@ -388,4 +399,19 @@ fn events() {
             message: "frame is not JSON".into(),
         },
     );
+}
+
+/// Found by the frame fuzz target: serde's error named the whole bad value, so a 64 KiB frame
+/// came back as a larger error answer.
+#[test]
+fn a_field_error_does_not_echo_a_long_value() {
+    let long = "x".repeat(60_000);
+    let text = format!(r#"{{"id":2,"type":"join","room":"r","user":"u","role":"{long}"}}"#);
+    match parse_request(&text) {
+        Err(ParseError::Fields { id: 2, message }) => {
+            assert!(message.len() < 300, "{} bytes", message.len());
+            assert!(message.starts_with("unknown variant"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
