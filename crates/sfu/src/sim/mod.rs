@@ -20,6 +20,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 
 mod client;
+mod hostile;
 
 pub use client::Client;
 use client::{Publisher, client_pc};
@@ -494,6 +495,7 @@ impl Net {
             user,
             sdp,
             new_connection,
+            offer_id,
         } = &e
             && let Some(c) = self
                 .clients
@@ -510,6 +512,7 @@ impl Net {
                 room: room.clone(),
                 user: user.clone(),
                 answer,
+                offer_id: Some(*offer_id),
                 reply,
             };
             if self.hold_answers {

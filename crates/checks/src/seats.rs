@@ -1,0 +1,379 @@
+//! Command sequences into [`Seats`], with every invariant checked after each step.
+//!
+//! A shadow model is rebuilt from the outputs alone (what clients see), and after every step it
+//! must agree with the state machine's own state. A failed request must change nothing and say
+//! nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use miclink_protocol::{CancelReason, Event, Ident, Role, UserInfo};
+use miclink_seats::{Action, Output, Reply, Seats, SeatsConfig};
+
+use crate::{Broken, Input, ensure, ensure_eq};
+
+pub const ROOMS: &[&str] = &["ra", "rb"];
+pub const USERS: &[&str] = &["u0", "u1", "u2", "u3", "u4", "u5"];
+pub const MAX_SEATS: u32 = 4;
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Act { room: usize, user: usize, act: Act },
+    Advance(u64),
+}
+
+#[derive(Debug, Clone)]
+pub enum Act {
+    Join {
+        anchor: bool,
+    },
+    Apply {
+        seat: Option<u32>,
+        timeout_s: Option<u32>,
+    },
+    Invite {
+        target: usize,
+    },
+    Cancel {
+        target: Option<usize>,
+    },
+    Respond {
+        target: Option<usize>,
+        accept: bool,
+    },
+    Disconnect {
+        target: usize,
+    },
+    Terminate,
+    Leave,
+    Lost,
+    Resume,
+}
+
+fn id(s: &str) -> Ident {
+    // The names above are valid identifiers; a failure here is a bug of this file.
+    Ident::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn to_action(seats: &Seats, room: &Ident, act: &Act) -> Action {
+    let anchor = || seats.room_state(room).map(|s| s.anchor);
+    let user = |i: usize| id(USERS[i]);
+    match act {
+        Act::Join { anchor } => Action::Join {
+            role: if *anchor {
+                Role::Anchor
+            } else {
+                Role::Audience
+            },
+            name: None,
+        },
+        Act::Apply { seat, timeout_s } => Action::RequestLink {
+            to: None,
+            seat: *seat,
+            timeout_s: *timeout_s,
+            open_camera: None,
+        },
+        Act::Invite { target } => Action::RequestLink {
+            to: Some(user(*target)),
+            seat: None,
+            timeout_s: Some(3),
+            open_camera: Some(false),
+        },
+        Act::Cancel { target } => Action::CancelLink {
+            to: target.map(user),
+        },
+        Act::Respond { target, accept } => Action::RespondLink {
+            to: target.map(user).or_else(anchor).unwrap_or_else(|| id("u0")),
+            accept: *accept,
+        },
+        Act::Disconnect { target } => Action::DisconnectUser {
+            user: user(*target),
+        },
+        Act::Terminate => Action::TerminateLink,
+        Act::Leave => Action::Leave,
+        Act::Lost => Action::ConnectionLost,
+        Act::Resume => Action::Resume,
+    }
+}
+
+/// What clients could know from the outputs alone.
+#[derive(Default)]
+struct Shadow {
+    /// Last `users` list per room (seeded from the anchor's join reply).
+    users: HashMap<Ident, Vec<UserInfo>>,
+    /// Open requests per room: (sender, receiver) -> request id.
+    requests: HashMap<Ident, BTreeMap<(Ident, Ident), String>>,
+}
+
+fn ids(users: &[UserInfo]) -> Vec<Ident> {
+    users.iter().map(|u| u.user.clone()).collect()
+}
+
+fn members(seats: &Seats) -> HashMap<Ident, BTreeSet<Ident>> {
+    ROOMS
+        .iter()
+        .map(|r| (id(r), seats.members(&id(r)).into_iter().collect()))
+        .collect()
+}
+
+fn check_step(
+    seats: &Seats,
+    shadow: &mut Shadow,
+    before: &HashMap<Ident, BTreeSet<Ident>>,
+    outputs: &[Output],
+) -> Result<(), Broken> {
+    let after = members(seats);
+    // Timeouts come as a pair in one step: link_timeout to the sender, link_cancelled(timeout) to
+    // the receiver. Collect both halves and match them at the end of the step.
+    let mut timeouts = BTreeSet::new();
+    let mut timeout_cancels = BTreeSet::new();
+    for out in outputs {
+        match out {
+            Output::Event { room, to, event } => {
+                let in_room = before[room].contains(to) || after[room].contains(to);
+                ensure!(in_room, "{event:?} sent to {to} outside {room}");
+                let open = shadow.requests.entry(room.clone()).or_default();
+                match event {
+                    Event::LinkRequest { from, request, .. } => {
+                        let key = (from.user.clone(), to.clone());
+                        ensure!(
+                            open.insert(key, request.clone()).is_none(),
+                            "{event:?}: a second open request between the same two"
+                        );
+                    }
+                    Event::LinkAccepted { user } | Event::LinkRejected { user, .. } => {
+                        let ended = open.remove(&(to.clone(), user.clone()));
+                        ensure!(ended.is_some(), "{event:?} to {to} ends no request");
+                    }
+                    Event::LinkCancelled { user, reason } => match reason {
+                        CancelReason::Cancelled => {
+                            let ended = open.remove(&(user.clone(), to.clone()));
+                            ensure!(ended.is_some(), "{event:?} to {to} ends no request");
+                        }
+                        CancelReason::Left => {
+                            let a = open.remove(&(user.clone(), to.clone()));
+                            let b = open.remove(&(to.clone(), user.clone()));
+                            ensure!(a.is_some() != b.is_some(), "{event:?} ends one request");
+                            ensure!(!after[room].contains(user), "{user} left");
+                        }
+                        CancelReason::Timeout => {
+                            timeout_cancels.insert((room.clone(), user.clone(), to.clone()));
+                        }
+                    },
+                    Event::LinkTimeout { user } => {
+                        let ended = open.remove(&(to.clone(), user.clone()));
+                        ensure!(ended.is_some(), "{event:?} to {to} ends no request");
+                        timeouts.insert((room.clone(), to.clone(), user.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            Output::Broadcast { room, event } => match event {
+                Event::ConnectedUsersUpdated {
+                    users,
+                    joined,
+                    left,
+                } => {
+                    let prev = shadow.users.get(room).cloned().unwrap_or_default();
+                    let prev_ids: BTreeSet<_> = ids(&prev).into_iter().collect();
+                    let now_ids: BTreeSet<_> = ids(users).into_iter().collect();
+                    let want_joined: BTreeSet<_> = now_ids.difference(&prev_ids).cloned().collect();
+                    let want_left: BTreeSet<_> = prev_ids.difference(&now_ids).cloned().collect();
+                    ensure_eq!(
+                        ids(joined).into_iter().collect::<BTreeSet<_>>(),
+                        want_joined
+                    );
+                    ensure_eq!(ids(left).into_iter().collect::<BTreeSet<_>>(), want_left);
+                    ensure!(
+                        !joined.is_empty() || !left.is_empty(),
+                        "an update changes something"
+                    );
+                    let seats_in_order: Vec<_> = users.iter().map(|u| u.seat).collect();
+                    ensure_eq!(
+                        seats_in_order.first().copied(),
+                        Some(Some(0)),
+                        "anchor first"
+                    );
+                    ensure!(seats_in_order.windows(2).all(|w| w[0] < w[1]), "seat order");
+                    shadow.users.insert(room.clone(), users.clone());
+                }
+                Event::RoomEnded { .. } => {
+                    shadow.users.remove(room);
+                    shadow.requests.remove(room);
+                }
+                _ => {}
+            },
+            Output::Media(_) | Output::Departed { .. } => {}
+        }
+    }
+    ensure_eq!(timeouts, timeout_cancels, "each timeout tells both sides");
+
+    for r in ROOMS {
+        let room = id(r);
+        let Some(state) = seats.room_state(&room) else {
+            ensure!(
+                !shadow.users.contains_key(&room),
+                "{room} ended without room_ended"
+            );
+            continue;
+        };
+        // Exactly one anchor, on seat 0.
+        let anchor_info = state.seats[0]
+            .user
+            .as_ref()
+            .ok_or_else(|| format!("{room}: seat 0 is empty while live"))?;
+        ensure_eq!(&anchor_info.user, &state.anchor);
+        ensure_eq!(anchor_info.role, Role::Anchor);
+        let anchors = state
+            .seats
+            .iter()
+            .filter_map(|s| s.user.as_ref())
+            .filter(|u| u.role == Role::Anchor)
+            .count();
+        ensure_eq!(anchors, 1);
+        let linked = seats.linked(&room);
+        ensure!(
+            linked.len() as u32 <= MAX_SEATS,
+            "at most max_seats - 1 linked audience"
+        );
+        // Each seat index names the member who holds it.
+        for (i, s) in state.seats.iter().enumerate() {
+            if let Some(u) = &s.user {
+                ensure_eq!(u.seat, Some(i as u32));
+            }
+        }
+        // Clients that applied every update know exactly who is linked.
+        let known = shadow
+            .users
+            .entry(room.clone())
+            .or_insert_with(|| linked.clone());
+        ensure_eq!(ids(known), ids(&linked));
+        // Requests seen open by clients are exactly the pending ones, and none concerns a linked
+        // member.
+        let pending: BTreeMap<(Ident, Ident), String> = seats
+            .pending_requests(&room)
+            .into_iter()
+            .map(|(req, from, to)| ((from, to), req))
+            .collect();
+        let seen = shadow.requests.get(&room).cloned().unwrap_or_default();
+        ensure_eq!(&seen, &pending);
+        for (from, to) in pending.keys() {
+            let member = if *from == state.anchor { to } else { from };
+            let info = seats
+                .user_info(&room, member)
+                .ok_or_else(|| format!("a request concerns {member}, not a member"))?;
+            ensure_eq!(info.seat, None, "{} is linked and pending", member);
+        }
+    }
+    Ok(())
+}
+
+/// Decode a fuzzer's bytes into operations: each takes one to three bytes.
+pub fn decode(data: &[u8]) -> Vec<Op> {
+    let mut input = Input::new(data);
+    let mut ops = Vec::new();
+    while !input.is_empty() {
+        let tag = input.byte();
+        let room = usize::from(tag >> 7);
+        let user = usize::from(input.byte()) % USERS.len();
+        let arg = input.byte();
+        let target = usize::from(arg) % USERS.len();
+        let act = match tag & 0x0f {
+            0 => Act::Join {
+                anchor: arg & 1 == 1,
+            },
+            1 => Act::Apply {
+                seat: (arg & 0x08 != 0).then_some(u32::from(arg & 0x07) % (MAX_SEATS + 1)),
+                timeout_s: (arg & 0x80 != 0).then_some(u32::from(arg >> 4 & 0x03)),
+            },
+            2 => Act::Invite { target },
+            3 => Act::Cancel {
+                target: (arg & 0x80 != 0).then_some(target),
+            },
+            4 => Act::Respond {
+                target: (arg & 0x80 != 0).then_some(target),
+                accept: arg & 0x40 != 0,
+            },
+            5 => Act::Disconnect { target },
+            6 => Act::Terminate,
+            7 => Act::Leave,
+            8 => Act::Lost,
+            9 => Act::Resume,
+            // Time passes: up to 2.5 s in small steps, up to 64 s in big ones.
+            10 | 11 => {
+                ops.push(Op::Advance(u64::from(arg) * 10));
+                continue;
+            }
+            12 => {
+                ops.push(Op::Advance(u64::from(arg) * 250));
+                continue;
+            }
+            _ => Act::Apply {
+                seat: None,
+                timeout_s: None,
+            },
+        };
+        ops.push(Op::Act { room, user, act });
+    }
+    ops
+}
+
+/// Run `ops` against a fresh [`Seats`] and check every invariant after each step.
+pub fn run(ops: &[Op]) -> Result<(), Broken> {
+    let mut seats = Seats::new(SeatsConfig {
+        max_seats: MAX_SEATS,
+        ..SeatsConfig::default()
+    });
+    let mut shadow = Shadow::default();
+    let mut now = Instant::now();
+    let snapshot = |seats: &Seats| {
+        ROOMS
+            .iter()
+            .map(|r| {
+                let mut pending = seats.pending_requests(&id(r));
+                pending.sort();
+                (seats.room_state(&id(r)), pending)
+            })
+            .collect::<Vec<_>>()
+    };
+    for op in ops {
+        let before = members(&seats);
+        let state_before = snapshot(&seats);
+        match op {
+            Op::Advance(ms) => {
+                now += Duration::from_millis(*ms);
+                seats.handle_timeout(now);
+            }
+            Op::Act { room, user, act } => {
+                let room = id(ROOMS[*room]);
+                let action = to_action(&seats, &room, act);
+                match seats.handle(now, &room, &id(USERS[*user]), action) {
+                    Err(e) => {
+                        ensure!(
+                            seats.poll_output().is_none(),
+                            "{op:?} failed ({e}) and still said something"
+                        );
+                        ensure_eq!(
+                            snapshot(&seats),
+                            state_before,
+                            "{op:?} failed and changed state"
+                        );
+                    }
+                    Ok(Reply::Joined(j)) if !j.rejoined && j.me.role == Role::Anchor => {
+                        // The join reply is the anchor's starting point.
+                        shadow.users.insert(room.clone(), ids_to_infos(&j.room));
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        let outputs: Vec<Output> = std::iter::from_fn(|| seats.poll_output()).collect();
+        check_step(&seats, &mut shadow, &before, &outputs)
+            .map_err(|e| format!("after {op:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn ids_to_infos(room: &miclink_protocol::RoomState) -> Vec<UserInfo> {
+    room.seats.iter().filter_map(|s| s.user.clone()).collect()
+}
