@@ -574,6 +574,7 @@ async fn malformed_or_unexpected_sdp_gets_bad_sdp() {
     let unasked = anchor
         .request(Request::SubscribeAnswer {
             sdp: "v=0\r\n".into(),
+            offer_id: None,
         })
         .await;
     assert_eq!(

@@ -189,7 +189,7 @@ function deadline(timeoutS) {
 function onEvent(ev) {
   switch (ev.type) {
     case 'subscribe_offer':
-      S.media.subscribeOffer(ev.sdp, !!ev.new_connection);
+      S.media.subscribeOffer(ev.sdp, !!ev.new_connection, ev.offer_id);
       return;
     case 'ice':
       return; // the server is ICE-lite: its candidates are all in its SDP

@@ -53,13 +53,15 @@ export class Media {
     return this.pub !== null;
   }
 
-  subscribeOffer(sdp, newConnection) {
-    this.offers = this.offers.then(() => this.answer(sdp, newConnection)).catch((e) => {
+  subscribeOffer(sdp, newConnection, offerId) {
+    this.offers = this.offers.then(() => this.answer(sdp, newConnection, offerId)).catch((e) => {
+      // Answered after the server had replaced the offer: its newer offer is on the way.
+      if (/replaced by offer/.test(e.message)) return;
       this.onError(`The server's media offer failed: ${e.message}`);
     });
   }
 
-  async answer(sdp, newConnection) {
+  async answer(sdp, newConnection, offerId) {
     if (newConnection && this.sub) {
       this.sub.close();
       this.sub = null;
@@ -79,7 +81,10 @@ export class Media {
     await this.sub.setRemoteDescription({ type: 'offer', sdp });
     const answer = await this.sub.createAnswer();
     await this.sub.setLocalDescription(answer);
-    await this.signal.request('subscribe_answer', { sdp: this.sub.localDescription.sdp });
+    await this.signal.request('subscribe_answer', {
+      sdp: this.sub.localDescription.sdp,
+      offer_id: offerId,
+    });
   }
 
   // Call `broken` when `pc` fails, or stays disconnected past the grace. Replaced or closed

@@ -66,6 +66,7 @@ impl Shared {
         recv: &Arc<Recv>,
         offer: String,
         new_connection: bool,
+        offer_id: u64,
         rewrite: Option<&SdpRewrite>,
     ) -> anyhow::Result<()> {
         let offer = match rewrite {
@@ -87,7 +88,10 @@ impl Shared {
             sub.clone().expect("just made")
         };
         let sdp = peer.answer(offer).await?;
-        let r = self.request(Request::SubscribeAnswer { sdp }).await?;
+        let offer_id = (offer_id != 0).then_some(offer_id);
+        let r = self
+            .request(Request::SubscribeAnswer { sdp, offer_id })
+            .await?;
         if !r.ok {
             bail!("{}: subscribe_answer refused: {:?}", self.user, r.error);
         }
@@ -104,6 +108,8 @@ pub struct Member {
     pub join: JoinResult,
     pub recv: Arc<Recv>,
     publisher: Option<Publisher>,
+    /// The socket's reader and writer tasks: aborted, the socket closes without a word.
+    socket: [tokio::task::AbortHandle; 2],
 }
 
 impl Member {
@@ -116,12 +122,44 @@ impl Member {
         recv: Arc<Recv>,
         options: Options,
     ) -> anyhow::Result<Member> {
+        let join = Request::Join {
+            room: Ident::new(room)?,
+            user: Ident::new(user)?,
+            role,
+            name: None,
+            token: None,
+        };
+        Member::connect(url, user, join, recv, options).await
+    }
+
+    /// Connect and take back the session of a member whose socket was lost (`resume`).
+    pub async fn resume(
+        url: &str,
+        user: &str,
+        session: &str,
+        recv: Arc<Recv>,
+        options: Options,
+    ) -> anyhow::Result<Member> {
+        let resume = Request::Resume {
+            session: session.to_owned(),
+        };
+        Member::connect(url, user, resume, recv, options).await
+    }
+
+    /// Connect, send `first` (a join or a resume) and answer subscribe offers from then on.
+    async fn connect(
+        url: &str,
+        user: &str,
+        first: Request,
+        recv: Arc<Recv>,
+        options: Options,
+    ) -> anyhow::Result<Member> {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .context("connect")?;
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(text) = out_rx.recv().await {
                 if sink.send(Message::Text(text.into())).await.is_err() {
                     return;
@@ -139,28 +177,35 @@ impl Member {
             subscriber: Mutex::new(None),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
-        let (offers_tx, mut offers_rx) = mpsc::unbounded_channel::<(String, bool)>();
+        let (offers_tx, mut offers_rx) = mpsc::unbounded_channel::<(String, bool, u64)>();
+        let reader;
         {
             // Offers are answered in order, one at a time: the server re-offers only after an
             // answer.
             let (shared, recv) = (shared.clone(), recv.clone());
             let rewrite = options.offer_rewrite.clone();
             tokio::spawn(async move {
-                while let Some((offer, new_connection)) = offers_rx.recv().await {
+                while let Some((offer, new_connection, offer_id)) = offers_rx.recv().await {
+                    // An answer that fails (the offer was withdrawn, the socket closed) leaves
+                    // the next offer to be answered, as an application would.
                     if let Err(e) = shared
-                        .answer(&recv, offer, new_connection, rewrite.as_ref())
+                        .answer(&recv, offer, new_connection, offer_id, rewrite.as_ref())
                         .await
                     {
-                        eprintln!("{e:#}");
-                        return;
+                        eprintln!("{e:#} (new_connection: {new_connection})");
                     }
+                }
+                // The socket is gone: a connection made for an offer answered too late would
+                // otherwise be left open.
+                if let Some(p) = shared.subscriber.lock().await.take() {
+                    p.close().await;
                 }
             });
         }
         {
             let shared = shared.clone();
             let auto_accept = options.auto_accept;
-            tokio::spawn(async move {
+            reader = tokio::spawn(async move {
                 while let Some(Ok(msg)) = stream.next().await {
                     let Message::Text(text) = msg else { continue };
                     let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else {
@@ -175,8 +220,9 @@ impl Member {
                         ServerMessage::Event(Event::SubscribeOffer {
                             sdp,
                             new_connection,
+                            offer_id,
                         }) => {
-                            let _ = offers_tx.send((sdp, new_connection));
+                            let _ = offers_tx.send((sdp, new_connection, offer_id));
                         }
                         ServerMessage::Event(Event::LinkRequest { from, .. }) if auto_accept => {
                             let shared = shared.clone();
@@ -196,18 +242,12 @@ impl Member {
                 }
             });
         }
-        let reply = shared
-            .request(Request::Join {
-                room: Ident::new(room)?,
-                user: Ident::new(user)?,
-                role,
-                name: None,
-                token: None,
-            })
-            .await
-            .context("join")?;
+        let socket = [reader.abort_handle(), writer.abort_handle()];
+        let kind = first.type_name();
+        let reply = shared.request(first).await.context(kind)?;
         if !reply.ok {
-            bail!("{user}: join refused: {:?}", reply.error);
+            socket.iter().for_each(tokio::task::AbortHandle::abort);
+            bail!("{user}: {kind} refused: {:?}", reply.error);
         }
         let join =
             serde_json::from_value(reply.result.unwrap_or_default()).context("join result")?;
@@ -218,6 +258,7 @@ impl Member {
             join,
             recv,
             publisher: None,
+            socket,
         })
     }
 
@@ -335,12 +376,19 @@ impl Member {
         }
     }
 
-    /// Leave the room and close every connection.
-    pub async fn close(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.request(Request::Leave)).await;
+    /// The member's device dies: the socket closes without a `leave` and the media connections
+    /// go silent (closed here, unannounced to the server).
+    pub async fn kill(self) {
+        self.socket.iter().for_each(tokio::task::AbortHandle::abort);
         if let Some(p) = &self.publisher {
             p.peer.close().await;
         }
         self.drop_subscriber().await;
+    }
+
+    /// Leave the room and close every connection, the socket last.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.request(Request::Leave)).await;
+        self.kill().await;
     }
 }

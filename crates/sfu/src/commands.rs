@@ -39,6 +39,7 @@ impl MediaCore {
                             user,
                             sdp: sdp.clone(),
                             new_connection: sub.new_connection,
+                            offer_id: sub.offer_id,
                         }));
                 }
             }
@@ -56,9 +57,10 @@ impl MediaCore {
                 room,
                 user,
                 answer,
+                offer_id,
                 reply,
             } => {
-                let result = self.subscribe_answer(now, &room, &user, answer);
+                let result = self.subscribe_answer(now, &room, &user, answer, offer_id);
                 self.outputs
                     .push_back(Output::Event(MediaEvent::Done { reply, result }));
             }
@@ -241,6 +243,7 @@ impl MediaCore {
         room: &Ident,
         user: &Ident,
         answer: String,
+        offer_id: Option<u64>,
     ) -> Result<(), SfuError> {
         let id = self
             .room_peer(room, user, PcKind::Subscribe)
@@ -248,6 +251,17 @@ impl MediaCore {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
         if !peer.offer_pending() {
             return Err(SfuError::NoOffer);
+        }
+        // The offer was replaced (a rebuilt connection, a rejoin) while this answer was on its
+        // way: applied to the newer offer it would pass (same mids) and leave a connection whose
+        // ICE and DTLS credentials belong to a closed client connection.
+        if let Some(answered) = offer_id
+            && answered != peer.offer_id
+        {
+            return Err(SfuError::StaleAnswer {
+                answered,
+                latest: peer.offer_id,
+            });
         }
         let answer = RTCSessionDescription::answer(without_ice_lite(&answer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;

@@ -159,6 +159,8 @@ pub struct MediaCore {
     pub(crate) local: SocketAddr,
     pub(crate) factory: PeerFactory,
     pub(crate) peers: HashMap<PeerId, Peer>,
+    /// Subscribe offers made so far: the last one's number.
+    pub(crate) offers_made: u64,
     pub(crate) by_ufrag: HashMap<String, PeerId>,
     pub(crate) by_addr: HashMap<SocketAddr, PeerId>,
     pub(crate) rooms: HashMap<Ident, RoomMedia>,
@@ -213,6 +215,7 @@ impl MediaCore {
             shed: Shedder::default(),
             stats: SfuStats::default(),
             nacks_read: None,
+            offers_made: 0,
         })
     }
 

@@ -14,6 +14,9 @@ pub enum SfuError {
     /// An answer came with no subscribe offer waiting for one.
     #[error("no subscribe offer is waiting for an answer")]
     NoOffer,
+    /// An answer named an offer that a newer one has replaced.
+    #[error("the answer is for offer {answered}, replaced by offer {latest}: answer the latest")]
+    StaleAnswer { answered: u64, latest: u64 },
     /// The user is not a member of the room on the media plane.
     #[error("not in the room")]
     NotInRoom,

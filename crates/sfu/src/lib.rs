@@ -75,6 +75,8 @@ pub enum MediaCommand {
         room: Ident,
         user: Ident,
         answer: String,
+        /// The offer the client answers, when it says (an older offer's answer is refused).
+        offer_id: Option<u64>,
         reply: ReplyTo,
     },
     /// The client wants a new subscribe connection (its own broke).
@@ -132,6 +134,8 @@ pub enum MediaEvent {
         user: Ident,
         sdp: String,
         new_connection: bool,
+        /// Numbers every offer of this core (unique per loop, never 0).
+        offer_id: u64,
     },
     /// An event loop died (a bug): the media plane cannot serve its rooms any more.
     LoopFailed { index: usize },

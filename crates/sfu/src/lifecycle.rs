@@ -355,6 +355,8 @@ impl MediaCore {
         match offer {
             Ok(sdp) => {
                 sub.pending_offer = Some(sdp.clone());
+                self.offers_made += 1;
+                sub.offer_id = self.offers_made;
                 for out in sub.outs.values_mut() {
                     out.offered = true;
                 }
@@ -364,6 +366,7 @@ impl MediaCore {
                         user: sub.user.clone(),
                         sdp,
                         new_connection: sub.new_connection,
+                        offer_id: sub.offer_id,
                     }));
                 self.dirty.insert(sid);
             }

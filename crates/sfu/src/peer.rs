@@ -61,6 +61,8 @@ pub(crate) struct Peer {
     pub(crate) outs: HashMap<OutKey, OutTrack>,
     /// Subscribe connections: the SDP of an offer that is out and unanswered.
     pub(crate) pending_offer: Option<String>,
+    /// Subscribe connections: the number of the last offer made.
+    pub(crate) offer_id: u64,
     /// Subscribe connections: the offer starts a new connection (the client must make one).
     pub(crate) new_connection: bool,
     /// Subscribe connections: the track set changed while an offer was out.
@@ -196,6 +198,7 @@ impl PeerFactory {
             tracks: HashMap::new(),
             outs: HashMap::new(),
             pending_offer: None,
+            offer_id: 0,
             new_connection: false,
             renegotiate: false,
             early: (kind == PcKind::Subscribe).then(Vec::new),

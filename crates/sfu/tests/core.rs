@@ -746,3 +746,51 @@ fn the_next_deadline_is_never_left_in_the_past() {
         assert!(next > now, "next deadline {:?} before now", now - next);
     }
 }
+
+/// Found by the chaos test: a client's answer to an offer the server had since replaced (here by
+/// a resubscribe while the answer was on its way) was applied to the newer offer, whose mids it
+/// matched, leaving a connection with a closed client's credentials; the client's answer to the
+/// newer offer was then refused and the member never got media again.
+#[test]
+fn an_answer_to_a_replaced_offer_is_refused_and_the_latest_connects() {
+    let mut net = Net::new();
+    let mut anchor = audio_anchor(&mut net);
+    net.hold_answers = true;
+    let v = net.enter("r", "viewer");
+    anchor.send(&mut net, Codec::Opus, true);
+    net.step(FRAME);
+    net.send_command(MediaCommand::Resubscribe {
+        room: id("r"),
+        user: id("viewer"),
+        reply: ReplyTo { conn: 0, id: 999 },
+    });
+    anchor.send(&mut net, Codec::Opus, true);
+    net.step(FRAME);
+    assert_eq!(
+        net.clients[v].offers, 2,
+        "two offers, both answered and held"
+    );
+    net.hold_answers = false;
+    net.release_answers();
+    let refused: Vec<_> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            MediaEvent::Done { result: Err(e), .. } => Some(e.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("replaced by offer"), "{refused:?}");
+    for _ in 0..100 {
+        if net.clients[v].subscriber_connected && !net.clients[v].received.is_empty() {
+            break;
+        }
+        anchor.send(&mut net, Codec::Opus, false);
+        net.step(FRAME);
+    }
+    assert!(
+        !stream(&net, v, "anchor", RtpCodecKind::Audio).is_empty(),
+        "the answer to the latest offer connected"
+    );
+}

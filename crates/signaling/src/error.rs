@@ -26,7 +26,7 @@ pub(crate) fn seat_error_code(e: &SeatError) -> ErrorCode {
 
 pub(crate) fn media_error_code(e: &SfuError) -> ErrorCode {
     match e {
-        SfuError::BadSdp(_) | SfuError::NoOffer => ErrorCode::BadSdp,
+        SfuError::BadSdp(_) | SfuError::NoOffer | SfuError::StaleAnswer { .. } => ErrorCode::BadSdp,
         // The seats revoked the permission between the request and the media plane's turn.
         SfuError::NotAllowed => ErrorCode::NotLinked,
         SfuError::NotInRoom => ErrorCode::NotInRoom,

@@ -302,7 +302,7 @@ impl Hub {
                     },
                 );
             }
-            Request::SubscribeAnswer { sdp } => {
+            Request::SubscribeAnswer { sdp, offer_id } => {
                 return self.ask_media(
                     conn,
                     id,
@@ -310,6 +310,7 @@ impl Hub {
                         room: room.clone(),
                         user: user.clone(),
                         answer: sdp,
+                        offer_id,
                         reply: ReplyTo { conn, id },
                     },
                 );
@@ -441,6 +442,7 @@ impl Hub {
                 user,
                 sdp,
                 new_connection,
+                offer_id,
             } => {
                 if let Some(sid) = self.by_member.get(&(room, user)).copied() {
                     self.send_session(
@@ -448,6 +450,7 @@ impl Hub {
                         encode(&Event::SubscribeOffer {
                             sdp,
                             new_connection,
+                            offer_id,
                         }),
                     );
                 }
