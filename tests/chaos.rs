@@ -157,6 +157,14 @@ struct Room {
     doing: String,
 }
 
+/// Members behave as the demo does: a subscribe connection down for 4 s is asked for again.
+fn options() -> Options {
+    Options {
+        resubscribe_after: Some(Duration::from_secs(4)),
+        ..Options::default()
+    }
+}
+
 fn user(i: usize) -> String {
     format!("u{i}")
 }
@@ -225,10 +233,10 @@ impl Room {
         let recv = Recv::new(self.started);
         let name = user(i);
         let joined = match &session {
-            Some(s) => Member::resume(&self.url, &name, s, recv, Options::default()).await,
+            Some(s) => Member::resume(&self.url, &name, s, recv, options()).await,
             None => {
                 let role = if i == 0 { Role::Anchor } else { Role::Audience };
-                Member::join(&self.url, &self.name, &name, role, recv, Options::default()).await
+                Member::join(&self.url, &self.name, &name, role, recv, options()).await
             }
         };
         let key = match (&joined, session.is_some()) {

@@ -16,7 +16,7 @@ use miclink_protocol::{
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::peer::{Peer, Publisher, Sent, StreamSpec};
+use crate::peer::{Peer, Publisher, Route, Sent, StreamSpec};
 use crate::recv::Recv;
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,6 +32,12 @@ pub struct Options {
     pub auto_accept: bool,
     /// Applied to every subscribe offer before it is answered.
     pub offer_rewrite: Option<SdpRewrite>,
+    /// Ask for a new subscribe connection (`resubscribe`) when the current one has been down
+    /// (not yet connected, disconnected or failed) this long, as the demo does.
+    pub resubscribe_after: Option<Duration>,
+    /// Reach the server only through the TURN servers of the join reply, with its credentials
+    /// (relay candidates only, as a browser's `iceTransportPolicy: "relay"`).
+    pub relay_only: bool,
 }
 
 struct Shared {
@@ -44,9 +50,22 @@ struct Shared {
     new_connections: AtomicU64,
     last_offer: Mutex<String>,
     subscriber: Mutex<Option<Arc<Peer>>>,
+    /// How this member's connections reach the server: known at once, or (relay only) once the
+    /// join reply has named the TURN servers.
+    route: tokio::sync::watch::Sender<Option<Route>>,
 }
 
 impl Shared {
+    /// The route, waiting for the join reply when it comes from there.
+    async fn route(&self) -> anyhow::Result<Route> {
+        let mut rx = self.route.subscribe();
+        let route = tokio::time::timeout(REPLY_TIMEOUT, rx.wait_for(Option::is_some))
+            .await
+            .context("no route: the join reply never came")??
+            .clone();
+        Ok(route.unwrap_or_default())
+    }
+
     async fn request(&self, request: Request) -> anyhow::Result<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -83,7 +102,10 @@ impl Shared {
                 if new_connection {
                     self.new_connections.fetch_add(1, Ordering::SeqCst);
                 }
-                *sub = Some(Arc::new(Peer::new(Some(recv.clone())).await?));
+                let route = self.route().await?;
+                *sub = Some(Arc::new(
+                    Peer::with_route(Some(recv.clone()), &route).await?,
+                ));
             }
             sub.clone().expect("just made")
         };
@@ -108,8 +130,9 @@ pub struct Member {
     pub join: JoinResult,
     pub recv: Arc<Recv>,
     publisher: Option<Publisher>,
-    /// The socket's reader and writer tasks: aborted, the socket closes without a word.
-    socket: [tokio::task::AbortHandle; 2],
+    /// The socket's reader and writer tasks (and the subscribe watchdog): aborted, the socket
+    /// closes without a word.
+    socket: Vec<tokio::task::AbortHandle>,
 }
 
 impl Member {
@@ -175,6 +198,7 @@ impl Member {
             new_connections: AtomicU64::new(0),
             last_offer: Mutex::new(String::new()),
             subscriber: Mutex::new(None),
+            route: tokio::sync::watch::Sender::new((!options.relay_only).then_some(Route::Direct)),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (offers_tx, mut offers_rx) = mpsc::unbounded_channel::<(String, bool, u64)>();
@@ -242,15 +266,23 @@ impl Member {
                 }
             });
         }
-        let socket = [reader.abort_handle(), writer.abort_handle()];
+        let mut socket = vec![reader.abort_handle(), writer.abort_handle()];
+        if let Some(limit) = options.resubscribe_after {
+            socket.push(tokio::spawn(watch_subscriber(shared.clone(), limit)).abort_handle());
+        }
         let kind = first.type_name();
         let reply = shared.request(first).await.context(kind)?;
         if !reply.ok {
             socket.iter().for_each(tokio::task::AbortHandle::abort);
             bail!("{user}: {kind} refused: {:?}", reply.error);
         }
-        let join =
+        let join: JoinResult =
             serde_json::from_value(reply.result.unwrap_or_default()).context("join result")?;
+        if options.relay_only {
+            shared
+                .route
+                .send_replace(Some(Route::Relay(join.ice_servers.clone())));
+        }
         Ok(Member {
             user: user.to_owned(),
             shared,
@@ -326,7 +358,8 @@ impl Member {
         stop: Arc<Notify>,
         answer_rewrite: Option<SdpRewrite>,
     ) -> anyhow::Result<Vec<Arc<Sent>>> {
-        let (p, sdp) = Publisher::offer(&self.user, streams).await?;
+        let route = self.shared.route().await?;
+        let (p, sdp) = Publisher::offer_via(&self.user, streams, &route).await?;
         let result = self.call(Request::Publish { sdp }).await?;
         let answer = result
             .get("sdp")
@@ -357,6 +390,12 @@ impl Member {
     /// The last subscribe offer the server sent (as rewritten).
     pub async fn last_offer(&self) -> String {
         self.shared.last_offer.lock().await.clone()
+    }
+
+    /// The subscribe connection's local description (its candidates show the route taken).
+    pub async fn subscriber_sdp(&self) -> Option<String> {
+        let peer = self.shared.subscriber.lock().await.clone()?;
+        peer.pc.local_description().await.map(|d| d.sdp)
     }
 
     /// Whether the subscribe connection is up.
@@ -390,5 +429,29 @@ impl Member {
     pub async fn close(self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.request(Request::Leave)).await;
         self.kill().await;
+    }
+}
+
+/// Ask for a new subscribe connection whenever the current one has been down for `limit` (at
+/// most once per `limit`): the server's own detection of a connection that never came up takes
+/// its ICE failure timeout, a client notices sooner.
+async fn watch_subscriber(shared: Arc<Shared>, limit: Duration) {
+    let mut down_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let up = match shared.subscriber.lock().await.as_ref() {
+            Some(p) => p.connected(),
+            // No offer answered yet: nothing to watch.
+            None => true,
+        };
+        if up {
+            down_since = None;
+            continue;
+        }
+        let since = *down_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= limit {
+            down_since = None;
+            let _ = shared.request(Request::Resubscribe).await;
+        }
     }
 }

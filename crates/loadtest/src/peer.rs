@@ -12,6 +12,7 @@ use miclink_sfu::{RtcpToApplication, is_keyframe_request};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::{RTCIceServer, RTCIceTransportPolicy};
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -153,6 +154,17 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// How a connection reaches the server.
+#[derive(Clone, Debug, Default)]
+pub enum Route {
+    /// Host candidates on loopback.
+    #[default]
+    Direct,
+    /// Only through these TURN servers (relay candidates only, as a browser's
+    /// `iceTransportPolicy: "relay"`).
+    Relay(Vec<miclink_protocol::IceServer>),
+}
+
 /// A peer connection bound to loopback, with what it needs to hand out complete descriptions.
 pub struct Peer {
     pub pc: Arc<dyn PeerConnection>,
@@ -163,6 +175,11 @@ pub struct Peer {
 impl Peer {
     /// A receiving connection accounting into `recv`, or a sending one when `recv` is None.
     pub async fn new(recv: Option<Arc<Recv>>) -> anyhow::Result<Peer> {
+        Peer::with_route(recv, &Route::Direct).await
+    }
+
+    /// [`Peer::new`], reaching the server by `route`.
+    pub async fn with_route(recv: Option<Arc<Recv>>, route: &Route) -> anyhow::Result<Peer> {
         let sending = recv.is_none();
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
@@ -185,7 +202,7 @@ impl Peer {
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(configuration(route))
             .with_setting_engine(settings)
             .with_media_engine(media)
             .with_interceptor_registry(registry)
@@ -235,6 +252,25 @@ impl Peer {
     }
 }
 
+fn configuration(route: &Route) -> webrtc::peer_connection::RTCConfiguration {
+    match route {
+        Route::Direct => RTCConfigurationBuilder::new().build(),
+        Route::Relay(servers) => RTCConfigurationBuilder::new()
+            .with_ice_servers(
+                servers
+                    .iter()
+                    .map(|s| RTCIceServer {
+                        urls: s.urls.clone(),
+                        username: s.username.clone().unwrap_or_default(),
+                        credential: s.credential.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            )
+            .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
+            .build(),
+    }
+}
+
 fn codec_of(spec: &StreamSpec) -> (RtpCodecKind, RTCRtpCodec) {
     let codec = match (spec.kind, spec.codec) {
         (Kind::Audio, _) => Codec::Opus,
@@ -258,7 +294,16 @@ impl Publisher {
         publisher: &str,
         streams: &[StreamSpec],
     ) -> anyhow::Result<(Publisher, String)> {
-        let peer = Peer::new(None).await?;
+        Publisher::offer_via(publisher, streams, &Route::Direct).await
+    }
+
+    /// [`Publisher::offer`] on a connection that reaches the server by `route`.
+    pub async fn offer_via(
+        publisher: &str,
+        streams: &[StreamSpec],
+        route: &Route,
+    ) -> anyhow::Result<(Publisher, String)> {
+        let peer = Peer::with_route(None, route).await?;
         let mut tracks = Vec::new();
         let mut sent = Vec::new();
         for spec in streams {
