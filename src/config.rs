@@ -11,6 +11,7 @@ use miclink_protocol::IceServer;
 use miclink_seats::SeatsConfig;
 use miclink_sfu::SfuConfig;
 use miclink_signaling::SignalingConfig;
+use miclink_signaling::turn::TurnSecret;
 use serde::Deserialize;
 
 /// miclink: a live-streaming server for audience mic link (co-host) rooms.
@@ -60,6 +61,15 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub ice_servers: Vec<String>,
+    /// Secret shared with the TURN server (coturn's `static-auth-secret` with `use-auth-secret`):
+    /// each member gets its own time-limited credentials for every `turn:`/`turns:` ICE server
+    /// configured without credentials.
+    #[arg(long, env = "MICLINK_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Seconds the TURN credentials in a join reply stay valid [default: 86400]; they must outlast
+    /// the longest session, since the relay is refreshed with them.
+    #[arg(long, env = "MICLINK_TURN_TTL_S")]
+    pub turn_ttl_s: Option<u64>,
     /// Print peer addresses as "[redacted]" in logs.
     #[arg(long, env = "MICLINK_SCRUB_LOGS")]
     pub scrub_logs: bool,
@@ -89,6 +99,8 @@ struct FileConfig {
     max_seats: Option<u32>,
     keepalive_s: Option<u64>,
     ice_servers: Option<Vec<IceServer>>,
+    turn_secret: Option<String>,
+    turn_ttl_s: Option<u64>,
     media_addr: Option<SocketAddr>,
     media_public_ips: Option<Vec<IpAddr>>,
     media_loops: Option<usize>,
@@ -215,6 +227,28 @@ impl Config {
                 }
             }
         }
+        let turn_secret = args.turn_secret.or(file.turn_secret);
+        let turn_ttl = Duration::from_secs(args.turn_ttl_s.or(file.turn_ttl_s).unwrap_or(86_400));
+        let turn = match turn_secret {
+            None => None,
+            Some(secret) => {
+                if secret.len() < 16 {
+                    bail!("turn_secret must be at least 16 bytes; a short secret can be guessed");
+                }
+                if turn_ttl < Duration::from_secs(60) {
+                    bail!("turn_ttl_s must be at least 60");
+                }
+                let has_turn = ice_servers.iter().any(|s| {
+                    s.urls
+                        .iter()
+                        .any(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+                });
+                if !has_turn {
+                    bail!("turn_secret is set but no ice server has a turn: or turns: URL");
+                }
+                Some(TurnSecret::new(secret, turn_ttl))
+            }
+        };
         let media_addr = args
             .media_addr
             .or(file.media_addr)
@@ -265,6 +299,7 @@ impl Config {
                 },
                 jwt_secret,
                 ice_servers,
+                turn,
                 keepalive,
                 ..defaults.signaling
             },
@@ -349,6 +384,22 @@ credential = "p"
             (&["--media-public-ip", "0.0.0.0"][..], "media_public_ips"),
             (&["--metrics-token", "short"][..], "metrics_token"),
             (&["--max-connections", "0"][..], "max_connections"),
+            (&["--turn-secret", "0123456789abcdef"][..], "no ice server"),
+            (
+                &["--ice-server", "turn:t:3478", "--turn-secret", "short"][..],
+                "turn_secret",
+            ),
+            (
+                &[
+                    "--ice-server",
+                    "turn:t:3478",
+                    "--turn-secret",
+                    "0123456789abcdef",
+                    "--turn-ttl-s",
+                    "5",
+                ][..],
+                "turn_ttl_s",
+            ),
         ] {
             let err = parse(args).expect_err("refused").to_string();
             assert!(err.contains(needle), "{err}");

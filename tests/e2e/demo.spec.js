@@ -4,17 +4,20 @@ import { test, expect } from '@playwright/test';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
+// The second server of playwright.config.js, which hands out TURN credentials.
+const relayHttp = process.env.MICLINK_E2E_RELAY_HTTP ?? '127.0.0.1:18490';
+
 const docs = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs');
 
 let roomSeq = 0;
 const newRoom = () => `e2e-${process.pid}-${Date.now().toString(36)}-${roomSeq++}`;
 
 // A page in its own browser context (own sessionStorage, so its own user id), joined to `room`.
-async function join(browser, { room, name, role, viewport }) {
+async function join(browser, { room, name, role, viewport, url = '/' }) {
   const context = await browser.newContext(viewport ? { viewport } : {});
   const page = await context.newPage();
   page.on('pageerror', (e) => console.log(`[${name}] page error: ${e.message}`));
-  await page.goto('/');
+  await page.goto(url);
   await page.getByLabel('Room').fill(room);
   await page.getByLabel('Your name').fill(name);
   await page.getByLabel(role === 'anchor' ? 'Anchor: go live' : 'Audience: watch').check();
@@ -153,6 +156,30 @@ test('anchor, two co-guests and a viewer: apply, invite, media, disconnect, time
     await expect(p.page.locator('#ended-text')).toHaveText('The anchor ended the live.');
   }
   for (const p of all) await p.context.close();
+});
+
+test('relay only: anchor, co-host and viewer get media through coturn, every connection relayed', async ({ browser }) => {
+  const room = newRoom();
+  const url = `http://${relayHttp}/?relay=1`;
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor', url });
+  const guest = await join(browser, { room, name: 'Guest One', role: 'audience', url });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience', url });
+  await guest.page.getByLabel('Link with').selectOption('video');
+  await guest.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest One' }).getByRole('button', { name: 'Accept' }).click();
+  await expectTiles([anchor, guest, viewer], ['Anchor Ann', 'Guest One']);
+  const A = { user: anchor.user, video: true };
+  const G = { user: guest.user, video: true };
+  await expectMediaFlowing(viewer, [A, G]);
+  await expectMediaFlowing(guest, [A]);
+  await expectMediaFlowing(anchor, [G]);
+  // Every connection that carries media goes through the relay.
+  for (const p of [anchor, guest, viewer]) {
+    const routes = await p.page.evaluate(() => window.miclink.routes());
+    expect(routes.subscribe, `${p.name}'s subscribe connection`).toBe('relay');
+    if (p !== viewer) expect(routes.publish, `${p.name}'s publish connection`).toBe('relay');
+  }
+  for (const p of [anchor, guest, viewer]) await p.context.close();
 });
 
 test('a dropped connection resumes: the seat and the media stay', async ({ browser }) => {

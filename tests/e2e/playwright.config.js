@@ -8,6 +8,13 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const bin = process.env.MICLINK_BIN ?? path.join(root, 'target/debug/miclink');
 const http = process.env.MICLINK_E2E_HTTP ?? '127.0.0.1:18480';
 const media = process.env.MICLINK_E2E_MEDIA ?? '127.0.0.1:18482';
+// A second server that hands out TURN credentials for a coturn on loopback (relay tests).
+const relayHttp = process.env.MICLINK_E2E_RELAY_HTTP ?? '127.0.0.1:18490';
+const relayMedia = process.env.MICLINK_E2E_RELAY_MEDIA ?? '127.0.0.1:18492';
+const turnPort = process.env.MICLINK_E2E_TURN_PORT ?? '18478';
+const turnSecret = 'e2e-turn-secret-0123456789';
+const log = process.env.MICLINK_E2E_LOG ? 'pipe' : 'ignore';
+const rustLog = process.env.RUST_LOG ?? 'info,rtc=error,rtc_ice=error,rtc_dtls=error';
 
 export default defineConfig({
   testDir: '.',
@@ -41,19 +48,50 @@ export default defineConfig({
       ],
     },
   },
-  webServer: {
-    command: `"${bin}"`,
-    url: `http://${http}/healthz`,
-    reuseExistingServer: false,
-    timeout: 30_000,
-    stdout: process.env.MICLINK_E2E_LOG ? 'pipe' : 'ignore',
-    stderr: 'pipe',
-    env: {
-      MICLINK_HTTP_ADDR: http,
-      MICLINK_MEDIA_ADDR: media,
-      MICLINK_RESUME_GRACE_S: '15',
-      // rtc's own info and warn lines (state changes, DTLS extensions it skips) would drown the report.
-      RUST_LOG: process.env.RUST_LOG ?? 'info,rtc=error,rtc_ice=error,rtc_dtls=error',
+  webServer: [
+    {
+      command: `"${bin}"`,
+      url: `http://${http}/healthz`,
+      reuseExistingServer: false,
+      timeout: 30_000,
+      stdout: log,
+      stderr: 'pipe',
+      env: {
+        MICLINK_HTTP_ADDR: http,
+        MICLINK_MEDIA_ADDR: media,
+        MICLINK_RESUME_GRACE_S: '15',
+        // rtc's own info and warn lines (state changes, DTLS extensions it skips) would drown
+        // the report.
+        RUST_LOG: rustLog,
+      },
     },
-  },
+    {
+      // Debian's coturn (tests/run installs it), with the credentials scheme miclink signs for.
+      command:
+        `/usr/bin/turnserver -n --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 ` +
+        `--listening-port=${turnPort} --min-port=18500 --max-port=18700 --use-auth-secret ` +
+        `--static-auth-secret=${turnSecret} --realm=miclink.test --allow-loopback-peers ` +
+        `--no-tls --no-dtls --no-cli --fingerprint --log-file=stdout --simple-log`,
+      port: Number(turnPort),
+      reuseExistingServer: false,
+      timeout: 30_000,
+      stdout: log,
+      stderr: 'pipe',
+    },
+    {
+      command: `"${bin}"`,
+      url: `http://${relayHttp}/healthz`,
+      reuseExistingServer: false,
+      timeout: 30_000,
+      stdout: log,
+      stderr: 'pipe',
+      env: {
+        MICLINK_HTTP_ADDR: relayHttp,
+        MICLINK_MEDIA_ADDR: relayMedia,
+        MICLINK_ICE_SERVERS: `turn:127.0.0.1:${turnPort}?transport=udp`,
+        MICLINK_TURN_SECRET: turnSecret,
+        RUST_LOG: rustLog,
+      },
+    },
+  ],
 });

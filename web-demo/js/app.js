@@ -124,6 +124,7 @@ async function join() {
       render();
     },
     onError: (text) => toast(text, 'bad'),
+    relayOnly: params.get('relay') === '1',
     // A publish connection that broke is published again while the seat holds.
     onPublishBroken: (video) => {
       if (S === state && !state.ended && (state.role === 'anchor' || mySeat())) startPublishing(video);
@@ -609,5 +610,7 @@ window.miclink = {
   stats: () => (S ? S.media.stats(S.me.user) : Promise.resolve({})),
   // What the subscribe connection holds: [mid, direction, track id, publishing user].
   receivers: () => S?.media.receivers() ?? [],
+  // The candidate type each connection uses: { subscribe, publish }.
+  routes: () => (S ? S.media.routes() : Promise.resolve({})),
   state: () => (S ? { role: S.role, me: S.me, users: S.users, audienceCount: S.audienceCount } : null),
 };

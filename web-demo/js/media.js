@@ -31,9 +31,15 @@ function describeCaptureError(e, video) {
 }
 
 export class Media {
-  constructor(signal, iceServers, { onRemoteStream, onError, onPublishBroken }) {
+  constructor(signal, iceServers, { onRemoteStream, onError, onPublishBroken, relayOnly }) {
     this.signal = signal;
-    this.config = { iceServers, bundlePolicy: 'max-bundle' };
+    // relayOnly: media only through the TURN servers of the join reply (?relay=1), to check a
+    // TURN setup or to hide this browser's addresses.
+    this.config = {
+      iceServers,
+      bundlePolicy: 'max-bundle',
+      iceTransportPolicy: relayOnly ? 'relay' : 'all',
+    };
     this.onRemoteStream = onRemoteStream;
     this.onError = onError;
     this.onPublishBroken = onPublishBroken;
@@ -175,6 +181,23 @@ export class Media {
 
   // One sample of every flowing track: `{user -> {video?, audio?, rtt}}`, with bitrate (bit/s) and
   // frame rate computed against the previous sample. `self` is the member's own published media.
+  // The local candidate type ('host', 'srflx', 'relay') of each connection's selected pair.
+  async routes() {
+    const route = async (pc) => {
+      if (!pc) return null;
+      const report = await pc.getStats();
+      let type = null;
+      report.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) {
+          const pair = report.get(s.selectedCandidatePairId);
+          type = report.get(pair?.localCandidateId)?.candidateType ?? type;
+        }
+      });
+      return type;
+    };
+    return { subscribe: await route(this.sub), publish: await route(this.pub) };
+  }
+
   async stats(selfUser) {
     const out = {};
     const entry = (user) => (out[user] ??= { rtt: null });

@@ -464,10 +464,16 @@ impl Hub {
     }
 
     fn reply_joined(&mut self, conn: ConnId, id: u64, joined: Joined, session: String) {
+        let ice_servers = crate::turn::ice_servers_for(
+            &self.config.ice_servers,
+            self.config.turn.as_ref(),
+            joined.me.user.as_str(),
+            std::time::SystemTime::now(),
+        );
         let result = JoinResult {
             room: joined.room,
             me: joined.me,
-            ice_servers: self.config.ice_servers.clone(),
+            ice_servers,
             session,
             requests: joined.pending,
         };

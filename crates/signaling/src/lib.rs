@@ -12,6 +12,7 @@ mod error;
 mod hub;
 mod ratelimit;
 mod session;
+pub mod turn;
 mod wire;
 
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct SignalingConfig {
     pub jwt_secret: Option<String>,
     /// Handed to every client in the `join` reply.
     pub ice_servers: Vec<IceServer>,
+    /// Set: `turn:` servers without configured credentials get per-member ones.
+    pub turn: Option<turn::TurnSecret>,
     /// The server pings each socket this often and drops one silent for three intervals.
     pub keepalive: Duration,
     /// Messages queued for one socket before it counts as too slow and is dropped.
@@ -67,6 +70,7 @@ impl Default for SignalingConfig {
             seats: SeatsConfig::default(),
             jwt_secret: None,
             ice_servers: Vec::new(),
+            turn: None,
             keepalive: Duration::from_secs(20),
             outbound_queue: 1024,
             shutdown_grace: Duration::from_secs(3),
