@@ -51,6 +51,11 @@ struct Common {
     /// the longest silence of any stream, server memory and CPU).
     #[arg(long)]
     soak: bool,
+    /// miclink: every member reaches the server only through the TURN servers of its join
+    /// reply (the server needs `--ice-server turn:...` and `--turn-secret`, and the TURN server
+    /// must run).
+    #[arg(long)]
+    relay: bool,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +157,7 @@ fn main() -> anyhow::Result<()> {
         server_pid: common.server_pid,
         quiet: common.quiet || common.json,
         soak: common.soak,
+        relay: common.relay,
     }))?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -46,6 +46,8 @@ pub struct Options {
     pub quiet: bool,
     /// Report every minute of the window on its own.
     pub soak: bool,
+    /// miclink: members reach the server only through the join reply's TURN servers.
+    pub relay: bool,
 }
 
 /// A connected participant, holding its connections open.
@@ -179,6 +181,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     let role = if p == 0 { Role::Anchor } else { Role::Audience };
                     let options = client::Options {
                         auto_accept: p == 0,
+                        relay_only: opts.relay,
                         ..Default::default()
                     };
                     let mut m =
@@ -231,6 +234,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let recv = Recv::new(Instant::now());
             let url = opts.url.clone();
             let user = format!("v{v}");
+            let options = client::Options {
+                relay_only: opts.relay,
+                ..Default::default()
+            };
             let bar = bar.clone();
             let recv2 = recv.clone();
             let task = match &handles[r] {
@@ -243,7 +250,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             &user,
                             Role::Audience,
                             recv2,
-                            client::Options::default(),
+                            options,
                         )
                         .await;
                         bar.inc(1);
