@@ -244,15 +244,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 RoomHandle::Miclink { id } => {
                     let id = id.clone();
                     tokio::spawn(async move {
-                        let m = Member::join(
-                            &url,
-                            &id,
-                            &user,
-                            Role::Audience,
-                            recv2,
-                            options,
-                        )
-                        .await;
+                        let m =
+                            Member::join(&url, &id, &user, Role::Audience, recv2, options).await;
                         bar.inc(1);
                         m.map(Participant::Miclink)
                     })
