@@ -84,6 +84,8 @@ test('anchor, two co-guests and a viewer: apply, invite, media, disconnect, time
   await expect(aud1.page.locator('#pending-box')).toBeVisible();
   const application = anchor.page.locator('#applications li', { hasText: 'Guest One' });
   await expect(application).toBeVisible();
+  // What the applicant asked for, not what a seat would allow.
+  await expect(application).toContainText('camera + mic');
   await application.getByRole('button', { name: 'Accept' }).click();
   await toast(aud1, 'The anchor accepted');
   await expectTiles(all, ['Anchor Ann', 'Guest One']);
@@ -343,6 +345,23 @@ test('fits a phone screen: tiles above the controls, nothing wider than the scre
   const overflow = await guest.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   expect(overflow).toBeLessThanOrEqual(0);
   await expect(guest.page.getByRole('button', { name: 'Request to link' })).toBeInViewport();
+
+  // Linked with camera: on the phone's narrow tiles the stats line does not cover the seat badge.
+  await guest.page.getByLabel('Link with').selectOption('video');
+  await guest.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest One' }).getByRole('button', { name: 'Accept' }).click();
+  for (const p of [anchor, guest]) {
+    for (const who of [anchor, guest]) {
+      const t = tile(p, who);
+      await expect(t.locator('.stats')).toHaveText(/kbit\/s/);
+      const badge = await t.locator('.badge').boundingBox();
+      const stats = await t.locator('.stats').boundingBox();
+      const apart =
+        badge.x + badge.width <= stats.x || stats.x + stats.width <= badge.x ||
+        badge.y + badge.height <= stats.y || stats.y + stats.height <= badge.y;
+      expect(apart, `${p.name}'s tile of ${who.name}: badge ${JSON.stringify(badge)}, stats ${JSON.stringify(stats)}`).toBe(true);
+    }
+  }
   await anchor.context.close();
   await guest.context.close();
 });

@@ -160,7 +160,7 @@ function applyRequests(requests) {
   const me = S.me.user;
   for (const r of requests) {
     if (S.role === 'anchor') {
-      if (r.to === me) S.applications.set(r.from.user, { info: r.from, deadline: deadline(r.timeout_s) });
+      if (r.to === me) S.applications.set(r.from.user, { info: r.from, camera: r.open_camera, deadline: deadline(r.timeout_s) });
       else if (r.from.user === me) S.invites.set(r.to, deadline(r.timeout_s));
     } else if (r.from.user === me) {
       S.myRequest = { deadline: deadline(r.timeout_s) };
@@ -196,7 +196,9 @@ function onEvent(ev) {
       return; // the server is ICE-lite: its candidates are all in its SDP
     case 'link_request':
       if (S.role === 'anchor') {
-        S.applications.set(ev.from.user, { info: ev.from, deadline: deadline(ev.timeout_s) });
+        // What the applicant asks for is the request's open_camera; their UserInfo says what
+        // their seat would allow, which is not known yet.
+        S.applications.set(ev.from.user, { info: ev.from, camera: ev.open_camera, deadline: deadline(ev.timeout_s) });
         toast(`${ev.from.name} wants to link`);
       } else {
         S.invitation = { from: ev.from, deadline: deadline(ev.timeout_s) };
@@ -516,7 +518,7 @@ function renderAnchorPanel() {
   const apps = [...S.applications.entries()];
   $('applications').replaceChildren(
     ...apps.map(([user, a]) => {
-      const li = item(a.info.name, `${a.info.camera ? 'camera + mic' : 'mic only'}${secondsLeft(a.deadline)}`, [
+      const li = item(a.info.name, `${a.camera ? 'camera + mic' : 'mic only'}${secondsLeft(a.deadline)}`, [
         button('Accept', () => act(S.signal.request('respond_link', { user, accept: true })), 'primary'),
         button('Reject', () =>
           act(S.signal.request('respond_link', { user, accept: false }), () => S.applications.delete(user)),
