@@ -235,16 +235,18 @@ impl Config {
                 if secret.len() < 16 {
                     bail!("turn_secret must be at least 16 bytes; a short secret can be guessed");
                 }
-                if turn_ttl < Duration::from_secs(60) {
-                    bail!("turn_ttl_s must be at least 60");
+                if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&turn_ttl)
+                {
+                    bail!("turn_ttl_s must be 60 to 604800 (a week)");
                 }
-                let has_turn = ice_servers.iter().any(|s| {
-                    s.urls
-                        .iter()
-                        .any(|u| u.starts_with("turn:") || u.starts_with("turns:"))
-                });
-                if !has_turn {
-                    bail!("turn_secret is set but no ice server has a turn: or turns: URL");
+                if !ice_servers
+                    .iter()
+                    .any(miclink_signaling::turn::takes_credentials)
+                {
+                    bail!(
+                        "turn_secret is set but no ice server has a turn: or turns: URL without \
+                         credentials of its own to give them to"
+                    );
                 }
                 Some(TurnSecret::new(secret, turn_ttl))
             }
@@ -397,6 +399,17 @@ credential = "p"
                     "0123456789abcdef",
                     "--turn-ttl-s",
                     "5",
+                ][..],
+                "turn_ttl_s",
+            ),
+            (
+                &[
+                    "--ice-server",
+                    "turn:t:3478",
+                    "--turn-secret",
+                    "0123456789abcdef",
+                    "--turn-ttl-s",
+                    "99999999999999",
                 ][..],
                 "turn_ttl_s",
             ),

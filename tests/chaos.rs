@@ -8,8 +8,10 @@
 //!
 //! The members are the load tool's client (real WebSocket, real ICE, DTLS and SRTP); publishers
 //! send audio. The short form runs in `cargo test`; the long form is
-//! `CHAOS_MEMBERS=300 CHAOS_ROOMS=6 CHAOS_SECONDS=300 CHAOS_SEED=<n> cargo test --release --test chaos -- --nocapture`
-//! (figures in docs/security.md). The seed is printed; it fixes the choices, not the timing.
+//! `CHAOS_MEMBERS=300 CHAOS_ROOMS=6 CHAOS_SECONDS=90 CHAOS_SEED=<n> cargo test --test chaos -- --nocapture`
+//! (figures in docs/security.md). The seed is printed; it fixes the choices, not the timing. The
+//! short form's default seed is fixed, so a red CI run can be repeated; set `CHAOS_SEED` to
+//! explore others.
 
 mod common;
 
@@ -25,6 +27,8 @@ use miclink_protocol::{Event, Ident, JoinResult, Reply, Request, Role, UserInfo}
 use tokio::sync::Notify;
 
 const GRACE: Duration = Duration::from_secs(3);
+/// The longest link-request timeout the members ask for.
+const MAX_REQUEST_S: Duration = Duration::from_secs(5);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -410,7 +414,9 @@ impl Room {
 
     /// Everyone quiet: let the grace period run out for the dropped, then compare.
     async fn settle(&mut self) {
-        tokio::time::sleep(GRACE + Duration::from_secs(2)).await;
+        // Longer than the grace and than any link request's timeout (at most 5 s here), so no
+        // timer is left to fire while the views are compared.
+        tokio::time::sleep(GRACE.max(MAX_REQUEST_S) + Duration::from_secs(2)).await;
         for i in 0..self.slots.len() {
             self.drain(i);
             let gone = match &self.slots[i] {
@@ -427,6 +433,10 @@ impl Room {
 
     async fn check(&mut self) -> Vec<String> {
         let mut broken = Vec::new();
+        // Everything that arrived while the others were being drained.
+        for i in 0..self.slots.len() {
+            self.drain(i);
+        }
         let recv = Recv::new(self.started);
         let newcomer = Member::join(
             &self.url,
@@ -594,12 +604,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_members_leave_the_server_as_their_clients_saw_it_then_idle() {
-    let seed = env(
-        "CHAOS_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    );
+    let seed = env("CHAOS_SEED", 20_261_128);
     let members = env("CHAOS_MEMBERS", 48) as usize;
     let rooms = env("CHAOS_ROOMS", 4) as usize;
     let seconds = env("CHAOS_SECONDS", 20);
@@ -664,12 +669,12 @@ async fn random_members_leave_the_server_as_their_clients_saw_it_then_idle() {
             eprintln!("{}: settled", room.name);
             let broken = room.check().await;
             eprintln!("{}: checked", room.name);
-            let peak_online = room
+            let online_at_end = room
                 .slots
                 .iter()
                 .filter(|s| matches!(s, Slot::Online(_)))
                 .count();
-            (room, broken, peak_online)
+            (room, broken, online_at_end)
         }));
     }
     let mut broken = Vec::new();

@@ -24,12 +24,21 @@ const TURNSERVER: &str = "/usr/bin/turnserver";
 struct Coturn {
     child: Child,
     port: u16,
+    /// Its log (what it refused, and why).
+    log: std::path::PathBuf,
+}
+
+impl Coturn {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Coturn {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -62,6 +71,7 @@ fn coturn() -> Coturn {
     );
     let port = free_udp_port();
     let relay_min = 40_000 + (port % 10_000);
+    let log = std::env::temp_dir().join(format!("miclink-turn-test-{port}.log"));
     let child = Command::new(TURNSERVER)
         .args([
             "-n",
@@ -80,14 +90,15 @@ fn coturn() -> Coturn {
             "--no-tcp",
             "--no-cli",
             "--fingerprint",
-            "--log-file=stdout",
+            &format!("--log-file={}", log.display()),
             "--simple-log",
+            "--no-stdout-log",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("turnserver starts");
-    let coturn = Coturn { child, port };
+    let coturn = Coturn { child, port, log };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !answers_stun(port) {
         assert!(
@@ -247,15 +258,27 @@ async fn coturn_takes_fresh_credentials_and_refuses_expired_ones() {
     );
     // Made two minutes ago with a one-minute lifetime: expired a minute ago.
     let then = SystemTime::now() - Duration::from_secs(120);
-    let expired = gathered_with(server(secret.credentials("probe", then))).await;
+    let expired = secret.credentials("probe", then);
+    let expired_user = expired.0.clone();
+    let sdp = gathered_with(server(expired)).await;
     assert!(
-        !expired.contains("typ relay"),
-        "expired credentials allocate nothing: {expired}"
+        !sdp.contains("typ relay"),
+        "expired credentials allocate nothing: {sdp}"
     );
     let wrong = TurnSecret::new("not-the-shared-secret", Duration::from_secs(60));
-    let forged = gathered_with(server(wrong.credentials("probe", SystemTime::now()))).await;
+    let forged = wrong.credentials("forger", SystemTime::now());
+    let forged_user = forged.0.clone();
+    let sdp = gathered_with(server(forged)).await;
     assert!(
-        !forged.contains("typ relay"),
-        "a wrong secret allocates nothing: {forged}"
+        !sdp.contains("typ relay"),
+        "a wrong secret allocates nothing: {sdp}"
     );
+    // Refused by coturn (not merely slow): it says so for each.
+    let log = turn.log();
+    for user in [expired_user, forged_user] {
+        assert!(
+            log.contains(&format!("Cannot find credentials of user <{user}>")),
+            "coturn refused {user}:\n{log}"
+        );
+    }
 }

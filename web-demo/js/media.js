@@ -179,8 +179,6 @@ export class Media {
     ]);
   }
 
-  // One sample of every flowing track: `{user -> {video?, audio?, rtt}}`, with bitrate (bit/s) and
-  // frame rate computed against the previous sample. `self` is the member's own published media.
   // The local candidate type ('host', 'srflx', 'relay') of each connection's selected pair.
   async routes() {
     const route = async (pc) => {
@@ -198,6 +196,8 @@ export class Media {
     return { subscribe: await route(this.sub), publish: await route(this.pub) };
   }
 
+  // One sample of every flowing track: `{user -> {video?, audio?, rtt}}`, with bitrate (bit/s) and
+  // frame rate computed against the previous sample. `self` is the member's own published media.
   async stats(selfUser) {
     const out = {};
     const entry = (user) => (out[user] ??= { rtt: null });

@@ -3,7 +3,7 @@
 //!
 //! The same functions run three ways: the fuzz targets in `fuzz/` call them under a
 //! coverage-guided fuzzer, the property tests here call them with generated input, and
-//! `tests/regressions.rs` replays every input a fuzzer ever found (`fuzz/regressions/`) on each
+//! `tests/replay.rs` replays every input a fuzzer ever found (`fuzz/regressions/`) on each
 //! `cargo test`, so a crash once found stays fixed.
 
 pub mod frame;

@@ -111,9 +111,10 @@ fn act(rooms: &mut Rooms, input: &mut Input<'_>) {
             }
         }
         3 => {
-            let codec = match input.byte() % 3 {
-                0 => Codec::Opus,
-                _ => Codec::Vp8,
+            let codec = if input.byte().is_multiple_of(2) {
+                Codec::Opus
+            } else {
+                Codec::Vp8
             };
             let (seq, timestamp) = (input.u16(), input.u32());
             let payload = Bytes::copy_from_slice(input.chunk());

@@ -131,8 +131,8 @@ pub struct Member {
     pub recv: Arc<Recv>,
     publisher: Option<Publisher>,
     /// The socket's reader and writer tasks (and the subscribe watchdog): aborted, the socket
-    /// closes without a word.
-    socket: Vec<tokio::task::AbortHandle>,
+    /// closes without a word. Dropped with the member (or with a failed join).
+    socket: Tasks,
 }
 
 impl Member {
@@ -266,14 +266,17 @@ impl Member {
                 }
             });
         }
-        let mut socket = vec![reader.abort_handle(), writer.abort_handle()];
+        // From here every early return (no reply, a refusal, an unreadable result) drops the
+        // guard and with it the socket.
+        let mut socket = Tasks(vec![reader.abort_handle(), writer.abort_handle()]);
         if let Some(limit) = options.resubscribe_after {
-            socket.push(tokio::spawn(watch_subscriber(shared.clone(), limit)).abort_handle());
+            socket
+                .0
+                .push(tokio::spawn(watch_subscriber(shared.clone(), limit)).abort_handle());
         }
         let kind = first.type_name();
         let reply = shared.request(first).await.context(kind)?;
         if !reply.ok {
-            socket.iter().for_each(tokio::task::AbortHandle::abort);
             bail!("{user}: {kind} refused: {:?}", reply.error);
         }
         let join: JoinResult =
@@ -418,7 +421,10 @@ impl Member {
     /// The member's device dies: the socket closes without a `leave` and the media connections
     /// go silent (closed here, unannounced to the server).
     pub async fn kill(self) {
-        self.socket.iter().for_each(tokio::task::AbortHandle::abort);
+        self.socket
+            .0
+            .iter()
+            .for_each(tokio::task::AbortHandle::abort);
         if let Some(p) = &self.publisher {
             p.peer.close().await;
         }
@@ -453,5 +459,14 @@ async fn watch_subscriber(shared: Arc<Shared>, limit: Duration) {
             down_since = None;
             let _ = shared.request(Request::Resubscribe).await;
         }
+    }
+}
+
+/// Tasks that end when this is dropped.
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::AbortHandle::abort);
     }
 }

@@ -262,11 +262,18 @@ pub fn parse_request(text: &str) -> Result<(u64, Request), ParseError> {
 /// The longest error message a bad field gets, in characters.
 const MAX_FIELD_ERROR_CHARS: usize = 200;
 
+/// At most [`MAX_FIELD_ERROR_CHARS`] characters, control characters replaced: JSON writes each
+/// of those as six bytes (`\u0001`), which would let 200 characters become 1.2 KB again.
 fn bounded(message: String) -> String {
-    match message.char_indices().nth(MAX_FIELD_ERROR_CHARS) {
-        Some((i, _)) => format!("{}...", &message[..i]),
-        None => message,
+    let mut out: String = message
+        .chars()
+        .take(MAX_FIELD_ERROR_CHARS)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if message.chars().nth(MAX_FIELD_ERROR_CHARS).is_some() {
+        out.push_str("...");
     }
+    out
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {

@@ -255,7 +255,8 @@ impl MediaCore {
         // The offer was replaced (a rebuilt connection, a rejoin) while this answer was on its
         // way: applied to the newer offer it would pass (same mids) and leave a connection whose
         // ICE and DTLS credentials belong to a closed client connection.
-        if let Some(answered) = offer_id
+        // 0 is no offer's number (offers count from 1): a client that sends it names none.
+        if let Some(answered) = offer_id.filter(|&n| n != 0)
             && answered != peer.offer_id
         {
             return Err(SfuError::StaleAnswer {

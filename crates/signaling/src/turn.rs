@@ -54,6 +54,18 @@ fn password(secret: &str, username: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// A `turn:` or `turns:` URL (a STUN URL needs no credentials).
+pub fn is_turn_url(url: &str) -> bool {
+    url.starts_with("turn:") || url.starts_with("turns:")
+}
+
+/// A TURN server configured without credentials of its own: it gets each member's.
+pub fn takes_credentials(server: &IceServer) -> bool {
+    server.urls.iter().any(|u| is_turn_url(u))
+        && server.username.is_none()
+        && server.credential.is_none()
+}
+
 /// The ICE servers one member is told about: the configured ones, with fresh credentials for
 /// each that names a `turn:` or `turns:` URL and has none of its own, when a secret is set.
 pub fn ice_servers_for(
@@ -64,24 +76,16 @@ pub fn ice_servers_for(
 ) -> Vec<IceServer> {
     configured
         .iter()
-        .map(|server| {
-            let is_turn = server
-                .urls
-                .iter()
-                .any(|u| u.starts_with("turn:") || u.starts_with("turns:"));
-            match turn {
-                Some(turn)
-                    if is_turn && server.username.is_none() && server.credential.is_none() =>
-                {
-                    let (username, credential) = turn.credentials(user, now);
-                    IceServer {
-                        urls: server.urls.clone(),
-                        username: Some(username),
-                        credential: Some(credential),
-                    }
+        .map(|server| match turn {
+            Some(turn) if takes_credentials(server) => {
+                let (username, credential) = turn.credentials(user, now);
+                IceServer {
+                    urls: server.urls.clone(),
+                    username: Some(username),
+                    credential: Some(credential),
                 }
-                _ => server.clone(),
             }
+            _ => server.clone(),
         })
         .collect()
 }
