@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use miclink_protocol::{CancelReason, Event, Ident, Role, UserInfo};
-use miclink_seats::{Action, Output, Reply, Seats, SeatsConfig};
+use miclink_protocol::{CancelReason, Event, Ident, Role, RoomState, UserInfo};
+use miclink_seats::{Action, MediaChange, Output, Reply, SeatError, Seats, SeatsConfig};
 
 use crate::{Broken, Input, ensure, ensure_eq};
 
@@ -48,6 +48,33 @@ pub enum Act {
     Leave,
     Lost,
     Resume,
+    Lock {
+        seat: u32,
+        lock: Option<bool>,
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
+    Move {
+        seat: u32,
+        target: Option<usize>,
+    },
+    Mute {
+        target: usize,
+        mic: Option<bool>,
+        camera: Option<bool>,
+    },
+    SetMedia {
+        mic: Option<bool>,
+        camera: Option<bool>,
+    },
+    Kick {
+        target: usize,
+        ban_s: u32,
+    },
+    Published {
+        audio: bool,
+        video: bool,
+    },
 }
 
 fn id(s: &str) -> Ident {
@@ -93,8 +120,47 @@ fn to_action(seats: &Seats, room: &Ident, act: &Act) -> Action {
         Act::Leave => Action::Leave,
         Act::Lost => Action::ConnectionLost,
         Act::Resume => Action::Resume,
+        Act::Lock {
+            seat,
+            lock,
+            audio,
+            video,
+        } => Action::LockSeat {
+            seat: *seat,
+            lock: *lock,
+            audio: *audio,
+            video: *video,
+        },
+        Act::Move { seat, target } => Action::MoveSeat {
+            seat: *seat,
+            user: target.map(user),
+        },
+        Act::Mute {
+            target,
+            mic,
+            camera,
+        } => Action::MuteMember {
+            user: user(*target),
+            mic: *mic,
+            camera: *camera,
+        },
+        Act::SetMedia { mic, camera } => Action::SetMedia {
+            mic: *mic,
+            camera: *camera,
+        },
+        Act::Kick { target, ban_s } => Action::KickUser {
+            user: user(*target),
+            ban_s: *ban_s,
+        },
+        Act::Published { audio, video } => Action::Published {
+            audio: *audio,
+            video: *video,
+        },
     }
 }
+
+/// What clients know of one seated member's media: (mic, camera, mic_blocked, camera_blocked).
+type View = (bool, bool, bool, bool);
 
 /// What clients could know from the outputs alone.
 #[derive(Default)]
@@ -103,6 +169,12 @@ struct Shadow {
     users: HashMap<Ident, Vec<UserInfo>>,
     /// Open requests per room: (sender, receiver) -> request id.
     requests: HashMap<Ident, BTreeMap<(Ident, Ident), String>>,
+    /// Media views per room and seated member, from join replies, links and `media_state`.
+    views: HashMap<(Ident, Ident), View>,
+    /// What the media plane was last told it may forward per room and publisher.
+    gates: HashMap<(Ident, Ident), (bool, bool)>,
+    /// Bans per room and user, until when.
+    bans: HashMap<(Ident, Ident), Instant>,
 }
 
 fn ids(users: &[UserInfo]) -> Vec<Ident> {
@@ -120,9 +192,11 @@ fn check_step(
     seats: &Seats,
     shadow: &mut Shadow,
     before: &HashMap<Ident, BTreeSet<Ident>>,
+    rooms_before: &[Option<RoomState>],
     outputs: &[Output],
 ) -> Result<(), Broken> {
     let after = members(seats);
+    let mut media_states = BTreeSet::new();
     // Timeouts come as a pair in one step: link_timeout to the sender, link_cancelled(timeout) to
     // the receiver. Collect both halves and match them at the end of the step.
     let mut timeouts = BTreeSet::new();
@@ -184,10 +258,28 @@ fn check_step(
                         want_joined
                     );
                     ensure_eq!(ids(left).into_iter().collect::<BTreeSet<_>>(), want_left);
+                    let seat_of = |list: &[UserInfo]| -> BTreeMap<Ident, Option<u32>> {
+                        list.iter().map(|u| (u.user.clone(), u.seat)).collect()
+                    };
                     ensure!(
-                        !joined.is_empty() || !left.is_empty(),
+                        !joined.is_empty() || !left.is_empty() || seat_of(&prev) != seat_of(users),
                         "an update changes something"
                     );
+                    for u in left {
+                        shadow.views.remove(&(room.clone(), u.user.clone()));
+                    }
+                    for u in joined {
+                        // A member linked onto a seat whose media is locked knows it from the
+                        // seat list; nothing else blocks a new link.
+                        let lock = seats
+                            .room_state(room)
+                            .and_then(|s| s.seats.get(u.seat? as usize).cloned())
+                            .map_or((false, false), |s| (s.audio_locked, s.video_locked));
+                        shadow.views.insert(
+                            (room.clone(), u.user.clone()),
+                            (u.mic, u.camera, lock.0, lock.1),
+                        );
+                    }
                     let seats_in_order: Vec<_> = users.iter().map(|u| u.seat).collect();
                     ensure_eq!(
                         seats_in_order.first().copied(),
@@ -200,16 +292,66 @@ fn check_step(
                 Event::RoomEnded { .. } => {
                     shadow.users.remove(room);
                     shadow.requests.remove(room);
+                    shadow.views.retain(|(r, _), _| r != room);
+                    shadow.gates.retain(|(r, _), _| r != room);
+                    shadow.bans.retain(|(r, _), _| r != room);
+                }
+                Event::MediaState {
+                    user,
+                    mic,
+                    camera,
+                    mic_blocked,
+                    camera_blocked,
+                    ..
+                } => {
+                    ensure!(
+                        media_states.insert((room.clone(), user.clone())),
+                        "two media_state for {user} in one step"
+                    );
+                    let view = (*mic, *camera, *mic_blocked, *camera_blocked);
+                    let old = shadow.views.insert((room.clone(), user.clone()), view);
+                    ensure!(old.is_some(), "media_state for {user}, who has no seat");
+                    ensure!(old != Some(view), "media_state for {user} changes nothing");
                 }
                 _ => {}
             },
-            Output::Media(_) | Output::Departed { .. } => {}
+            Output::Media(change) => match change {
+                MediaChange::AllowPublish {
+                    room,
+                    user,
+                    audio,
+                    video,
+                    ..
+                } => {
+                    shadow
+                        .gates
+                        .insert((room.clone(), user.clone()), (*audio, *video));
+                }
+                MediaChange::RevokePublish { room, user } => {
+                    shadow.gates.remove(&(room.clone(), user.clone()));
+                }
+                MediaChange::CloseRoom { room } => {
+                    shadow.gates.retain(|(r, _), _| r != room);
+                }
+                _ => {}
+            },
+            Output::Departed { .. } => {}
         }
     }
     ensure_eq!(timeouts, timeout_cancels, "each timeout tells both sides");
 
-    for r in ROOMS {
+    for (i, r) in ROOMS.iter().enumerate() {
         let room = id(r);
+        // Rule 11: a seat locked and empty before the step is still empty.
+        if let (Some(old), Some(new)) = (&rooms_before[i], seats.room_state(&room)) {
+            for (was, is) in old.seats.iter().zip(&new.seats) {
+                ensure!(
+                    !(was.locked && was.user.is_none() && is.user.is_some()),
+                    "locked seat {} was taken",
+                    was.index
+                );
+            }
+        }
         let Some(state) = seats.room_state(&room) else {
             ensure!(
                 !shadow.users.contains_key(&room),
@@ -264,6 +406,46 @@ fn check_step(
                 .ok_or_else(|| format!("a request concerns {member}, not a member"))?;
             ensure_eq!(info.seat, None, "{} is linked and pending", member);
         }
+        // Media: what clients were told is what is so, and nothing muted or locked is let through.
+        for seat in &state.seats {
+            let Some(u) = &seat.user else { continue };
+            let key = (room.clone(), u.user.clone());
+            let view = shadow
+                .views
+                .get(&key)
+                .copied()
+                .ok_or_else(|| format!("nobody was told about {}'s media", u.user))?;
+            ensure_eq!(
+                (view.0, view.1),
+                (u.mic, u.camera),
+                "{}'s media_state",
+                u.user
+            );
+            let gate = shadow
+                .gates
+                .get(&key)
+                .copied()
+                .ok_or_else(|| format!("the media plane was never told about {}", u.user))?;
+            ensure_eq!(Some(gate), seats.may_publish(&room, &u.user));
+            ensure!(
+                !(gate.0 && (seat.audio_locked || view.2)),
+                "{}'s audio is forwarded while locked or muted by the anchor",
+                u.user
+            );
+            ensure!(
+                !(gate.1 && (seat.video_locked || view.3)),
+                "{}'s video is forwarded while locked or muted by the anchor",
+                u.user
+            );
+            ensure!(
+                !view.2 || seat.audio_locked || seat.index > 0,
+                "the anchor is never blocked"
+            );
+            ensure!(
+                u.mic <= gate.0 && u.camera <= gate.1,
+                "on but not forwarded"
+            );
+        }
     }
     Ok(())
 }
@@ -308,6 +490,44 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
                 ops.push(Op::Advance(u64::from(arg) * 250));
                 continue;
             }
+            // Version 2: the next byte picks which, the one after gives the flags.
+            13..=15 => {
+                let flags = input.byte();
+                let maybe = |bits: u8| match bits & 3 {
+                    0 => None,
+                    1 => Some(false),
+                    _ => Some(true),
+                };
+                match (tag >> 4) & 7 {
+                    0 | 6 => Act::Lock {
+                        seat: u32::from(arg & 7) % (MAX_SEATS + 1),
+                        lock: maybe(flags),
+                        audio: maybe(flags >> 2),
+                        video: maybe(flags >> 4),
+                    },
+                    1 => Act::Move {
+                        seat: u32::from(flags & 7) % (MAX_SEATS + 1),
+                        target: (flags & 0x80 != 0).then_some(target),
+                    },
+                    2 | 7 => Act::Mute {
+                        target,
+                        mic: maybe(flags),
+                        camera: maybe(flags >> 2),
+                    },
+                    3 => Act::SetMedia {
+                        mic: maybe(flags),
+                        camera: maybe(flags >> 2),
+                    },
+                    4 => Act::Kick {
+                        target,
+                        ban_s: u32::from(flags >> 4),
+                    },
+                    _ => Act::Published {
+                        audio: flags & 1 != 0,
+                        video: flags & 2 != 0,
+                    },
+                }
+            }
             _ => Act::Apply {
                 seat: None,
                 timeout_s: None,
@@ -339,6 +559,8 @@ pub fn run(ops: &[Op]) -> Result<(), Broken> {
     for op in ops {
         let before = members(&seats);
         let state_before = snapshot(&seats);
+        let rooms_before: Vec<Option<RoomState>> =
+            ROOMS.iter().map(|r| seats.room_state(&id(r))).collect();
         match op {
             Op::Advance(ms) => {
                 now += Duration::from_millis(*ms);
@@ -347,7 +569,27 @@ pub fn run(ops: &[Op]) -> Result<(), Broken> {
             Op::Act { room, user, act } => {
                 let room = id(ROOMS[*room]);
                 let action = to_action(&seats, &room, act);
-                match seats.handle(now, &room, &id(USERS[*user]), action) {
+                let me = id(USERS[*user]);
+                let banned = shadow
+                    .bans
+                    .get(&(room.clone(), me.clone()))
+                    .is_some_and(|until| *until > now);
+                let outcome = seats.handle(now, &room, &me, action);
+                if let Act::Join { .. } = act
+                    && seats.room_state(&room).is_some()
+                {
+                    let refused = matches!(outcome, Err(SeatError::Banned { .. }));
+                    ensure_eq!(refused, banned, "{op:?}: the ban (rule 13)");
+                }
+                if let (Act::Kick { target, ban_s }, Ok(_)) = (act, &outcome)
+                    && *ban_s > 0
+                {
+                    shadow.bans.insert(
+                        (room.clone(), id(USERS[*target])),
+                        now + Duration::from_secs(u64::from(*ban_s)),
+                    );
+                }
+                match outcome {
                     Err(e) => {
                         ensure!(
                             seats.poll_output().is_none(),
@@ -362,13 +604,17 @@ pub fn run(ops: &[Op]) -> Result<(), Broken> {
                     Ok(Reply::Joined(j)) if !j.rejoined && j.me.role == Role::Anchor => {
                         // The join reply is the anchor's starting point.
                         shadow.users.insert(room.clone(), ids_to_infos(&j.room));
+                        shadow.views.insert(
+                            (room.clone(), j.me.user.clone()),
+                            (j.me.mic, j.me.camera, false, false),
+                        );
                     }
                     Ok(_) => {}
                 }
             }
         }
         let outputs: Vec<Output> = std::iter::from_fn(|| seats.poll_output()).collect();
-        check_step(&seats, &mut shadow, &before, &outputs)
+        check_step(&seats, &mut shadow, &before, &rooms_before, &outputs)
             .map_err(|e| format!("after {op:?}: {e}"))?;
     }
     Ok(())

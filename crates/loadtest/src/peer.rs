@@ -15,7 +15,8 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::{RTCIceServer, RTCIceTransportPolicy};
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability,
+    RtpCodecKind,
 };
 use tokio::sync::Notify;
 use webrtc::media_stream::Track;
@@ -76,7 +77,19 @@ pub struct StreamSpec {
     /// A keyframe every this many frames, and whenever the server asks for one.
     pub keyframe_every: u32,
     pub burst: Option<Arc<Burst>>,
+    /// Audio: the level each packet carries (RFC 6464, in -dBov: 0 is full scale, 127 silence),
+    /// read per packet so a scenario can make a publisher start and stop talking.
+    pub level: Arc<AtomicU8>,
 }
+
+/// The level of a publisher that is not talking: a quiet room.
+pub const QUIET_DBOV: u8 = 90;
+
+/// The level of a publisher talking into a processed microphone.
+pub const TALKING_DBOV: u8 = 30;
+
+/// The audio level extension (RFC 6464).
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 impl StreamSpec {
     /// Opus-shaped audio: a packet every 20 ms.
@@ -88,6 +101,7 @@ impl StreamSpec {
             fps: 50,
             keyframe_every: 1,
             burst: None,
+            level: Arc::new(AtomicU8::new(QUIET_DBOV)),
         }
     }
 
@@ -100,6 +114,7 @@ impl StreamSpec {
             fps,
             keyframe_every: fps * 2,
             burst: None,
+            level: Arc::new(AtomicU8::new(QUIET_DBOV)),
         }
     }
 }
@@ -183,6 +198,14 @@ impl Peer {
         let sending = recv.is_none();
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
+        // Publishers send every audio packet's level, as browsers do; subscribers accept it.
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )?;
         let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
         if sending {
             // PLI and FIR from the server must reach the publisher's track (rtc's chain stops
@@ -340,6 +363,7 @@ impl Publisher {
 
     /// Apply the answer and start sending until `stop`.
     pub async fn start(&self, answer: String, stop: Arc<Notify>) -> anyhow::Result<()> {
+        let level_id = extension_id(&answer, AUDIO_LEVEL_URI);
         for (_, spec, pt) in &self.tracks {
             let (_, codec) = codec_of(spec);
             let negotiated = negotiated_pt(&answer, &codec.mime_type, &codec.sdp_fmtp_line)
@@ -365,7 +389,10 @@ impl Publisher {
             tokio::spawn(send(
                 track.clone(),
                 spec.clone(),
-                pt.load(Ordering::SeqCst),
+                Negotiated {
+                    pt: pt.load(Ordering::SeqCst),
+                    level_id: level_id.filter(|_| spec.kind == Kind::Audio),
+                },
                 sent.clone(),
                 keyframe_wanted,
                 stop.clone(),
@@ -373,6 +400,22 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// The id an SDP gives the header extension `uri` (the first `a=extmap` naming it).
+pub fn extension_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+        let id = id.split('/').next()?;
+        (rest.split_whitespace().next()? == uri).then(|| id.parse().ok())?
+    })
+}
+
+/// What the answer settled for one stream.
+struct Negotiated {
+    pt: u8,
+    /// The audio level extension's id, for audio streams when it was negotiated.
+    level_id: Option<u8>,
 }
 
 /// The payload type an SDP gives the codec `mime` (e.g. "video/H264") whose fmtp holds `fmtp`.
@@ -394,7 +437,7 @@ pub fn negotiated_pt(sdp: &str, mime: &str, fmtp: &str) -> Option<u8> {
 async fn send(
     track: Arc<TrackLocalStaticRTP>,
     spec: StreamSpec,
-    pt: u8,
+    negotiated: Negotiated,
     sent: Arc<Sent>,
     keyframe_wanted: Arc<AtomicBool>,
     stop: Arc<Notify>,
@@ -462,16 +505,23 @@ async fn send(
                     keyframe && i == 0,
                 );
                 payload.resize(payload.len().max(packet_bytes), 0);
+                let mut header = rtc::rtp::header::Header {
+                    version: 2,
+                    marker: spec.kind == Kind::Video && i + 1 == packets_per_frame,
+                    payload_type: negotiated.pt,
+                    sequence_number: rtp_seq,
+                    timestamp: frame.wrapping_mul(ts_step),
+                    ssrc,
+                    ..Default::default()
+                };
+                if let Some(id) = negotiated.level_id {
+                    // RFC 6464: the V (voice activity) bit, then the level in -dBov.
+                    let dbov = spec.level.load(Ordering::Relaxed).min(127);
+                    let voiced = if dbov <= TALKING_DBOV { 0x80 } else { 0 };
+                    let _ = header.set_extension(id, vec![voiced | dbov].into());
+                }
                 let packet = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        marker: spec.kind == Kind::Video && i + 1 == packets_per_frame,
-                        payload_type: pt,
-                        sequence_number: rtp_seq,
-                        timestamp: frame.wrapping_mul(ts_step),
-                        ssrc,
-                        ..Default::default()
-                    },
+                    header,
                     payload: payload.into(),
                 };
                 rtp_seq = rtp_seq.wrapping_add(1);

@@ -32,6 +32,12 @@ pub enum ErrorCode {
     /// Added to the contract: the server failed to do what was asked, through no fault of the
     /// request (for example it could not set up a media connection).
     Internal,
+    /// Version 2: the seat is locked.
+    SeatLocked,
+    /// Version 2: `set_media` tried to turn on what the anchor or a seat lock keeps off.
+    MutedByAnchor,
+    /// Version 2: the user was kicked from this room with a ban that has not ended.
+    Banned,
     /// A code this build of the crate does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -60,6 +66,9 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::SeatLocked => "seat_locked",
+            ErrorCode::MutedByAnchor => "muted_by_anchor",
+            ErrorCode::Banned => "banned",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -97,6 +106,9 @@ mod tests {
             ErrorCode::NotImplemented,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::SeatLocked,
+            ErrorCode::MutedByAnchor,
+            ErrorCode::Banned,
         ] {
             let json = serde_json::to_string(&code).expect("serializes");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -24,9 +24,10 @@ pub struct UserInfo {
     pub role: Role,
     /// `None` for a viewer; 0 for the anchor; 1.. for linked audience members.
     pub seat: Option<u32>,
-    /// Publishing audio now.
+    /// Audio of this user reaches the room now: a track published, not muted by the user, not
+    /// muted by the anchor and not locked by the seat (version 2: exact).
     pub mic: bool,
-    /// Publishing video now.
+    /// Video of this user reaches the room now, on the same terms as `mic`.
     pub camera: bool,
 }
 
@@ -34,7 +35,14 @@ pub struct UserInfo {
 pub struct Seat {
     pub index: u32,
     pub user: Option<UserInfo>,
+    /// Nobody can take the seat (apply, invite, accept, move); whoever sits on it stays.
     pub locked: bool,
+    /// Version 2: no audio is forwarded from whoever sits on the seat.
+    #[serde(default)]
+    pub audio_locked: bool,
+    /// Version 2: no video is forwarded from whoever sits on the seat.
+    #[serde(default)]
+    pub video_locked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +163,49 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Version 2, anchor: lock a seat against being taken, and/or its audio or video. Absent
+    /// fields stay as they are.
+    LockSeat {
+        seat: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock_audio: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock_video: Option<bool>,
+    },
+    /// Version 2: a linked member moves to another seat; the anchor moves `user`.
+    MoveSeat {
+        seat: u32,
+        #[serde(
+            default,
+            deserialize_with = "empty_as_none",
+            skip_serializing_if = "Option::is_none"
+        )]
+        user: Option<Ident>,
+    },
+    /// Version 2, anchor: `false` mutes a linked member's mic or camera, `true` lifts that.
+    MuteMember {
+        user: Ident,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mic: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        camera: Option<bool>,
+    },
+    /// Version 2: the sender's own mute state (`true` = on).
+    SetMedia {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mic: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        camera: Option<bool>,
+    },
+    /// Version 2, anchor: remove an audience member from the room, barred from joining again
+    /// for `ban_s` seconds.
+    KickUser {
+        user: Ident,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ban_s: Option<u32>,
+    },
 }
 
 impl Request {
@@ -173,6 +224,11 @@ impl Request {
         "resubscribe",
         "ice",
         "list_audience",
+        "lock_seat",
+        "move_seat",
+        "mute_member",
+        "set_media",
+        "kick_user",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -190,6 +246,11 @@ impl Request {
             Request::Resubscribe => "resubscribe",
             Request::Ice { .. } => "ice",
             Request::ListAudience { .. } => "list_audience",
+            Request::LockSeat { .. } => "lock_seat",
+            Request::MoveSeat { .. } => "move_seat",
+            Request::MuteMember { .. } => "mute_member",
+            Request::SetMedia { .. } => "set_media",
+            Request::KickUser { .. } => "kick_user",
         }
     }
 }
@@ -420,6 +481,27 @@ pub enum EndReason {
 #[serde(rename_all = "snake_case")]
 pub enum KickReason {
     Replaced,
+    /// Version 2: the anchor removed the user (`kick_user`).
+    KickedByAnchor,
+}
+
+/// Who changed a user's media state (`media_state.by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaBy {
+    /// The user: `set_media`, or a track published or gone.
+    #[serde(rename = "self")]
+    User,
+    Anchor,
+    Seat,
+}
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speaker {
+    pub user: Ident,
+    /// Smoothed loudness, 0 (silence) to 1 (full scale).
+    pub level: f32,
 }
 
 /// A server event (a message without `id`).
@@ -489,6 +571,28 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
+    /// Version 2: a seat lock changed or a member moved.
+    SeatsUpdated {
+        seats: Vec<Seat>,
+    },
+    /// Version 2: whether `user`'s audio and video reach the room now, and who changed it.
+    MediaState {
+        user: Ident,
+        mic: bool,
+        camera: bool,
+        by: MediaBy,
+        /// Added to the contract: the anchor or the seat keeps the mic off, so `set_media`
+        /// cannot turn it on (`muted_by_anchor`) until they lift it.
+        #[serde(default)]
+        mic_blocked: bool,
+        /// Added to the contract: the same for the camera.
+        #[serde(default)]
+        camera_blocked: bool,
+    },
+    /// Version 2: who is talking now, loudest first.
+    ActiveSpeakers {
+        speakers: Vec<Speaker>,
+    },
 }
 
 impl Event {
@@ -508,6 +612,9 @@ impl Event {
             Event::SubscribeOffer { .. } => "subscribe_offer",
             Event::Ice { .. } => "ice",
             Event::Error { .. } => "error",
+            Event::SeatsUpdated { .. } => "seats_updated",
+            Event::MediaState { .. } => "media_state",
+            Event::ActiveSpeakers { .. } => "active_speakers",
         }
     }
 }

@@ -32,4 +32,12 @@ pub enum SeatError {
     NotAllowed(&'static str),
     #[error("{0}")]
     NotLinked(&'static str),
+    #[error("seat {0} is locked")]
+    SeatLocked(u32),
+    #[error("{0}")]
+    MutedByAnchor(&'static str),
+    #[error("you were removed from this room; you may join again in {seconds} s")]
+    Banned { seconds: u64 },
+    #[error("ban_s may be at most {max}")]
+    BanTooLong { max: u32 },
 }

@@ -11,6 +11,8 @@ mod room;
 mod seats;
 
 pub use error::SeatError;
+pub use room::Kinds;
 pub use seats::{
-    Action, Joined, MAX_REQUEST_TIMEOUT_S, MediaChange, Output, Reply, Seats, SeatsConfig,
+    Action, Joined, MAX_BAN_S, MAX_BANS, MAX_REQUEST_TIMEOUT_S, MediaChange, Output, Reply, Seats,
+    SeatsConfig,
 };

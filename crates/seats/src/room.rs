@@ -8,12 +8,37 @@ use miclink_protocol::{Ident, Name, Role, RoomState, Seat, UserInfo};
 /// A timer's deadline and a sequence number that makes it unique.
 pub(crate) type TimerKey = (Instant, u64);
 
+/// A pair of flags, one per media kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kinds {
+    pub audio: bool,
+    pub video: bool,
+}
+
+impl Kinds {
+    pub const NONE: Kinds = Kinds {
+        audio: false,
+        video: false,
+    };
+
+    fn or(self, other: Kinds) -> Kinds {
+        Kinds {
+            audio: self.audio || other.audio,
+            video: self.video || other.video,
+        }
+    }
+}
+
 pub(crate) struct Member {
     pub(crate) name: Name,
     pub(crate) role: Role,
     pub(crate) seat: Option<u32>,
-    pub(crate) mic: bool,
-    pub(crate) camera: bool,
+    /// The kinds the media plane says this member publishes now.
+    pub(crate) published: Kinds,
+    /// Turned off by the member (`set_media`), or left off when a block ended.
+    pub(crate) muted: Kinds,
+    /// Turned off by the anchor (`mute_member`).
+    pub(crate) anchor_muted: Kinds,
     /// Join order, the key of [`Room::order`].
     pub(crate) seq: u64,
     /// The grace timer, armed while the member's connection is lost.
@@ -45,6 +70,24 @@ pub(crate) struct CountState {
     pub(crate) timer: Option<TimerKey>,
 }
 
+/// The locks of one seat (`lock_seat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SeatLock {
+    /// Nobody can take the seat.
+    pub(crate) taken: bool,
+    /// What is not forwarded from whoever sits there.
+    pub(crate) media: Kinds,
+}
+
+/// What every client knows of a seated member's media, announced by `media_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MediaView {
+    /// What reaches the room (`UserInfo.mic`/`camera`).
+    pub(crate) on: Kinds,
+    /// What the anchor or the seat keeps off.
+    pub(crate) blocked: Kinds,
+}
+
 pub(crate) struct Room {
     pub(crate) id: Ident,
     pub(crate) anchor: Ident,
@@ -57,6 +100,10 @@ pub(crate) struct Room {
     /// audience member whichever side sent it, so this key enforces rule 3 by construction.
     pub(crate) requests: HashMap<Ident, LinkRequest>,
     pub(crate) count: CountState,
+    /// One per seat, like `seats`.
+    pub(crate) locks: Vec<SeatLock>,
+    /// Kicked users barred from joining, until when. Bounded by [`crate::MAX_BANS`].
+    pub(crate) bans: HashMap<Ident, Instant>,
 }
 
 impl Room {
@@ -66,13 +113,46 @@ impl Room {
     }
 
     pub(crate) fn info(&self, user: &Ident) -> Option<UserInfo> {
+        let on = self.view(user).map_or(Kinds::NONE, |v| v.on);
         self.members.get(user).map(|m| UserInfo {
             user: user.clone(),
             name: m.name.clone(),
             role: m.role,
             seat: m.seat,
-            mic: m.mic,
-            camera: m.camera,
+            mic: on.audio,
+            camera: on.video,
+        })
+    }
+
+    /// What the anchor or the seat keeps off for a seated `user`.
+    pub(crate) fn blocked(&self, user: &Ident) -> Option<Kinds> {
+        let m = self.members.get(user)?;
+        let seat = m.seat?;
+        let lock = self.locks.get(seat as usize).copied().unwrap_or_default();
+        Some(m.anchor_muted.or(lock.media))
+    }
+
+    /// What of a seated `user` may be forwarded (rule 12): neither muted nor blocked, whether or
+    /// not it is published yet.
+    pub(crate) fn gate(&self, user: &Ident) -> Option<Kinds> {
+        let m = self.members.get(user)?;
+        let off = m.muted.or(self.blocked(user)?);
+        Some(Kinds {
+            audio: !off.audio,
+            video: !off.video,
+        })
+    }
+
+    /// The media view of a seated `user`; `None` for viewers.
+    pub(crate) fn view(&self, user: &Ident) -> Option<MediaView> {
+        let m = self.members.get(user)?;
+        let gate = self.gate(user)?;
+        Some(MediaView {
+            on: Kinds {
+                audio: m.published.audio && gate.audio,
+                video: m.published.video && gate.video,
+            },
+            blocked: self.blocked(user)?,
         })
     }
 
@@ -99,27 +179,35 @@ impl Room {
                 .seats
                 .iter()
                 .enumerate()
-                .map(|(i, u)| Seat {
-                    index: i as u32,
-                    user: u.as_ref().and_then(|u| self.info(u)),
-                    locked: false,
+                .map(|(i, u)| {
+                    let lock = self.locks.get(i).copied().unwrap_or_default();
+                    Seat {
+                        index: i as u32,
+                        user: u.as_ref().and_then(|u| self.info(u)),
+                        locked: lock.taken,
+                        audio_locked: lock.media.audio,
+                        video_locked: lock.media.video,
+                    }
                 })
                 .collect(),
             audience_count: self.audience_count(),
         }
     }
 
+    /// The lowest seat nobody holds and nobody locked.
     pub(crate) fn free_seat(&self) -> Option<u32> {
-        self.seats
-            .iter()
-            .enumerate()
-            .skip(1)
-            .find(|(_, u)| u.is_none())
-            .map(|(i, _)| i as u32)
+        (1..self.seats.len() as u32).find(|&i| self.seat_is_free(i))
     }
 
+    /// Nobody holds seat `index` and it is not locked (rule 11).
     pub(crate) fn seat_is_free(&self, index: u32) -> bool {
-        index != 0 && matches!(self.seats.get(index as usize), Some(None))
+        index != 0
+            && matches!(self.seats.get(index as usize), Some(None))
+            && !self.seat_is_locked(index)
+    }
+
+    pub(crate) fn seat_is_locked(&self, index: u32) -> bool {
+        self.locks.get(index as usize).is_some_and(|l| l.taken)
     }
 
     /// The (sender, receiver) of the pending request concerning `member`.

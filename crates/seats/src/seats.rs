@@ -9,7 +9,11 @@ use miclink_protocol::{
 };
 
 use crate::SeatError;
-use crate::room::{CountState, Kind, LinkRequest, Member, Room, TimerKey};
+use crate::room::{CountState, Kind, Kinds, LinkRequest, Member, Room, TimerKey};
+
+mod control;
+
+pub use control::{MAX_BAN_S, MAX_BANS};
 
 /// Settings of the state machine; see the server's configuration for their meaning.
 #[derive(Debug, Clone)]
@@ -68,6 +72,32 @@ pub enum Action {
     ConnectionLost,
     /// Anchor: page through the viewers.
     ListAudience { offset: u32, limit: u32 },
+    /// Anchor: lock seat `seat` against being taken and/or lock its audio or video; `None`
+    /// leaves that lock as it is.
+    LockSeat {
+        seat: u32,
+        lock: Option<bool>,
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
+    /// A linked member moves to `seat`; the anchor moves `user` there.
+    MoveSeat { seat: u32, user: Option<Ident> },
+    /// Anchor: `Some(false)` mutes a linked member's mic or camera, `Some(true)` lifts the mute
+    /// (the member then turns it on themselves).
+    MuteMember {
+        user: Ident,
+        mic: Option<bool>,
+        camera: Option<bool>,
+    },
+    /// A seated member's own mute state (`true` = on).
+    SetMedia {
+        mic: Option<bool>,
+        camera: Option<bool>,
+    },
+    /// Anchor: remove an audience member, barred from joining again for `ban_s` seconds.
+    KickUser { user: Ident, ban_s: u32 },
+    /// From the media plane, not a client: the kinds `user` publishes now.
+    Published { audio: bool, video: bool },
 }
 
 /// The answer to a successful [`Seats::handle`].
@@ -95,7 +125,9 @@ pub struct Joined {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaChange {
     /// `user` may publish from now on: the anchor went live or a member was linked. `seat`
-    /// ranks their media (0 is the anchor, who comes first).
+    /// ranks their media (0 is the anchor, who comes first); `audio` and `video` say what may
+    /// be forwarded (rule 12: mutes and seat locks act at packet level). Sent again whenever the
+    /// seat or what may be forwarded changes.
     AllowPublish {
         room: Ident,
         user: Ident,
@@ -262,9 +294,10 @@ impl Seats {
     }
 
     /// Whether `user` holds a seat in `room` and so may publish: `(audio, video)`.
+    /// `(audio, video)`: what of theirs may be forwarded now.
     pub fn may_publish(&self, room: &Ident, user: &Ident) -> Option<(bool, bool)> {
-        let m = self.rooms.get(room)?.members.get(user)?;
-        m.seat.map(|_| (true, m.camera))
+        let gate = self.rooms.get(room)?.gate(user)?;
+        Some((gate.audio, gate.video))
     }
 
     // ----- handle ----------------------------------------------------------------------------
@@ -299,6 +332,26 @@ impl Seats {
             }
             Action::ConnectionLost => self.connection_lost(now, room, user),
             Action::ListAudience { offset, limit } => self.list_audience(room, user, offset, limit),
+            Action::LockSeat {
+                seat,
+                lock,
+                audio,
+                video,
+            } => self.lock_seat(room, user, seat, lock, audio, video),
+            Action::MoveSeat { seat, user: target } => self.move_seat(room, user, seat, target),
+            Action::MuteMember {
+                user: target,
+                mic,
+                camera,
+            } => self.mute_member(room, user, &target, mic, camera),
+            Action::SetMedia { mic, camera } => self.set_media(room, user, mic, camera),
+            Action::KickUser {
+                user: target,
+                ban_s,
+            } => self.kick_user(now, room, user, &target, ban_s),
+            Action::Published { audio, video } => {
+                self.published(room, user, Kinds { audio, video })
+            }
         }
     }
 
@@ -367,6 +420,9 @@ impl Seats {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| Name::from(user));
         if let Some(room) = self.rooms.get_mut(room_id) {
+            if let Some(seconds) = control::ban_left(room, user, now) {
+                return Err(SeatError::Banned { seconds });
+            }
             let is_anchor = room.anchor == *user;
             match (role, is_anchor) {
                 (Role::Anchor, false) => return Err(SeatError::RoomExists),
@@ -393,8 +449,9 @@ impl Seats {
                     name,
                     role: Role::Audience,
                     seat: None,
-                    mic: false,
-                    camera: false,
+                    published: Kinds::NONE,
+                    muted: Kinds::NONE,
+                    anchor_muted: Kinds::NONE,
                     seq,
                     lost: None,
                 },
@@ -421,6 +478,8 @@ impl Seats {
             order: BTreeMap::new(),
             requests: HashMap::new(),
             count: CountState::default(),
+            locks: vec![Default::default(); self.config.max_seats as usize],
+            bans: HashMap::new(),
         };
         room.members.insert(
             user.clone(),
@@ -428,8 +487,9 @@ impl Seats {
                 name,
                 role: Role::Anchor,
                 seat: Some(0),
-                mic: true,
-                camera: true,
+                published: Kinds::NONE,
+                muted: Kinds::NONE,
+                anchor_muted: Kinds::NONE,
                 seq,
                 lost: None,
             },
@@ -552,6 +612,7 @@ impl Seats {
                     max: room.seats.len() as u32 - 1,
                 });
             }
+            Some(index) if room.seat_is_locked(index) => return Err(SeatError::SeatLocked(index)),
             Some(index) if !room.seat_is_free(index) => return Err(SeatError::SeatTaken(index)),
             Some(_) => {}
             None if room.free_seat().is_none() => return Err(SeatError::Full),
@@ -678,8 +739,14 @@ impl Seats {
             .get_mut(&member)
             .expect("requests concern members");
         m.seat = Some(index);
-        m.mic = true;
-        m.camera = req.open_camera;
+        // Linked without the camera: it starts muted, and the member may turn it on.
+        m.muted = Kinds {
+            audio: false,
+            video: !req.open_camera,
+        };
+        m.anchor_muted = Kinds::NONE;
+        m.published = Kinds::NONE;
+        let gate = room.gate(&member).expect("just seated");
         let joined = room.info(&member).expect("member");
         let users = room.linked();
         self.event(room_id, sender, Event::LinkAccepted { user: user.clone() });
@@ -695,8 +762,8 @@ impl Seats {
             room: room_id.clone(),
             user: member,
             seat: index,
-            audio: true,
-            video: req.open_camera,
+            audio: gate.audio,
+            video: gate.video,
         });
         Ok(Reply::Done)
     }
@@ -848,8 +915,9 @@ impl Seats {
         room.seats[index] = None;
         let m = room.members.get_mut(user).expect("info found the member");
         m.seat = None;
-        m.mic = false;
-        m.camera = false;
+        m.published = Kinds::NONE;
+        m.muted = Kinds::NONE;
+        m.anchor_muted = Kinds::NONE;
         let users = room.linked();
         self.broadcast(
             room_id,

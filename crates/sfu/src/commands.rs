@@ -117,7 +117,28 @@ impl MediaCore {
             } => {
                 let r = self.rooms.entry(room).or_default();
                 r.seats.insert(user.clone(), seat);
-                r.allowed.insert(user, (audio, video));
+                let before = r.allowed.insert(user.clone(), (audio, video));
+                // A kind muted now: each subscriber's stream of it pauses, so that when it comes
+                // back it restarts at a keyframe with continuous numbers instead of a gap that
+                // reads as loss (rule 12: nothing muted is forwarded, whatever keeps arriving).
+                let (was_audio, was_video) = before.unwrap_or((false, false));
+                let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
+                for (kind, was, is) in [
+                    (RtpCodecKind::Audio, was_audio, audio),
+                    (RtpCodecKind::Video, was_video, video),
+                ] {
+                    if was && !is {
+                        for sid in &subs {
+                            if let Some(out) = self
+                                .peers
+                                .get_mut(sid)
+                                .and_then(|p| p.outs.get_mut(&(user.clone(), kind)))
+                            {
+                                out.munger.pause();
+                            }
+                        }
+                    }
+                }
             }
             MediaChange::RevokePublish { room, user } => self.revoke(now, &room, &user),
             MediaChange::Subscribe { room, user } => {
@@ -159,6 +180,7 @@ impl MediaCore {
         };
         r.allowed.remove(user);
         r.seats.remove(user);
+        r.speakers.remove(user);
         let publish = r.publish.get(user).copied();
         let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
         if let Some(id) = publish {
@@ -233,6 +255,12 @@ impl MediaCore {
                 }
             }
         }
+        self.outputs.push_back(Output::Event(MediaEvent::Published {
+            room: room.clone(),
+            user: user.clone(),
+            audio: kinds.0,
+            video: kinds.1,
+        }));
         self.process(now, id);
         Ok(sdp)
     }

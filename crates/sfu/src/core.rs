@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, PeerId, subscriber_losses};
 use crate::shed::Shedder;
+use crate::speakers::Speakers;
 use crate::track::SourceId;
 use crate::{MediaCommand, MediaEvent, PcKind, PeerStats, Pii, SfuError, SfuStats, stun};
 
@@ -99,6 +100,7 @@ pub(crate) struct RoomMedia {
     pub(crate) subscribed_before: HashSet<Ident>,
     pub(crate) publish: HashMap<Ident, PeerId>,
     pub(crate) subscribe: HashMap<Ident, PeerId>,
+    pub(crate) speakers: Speakers,
 }
 
 /// The SFU of one event loop, without I/O: rooms, peer connections, routing and forwarding.
@@ -369,6 +371,17 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
+            for (room, r) in &mut self.rooms {
+                if r.speakers.due(now)
+                    && let Some(speakers) = r.speakers.evaluate(now)
+                {
+                    self.outputs
+                        .push_back(Output::Event(MediaEvent::ActiveSpeakers {
+                            room: room.clone(),
+                            speakers,
+                        }));
+                }
+            }
         }
         // The peers not due set the next deadline; those fired are looked at again at the next
         // tick at the latest (asking each flushed peer for its deadline cost more per forwarded

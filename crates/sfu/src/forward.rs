@@ -16,6 +16,7 @@ use crate::MediaCore;
 use crate::extensions::renumber;
 use crate::peer::PeerId;
 use crate::resend::Refused;
+use crate::speakers;
 use crate::track::Verdict;
 
 /// Sequence numbers one NACK packet may ask for; a receiver never honestly misses more at once,
@@ -38,7 +39,7 @@ impl MediaCore {
         let Some(track) = publisher.tracks.get_mut(track_id) else {
             return;
         };
-        let Some(room) = self.rooms.get(&publisher.room) else {
+        let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
         };
         let kind = track.kind;
@@ -56,6 +57,11 @@ impl MediaCore {
             return;
         }
         publisher.counters.rtp_in += 1;
+        if kind == RtpCodecKind::Audio
+            && let Some(dbov) = speakers::level(&packet.header.extensions, &track.extensions)
+        {
+            room.speakers.observe(&publisher.user, now, dbov);
+        }
         let is_key = track.keyframes.is_keyframe(&packet.payload);
         // The publisher's extensions, in its id space; each subscriber gets its own renumbering.
         let original = std::mem::take(&mut packet.header.extensions);

@@ -30,6 +30,7 @@ mod resend;
 mod seq;
 mod shed;
 pub mod sim;
+mod speakers;
 mod stats;
 mod stun;
 mod track;
@@ -41,6 +42,7 @@ pub use handle::{Sfu, SfuConfig};
 pub use miclink_protocol::PeerConnectionKind as PcKind;
 pub use miclink_seats::MediaChange;
 pub use pii::Pii;
+pub use speakers::SPEAKERS_INTERVAL;
 pub use stats::{PeerStats, SfuStats};
 
 use miclink_protocol::Ident;
@@ -136,6 +138,19 @@ pub enum MediaEvent {
         new_connection: bool,
         /// Numbers every offer of this core (unique per loop, never 0).
         offer_id: u64,
+    },
+    /// What `user` publishes now: sent when a publish connection is set up or goes.
+    Published {
+        room: Ident,
+        user: Ident,
+        audio: bool,
+        video: bool,
+    },
+    /// Who talks in `room` now, loudest first; sent when the list or its order changes, at most
+    /// every [`SPEAKERS_INTERVAL`].
+    ActiveSpeakers {
+        room: Ident,
+        speakers: Vec<miclink_protocol::Speaker>,
     },
     /// An event loop died (a bug): the media plane cannot serve its rooms any more.
     LoopFailed { index: usize },

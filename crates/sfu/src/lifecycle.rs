@@ -416,6 +416,15 @@ impl MediaCore {
             };
             if map.get(&peer.user) == Some(&id) {
                 map.remove(&peer.user);
+                // The member's publish connection is gone, not replaced by a newer one.
+                if peer.kind == PcKind::Publish {
+                    self.outputs.push_back(Output::Event(MediaEvent::Published {
+                        room: peer.room.clone(),
+                        user: peer.user.clone(),
+                        audio: false,
+                        video: false,
+                    }));
+                }
             }
         }
         let _ = peer.pc.close();

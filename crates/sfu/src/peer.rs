@@ -20,7 +20,8 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind, TYPE_RTCP_FB_NACK,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability,
+    RtpCodecKind, TYPE_RTCP_FB_NACK,
 };
 
 use crate::feedback::{RtcpToApplication, sfu_feedback};
@@ -254,6 +255,15 @@ fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Res
         RtpCodecKind::Audio,
     )?;
     // The payload types are rtc's defaults, so descriptions read as before.
+    // Each audio packet's level (RFC 6464): the room's active speakers come from it, and
+    // subscribers get it too (browsers show it as `audioLevel` of their receivers).
+    media.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: crate::speakers::AUDIO_LEVEL.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     for (mime, fmtp, pt) in [
         ("video/VP8", "", 96),
         (

@@ -16,9 +16,13 @@ pub(crate) fn seat_error_code(e: &SeatError) -> ErrorCode {
         SeatError::SeatTaken(_) => ErrorCode::SeatTaken,
         SeatError::NotAllowed(_) => ErrorCode::NotAllowed,
         SeatError::NotLinked(_) => ErrorCode::NotLinked,
+        SeatError::SeatLocked(_) => ErrorCode::SeatLocked,
+        SeatError::MutedByAnchor(_) => ErrorCode::MutedByAnchor,
+        SeatError::Banned { .. } => ErrorCode::Banned,
         SeatError::WrongRole(_)
         | SeatError::NoSuchSeat { .. }
-        | SeatError::TimeoutTooLong { .. } => ErrorCode::BadRequest,
+        | SeatError::TimeoutTooLong { .. }
+        | SeatError::BanTooLong { .. } => ErrorCode::BadRequest,
         // SeatError is non_exhaustive: a new variant is a bad request until it gets its own code.
         _ => ErrorCode::BadRequest,
     }

@@ -274,6 +274,35 @@ impl Hub {
                     .unwrap_or(LIST_AUDIENCE_DEFAULT)
                     .min(LIST_AUDIENCE_MAX),
             },
+            Request::LockSeat {
+                seat,
+                lock,
+                lock_audio,
+                lock_video,
+            } => Action::LockSeat {
+                seat,
+                lock,
+                audio: lock_audio,
+                video: lock_video,
+            },
+            Request::MoveSeat { seat, user: target } => Action::MoveSeat { seat, user: target },
+            Request::MuteMember {
+                user: target,
+                mic,
+                camera,
+            } => Action::MuteMember {
+                user: target,
+                mic,
+                camera,
+            },
+            Request::SetMedia { mic, camera } => Action::SetMedia { mic, camera },
+            Request::KickUser {
+                user: target,
+                ban_s,
+            } => Action::KickUser {
+                user: target,
+                ban_s: ban_s.unwrap_or(0),
+            },
             Request::Join { .. } | Request::Resume { .. } => {
                 return self.reply_err(
                     conn,
@@ -374,16 +403,7 @@ impl Hub {
                         ),
                     }
                 }
-                Output::Broadcast { room, event } => {
-                    let Some(members) = self.rooms.get(&room) else {
-                        continue;
-                    };
-                    let text = encode(&event);
-                    let members: Vec<SessionId> = members.iter().copied().collect();
-                    for sid in members {
-                        self.send_session(sid, text.clone());
-                    }
-                }
+                Output::Broadcast { room, event } => self.broadcast(&room, &event),
                 Output::Media(change) => self.to_media(MediaCommand::Seats(change)),
                 Output::Departed { room, user } => {
                     if let Some(sid) = self.by_member.get(&(room, user)).copied() {
@@ -455,6 +475,20 @@ impl Hub {
                     );
                 }
             }
+            MediaEvent::Published {
+                room,
+                user,
+                audio,
+                video,
+            } => {
+                // A report can cross the member's departure: then there is nobody to update.
+                let _ = self
+                    .seats
+                    .handle(now(), &room, &user, Action::Published { audio, video });
+            }
+            MediaEvent::ActiveSpeakers { room, speakers } => {
+                self.broadcast(&room, &Event::ActiveSpeakers { speakers });
+            }
             MediaEvent::LoopFailed { index } => {
                 // The server exits for its supervisor to restart it; until then media requests
                 // answer `unavailable`.
@@ -478,6 +512,18 @@ impl Hub {
             requests: joined.pending,
         };
         self.queue(conn, Outbound::Joined(encode(&Reply::ok(id, result))));
+    }
+
+    /// One event to every session of `room`, serialized once.
+    fn broadcast(&mut self, room: &Ident, event: &Event) {
+        let Some(members) = self.rooms.get(room) else {
+            return;
+        };
+        let text = encode(event);
+        let members: Vec<SessionId> = members.iter().copied().collect();
+        for sid in members {
+            self.send_session(sid, text.clone());
+        }
     }
 
     fn reply_err(&mut self, conn: ConnId, id: u64, code: ErrorCode, message: impl Into<String>) {

@@ -154,7 +154,15 @@ async fn invite_then_accept_with_mic_only() {
         unreachable!()
     };
     assert_eq!(joined[0].user, "guest");
-    assert!(joined[0].mic && !joined[0].camera, "audio-only link");
+    // Nothing is published yet (no media plane here): mic and camera are exact.
+    assert!(!joined[0].mic && !joined[0].camera);
+    // The camera starts muted by the guest's own choice, not blocked: they may turn it on.
+    guest
+        .ok(Request::SetMedia {
+            mic: None,
+            camera: Some(true),
+        })
+        .await;
 }
 
 #[tokio::test]

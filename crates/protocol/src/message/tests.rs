@@ -256,8 +256,8 @@ fn join_result() {
         "room": {
             "room": "r1", "anchor": "bob", "max_seats": 2,
             "seats": [
-                {"index": 0, "user": {"user": "bob", "name": "Bob", "role": "anchor", "seat": 0, "mic": true, "camera": true}, "locked": false},
-                {"index": 1, "user": null, "locked": false}
+                {"index": 0, "user": {"user": "bob", "name": "Bob", "role": "anchor", "seat": 0, "mic": true, "camera": true}, "locked": false, "audio_locked": false, "video_locked": false},
+                {"index": 1, "user": null, "locked": false, "audio_locked": false, "video_locked": false}
             ],
             "audience_count": 1
         },
@@ -276,7 +276,7 @@ fn join_result() {
 fn resume_result_lists_pending_requests() {
     let text = json!({
         "room": {"room": "r1", "anchor": "bob", "max_seats": 1,
-                 "seats": [{"index": 0, "user": null, "locked": false}], "audience_count": 1},
+                 "seats": [{"index": 0, "user": null, "locked": false, "audio_locked": false, "video_locked": false}], "audience_count": 1},
         "me": {"user": "bob", "name": "Bob", "role": "anchor", "seat": 0, "mic": true, "camera": true},
         "ice_servers": [],
         "session": "s1",
@@ -414,4 +414,135 @@ fn a_field_error_does_not_echo_a_long_value() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn version_two_requests() {
+    request_round_trip(
+        json!({"id": 20, "type": "lock_seat", "seat": 3, "lock": true, "lock_video": false}),
+        20,
+        Request::LockSeat {
+            seat: 3,
+            lock: Some(true),
+            lock_audio: None,
+            lock_video: Some(false),
+        },
+    );
+    request_round_trip(
+        json!({"id": 21, "type": "move_seat", "seat": 2}),
+        21,
+        Request::MoveSeat {
+            seat: 2,
+            user: None,
+        },
+    );
+    request_round_trip(
+        json!({"id": 22, "type": "move_seat", "seat": 4, "user": "alice"}),
+        22,
+        Request::MoveSeat {
+            seat: 4,
+            user: Some(id("alice")),
+        },
+    );
+    request_round_trip(
+        json!({"id": 23, "type": "mute_member", "user": "alice", "mic": false}),
+        23,
+        Request::MuteMember {
+            user: id("alice"),
+            mic: Some(false),
+            camera: None,
+        },
+    );
+    request_round_trip(
+        json!({"id": 24, "type": "set_media", "mic": true, "camera": false}),
+        24,
+        Request::SetMedia {
+            mic: Some(true),
+            camera: Some(false),
+        },
+    );
+    request_round_trip(
+        json!({"id": 25, "type": "kick_user", "user": "troll", "ban_s": 600}),
+        25,
+        Request::KickUser {
+            user: id("troll"),
+            ban_s: Some(600),
+        },
+    );
+    assert!(matches!(
+        parse_request(r#"{"id": 26, "type": "lock_seat"}"#),
+        Err(ParseError::Fields { id: 26, .. })
+    ));
+}
+
+#[test]
+fn version_two_events() {
+    event_round_trip(
+        json!({"type":"seats_updated","seats":[{"index":0,"user":null,"locked":false,"audio_locked":false,"video_locked":false},{"index":1,"user":null,"locked":true,"audio_locked":true,"video_locked":false}]}),
+        Event::SeatsUpdated {
+            seats: vec![
+                Seat {
+                    index: 0,
+                    user: None,
+                    locked: false,
+                    audio_locked: false,
+                    video_locked: false,
+                },
+                Seat {
+                    index: 1,
+                    user: None,
+                    locked: true,
+                    audio_locked: true,
+                    video_locked: false,
+                },
+            ],
+        },
+    );
+    event_round_trip(
+        json!({"type":"media_state","user":"alice","mic":false,"camera":true,"by":"anchor","mic_blocked":true,"camera_blocked":false}),
+        Event::MediaState {
+            user: id("alice"),
+            mic: false,
+            camera: true,
+            by: MediaBy::Anchor,
+            mic_blocked: true,
+            camera_blocked: false,
+        },
+    );
+    event_round_trip(
+        json!({"type":"media_state","user":"alice","mic":true,"camera":true,"by":"self","mic_blocked":false,"camera_blocked":false}),
+        Event::MediaState {
+            user: id("alice"),
+            mic: true,
+            camera: true,
+            by: MediaBy::User,
+            mic_blocked: false,
+            camera_blocked: false,
+        },
+    );
+    event_round_trip(
+        json!({"type":"active_speakers","speakers":[{"user":"alice","level":0.5},{"user":"bob","level":0.25}]}),
+        Event::ActiveSpeakers {
+            speakers: vec![
+                Speaker {
+                    user: id("alice"),
+                    level: 0.5,
+                },
+                Speaker {
+                    user: id("bob"),
+                    level: 0.25,
+                },
+            ],
+        },
+    );
+    event_round_trip(
+        json!({"type":"kicked","reason":"kicked_by_anchor"}),
+        Event::Kicked {
+            reason: KickReason::KickedByAnchor,
+        },
+    );
+    // A version 1 server's seats still parse.
+    let seat: Seat =
+        serde_json::from_value(json!({"index":2,"user":null,"locked":false})).expect("parses");
+    assert!(!seat.audio_locked && !seat.video_locked);
 }

@@ -301,8 +301,23 @@ fn invite_then_accept_with_mic_only() {
         vec![&Event::LinkAccepted { user: id("v1") }]
     );
     let info = h.seats.user_info(&h.room, &id("v1")).expect("member");
-    assert_eq!((info.seat, info.mic, info.camera), (Some(1), true, false));
+    // Nothing published yet: mic and camera are exact (version 2).
+    assert_eq!((info.seat, info.mic, info.camera), (Some(1), false, false));
     assert_eq!(h.seats.may_publish(&h.room, &id("v1")), Some((true, false)));
+    h.act(
+        "v1",
+        Action::Published {
+            audio: true,
+            video: true,
+        },
+    )
+    .expect("published");
+    let info = h.seats.user_info(&h.room, &id("v1")).expect("member");
+    assert_eq!(
+        (info.mic, info.camera),
+        (true, false),
+        "the camera starts muted"
+    );
 }
 
 #[test]
@@ -677,4 +692,590 @@ fn resume_lists_the_pending_requests_in_both_directions() {
     assert!(j.pending.is_empty());
     let j = h.seats.resume(h.now, &room, &id("v2")).expect("resume");
     assert_eq!(j.pending.len(), 1);
+}
+
+// ----- version 2: seat control and media state ------------------------------------------------
+
+impl Harness {
+    /// `user` linked on `seat` and publishing both kinds, outputs drained.
+    fn seated_publisher(&mut self, user: &str) {
+        self.link(user);
+        self.act(
+            user,
+            Action::Published {
+                audio: true,
+                video: true,
+            },
+        )
+        .expect("published");
+        self.act(
+            user,
+            Action::SetMedia {
+                mic: None,
+                camera: Some(true),
+            },
+        )
+        .expect("camera on");
+        self.drain();
+    }
+
+    fn lock(
+        &mut self,
+        seat: u32,
+        lock: Option<bool>,
+        audio: Option<bool>,
+    ) -> Result<Reply, SeatError> {
+        self.act(
+            "anchor",
+            Action::LockSeat {
+                seat,
+                lock,
+                audio,
+                video: None,
+            },
+        )
+    }
+
+    fn mute(&mut self, user: &str, mic: bool) -> Result<Reply, SeatError> {
+        self.act(
+            "anchor",
+            Action::MuteMember {
+                user: id(user),
+                mic: Some(mic),
+                camera: None,
+            },
+        )
+    }
+
+    fn mic(&mut self, user: &str, on: bool) -> Result<Reply, SeatError> {
+        self.act(
+            user,
+            Action::SetMedia {
+                mic: Some(on),
+                camera: None,
+            },
+        )
+    }
+}
+
+fn media_states(outputs: &[Output]) -> Vec<(String, bool, bool, MediaBy, bool)> {
+    broadcasts(outputs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::MediaState {
+                user,
+                mic,
+                camera,
+                by,
+                mic_blocked,
+                ..
+            } => Some((user.to_string(), *mic, *camera, *by, *mic_blocked)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn gates(outputs: &[Output]) -> Vec<(String, u32, bool, bool)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Media(MediaChange::AllowPublish {
+                user,
+                seat,
+                audio,
+                video,
+                ..
+            }) => Some((user.to_string(), *seat, *audio, *video)),
+            _ => None,
+        })
+        .collect()
+}
+
+use miclink_protocol::{KickReason, MediaBy};
+
+#[test]
+fn a_locked_seat_cannot_be_taken_but_its_member_stays() {
+    let mut h = Harness::new(4, 3);
+    h.seated_publisher("v1");
+    h.lock(1, Some(true), None).expect("lock occupied seat");
+    h.lock(2, Some(true), None).expect("lock empty seat");
+    let out = h.drain();
+    let seats = broadcasts(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SeatsUpdated { seats } => Some(seats.clone()),
+            _ => None,
+        })
+        .next_back()
+        .expect("seats_updated");
+    assert!(seats[1].locked && seats[2].locked && !seats[3].locked);
+    assert_eq!(h.seat_of("v1"), Some(1), "the member stays");
+    assert_eq!(
+        h.act(
+            "v2",
+            Action::RequestLink {
+                to: None,
+                seat: Some(2),
+                timeout_s: None,
+                open_camera: None
+            }
+        ),
+        Err(SeatError::SeatLocked(2))
+    );
+    // Any seat: the one free and unlocked.
+    h.link("v2");
+    assert_eq!(h.seat_of("v2"), Some(3));
+    // Now nothing is free: locked seats do not count.
+    assert_eq!(h.apply("v3"), Err(SeatError::Full));
+    assert_eq!(
+        h.act(
+            "v2",
+            Action::MoveSeat {
+                seat: 2,
+                user: None
+            }
+        ),
+        Err(SeatError::SeatLocked(2))
+    );
+    // Locking again changes nothing and says nothing.
+    h.drain();
+    h.lock(2, Some(true), None).expect("same lock");
+    assert!(h.drain().is_empty());
+    assert_eq!(
+        h.act(
+            "v1",
+            Action::LockSeat {
+                seat: 2,
+                lock: Some(false),
+                audio: None,
+                video: None
+            }
+        ),
+        Err(SeatError::NotAllowed("only the anchor can lock seats"))
+    );
+    assert!(matches!(
+        h.lock(0, Some(true), None),
+        Err(SeatError::NoSuchSeat { .. })
+    ));
+    assert!(matches!(
+        h.lock(4, Some(true), None),
+        Err(SeatError::NoSuchSeat { .. })
+    ));
+}
+
+#[test]
+fn an_accepted_request_for_a_seat_locked_meanwhile_gets_another() {
+    let mut h = Harness::new(4, 1);
+    h.act(
+        "v1",
+        Action::RequestLink {
+            to: None,
+            seat: Some(1),
+            timeout_s: None,
+            open_camera: None,
+        },
+    )
+    .expect("apply for seat 1");
+    h.lock(1, Some(true), None).expect("lock");
+    h.respond("anchor", "v1", true).expect("accept");
+    assert_eq!(h.seat_of("v1"), Some(2));
+}
+
+#[test]
+fn an_audio_locked_seat_forwards_no_audio_and_lifting_leaves_the_mic_off() {
+    let mut h = Harness::new(4, 1);
+    h.seated_publisher("v1");
+    h.lock(1, None, Some(true)).expect("lock audio");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 1, false, true)]);
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, true, MediaBy::Seat, true)]
+    );
+    // The media plane hears first, then everyone.
+    let gate_at = out
+        .iter()
+        .position(|o| matches!(o, Output::Media(_)))
+        .expect("gate");
+    let state_at = out
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Broadcast {
+                    event: Event::MediaState { .. },
+                    ..
+                }
+            )
+        })
+        .expect("media_state");
+    assert!(gate_at < state_at);
+    assert!(matches!(
+        h.mic("v1", true),
+        Err(SeatError::MutedByAnchor(_))
+    ));
+    h.lock(1, None, Some(false)).expect("unlock audio");
+    let out = h.drain();
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, true, MediaBy::Seat, false)],
+        "unblocked, still off"
+    );
+    assert!(gates(&out).is_empty(), "still nothing to forward");
+    h.mic("v1", true).expect("the member turns it on");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 1, true, true)]);
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), true, true, MediaBy::User, false)]
+    );
+}
+
+#[test]
+fn the_anchor_mutes_a_member_who_cannot_unmute_until_lifted() {
+    let mut h = Harness::new(4, 2);
+    h.seated_publisher("v1");
+    h.mute("v1", false).expect("anchor mutes");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 1, false, true)]);
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, true, MediaBy::Anchor, true)]
+    );
+    assert_eq!(
+        h.seats.user_info(&h.room, &id("v1")).map(|u| u.mic),
+        Some(false)
+    );
+    assert!(matches!(
+        h.mic("v1", true),
+        Err(SeatError::MutedByAnchor(_))
+    ));
+    assert!(h.drain().is_empty(), "a refused unmute says nothing");
+    // Muting again is no change.
+    h.mute("v1", false).expect("again");
+    assert!(h.drain().is_empty());
+    h.mute("v1", true).expect("lift");
+    let out = h.drain();
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, true, MediaBy::Anchor, false)]
+    );
+    h.mic("v1", true).expect("unmute");
+    assert_eq!(
+        h.seats.user_info(&h.room, &id("v1")).map(|u| u.mic),
+        Some(true)
+    );
+    // Errors: wrong role, not linked, unknown, self.
+    assert!(matches!(
+        h.act(
+            "v1",
+            Action::MuteMember {
+                user: id("anchor"),
+                mic: Some(false),
+                camera: None
+            }
+        ),
+        Err(SeatError::NotAllowed(_))
+    ));
+    assert!(matches!(h.mute("v2", false), Err(SeatError::NotLinked(_))));
+    assert!(matches!(
+        h.mute("nobody", false),
+        Err(SeatError::NotLinked(_))
+    ));
+    assert!(matches!(
+        h.mute("anchor", false),
+        Err(SeatError::NotAllowed(_))
+    ));
+    assert!(matches!(h.mic("v2", false), Err(SeatError::NotLinked(_))));
+}
+
+#[test]
+fn a_self_mute_stops_forwarding_and_sends_one_media_state() {
+    let mut h = Harness::new(4, 1);
+    h.seated_publisher("v1");
+    h.mic("v1", false).expect("mute");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 1, false, true)]);
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, true, MediaBy::User, false)]
+    );
+    h.mic("v1", false).expect("again");
+    assert!(h.drain().is_empty(), "no change, no event");
+    // The anchor mutes itself too.
+    h.act(
+        "anchor",
+        Action::Published {
+            audio: true,
+            video: false,
+        },
+    )
+    .expect("published");
+    h.drain();
+    h.mic("anchor", false).expect("anchor mutes itself");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("anchor".into(), 0, false, true)]);
+    // Unpublishing is a change of its own (by the user); gates stay as they are.
+    h.act(
+        "v1",
+        Action::Published {
+            audio: false,
+            video: false,
+        },
+    )
+    .expect("unpublished");
+    let out = h.drain();
+    assert!(gates(&out).is_empty());
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, false, MediaBy::User, false)]
+    );
+}
+
+#[test]
+fn moves_by_the_member_and_by_the_anchor() {
+    let mut h = Harness::new(4, 3);
+    h.seated_publisher("v1");
+    h.seated_publisher("v2");
+    h.act(
+        "v1",
+        Action::MoveSeat {
+            seat: 3,
+            user: None,
+        },
+    )
+    .expect("move own seat");
+    let out = h.drain();
+    assert_eq!(h.seat_of("v1"), Some(3));
+    assert_eq!(gates(&out), vec![("v1".into(), 3, true, true)]);
+    assert_eq!(
+        types(&broadcasts(&out)),
+        vec!["seats_updated", "connected_users_updated"]
+    );
+    assert!(
+        media_states(&out).is_empty(),
+        "nothing about the media changed"
+    );
+    h.act(
+        "anchor",
+        Action::MoveSeat {
+            seat: 1,
+            user: Some(id("v2")),
+        },
+    )
+    .expect("anchor moves v2");
+    assert_eq!(h.seat_of("v2"), Some(1));
+    assert_eq!(
+        h.act(
+            "anchor",
+            Action::MoveSeat {
+                seat: 1,
+                user: Some(id("v1"))
+            }
+        ),
+        Err(SeatError::SeatTaken(1))
+    );
+    assert!(matches!(
+        h.act(
+            "v1",
+            Action::MoveSeat {
+                seat: 2,
+                user: Some(id("v2"))
+            }
+        ),
+        Err(SeatError::NotAllowed(_))
+    ));
+    assert!(matches!(
+        h.act(
+            "anchor",
+            Action::MoveSeat {
+                seat: 2,
+                user: None
+            }
+        ),
+        Err(SeatError::NotAllowed(_))
+    ));
+    assert!(matches!(
+        h.act(
+            "v3",
+            Action::MoveSeat {
+                seat: 2,
+                user: None
+            }
+        ),
+        Err(SeatError::NotLinked(_))
+    ));
+    assert!(matches!(
+        h.act(
+            "v1",
+            Action::MoveSeat {
+                seat: 9,
+                user: None
+            }
+        ),
+        Err(SeatError::NoSuchSeat { .. })
+    ));
+    // Onto an audio-locked seat: its audio stops; off it again, the mic stays off.
+    h.drain();
+    h.lock(2, None, Some(true))
+        .expect("lock audio of the empty seat");
+    h.act(
+        "v1",
+        Action::MoveSeat {
+            seat: 2,
+            user: None,
+        },
+    )
+    .expect("move");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 2, false, true)]);
+    assert_eq!(
+        media_states(&out),
+        vec![("v1".into(), false, true, MediaBy::Seat, true)]
+    );
+    h.act(
+        "v1",
+        Action::MoveSeat {
+            seat: 3,
+            user: None,
+        },
+    )
+    .expect("move back");
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 3, false, true)]);
+}
+
+#[test]
+fn a_kicked_user_is_told_leaves_and_is_banned_until_the_ban_ends() {
+    let mut h = Harness::new(4, 2);
+    h.seated_publisher("v1");
+    h.act(
+        "anchor",
+        Action::KickUser {
+            user: id("v1"),
+            ban_s: 60,
+        },
+    )
+    .expect("kick");
+    let out = h.drain();
+    let kicked_at = out
+        .iter()
+        .position(|o| {
+            matches!(o, Output::Event { to, event: Event::Kicked { reason: KickReason::KickedByAnchor }, .. } if *to == "v1")
+        })
+        .expect("told");
+    let departed_at = out
+        .iter()
+        .position(|o| matches!(o, Output::Departed { user, .. } if *user == "v1"))
+        .expect("departed");
+    assert!(kicked_at < departed_at, "told before their session goes");
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Media(MediaChange::RevokePublish { user, .. }) if *user == "v1")
+    ));
+    assert_eq!(h.seat_of("v1"), None);
+    assert!(!h.seats.members(&h.room).contains(&id("v1")));
+    h.advance(Duration::from_secs(59));
+    assert_eq!(
+        h.join("v1", Role::Audience),
+        Err(SeatError::Banned { seconds: 1 })
+    );
+    h.advance(Duration::from_secs(1));
+    h.join("v1", Role::Audience).expect("the ban ended");
+    // Without a ban: back at once.
+    h.act(
+        "anchor",
+        Action::KickUser {
+            user: id("v2"),
+            ban_s: 0,
+        },
+    )
+    .expect("kick");
+    h.join("v2", Role::Audience).expect("no ban");
+    // Errors.
+    assert!(matches!(
+        h.act(
+            "v2",
+            Action::KickUser {
+                user: id("v1"),
+                ban_s: 0
+            }
+        ),
+        Err(SeatError::NotAllowed(_))
+    ));
+    assert!(matches!(
+        h.act(
+            "anchor",
+            Action::KickUser {
+                user: id("anchor"),
+                ban_s: 0
+            }
+        ),
+        Err(SeatError::NotAllowed(_))
+    ));
+    assert!(matches!(
+        h.act(
+            "anchor",
+            Action::KickUser {
+                user: id("ghost"),
+                ban_s: 0
+            }
+        ),
+        Err(SeatError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.act(
+            "anchor",
+            Action::KickUser {
+                user: id("v2"),
+                ban_s: MAX_BAN_S + 1
+            }
+        ),
+        Err(SeatError::BanTooLong { .. })
+    ));
+}
+
+#[test]
+fn bans_are_bounded_per_room() {
+    let mut h = Harness::new(4, 0);
+    for i in 0..MAX_BANS + 10 {
+        let user = format!("k{i}");
+        h.join(&user, Role::Audience).expect("join");
+        h.act(
+            "anchor",
+            Action::KickUser {
+                user: id(&user),
+                ban_s: 3600 + i as u32,
+            },
+        )
+        .expect("kick");
+        h.drain();
+    }
+    let room = &h.seats.rooms[&h.room];
+    assert_eq!(room.bans.len(), MAX_BANS);
+    // The ones ending first went; the latest are in force.
+    assert!(h.join("k0", Role::Audience).is_ok());
+    assert!(matches!(
+        h.join(&format!("k{}", MAX_BANS + 9), Role::Audience),
+        Err(SeatError::Banned { .. })
+    ));
+}
+
+#[test]
+fn a_publish_report_for_a_viewer_changes_nothing() {
+    let mut h = Harness::new(4, 1);
+    h.act(
+        "v1",
+        Action::Published {
+            audio: true,
+            video: true,
+        },
+    )
+    .expect("ignored");
+    assert!(h.drain().is_empty());
+    assert_eq!(
+        h.seats
+            .user_info(&h.room, &id("v1"))
+            .map(|u| (u.mic, u.camera)),
+        Some((false, false))
+    );
 }
