@@ -259,13 +259,17 @@ async fn an_audio_only_link_publishes_audio_alone() {
     match anchor.wait_event("connected_users_updated").await {
         miclink_protocol::Event::ConnectedUsersUpdated { joined, .. } => {
             assert!(
-                joined[0].mic && !joined[0].camera,
-                "camera false for an audio-only link"
+                !joined[0].mic && !joined[0].camera,
+                "nothing is published yet"
             );
         }
         _ => unreachable!(),
     }
     guest.publish(true).await;
+    // Published: everyone hears the mic is on, the camera off.
+    anchor
+        .wait_media_state("guest", |mic, camera, _| mic && !camera)
+        .await;
     viewer
         .wait_received("the guest's audio", |r| {
             r.get(&key("guest", Kind::Audio))

@@ -134,6 +134,8 @@ pub struct Member {
     pub join: JoinResult,
     inner: client::Member,
     stop: Arc<Notify>,
+    /// The level this member's audio packets carry (RFC 6464, -dBov).
+    level: Arc<AtomicU8>,
 }
 
 fn test_video(codec: VideoCodec) -> StreamSpec {
@@ -201,6 +203,7 @@ impl Member {
             join: inner.join.clone(),
             inner,
             stop: Arc::new(Notify::new()),
+            level: Arc::new(AtomicU8::new(miclink_loadtest::peer::QUIET_DBOV)),
         }
     }
 
@@ -219,6 +222,29 @@ impl Member {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// The next `media_state` about `user` for which `pred(mic, camera, mic_blocked)` holds.
+    pub async fn wait_media_state(
+        &mut self,
+        user: &str,
+        pred: impl Fn(bool, bool, bool) -> bool,
+    ) -> Event {
+        loop {
+            let e = self.wait_event("media_state").await;
+            if let Event::MediaState {
+                user: u,
+                mic,
+                camera,
+                mic_blocked,
+                ..
+            } = &e
+                && u == user
+                && pred(*mic, *camera, *mic_blocked)
+            {
+                return e;
+            }
+        }
+    }
+
     async fn publish_streams(&mut self, streams: &[StreamSpec], rewrite: Option<SdpRewrite>) {
         self.inner
             .publish(streams, self.stop.clone(), rewrite)
@@ -226,9 +252,21 @@ impl Member {
             .unwrap_or_else(|e| panic!("{}: publish: {e:#}", self.user));
     }
 
+    /// From now on this member's audio packets carry `dbov` as their level.
+    pub fn talk(&self, dbov: u8) {
+        self.level.store(dbov, Ordering::Relaxed);
+    }
+
+    fn audio(&self) -> StreamSpec {
+        StreamSpec {
+            level: self.level.clone(),
+            ..StreamSpec::audio(48_000)
+        }
+    }
+
     /// Publish VP8 video (unless `audio_only`) and Opus audio.
     pub async fn publish(&mut self, audio_only: bool) {
-        let mut streams = vec![StreamSpec::audio(48_000)];
+        let mut streams = vec![self.audio()];
         if !audio_only {
             streams.push(test_video(VideoCodec::Vp8));
         }

@@ -365,3 +365,75 @@ test('fits a phone screen: tiles above the controls, nothing wider than the scre
   await anchor.context.close();
   await guest.context.close();
 });
+
+// Samples getStats until `user`'s audio packets stop rising on `p`'s page while their video
+// frames still rise: the server holds the muted audio back though the browser keeps sending.
+async function expectAudioHeld(p, user) {
+  const sample = () => p.page.evaluate(() => window.miclink.stats());
+  await expect
+    .poll(
+      async () => {
+        const a = (await sample())[user];
+        await p.page.waitForTimeout(1500);
+        const b = (await sample())[user];
+        const audioStill = a?.audio && b?.audio && b.audio.packetsReceived === a.audio.packetsReceived;
+        const videoOn = a?.video && b?.video && b.video.framesDecoded > a.video.framesDecoded;
+        return audioStill && videoOn ? 'held' : JSON.stringify({ a, b });
+      },
+      { message: `${user}'s audio held back on ${p.name}'s page`, timeout: 30_000, intervals: [200] },
+    )
+    .toBe('held');
+}
+
+test('seat control: the anchor mutes a co-host and every page shows it; whoever talks rings on every page', async ({ browser }) => {
+  const room = newRoom();
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor' });
+  const guest = await join(browser, { room, name: 'Guest Gus', role: 'audience' });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
+  const all = [anchor, guest, viewer];
+  await guest.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest Gus' }).getByRole('button', { name: 'Accept' }).click();
+  await expectTiles(all, ['Anchor Ann', 'Guest Gus']);
+  const A = { user: anchor.user, video: true };
+  const G = { user: guest.user, video: true };
+  await expectMediaFlowing(viewer, [A, G]);
+  const mic = (p) => tile(p, guest).locator('.dev.mic');
+  for (const p of all) await expect(mic(p)).not.toHaveClass(/off/);
+
+  // The anchor mutes the co-host's microphone: every page shows it off, the co-host is told
+  // why and cannot turn it back on, and no audio of theirs reaches anyone.
+  await tile(anchor, guest).getByRole('button', { name: 'Mute mic' }).click();
+  for (const p of all) await expect(mic(p)).toHaveClass(/off/);
+  await expect(guest.page.locator('#blocked-note')).toContainText('turned off your microphone');
+  await expect(guest.page.locator('#toggle-mic')).toBeDisabled();
+  await expect(tile(anchor, guest).getByRole('button', { name: 'Allow mic' })).toBeVisible();
+  await expectAudioHeld(viewer, guest.user);
+  await expectAudioHeld(anchor, guest.user);
+
+  // Lifted: the co-host turns the microphone on again and everyone hears them.
+  await tile(anchor, guest).getByRole('button', { name: 'Allow mic' }).click();
+  await toast(guest, 'You may turn your microphone on again');
+  await expect(guest.page.locator('#blocked-note')).toBeHidden();
+  await guest.page.locator('#toggle-mic').click();
+  for (const p of all) await expect(mic(p)).not.toHaveClass(/off/);
+  await expectMediaFlowing(viewer, [G]);
+
+  // The co-host talks (a steady tone instead of the fake microphone): every page rings their tile.
+  expect(await guest.page.evaluate(() => window.miclink.tone(true))).toBe(true);
+  for (const p of all) await expect(tile(p, guest)).toHaveClass(/speaking/);
+  await expect(tile(viewer, anchor)).not.toHaveClass(/speaking/);
+  // Muted, they are not heard, so not named.
+  await guest.page.locator('#toggle-mic').click();
+  for (const p of all) await expect(tile(p, guest)).not.toHaveClass(/speaking/);
+
+  // Seats: the anchor locks seat 2, which no longer appears among the places to move to, then
+  // moves the co-host to seat 3: every page shows the new seat.
+  const seat2 = anchor.page.locator('#seat-list li[data-seat="2"]');
+  await seat2.getByRole('button', { name: 'Lock', exact: true }).click();
+  await expect(seat2).toHaveClass(/locked/);
+  const move = tile(anchor, guest).locator('select.move');
+  await expect(move.locator('option[value="2"]')).toHaveCount(0);
+  await move.selectOption('3');
+  for (const p of all) await expect(tile(p, guest).locator('.badge')).toHaveText('Seat 3');
+  for (const p of all) await p.context.close();
+});

@@ -99,6 +99,10 @@ async function join() {
     wantVideo: true,
     starting: false,
     ended: false,
+    seats: [], // the room's seats, for their locks
+    speakers: new Set(), // who the server says is talking
+    blocked: new Map(), // user -> {mic, camera}: kept off by the anchor or a seat lock
+    myMute: { audio: false, video: false }, // what this member turned off themselves
   };
   const signal = new Signal(serverUrl, {
     onEvent: (ev) => S === state && onEvent(ev),
@@ -149,6 +153,7 @@ function applyRoom(result) {
   S.room = result.room.room;
   S.maxSeats = result.room.max_seats;
   S.users = result.room.seats.filter((s) => s.user).map((s) => s.user);
+  S.seats = result.room.seats;
   S.audienceCount = result.room.audience_count;
   $('room-title').textContent = `Room ${S.room}`;
   applyRequests(result.requests ?? []);
@@ -266,7 +271,24 @@ function onEvent(ev) {
       ended('The live has ended', ENDED_TEXT[ev.reason] ?? `The room ended (${ev.reason}).`);
       return;
     case 'kicked':
-      ended('You joined from somewhere else', 'This tab was replaced by a newer one with the same user.');
+      if (ev.reason === 'kicked_by_anchor') ended('You were removed', 'The anchor removed you from this room.');
+      else ended('You joined from somewhere else', 'This tab was replaced by a newer one with the same user.');
+      return;
+    case 'seats_updated':
+      S.seats = ev.seats;
+      break;
+    case 'media_state': {
+      const u = S.users.find((x) => x.user === ev.user);
+      if (u) Object.assign(u, { mic: ev.mic, camera: ev.camera });
+      const was = S.blocked.get(ev.user) ?? { mic: false, camera: false };
+      const now = { mic: !!ev.mic_blocked, camera: !!ev.camera_blocked };
+      S.blocked.set(ev.user, now);
+      if (ev.user === S.me.user) myMediaState(ev.by, was, now);
+      break;
+    }
+    case 'active_speakers':
+      S.speakers = new Set(ev.speakers.map((s) => s.user));
+      renderTiles();
       return;
     case 'resumed':
       applyRoom(ev.result);
@@ -317,7 +339,13 @@ function mySeat() {
 function syncPublishing() {
   if (S.ended || S.role === 'anchor') return;
   const seat = mySeat();
-  if (seat && !S.media.publishing && !S.starting) startPublishing(S.wantVideo && seat.camera);
+  if (seat && !S.media.publishing && !S.starting) {
+    // A new link starts with the microphone on and the camera as asked for (the server starts
+    // the seat the same way: open_camera false leaves the camera off by the member's choice).
+    S.myMute = { audio: false, video: !S.wantVideo };
+    S.blocked.delete(S.me.user);
+    startPublishing(S.wantVideo);
+  }
   if (!seat && S.media.publishing) S.media.stopPublish();
 }
 
@@ -326,6 +354,10 @@ async function startPublishing(video) {
   banner('');
   try {
     await S.media.publish({ video });
+    // A republish (a new camera, a broken connection) keeps what the member had turned off.
+    S.media.setEnabled('audio', !S.myMute.audio);
+    S.media.setEnabled('video', !S.myMute.video);
+    fillDevices();
   } catch (e) {
     const text = e instanceof MediaError ? e.message : `Publishing failed: ${e.message}`;
     banner(text, () => startPublishing(video));
@@ -333,6 +365,69 @@ async function startPublishing(video) {
     S.starting = false;
   }
   render();
+}
+
+// What the anchor or the seat did to this member's own media.
+function myMediaState(by, was, now) {
+  const whose = by === 'seat' ? "Your seat's" : "The anchor turned off your";
+  for (const [kind, field, word] of [
+    ['audio', 'mic', 'microphone'],
+    ['video', 'camera', 'camera'],
+  ]) {
+    if (now[field] && !was[field]) {
+      S.myMute[kind] = true;
+      S.media.setEnabled(kind, false);
+      toast(by === 'seat' ? `${whose} ${word} was locked by the anchor` : `${whose} ${word}`, 'bad');
+    } else if (was[field] && !now[field]) {
+      toast(`You may turn your ${word} on again`, 'good');
+    }
+  }
+}
+
+// Turn this member's own microphone (`audio`) or camera on or off.
+async function setMine(kind, on) {
+  const field = kind === 'audio' ? 'mic' : 'camera';
+  if (!on) {
+    S.myMute[kind] = true;
+    S.media.setEnabled(kind, false);
+  }
+  try {
+    if (on && kind === 'video' && !S.media.hasVideo) {
+      // Linked with the microphone only: publish again, now with the camera.
+      S.wantVideo = true;
+      await startPublishing(true);
+    }
+    await S.signal.request('set_media', { [field]: on });
+    if (on) {
+      S.myMute[kind] = false;
+      S.media.setEnabled(kind, true);
+    }
+  } catch (e) {
+    toast(e.code === 'muted_by_anchor' ? `The anchor keeps your ${kind === 'audio' ? 'microphone' : 'camera'} off for now` : e.message, 'bad');
+  }
+  render();
+}
+
+let devicesFilled = false;
+async function fillDevices() {
+  const list = await S.media.deviceList().catch(() => []);
+  for (const [kind, id] of [
+    ['audio', 'mic-device'],
+    ['video', 'cam-device'],
+  ]) {
+    const select = $(id);
+    const chosen = S.media.devices[kind] ?? '';
+    select.replaceChildren(
+      ...[{ id: '', label: 'Default' }, ...list.filter((d) => d.kind === kind)].map((d) => {
+        const o = document.createElement('option');
+        o.value = d.id;
+        o.textContent = d.label;
+        o.selected = d.id === chosen;
+        return o;
+      }),
+    );
+  }
+  devicesFilled = true;
 }
 
 function banner(text, retry) {
@@ -390,6 +485,15 @@ function initActions() {
   $('accept-video').onclick = () => answer(true, true);
   $('accept-audio').onclick = () => answer(true, false);
   $('reject-invite').onclick = () => answer(false, false);
+  $('toggle-mic').onclick = () => setMine('audio', S.myMute.audio);
+  $('toggle-cam').onclick = () => setMine('video', S.myMute.video || !S.media.hasVideo);
+  for (const [kind, id] of [
+    ['audio', 'mic-device'],
+    ['video', 'cam-device'],
+  ]) {
+    $(id).onchange = () => act(S.media.useDevice(kind, $(id).value));
+  }
+  navigator.mediaDevices?.addEventListener?.('devicechange', () => S && devicesFilled && fillDevices());
   // Escape closes the dialog without an answer; the invitation stays open until it times out.
   $('invitation').addEventListener('cancel', (e) => e.preventDefault());
 }
@@ -450,6 +554,7 @@ function render() {
   $('anchor-panel').hidden = !anchor;
   $('audience-panel').hidden = anchor;
   renderTiles();
+  renderMyMedia();
   if (anchor) renderAnchorPanel();
   else renderAudiencePanel();
   if (S.invitation) $('invite-left').textContent = secondsLeft(S.invitation.deadline);
@@ -467,7 +572,19 @@ function renderTiles() {
     if (!el) {
       el = $('tile-template').content.firstElementChild.cloneNode(true);
       el.dataset.user = u.user;
-      el.querySelector('.kick').onclick = () => act(S.signal.request('disconnect_user', { user: u.user }));
+      const user = u.user;
+      el.querySelector('.kick').onclick = () => act(S.signal.request('disconnect_user', { user }));
+      el.querySelector('.remove').onclick = () => act(S.signal.request('kick_user', { user, ban_s: 600 }));
+      // `false` mutes, `true` lifts the anchor's mute.
+      el.querySelector('.mute-mic').onclick = () =>
+        act(S.signal.request('mute_member', { user, mic: !!S.blocked.get(user)?.mic }));
+      el.querySelector('.mute-cam').onclick = () =>
+        act(S.signal.request('mute_member', { user, camera: !!S.blocked.get(user)?.camera }));
+      el.querySelector('.move').onchange = (e) => {
+        const seat = Number(e.target.value);
+        e.target.value = '';
+        if (seat) act(S.signal.request('move_seat', { user, seat }));
+      };
     }
     if (box.children[i] !== el) box.insertBefore(el, box.children[i] ?? null);
     const self = u.user === S.me.user;
@@ -489,8 +606,68 @@ function renderTiles() {
     devices.querySelector('.mic').classList.toggle('off', !(u.mic && hasAudio));
     devices.querySelector('.cam').classList.toggle('off', !(u.camera && hasVideo));
     devices.title = `microphone ${u.mic && hasAudio ? 'on' : 'off'}, camera ${u.camera && hasVideo ? 'on' : 'off'}`;
-    el.querySelector('.kick').hidden = !(S.role === 'anchor' && u.seat !== 0);
+    el.classList.toggle('speaking', S.speakers.has(u.user));
+    const controls = el.querySelector('.controls');
+    controls.hidden = !(S.role === 'anchor' && u.seat !== 0);
+    if (!controls.hidden) renderTileControls(el, u);
   });
+}
+
+function freeSeats() {
+  const taken = new Set(S.users.map((u) => u.seat));
+  const out = [];
+  for (let i = 1; i < S.maxSeats; i++) if (!taken.has(i) && !S.seats[i]?.locked) out.push(i);
+  return out;
+}
+
+function renderTileControls(el, u) {
+  const blocked = S.blocked.get(u.user) ?? { mic: false, camera: false };
+  const mic = el.querySelector('.mute-mic');
+  mic.textContent = blocked.mic ? 'Allow mic' : 'Mute mic';
+  mic.classList.toggle('on', blocked.mic);
+  const cam = el.querySelector('.mute-cam');
+  cam.textContent = blocked.camera ? 'Allow cam' : 'Mute cam';
+  cam.classList.toggle('on', blocked.camera);
+  el.querySelector('.remove').title = 'Remove from the room; they cannot come back for 10 minutes';
+  const move = el.querySelector('.move');
+  const seats = freeSeats();
+  const want = ['', ...seats].join(',');
+  if (move.dataset.seats !== want) {
+    move.dataset.seats = want;
+    const first = document.createElement('option');
+    first.value = '';
+    first.textContent = 'Move…';
+    move.replaceChildren(
+      first,
+      ...seats.map((i) => {
+        const o = document.createElement('option');
+        o.value = String(i);
+        o.textContent = `to seat ${i}`;
+        return o;
+      }),
+    );
+  }
+  move.disabled = seats.length === 0;
+}
+
+function renderMyMedia() {
+  const seated = S.role === 'anchor' || !!mySeat();
+  $('my-media').hidden = !seated || !S.media.publishing;
+  if ($('my-media').hidden) return;
+  const blocked = S.blocked.get(S.me.user) ?? { mic: false, camera: false };
+  const micOff = S.myMute.audio;
+  const camOff = S.myMute.video || !S.media.hasVideo;
+  $('toggle-mic').textContent = micOff ? 'Unmute microphone' : 'Mute microphone';
+  $('toggle-mic').classList.toggle('off', micOff);
+  $('toggle-cam').textContent = camOff ? 'Turn camera on' : 'Turn camera off';
+  $('toggle-cam').classList.toggle('off', camOff);
+  const held = [blocked.mic && 'microphone', blocked.camera && 'camera'].filter(Boolean);
+  $('blocked-note').hidden = held.length === 0;
+  $('blocked-note').textContent = held.length
+    ? `The anchor has turned off your ${held.join(' and ')}. You can turn it on again once the anchor allows it.`
+    : '';
+  $('toggle-mic').disabled = blocked.mic && micOff;
+  $('toggle-cam').disabled = blocked.camera && camOff;
 }
 
 function item(label, sub, buttons) {
@@ -550,6 +727,38 @@ function renderAnchorPanel() {
     }),
   );
   $('no-audience').hidden = viewers.length > 0;
+  renderSeatList();
+}
+
+// The anchor's view of every audience seat, with its locks.
+function renderSeatList() {
+  const rows = [];
+  for (let i = 1; i < S.maxSeats; i++) {
+    const seat = S.seats[i] ?? { locked: false, audio_locked: false };
+    const who = S.users.find((u) => u.seat === i);
+    const state = [who ? who.name : 'free', seat.locked && 'locked', seat.audio_locked && 'mic locked']
+      .filter(Boolean)
+      .join(' · ');
+    const buttons = [
+      button(seat.locked ? 'Unlock' : 'Lock', () => act(S.signal.request('lock_seat', { seat: i, lock: !seat.locked }))),
+    ];
+    if (who) {
+      buttons.push(
+        button(seat.audio_locked ? 'Unlock mic' : 'Lock mic', () =>
+          act(S.signal.request('lock_seat', { seat: i, lock_audio: !seat.audio_locked })),
+        ),
+      );
+    }
+    const li = item(`Seat ${i}`, state, []);
+    const box = document.createElement('span');
+    box.className = 'buttons';
+    box.append(...buttons);
+    li.append(box);
+    li.dataset.seat = String(i);
+    li.classList.toggle('locked', !!seat.locked);
+    rows.push(li);
+  }
+  $('seat-list').replaceChildren(...rows);
 }
 
 function renderAudiencePanel() {
@@ -615,4 +824,8 @@ window.miclink = {
   // The candidate type each connection uses: { subscribe, publish }.
   routes: () => (S ? S.media.routes() : Promise.resolve({})),
   state: () => (S ? { role: S.role, me: S.me, users: S.users, audienceCount: S.audienceCount } : null),
+  // Who the server last named as talking.
+  speakers: () => (S ? [...S.speakers] : []),
+  // A steady tone instead of the microphone (on) or the microphone again (off).
+  tone: (on) => (S ? S.media.tone(on) : Promise.resolve(false)),
 };

@@ -44,6 +44,10 @@ export class Media {
     this.onError = onError;
     this.onPublishBroken = onPublishBroken;
     this.publishVideo = true;
+    // The chosen microphone and camera (device ids; null = the browser's default).
+    this.devices = { audio: null, video: null };
+    // While a test tone replaces the microphone: the microphone's own track.
+    this.micTrack = null;
     this.sub = null;
     this.pub = null;
     this.local = null;
@@ -129,8 +133,8 @@ export class Media {
     }
     try {
       stream = await navigator.mediaDevices.getUserMedia({
-        audio: true,
-        video: video ? { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } } : false,
+        audio: this.constraints('audio'),
+        video: video ? this.constraints('video') : false,
       });
     } catch (e) {
       throw new MediaError(describeCaptureError(e, video));
@@ -156,7 +160,87 @@ export class Media {
     return stream;
   }
 
+  constraints(kind) {
+    const id = this.devices[kind];
+    const device = id ? { deviceId: { exact: id } } : {};
+    if (kind === 'audio') return id ? device : true;
+    return { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 }, ...device };
+  }
+
+  get hasVideo() {
+    return !!this.local?.getVideoTracks().length;
+  }
+
+  // Turn the local track of `kind` on or off without renegotiating: off, the browser sends
+  // silence or black frames, which the server does not forward while the mute holds.
+  setEnabled(kind, on) {
+    for (const t of this.local?.getTracks() ?? []) if (t.kind === kind) t.enabled = on;
+    if (kind === 'audio' && this.micTrack) this.micTrack.enabled = on;
+  }
+
+  // Use microphone or camera `deviceId` from now on, switching the running track in place.
+  async useDevice(kind, deviceId) {
+    this.devices[kind] = deviceId || null;
+    const sender = this.pub?.getSenders().find((s) => s.track?.kind === kind);
+    if (!sender || !this.local) return;
+    let track;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ [kind]: this.constraints(kind) });
+      track = stream.getTracks()[0];
+    } catch (e) {
+      throw new MediaError(describeCaptureError(e, kind === 'video'));
+    }
+    const old = kind === 'audio' && this.micTrack ? this.micTrack : sender.track;
+    track.enabled = old.enabled;
+    if (kind === 'audio' && this.micTrack) this.micTrack = track;
+    else await sender.replaceTrack(track);
+    this.local.removeTrack(old);
+    old.stop();
+    this.local.addTrack(track);
+  }
+
+  // The cameras and microphones the browser offers: [{kind: 'audio'|'video', id, label}].
+  async deviceList() {
+    const all = (await navigator.mediaDevices?.enumerateDevices?.()) ?? [];
+    return all
+      .filter((d) => d.kind === 'audioinput' || d.kind === 'videoinput')
+      .map((d, i) => ({
+        kind: d.kind === 'audioinput' ? 'audio' : 'video',
+        id: d.deviceId,
+        label: d.label || `${d.kind === 'audioinput' ? 'Microphone' : 'Camera'} ${i + 1}`,
+      }));
+  }
+
+  // A steady tone instead of the microphone (a sound check; the browser tests use it to make a
+  // member talk). Returns whether there was a microphone to replace.
+  async tone(on) {
+    const sender = this.pub?.getSenders().find((s) => s.track?.kind === 'audio');
+    if (!sender) return false;
+    if (on && !this.micTrack) {
+      this.toneContext ??= new AudioContext();
+      await this.toneContext.resume();
+      const osc = this.toneContext.createOscillator();
+      osc.frequency.value = 440;
+      const out = this.toneContext.createMediaStreamDestination();
+      osc.connect(out);
+      osc.start();
+      this.toneOsc = osc;
+      this.micTrack = sender.track;
+      const track = out.stream.getAudioTracks()[0];
+      track.enabled = this.micTrack.enabled;
+      await sender.replaceTrack(track);
+    } else if (!on && this.micTrack) {
+      await sender.replaceTrack(this.micTrack);
+      this.toneOsc?.stop();
+      this.micTrack = null;
+    }
+    return true;
+  }
+
   stopPublish() {
+    this.toneOsc?.stop();
+    this.micTrack?.stop();
+    this.micTrack = null;
     if (this.pub) this.pub.close();
     this.pub = null;
     if (this.local) for (const t of this.local.getTracks()) t.stop();
