@@ -5,7 +5,7 @@
 //!   server's subscribe offers, publishing through [`peer::Publisher`];
 //! - [`peer`]: WebRTC peer connections on the async `webrtc` crate, simulated audio and video;
 //! - [`marker`] and [`recv`]: what every packet carries and how receivers account for it;
-//! - [`run`], [`idle`]: the load tool's scenarios; `janus` the peer SFU they also target.
+//! - [`run`], [`idle`], [`speakers`]: the load tool's scenarios; `janus` the peer SFU they also target.
 
 pub mod client;
 pub mod idle;
@@ -14,4 +14,5 @@ pub mod marker;
 pub mod peer;
 pub mod recv;
 pub mod run;
+pub mod speakers;
 pub mod util;

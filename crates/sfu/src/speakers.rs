@@ -5,8 +5,9 @@
 //! hovers near the threshold. Each publisher's voice activity is therefore smoothed over a few
 //! hundred milliseconds (the share of recent time with packets louder than [`ACTIVE_DBOV`]) and
 //! turns "speaking" on and off at two different thresholds, so neither a click nor a short
-//! breath flips the list. The room's list is looked at every [`SPEAKERS_INTERVAL`] and reported
-//! only when it changed.
+//! breath flips the list. The room's list is looked at on every tick of the core and reported
+//! when it changed, but never sooner than [`SPEAKERS_INTERVAL`] after the last report: a change
+//! goes out at once when the room has been quiet, and a burst of changes is folded into one.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -92,9 +93,9 @@ impl Voice {
 pub(crate) struct Speakers {
     /// One per publisher whose audio is forwarded: at most a room's seats.
     voices: HashMap<Ident, Voice>,
-    /// The list last reported.
+    /// The list last reported, and when.
     sent: Vec<Ident>,
-    next: Option<Instant>,
+    sent_at: Option<Instant>,
 }
 
 impl Speakers {
@@ -122,14 +123,15 @@ impl Speakers {
         self.voices.remove(user);
     }
 
-    /// Whether the room's list is due to be looked at.
+    /// Whether a report may go out at `now`.
     pub(crate) fn due(&self, now: Instant) -> bool {
-        self.next.is_none_or(|at| now >= at)
+        self.sent_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= SPEAKERS_INTERVAL)
     }
 
-    /// Look at the list at `now`: the new list if it differs from the last one reported.
+    /// Look at the list at `now`: the new list if it differs from the last one reported (the
+    /// caller asks only when [`due`](Self::due)).
     pub(crate) fn evaluate(&mut self, now: Instant) -> Option<Vec<Speaker>> {
-        self.next = Some(now + SPEAKERS_INTERVAL);
         let mut speaking: Vec<Speaker> = Vec::new();
         for (user, v) in &mut self.voices {
             let activity = v.activity_at(now);
@@ -151,6 +153,7 @@ impl Speakers {
             return None;
         }
         self.sent = names;
+        self.sent_at = Some(now);
         Some(speaking)
     }
 }
@@ -188,6 +191,18 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn reports_are_at_least_an_interval_apart() {
+        let mut s = Speakers::default();
+        let mut now = Instant::now();
+        talk(&mut s, &mut now, &[("ann", 30)], 1000);
+        let sent = s.sent_at.expect("ann was reported");
+        // Bob starts right after: his report waits for the interval since ann's.
+        s.observe(&id("bob"), now, 30);
+        assert!(!s.due(sent + SPEAKERS_INTERVAL - Duration::from_millis(1)));
+        assert!(s.due(sent + SPEAKERS_INTERVAL));
     }
 
     #[test]
