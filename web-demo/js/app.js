@@ -154,6 +154,7 @@ function applyRoom(result) {
   S.maxSeats = result.room.max_seats;
   S.users = result.room.seats.filter((s) => s.user).map((s) => s.user);
   S.seats = result.room.seats;
+  applyBlocked();
   S.audienceCount = result.room.audience_count;
   $('room-title').textContent = `Room ${S.room}`;
   applyRequests(result.requests ?? []);
@@ -254,6 +255,7 @@ function onEvent(ev) {
       break;
     case 'connected_users_updated':
       S.users = ev.users;
+      applyBlocked();
       for (const u of ev.joined) S.applications.delete(u.user);
       if (S.role === 'anchor') refreshAudience();
       break;
@@ -342,8 +344,8 @@ function syncPublishing() {
   if (seat && !S.media.publishing && !S.starting) {
     // A new link starts with the microphone on and the camera as asked for (the server starts
     // the seat the same way: open_camera false leaves the camera off by the member's choice).
-    S.myMute = { audio: false, video: !S.wantVideo };
-    S.blocked.delete(S.me.user);
+    const blocked = S.blocked.get(S.me.user) ?? { mic: false, camera: false };
+    S.myMute = { audio: blocked.mic, video: !S.wantVideo || blocked.camera };
     startPublishing(S.wantVideo);
   }
   if (!seat && S.media.publishing) S.media.stopPublish();
@@ -367,6 +369,20 @@ async function startPublishing(video) {
   render();
 }
 
+// Who the anchor or a seat lock keeps muted, as the users list says (a page that joins or
+// reloads learns it there; `media_state` brings the changes).
+function applyBlocked() {
+  S.blocked.clear();
+  for (const u of S.users) {
+    const b = { mic: !!u.mic_blocked, camera: !!u.camera_blocked };
+    S.blocked.set(u.user, b);
+    if (u.user === S.me.user) {
+      if (b.mic) S.myMute.audio = true;
+      if (b.camera) S.myMute.video = true;
+    }
+  }
+}
+
 // What the anchor or the seat did to this member's own media.
 function myMediaState(by, was, now) {
   const whose = by === 'seat' ? "Your seat's" : "The anchor turned off your";
@@ -387,17 +403,20 @@ function myMediaState(by, was, now) {
 // Turn this member's own microphone (`audio`) or camera on or off.
 async function setMine(kind, on) {
   const field = kind === 'audio' ? 'mic' : 'camera';
+  if (S.starting) return; // a publish is under way; its end re-renders the switches
   if (!on) {
     S.myMute[kind] = true;
     S.media.setEnabled(kind, false);
   }
   try {
+    // The server first: it refuses what the anchor keeps off, before any device opens.
+    await S.signal.request('set_media', { [field]: on });
     if (on && kind === 'video' && !S.media.hasVideo) {
       // Linked with the microphone only: publish again, now with the camera.
       S.wantVideo = true;
+      S.myMute.video = false;
       await startPublishing(true);
     }
-    await S.signal.request('set_media', { [field]: on });
     if (on) {
       S.myMute[kind] = false;
       S.media.setEnabled(kind, true);
@@ -622,11 +641,15 @@ function freeSeats() {
 
 function renderTileControls(el, u) {
   const blocked = S.blocked.get(u.user) ?? { mic: false, camera: false };
+  // A seat lock is lifted from the seats panel, not from the member's tile.
+  const seat = S.seats[u.seat] ?? {};
   const mic = el.querySelector('.mute-mic');
-  mic.textContent = blocked.mic ? 'Allow mic' : 'Mute mic';
+  mic.textContent = seat.audio_locked ? 'Mic locked' : blocked.mic ? 'Allow mic' : 'Mute mic';
+  mic.disabled = !!seat.audio_locked;
   mic.classList.toggle('on', blocked.mic);
   const cam = el.querySelector('.mute-cam');
-  cam.textContent = blocked.camera ? 'Allow cam' : 'Mute cam';
+  cam.textContent = seat.video_locked ? 'Cam locked' : blocked.camera ? 'Allow cam' : 'Mute cam';
+  cam.disabled = !!seat.video_locked;
   cam.classList.toggle('on', blocked.camera);
   el.querySelector('.remove').title = 'Remove from the room; they cannot come back for 10 minutes';
   const move = el.querySelector('.move');

@@ -176,6 +176,7 @@ export class Media {
   setEnabled(kind, on) {
     for (const t of this.local?.getTracks() ?? []) if (t.kind === kind) t.enabled = on;
     if (kind === 'audio' && this.micTrack) this.micTrack.enabled = on;
+    if (kind === 'audio' && this.toneTrack) this.toneTrack.enabled = on;
   }
 
   // Use microphone or camera `deviceId` from now on, switching the running track in place.
@@ -228,11 +229,13 @@ export class Media {
       this.micTrack = sender.track;
       const track = out.stream.getAudioTracks()[0];
       track.enabled = this.micTrack.enabled;
+      this.toneTrack = track;
       await sender.replaceTrack(track);
     } else if (!on && this.micTrack) {
       await sender.replaceTrack(this.micTrack);
       this.toneOsc?.stop();
       this.micTrack = null;
+      this.toneTrack = null;
     }
     return true;
   }
@@ -241,6 +244,7 @@ export class Media {
     this.toneOsc?.stop();
     this.micTrack?.stop();
     this.micTrack = null;
+    this.toneTrack = null;
     if (this.pub) this.pub.close();
     this.pub = null;
     if (this.local) for (const t of this.local.getTracks()) t.stop();

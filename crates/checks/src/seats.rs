@@ -552,7 +552,13 @@ pub fn run(ops: &[Op]) -> Result<(), Broken> {
             .map(|r| {
                 let mut pending = seats.pending_requests(&id(r));
                 pending.sort();
-                (seats.room_state(&id(r)), pending)
+                // What each user may have forwarded and their ban: a refused mute or kick must
+                // leave both as they were.
+                let media: Vec<_> = USERS
+                    .iter()
+                    .map(|u| (seats.may_publish(&id(r), &id(u)), seats.ban(&id(r), &id(u))))
+                    .collect();
+                (seats.room_state(&id(r)), pending, media)
             })
             .collect::<Vec<_>>()
     };

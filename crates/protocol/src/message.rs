@@ -29,6 +29,13 @@ pub struct UserInfo {
     pub mic: bool,
     /// Video of this user reaches the room now, on the same terms as `mic`.
     pub camera: bool,
+    /// Added to the contract: the anchor or the seat keeps this user's mic off (as
+    /// `media_state.mic_blocked`), so a client that joins or reloads knows it. Absent = false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mic_blocked: bool,
+    /// Added to the contract: the same for the camera.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub camera_blocked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,14 +113,19 @@ impl Room {
     }
 
     pub(crate) fn info(&self, user: &Ident) -> Option<UserInfo> {
-        let on = self.view(user).map_or(Kinds::NONE, |v| v.on);
+        let view = self.view(user).unwrap_or(MediaView {
+            on: Kinds::NONE,
+            blocked: Kinds::NONE,
+        });
         self.members.get(user).map(|m| UserInfo {
             user: user.clone(),
             name: m.name.clone(),
             role: m.role,
             seat: m.seat,
-            mic: on.audio,
-            camera: on.video,
+            mic: view.on.audio,
+            camera: view.on.video,
+            mic_blocked: view.blocked.audio,
+            camera_blocked: view.blocked.video,
         })
     }
 

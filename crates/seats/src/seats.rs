@@ -435,10 +435,21 @@ impl Seats {
             }
             if let Some(m) = room.members.get_mut(user) {
                 // The same identity again: a new device or a reconnect that lost its session.
-                // It takes over the member's place as it stands.
+                // It takes over the member's place as it stands, except the member's own mutes:
+                // a new client starts with its microphone and camera on and shows them so, and
+                // what it shows must be what the room gets. The anchor's mutes and the seat's
+                // locks stay (the join reply says so). Nothing is published until the new client
+                // publishes: the media plane closes the old publish connection on a rejoin.
                 let lost = m.lost.take();
                 m.name = name;
                 self.disarm(lost);
+                if let Some(before) = self.before(room_id, user) {
+                    self.room_mut(room_id).members.get_mut(user).map(|m| {
+                        m.muted = Kinds::NONE;
+                        m.published = Kinds::NONE;
+                    });
+                    self.media_changed(room_id, user, before, miclink_protocol::MediaBy::User);
+                }
                 return Ok(self.joined(now, room_id, user, true));
             }
             let seq = self.next_seq;

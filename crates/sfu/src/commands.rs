@@ -128,6 +128,10 @@ impl MediaCore {
                     (RtpCodecKind::Video, was_video, video),
                 ] {
                     if was && !is {
+                        // Muted audio is not heard: out of the speakers at the next look.
+                        if kind == RtpCodecKind::Audio {
+                            r.speakers.remove(&user);
+                        }
                         for sid in &subs {
                             if let Some(out) = self
                                 .peers

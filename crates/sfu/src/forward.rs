@@ -52,8 +52,10 @@ impl MediaCore {
                 _ => false,
             });
         if !allowed {
-            // Seats rule media: nobody unseated is forwarded, whatever keeps arriving.
+            // Seats rule media: nobody unseated, nothing muted is forwarded, whatever keeps
+            // arriving.
             self.stats.rtp_dropped_not_allowed += 1;
+            track.held(&packet);
             return;
         }
         publisher.counters.rtp_in += 1;

@@ -81,6 +81,12 @@ impl InTrack {
         (ext, skipped)
     }
 
+    /// A packet that is not forwarded (its kind is muted): its number moves the baseline, so the
+    /// muted span does not count as lost when forwarding resumes. Nothing is stored.
+    pub(crate) fn held(&mut self, packet: &Packet) {
+        self.seqs.extend(packet.header.sequence_number);
+    }
+
     /// The stored packet with extended sequence number `ext`.
     pub(crate) fn stored(&self, ext: u64) -> Option<&Packet> {
         self.history.get(ext)

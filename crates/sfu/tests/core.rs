@@ -794,3 +794,59 @@ fn an_answer_to_a_replaced_offer_is_refused_and_the_latest_connects() {
         "the answer to the latest offer connected"
     );
 }
+
+/// A kind muted by the seats (rule 12) is held back at the server while its packets keep
+/// arriving; muted for longer than half the 16-bit sequence space (11 minutes of audio), it comes
+/// back contiguous at every subscriber, and the held span is not counted as lost.
+#[test]
+fn audio_muted_past_half_the_sequence_space_resumes_contiguous_and_is_not_counted_lost() {
+    let mut net = Net::new();
+    let mut anchor = audio_anchor(&mut net);
+    let v = net.enter("r", "viewer");
+    while stream(&net, v, "anchor", RtpCodecKind::Audio).len() < 20 {
+        anchor.send(&mut net, Codec::Opus, true);
+        net.step(FRAME);
+        assert!(anchor.sent[0] < 2_000, "the viewer never got audio");
+    }
+    // Under half the sequence space (a wrong baseline would count it all as lost), then over
+    // it (a wrong baseline would read the first packet after as an old one).
+    for muted in [20_000u32, 40_000] {
+        let before = stream(&net, v, "anchor", RtpCodecKind::Audio).len();
+        net.allow("r", "anchor", 0, false, true);
+        for _ in 0..muted / 50 {
+            for _ in 0..50 {
+                anchor.send(&mut net, Codec::Opus, true);
+            }
+            net.step(Duration::from_millis(1));
+        }
+        net.step(FRAME);
+        assert_eq!(
+            stream(&net, v, "anchor", RtpCodecKind::Audio).len(),
+            before,
+            "nothing muted was forwarded"
+        );
+        net.allow("r", "anchor", 0, true, true);
+        for _ in 0..100 {
+            anchor.send(&mut net, Codec::Opus, true);
+            net.step(FRAME);
+        }
+        let audio = stream(&net, v, "anchor", RtpCodecKind::Audio);
+        assert_eq!(
+            audio.len(),
+            before + 100,
+            "every packet after the mute arrived"
+        );
+        assert_contiguous(&audio, "audio across a mute");
+        let held = counter(audio[before]) - counter(audio[before - 1]);
+        assert_eq!(held, muted + 1, "the muted packets were sent and held back");
+        let now = net.now;
+        let lost: u64 = net
+            .core
+            .peer_stats(now)
+            .iter()
+            .filter(|p| p.user == "anchor" && p.kind == PcKind::Publish)
+            .map(|p| p.packets_lost)
+            .sum();
+        assert_eq!(lost, 0, "a mute of {muted} packets is not loss");
+    }
+}

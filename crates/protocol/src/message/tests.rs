@@ -15,6 +15,8 @@ fn alice() -> UserInfo {
         seat: Some(1),
         mic: true,
         camera: false,
+        mic_blocked: false,
+        camera_blocked: false,
     }
 }
 

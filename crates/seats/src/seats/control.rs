@@ -36,6 +36,11 @@ pub(crate) struct Before {
 }
 
 impl Seats {
+    /// Until when `user` is barred from `room`, if a ban was set (it may have ended).
+    pub fn ban(&self, room: &Ident, user: &Ident) -> Option<Instant> {
+        self.rooms.get(room)?.bans.get(user).copied()
+    }
+
     fn anchor_only(&self, room: &Ident, user: &Ident, what: &'static str) -> Result<(), SeatError> {
         let me = self.member(room, user)?;
         if me.role != Role::Anchor {
@@ -303,7 +308,13 @@ impl Seats {
     /// After a change to `user`'s seat, mutes or locks: leave off what stopped being blocked,
     /// tell the media plane what it may forward (first, so nothing muted slips out while the
     /// news travels), then tell everyone what changed, once.
-    fn media_changed(&mut self, room_id: &Ident, user: &Ident, before: Before, by: MediaBy) {
+    pub(super) fn media_changed(
+        &mut self,
+        room_id: &Ident,
+        user: &Ident,
+        before: Before,
+        by: MediaBy,
+    ) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };

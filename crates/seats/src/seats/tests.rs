@@ -1279,3 +1279,65 @@ fn a_publish_report_for_a_viewer_changes_nothing() {
         Some((false, false))
     );
 }
+
+#[test]
+fn a_rejoin_turns_own_mutes_off_and_keeps_the_anchors() {
+    let mut h = Harness::new(4, 1);
+    h.seated_publisher("v1");
+    h.mic("v1", false).expect("own mute");
+    h.act(
+        "v1",
+        Action::SetMedia {
+            mic: None,
+            camera: Some(false),
+        },
+    )
+    .expect("camera off");
+    h.act(
+        "anchor",
+        Action::MuteMember {
+            user: id("v1"),
+            mic: None,
+            camera: Some(false),
+        },
+    )
+    .expect("anchor mutes the camera");
+    h.drain();
+    let Ok(Reply::Joined(j)) = h.join("v1", Role::Audience) else {
+        panic!("rejoin refused");
+    };
+    assert!(j.rejoined);
+    // The new client's mic will reach the room once it publishes; the anchor's camera mute
+    // holds, and the reply says so.
+    assert_eq!(
+        (j.me.mic, j.me.camera, j.me.mic_blocked, j.me.camera_blocked),
+        (false, false, false, true)
+    );
+    let out = h.drain();
+    assert_eq!(gates(&out), vec![("v1".into(), 1, true, false)]);
+    assert!(
+        media_states(&out).is_empty(),
+        "nothing is on yet: no change to tell"
+    );
+    h.act(
+        "v1",
+        Action::Published {
+            audio: true,
+            video: true,
+        },
+    )
+    .expect("published again");
+    assert_eq!(
+        media_states(&h.drain()),
+        vec![("v1".into(), true, false, MediaBy::User, false)]
+    );
+    // A resume (the same client) changes nothing.
+    h.mic("v1", false).expect("mute");
+    h.drain();
+    h.act("v1", Action::Resume).expect("resume");
+    assert!(h.drain().is_empty());
+    assert_eq!(
+        h.seats.may_publish(&h.room, &id("v1")),
+        Some((false, false))
+    );
+}
