@@ -444,10 +444,10 @@ impl Seats {
                 m.name = name;
                 self.disarm(lost);
                 if let Some(before) = self.before(room_id, user) {
-                    self.room_mut(room_id).members.get_mut(user).map(|m| {
+                    if let Some(m) = self.room_mut(room_id).members.get_mut(user) {
                         m.muted = Kinds::NONE;
                         m.published = Kinds::NONE;
-                    });
+                    }
                     self.media_changed(room_id, user, before, miclink_protocol::MediaBy::User);
                 }
                 return Ok(self.joined(now, room_id, user, true));
