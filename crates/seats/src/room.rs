@@ -39,6 +39,8 @@ pub(crate) struct Member {
     pub(crate) muted: Kinds,
     /// Turned off by the anchor (`mute_member`).
     pub(crate) anchor_muted: Kinds,
+    /// The number of the current seating (0 while a viewer).
+    pub(crate) link: u64,
     /// Join order, the key of [`Room::order`].
     pub(crate) seq: u64,
     /// The grace timer, armed while the member's connection is lost.

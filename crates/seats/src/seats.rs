@@ -134,6 +134,10 @@ pub enum MediaChange {
         seat: u32,
         audio: bool,
         video: bool,
+        /// Names this seating of `user` (unique per process): the media plane tags its reports
+        /// of what `user` publishes with it, so a report about an earlier link that arrives
+        /// after a new one began is told apart ([`Seats::link`]).
+        link: u64,
     },
     /// `user` may no longer publish: stop forwarding their media at once, remove their tracks
     /// from every subscriber and close their publish connection.
@@ -294,6 +298,12 @@ impl Seats {
     }
 
     /// Whether `user` holds a seat in `room` and so may publish: `(audio, video)`.
+    /// The number of `user`'s current seating in `room` (see [`MediaChange::AllowPublish`]).
+    pub fn link(&self, room: &Ident, user: &Ident) -> Option<u64> {
+        let m = self.rooms.get(room)?.members.get(user)?;
+        m.seat.map(|_| m.link)
+    }
+
     /// `(audio, video)`: what of theirs may be forwarded now.
     pub fn may_publish(&self, room: &Ident, user: &Ident) -> Option<(bool, bool)> {
         let gate = self.rooms.get(room)?.gate(user)?;
@@ -463,6 +473,7 @@ impl Seats {
                     published: Kinds::NONE,
                     muted: Kinds::NONE,
                     anchor_muted: Kinds::NONE,
+                    link: 0,
                     seq,
                     lost: None,
                 },
@@ -501,6 +512,7 @@ impl Seats {
                 published: Kinds::NONE,
                 muted: Kinds::NONE,
                 anchor_muted: Kinds::NONE,
+                link: seq,
                 seq,
                 lost: None,
             },
@@ -519,6 +531,7 @@ impl Seats {
             seat: 0,
             audio: true,
             video: true,
+            link: seq,
         });
         Ok(self.joined(now, room_id, user, false))
     }
@@ -743,6 +756,7 @@ impl Seats {
         let req = self
             .end_request(room_id, &member)
             .expect("the request was found above");
+        let link = self.next_seq();
         let room = self.room_mut(room_id);
         room.seats[index as usize] = Some(member.clone());
         let m = room
@@ -757,6 +771,7 @@ impl Seats {
         };
         m.anchor_muted = Kinds::NONE;
         m.published = Kinds::NONE;
+        m.link = link;
         let gate = room.gate(&member).expect("just seated");
         let joined = room.info(&member).expect("member");
         let users = room.linked();
@@ -775,6 +790,7 @@ impl Seats {
             seat: index,
             audio: gate.audio,
             video: gate.video,
+            link,
         });
         Ok(Reply::Done)
     }

@@ -114,9 +114,11 @@ impl MediaCore {
                 seat,
                 audio,
                 video,
+                link,
             } => {
                 let r = self.rooms.entry(room).or_default();
                 r.seats.insert(user.clone(), seat);
+                r.links.insert(user.clone(), link);
                 let before = r.allowed.insert(user.clone(), (audio, video));
                 // A kind muted now: each subscriber's stream of it pauses, so that when it comes
                 // back it restarts at a keyframe with continuous numbers instead of a gap that
@@ -184,6 +186,7 @@ impl MediaCore {
         };
         r.allowed.remove(user);
         r.seats.remove(user);
+        r.links.remove(user);
         r.speakers.remove(user);
         let publish = r.publish.get(user).copied();
         let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
@@ -216,8 +219,15 @@ impl MediaCore {
         let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let republish = self.room_peer(room, user, PcKind::Publish).is_some();
+        let link = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.links.get(user))
+            .copied()
+            .unwrap_or(0);
         let id = self.new_peer(now, room, user, PcKind::Publish, republish)?;
         let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
+        peer.link = link;
         let answer = (|| {
             peer.pc.set_remote_description(now, offer)?;
             let answer = peer.pc.create_answer(None)?;
@@ -264,6 +274,7 @@ impl MediaCore {
             user: user.clone(),
             audio: kinds.0,
             video: kinds.1,
+            link,
         }));
         self.process(now, id);
         Ok(sdp)

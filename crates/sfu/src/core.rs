@@ -95,6 +95,8 @@ pub(crate) struct RoomMedia {
     pub(crate) allowed: HashMap<Ident, (bool, bool)>,
     /// Seat of each publisher: lower seats come first when video must be shed.
     pub(crate) seats: HashMap<Ident, u32>,
+    /// The seats' number of each publisher's current seating, echoed in publish reports.
+    pub(crate) links: HashMap<Ident, u64>,
     pub(crate) members: HashSet<Ident>,
     /// Members who had a subscribe connection: their next one is a new connection.
     pub(crate) subscribed_before: HashSet<Ident>,

@@ -139,12 +139,15 @@ pub enum MediaEvent {
         /// Numbers every offer of this core (unique per loop, never 0).
         offer_id: u64,
     },
-    /// What `user` publishes now: sent when a publish connection is set up or goes.
+    /// What `user` publishes now: sent when a publish connection is set up or goes. `link` is
+    /// the seating the connection was made under ([`MediaChange::AllowPublish`]): a report that
+    /// crosses the end of that seating must not describe the next one.
     Published {
         room: Ident,
         user: Ident,
         audio: bool,
         video: bool,
+        link: u64,
     },
     /// Who talks in `room` now, loudest first; sent when the list or its order changes, at most
     /// every [`SPEAKERS_INTERVAL`].

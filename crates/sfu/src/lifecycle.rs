@@ -423,6 +423,7 @@ impl MediaCore {
                         user: peer.user.clone(),
                         audio: false,
                         video: false,
+                        link: peer.link,
                     }));
                 }
             }

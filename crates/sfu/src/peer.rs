@@ -52,6 +52,8 @@ pub(crate) struct Peer {
     pub(crate) room: Ident,
     pub(crate) user: Ident,
     pub(crate) kind: PcKind,
+    /// A publish connection's seating ([`crate::MediaChange::AllowPublish`]'s `link`).
+    pub(crate) link: u64,
     pub(crate) ufrag: String,
     /// Remote addresses learned from the client's checks, at most [`MAX_ADDRS`].
     pub(crate) addrs: Vec<SocketAddr>,
@@ -194,6 +196,7 @@ impl PeerFactory {
             room: room.clone(),
             user: user.clone(),
             kind,
+            link: 0,
             addrs: Vec::new(),
             connected: false,
             tracks: HashMap::new(),

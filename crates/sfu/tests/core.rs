@@ -850,3 +850,47 @@ fn audio_muted_past_half_the_sequence_space_resumes_contiguous_and_is_not_counte
         assert_eq!(lost, 0, "a mute of {muted} packets is not loss");
     }
 }
+
+/// Publish reports name the seating they belong to, so signaling can drop a report about an
+/// earlier seating that arrives after the next one began.
+#[test]
+fn publish_reports_carry_the_seating_they_belong_to() {
+    let mut net = Net::new();
+    let seat = |net: &mut Net, link| {
+        net.send_command(MediaCommand::Seats(
+            miclink_sfu::MediaChange::AllowPublish {
+                room: id("r"),
+                user: id("guest"),
+                seat: 1,
+                audio: true,
+                video: true,
+                link,
+            },
+        ));
+    };
+    let reports = |net: &Net| -> Vec<(bool, bool, u64)> {
+        net.events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Published {
+                    user,
+                    audio,
+                    video,
+                    link,
+                    ..
+                } if *user == "guest" => Some((*audio, *video, *link)),
+                _ => None,
+            })
+            .collect()
+    };
+    seat(&mut net, 7);
+    let g = net.enter("r", "guest");
+    net.publish(g, &[Codec::Opus]).expect("publish");
+    assert_eq!(reports(&net), vec![(true, false, 7)]);
+    net.revoke("r", "guest");
+    assert_eq!(reports(&net), vec![(true, false, 7), (false, false, 7)]);
+    seat(&mut net, 8);
+    net.publish(g, &[Codec::Opus, Codec::Vp8])
+        .expect("publish again");
+    assert_eq!(reports(&net).last(), Some(&(true, true, 8)));
+}

@@ -480,11 +480,16 @@ impl Hub {
                 user,
                 audio,
                 video,
+                link,
             } => {
-                // A report can cross the member's departure: then there is nobody to update.
-                let _ = self
-                    .seats
-                    .handle(now(), &room, &user, Action::Published { audio, video });
+                // A report can cross the member's departure or a new seating of theirs (the
+                // sockets and the media plane are read in no set order): only one about the
+                // seating that stands now counts.
+                if self.seats.link(&room, &user) == Some(link) {
+                    let _ =
+                        self.seats
+                            .handle(now(), &room, &user, Action::Published { audio, video });
+                }
             }
             MediaEvent::ActiveSpeakers { room, speakers } => {
                 self.broadcast(&room, &Event::ActiveSpeakers { speakers });

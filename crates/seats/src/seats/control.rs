@@ -33,6 +33,7 @@ pub(crate) struct Before {
     view: MediaView,
     gate: Kinds,
     seat: u32,
+    link: u64,
 }
 
 impl Seats {
@@ -302,6 +303,7 @@ impl Seats {
             view: r.view(user)?,
             gate: r.gate(user)?,
             seat: r.members.get(user)?.seat?,
+            link: r.members.get(user)?.link,
         })
     }
 
@@ -338,6 +340,7 @@ impl Seats {
                 seat: after.seat,
                 audio: after.gate.audio,
                 video: after.gate.video,
+                link: after.link,
             });
         }
         if after.view != before.view {

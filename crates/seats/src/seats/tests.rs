@@ -186,13 +186,19 @@ fn apply_then_accept_seats_the_applicant_and_tells_everyone() {
         }
         other => panic!("one connected_users_updated expected, got {other:?}"),
     }
+    let link = h.seats.link(&h.room, &id("v1")).expect("seated");
     assert!(out.contains(&Output::Media(MediaChange::AllowPublish {
         room: h.room.clone(),
         user: id("v1"),
         seat: 1,
         audio: true,
-        video: true
+        video: true,
+        link,
     })));
+    // A new seating gets a new number.
+    h.act("v1", Action::TerminateLink).expect("hang up");
+    h.link("v1");
+    assert_ne!(h.seats.link(&h.room, &id("v1")), Some(link));
 }
 
 #[test]

@@ -189,6 +189,8 @@ impl Net {
             seat,
             audio,
             video,
+            // The sim's seats are simple: one seating per user.
+            link: 1,
         }));
     }
 
