@@ -100,6 +100,10 @@ enum Scenario {
         /// Seed of the script; the same seed replays the same conversation.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// A harder room: noise straddling the voice threshold, frequent clicks, short
+        /// backchannels from the others.
+        #[arg(long)]
+        harsh: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -147,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             viewers,
             turns,
             seed,
+            harsh,
             json,
         } => {
             return rt.block_on(miclink_loadtest::speakers::speakers(
@@ -156,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                     viewers,
                     turns,
                     seed,
+                    harsh,
                     json,
                 },
             ));

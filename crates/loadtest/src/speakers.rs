@@ -30,6 +30,10 @@ pub struct Options {
     pub viewers: usize,
     pub turns: usize,
     pub seed: u64,
+    /// A harder room: noise straddling the voice threshold, clicks of one to three packets
+    /// about every 300 ms per talker, and short backchannels ("mm-hm", 150 to 250 ms) from
+    /// someone else in a third of the turns.
+    pub harsh: bool,
     pub json: bool,
 }
 
@@ -136,7 +140,7 @@ pub async fn speakers(opts: Options) -> anyhow::Result<()> {
     // Let every subscribe connection come up before the first turn.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
-    let turns = converse(&levels, opts.turns, opts.seed).await;
+    let turns = converse(&levels, opts.turns, opts.seed, opts.harsh).await;
     // Let the last release arrive.
     tokio::time::sleep(RELEASE_ALLOWANCE + Duration::from_millis(500)).await;
     let elapsed = started.elapsed();
@@ -153,7 +157,19 @@ pub async fn speakers(opts: Options) -> anyhow::Result<()> {
 }
 
 /// Drive every talker's level through `turns` turns; returns the script as it ran.
-async fn converse(levels: &[(String, Arc<AtomicU8>)], turns: usize, seed: u64) -> Vec<Turn> {
+async fn converse(
+    levels: &[(String, Arc<AtomicU8>)],
+    turns: usize,
+    seed: u64,
+    harsh: bool,
+) -> Vec<Turn> {
+    // (noise from, noise to, one click in how many packets, longest click in packets)
+    let (noise_lo, noise_hi, click_every, click_len) = if harsh {
+        (46, 60, 15, 3)
+    } else {
+        (54, 68, 100, 1)
+    };
+    let mut clicking = vec![0u64; levels.len()];
     let mut dice = Dice(seed.max(1));
     let mut script = Vec::new();
     let mut tick = tokio::time::interval(STEP);
@@ -171,6 +187,11 @@ async fn converse(levels: &[(String, Arc<AtomicU8>)], turns: usize, seed: u64) -
         let mut word_left = dice.range(20, 45);
         let mut gap_left = 0;
         let mut start = None;
+        // A backchannel from someone else: (who, first step, length in steps).
+        let backchannel = (harsh && dice.range(0, 2) == 0).then(|| {
+            let other = (who + 1 + dice.range(0, levels.len() as u64 - 2) as usize) % levels.len();
+            (other, pause + dice.range(20, length - 20), dice.range(8, 12))
+        });
         for step in 0..pause + length {
             tick.tick().await;
             let talking = step >= pause;
@@ -178,10 +199,20 @@ async fn converse(levels: &[(String, Arc<AtomicU8>)], turns: usize, seed: u64) -
                 start = Some(Instant::now());
             }
             for (i, (_, level)) in levels.iter().enumerate() {
-                // Room noise just under the threshold, and a click now and then.
-                let mut dbov = dice.range(54, 68) as u8;
-                if dice.range(0, 99) == 0 {
+                // Room noise around the threshold, and a click now and then.
+                let mut dbov = dice.range(noise_lo, noise_hi) as u8;
+                if clicking[i] == 0 && dice.range(0, click_every - 1) == 0 {
+                    clicking[i] = dice.range(1, click_len);
+                }
+                if clicking[i] > 0 {
+                    clicking[i] -= 1;
                     dbov = dice.range(5, 20) as u8;
+                }
+                if let Some((other, from, len)) = backchannel
+                    && i == other
+                    && (from..from + len).contains(&step)
+                {
+                    dbov = dice.range(28, 40) as u8;
                 }
                 if talking && i == who {
                     if gap_left > 0 {
@@ -281,6 +312,7 @@ impl Report {
             "viewers": opts.viewers,
             "turns": opts.turns,
             "seed": opts.seed,
+            "harsh": opts.harsh,
             "seconds": elapsed.as_secs_f64().round(),
             "detect_ms": {
                 "p50": pct(&self.detect_ms, 0.5),
