@@ -190,7 +190,11 @@ async fn converse(
         // A backchannel from someone else: (who, first step, length in steps).
         let backchannel = (harsh && dice.range(0, 2) == 0).then(|| {
             let other = (who + 1 + dice.range(0, levels.len() as u64 - 2) as usize) % levels.len();
-            (other, pause + dice.range(20, length - 20), dice.range(8, 12))
+            (
+                other,
+                pause + dice.range(20, length - 20),
+                dice.range(8, 12),
+            )
         });
         for step in 0..pause + length {
             tick.tick().await;

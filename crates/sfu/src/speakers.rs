@@ -2,8 +2,10 @@
 //! (RFC 6464, `urn:ietf:params:rtp-hdrext:ssrc-audio-level`).
 //!
 //! One level per packet is noisy: a cough, a click or a door is one loud packet, background noise
-//! hovers near the threshold. Each publisher's voice activity is therefore smoothed over a few
-//! hundred milliseconds (the share of recent time with packets louder than [`ACTIVE_DBOV`]) and
+//! hovers near the threshold. A packet counts as voice when it is louder than [`ACTIVE_DBOV`] and
+//! clearly louder than that publisher's own noise floor (tracked from their quiet packets), so a
+//! noisy room does not talk by itself. Each publisher's voice activity is then smoothed over a few
+//! hundred milliseconds (the share of recent time with voiced packets) and
 //! turns "speaking" on and off at two different thresholds, so neither a click nor a short
 //! breath flips the list. The room's list is looked at on every tick of the core and reported
 //! when it changed, but never sooner than [`SPEAKERS_INTERVAL`] after the last report: a change
@@ -26,6 +28,19 @@ pub(crate) const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-leve
 /// A packet at least this loud (in -dBov: 0 is full scale, 127 silence) counts as voice. Speech
 /// into a browser's processed microphone sits around 20 to 40; a quiet room below 60.
 pub(crate) const ACTIVE_DBOV: u8 = 50;
+
+/// Voice is at least this much louder than the publisher's noise floor, in dB.
+const OVER_FLOOR_DB: f32 = 12.0;
+
+/// A new publisher's noise floor: a quiet room, where [`ACTIVE_DBOV`] alone decides.
+const FIRST_FLOOR: f32 = ACTIVE_DBOV as f32 + OVER_FLOOR_DB;
+
+/// How fast the noise floor follows louder packets, in dB per second: slowly, so talking for a
+/// while barely moves it, while each quieter packet pulls it up at once.
+const FLOOR_CREEP_DB_PER_S: f32 = 1.0;
+
+/// The share of the way to a quieter packet the floor moves at each one.
+const FLOOR_FOLLOW: f32 = 0.2;
 
 /// The smoothing time constant of voice activity and loudness.
 const TAU: Duration = Duration::from_millis(300);
@@ -60,6 +75,8 @@ struct Voice {
     activity: f32,
     /// The smoothed loudness of voiced packets, 0..1.
     loudness: f32,
+    /// The noise floor in -dBov (larger is quieter).
+    floor: f32,
     last: Instant,
     speaking: bool,
 }
@@ -69,7 +86,15 @@ impl Voice {
         let elapsed = now.saturating_duration_since(self.last);
         self.activity = approach(self.activity, 0.0, elapsed.saturating_sub(MAX_GAP));
         let covered = elapsed.min(MAX_GAP);
-        if dbov <= ACTIVE_DBOV {
+        let level = f32::from(dbov);
+        let voiced = dbov <= ACTIVE_DBOV && level <= self.floor - OVER_FLOOR_DB;
+        if level > self.floor {
+            self.floor += (level - self.floor) * FLOOR_FOLLOW;
+        } else {
+            let creep = FLOOR_CREEP_DB_PER_S * covered.as_secs_f32();
+            self.floor -= creep.min(self.floor - level);
+        }
+        if voiced {
             self.activity = approach(self.activity, 1.0, covered);
             let loud = 1.0 - f32::from(dbov) / 127.0;
             self.loudness = approach(self.loudness, loud, covered);
@@ -107,6 +132,7 @@ impl Speakers {
                 let mut v = Voice {
                     activity: 0.0,
                     loudness: 0.0,
+                    floor: FIRST_FLOOR,
                     last: now,
                     speaking: false,
                 };
@@ -228,6 +254,62 @@ mod tests {
             assert!(talk(&mut s, &mut now, &[("ann", 55)], 980).is_empty());
             assert!(talk(&mut s, &mut now, &[("ann", 10)], 20).is_empty());
         }
+    }
+
+    /// A small deterministic generator for the noisy-room tests.
+    fn dice(state: &mut u64, lo: u8, hi: u8) -> u8 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        lo + (*state % u64::from(hi - lo + 1)) as u8
+    }
+
+    /// A noisy room: noise straddling the fixed threshold and clicks of up to three packets
+    /// about every 300 ms. One packet every 20 ms for `ms`, the talker (if any) at 22..38 -dBov.
+    fn noisy(
+        s: &mut Speakers,
+        now: &mut Instant,
+        talker: Option<&str>,
+        ms: u64,
+        seed: &mut u64,
+    ) -> Vec<Vec<String>> {
+        let mut lists = Vec::new();
+        let mut click = [0u8; 2];
+        for _ in 0..ms / 20 {
+            *now += Duration::from_millis(20);
+            for (i, u) in ["ann", "bob"].iter().enumerate() {
+                let mut dbov = dice(seed, 46, 60);
+                if click[i] == 0 && dice(seed, 0, 14) == 0 {
+                    click[i] = dice(seed, 1, 3);
+                }
+                if click[i] > 0 {
+                    click[i] -= 1;
+                    dbov = dice(seed, 5, 20);
+                }
+                if talker == Some(*u) {
+                    dbov = dice(seed, 22, 38);
+                }
+                s.observe(&id(u), *now, dbov);
+            }
+            if s.due(*now)
+                && let Some(list) = s.evaluate(*now)
+            {
+                lists.push(list.into_iter().map(|x| x.user.to_string()).collect());
+            }
+        }
+        lists
+    }
+
+    #[test]
+    fn a_noisy_room_does_not_talk_by_itself_and_a_talker_still_shows() {
+        let mut s = Speakers::default();
+        let mut now = Instant::now();
+        let mut seed = 0x1234_5678_9abc_def0;
+        assert!(noisy(&mut s, &mut now, None, 20_000, &mut seed).is_empty());
+        let lists = noisy(&mut s, &mut now, Some("bob"), 2_000, &mut seed);
+        assert_eq!(lists, vec![vec!["bob".to_owned()]]);
+        let lists = noisy(&mut s, &mut now, None, 3_000, &mut seed);
+        assert_eq!(lists, vec![Vec::<String>::new()]);
     }
 
     #[test]
