@@ -84,30 +84,7 @@ enum Scenario {
     },
     /// A scripted conversation in one room: how soon and how reliably `active_speakers` names
     /// whoever talks (delay from a talker starting, talkers never named, false switches).
-    Speakers {
-        /// The server's WebSocket URL (loopback only).
-        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-        url: String,
-        /// Publishers taking turns: the anchor and linked members.
-        #[arg(long, default_value_t = 4)]
-        talkers: usize,
-        /// Viewers recording the events.
-        #[arg(long, default_value_t = 5)]
-        viewers: usize,
-        /// Turns of the conversation (each 2 to 5 s after a 0.3 to 0.9 s silence).
-        #[arg(long, default_value_t = 40)]
-        turns: usize,
-        /// Seed of the script; the same seed replays the same conversation.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// A harder room: noise straddling the voice threshold, frequent clicks, short
-        /// backchannels from the others.
-        #[arg(long)]
-        harsh: bool,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Speakers(miclink_loadtest::speakers::Options),
     /// N idle viewers in one room: server memory and CPU per connected member.
     Idle {
         /// The server's WebSocket URL (loopback only).
@@ -145,26 +122,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Cohost { common, viewers } => ("cohost", common, cohost(viewers)),
         Scenario::Audio { common, viewers } => ("audio", common, audio(viewers)),
         Scenario::Rooms { common, rooms } => ("rooms", common, many_rooms(rooms)),
-        Scenario::Speakers {
-            url,
-            talkers,
-            viewers,
-            turns,
-            seed,
-            harsh,
-            json,
-        } => {
-            return rt.block_on(miclink_loadtest::speakers::speakers(
-                miclink_loadtest::speakers::Options {
-                    url,
-                    talkers,
-                    viewers,
-                    turns,
-                    seed,
-                    harsh,
-                    json,
-                },
-            ));
+        Scenario::Speakers(options) => {
+            return rt.block_on(miclink_loadtest::speakers::speakers(options));
         }
         Scenario::Idle {
             url,

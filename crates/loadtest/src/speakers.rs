@@ -23,17 +23,30 @@ use crate::recv::Recv;
 use crate::util::check_loopback;
 
 /// What `miclink-load speakers` takes.
+#[derive(clap::Args)]
 pub struct Options {
+    /// The server's WebSocket URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
     /// Publishers taking turns: the anchor and `talkers - 1` linked members.
+    #[arg(long, default_value_t = 4)]
     pub talkers: usize,
+    /// Viewers recording the events.
+    #[arg(long, default_value_t = 5)]
     pub viewers: usize,
+    /// Turns of the conversation (each 2 to 5 s after a 0.3 to 0.9 s silence).
+    #[arg(long, default_value_t = 40)]
     pub turns: usize,
+    /// Seed of the script; the same seed replays the same conversation.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// A harder room: noise straddling the voice threshold, clicks of one to three packets
     /// about every 300 ms per talker, and short backchannels ("mm-hm", 150 to 250 ms) from
     /// someone else in a third of the turns.
+    #[arg(long)]
     pub harsh: bool,
+    /// Print one JSON object.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -333,12 +333,12 @@ const MAX_FIELD_ERROR_CHARS: usize = 200;
 /// At most [`MAX_FIELD_ERROR_CHARS`] characters, control characters replaced: JSON writes each
 /// of those as six bytes (`\u0001`), which would let 200 characters become 1.2 KB again.
 fn bounded(message: String) -> String {
-    let mut out: String = message
+    let kept = truncate(&message, MAX_FIELD_ERROR_CHARS);
+    let mut out: String = kept
         .chars()
-        .take(MAX_FIELD_ERROR_CHARS)
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect();
-    if message.chars().nth(MAX_FIELD_ERROR_CHARS).is_some() {
+    if kept.len() < message.len() {
         out.push_str("...");
     }
     out

@@ -21,6 +21,17 @@ impl Kinds {
         video: false,
     };
 
+    /// Switch each kind whose wish is given: `Some(true)` = on, so the flag (an "off" flag:
+    /// muted, anchor-muted) is cleared; `None` leaves it.
+    pub(crate) fn switch(&mut self, mic: Option<bool>, camera: Option<bool>) {
+        if let Some(on) = mic {
+            self.audio = !on;
+        }
+        if let Some(on) = camera {
+            self.video = !on;
+        }
+    }
+
     fn or(self, other: Kinds) -> Kinds {
         Kinds {
             audio: self.audio || other.audio,

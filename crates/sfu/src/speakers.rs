@@ -174,11 +174,11 @@ impl Speakers {
             }
         }
         speaking.sort_by(|a, b| b.level.total_cmp(&a.level).then(a.user.cmp(&b.user)));
-        let names: Vec<Ident> = speaking.iter().map(|s| s.user.clone()).collect();
-        if names == self.sent {
+        // Compared in place: this runs on every tick of every room.
+        if speaking.iter().map(|s| &s.user).eq(self.sent.iter()) {
             return None;
         }
-        self.sent = names;
+        self.sent = speaking.iter().map(|s| s.user.clone()).collect();
         self.sent_at = Some(now);
         Some(speaking)
     }

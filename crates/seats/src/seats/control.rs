@@ -169,18 +169,13 @@ impl Seats {
         }
         self.linked_member(room_id, target)?;
         let before = self.before(room_id, target).expect("linked");
-        let m = self
-            .room_mut(room_id)
+        // `false` = the anchor turns it off; `true` lifts the anchor's mute.
+        self.room_mut(room_id)
             .members
             .get_mut(target)
-            .expect("linked member");
-        // `false` = the anchor turns it off; `true` lifts the anchor's mute.
-        if let Some(on) = mic {
-            m.anchor_muted.audio = !on;
-        }
-        if let Some(on) = camera {
-            m.anchor_muted.video = !on;
-        }
+            .expect("linked member")
+            .anchor_muted
+            .switch(mic, camera);
         self.media_changed(room_id, target, before, MediaBy::Anchor);
         Ok(Reply::Done)
     }
@@ -210,17 +205,12 @@ impl Seats {
             ));
         }
         let before = self.before(room_id, user).expect("seated");
-        let m = self
-            .room_mut(room_id)
+        self.room_mut(room_id)
             .members
             .get_mut(user)
-            .expect("member");
-        if let Some(on) = mic {
-            m.muted.audio = !on;
-        }
-        if let Some(on) = camera {
-            m.muted.video = !on;
-        }
+            .expect("member")
+            .muted
+            .switch(mic, camera);
         self.media_changed(room_id, user, before, MediaBy::User);
         Ok(Reply::Done)
     }
