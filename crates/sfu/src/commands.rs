@@ -9,7 +9,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tracing::{debug, info};
 
-use crate::core::{MAX_REMOTE_CANDIDATES, Output};
+use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
 use crate::peer::PeerId;
 use crate::track::Negotiated;
 use crate::{MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions};
@@ -117,13 +117,19 @@ impl MediaCore {
                 link,
             } => {
                 let r = self.rooms.entry(room).or_default();
-                r.seats.insert(user.clone(), seat);
-                r.links.insert(user.clone(), link);
-                let before = r.allowed.insert(user.clone(), (audio, video));
+                let before = r.allowed.insert(
+                    user.clone(),
+                    Permit {
+                        audio,
+                        video,
+                        seat,
+                        link,
+                    },
+                );
                 // A kind muted now: each subscriber's stream of it pauses, so that when it comes
                 // back it restarts at a keyframe with continuous numbers instead of a gap that
                 // reads as loss (rule 12: nothing muted is forwarded, whatever keeps arriving).
-                let (was_audio, was_video) = before.unwrap_or((false, false));
+                let (was_audio, was_video) = before.map_or((false, false), |p| (p.audio, p.video));
                 let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
                 for (kind, was, is) in [
                     (RtpCodecKind::Audio, was_audio, audio),
@@ -185,8 +191,6 @@ impl MediaCore {
             return;
         };
         r.allowed.remove(user);
-        r.seats.remove(user);
-        r.links.remove(user);
         r.speakers.remove(user);
         let publish = r.publish.get(user).copied();
         let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
@@ -222,9 +226,8 @@ impl MediaCore {
         let link = self
             .rooms
             .get(room)
-            .and_then(|r| r.links.get(user))
-            .copied()
-            .unwrap_or(0);
+            .and_then(|r| r.allowed.get(user))
+            .map_or(0, |p| p.link);
         let id = self.new_peer(now, room, user, PcKind::Publish, republish)?;
         let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
         peer.link = link;

@@ -91,18 +91,37 @@ pub enum Route {
 
 #[derive(Default)]
 pub(crate) struct RoomMedia {
-    /// Who the seats allow to publish, and what: (audio, video).
-    pub(crate) allowed: HashMap<Ident, (bool, bool)>,
-    /// Seat of each publisher: lower seats come first when video must be shed.
-    pub(crate) seats: HashMap<Ident, u32>,
-    /// The seats' number of each publisher's current seating, echoed in publish reports.
-    pub(crate) links: HashMap<Ident, u64>,
+    /// Who the seats allow to publish, and on what terms.
+    pub(crate) allowed: HashMap<Ident, Permit>,
     pub(crate) members: HashSet<Ident>,
     /// Members who had a subscribe connection: their next one is a new connection.
     pub(crate) subscribed_before: HashSet<Ident>,
     pub(crate) publish: HashMap<Ident, PeerId>,
     pub(crate) subscribe: HashMap<Ident, PeerId>,
     pub(crate) speakers: Speakers,
+}
+
+/// What the seats allow one publisher ([`crate::MediaChange::AllowPublish`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Permit {
+    /// What may be forwarded now.
+    pub(crate) audio: bool,
+    pub(crate) video: bool,
+    /// Lower seats come first when video must be shed.
+    pub(crate) seat: u32,
+    /// The seats' number of this seating, echoed in publish reports.
+    pub(crate) link: u64,
+}
+
+impl Permit {
+    pub(crate) fn forwards(&self, kind: rtc::rtp_transceiver::rtp_sender::RtpCodecKind) -> bool {
+        use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+        match kind {
+            RtpCodecKind::Audio => self.audio,
+            RtpCodecKind::Video => self.video,
+            _ => false,
+        }
+    }
 }
 
 /// The SFU of one event loop, without I/O: rooms, peer connections, routing and forwarding.

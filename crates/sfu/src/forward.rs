@@ -46,11 +46,7 @@ impl MediaCore {
         let allowed = room
             .allowed
             .get(&publisher.user)
-            .is_some_and(|(audio, video)| match kind {
-                RtpCodecKind::Audio => *audio,
-                RtpCodecKind::Video => *video,
-                _ => false,
-            });
+            .is_some_and(|p| p.forwards(kind));
         if !allowed {
             // Seats rule media: nobody unseated, nothing muted is forwarded, whatever keeps
             // arriving.

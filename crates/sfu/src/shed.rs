@@ -83,7 +83,7 @@ impl MediaCore {
             };
             for (key, out) in &sub.outs {
                 let audio = out.kind != rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
-                let seat = room.seats.get(&key.0).copied().unwrap_or(u32::MAX);
+                let seat = room.allowed.get(&key.0).map_or(u32::MAX, |p| p.seat);
                 units.push((audio, Reverse(seat), sid, key.clone()));
             }
         }
