@@ -14,6 +14,9 @@ use miclink_signaling::SignalingConfig;
 use miclink_signaling::turn::TurnSecret;
 use serde::Deserialize;
 
+/// The media port when none is configured.
+pub const DEFAULT_MEDIA_PORT: u16 = 7882;
+
 /// miclink: a live-streaming server for audience mic link (co-host) rooms.
 ///
 /// Runs with no configuration at all: the demo is then at http://127.0.0.1:8080 and join tokens
@@ -40,7 +43,9 @@ pub struct Args {
     /// Seconds between keepalive pings; a socket silent for three is dropped [default: 20].
     #[arg(long, env = "MICLINK_KEEPALIVE_S")]
     pub keepalive_s: Option<u64>,
-    /// UDP address every media connection shares [default: 127.0.0.1:7882].
+    /// Address of the media port (UDP, and TCP on the same port number) [default: port 7882,
+    /// serving this machine only: bound on every address, advertising loopback and the
+    /// host's own addresses, dropping what comes from other machines].
     #[arg(long, env = "MICLINK_MEDIA_ADDR")]
     pub media_addr: Option<SocketAddr>,
     /// Address clients reach the media port at, repeatable [default: the media address's IP; for
@@ -251,10 +256,12 @@ impl Config {
                 Some(TurnSecret::new(secret, turn_ttl))
             }
         };
-        let media_addr = args
-            .media_addr
-            .or(file.media_addr)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7882)));
+        // Unset: this machine only. The port is bound on every address and the host's own are
+        // advertised, because Firefox never pairs with a loopback candidate; datagrams from any
+        // other machine are dropped, so nothing is served beyond what loopback would serve.
+        let configured_media = args.media_addr.or(file.media_addr);
+        let media_addr = configured_media
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_MEDIA_PORT)));
         // Empty: the media plane advertises the bound address, or every interface for a wildcard.
         let public_ips = if args.media_public_ips.is_empty() {
             file.media_public_ips.unwrap_or_default()
@@ -308,6 +315,7 @@ impl Config {
             media: Some(SfuConfig {
                 udp_addr: media_addr,
                 public_ips,
+                local_only: configured_media.is_none(),
                 loops: args.media_loops.or(file.media_loops).unwrap_or(0),
                 ..SfuConfig::default()
             }),
@@ -343,6 +351,16 @@ mod tests {
         assert_eq!(c.signaling.seats.max_seats, 10);
         assert_eq!(c.signaling.seats.resume_grace, Duration::from_secs(15));
         assert!(c.signaling.jwt_secret.is_none());
+        // This machine only, but on every address so Firefox finds a non-loopback pair.
+        let media = c.media.expect("media plane");
+        assert_eq!(media.udp_addr.to_string(), "0.0.0.0:7882");
+        assert!(media.local_only);
+        assert!(media.public_ips.is_empty());
+        // A configured media address serves whoever reaches it.
+        let c = parse(&["--media-addr", "127.0.0.1:9882"]).expect("valid");
+        let media = c.media.expect("media plane");
+        assert_eq!(media.udp_addr.to_string(), "127.0.0.1:9882");
+        assert!(!media.local_only);
     }
 
     #[test]

@@ -844,7 +844,7 @@ window.miclink = {
   stats: () => (S ? S.media.stats(S.me.user) : Promise.resolve({})),
   // What the subscribe connection holds: [mid, direction, track id, publishing user].
   receivers: () => S?.media.receivers() ?? [],
-  // The candidate type each connection uses: { subscribe, publish }.
+  // The pair each connection uses: { subscribe, publish }, each { type, protocol, local, remote }.
   routes: () => (S ? S.media.routes() : Promise.resolve({})),
   state: () => (S ? { role: S.role, me: S.me, users: S.users, audienceCount: S.audienceCount } : null),
   // Who the server last named as talking.

@@ -9,6 +9,9 @@
 
 // How long a connection may stay "disconnected" before it counts as broken.
 const DISCONNECTED_GRACE_MS = 4000;
+// Rebuilding a failed connection: the first retry's wait, and the longest.
+const RETRY_FIRST_MS = 500;
+const RETRY_MAX_MS = 10_000;
 
 export class MediaError extends Error {}
 
@@ -50,6 +53,8 @@ export class Media {
     this.micTrack = null;
     this.sub = null;
     this.pub = null;
+    // Failures in a row of each leg, for the retry's back-off.
+    this.failures = { sub: 0, pub: 0 };
     this.local = null;
     // The subscribe connection's offers are answered one at a time, in order.
     this.offers = Promise.resolve();
@@ -85,7 +90,7 @@ export class Media {
         this.onRemoteStream(stream.id, stream);
       };
       pc.onicecandidate = (e) => this.trickle('subscribe', e.candidate);
-      this.watch(pc, () => this.resubscribe());
+      this.watch(pc, 'sub', () => this.resubscribe());
       this.sub = pc;
     }
     await this.sub.setRemoteDescription({ type: 'offer', sdp });
@@ -99,13 +104,23 @@ export class Media {
 
   // Call `broken` when `pc` fails, or stays disconnected past the grace. Replaced or closed
   // connections are not watched any more.
-  watch(pc, broken) {
+  watch(pc, leg, broken) {
     let timer = null;
     pc.onconnectionstatechange = () => {
       clearTimeout(timer);
       if (pc !== this.sub && pc !== this.pub) return;
-      if (pc.connectionState === 'failed') broken();
-      else if (pc.connectionState === 'disconnected') timer = setTimeout(broken, DISCONNECTED_GRACE_MS);
+      if (pc.connectionState === 'connected') this.failures[leg] = 0;
+      // A connection that fails at once (no candidate pair at all) would otherwise be rebuilt in
+      // a tight loop: each failure in a row waits twice as long, from half a second to ten.
+      const retry = () => {
+        const wait = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** this.failures[leg]);
+        this.failures[leg] = Math.min(this.failures[leg] + 1, 16);
+        timer = setTimeout(() => {
+          if (pc === this.sub || pc === this.pub) broken();
+        }, wait);
+      };
+      if (pc.connectionState === 'failed') retry();
+      else if (pc.connectionState === 'disconnected') timer = setTimeout(retry, DISCONNECTED_GRACE_MS);
     };
   }
 
@@ -146,7 +161,7 @@ export class Media {
       pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
     }
     pc.onicecandidate = (e) => this.trickle('publish', e.candidate);
-    this.watch(pc, () => this.onPublishBroken?.(this.publishVideo));
+    this.watch(pc, 'pub', () => this.onPublishBroken?.(this.publishVideo));
     try {
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
@@ -268,18 +283,22 @@ export class Media {
   }
 
   // The local candidate type ('host', 'srflx', 'relay') of each connection's selected pair.
+  // The pair each connection uses: candidate type, transport and both ends. Chromium names the
+  // selected pair on its transport stats; Firefox has no transport stats and marks the pair.
   async routes() {
     const route = async (pc) => {
       if (!pc) return null;
       const report = await pc.getStats();
-      let type = null;
+      let pair = null;
       report.forEach((s) => {
-        if (s.type === 'transport' && s.selectedCandidatePairId) {
-          const pair = report.get(s.selectedCandidatePairId);
-          type = report.get(pair?.localCandidateId)?.candidateType ?? type;
-        }
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) ?? pair;
+        if (s.type === 'candidate-pair' && s.selected && s.state === 'succeeded') pair = s;
       });
-      return type;
+      if (!pair) return null;
+      const local = report.get(pair.localCandidateId);
+      const remote = report.get(pair.remoteCandidateId);
+      const where = (c) => (c ? `${c.address ?? c.ip}:${c.port}` : null);
+      return { type: local?.candidateType ?? null, protocol: local?.protocol ?? null, local: where(local), remote: where(remote) };
     };
     return { subscribe: await route(this.sub), publish: await route(this.pub) };
   }

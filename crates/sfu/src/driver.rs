@@ -43,6 +43,9 @@ const HANDOVER_QUEUE: usize = 1024;
 /// port carries every peer, and bursts of keyframes to many subscribers must not overflow it.
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// How often a dropped foreign source is logged at most.
+const FOREIGN_NOTICE: Duration = Duration::from_secs(60);
+
 const SHARED_SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Tokens from here on are connected sockets.
@@ -155,6 +158,8 @@ impl Drop for FailGuard {
 #[derive(Default)]
 struct DriverStats {
     dropped_unknown: u64,
+    /// From another machine while the media plane serves only this one.
+    dropped_foreign: u64,
     handed_over: u64,
     handover_dropped: u64,
     send_errors: u64,
@@ -179,6 +184,8 @@ struct Driver {
     events: mpsc::UnboundedSender<MediaEvent>,
     stats: DriverStats,
     fault_room: Option<String>,
+    /// When a dropped foreign source was last logged.
+    foreign_said: Option<Instant>,
 }
 
 pub(crate) fn run(
@@ -235,6 +242,7 @@ pub(crate) fn run(
         events,
         stats: DriverStats::default(),
         fault_room,
+        foreign_said: None,
     };
     driver.run(&commands, &handover);
 }
@@ -326,6 +334,8 @@ impl Driver {
                     }
                 };
                 match got {
+                    // Connected sockets carry flows that passed this check on the shared one.
+                    Ok((_, from)) if token == SHARED_SOCKET && !self.serves(from) => more = true,
                     Ok((n, from)) => {
                         self.datagram(now, &buf[..n], from);
                         more = true;
@@ -345,6 +355,33 @@ impl Driver {
         }
         waiting.extend(read_from);
         self.readable = waiting;
+    }
+
+    /// Whether `from` may reach the media plane; a refusal is counted, and said once a minute at
+    /// most, since it usually means the server was started on its local defaults and someone
+    /// else tried to connect.
+    fn serves(&mut self, from: SocketAddr) -> bool {
+        let Some(local) = &self.shared.local_ips else {
+            return true;
+        };
+        if local.serves(from.ip()) {
+            return true;
+        }
+        self.stats.dropped_foreign += 1;
+        let now = Instant::now();
+        if self
+            .foreign_said
+            .is_none_or(|t| now.saturating_duration_since(t) >= FOREIGN_NOTICE)
+        {
+            self.foreign_said = Some(now);
+            warn!(
+                from = %Pii(from),
+                dropped = self.stats.dropped_foreign,
+                "media from another machine dropped: on its defaults the media plane serves only \
+                 this one; set media_addr (and media_public_ips) to serve others"
+            );
+        }
+        false
     }
 
     fn datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
@@ -388,6 +425,7 @@ impl Driver {
             Msg::Stats(tx) => {
                 let mut s = self.core.stats(now);
                 s.datagrams_dropped += self.stats.dropped_unknown;
+                s.dropped_foreign += self.stats.dropped_foreign;
                 s.handed_over += self.stats.handed_over;
                 s.handover_dropped += self.stats.handover_dropped;
                 s.send_errors += self.stats.send_errors;

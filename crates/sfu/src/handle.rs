@@ -21,6 +21,11 @@ pub struct SfuConfig {
     /// the bound address, or for a wildcard bind the loopback address and every interface address
     /// of its family.
     pub public_ips: Vec<IpAddr>,
+    /// Serve only clients on this machine: datagrams (and TCP connections) whose source is not
+    /// one of this host's own addresses are dropped. The embedded defaults bind the wildcard so
+    /// that a browser which never pairs with a loopback candidate (Firefox) finds the host's
+    /// interface address, and this keeps other machines out all the same.
+    pub local_only: bool,
     /// Event-loop threads; 0 means one per core.
     pub loops: usize,
     /// Peer connections one loop may hold; `None`: derived from the open file limit
@@ -36,6 +41,7 @@ impl Default for SfuConfig {
         SfuConfig {
             udp_addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
             public_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            local_only: false,
             loops: 0,
             max_peers_per_loop: None,
             fault_room: None,
@@ -61,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) owners: RwLock<HashMap<SocketAddr, usize>>,
     /// Every live connection's server ufrag, whichever loop has it.
     pub(crate) ufrags: RwLock<HashSet<String>>,
+    /// With [`SfuConfig::local_only`]: the sources served (this host's addresses).
+    pub(crate) local_ips: Option<LocalIps>,
     /// A loop died: the media plane is down.
     pub(crate) failed: AtomicBool,
     pub(crate) failure: Notify,
@@ -91,10 +99,13 @@ impl Sfu {
         for _ in 1..count {
             sockets.push(driver::bind_reuseport(local_addr)?);
         }
+        let interfaces: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .map(|list| list.into_iter().map(|i| i.ip()).collect())
+            .unwrap_or_default();
+        let local_ips = config
+            .local_only
+            .then(|| LocalIps(interfaces.iter().copied().collect()));
         let public_ips = if config.public_ips.is_empty() {
-            let interfaces = if_addrs::get_if_addrs()
-                .map(|list| list.into_iter().map(|i| i.ip()).collect())
-                .unwrap_or_default();
             default_public_ips(local_addr.ip(), interfaces)
         } else {
             config.public_ips.clone()
@@ -115,11 +126,18 @@ impl Sfu {
             loops: handles,
             owners: RwLock::new(HashMap::new()),
             ufrags: RwLock::new(HashSet::new()),
+            local_ips,
             failed: AtomicBool::new(false),
             failure: Notify::new(),
             hash_key: std::hash::RandomState::new(),
         });
-        tracing::info!(bound = %local_addr, advertised = ?public_ips, loops = count, "media plane listening");
+        tracing::info!(
+            bound = %local_addr,
+            advertised = ?public_ips,
+            loops = count,
+            local_only = config.local_only,
+            "media plane listening"
+        );
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for part in parts {
             let core = CoreConfig {
@@ -210,6 +228,20 @@ impl Sfu {
     }
 }
 
+/// This host's own addresses, as read at start: the sources a local-only media plane serves.
+pub(crate) struct LocalIps(HashSet<IpAddr>);
+
+impl LocalIps {
+    pub(crate) fn serves(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on an IPv6 wildcard socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback() || self.0.contains(&ip)
+    }
+}
+
 /// The candidate addresses when none are configured: the bound address itself, or for a wildcard
 /// bind the loopback address followed by every interface address of the same family.
 fn default_public_ips(bound: IpAddr, interfaces: Vec<IpAddr>) -> Vec<IpAddr> {
@@ -238,6 +270,30 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn local_only_serves_loopback_and_own_addresses_and_nothing_else() {
+        let local = LocalIps([ip("192.0.2.2"), ip("2001:db8::7")].into_iter().collect());
+        for served in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "192.0.2.2",
+            "::ffff:192.0.2.2",
+            "2001:db8::7",
+        ] {
+            assert!(local.serves(ip(served)), "{served}");
+        }
+        for foreign in [
+            "192.0.2.3",
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::8",
+            "0.0.0.0",
+        ] {
+            assert!(!local.serves(ip(foreign)), "{foreign}");
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ counters! {
     datagrams_in,
     /// Datagrams dropped: unknown sender, or refused by their connection.
     datagrams_dropped,
+    /// Datagrams and TCP connections from another machine, dropped because the media plane
+    /// serves only this one (the embedded defaults; `media_addr` unset).
+    dropped_foreign,
     /// RTP packets received from publishers.
     rtp_in,
     /// RTP packets dropped because the sender holds no seat (or not for that kind).
