@@ -56,6 +56,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub media_public_ips: Vec<IpAddr>,
+    /// ICE-TCP on the media port's number too, for clients whose network blocks UDP
+    /// [default: true].
+    #[arg(long, env = "MICLINK_MEDIA_TCP", action = clap::ArgAction::Set)]
+    pub media_tcp: Option<bool>,
     /// Media event-loop threads sharing the media port [default: 0 = one per core].
     #[arg(long, env = "MICLINK_MEDIA_LOOPS")]
     pub media_loops: Option<usize>,
@@ -108,6 +112,7 @@ struct FileConfig {
     turn_ttl_s: Option<u64>,
     media_addr: Option<SocketAddr>,
     media_public_ips: Option<Vec<IpAddr>>,
+    media_tcp: Option<bool>,
     media_loops: Option<usize>,
     scrub_logs: Option<bool>,
     open_demo: Option<bool>,
@@ -316,6 +321,7 @@ impl Config {
                 udp_addr: media_addr,
                 public_ips,
                 local_only: configured_media.is_none(),
+                tcp: args.media_tcp.or(file.media_tcp).unwrap_or(true),
                 loops: args.media_loops.or(file.media_loops).unwrap_or(0),
                 ..SfuConfig::default()
             }),
@@ -355,12 +361,15 @@ mod tests {
         let media = c.media.expect("media plane");
         assert_eq!(media.udp_addr.to_string(), "0.0.0.0:7882");
         assert!(media.local_only);
+        assert!(media.tcp, "ICE-TCP is on by default");
         assert!(media.public_ips.is_empty());
         // A configured media address serves whoever reaches it.
         let c = parse(&["--media-addr", "127.0.0.1:9882"]).expect("valid");
         let media = c.media.expect("media plane");
         assert_eq!(media.udp_addr.to_string(), "127.0.0.1:9882");
         assert!(!media.local_only);
+        let c = parse(&["--media-tcp", "false"]).expect("valid");
+        assert!(!c.media.expect("media plane").tcp);
     }
 
     #[test]

@@ -104,8 +104,11 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::load(Args::default()).expect("defaults");
     config.metrics_token = Some(METRICS_TOKEN.to_owned());
     adjust(&mut config);
+    // Loopback only, as before the defaults served the host's other addresses too: the tests
+    // see one host candidate per transport whatever the machine's interfaces.
     if let Some(media) = &mut config.media {
-        media.udp_addr.set_port(0);
+        media.udp_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        media.local_only = false;
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(miclink::run(listener, config, async {

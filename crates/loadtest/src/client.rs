@@ -38,6 +38,8 @@ pub struct Options {
     /// Reach the server only through the TURN servers of the join reply, with its credentials
     /// (relay candidates only, as a browser's `iceTransportPolicy: "relay"`).
     pub relay_only: bool,
+    /// Connect over ICE-TCP only (no UDP socket), as a client behind a UDP-blocking firewall.
+    pub tcp_only: bool,
 }
 
 struct Shared {
@@ -198,7 +200,11 @@ impl Member {
             new_connections: AtomicU64::new(0),
             last_offer: Mutex::new(String::new()),
             subscriber: Mutex::new(None),
-            route: tokio::sync::watch::Sender::new((!options.relay_only).then_some(Route::Direct)),
+            route: tokio::sync::watch::Sender::new(match (options.relay_only, options.tcp_only) {
+                (true, _) => None,
+                (false, true) => Some(Route::Tcp),
+                (false, false) => Some(Route::Direct),
+            }),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (offers_tx, mut offers_rx) = mpsc::unbounded_channel::<(String, bool, u64)>();

@@ -56,6 +56,10 @@ struct Common {
     /// must run).
     #[arg(long)]
     relay: bool,
+    /// miclink: every member's connections use ICE-TCP only (no UDP socket), as clients behind
+    /// a firewall that blocks UDP.
+    #[arg(long, conflicts_with = "relay")]
+    tcp: bool,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         quiet: common.quiet || common.json,
         soak: common.soak,
         relay: common.relay,
+        tcp: common.tcp,
     }))?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -25,8 +25,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
-    register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, register_default_interceptors,
 };
 
 use crate::marker::{self, Kind};
@@ -178,6 +178,9 @@ pub enum Route {
     /// Only through these TURN servers (relay candidates only, as a browser's
     /// `iceTransportPolicy: "relay"`).
     Relay(Vec<miclink_protocol::IceServer>),
+    /// ICE-TCP only, as a client whose network blocks UDP: no UDP socket at all; the
+    /// connection is made to the server's passive TCP candidates.
+    Tcp,
 }
 
 /// A peer connection bound to loopback, with what it needs to hand out complete descriptions.
@@ -185,6 +188,7 @@ pub struct Peer {
     pub pc: Arc<dyn PeerConnection>,
     gathered: Arc<Notify>,
     connected: Arc<AtomicBool>,
+    tcp: bool,
 }
 
 impl Peer {
@@ -224,7 +228,8 @@ impl Peer {
         let settings = SettingEngineBuilder::new()
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
-        let pc = PeerConnectionBuilder::new()
+        let tcp = matches!(route, Route::Tcp);
+        let builder = PeerConnectionBuilder::new()
             .with_configuration(configuration(route))
             .with_setting_engine(settings)
             .with_media_engine(media)
@@ -233,14 +238,19 @@ impl Peer {
                 gathered: gathered.clone(),
                 recv,
                 connected: connected.clone(),
-            }))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-            .build()
-            .await?;
+            }));
+        let pc = if tcp {
+            builder.with_tcp_addrs(vec!["127.0.0.1:0".to_owned()])
+        } else {
+            builder.with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        }
+        .build()
+        .await?;
         Ok(Peer {
             pc: Arc::new(pc),
             gathered,
             connected,
+            tcp,
         })
     }
 
@@ -263,8 +273,9 @@ impl Peer {
     /// Answer an offer and return the answer's SDP.
     pub async fn answer(&self, offer: String) -> anyhow::Result<String> {
         self.pc
-            .set_remote_description(RTCSessionDescription::offer(offer)?)
+            .set_remote_description(RTCSessionDescription::offer(offer.clone())?)
             .await?;
+        self.dial_tcp(&offer).await?;
         let answer = self.pc.create_answer(None).await?;
         self.pc.set_local_description(answer).await?;
         self.local_sdp().await
@@ -273,11 +284,36 @@ impl Peer {
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }
+
+    /// On a TCP-only connection, hand the remote description's passive TCP candidates to the
+    /// stack: webrtc-rs connects to those it is given as candidates, not to the ones it reads
+    /// in a description.
+    async fn dial_tcp(&self, sdp: &str) -> anyhow::Result<()> {
+        if !self.tcp {
+            return Ok(());
+        }
+        for line in sdp.lines() {
+            let Some(candidate) = line.trim().strip_prefix("a=") else {
+                continue;
+            };
+            if candidate.starts_with("candidate:") && candidate.contains("tcptype passive") {
+                self.pc
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate: candidate.to_owned(),
+                        sdp_mid: Some("0".to_owned()),
+                        sdp_mline_index: Some(0),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn configuration(route: &Route) -> webrtc::peer_connection::RTCConfiguration {
     match route {
-        Route::Direct => RTCConfigurationBuilder::new().build(),
+        Route::Direct | Route::Tcp => RTCConfigurationBuilder::new().build(),
         Route::Relay(servers) => RTCConfigurationBuilder::new()
             .with_ice_servers(
                 servers
@@ -372,8 +408,9 @@ impl Publisher {
         }
         self.peer
             .pc
-            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .set_remote_description(RTCSessionDescription::answer(answer.clone())?)
             .await?;
+        self.peer.dial_tcp(&answer).await?;
         for ((track, spec, pt), sent) in self.tracks.iter().zip(&self.sent) {
             let keyframe_wanted = Arc::new(AtomicBool::new(true));
             if spec.kind == Kind::Video {

@@ -50,6 +50,8 @@ impl Seen {
     }
 
     fn count(&self, from: u32, to: u32) -> u64 {
+        // Nothing is marked past the bitmap: an open-ended range costs no more than the stream.
+        let to = to.min(u32::try_from(self.bits.len() * 64).unwrap_or(u32::MAX));
         (from..to)
             .filter(|&s| {
                 self.bits

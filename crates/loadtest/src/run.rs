@@ -48,6 +48,8 @@ pub struct Options {
     pub soak: bool,
     /// miclink: members reach the server only through the join reply's TURN servers.
     pub relay: bool,
+    /// miclink: members' connections use ICE-TCP only.
+    pub tcp: bool,
 }
 
 /// A connected participant, holding its connections open.
@@ -182,6 +184,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     let options = client::Options {
                         auto_accept: p == 0,
                         relay_only: opts.relay,
+                        tcp_only: opts.tcp,
                         ..Default::default()
                     };
                     let mut m =
@@ -236,6 +239,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let user = format!("v{v}");
             let options = client::Options {
                 relay_only: opts.relay,
+                tcp_only: opts.tcp,
                 ..Default::default()
             };
             let bar = bar.clone();

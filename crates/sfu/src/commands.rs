@@ -364,7 +364,7 @@ impl MediaCore {
         }
         self.process(now, id);
         for (data, from) in early.into_iter().flatten() {
-            self.handle_datagram(now, from, &data);
+            self.input(now, from, &data);
         }
         Ok(())
     }

@@ -44,13 +44,54 @@ pub struct CoreConfig {
     /// Peer connections this core may hold (each may take a socket, so the driver derives it
     /// from the open file limit); more are refused with [`SfuError::AtCapacity`].
     pub max_peers: usize,
+    /// ICE-TCP: a passive TCP host candidate on this port of every public address, for clients
+    /// whose network blocks UDP. `None`: UDP only.
+    pub tcp_port: Option<u16>,
 }
 
-/// A datagram to send.
+/// How a client reaches the media port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Datagrams on the shared UDP port.
+    Udp,
+    /// RFC 4571 frames on one TCP connection the client opened (ICE-TCP, passive).
+    Tcp,
+}
+
+/// A client's address on one transport: the same address and port may be a UDP flow and a
+/// TCP connection at once, and they are different paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Remote {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+impl Remote {
+    pub fn udp(addr: SocketAddr) -> Remote {
+        Remote {
+            addr,
+            transport: Transport::Udp,
+        }
+    }
+
+    pub fn tcp(addr: SocketAddr) -> Remote {
+        Remote {
+            addr,
+            transport: Transport::Tcp,
+        }
+    }
+}
+
+/// A datagram (or, on TCP, a frame) to send.
 #[derive(Debug)]
 pub struct Transmit {
     pub to: SocketAddr,
+    pub transport: Transport,
     pub data: BytesMut,
+    /// On TCP: a video RTP packet of this SSRC, what a congested connection drops first
+    /// (then [`MediaCore::handle_video_dropped`]). `None` for everything else and on UDP,
+    /// where the network drops what it must.
+    pub video: Option<u32>,
 }
 
 /// What the core asks of its driver, in order.
@@ -58,13 +99,13 @@ pub struct Transmit {
 pub enum Output {
     Transmit(Transmit),
     /// `remote` now belongs to a connection of this core: bring its datagrams here (a connected
-    /// socket on the shared port).
+    /// socket on the shared port); a TCP connection is adopted (kept open).
     Connect {
-        remote: SocketAddr,
+        remote: Remote,
     },
-    /// `remote`'s connection is gone.
+    /// `remote`'s connection is gone (a TCP connection is closed).
     Forget {
-        remote: SocketAddr,
+        remote: Remote,
     },
     /// A connection of this core answers checks for `ufrag` from now on (`live`), or no longer
     /// does. Other loops hand a new address's check over only for a ufrag some loop has, so a
@@ -153,6 +194,7 @@ impl Permit {
 ///     loops: 1,
 ///     public: vec![socket.local_addr().unwrap()],
 ///     max_peers: 1000,
+///     tcp_port: None,
 /// })
 /// .unwrap();
 /// let (room, user) = (Ident::new("r").unwrap(), Ident::new("u").unwrap());
@@ -180,12 +222,14 @@ pub struct MediaCore {
     pub(crate) config: CoreConfig,
     /// The address every datagram is tagged with as its local address.
     pub(crate) local: SocketAddr,
+    /// The same for TCP frames: the passive candidate's address.
+    pub(crate) local_tcp: SocketAddr,
     pub(crate) factory: PeerFactory,
     pub(crate) peers: HashMap<PeerId, Peer>,
     /// Subscribe offers made so far: the last one's number.
     pub(crate) offers_made: u64,
     pub(crate) by_ufrag: HashMap<String, PeerId>,
-    pub(crate) by_addr: HashMap<SocketAddr, PeerId>,
+    pub(crate) by_addr: HashMap<Remote, PeerId>,
     pub(crate) rooms: HashMap<Ident, RoomMedia>,
     pub(crate) next_peer: PeerId,
     pub(crate) next_source: SourceId,
@@ -216,10 +260,12 @@ impl MediaCore {
             .public
             .first()
             .ok_or_else(|| SfuError::Internal("no address to advertise".into()))?;
-        let factory = PeerFactory::new(config.loop_index, &config.public)?;
+        let factory = PeerFactory::new(config.loop_index, &config.public, config.tcp_port)?;
+        let local_tcp = SocketAddr::new(local.ip(), config.tcp_port.unwrap_or(local.port()));
         Ok(MediaCore {
             config,
             local,
+            local_tcp,
             factory,
             peers: HashMap::new(),
             by_ufrag: HashMap::new(),
@@ -295,6 +341,17 @@ impl MediaCore {
 
     /// One datagram from the media port.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Route {
+        self.input(now, Remote::udp(from), data)
+    }
+
+    /// One RFC 4571 frame from a TCP connection (its peer address `from`). A connection is
+    /// adopted ([`Output::Connect`]) once a frame is a check for a connection here; the driver
+    /// closes one that is not.
+    pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Route {
+        self.input(now, Remote::tcp(from), data)
+    }
+
+    pub(crate) fn input(&mut self, now: Instant, from: Remote, data: &[u8]) -> Route {
         self.saw(now);
         self.stats.datagrams_in += 1;
         let id = match self.by_addr.get(&from) {
@@ -333,18 +390,22 @@ impl MediaCore {
             }
             return Route::Handled;
         }
+        let (local_addr, transport_protocol) = match from.transport {
+            Transport::Udp => (self.local, TransportProtocol::UDP),
+            Transport::Tcp => (self.local_tcp, TransportProtocol::TCP),
+        };
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local,
-                peer_addr: from,
+                local_addr,
+                peer_addr: from.addr,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol,
             },
             message: BytesMut::from(data),
         };
         if let Err(e) = peer.pc.handle_read(msg) {
-            debug!(parent: &peer.span, error = %e, from = %Pii(from), "datagram refused");
+            debug!(parent: &peer.span, error = %e, from = %Pii(from.addr), "datagram refused");
             self.stats.datagrams_dropped += 1;
             return Route::Handled;
         }
@@ -357,6 +418,27 @@ impl MediaCore {
         }
         self.process(now, id);
         Route::Handled
+    }
+
+    /// A TCP connection closed: its address no longer reaches its peer connection.
+    pub fn handle_tcp_closed(&mut self, now: Instant, from: SocketAddr) {
+        self.saw(now);
+        let remote = Remote::tcp(from);
+        if let Some(id) = self.by_addr.remove(&remote)
+            && let Some(peer) = self.peers.get_mut(&id)
+        {
+            peer.addrs.retain(|a| *a != remote);
+        }
+    }
+
+    /// A congested TCP connection dropped video of this (outgoing) SSRC: the subscriber's
+    /// decoder needs a keyframe to go on, so its publisher is asked for one (at most one
+    /// request per track every 300 ms, as for the subscriber's own).
+    pub fn handle_video_dropped(&mut self, now: Instant, to: SocketAddr, ssrc: u32) {
+        self.saw(now);
+        if let Some(&id) = self.by_addr.get(&Remote::tcp(to)) {
+            self.keyframe_for_subscriber(now, id, ssrc);
+        }
     }
 
     /// One command from signaling.
@@ -445,9 +527,17 @@ impl MediaCore {
                 {
                     peer.counters.datagrams_out += 1;
                     peer.counters.bytes_out += msg.message.len() as u64;
+                    let (transport, video) = match msg.transport.transport_protocol {
+                        TransportProtocol::TCP => {
+                            (Transport::Tcp, crate::peer::video_ssrc(peer, &msg.message))
+                        }
+                        _ => (Transport::Udp, None),
+                    };
                     return Some(Output::Transmit(Transmit {
                         to: msg.transport.peer_addr,
+                        transport,
                         data: msg.message,
+                        video,
                     }));
                 }
                 self.flushing = None;

@@ -18,15 +18,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::handle::Shared;
+use crate::tcp::{self, Conn, Conns, Filled, Sent};
 use crate::{
     CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, PeerStats, Pii, Route,
-    SfuStats,
+    SfuStats, Transport,
 };
 
 /// Datagrams read from one socket before the loop turns (commands, timers, writes).
@@ -48,11 +49,18 @@ const FOREIGN_NOTICE: Duration = Duration::from_secs(60);
 
 const SHARED_SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Tokens from here on are connected sockets.
-const FIRST_CONNECTED: usize = 2;
+const LISTENER: Token = Token(2);
+/// Tokens from here on are connected UDP sockets and TCP connections.
+const FIRST_CONNECTED: usize = 3;
+
+/// TCP connections accepted in one turn at most.
+const ACCEPTS: usize = 64;
 
 pub(crate) enum Msg {
     Command(MediaCommand),
+    /// A TCP connection another loop accepted whose first check names this loop, with the
+    /// bytes that loop read from it.
+    Tcp(std::net::TcpStream, SocketAddr, Vec<u8>),
     Stats(oneshot::Sender<SfuStats>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
 }
@@ -86,6 +94,7 @@ pub(crate) struct LoopParts {
     pub(crate) index: usize,
     poll: Poll,
     socket: std::net::UdpSocket,
+    listener: Option<std::net::TcpListener>,
     commands: std::sync::mpsc::Receiver<Msg>,
     handover: std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
 }
@@ -93,6 +102,7 @@ pub(crate) struct LoopParts {
 pub(crate) fn new_loop(
     index: usize,
     socket: std::net::UdpSocket,
+    listener: Option<std::net::TcpListener>,
 ) -> std::io::Result<(LoopHandle, LoopParts)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -108,6 +118,7 @@ pub(crate) fn new_loop(
             index,
             poll,
             socket,
+            listener,
             commands: rx,
             handover: hrx,
         },
@@ -163,6 +174,10 @@ struct DriverStats {
     handed_over: u64,
     handover_dropped: u64,
     send_errors: u64,
+    tcp_accepted: u64,
+    tcp_refused: u64,
+    tcp_video_dropped: u64,
+    tcp_dropped: u64,
 }
 
 struct Driver {
@@ -175,6 +190,10 @@ struct Driver {
     /// connection arrives at the loop that owns it.
     connected: HashMap<Token, (UdpSocket, SocketAddr)>,
     connected_by_addr: HashMap<SocketAddr, Token>,
+    /// ICE-TCP: the listener and the connections this loop holds.
+    tcp: Conns,
+    /// When pending TCP connections were last looked at for their deadline.
+    tcp_swept: Option<Instant>,
     next_token: usize,
     /// Sockets with datagrams left unread at the end of the last turn.
     readable: Vec<Token>,
@@ -200,6 +219,7 @@ pub(crate) fn run(
         index,
         poll,
         socket,
+        listener,
         commands,
         handover,
     } = parts;
@@ -212,9 +232,14 @@ pub(crate) fn run(
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     let mut socket = UdpSocket::from_std(socket);
+    let mut listener = listener.map(TcpListener::from_std);
     let started = poll
         .registry()
         .register(&mut socket, SHARED_SOCKET, Interest::READABLE)
+        .and_then(|()| match &mut listener {
+            Some(l) => poll.registry().register(l, LISTENER, Interest::READABLE),
+            None => Ok(()),
+        })
         .map_err(|e| e.to_string())
         .and_then(|()| MediaCore::new(config).map_err(|e| e.to_string()));
     let core = match started {
@@ -234,6 +259,8 @@ pub(crate) fn run(
         bound,
         connected: HashMap::new(),
         connected_by_addr: HashMap::new(),
+        tcp: Conns::new(listener),
+        tcp_swept: None,
         next_token: FIRST_CONNECTED,
         readable: Vec::new(),
         behind_since: None,
@@ -270,17 +297,22 @@ impl Driver {
                 panic!("media loop {} cannot poll: {e}", self.index);
             }
             let mut woken = false;
+            let mut accept = false;
+            let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => woken = true,
+                    LISTENER => accept = true,
                     token => {
-                        if !self.readable.contains(&token) {
+                        if event.is_writable() && !self.tcp_writable(now, token) {
+                            continue;
+                        }
+                        if event.is_readable() && !self.readable.contains(&token) {
                             self.readable.push(token);
                         }
                     }
                 }
             }
-            let now = Instant::now();
             if woken {
                 loop {
                     match commands.try_recv() {
@@ -295,6 +327,10 @@ impl Driver {
                     self.datagram(now, &data, from);
                 }
             }
+            if accept {
+                self.accept(now);
+            }
+            self.sweep_tcp(now);
             self.read(now, &mut buf);
             let now = Instant::now();
             let backlog = if self.readable.is_empty() {
@@ -320,6 +356,14 @@ impl Driver {
         for token in tokens {
             if budget == 0 {
                 waiting.push(token);
+                continue;
+            }
+            if self.tcp.by_token.contains_key(&token) {
+                let (more, frames) = self.read_tcp(now, token, buf, BATCH.min(budget));
+                budget = budget.saturating_sub(frames.max(1));
+                if more {
+                    read_from.push(token);
+                }
                 continue;
             }
             let mut more = false;
@@ -429,47 +473,257 @@ impl Driver {
                 s.handed_over += self.stats.handed_over;
                 s.handover_dropped += self.stats.handover_dropped;
                 s.send_errors += self.stats.send_errors;
+                s.tcp_accepted += self.stats.tcp_accepted;
+                s.tcp_refused += self.stats.tcp_refused;
+                s.tcp_video_dropped += self.stats.tcp_video_dropped;
+                s.tcp_dropped += self.stats.tcp_dropped;
                 let _ = tx.send(s);
             }
             Msg::PeerStats(tx) => {
                 let _ = tx.send(self.core.peer_stats(now));
             }
+            Msg::Tcp(stream, peer, read) => {
+                let conn = Conn::handed_over(stream, peer, &read, now);
+                self.adopt_tcp(now, conn, true);
+            }
         }
     }
 
     fn flush(&mut self) {
-        while let Some(output) = self.core.poll_output() {
-            match output {
-                Output::Transmit(t) => {
-                    let sent = match self
-                        .connected_by_addr
-                        .get(&t.to)
-                        .and_then(|token| self.connected.get(token))
-                    {
-                        Some((socket, _)) => socket.send(&t.data),
-                        None => self.socket.send_to(&t.data, t.to),
-                    };
-                    // UDP: a full send buffer drops the datagram, as the network would.
-                    if let Err(e) = sent {
-                        self.stats.send_errors += 1;
-                        debug!(error = %e, to = %Pii(t.to), "udp send error");
-                    }
-                }
-                Output::Connect { remote } => self.connect(remote),
-                Output::Forget { remote } => self.forget(remote),
-                Output::Ufrag { ufrag, live } => {
-                    if let Ok(mut set) = self.shared.ufrags.write() {
-                        if live {
-                            set.insert(ufrag);
-                        } else {
-                            set.remove(&ufrag);
+        let mut dropped = Vec::new();
+        loop {
+            while let Some(output) = self.core.poll_output() {
+                match output {
+                    Output::Transmit(t) if t.transport == Transport::Tcp => {
+                        match self.tcp.send(t.to, &t.data, t.video.is_some()) {
+                            Sent::Taken => {}
+                            Sent::VideoDropped => {
+                                self.stats.tcp_video_dropped += 1;
+                                if let Some(ssrc) = t.video {
+                                    dropped.push((t.to, ssrc));
+                                }
+                            }
+                            Sent::Dropped => self.stats.tcp_dropped += 1,
+                            Sent::NoConnection => self.stats.send_errors += 1,
                         }
                     }
-                }
-                Output::Event(event) => {
-                    let _ = self.events.send(event);
+                    Output::Transmit(t) => {
+                        let sent = match self
+                            .connected_by_addr
+                            .get(&t.to)
+                            .and_then(|token| self.connected.get(token))
+                        {
+                            Some((socket, _)) => socket.send(&t.data),
+                            None => self.socket.send_to(&t.data, t.to),
+                        };
+                        // UDP: a full send buffer drops the datagram, as the network would.
+                        if let Err(e) = sent {
+                            self.stats.send_errors += 1;
+                            debug!(error = %e, to = %Pii(t.to), "udp send error");
+                        }
+                    }
+                    Output::Connect { remote } => match remote.transport {
+                        Transport::Udp => self.connect(remote.addr),
+                        Transport::Tcp => {
+                            if let Some(conn) = self
+                                .tcp
+                                .by_peer
+                                .get(&remote.addr)
+                                .and_then(|t| self.tcp.by_token.get_mut(t))
+                            {
+                                conn.pending_since = None;
+                            }
+                        }
+                    },
+                    Output::Forget { remote } => match remote.transport {
+                        Transport::Udp => self.forget(remote.addr),
+                        Transport::Tcp => {
+                            if let Some(token) = self.tcp.by_peer.get(&remote.addr).copied() {
+                                self.tcp.remove(token, self.poll.registry());
+                            }
+                        }
+                    },
+                    Output::Ufrag { ufrag, live } => {
+                        if let Ok(mut set) = self.shared.ufrags.write() {
+                            if live {
+                                set.insert(ufrag);
+                            } else {
+                                set.remove(&ufrag);
+                            }
+                        }
+                    }
+                    Output::Event(event) => {
+                        let _ = self.events.send(event);
+                    }
                 }
             }
+            // Keyframe requests for what congested TCP connections dropped; what they send goes
+            // out in this same flush.
+            if dropped.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            for (to, ssrc) in dropped.drain(..) {
+                self.core.handle_video_dropped(now, to, ssrc);
+            }
+        }
+    }
+
+    // ----- ICE-TCP ---------------------------------------------------------------------------
+
+    /// Accept what the listener has (a bounded number per turn).
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS {
+            let Some(listener) = &self.tcp.listener else {
+                return;
+            };
+            let (stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Out of descriptors, say: the connection waits in the backlog.
+                    debug!(error = %e, "tcp accept failed");
+                    return;
+                }
+            };
+            self.stats.tcp_accepted += 1;
+            if !self.serves(peer) {
+                self.stats.tcp_refused += 1;
+                continue;
+            }
+            self.adopt_tcp(now, Conn::new(stream, peer, now), false);
+        }
+    }
+
+    /// Register a connection with this loop; a handed-over one has frames read already.
+    fn adopt_tcp(&mut self, now: Instant, mut conn: Conn, read_already: bool) {
+        if self.tcp.pending() >= tcp::MAX_PENDING
+            && let Some(oldest) = self.tcp.oldest_pending()
+        {
+            self.close_tcp(now, oldest, true);
+        }
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if conn.register(self.poll.registry(), token).is_err() {
+            self.stats.tcp_refused += 1;
+            return;
+        }
+        self.tcp.insert(token, conn);
+        if read_already {
+            let (more, _) = self.take_frames(now, token, usize::MAX);
+            if more && !self.readable.contains(&token) {
+                self.readable.push(token);
+            }
+        }
+    }
+
+    /// Read one chunk from a TCP connection and feed its frames (at most `budget`) to the
+    /// core. Returns whether the connection may have more, and how many frames were taken.
+    fn read_tcp(
+        &mut self,
+        now: Instant,
+        token: Token,
+        buf: &mut [u8],
+        budget: usize,
+    ) -> (bool, usize) {
+        let Some(conn) = self.tcp.by_token.get_mut(&token) else {
+            return (false, 0);
+        };
+        match conn.fill(buf) {
+            Filled::Closed => {
+                self.close_tcp(now, token, false);
+                (false, 0)
+            }
+            read => {
+                let (_, frames) = self.take_frames(now, token, budget);
+                (read == Filled::More, frames)
+            }
+        }
+    }
+
+    /// Feed the frames a connection holds to the core; returns whether frames were left (over
+    /// `budget`) and how many were taken. A pending connection's check may name another loop
+    /// (handed over) or nobody (closed).
+    fn take_frames(&mut self, now: Instant, token: Token, budget: usize) -> (bool, usize) {
+        let mut taken = 0;
+        loop {
+            let Some(conn) = self.tcp.by_token.get_mut(&token) else {
+                return (false, taken);
+            };
+            if taken >= budget {
+                return (true, taken);
+            }
+            let (peer, pending) = (conn.peer, conn.pending_since.is_some());
+            let frame = match conn.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return (false, taken),
+                Err(tcp::FrameTooLong) => {
+                    self.close_tcp(now, token, pending);
+                    return (false, taken);
+                }
+            };
+            taken += 1;
+            let route = self.core.handle_tcp_frame(now, peer, frame);
+            match route {
+                Route::Handled => {}
+                Route::Loop(owner) if pending => {
+                    let live = crate::stun::server_ufrag(frame)
+                        .is_some_and(|u| self.shared.ufrags.read().is_ok_and(|s| s.contains(u)));
+                    conn.unread_last();
+                    match self.shared.loops.get(owner).filter(|_| live) {
+                        Some(l) => {
+                            if let Some(conn) = self.tcp.remove(token, self.poll.registry()) {
+                                let (stream, peer, read) = conn.into_parts(self.poll.registry());
+                                self.stats.handed_over += 1;
+                                l.send(Msg::Tcp(stream, peer, read));
+                            }
+                        }
+                        None => self.close_tcp(now, token, true),
+                    }
+                    return (false, taken);
+                }
+                // Not a check, and nobody here knows the connection: garbage.
+                Route::Loop(_) | Route::Unknown if pending => {
+                    self.close_tcp(now, token, true);
+                    return (false, taken);
+                }
+                Route::Loop(_) | Route::Unknown => self.stats.dropped_unknown += 1,
+            }
+        }
+    }
+
+    /// A connection's queue can be written again; false when it failed (closed here).
+    fn tcp_writable(&mut self, now: Instant, token: Token) -> bool {
+        let Some(conn) = self.tcp.by_token.get_mut(&token) else {
+            return true;
+        };
+        if conn.flush() {
+            return true;
+        }
+        self.close_tcp(now, token, false);
+        false
+    }
+
+    fn close_tcp(&mut self, now: Instant, token: Token, refused: bool) {
+        if let Some(conn) = self.tcp.remove(token, self.poll.registry()) {
+            if refused {
+                self.stats.tcp_refused += 1;
+            }
+            self.core.handle_tcp_closed(now, conn.peer);
+        }
+    }
+
+    /// Close connections that stayed pending too long (looked at once a second).
+    fn sweep_tcp(&mut self, now: Instant) {
+        if self
+            .tcp_swept
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.tcp_swept = Some(now);
+        for token in self.tcp.expired(now) {
+            self.close_tcp(now, token, true);
         }
     }
 

@@ -229,7 +229,7 @@ impl MediaCore {
         Some((pid, track_id))
     }
 
-    fn keyframe_for_subscriber(&mut self, now: Instant, sid: PeerId, ssrc: u32) {
+    pub(crate) fn keyframe_for_subscriber(&mut self, now: Instant, sid: PeerId, ssrc: u32) {
         let Some((publisher, kind)) = self.out_key(sid, ssrc) else {
             return;
         };

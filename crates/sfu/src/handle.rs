@@ -17,6 +17,9 @@ use crate::{CoreConfig, MediaCommand, MediaEvent, PeerStats, SfuError, SfuStats}
 pub struct SfuConfig {
     /// The UDP address every peer connection shares.
     pub udp_addr: SocketAddr,
+    /// ICE-TCP: also listen on TCP at the same address and port number, and offer passive TCP
+    /// candidates there, for clients whose network blocks UDP.
+    pub tcp: bool,
     /// Addresses put in the host candidates clients connect to (with `udp_addr`'s port). Empty:
     /// the bound address, or for a wildcard bind the loopback address and every interface address
     /// of its family.
@@ -40,6 +43,7 @@ impl Default for SfuConfig {
     fn default() -> Self {
         SfuConfig {
             udp_addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            tcp: true,
             public_ips: vec![IpAddr::from([127, 0, 0, 1])],
             local_only: false,
             loops: 0,
@@ -92,13 +96,7 @@ impl Sfu {
             n => n,
         }
         .min(255);
-        // The first socket fixes the port (the configured one, or the one the OS picked for 0).
-        let first = driver::bind_reuseport(config.udp_addr)?;
-        let local_addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..count {
-            sockets.push(driver::bind_reuseport(local_addr)?);
-        }
+        let (local_addr, sockets, listeners) = bind(&config, count)?;
         let interfaces: Vec<IpAddr> = if_addrs::get_if_addrs()
             .map(|list| list.into_iter().map(|i| i.ip()).collect())
             .unwrap_or_default();
@@ -117,8 +115,9 @@ impl Sfu {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut handles = Vec::with_capacity(count);
         let mut parts = Vec::with_capacity(count);
+        let mut listeners = listeners.into_iter();
         for (index, socket) in sockets.into_iter().enumerate() {
-            let (handle, part) = driver::new_loop(index, socket)?;
+            let (handle, part) = driver::new_loop(index, socket, listeners.next())?;
             handles.push(handle);
             parts.push(part);
         }
@@ -135,6 +134,7 @@ impl Sfu {
             bound = %local_addr,
             advertised = ?public_ips,
             loops = count,
+            tcp = config.tcp,
             local_only = config.local_only,
             "media plane listening"
         );
@@ -147,6 +147,7 @@ impl Sfu {
                 max_peers: config
                     .max_peers_per_loop
                     .unwrap_or_else(|| max_peers_per_loop(count)),
+                tcp_port: config.tcp.then_some(local_addr.port()),
             };
             let (shared, events, ready) = (shared.clone(), events_tx.clone(), ready_tx.clone());
             let fault_room = config.fault_room.clone();
@@ -226,6 +227,42 @@ impl Sfu {
         }
         Some(all)
     }
+}
+
+/// The media port: `count` UDP sockets of one `SO_REUSEPORT` group (one per loop) and, with
+/// ICE-TCP, as many TCP listeners on the same port number. When the OS picks the port (0), the
+/// number it gave UDP may be taken for TCP; another is tried then.
+#[allow(clippy::type_complexity)]
+fn bind(
+    config: &SfuConfig,
+    count: usize,
+) -> std::io::Result<(
+    SocketAddr,
+    Vec<std::net::UdpSocket>,
+    Vec<std::net::TcpListener>,
+)> {
+    let attempts = if config.udp_addr.port() == 0 { 8 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        // The first socket fixes the port (the configured one, or the one the OS picked for 0).
+        let first = driver::bind_reuseport(config.udp_addr)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(driver::bind_reuseport(local_addr)?);
+        }
+        if !config.tcp {
+            return Ok((local_addr, sockets, Vec::new()));
+        }
+        match (0..count)
+            .map(|_| crate::tcp::bind_listener(local_addr))
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(listeners) => return Ok((local_addr, sockets, listeners)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no media port")))
 }
 
 /// This host's own addresses, as read at start: the sources a local-only media plane serves.

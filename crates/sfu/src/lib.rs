@@ -33,9 +33,10 @@ pub mod sim;
 mod speakers;
 mod stats;
 mod stun;
+mod tcp;
 mod track;
 
-pub use crate::core::{CoreConfig, MediaCore, Output, Route, Transmit};
+pub use crate::core::{CoreConfig, MediaCore, Output, Remote, Route, Transmit, Transport};
 pub use error::SfuError;
 pub use feedback::{RtcpToApplication, is_keyframe_request};
 pub use handle::{Sfu, SfuConfig};

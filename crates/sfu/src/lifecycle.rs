@@ -15,7 +15,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use tracing::{debug, info, warn};
 
-use crate::core::{Output, REBUILD_INTERVAL, Transmit};
+use crate::core::{Output, REBUILD_INTERVAL, Transmit, Transport};
 use crate::peer::{OutKey, PeerId};
 use crate::track::{InTrack, OutTrack};
 use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions};
@@ -430,9 +430,16 @@ impl MediaCore {
         }
         let _ = peer.pc.close();
         while let Some(msg) = peer.pc.poll_write() {
+            // The last words (DTLS close) are never video.
+            let transport = match msg.transport.transport_protocol {
+                rtc::shared::TransportProtocol::TCP => Transport::Tcp,
+                _ => Transport::Udp,
+            };
             self.outputs.push_back(Output::Transmit(Transmit {
                 to: msg.transport.peer_addr,
+                transport,
                 data: msg.message,
+                video: None,
             }));
         }
         if self.by_ufrag.remove(&peer.ufrag).is_some() {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use miclink_protocol::Ident;
 use rand::RngExt;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -24,6 +25,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind, TYPE_RTCP_FB_NACK,
 };
 
+use crate::core::{Remote, Transport};
 use crate::feedback::{RtcpToApplication, sfu_feedback};
 use crate::stats::PeerStats;
 use crate::track::{InTrack, OutTrack};
@@ -56,7 +58,7 @@ pub(crate) struct Peer {
     pub(crate) link: u64,
     pub(crate) ufrag: String,
     /// Remote addresses learned from the client's checks, at most [`MAX_ADDRS`].
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<Remote>,
     pub(crate) connected: bool,
     /// Publish connections: tracks by track id.
     pub(crate) tracks: HashMap<String, InTrack>,
@@ -74,7 +76,7 @@ pub(crate) struct Peer {
     /// race its answer (UDP beats the WebSocket and the hub) and rtc refuses a check it cannot
     /// yet attribute, so they are kept (a few) and fed again once the answer is in, instead of
     /// leaving the client to its retransmission schedule.
-    pub(crate) early: Option<Vec<(Vec<u8>, SocketAddr)>>,
+    pub(crate) early: Option<Vec<(Vec<u8>, Remote)>>,
     /// Trickled candidates taken so far (they are capped).
     pub(crate) remote_candidates: usize,
     pub(crate) counters: PeerStats,
@@ -109,7 +111,11 @@ pub(crate) struct PeerFactory {
 }
 
 impl PeerFactory {
-    pub(crate) fn new(loop_index: usize, public: &[SocketAddr]) -> Result<PeerFactory, SfuError> {
+    pub(crate) fn new(
+        loop_index: usize,
+        public: &[SocketAddr],
+        tcp_port: Option<u16>,
+    ) -> Result<PeerFactory, SfuError> {
         let internal = |e: &dyn std::fmt::Display| SfuError::Internal(e.to_string());
         let provider = rtc::crypto::default_provider().map_err(|e| internal(&e))?;
         let params =
@@ -120,9 +126,18 @@ impl PeerFactory {
             params,
         )
         .map_err(|e| internal(&e))?;
+        // UDP first; the passive TCP candidates rank below every UDP one (RFC 6544 local
+        // preference), so a client only settles on TCP when UDP does not get through.
+        let tcp = tcp_port.into_iter().flat_map(|port| {
+            public
+                .iter()
+                .map(move |addr| (SocketAddr::new(addr.ip(), port), Transport::Tcp))
+        });
         let candidates = public
             .iter()
-            .map(|addr| host_candidate(*addr).map_err(|e| internal(&e)))
+            .map(|addr| (*addr, Transport::Udp))
+            .chain(tcp)
+            .map(|(addr, transport)| host_candidate(addr, transport).map_err(|e| internal(&e)))
             .collect::<Result<_, _>>()?;
         Ok(PeerFactory {
             prefix: format!("{loop_index:02x}"),
@@ -288,20 +303,44 @@ fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Res
     Ok(())
 }
 
-/// The SDP line of a UDP host candidate on `addr`.
-pub(crate) fn host_candidate(addr: SocketAddr) -> Result<String, rtc::shared::error::Error> {
+/// The SDP line of a host candidate on `addr`: UDP, or passive TCP (the client connects).
+pub(crate) fn host_candidate(
+    addr: SocketAddr,
+    transport: Transport,
+) -> Result<String, rtc::shared::error::Error> {
+    let (network, tcp_type) = match transport {
+        Transport::Udp => ("udp", TcpType::Unspecified),
+        Transport::Tcp => ("tcp", TcpType::Passive),
+    };
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
-            network: "udp".to_owned(),
+            network: network.to_owned(),
             address: addr.ip().to_string(),
             port: addr.port(),
             component: 1,
             ..Default::default()
         },
-        ..Default::default()
+        tcp_type,
     }
     .new_candidate_host()?;
     Ok(RTCIceCandidate::from(&candidate).to_json()?.candidate)
+}
+
+/// The SSRC of `packet` when it is a video RTP packet this subscribe connection sends: on a
+/// congested TCP connection such packets go first. The RTP header (RFC 3550) is clear text
+/// under SRTP; RTCP (payload types 192 to 223 in the second byte, RFC 5761) is never video.
+pub(crate) fn video_ssrc(peer: &Peer, packet: &[u8]) -> Option<u32> {
+    if peer.kind != PcKind::Subscribe || packet.len() < 12 || !(128..=191).contains(&packet[0]) {
+        return None;
+    }
+    if (192..=223).contains(&packet[1]) {
+        return None;
+    }
+    let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+    peer.outs
+        .values()
+        .any(|o| o.ssrc == ssrc && o.kind == RtpCodecKind::Video)
+        .then_some(ssrc)
 }
 
 fn random_string(len: usize) -> String {

@@ -81,6 +81,17 @@ counters! {
     handover_dropped,
     /// Datagrams the kernel would not take (full send buffer).
     send_errors,
+    /// TCP connections accepted on the media port (ICE-TCP).
+    tcp_accepted,
+    /// TCP connections closed before they proved to belong to a connection here: no valid
+    /// check in time, a frame too long, garbage, or too many such connections at once.
+    tcp_refused,
+    /// Video packets a TCP connection dropped because its client reads too slowly (its
+    /// publisher is then asked for a keyframe).
+    tcp_video_dropped,
+    /// Other packets (audio, RTCP, DTLS) a TCP connection dropped: its queue was full even
+    /// without video.
+    tcp_dropped,
     /// Subscribe connections rebuilt after they failed or the client asked (`resubscribe`).
     subscribe_rebuilt,
     /// Publish connections replaced by a new publish offer of the same user.

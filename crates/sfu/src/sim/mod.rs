@@ -161,6 +161,7 @@ impl Net {
             loops: 1,
             public: vec![SERVER],
             max_peers,
+            tcp_port: None,
         })
         .expect("a media core");
         Net {
