@@ -122,6 +122,32 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
     }
 }
 
+/// A server whose media port is bound on every address (serving this host only, as the
+/// embedded defaults do) and advertises `public`.
+pub async fn server_wildcard(public: Vec<std::net::IpAddr>) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::load(Args::default()).expect("defaults");
+    config.metrics_token = Some(METRICS_TOKEN.to_owned());
+    if let Some(media) = &mut config.media {
+        media.udp_addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        media.local_only = true;
+        media.public_ips = public;
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(miclink::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        url: format!("ws://{addr}/ws"),
+        http: addr,
+        stop: Some(stop),
+        done: Some(done),
+    }
+}
+
 /// What a member's subscribe connection received, by publisher (msid stream id) and kind.
 pub type Received = HashMap<(String, Kind), Arrivals>;
 

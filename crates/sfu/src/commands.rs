@@ -363,8 +363,8 @@ impl MediaCore {
             self.negotiate(now, id);
         }
         self.process(now, id);
-        for (data, from) in early.into_iter().flatten() {
-            self.input(now, from, &data);
+        for (data, from, to) in early.into_iter().flatten() {
+            self.input(now, from, to, &data);
         }
         Ok(())
     }

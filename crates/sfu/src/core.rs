@@ -5,7 +5,7 @@
 //! It must not touch a socket or read the clock: every method that needs the time takes `now`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -86,6 +86,9 @@ impl Remote {
 #[derive(Debug)]
 pub struct Transmit {
     pub to: SocketAddr,
+    /// The local address it belongs to (the candidate the client's checks came to): on a
+    /// multi-homed host the reply must leave from the address the request came to.
+    pub from: SocketAddr,
     pub transport: Transport,
     pub data: BytesMut,
     /// On TCP: a video RTP packet of this SSRC, what a congested connection drops first
@@ -102,6 +105,8 @@ pub enum Output {
     /// socket on the shared port); a TCP connection is adopted (kept open).
     Connect {
         remote: Remote,
+        /// The local address (candidate) `remote` reached.
+        local: SocketAddr,
     },
     /// `remote`'s connection is gone (a TCP connection is closed).
     Forget {
@@ -341,17 +346,48 @@ impl MediaCore {
 
     /// One datagram from the media port.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Route {
-        self.input(now, Remote::udp(from), data)
+        self.input(now, Remote::udp(from), None, data)
+    }
+
+    /// One datagram from the media port that arrived at local address `to` (`IP_PKTINFO`):
+    /// it is tagged with the candidate of that address, so on a multi-homed host every
+    /// address is a candidate of its own and the answers go out from it.
+    pub fn handle_datagram_at(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: IpAddr,
+        data: &[u8],
+    ) -> Route {
+        self.input(now, Remote::udp(from), Some(to), data)
     }
 
     /// One RFC 4571 frame from a TCP connection (its peer address `from`). A connection is
     /// adopted ([`Output::Connect`]) once a frame is a check for a connection here; the driver
     /// closes one that is not.
     pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Route {
-        self.input(now, Remote::tcp(from), data)
+        self.input(now, Remote::tcp(from), None, data)
     }
 
-    pub(crate) fn input(&mut self, now: Instant, from: Remote, data: &[u8]) -> Route {
+    /// The candidate a datagram that came to `to` belongs to: that address when it is one of
+    /// the advertised, else the first (behind NAT the advertised address is not a local one).
+    fn local_of(&self, to: Option<IpAddr>, transport: Transport) -> SocketAddr {
+        let base = match transport {
+            Transport::Udp => self.local,
+            Transport::Tcp => self.local_tcp,
+        };
+        to.map(|ip| SocketAddr::new(ip, base.port()))
+            .filter(|a| self.config.public.iter().any(|p| p.ip() == a.ip()))
+            .unwrap_or(base)
+    }
+
+    pub(crate) fn input(
+        &mut self,
+        now: Instant,
+        from: Remote,
+        to: Option<IpAddr>,
+        data: &[u8],
+    ) -> Route {
         self.saw(now);
         self.stats.datagrams_in += 1;
         let id = match self.by_addr.get(&from) {
@@ -378,21 +414,22 @@ impl MediaCore {
                 id
             }
         };
+        let local_addr = self.local_of(to, from.transport);
         let Some(peer) = self.peers.get_mut(&id) else {
             self.stats.datagrams_dropped += 1;
             return Route::Handled;
         };
         if let Some(early) = &mut peer.early {
             if early.len() < EARLY_DATAGRAMS {
-                early.push((data.to_vec(), from));
+                early.push((data.to_vec(), from, to));
             } else {
                 self.stats.datagrams_dropped += 1;
             }
             return Route::Handled;
         }
-        let (local_addr, transport_protocol) = match from.transport {
-            Transport::Udp => (self.local, TransportProtocol::UDP),
-            Transport::Tcp => (self.local_tcp, TransportProtocol::TCP),
+        let transport_protocol = match from.transport {
+            Transport::Udp => TransportProtocol::UDP,
+            Transport::Tcp => TransportProtocol::TCP,
         };
         let msg = TaggedBytesMut {
             now,
@@ -414,7 +451,10 @@ impl MediaCore {
         if !peer.addrs.contains(&from) && stun::is_stun(data) && peer.addrs.len() < MAX_ADDRS {
             peer.addrs.push(from);
             self.by_addr.entry(from).or_insert(id);
-            self.outputs.push_back(Output::Connect { remote: from });
+            self.outputs.push_back(Output::Connect {
+                remote: from,
+                local: local_addr,
+            });
         }
         self.process(now, id);
         Route::Handled
@@ -535,6 +575,7 @@ impl MediaCore {
                     };
                     return Some(Output::Transmit(Transmit {
                         to: msg.transport.peer_addr,
+                        from: msg.transport.local_addr,
                         transport,
                         data: msg.message,
                         video,

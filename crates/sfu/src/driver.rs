@@ -14,12 +14,14 @@
 //! per socket however hard a flood comes, and the core's queued output never outgrows one turn.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
@@ -69,7 +71,7 @@ pub(crate) enum Msg {
 pub(crate) struct LoopHandle {
     commands: std::sync::mpsc::Sender<Msg>,
     /// Bounded: a flood of first packets for this loop's flows must not grow memory.
-    handover: std::sync::mpsc::SyncSender<(Vec<u8>, SocketAddr)>,
+    handover: std::sync::mpsc::SyncSender<Handed>,
     waker: Arc<Waker>,
 }
 
@@ -80,8 +82,8 @@ impl LoopHandle {
         }
     }
 
-    fn hand_over(&self, data: &[u8], from: SocketAddr) -> bool {
-        let ok = self.handover.try_send((data.to_vec(), from)).is_ok();
+    fn hand_over(&self, data: &[u8], from: SocketAddr, to: Option<IpAddr>) -> bool {
+        let ok = self.handover.try_send((data.to_vec(), from, to)).is_ok();
         if ok {
             let _ = self.waker.wake();
         }
@@ -96,8 +98,11 @@ pub(crate) struct LoopParts {
     socket: std::net::UdpSocket,
     listener: Option<std::net::TcpListener>,
     commands: std::sync::mpsc::Receiver<Msg>,
-    handover: std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    handover: std::sync::mpsc::Receiver<Handed>,
 }
+
+/// A datagram handed between loops: its bytes, its source, and the local address it came to.
+type Handed = (Vec<u8>, SocketAddr, Option<IpAddr>);
 
 pub(crate) fn new_loop(
     index: usize,
@@ -184,11 +189,15 @@ struct Driver {
     index: usize,
     poll: Poll,
     socket: UdpSocket,
+    /// The shared socket's `recvmsg`/`sendmsg` with `IP_PKTINFO` (and GRO where the kernel
+    /// has it).
+    udp: UdpSocketState,
     bound: SocketAddr,
     /// Sockets connected to one remote address each, on the same port: the kernel delivers a
     /// connected flow to its socket, so after the first packets every datagram of a peer
     /// connection arrives at the loop that owns it.
-    connected: HashMap<Token, (UdpSocket, SocketAddr)>,
+    /// Each with its remote and the local address its datagrams are tagged with.
+    connected: HashMap<Token, (UdpSocket, SocketAddr, Option<IpAddr>)>,
     connected_by_addr: HashMap<SocketAddr, Token>,
     /// ICE-TCP: the listener and the connections this loop holds.
     tcp: Conns,
@@ -232,6 +241,13 @@ pub(crate) fn run(
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     let mut socket = UdpSocket::from_std(socket);
+    let udp = match UdpSocketState::new(UdpSockRef::from(&socket)) {
+        Ok(udp) => udp,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
     let mut listener = listener.map(TcpListener::from_std);
     let started = poll
         .registry()
@@ -256,6 +272,7 @@ pub(crate) fn run(
         index,
         poll,
         socket,
+        udp,
         bound,
         connected: HashMap::new(),
         connected_by_addr: HashMap::new(),
@@ -278,9 +295,10 @@ impl Driver {
     fn run(
         &mut self,
         commands: &std::sync::mpsc::Receiver<Msg>,
-        handover: &std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+        handover: &std::sync::mpsc::Receiver<Handed>,
     ) {
-        let mut buf = vec![0u8; 2048];
+        // Room for a whole GRO batch of the shared socket (segments of a datagram's size).
+        let mut buf = vec![0u8; self.udp.gro_segments().max(1) * 2048];
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = if self.readable.is_empty() {
@@ -322,9 +340,9 @@ impl Driver {
                         Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
                     }
                 }
-                while let Ok((data, from)) = handover.try_recv() {
+                while let Ok((data, from, to)) = handover.try_recv() {
                     self.stats.handed_over += 1;
-                    self.datagram(now, &data, from);
+                    self.datagram(now, &data, from, to);
                 }
             }
             if accept {
@@ -370,18 +388,30 @@ impl Driver {
             for _ in 0..BATCH.min(budget) {
                 budget -= 1;
                 let got = if token == SHARED_SOCKET {
-                    self.socket.recv_from(buf)
+                    let mut meta = [RecvMeta::default()];
+                    self.udp
+                        .recv(
+                            UdpSockRef::from(&self.socket),
+                            &mut [IoSliceMut::new(buf)],
+                            &mut meta,
+                        )
+                        .map(|_| (meta[0].len, meta[0].stride, meta[0].addr, meta[0].dst_ip))
                 } else {
                     match self.connected.get(&token) {
-                        Some((socket, from)) => socket.recv(buf).map(|n| (n, *from)),
+                        Some((socket, from, to)) => socket.recv(buf).map(|n| (n, n, *from, *to)),
                         None => break,
                     }
                 };
                 match got {
                     // Connected sockets carry flows that passed this check on the shared one.
-                    Ok((_, from)) if token == SHARED_SOCKET && !self.serves(from) => more = true,
-                    Ok((n, from)) => {
-                        self.datagram(now, &buf[..n], from);
+                    Ok((_, _, from, _)) if token == SHARED_SOCKET && !self.serves(from) => {
+                        more = true;
+                    }
+                    Ok((n, stride, from, to)) => {
+                        // One read may hold several datagrams of one flow (GRO).
+                        for datagram in buf[..n].chunks(stride.max(1)) {
+                            self.datagram(now, datagram, from, to);
+                        }
                         more = true;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -405,10 +435,7 @@ impl Driver {
     /// most, since it usually means the server was started on its local defaults and someone
     /// else tried to connect.
     fn serves(&mut self, from: SocketAddr) -> bool {
-        let Some(local) = &self.shared.local_ips else {
-            return true;
-        };
-        if local.serves(from.ip()) {
+        if !self.shared.local_only || self.shared.host.serves(from.ip()) {
             return true;
         }
         self.stats.dropped_foreign += 1;
@@ -428,8 +455,20 @@ impl Driver {
         false
     }
 
-    fn datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
-        let owner = match self.core.handle_datagram(now, from, data) {
+    /// `ip` when the shared socket is bound to the wildcard and `ip` is one of this host's
+    /// addresses: a reply can then be sent from it. Behind NAT the advertised address is not
+    /// a local one, and the kernel picks.
+    fn own_address(&self, ip: IpAddr) -> Option<IpAddr> {
+        (self.bound.ip().is_unspecified() && !ip.is_unspecified() && self.shared.host.serves(ip))
+            .then_some(ip)
+    }
+
+    fn datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr, to: Option<IpAddr>) {
+        let route = match to {
+            Some(to) => self.core.handle_datagram_at(now, from, to, data),
+            None => self.core.handle_datagram(now, from, data),
+        };
+        let owner = match route {
             Route::Handled => return,
             // Only for a ufrag some loop has: a made-up one is dropped here, not queued there.
             Route::Loop(owner) => crate::stun::server_ufrag(data)
@@ -447,7 +486,7 @@ impl Driver {
         };
         match owner.and_then(|o| self.shared.loops.get(o)) {
             Some(l) => {
-                if !l.hand_over(data, from) {
+                if !l.hand_over(data, from, to) {
                     self.stats.handover_dropped += 1;
                 }
             }
@@ -513,8 +552,19 @@ impl Driver {
                             .get(&t.to)
                             .and_then(|token| self.connected.get(token))
                         {
-                            Some((socket, _)) => socket.send(&t.data),
-                            None => self.socket.send_to(&t.data, t.to),
+                            Some((socket, _, _)) => socket.send(&t.data).map(|_| ()),
+                            // From the address the client's checks came to, whatever route
+                            // the kernel would pick.
+                            None => self.udp.try_send(
+                                UdpSockRef::from(&self.socket),
+                                &quinn_udp::Transmit {
+                                    destination: t.to,
+                                    ecn: None,
+                                    contents: &t.data,
+                                    segment_size: None,
+                                    src_ip: self.own_address(t.from.ip()),
+                                },
+                            ),
                         };
                         // UDP: a full send buffer drops the datagram, as the network would.
                         if let Err(e) = sent {
@@ -522,8 +572,8 @@ impl Driver {
                             debug!(error = %e, to = %Pii(t.to), "udp send error");
                         }
                     }
-                    Output::Connect { remote } => match remote.transport {
-                        Transport::Udp => self.connect(remote.addr),
+                    Output::Connect { remote, local } => match remote.transport {
+                        Transport::Udp => self.connect(remote.addr, local.ip()),
                         Transport::Tcp => {
                             if let Some(conn) = self
                                 .tcp
@@ -729,14 +779,20 @@ impl Driver {
 
     /// Open a socket connected to `remote` on the shared port, so the kernel brings that flow
     /// to this loop from now on, and say so to the other loops for packets already under way.
-    fn connect(&mut self, remote: SocketAddr) {
+    ///
+    /// On a wildcard bind the socket is bound to the local address the flow came to, so what
+    /// it sends leaves from there (the kernel's route could pick another address of a
+    /// multi-homed host, and the client would drop the answers).
+    fn connect(&mut self, remote: SocketAddr, local: IpAddr) {
         if let Ok(mut owners) = self.shared.owners.write() {
             owners.insert(remote, self.index);
         }
         if self.connected_by_addr.contains_key(&remote) {
             return;
         }
-        let socket = bind_reuseport(self.bound).and_then(|s| {
+        let own = self.own_address(local);
+        let bind = own.map_or(self.bound, |ip| SocketAddr::new(ip, self.bound.port()));
+        let socket = bind_reuseport(bind).and_then(|s| {
             s.connect(remote)?;
             Ok(s)
         });
@@ -758,13 +814,13 @@ impl Driver {
         {
             return;
         }
-        self.connected.insert(token, (socket, remote));
+        self.connected.insert(token, (socket, remote, Some(local)));
         self.connected_by_addr.insert(remote, token);
     }
 
     fn forget(&mut self, remote: SocketAddr) {
         if let Some(token) = self.connected_by_addr.remove(&remote)
-            && let Some((mut socket, _)) = self.connected.remove(&token)
+            && let Some((mut socket, _, _)) = self.connected.remove(&token)
         {
             let _ = self.poll.registry().deregister(&mut socket);
         }

@@ -71,8 +71,10 @@ pub(crate) struct Shared {
     pub(crate) owners: RwLock<HashMap<SocketAddr, usize>>,
     /// Every live connection's server ufrag, whichever loop has it.
     pub(crate) ufrags: RwLock<HashSet<String>>,
-    /// With [`SfuConfig::local_only`]: the sources served (this host's addresses).
-    pub(crate) local_ips: Option<LocalIps>,
+    /// This host's addresses, as read at start: the sources a [`SfuConfig::local_only`] media
+    /// plane serves, and the addresses a reply may be sent from.
+    pub(crate) host: LocalIps,
+    pub(crate) local_only: bool,
     /// A loop died: the media plane is down.
     pub(crate) failed: AtomicBool,
     pub(crate) failure: Notify,
@@ -100,9 +102,7 @@ impl Sfu {
         let interfaces: Vec<IpAddr> = if_addrs::get_if_addrs()
             .map(|list| list.into_iter().map(|i| i.ip()).collect())
             .unwrap_or_default();
-        let local_ips = config
-            .local_only
-            .then(|| LocalIps(interfaces.iter().copied().collect()));
+        let host = LocalIps(interfaces.iter().copied().collect());
         let public_ips = if config.public_ips.is_empty() {
             default_public_ips(local_addr.ip(), interfaces)
         } else {
@@ -125,7 +125,8 @@ impl Sfu {
             loops: handles,
             owners: RwLock::new(HashMap::new()),
             ufrags: RwLock::new(HashSet::new()),
-            local_ips,
+            host,
+            local_only: config.local_only,
             failed: AtomicBool::new(false),
             failure: Notify::new(),
             hash_key: std::hash::RandomState::new(),

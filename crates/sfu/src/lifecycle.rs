@@ -437,6 +437,7 @@ impl MediaCore {
             };
             self.outputs.push_back(Output::Transmit(Transmit {
                 to: msg.transport.peer_addr,
+                from: msg.transport.local_addr,
                 transport,
                 data: msg.message,
                 video: None,

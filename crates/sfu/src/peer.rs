@@ -33,6 +33,10 @@ use crate::{PcKind, SfuError};
 
 pub(crate) type PeerId = u64;
 
+/// A datagram kept before a subscribe connection's first answer: its bytes, its source, and
+/// the local address it came to.
+pub(crate) type Early = (Vec<u8>, Remote, Option<std::net::IpAddr>);
+
 /// A subscribe connection's outgoing track: the publisher and the kind.
 pub(crate) type OutKey = (Ident, RtpCodecKind);
 
@@ -76,7 +80,7 @@ pub(crate) struct Peer {
     /// race its answer (UDP beats the WebSocket and the hub) and rtc refuses a check it cannot
     /// yet attribute, so they are kept (a few) and fed again once the answer is in, instead of
     /// leaving the client to its retransmission schedule.
-    pub(crate) early: Option<Vec<(Vec<u8>, Remote)>>,
+    pub(crate) early: Option<Vec<Early>>,
     /// Trickled candidates taken so far (they are capped).
     pub(crate) remote_candidates: usize,
     pub(crate) counters: PeerStats,
