@@ -85,24 +85,13 @@ async fn a_wildcard_bind_answers_from_the_address_the_client_reached() {
     let server = common::server_wildcard(vec![second]).await;
     let started = Instant::now();
     let stop = Arc::new(Notify::new());
-    let mut anchor = Member::join(
-        &server.url,
-        "r",
-        "anchor",
-        Role::Anchor,
-        Recv::new(started),
-        Options::default(),
+    let anchor = common::client_anchor(
+        &server,
+        started,
+        &[StreamSpec::audio(32_000), StreamSpec::video(200_000, 15)],
+        stop.clone(),
     )
-    .await
-    .expect("anchor joins");
-    anchor
-        .publish(
-            &[StreamSpec::audio(32_000), StreamSpec::video(200_000, 15)],
-            stop.clone(),
-            None,
-        )
-        .await
-        .expect("the anchor's publish connection comes up through 127.0.0.2");
+    .await;
     // The viewer reaches 127.0.0.2 through the relay, which sends from 127.0.0.1.
     let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
     let seen = relays.clone();

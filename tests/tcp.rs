@@ -10,7 +10,7 @@ use miclink_loadtest::client::{Member, Options, SdpRewrite};
 use miclink_loadtest::marker::Kind;
 use miclink_loadtest::peer::StreamSpec;
 use miclink_loadtest::recv::Recv;
-use miclink_protocol::{Ident, Request, Role};
+use miclink_protocol::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -53,16 +53,18 @@ async fn a_member_allowed_only_tcp_gets_media_both_ways_over_ice_tcp() {
     let started = Instant::now();
     let stop = Arc::new(Notify::new());
     let anchor_recv = Recv::new(started);
-    let mut anchor = Member::join(
-        &server.url,
-        "r",
+    let mut anchor = common::client_join(
+        &server,
         "anchor",
         Role::Anchor,
         anchor_recv.clone(),
-        Options::default(),
+        // Accepts the guest's application below.
+        Options {
+            auto_accept: true,
+            ..Options::default()
+        },
     )
-    .await
-    .expect("anchor joins");
+    .await;
     anchor
         .publish(
             &[StreamSpec::audio(32_000), StreamSpec::video(300_000, 15)],
@@ -72,16 +74,14 @@ async fn a_member_allowed_only_tcp_gets_media_both_ways_over_ice_tcp() {
         .await
         .expect("anchor publishes over UDP");
     let guest_recv = Recv::new(started);
-    let mut guest = Member::join(
-        &server.url,
-        "r",
+    let mut guest = common::client_join(
+        &server,
         "guest",
         Role::Audience,
         guest_recv.clone(),
         tcp_only(),
     )
-    .await
-    .expect("guest joins");
+    .await;
     assert!(
         heard_above(&guest_recv, "anchor", Kind::Audio, 0).await,
         "the guest hears the anchor over TCP"
@@ -111,22 +111,7 @@ async fn a_member_allowed_only_tcp_gets_media_both_ways_over_ice_tcp() {
     );
 
     // The other way: the guest links and publishes over TCP; the anchor (UDP) gets it.
-    guest
-        .request(Request::RequestLink {
-            user: None,
-            seat: None,
-            timeout_s: None,
-            open_camera: Some(true),
-        })
-        .await
-        .expect("apply");
-    anchor
-        .call(Request::RespondLink {
-            user: Ident::new("guest").expect("id"),
-            accept: true,
-        })
-        .await
-        .expect("accept");
+    guest.apply(true).await.expect("the anchor accepts");
     guest
         .publish(
             &[StreamSpec::audio(32_000), StreamSpec::video(300_000, 15)],
@@ -233,46 +218,27 @@ async fn a_tcp_reader_that_stops_reading_costs_only_its_own_video() {
     let proxy = proxy().await;
     let started = Instant::now();
     let stop = Arc::new(Notify::new());
-    let mut anchor = Member::join(
-        &server.url,
-        "r",
-        "anchor",
-        Role::Anchor,
-        Recv::new(started),
-        Options::default(),
-    )
-    .await
-    .expect("anchor joins");
     // Enough video that a stalled reader's queues fill in about a second.
-    anchor
-        .publish(
-            &[StreamSpec::audio(32_000), StreamSpec::video(2_000_000, 30)],
-            stop.clone(),
-            None,
-        )
-        .await
-        .expect("anchor publishes");
+    let anchor = common::client_anchor(
+        &server,
+        started,
+        &[StreamSpec::audio(32_000), StreamSpec::video(2_000_000, 30)],
+        stop.clone(),
+    )
+    .await;
     let udp_recv = Recv::new(started);
-    let udp_viewer = Member::join(
-        &server.url,
-        "r",
+    let udp_viewer = common::client_join(
+        &server,
         "udp-viewer",
         Role::Audience,
         udp_recv.clone(),
         Options::default(),
     )
-    .await
-    .expect("UDP viewer joins");
+    .await;
     // The slow viewer's client reaches the server's passive candidate through the proxy.
     let (proxy_port, target) = (proxy.port, proxy.target.clone());
     let rewrite: SdpRewrite = Arc::new(move |sdp: &str| {
-        // "a=candidate:F 1 tcp PRIO 127.0.0.1 PORT typ host tcptype passive"
-        let Some(port) = sdp
-            .lines()
-            .find(|l| l.contains("tcptype passive"))
-            .and_then(|l| l.split_whitespace().nth(5))
-            .and_then(|p| p.parse::<u16>().ok())
-        else {
+        let Some(port) = passive_port(sdp) else {
             return sdp.to_owned();
         };
         target.store(port, Ordering::SeqCst);
@@ -346,15 +312,13 @@ async fn a_tcp_reader_that_stops_reading_costs_only_its_own_video() {
     anchor.close().await;
 }
 
-/// The port of the server's passive TCP candidate, from the last offer `member` got.
-async fn tcp_port(member: &Member) -> u16 {
-    let offer = member.last_offer().await;
-    offer
-        .lines()
+/// The port of the server's passive TCP candidate in `sdp`
+/// ("a=candidate:F 1 tcp PRIO 127.0.0.1 PORT typ host tcptype passive").
+fn passive_port(sdp: &str) -> Option<u16> {
+    sdp.lines()
         .find(|l| l.contains("tcptype passive"))
         .and_then(|l| l.split_whitespace().nth(5))
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no passive TCP candidate in {offer}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,36 +326,24 @@ async fn idle_garbage_and_oversized_tcp_connections_are_closed_and_keep_nobody_o
     let server = common::server().await;
     let started = Instant::now();
     let stop = Arc::new(Notify::new());
-    let mut anchor = Member::join(
-        &server.url,
-        "r",
-        "anchor",
-        Role::Anchor,
-        Recv::new(started),
-        Options::default(),
-    )
-    .await
-    .expect("anchor joins");
-    anchor
-        .publish(&[StreamSpec::audio(32_000)], stop.clone(), None)
-        .await
-        .expect("anchor publishes");
-    let probe = Member::join(
-        &server.url,
-        "r",
+    let anchor =
+        common::client_anchor(&server, started, &[StreamSpec::audio(32_000)], stop.clone()).await;
+    let probe = common::client_join(
+        &server,
         "probe",
         Role::Audience,
         Recv::new(started),
         Options::default(),
     )
-    .await
-    .expect("probe joins");
+    .await;
     let deadline = Instant::now() + common::WAIT;
     while probe.offers_answered() == 0 {
         assert!(Instant::now() < deadline, "no offer");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let port = tcp_port(&probe).await;
+    let offer = probe.last_offer().await;
+    let port =
+        passive_port(&offer).unwrap_or_else(|| panic!("no passive TCP candidate in {offer}"));
     let refused_before = server.media_counter("tcp_refused").await;
 
     // Far more idle connections than a loop keeps pending, each sending nothing.
@@ -429,16 +381,8 @@ async fn idle_garbage_and_oversized_tcp_connections_are_closed_and_keep_nobody_o
 
     // A real client still gets in over TCP while the idle ones are there.
     let recv = Recv::new(started);
-    let guest = Member::join(
-        &server.url,
-        "r",
-        "guest",
-        Role::Audience,
-        recv.clone(),
-        tcp_only(),
-    )
-    .await
-    .expect("guest joins");
+    let guest =
+        common::client_join(&server, "guest", Role::Audience, recv.clone(), tcp_only()).await;
     assert!(
         heard_above(&recv, "anchor", Kind::Audio, 0).await,
         "a TCP client connects past idle connections"

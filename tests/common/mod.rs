@@ -95,8 +95,34 @@ pub async fn server() -> Server {
     server_with(|_| {}).await
 }
 
-/// A server whose configuration `adjust` may change (the media port is always chosen by the OS).
+/// A server whose configuration `adjust` may change (the media port is always chosen by the OS,
+/// on loopback: the tests see one host candidate per transport whatever the machine's
+/// interfaces).
 pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
+    start(|config| {
+        adjust(config);
+        if let Some(media) = &mut config.media {
+            media.udp_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            media.local_only = false;
+        }
+    })
+    .await
+}
+
+/// A server whose media port is bound on every address (serving this host only, as the
+/// embedded defaults do) and advertises `public`.
+pub async fn server_wildcard(public: Vec<std::net::IpAddr>) -> Server {
+    start(|config| {
+        if let Some(media) = &mut config.media {
+            media.udp_addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            media.local_only = true;
+            media.public_ips = public;
+        }
+    })
+    .await
+}
+
+async fn start(adjust: impl FnOnce(&mut Config)) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -104,12 +130,6 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::load(Args::default()).expect("defaults");
     config.metrics_token = Some(METRICS_TOKEN.to_owned());
     adjust(&mut config);
-    // Loopback only, as before the defaults served the host's other addresses too: the tests
-    // see one host candidate per transport whatever the machine's interfaces.
-    if let Some(media) = &mut config.media {
-        media.udp_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        media.local_only = false;
-    }
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(miclink::run(listener, config, async {
         let _ = stopped.await;
@@ -122,30 +142,39 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> Server {
     }
 }
 
-/// A server whose media port is bound on every address (serving this host only, as the
-/// embedded defaults do) and advertises `public`.
-pub async fn server_wildcard(public: Vec<std::net::IpAddr>) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// `user` joins room "r" on the load tool's own client (no test wrapper), with `options`.
+pub async fn client_join(
+    server: &Server,
+    user: &str,
+    role: Role,
+    recv: Arc<Recv>,
+    options: client::Options,
+) -> client::Member {
+    client::Member::join(&server.url, "r", user, role, recv, options)
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut config = Config::load(Args::default()).expect("defaults");
-    config.metrics_token = Some(METRICS_TOKEN.to_owned());
-    if let Some(media) = &mut config.media {
-        media.udp_addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-        media.local_only = true;
-        media.public_ips = public;
-    }
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(miclink::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    Server {
-        url: format!("ws://{addr}/ws"),
-        http: addr,
-        stop: Some(stop),
-        done: Some(done),
-    }
+        .unwrap_or_else(|e| panic!("{user} joins: {e:#}"))
+}
+
+/// The anchor of room "r" on the load tool's client, publishing `streams` until `stop`.
+pub async fn client_anchor(
+    server: &Server,
+    started: Instant,
+    streams: &[StreamSpec],
+    stop: Arc<Notify>,
+) -> client::Member {
+    let mut anchor = client_join(
+        server,
+        "anchor",
+        Role::Anchor,
+        Recv::new(started),
+        client::Options::default(),
+    )
+    .await;
+    anchor
+        .publish(streams, stop, None)
+        .await
+        .unwrap_or_else(|e| panic!("the anchor publishes: {e:#}"));
+    anchor
 }
 
 /// What a member's subscribe connection received, by publisher (msid stream id) and kind.
