@@ -679,14 +679,23 @@ impl Driver {
         let Some(conn) = self.tcp.by_token.get_mut(&token) else {
             return (false, 0);
         };
-        match conn.fill(buf) {
+        // Frames still waiting from the last turn are taken first, so the inbox never holds
+        // more than one read beyond them.
+        let read = if conn.unread() >= tcp::READ_CHUNK {
+            Filled::More
+        } else {
+            conn.fill(buf)
+        };
+        match read {
             Filled::Closed => {
                 self.close_tcp(now, token, false);
                 (false, 0)
             }
             read => {
-                let (_, frames) = self.take_frames(now, token, budget);
-                (read == Filled::More, frames)
+                // Frames left over the budget wait in the inbox: the token must come back next
+                // turn even when the socket itself is drained (no new edge would bring it).
+                let (left, frames) = self.take_frames(now, token, budget);
+                (read == Filled::More || left, frames)
             }
         }
     }

@@ -33,7 +33,7 @@ pub(crate) const MAX_PENDING: usize = 128;
 /// How long a connection may stay pending.
 pub(crate) const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from one connection in one go.
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// One TCP connection of the media port.
 pub(crate) struct Conn {
@@ -175,6 +175,11 @@ impl Conn {
         let start = self.taken + 2;
         self.taken = start + len;
         Ok(Some(&self.inbox[start..start + len]))
+    }
+
+    /// Bytes read and not yet taken as frames.
+    pub(crate) fn unread(&self) -> usize {
+        self.inbox.len() - self.taken
     }
 
     /// Put the last frame taken back, for the loop this connection is handed to.
@@ -340,7 +345,7 @@ mod tests {
     fn fill_all(conn: &mut Conn, want: usize) {
         let mut buf = vec![0u8; 64 * 1024];
         let deadline = Instant::now() + Duration::from_secs(5);
-        while conn.inbox.len() - conn.taken < want {
+        while conn.unread() < want {
             assert_ne!(conn.fill(&mut buf), Filled::Closed);
             assert!(Instant::now() < deadline, "bytes never arrived");
         }
