@@ -337,6 +337,19 @@ impl Member {
         self.publish_streams(&streams, None).await;
     }
 
+    /// Publish Opus audio and VP8 video in three simulcast layers (rids q, h, f at 12, 36
+    /// and 120 kbit/s, a keyframe a second). Returns the layers' pause switch (bit 0 low).
+    pub async fn publish_simulcast(&mut self) -> Arc<AtomicU8> {
+        let video = StreamSpec {
+            keyframe_every: 30,
+            ..StreamSpec::simulcast(120_000, 30)
+        };
+        let paused = video.paused.clone();
+        let streams = [self.audio(), video];
+        self.publish_streams(&streams, None).await;
+        paused
+    }
+
     /// Publish VP8 video alone, paced by `burst`: slow until [`Burst::go`], then fast.
     pub async fn publish_burst(&mut self, burst: Arc<Burst>) {
         let video = StreamSpec {
@@ -477,8 +490,31 @@ pub fn is_h264_idr(payload: &[u8]) -> bool {
     payload.first().is_some_and(|b| b & 0x1f == 5)
 }
 
+/// The first packet of a VP8 keyframe: the S bit, then (past the descriptor's optional fields,
+/// RFC 7741) the payload header's P bit clear.
 pub fn is_vp8_keyframe(payload: &[u8]) -> bool {
-    payload.first().is_some_and(|b| b & 0x10 != 0) && payload.get(1).is_some_and(|b| b & 0x01 == 0)
+    let Some(&first) = payload.first() else {
+        return false;
+    };
+    if first & 0x10 == 0 {
+        return false;
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let Some(&x) = payload.get(1) else {
+            return false;
+        };
+        at = 2;
+        if x & 0x80 != 0 {
+            at += if payload.get(at).is_some_and(|b| b & 0x80 != 0) {
+                2
+            } else {
+                1
+            };
+        }
+        at += usize::from(x & 0x40 != 0) + usize::from(x & 0x30 != 0);
+    }
+    payload.get(at).is_some_and(|b| b & 0x01 == 0)
 }
 
 /// The server's host candidate port and the VP8 payload type (if video is offered yet).

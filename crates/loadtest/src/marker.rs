@@ -1,10 +1,11 @@
 //! The payload every simulated publisher sends, so receivers can account for each packet.
 //!
-//! `[codec header: 2 bytes for video][MARK][kind u8][flags u8][seq u32][sent ns u64]
-//! [publisher length u8][publisher id][padding]`. `seq` counts the stream's packets from 0,
-//! `sent` is this process's monotonic clock (one-way delay over loopback is exact), `flags` bit 0
-//! says the packet starts a keyframe, and the publisher id names the sender whatever stream id
-//! the server gave the track.
+//! `[codec header: 2, 4 or 5 bytes for video][MARK][kind u8][flags u8][seq u32][sent ns u64]
+//! [publisher length u8][publisher id][padding]`. `seq` counts the stream's packets from 0 (all
+//! simulcast layers of a track share the count), `sent` is this process's monotonic clock
+//! (one-way delay over loopback is exact), `flags` bit 0 says the packet starts a keyframe and
+//! bits 1-2 give the simulcast layer (0 low, 2 high; 0 without simulcast), and the publisher id
+//! names the sender whatever stream id the server gave the track.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -41,13 +42,26 @@ pub struct Marker {
     pub seq: u32,
     pub sent_ns: u64,
     pub keyframe: bool,
+    pub layer: u8,
 }
 
 /// Append the marker (after any codec header already in `p`).
 pub fn write(p: &mut Vec<u8>, publisher: &str, kind: Kind, seq: u32, keyframe: bool) {
+    write_layer(p, publisher, kind, seq, keyframe, 0);
+}
+
+/// [`write`] for simulcast layer `layer` (0 to 3).
+pub fn write_layer(
+    p: &mut Vec<u8>,
+    publisher: &str,
+    kind: Kind,
+    seq: u32,
+    keyframe: bool,
+    layer: u8,
+) {
     p.extend_from_slice(MARK);
     p.push(kind as u8);
-    p.push(u8::from(keyframe));
+    p.push(u8::from(keyframe) | (layer & 3) << 1);
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&now_ns().to_be_bytes());
     let id = &publisher.as_bytes()[..publisher.len().min(64)];
@@ -55,23 +69,21 @@ pub fn write(p: &mut Vec<u8>, publisher: &str, kind: Kind, seq: u32, keyframe: b
     p.extend_from_slice(id);
 }
 
-/// The marker of a payload, if it carries one (audio at offset 0, video after its 2-byte codec
-/// header).
+/// The marker of a payload, if it carries one (audio at offset 0, video after its codec header:
+/// 2 bytes for H.264, 4 or 5 for VP8 with a picture id).
 pub fn read(payload: &[u8]) -> Option<Marker> {
-    let p = if payload.get(..4)? == MARK {
-        payload
-    } else {
-        payload.get(2..)?
-    };
-    if p.get(..4)? != MARK {
-        return None;
-    }
+    let at = [0, 2, 4, 5]
+        .into_iter()
+        .find(|&at| payload.get(at..at + 4) == Some(&MARK[..]))?;
+    let p = &payload[at..];
     let kind = match p.get(4)? {
         0 => Kind::Audio,
         1 => Kind::Video,
         _ => return None,
     };
-    let keyframe = p.get(5)? & 1 == 1;
+    let flags = *p.get(5)?;
+    let keyframe = flags & 1 == 1;
+    let layer = (flags >> 1) & 3;
     let seq = u32::from_be_bytes(p.get(6..10)?.try_into().ok()?);
     let sent_ns = u64::from_be_bytes(p.get(10..18)?.try_into().ok()?);
     let len = *p.get(18)? as usize;
@@ -82,6 +94,7 @@ pub fn read(payload: &[u8]) -> Option<Marker> {
         seq,
         sent_ns,
         keyframe,
+        layer,
     })
 }
 
@@ -101,6 +114,10 @@ mod tests {
                 ("guest7", kind, 123_456, kind == Kind::Video)
             );
         }
+        let mut p = vec![0x90, 0x80, 0x81, 0x02, 0x00];
+        write_layer(&mut p, "anchor", Kind::Video, 9, true, 2);
+        let m = read(&p).expect("marker after a VP8 descriptor with a picture id");
+        assert_eq!((m.seq, m.keyframe, m.layer), (9, true, 2));
         assert!(read(b"not a marker at all").is_none());
         assert!(read(b"MLDT\x01").is_none(), "cut short");
     }

@@ -80,7 +80,23 @@ pub struct StreamSpec {
     /// Audio: the level each packet carries (RFC 6464, in -dBov: 0 is full scale, 127 silence),
     /// read per packet so a scenario can make a publisher start and stop talking.
     pub level: Arc<AtomicU8>,
+    /// Video: send three simulcast layers (rids `q`, `h`, `f`) at [`SIMULCAST_SHARES`] of
+    /// `bitrate_bps`, as a browser sends 180p, 360p and 720p.
+    pub simulcast: bool,
+    /// Video: a keyframe is this many times the size of another frame (encoders spend several
+    /// frames' worth of bits on one).
+    pub keyframe_scale: u32,
+    /// Simulcast layers not sent now, one bit per layer (bit 0 low): a publisher pausing what
+    /// nobody watches (`publisher_layers`), or a test stopping one.
+    pub paused: Arc<AtomicU8>,
 }
+
+/// The simulcast layers' rids, low to high.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// Each simulcast layer's share of the top rate, in percent: 180p, 360p and 720p VP8 at the
+/// rates browsers choose for them.
+pub const SIMULCAST_SHARES: [u32; 3] = [10, 30, 100];
 
 /// The level of a publisher that is not talking: a quiet room.
 pub const QUIET_DBOV: u8 = 90;
@@ -102,6 +118,9 @@ impl StreamSpec {
             keyframe_every: 1,
             burst: None,
             level: Arc::new(AtomicU8::new(QUIET_DBOV)),
+            simulcast: false,
+            keyframe_scale: 1,
+            paused: Arc::new(AtomicU8::new(0)),
         }
     }
 
@@ -115,6 +134,19 @@ impl StreamSpec {
             keyframe_every: fps * 2,
             burst: None,
             level: Arc::new(AtomicU8::new(QUIET_DBOV)),
+            simulcast: false,
+            keyframe_scale: 1,
+            paused: Arc::new(AtomicU8::new(0)),
+        }
+    }
+
+    /// [`StreamSpec::video`] as three simulcast layers, `bitrate_bps` the top one's rate, with
+    /// keyframes four frames' size.
+    pub fn simulcast(bitrate_bps: u32, fps: u32) -> StreamSpec {
+        StreamSpec {
+            simulcast: true,
+            keyframe_scale: 4,
+            ..StreamSpec::video(bitrate_bps, fps)
         }
     }
 }
@@ -210,6 +242,21 @@ impl Peer {
             RtpCodecKind::Audio,
             None,
         )?;
+        if sending {
+            // Simulcast layers are told apart by these (RFC 8852).
+            for uri in [
+                rtc::sdp::extmap::SDES_MID_URI,
+                rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+            ] {
+                media.register_header_extension(
+                    RTCRtpHeaderExtensionCapability {
+                        uri: uri.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                    None,
+                )?;
+            }
+        }
         let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
         if sending {
             // PLI and FIR from the server must reach the publisher's track (rtc's chain stops
@@ -367,19 +414,29 @@ impl Publisher {
         let mut sent = Vec::new();
         for spec in streams {
             let (kind, codec) = codec_of(spec);
+            let rids: &[&str] = if spec.simulcast && kind == RtpCodecKind::Video {
+                &SIMULCAST_RIDS
+            } else {
+                &[""]
+            };
+            let encodings = rids
+                .iter()
+                .map(|rid| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).to_owned(),
+                        ssrc: Some(rand::random()),
+                        ..Default::default()
+                    },
+                    codec: codec.clone(),
+                    ..Default::default()
+                })
+                .collect();
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 publisher.to_owned(),
                 format!("{publisher}-{kind}"),
                 format!("{publisher} {kind}"),
                 kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(rand::random()),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
+                encodings,
             )));
             peer.pc
                 .add_track(track.clone() as Arc<dyn TrackLocal>)
@@ -400,6 +457,8 @@ impl Publisher {
     /// Apply the answer and start sending until `stop`.
     pub async fn start(&self, answer: String, stop: Arc<Notify>) -> anyhow::Result<()> {
         let level_id = extension_id(&answer, AUDIO_LEVEL_URI);
+        let mid_id = extension_id(&answer, rtc::sdp::extmap::SDES_MID_URI);
+        let rid_id = extension_id(&answer, rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
         for (_, spec, pt) in &self.tracks {
             let (_, codec) = codec_of(spec);
             let negotiated = negotiated_pt(&answer, &codec.mime_type, &codec.sdp_fmtp_line)
@@ -412,31 +471,117 @@ impl Publisher {
             .await?;
         self.peer.dial_tcp(&answer).await?;
         for ((track, spec, pt), sent) in self.tracks.iter().zip(&self.sent) {
-            let keyframe_wanted = Arc::new(AtomicBool::new(true));
+            let codings = track.codings().await;
+            let simulcast = codings.len() > 1;
+            let mid = media_mid(&answer, "video");
+            if simulcast && (mid_id.is_none() || rid_id.is_none() || mid.is_none()) {
+                anyhow::bail!("the answer took simulcast without its mid and rid extensions");
+            }
+            let layers: Vec<(u32, Arc<AtomicBool>)> = codings
+                .iter()
+                .map(|c| {
+                    let ssrc = c.rtp_coding_parameters.ssrc.unwrap_or(0);
+                    (ssrc, Arc::new(AtomicBool::new(true)))
+                })
+                .collect();
             if spec.kind == Kind::Video {
-                let (track, wanted) = (track.clone(), keyframe_wanted.clone());
+                let (track, layers) = (track.clone(), layers.clone());
                 tokio::spawn(async move {
                     while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = track.poll().await {
-                        if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
-                            wanted.store(true, Ordering::Relaxed);
+                        for ssrc in packets
+                            .iter()
+                            .filter_map(|p| keyframe_request_ssrc(p.as_ref()))
+                        {
+                            // A request for an SSRC this track does not send asks for all.
+                            let named = layers.iter().any(|(s, _)| *s == ssrc);
+                            for (s, wanted) in &layers {
+                                if !named || *s == ssrc {
+                                    wanted.store(true, Ordering::Relaxed);
+                                }
+                            }
                         }
                     }
                 });
             }
-            tokio::spawn(send(
-                track.clone(),
-                spec.clone(),
-                Negotiated {
-                    pt: pt.load(Ordering::SeqCst),
-                    level_id: level_id.filter(|_| spec.kind == Kind::Audio),
-                },
-                sent.clone(),
-                keyframe_wanted,
-                stop.clone(),
-            ));
+            for (index, (coding, (ssrc, wanted))) in codings.iter().zip(layers).enumerate() {
+                let rid = &coding.rtp_coding_parameters.rid;
+                let share = if simulcast {
+                    SIMULCAST_SHARES[index.min(2)]
+                } else {
+                    100
+                };
+                let sdes = match (simulcast, mid_id, rid_id, &mid) {
+                    (true, Some(m), Some(r), Some(mid)) => Some(Sdes {
+                        mid_id: m,
+                        mid: mid.clone().into_bytes().into(),
+                        rid_id: r,
+                        rid: rid.clone().into_bytes().into(),
+                    }),
+                    _ => None,
+                };
+                tokio::spawn(send(
+                    track.clone(),
+                    spec.clone(),
+                    Negotiated {
+                        pt: pt.load(Ordering::SeqCst),
+                        level_id: level_id.filter(|_| spec.kind == Kind::Audio),
+                    },
+                    Stream {
+                        ssrc,
+                        layer: index as u8,
+                        bitrate_bps: (u64::from(spec.bitrate_bps) * u64::from(share) / 100) as u32,
+                        sdes,
+                    },
+                    sent.clone(),
+                    wanted,
+                    stop.clone(),
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// The SSRC a keyframe request (PLI or FIR) names.
+fn keyframe_request_ssrc(packet: &dyn rtc::rtcp::Packet) -> Option<u32> {
+    use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    let any = packet.as_any();
+    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+        return Some(pli.media_ssrc);
+    }
+    let fir = any.downcast_ref::<FullIntraRequest>()?;
+    Some(fir.fir.first().map_or(fir.media_ssrc, |e| e.ssrc))
+}
+
+/// The mid of an SDP's first m-section of `kind` ("audio" or "video").
+pub fn media_mid(sdp: &str, kind: &str) -> Option<String> {
+    let mut in_kind = false;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_kind = m.starts_with(kind);
+        } else if in_kind && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(mid.trim().to_owned());
+        }
+    }
+    None
+}
+
+/// One RTP stream a publisher's track sends: the track's only one, or a simulcast layer.
+struct Stream {
+    ssrc: u32,
+    /// 0 low to 2 high; 0 without simulcast.
+    layer: u8,
+    bitrate_bps: u32,
+    /// Simulcast: the mid and rid extensions every packet carries.
+    sdes: Option<Sdes>,
+}
+
+struct Sdes {
+    mid_id: u8,
+    mid: bytes::Bytes,
+    rid_id: u8,
+    rid: bytes::Bytes,
 }
 
 /// The id an SDP gives the header extension `uri` (the first `a=extmap` naming it).
@@ -475,6 +620,7 @@ async fn send(
     track: Arc<TrackLocalStaticRTP>,
     spec: StreamSpec,
     negotiated: Negotiated,
+    stream: Stream,
     sent: Arc<Sent>,
     keyframe_wanted: Arc<AtomicBool>,
     stop: Arc<Notify>,
@@ -489,10 +635,21 @@ async fn send(
         (None, Kind::Video) => (Duration::from_secs(1) / frames_per_s, 90_000 / frames_per_s),
         (None, Kind::Audio) => (Duration::from_millis(20), 960),
     };
-    let frame_bytes = (spec.bitrate_bps / 8 / frames_per_s).max(24) as usize;
-    let packets_per_frame = frame_bytes.div_ceil(MAX_PAYLOAD);
-    let packet_bytes = frame_bytes / packets_per_frame;
-    let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+    // Keyframes are `keyframe_scale` frames' size; the others share what is left of the rate.
+    let scale = spec.keyframe_scale.max(1);
+    let gop = spec.keyframe_every.max(1);
+    let delta_bytes = if spec.kind == Kind::Video && scale > 1 && gop > 1 {
+        (u64::from(stream.bitrate_bps) * u64::from(gop)
+            / 8
+            / u64::from(frames_per_s)
+            / u64::from(gop + scale - 1)) as usize
+    } else {
+        (stream.bitrate_bps / 8 / frames_per_s) as usize
+    }
+    .max(24);
+    let ssrc = stream.ssrc;
+    // VP8 PictureIDs (15 bits), from a random start as encoders do.
+    let mut picture: u16 = rand::random::<u16>() & 0x7fff;
     let mut tick = tokio::time::interval(interval);
     // A late tick is skipped, not burst: bursts would show up as the server's delay.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -509,10 +666,23 @@ async fn send(
             // Slow until told: a frame every 33 ms.
             Some(_) => u32::from(ticks % 33 == 0),
         };
+        if spec.paused.load(Ordering::Relaxed) & (1 << stream.layer) != 0 {
+            // A paused encoding starts again with a keyframe, as browsers' do.
+            keyframe_wanted.store(true, Ordering::Relaxed);
+            continue;
+        }
         for _ in 0..frames {
             let keyframe = spec.kind == Kind::Video
                 && (frame.is_multiple_of(spec.keyframe_every.max(1))
                     || keyframe_wanted.swap(false, Ordering::Relaxed));
+            let frame_bytes = if keyframe {
+                delta_bytes * scale as usize
+            } else {
+                delta_bytes
+            };
+            let packets_per_frame = frame_bytes.div_ceil(MAX_PAYLOAD);
+            let packet_bytes = frame_bytes / packets_per_frame;
+            let [picture_hi, picture_lo] = (picture | 0x8000).to_be_bytes();
             for i in 0..packets_per_frame {
                 if let Some(b) = &spec.burst
                     && sent.next_seq.load(Ordering::Relaxed) >= b.total
@@ -523,23 +693,28 @@ async fn send(
                 let mut payload = Vec::with_capacity(packet_bytes + 2);
                 match (spec.kind, spec.codec) {
                     (Kind::Audio, _) => {}
-                    // VP8 payload descriptor: S bit on a frame's first packet, then the payload
-                    // header's P bit (0 on keyframes).
+                    // VP8 payload descriptor with a 15-bit PictureID (as browsers send), the S
+                    // bit on a frame's first packet, then the payload header's P bit (0 on
+                    // keyframes).
                     (Kind::Video, VideoCodec::Vp8) if i == 0 => {
-                        payload.extend_from_slice(&[0x10, if keyframe { 0x00 } else { 0x01 }]);
+                        let p = if keyframe { 0x00 } else { 0x01 };
+                        payload.extend_from_slice(&[0x90, 0x80, picture_hi, picture_lo, p]);
                     }
-                    (Kind::Video, VideoCodec::Vp8) => payload.extend_from_slice(&[0x00, 0x00]),
+                    (Kind::Video, VideoCodec::Vp8) => {
+                        payload.extend_from_slice(&[0x80, 0x80, picture_hi, picture_lo]);
+                    }
                     // One NAL unit per packet: IDR slices (type 5) or non-IDR slices (type 1).
                     (Kind::Video, VideoCodec::H264) => {
                         payload.extend_from_slice(&[if keyframe { 0x65 } else { 0x41 }, 0x88]);
                     }
                 }
-                marker::write(
+                marker::write_layer(
                     &mut payload,
                     &sent.publisher,
                     spec.kind,
                     seq,
                     keyframe && i == 0,
+                    stream.layer,
                 );
                 payload.resize(payload.len().max(packet_bytes), 0);
                 let mut header = rtc::rtp::header::Header {
@@ -557,6 +732,10 @@ async fn send(
                     let voiced = if dbov <= TALKING_DBOV { 0x80 } else { 0 };
                     let _ = header.set_extension(id, vec![voiced | dbov].into());
                 }
+                if let Some(sdes) = &stream.sdes {
+                    let _ = header.set_extension(sdes.mid_id, sdes.mid.clone());
+                    let _ = header.set_extension(sdes.rid_id, sdes.rid.clone());
+                }
                 let packet = rtc::rtp::Packet {
                     header,
                     payload: payload.into(),
@@ -567,6 +746,7 @@ async fn send(
                 }
             }
             frame += 1;
+            picture = picture.wrapping_add(1) & 0x7fff;
         }
     }
 }

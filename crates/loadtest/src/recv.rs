@@ -80,6 +80,10 @@ pub struct Arrivals {
     pub marked_by: Vec<String>,
     /// Whether each packet started a keyframe (as the sender marked it).
     pub keyframes: Vec<bool>,
+    /// The simulcast layer each packet came from (as the sender marked it).
+    pub layers: Vec<u8>,
+    /// Each packet's VP8 PictureID, when its payload descriptor has one.
+    pub pictures: Vec<Option<u16>>,
     /// The first payload, for codec-specific checks.
     pub first_payload: Option<Vec<u8>>,
 }
@@ -146,7 +150,9 @@ impl Recv {
                 a.first_payload = Some(payload.to_vec());
             }
             a.seqs.push(rtp_seq);
+            a.pictures.push(vp8_picture_id(payload));
             if let Some(m) = &marker {
+                a.layers.push(m.layer);
                 a.counters.push(m.seq);
                 a.marked_by.push(m.publisher.clone());
                 a.keyframes.push(m.keyframe);
@@ -231,6 +237,19 @@ impl Recv {
     /// The arrival log by msid stream id and kind (empty unless made with [`Recv::logging`]).
     pub fn arrivals(&self) -> HashMap<(String, Kind), Arrivals> {
         self.inner.lock().expect("recv lock").arrivals.clone()
+    }
+}
+
+/// The PictureID of a VP8 payload descriptor (RFC 7741), if it carries one.
+pub fn vp8_picture_id(payload: &[u8]) -> Option<u16> {
+    if payload.first()? & 0x80 == 0 || payload.get(1)? & 0x80 == 0 {
+        return None;
+    }
+    let b = *payload.get(2)?;
+    if b & 0x80 != 0 {
+        Some(u16::from(b & 0x7f) << 8 | u16::from(*payload.get(3)?))
+    } else {
+        Some(u16::from(b))
     }
 }
 

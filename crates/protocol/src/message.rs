@@ -213,6 +213,11 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ban_s: Option<u32>,
     },
+    /// Version 2: the highest video layer of `user` this subscriber wants (rule 14).
+    SetSubscription {
+        user: Ident,
+        video: VideoQuality,
+    },
 }
 
 impl Request {
@@ -236,6 +241,7 @@ impl Request {
         "mute_member",
         "set_media",
         "kick_user",
+        "set_subscription",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -258,6 +264,7 @@ impl Request {
             Request::MuteMember { .. } => "mute_member",
             Request::SetMedia { .. } => "set_media",
             Request::KickUser { .. } => "kick_user",
+            Request::SetSubscription { .. } => "set_subscription",
         }
     }
 }
@@ -503,6 +510,29 @@ pub enum MediaBy {
     Seat,
 }
 
+/// A simulcast layer, or none (`set_subscription.video`, `subscription_state.video`,
+/// `publisher_layers.video`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoQuality {
+    Off,
+    Low,
+    Medium,
+    High,
+}
+
+/// Why a subscriber receives the layer it does (`subscription_state.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionReason {
+    /// What it asked for (or the highest layer there is below that).
+    Requested,
+    /// Less than it asked for: the server's estimate of its bandwidth does not fit more.
+    Bandwidth,
+    /// Nothing: the publisher sends no video now.
+    Unavailable,
+}
+
 /// One entry of `active_speakers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Speaker {
@@ -600,6 +630,16 @@ pub enum Event {
     ActiveSpeakers {
         speakers: Vec<Speaker>,
     },
+    /// Version 2, to a publisher: the simulcast layers somebody watches now (dynacast).
+    PublisherLayers {
+        video: Vec<VideoQuality>,
+    },
+    /// Version 2, to a subscriber: which layer of `user`'s video it receives now, and why.
+    SubscriptionState {
+        user: Ident,
+        video: VideoQuality,
+        reason: SubscriptionReason,
+    },
 }
 
 impl Event {
@@ -622,6 +662,8 @@ impl Event {
             Event::SeatsUpdated { .. } => "seats_updated",
             Event::MediaState { .. } => "media_state",
             Event::ActiveSpeakers { .. } => "active_speakers",
+            Event::PublisherLayers { .. } => "publisher_layers",
+            Event::SubscriptionState { .. } => "subscription_state",
         }
     }
 }

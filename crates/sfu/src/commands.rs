@@ -79,6 +79,17 @@ impl MediaCore {
                 self.outputs
                     .push_back(Output::Event(MediaEvent::Done { reply, result }));
             }
+            MediaCommand::SetSubscription {
+                room,
+                user,
+                publisher,
+                video,
+                reply,
+            } => {
+                let result = self.set_subscription(now, &room, &user, &publisher, video);
+                self.outputs
+                    .push_back(Output::Event(MediaEvent::Done { reply, result }));
+            }
             MediaCommand::Candidate {
                 room,
                 user,
@@ -170,6 +181,7 @@ impl MediaCore {
                     r.members.remove(&user);
                     r.subscribed_before.remove(&user);
                 }
+                self.forget_wishes(&room, &user);
                 self.rebuilds
                     .retain(|(_, r, u)| !(*r == room && *u == user));
                 self.last_rebuild.remove(&(room, user));

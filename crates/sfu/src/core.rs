@@ -145,6 +145,9 @@ pub(crate) struct RoomMedia {
     pub(crate) publish: HashMap<Ident, PeerId>,
     pub(crate) subscribe: HashMap<Ident, PeerId>,
     pub(crate) speakers: Speakers,
+    /// `set_subscription` wishes: subscriber -> (publisher, highest layer wanted), oldest
+    /// first, at most [`crate::allocate::MAX_WISHES`] each.
+    pub(crate) wishes: HashMap<Ident, Vec<(Ident, miclink_protocol::VideoQuality)>>,
 }
 
 /// What the seats allow one publisher ([`crate::MediaChange::AllowPublish`]).
@@ -257,6 +260,8 @@ pub struct MediaCore {
     /// When the publishers' NACK counts were last read from rtc (once a second, so statistics
     /// requests cost nothing per peer whatever their rate).
     pub(crate) nacks_read: Option<Instant>,
+    /// When every subscriber's streams were last chosen again.
+    pub(crate) allocated_at: Option<Instant>,
 }
 
 impl MediaCore {
@@ -289,6 +294,7 @@ impl MediaCore {
             shed: Shedder::default(),
             stats: SfuStats::default(),
             nacks_read: None,
+            allocated_at: None,
             offers_made: 0,
         })
     }
@@ -514,6 +520,7 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
+            self.allocate_all(now);
             for (room, r) in &mut self.rooms {
                 if r.speakers.due(now)
                     && let Some(speakers) = r.speakers.evaluate(now)

@@ -20,6 +20,9 @@ pub enum SfuError {
     /// The user is not a member of the room on the media plane.
     #[error("not in the room")]
     NotInRoom,
+    /// A request named a publisher who is not a member of the room.
+    #[error("no such user in the room")]
+    UnknownUser,
     /// The server could not build a connection: its own fault, not the request's.
     #[error("the media plane failed: {0}")]
     Internal(String),

@@ -14,6 +14,8 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::MediaCore;
 use crate::extensions::renumber;
+use crate::keyframe::Detector;
+use crate::layers::SourceId;
 use crate::peer::PeerId;
 use crate::resend::Refused;
 use crate::speakers;
@@ -39,6 +41,11 @@ impl MediaCore {
         let Some(track) = publisher.tracks.get_mut(track_id) else {
             return;
         };
+        let Some(index) = track.layer_index(packet.header.ssrc) else {
+            // A stream rtc bound but the track did not take (past its layer cap).
+            self.stats.rtp_unknown_stream += 1;
+            return;
+        };
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
         };
@@ -51,7 +58,7 @@ impl MediaCore {
             // Seats rule media: nobody unseated, nothing muted is forwarded, whatever keeps
             // arriving.
             self.stats.rtp_dropped_not_allowed += 1;
-            track.held(&packet);
+            track.layers[index].held(now, &packet);
             return;
         }
         publisher.counters.rtp_in += 1;
@@ -61,15 +68,18 @@ impl MediaCore {
             room.speakers.observe(&publisher.user, now, dbov);
         }
         let is_key = track.keyframes.is_keyframe(&packet.payload);
+        let vp8 = track.keyframes == Detector::Vp8;
         // The publisher's extensions, in its id space; each subscriber gets its own renumbering.
         let original = std::mem::take(&mut packet.header.extensions);
         let had_extensions = packet.header.extension;
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions_padding = 0;
-        let (ext, skipped) = track.receive(&packet);
+        let layer = &mut track.layers[index];
+        let (ext, skipped) = layer.receive(now, &packet);
         publisher.counters.packets_lost += skipped;
-        let (source, timestamp) = (track.source, packet.header.timestamp);
+        let (source, timestamp) = (layer.source, packet.header.timestamp);
+        let payload = packet.payload.clone();
         let key = (publisher.user.clone(), kind);
         let mut want_keyframe = false;
         // Disjoint borrows of the core's fields: the room's subscriber list is read while
@@ -90,6 +100,14 @@ impl MediaCore {
             let Some(negotiated) = &out.negotiated else {
                 continue;
             };
+            // Only the stream this subscriber is on, or the one it switches to (at a keyframe).
+            let Some(target) = out.target else {
+                continue;
+            };
+            let on = out.munger.source() == Some(source);
+            if !on && target != source {
+                continue;
+            }
             if out.paused {
                 match kind {
                     RtpCodecKind::Video => self.stats.video_shed += 1,
@@ -109,10 +127,18 @@ impl MediaCore {
                     }
                     Verdict::Drop => continue,
                 };
+            if !on {
+                self.stats.layer_switches += 1;
+            }
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = negotiated.payload_type;
             packet.header.sequence_number = seq;
             packet.header.timestamp = timestamp;
+            packet.payload = if vp8 {
+                out.pictures.rewrite(source, &payload)
+            } else {
+                payload.clone()
+            };
             if had_extensions {
                 renumber(&mut packet.header, &original, &out.ext_ids);
             }
@@ -135,31 +161,40 @@ impl MediaCore {
             }
         }
         if want_keyframe {
-            self.request_keyframe(now, from, track_id);
+            self.request_keyframe(now, from, track_id, Some(source));
         }
     }
 
-    /// Ask publisher `from` for a keyframe of `track_id` (at most once per PLI interval).
-    pub(crate) fn request_keyframe(&mut self, now: Instant, from: PeerId, track_id: &str) {
+    /// Ask publisher `from` for a keyframe of `track_id`'s stream `source` (every stream of the
+    /// track when `None`), at most once per PLI interval per stream.
+    pub(crate) fn request_keyframe(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        track_id: &str,
+        source: Option<SourceId>,
+    ) {
         let Some(publisher) = self.peers.get_mut(&from) else {
             return;
         };
         let Some(track) = publisher.tracks.get_mut(track_id) else {
             return;
         };
-        if !track.pli_due(now) {
-            return;
-        }
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: track.ssrc,
-        };
-        if let Some(mut r) = publisher.pc.rtp_receiver(track.receiver)
-            && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
-        {
-            self.stats.plis_sent += 1;
-            publisher.counters.plis += 1;
-            self.dirty.insert(from);
+        for layer in &mut track.layers {
+            if source.is_some_and(|s| s != layer.source) || !layer.pli_due(now) {
+                continue;
+            }
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: layer.ssrc,
+            };
+            if let Some(mut r) = publisher.pc.rtp_receiver(track.receiver)
+                && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
+            {
+                self.stats.plis_sent += 1;
+                publisher.counters.plis += 1;
+                self.dirty.insert(from);
+            }
         }
     }
 
@@ -229,12 +264,21 @@ impl MediaCore {
         Some((pid, track_id))
     }
 
+    /// A subscriber lost its picture: a keyframe of the stream it is on (or switching to).
     pub(crate) fn keyframe_for_subscriber(&mut self, now: Instant, sid: PeerId, ssrc: u32) {
-        let Some((publisher, kind)) = self.out_key(sid, ssrc) else {
+        let Some(key) = self.out_key(sid, ssrc) else {
             return;
         };
-        if let Some((pid, track_id)) = self.source_track(sid, &publisher, kind) {
-            self.request_keyframe(now, pid, &track_id);
+        let Some(source) = self
+            .peers
+            .get(&sid)
+            .and_then(|s| s.outs.get(&key))
+            .and_then(|o| o.munger.source().or(o.target))
+        else {
+            return;
+        };
+        if let Some((pid, track_id)) = self.source_track(sid, &key.0, key.1) {
+            self.request_keyframe(now, pid, &track_id, Some(source));
         }
     }
 
@@ -269,14 +313,11 @@ impl MediaCore {
                 .original(seq)
                 .and_then(|(source, ext, ts_offset)| {
                     let track = self.peers.get(&pid)?.tracks.get(&track_id)?;
-                    if track.source != source {
-                        return None;
-                    }
-                    let mut p = track.stored(ext)?.clone();
+                    let mut p = track.layer_of(source)?.stored(ext)?.clone();
                     p.header.timestamp = p.header.timestamp.wrapping_add(ts_offset);
-                    Some(p)
+                    Some((p, track.keyframes == Detector::Vp8))
                 });
-            let Some(mut packet) = stored else {
+            let Some((mut packet, vp8)) = stored else {
                 self.stats.retransmit_misses += 1;
                 continue;
             };
@@ -286,6 +327,11 @@ impl MediaCore {
             let Some(sub) = self.peers.get_mut(&sid) else {
                 return;
             };
+            if vp8 && let Some(out) = sub.outs.get(&key) {
+                // The same picture numbering as when it was first sent: the packet is from the
+                // current segment, whose offsets still stand.
+                packet.payload = out.pictures.apply(&packet.payload);
+            }
             if let Some(mut s) = sub.pc.rtp_sender(sender)
                 && s.write_rtp(now, packet).is_ok()
             {

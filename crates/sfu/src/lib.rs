@@ -14,6 +14,7 @@
 //! tracks change). The media plane obeys the seat state machine's [`MediaChange`]s and never
 //! decides admission: media from anyone not allowed is dropped at packet level.
 
+mod allocate;
 mod commands;
 mod core;
 mod driver;
@@ -23,6 +24,7 @@ mod feedback;
 mod forward;
 mod handle;
 mod keyframe;
+mod layers;
 mod lifecycle;
 mod peer;
 mod pii;
@@ -35,6 +37,7 @@ mod stats;
 mod stun;
 mod tcp;
 mod track;
+mod vp8;
 
 pub use crate::core::{CoreConfig, MediaCore, Output, Remote, Route, Transmit, Transport};
 pub use error::SfuError;
@@ -95,6 +98,14 @@ pub enum MediaCommand {
         pc: PcKind,
         candidate: String,
     },
+    /// `user` wants at most `video` of `publisher`'s video (rule 14).
+    SetSubscription {
+        room: Ident,
+        user: Ident,
+        publisher: Ident,
+        video: miclink_protocol::VideoQuality,
+        reply: ReplyTo,
+    },
 }
 
 impl MediaCommand {
@@ -113,7 +124,8 @@ impl MediaCommand {
             | MediaCommand::Publish { room, .. }
             | MediaCommand::SubscribeAnswer { room, .. }
             | MediaCommand::Resubscribe { room, .. }
-            | MediaCommand::Candidate { room, .. } => room,
+            | MediaCommand::Candidate { room, .. }
+            | MediaCommand::SetSubscription { room, .. } => room,
         }
     }
 }
@@ -157,5 +169,21 @@ pub enum MediaEvent {
         speakers: Vec<miclink_protocol::Speaker>,
     },
     /// An event loop died (a bug): the media plane cannot serve its rooms any more.
-    LoopFailed { index: usize },
+    /// The simulcast layers of `user`'s video somebody watches now; sent when that changes.
+    PublisherLayers {
+        room: Ident,
+        user: Ident,
+        video: Vec<miclink_protocol::VideoQuality>,
+    },
+    /// The layer of `publisher`'s video subscriber `user` receives now; sent when it changes.
+    SubscriptionState {
+        room: Ident,
+        user: Ident,
+        publisher: Ident,
+        video: miclink_protocol::VideoQuality,
+        reason: miclink_protocol::SubscriptionReason,
+    },
+    LoopFailed {
+        index: usize,
+    },
 }

@@ -76,7 +76,8 @@ impl MediaCore {
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                self.track_opened(now, id, init.track_id, init.receiver_id);
+                let rid = init.rid.unwrap_or_default();
+                self.track_opened(now, id, init.track_id, init.receiver_id, &rid, init.ssrc);
             }
             _ => {}
         }
@@ -111,12 +112,16 @@ impl MediaCore {
         self.ensure_subscribe(now, room, user);
     }
 
+    /// A stream arrived on a publish connection: a new track, or another simulcast layer of
+    /// one it has.
     pub(crate) fn track_opened(
         &mut self,
         now: Instant,
         id: PeerId,
         track_id: String,
         receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+        rid: &str,
+        ssrc: u32,
     ) {
         let source = self.next_source;
         let Some(peer) = self.peers.get_mut(&id) else {
@@ -125,11 +130,22 @@ impl MediaCore {
         if peer.kind != PcKind::Publish {
             return;
         }
+        if let Some(track) = peer.tracks.get_mut(&track_id) {
+            let (added, kind) = (track.add_layer(rid, ssrc, source), track.kind);
+            if added {
+                self.next_source += 1;
+                info!(parent: &peer.span, rid, ssrc, source, "simulcast layer published");
+                let (room, user) = (peer.room.clone(), peer.user.clone());
+                self.allocate_publisher(now, &room, &user, kind);
+            } else {
+                warn!(parent: &peer.span, rid, ssrc, "stream refused: the track has all its layers");
+            }
+            return;
+        }
         let Some(mut r) = peer.pc.rtp_receiver(receiver) else {
             return;
         };
         let kind = r.track().kind();
-        let ssrc = r.track().ssrcs().next().unwrap_or(0);
         let parameters = r.get_parameters().rtp_parameters.clone();
         // The codec of the stream's first packet (its payload type), not merely the first one
         // the m-section lists: a publisher offering VP8 and H.264 may send either.
@@ -148,12 +164,11 @@ impl MediaCore {
                 .map(|h| (h.id, h.uri.as_str())),
         );
         let (room, user) = (peer.room.clone(), peer.user.clone());
-        info!(parent: &peer.span, ?kind, mime = %codec.mime_type, source, "track published");
+        info!(parent: &peer.span, ?kind, mime = %codec.mime_type, rid, source, "track published");
         self.next_source += 1;
-        peer.tracks.insert(
-            track_id,
-            InTrack::new(source, kind, codec.clone(), receiver, ssrc, forwarded),
-        );
+        let mut track = InTrack::new(kind, codec.clone(), receiver, forwarded);
+        track.add_layer(rid, ssrc, source);
+        peer.tracks.insert(track_id, track);
         // Every other member receives it.
         let members: Vec<Ident> = self
             .rooms
@@ -180,6 +195,7 @@ impl MediaCore {
             }
             self.settle_extensions(sid);
         }
+        self.allocate_publisher(now, &room, &user, kind);
     }
 
     /// Map each of `sid`'s answered tracks' forwarded extensions from its publisher's current
@@ -258,6 +274,7 @@ impl MediaCore {
         for (publisher, kind, codec) in published {
             self.add_out_track(id, &publisher, kind, &codec);
         }
+        self.allocate_subscriber(now, id);
         self.negotiate(now, id);
     }
 

@@ -163,8 +163,11 @@ impl PeerFactory {
         let mut media = MediaEngine::default();
         register_forwarded_codecs(&mut media).map_err(|e| internal(&e))?;
         let registry = match kind {
-            // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback.
-            PcKind::Publish => register_default_interceptors(Registry::new(), &mut media),
+            // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback;
+            // simulcast layers are told apart by their mid and rid extensions (rule 14). No
+            // repaired-rid: rtc does not take RTX streams, so the answer offers no RTX.
+            PcKind::Publish => register_simulcast_extensions(&mut media)
+                .and_then(|()| register_default_interceptors(Registry::new(), &mut media)),
             // Sending: NACK and PLI are negotiated but no per-connection responder keeps a copy
             // of every packet; the SFU answers NACKs from the published track's one buffer.
             // Sender reports, and TWCC sequence numbers so subscribers send feedback.
@@ -302,6 +305,23 @@ fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Res
         media.register_codec(
             codec(mime, 90_000, 0, fmtp, video_feedback.clone(), pt),
             RtpCodecKind::Video,
+        )?;
+    }
+    Ok(())
+}
+
+/// The header extensions simulcast streams are bound by: mid and rid (RFC 8852).
+fn register_simulcast_extensions(media: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    for uri in [
+        rtc::sdp::extmap::SDES_MID_URI,
+        rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+    ] {
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
         )?;
     }
     Ok(())

@@ -75,6 +75,15 @@ counters! {
     retransmit_over_budget,
     /// Transport-wide congestion control feedback packets read.
     twcc_feedback,
+    /// RTP packets of a stream the track did not take (a simulcast layer past three).
+    rtp_unknown_stream,
+    /// Times a subscriber's stream of a video track moved to another simulcast layer (or a
+    /// republished stream), each at a keyframe.
+    layer_switches,
+    /// `subscription_state` events sent to subscribers.
+    subscription_changes,
+    /// `publisher_layers` events sent to publishers.
+    publisher_layer_changes,
     /// Datagrams a loop received for a connection another loop owns (first packets of a flow).
     handed_over,
     /// Datagrams dropped between loops because the receiving loop's queue was full.

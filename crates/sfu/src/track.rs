@@ -5,136 +5,76 @@
 //!
 //! Nothing here touches a peer connection; the forwarding code reads and writes through them.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rtc::rtp::Packet;
+use miclink_protocol::{SubscriptionReason, VideoQuality};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 
 use crate::extensions::Forwarded;
 use crate::keyframe::Detector;
+pub(crate) use crate::layers::{HISTORY, Layer, MAX_LAYERS, SourceId};
 use crate::resend::Resends;
-use crate::seq::{SeqExtender, nearest};
+#[cfg(test)]
+use crate::seq::SeqExtender;
+use crate::seq::nearest;
+use crate::vp8::Pictures;
 
-/// Packets of one published video track kept for retransmission, shared by every subscriber.
-pub(crate) const HISTORY: usize = 1024;
-
-/// The shortest interval between two keyframe requests to one publisher track.
-pub(crate) const PLI_INTERVAL: Duration = Duration::from_millis(300);
-
-/// Identifies one published track for as long as the process lives: a republish, even of the
-/// same kind by the same user, is a new source, so subscribers notice the switch.
-pub(crate) type SourceId = u64;
-
-/// A track arriving on a publish connection.
+/// A track arriving on a publish connection: one m-section, carrying one stream, or up to
+/// [`MAX_LAYERS`] simulcast ones (rule 14), each a [`Layer`] with a source of its own.
 pub(crate) struct InTrack {
-    pub(crate) source: SourceId,
     pub(crate) kind: RtpCodecKind,
     pub(crate) codec: RTCRtpCodec,
     pub(crate) keyframes: Detector,
     pub(crate) receiver: RTCRtpReceiverId,
-    pub(crate) ssrc: u32,
     /// The forwarded header extensions with this publisher's ids.
     pub(crate) extensions: Forwarded,
-    last_pli: Option<Instant>,
-    seqs: SeqExtender,
-    history: History,
+    pub(crate) layers: Vec<Layer>,
+    /// The layers last told to the publisher as watched (`publisher_layers`).
+    pub(crate) watched: Option<Vec<VideoQuality>>,
 }
 
 impl InTrack {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        source: SourceId,
         kind: RtpCodecKind,
         codec: RTCRtpCodec,
         receiver: RTCRtpReceiverId,
-        ssrc: u32,
         extensions: Forwarded,
     ) -> InTrack {
         InTrack {
-            source,
             kind,
             keyframes: Detector::for_codec(kind, &codec.mime_type),
             codec,
             receiver,
-            ssrc,
             extensions,
-            last_pli: None,
-            seqs: SeqExtender::default(),
-            // Audio is not retransmitted: a late audio packet is worse than a lost one.
-            history: History::new(if kind == RtpCodecKind::Video {
-                HISTORY
-            } else {
-                0
-            }),
+            layers: Vec::new(),
+            watched: None,
         }
     }
 
-    /// Take one packet in: its extended sequence number and how many numbers it skipped (packets
-    /// missing on arrival, whether or not a retransmission repairs them later), and a copy kept
-    /// for retransmission.
-    pub(crate) fn receive(&mut self, packet: &Packet) -> (u64, u64) {
-        let before = self.seqs.highest();
-        let ext = self.seqs.extend(packet.header.sequence_number);
-        let skipped = before.map_or(0, |h| ext.saturating_sub(h).saturating_sub(1));
-        self.history.put(ext, packet);
-        (ext, skipped)
-    }
-
-    /// A packet that is not forwarded (its kind is muted): its number moves the baseline, so the
-    /// muted span does not count as lost when forwarding resumes. Nothing is stored.
-    pub(crate) fn held(&mut self, packet: &Packet) {
-        self.seqs.extend(packet.header.sequence_number);
-    }
-
-    /// The stored packet with extended sequence number `ext`.
-    pub(crate) fn stored(&self, ext: u64) -> Option<&Packet> {
-        self.history.get(ext)
-    }
-
-    /// Whether a keyframe request may go out now (one per [`PLI_INTERVAL`]); notes it if so.
-    pub(crate) fn pli_due(&mut self, now: Instant) -> bool {
-        if self
-            .last_pli
-            .is_some_and(|t| now.saturating_duration_since(t) < PLI_INTERVAL)
-        {
+    /// Take a stream of this track in: `false` when the track has all the layers it may have,
+    /// or has this SSRC already.
+    pub(crate) fn add_layer(&mut self, rid: &str, ssrc: u32, source: SourceId) -> bool {
+        if self.layers.len() >= MAX_LAYERS || self.layers.iter().any(|l| l.ssrc == ssrc) {
             return false;
         }
-        self.last_pli = Some(now);
+        // Audio is not retransmitted: a late audio packet is worse than a lost one.
+        let history = if self.kind == RtpCodecKind::Video {
+            HISTORY
+        } else {
+            0
+        };
+        self.layers.push(Layer::new(rid, ssrc, source, history));
         true
     }
-}
 
-/// A ring of the last packets by extended sequence number; each slot remembers whose it is, so
-/// a lookup never returns a packet one ring length older than asked.
-struct History {
-    slots: Vec<Option<(u64, Packet)>>,
-}
-
-impl History {
-    fn new(len: usize) -> History {
-        History {
-            slots: vec![None; len],
-        }
+    /// The layer carrying SSRC `ssrc`.
+    pub(crate) fn layer_index(&self, ssrc: u32) -> Option<usize> {
+        self.layers.iter().position(|l| l.ssrc == ssrc)
     }
 
-    fn put(&mut self, ext: u64, packet: &Packet) {
-        if self.slots.is_empty() {
-            return;
-        }
-        let len = self.slots.len() as u64;
-        self.slots[(ext % len) as usize] = Some((ext, packet.clone()));
-    }
-
-    fn get(&self, ext: u64) -> Option<&Packet> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let len = self.slots.len() as u64;
-        match &self.slots[(ext % len) as usize] {
-            Some((at, packet)) if *at == ext => Some(packet),
-            _ => None,
-        }
+    pub(crate) fn layer_of(&self, source: SourceId) -> Option<&Layer> {
+        self.layers.iter().find(|l| l.source == source)
     }
 }
 
@@ -167,7 +107,17 @@ pub(crate) struct OutTrack {
     /// Paused by overload shedding: nothing is sent until the shedding lifts, then the track
     /// restarts at a keyframe.
     pub(crate) paused: bool,
+    /// The publisher's stream (simulcast layer) this subscriber should be on: the munger's
+    /// current one, or the one it switches to at that stream's next keyframe. `None`: none
+    /// (video turned off, or nothing published yet).
+    pub(crate) target: Option<SourceId>,
+    /// The highest layer this subscriber wants (its `set_subscription`, default high).
+    pub(crate) wish: VideoQuality,
+    /// The `subscription_state` last told the subscriber (video only).
+    pub(crate) reported: Option<(VideoQuality, SubscriptionReason)>,
     pub(crate) munger: Munger,
+    /// VP8 picture numbering kept continuous across switches.
+    pub(crate) pictures: Pictures,
     /// What this subscriber may still have retransmitted.
     pub(crate) resends: Resends,
 }
@@ -191,7 +141,11 @@ impl OutTrack {
             negotiated: None,
             ext_ids: Vec::new(),
             paused: false,
+            target: None,
+            wish: VideoQuality::High,
+            reported: None,
             munger: Munger::new(first_seq),
+            pictures: Pictures::default(),
             resends: Resends::default(),
         }
     }
@@ -332,6 +286,11 @@ impl Munger {
         self.segment.is_some_and(|s| s.source == source)
     }
 
+    /// The source flowing to this subscriber now, if any.
+    pub(crate) fn source(&self) -> Option<SourceId> {
+        self.segment.map(|s| s.source)
+    }
+
     /// The source and incoming extended sequence number of a packet this subscriber names by
     /// its own 16-bit number (a NACK), if it belongs to the current segment and was sent.
     pub(crate) fn original(&self, seq: u16) -> Option<(SourceId, u64, u32)> {
@@ -348,6 +307,7 @@ impl Munger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const CLOCK: u32 = 90_000;
 
@@ -450,52 +410,5 @@ mod tests {
         assert_eq!(m.original(65_529), None, "before the segment");
         m.pause();
         assert_eq!(m.original(2), None);
-    }
-
-    #[test]
-    fn numbers_skipped_on_arrival_are_counted_across_the_wrap_and_late_ones_are_not() {
-        let mut t = InTrack::new(
-            1,
-            RtpCodecKind::Video,
-            RTCRtpCodec::default(),
-            RTCRtpReceiverId::default(),
-            7,
-            Forwarded::from(Vec::new()),
-        );
-        let p = |seq: u16| Packet {
-            header: rtc::rtp::header::Header {
-                sequence_number: seq,
-                ..Default::default()
-            },
-            payload: Default::default(),
-        };
-        let skipped = |t: &mut InTrack, seq| t.receive(&p(seq)).1;
-        assert_eq!(skipped(&mut t, 65_533), 0, "the first packet");
-        assert_eq!(skipped(&mut t, 65_534), 0);
-        assert_eq!(
-            skipped(&mut t, 1),
-            2,
-            "65,535 and 0 missing across the wrap"
-        );
-        assert_eq!(skipped(&mut t, 0), 0, "a late one (a repair) skips nothing");
-        assert_eq!(skipped(&mut t, 2), 0);
-    }
-
-    #[test]
-    fn history_returns_only_the_packet_asked_for() {
-        let mut h = History::new(4);
-        let p = |seq: u16| Packet {
-            header: rtc::rtp::header::Header {
-                sequence_number: seq,
-                ..Default::default()
-            },
-            payload: Default::default(),
-        };
-        for ext in 10..16u64 {
-            h.put(ext, &p(ext as u16));
-        }
-        assert!(h.get(11).is_none(), "overwritten by 15");
-        assert_eq!(h.get(13).map(|p| p.header.sequence_number), Some(13));
-        assert!(h.get(13 + 4 * 1000).is_none());
     }
 }

@@ -34,6 +34,7 @@ pub(crate) fn media_error_code(e: &SfuError) -> ErrorCode {
         // The seats revoked the permission between the request and the media plane's turn.
         SfuError::NotAllowed => ErrorCode::NotLinked,
         SfuError::NotInRoom => ErrorCode::NotInRoom,
+        SfuError::UnknownUser => ErrorCode::NotFound,
         // The server's own failures are never blamed on the request.
         SfuError::Unavailable | SfuError::AtCapacity => ErrorCode::Unavailable,
         SfuError::Internal(_) => ErrorCode::Internal,

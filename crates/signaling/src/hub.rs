@@ -355,6 +355,22 @@ impl Hub {
                     },
                 );
             }
+            Request::SetSubscription {
+                user: publisher,
+                video,
+            } => {
+                return self.ask_media(
+                    conn,
+                    id,
+                    MediaCommand::SetSubscription {
+                        room: room.clone(),
+                        user: user.clone(),
+                        publisher,
+                        video,
+                        reply: ReplyTo { conn, id },
+                    },
+                );
+            }
             Request::Ice { pc, candidate } => {
                 let Some(media) = &self.media else {
                     return self.reply_err(
@@ -494,6 +510,23 @@ impl Hub {
             MediaEvent::ActiveSpeakers { room, speakers } => {
                 self.broadcast(&room, &Event::ActiveSpeakers { speakers });
             }
+            MediaEvent::PublisherLayers { room, user, video } => {
+                self.send_member(room, user, &Event::PublisherLayers { video });
+            }
+            MediaEvent::SubscriptionState {
+                room,
+                user,
+                publisher,
+                video,
+                reason,
+            } => {
+                let event = Event::SubscriptionState {
+                    user: publisher,
+                    video,
+                    reason,
+                };
+                self.send_member(room, user, &event);
+            }
             MediaEvent::LoopFailed { index } => {
                 // The server exits for its supervisor to restart it; until then media requests
                 // answer `unavailable`.
@@ -517,6 +550,13 @@ impl Hub {
             requests: joined.pending,
         };
         self.queue(conn, Outbound::Joined(encode(&Reply::ok(id, result))));
+    }
+
+    /// One event to one member's session, if they still have one.
+    fn send_member(&mut self, room: Ident, user: Ident, event: &Event) {
+        if let Some(sid) = self.by_member.get(&(room, user)).copied() {
+            self.send_session(sid, encode(event));
+        }
     }
 
     /// One event to every session of `room`, serialized once.

@@ -1,0 +1,368 @@
+//! Which stream of each publisher's track each subscriber gets (rule 14), what subscribers are
+//! told about it (`subscription_state`), and which simulcast layers publishers are told anyone
+//! watches (`publisher_layers`, dynacast).
+//!
+//! A subscriber's wish per publisher (`set_subscription`, default "high") is its ceiling; the
+//! stream chosen is the best one sending within it ([`layers::select`]). The choice is made
+//! again when a stream opens, a wish changes, an answer is applied, and every
+//! [`ALLOCATE_INTERVAL`] (layers start and stop). A new choice takes effect at the next
+//! keyframe of the chosen stream, which is asked for at once.
+
+use std::time::{Duration, Instant};
+
+use miclink_protocol::{Ident, SubscriptionReason, VideoQuality};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+
+use crate::peer::{OutKey, PeerId};
+use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, layers};
+
+/// How often every subscriber's streams are chosen again.
+pub(crate) const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Wishes one subscriber may hold: one per seat is all an honest client needs; more would let
+/// one client grow the server's state with every member of a large room.
+pub(crate) const MAX_WISHES: usize = 16;
+
+impl MediaCore {
+    /// `set_subscription`: `user` wants at most `video` of `publisher`'s video.
+    pub(crate) fn set_subscription(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        user: &Ident,
+        publisher: &Ident,
+        video: VideoQuality,
+    ) -> Result<(), SfuError> {
+        let r = self.rooms.get_mut(room).ok_or(SfuError::NotInRoom)?;
+        if !r.members.contains(user) {
+            return Err(SfuError::NotInRoom);
+        }
+        if !r.members.contains(publisher) || publisher == user {
+            return Err(SfuError::UnknownUser);
+        }
+        let wishes = r.wishes.entry(user.clone()).or_default();
+        match wishes.iter_mut().find(|(p, _)| p == publisher) {
+            Some(w) => w.1 = video,
+            None => {
+                if wishes.len() >= MAX_WISHES {
+                    // The oldest wish about somebody without a seat goes first, else the oldest.
+                    let stale = wishes
+                        .iter()
+                        .position(|(p, _)| !r.allowed.contains_key(p))
+                        .unwrap_or(0);
+                    wishes.remove(stale);
+                }
+                wishes.push((publisher.clone(), video));
+            }
+        }
+        if let Some(sid) = self.room_peer(room, user, PcKind::Subscribe) {
+            self.allocate_out(now, sid, &(publisher.clone(), RtpCodecKind::Video));
+        }
+        Ok(())
+    }
+
+    /// Forget `user`'s wishes and everybody's wishes about them (they left the room).
+    pub(crate) fn forget_wishes(&mut self, room: &Ident, user: &Ident) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.wishes.remove(user);
+            for wishes in r.wishes.values_mut() {
+                wishes.retain(|(p, _)| p != user);
+            }
+        }
+    }
+
+    /// Choose again for every subscriber of `publisher`'s track of `kind`.
+    pub(crate) fn allocate_publisher(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        publisher: &Ident,
+        kind: RtpCodecKind,
+    ) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let subscribers: Vec<PeerId> = r
+            .subscribe
+            .iter()
+            .filter(|(member, _)| *member != publisher)
+            .map(|(_, sid)| *sid)
+            .collect();
+        let key = (publisher.clone(), kind);
+        for sid in subscribers {
+            self.allocate_out(now, sid, &key);
+        }
+        self.dynacast(room, publisher);
+    }
+
+    /// Choose again for every track of subscribe connection `sid`.
+    pub(crate) fn allocate_subscriber(&mut self, now: Instant, sid: PeerId) {
+        let Some(sub) = self.peers.get(&sid) else {
+            return;
+        };
+        let keys: Vec<OutKey> = sub.outs.keys().cloned().collect();
+        for key in keys {
+            self.allocate_out(now, sid, &key);
+        }
+    }
+
+    /// Every subscriber and publisher of the loop, every [`ALLOCATE_INTERVAL`].
+    pub(crate) fn allocate_all(&mut self, now: Instant) {
+        if self
+            .allocated_at
+            .is_some_and(|t| now.saturating_duration_since(t) < ALLOCATE_INTERVAL)
+        {
+            return;
+        }
+        self.allocated_at = Some(now);
+        let rooms: Vec<Ident> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let Some(r) = self.rooms.get(&room) else {
+                continue;
+            };
+            let subscribers: Vec<PeerId> = r.subscribe.values().copied().collect();
+            let publishers: Vec<Ident> = r.publish.keys().cloned().collect();
+            for sid in subscribers {
+                self.allocate_subscriber(now, sid);
+            }
+            for publisher in publishers {
+                self.dynacast(&room, &publisher);
+            }
+        }
+    }
+
+    /// Choose the stream of publisher `key` that subscribe connection `sid` gets.
+    pub(crate) fn allocate_out(&mut self, now: Instant, sid: PeerId, key: &OutKey) {
+        let Some(sub) = self.peers.get(&sid) else {
+            return;
+        };
+        let Some(r) = self.rooms.get(&sub.room) else {
+            return;
+        };
+        let (publisher, kind) = key;
+        let ceiling = match kind {
+            RtpCodecKind::Video => r
+                .wishes
+                .get(&sub.user)
+                .and_then(|w| w.iter().find(|(p, _)| p == publisher))
+                .map_or(VideoQuality::High, |w| w.1),
+            _ => VideoQuality::High,
+        };
+        let Some((pid, track_id, track)) = r.publish.get(publisher).and_then(|pid| {
+            let p = self.peers.get(pid)?;
+            let (id, t) = p.tracks.iter().find(|(_, t)| t.kind == *kind)?;
+            Some((*pid, id.clone(), t))
+        }) else {
+            return;
+        };
+        let Some(out) = sub.outs.get(key) else {
+            return;
+        };
+        let qualities = layers::qualities(&track.layers);
+        let target = layers::select(&track.layers, &qualities, ceiling, out.munger.source(), now);
+        let sending = track.layers.iter().any(|l| l.active(now));
+        let state = match target {
+            None => (VideoQuality::Off, SubscriptionReason::Requested),
+            Some(_) if !sending => (VideoQuality::Off, SubscriptionReason::Unavailable),
+            Some(t) => {
+                let at = track.layers.iter().position(|l| l.source == t);
+                let quality = at.map_or(VideoQuality::High, |i| qualities[i]);
+                (quality, SubscriptionReason::Requested)
+            }
+        };
+        let (room, user) = (sub.room.clone(), sub.user.clone());
+        let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(key)) else {
+            return;
+        };
+        let mut keyframe = None;
+        if out.target != target {
+            out.target = target;
+            match target {
+                None => out.munger.pause(),
+                Some(t) if out.munger.source() != Some(t) => keyframe = Some(t),
+                Some(_) => {}
+            }
+        }
+        out.wish = ceiling;
+        if *kind == RtpCodecKind::Video && out.reported != Some(state) {
+            out.reported = Some(state);
+            self.stats.subscription_changes += 1;
+            self.outputs
+                .push_back(Output::Event(MediaEvent::SubscriptionState {
+                    room,
+                    user,
+                    publisher: publisher.clone(),
+                    video: state.0,
+                    reason: state.1,
+                }));
+        }
+        if keyframe.is_some() {
+            self.request_keyframe(now, pid, &track_id, keyframe);
+        }
+    }
+
+    /// Tell `publisher` which layers of its video anyone watches or is about to, when that
+    /// changed: what each subscriber is on, and what its wish would get were every layer
+    /// sending (so a layer the publisher paused comes back when somebody wants it).
+    pub(crate) fn dynacast(&mut self, room: &Ident, publisher: &Ident) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let Some(pid) = r.publish.get(publisher).copied() else {
+            return;
+        };
+        let Some(track) = self
+            .peers
+            .get(&pid)
+            .and_then(|p| p.tracks.values().find(|t| t.kind == RtpCodecKind::Video))
+        else {
+            return;
+        };
+        let qualities = layers::qualities(&track.layers);
+        let key = (publisher.clone(), RtpCodecKind::Video);
+        let mut watched: Vec<VideoQuality> = Vec::new();
+        for (member, sid) in &r.subscribe {
+            if member == publisher {
+                continue;
+            }
+            let Some(out) = self.peers.get(sid).and_then(|s| s.outs.get(&key)) else {
+                continue;
+            };
+            if out.target.is_none() {
+                continue;
+            }
+            let on = out
+                .munger
+                .source()
+                .and_then(|s| track.layers.iter().position(|l| l.source == s))
+                .map(|i| qualities[i]);
+            let wished = qualities
+                .iter()
+                .copied()
+                .filter(|q| *q <= out.wish)
+                .max()
+                .or_else(|| qualities.iter().copied().min());
+            watched.extend(on.into_iter().chain(wished));
+        }
+        watched.sort_unstable();
+        watched.dedup();
+        let Some(track) = self.peers.get_mut(&pid).and_then(|p| {
+            p.tracks
+                .values_mut()
+                .find(|t| t.kind == RtpCodecKind::Video)
+        }) else {
+            return;
+        };
+        if track.watched.as_ref() == Some(&watched) {
+            return;
+        }
+        track.watched = Some(watched.clone());
+        self.stats.publisher_layer_changes += 1;
+        self.outputs
+            .push_back(Output::Event(MediaEvent::PublisherLayers {
+                room: room.clone(),
+                user: publisher.clone(),
+                video: watched,
+            }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CoreConfig, MediaChange, MediaCommand, ReplyTo};
+
+    fn id(s: &str) -> Ident {
+        Ident::new(s).expect("id")
+    }
+
+    fn core() -> MediaCore {
+        MediaCore::new(CoreConfig {
+            loop_index: 0,
+            loops: 1,
+            public: vec!["127.0.0.1:9".parse().expect("addr")],
+            max_peers: 100,
+            tcp_port: None,
+        })
+        .expect("core")
+    }
+
+    fn join(core: &mut MediaCore, now: Instant, user: &str) {
+        core.handle_command(
+            now,
+            MediaCommand::Seats(MediaChange::Subscribe {
+                room: id("r"),
+                user: id(user),
+            }),
+        );
+    }
+
+    fn wish(
+        core: &mut MediaCore,
+        now: Instant,
+        user: &str,
+        publisher: &str,
+    ) -> Result<(), SfuError> {
+        core.handle_command(
+            now,
+            MediaCommand::SetSubscription {
+                room: id("r"),
+                user: id(user),
+                publisher: id(publisher),
+                video: VideoQuality::Low,
+                reply: ReplyTo { conn: 1, id: 1 },
+            },
+        );
+        loop {
+            match core.poll_output() {
+                Some(Output::Event(MediaEvent::Done { result, .. })) => return result,
+                Some(_) => continue,
+                None => panic!("no reply"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_subscriber_holds_a_bounded_number_of_wishes_about_members_only() {
+        let now = Instant::now();
+        let mut core = core();
+        join(&mut core, now, "viewer");
+        for i in 0..100 {
+            join(&mut core, now, &format!("m{i}"));
+        }
+        for i in 0..100 {
+            wish(&mut core, now, "viewer", &format!("m{i}")).expect("a member");
+        }
+        let r = &core.rooms[&id("r")];
+        let wishes = &r.wishes[&id("viewer")];
+        assert_eq!(wishes.len(), MAX_WISHES);
+        assert_eq!(
+            wishes.last().map(|w| w.0.as_str()),
+            Some("m99"),
+            "the newest kept"
+        );
+        assert_eq!(
+            wish(&mut core, now, "viewer", "stranger"),
+            Err(SfuError::UnknownUser)
+        );
+        assert_eq!(
+            wish(&mut core, now, "viewer", "viewer"),
+            Err(SfuError::UnknownUser)
+        );
+        assert_eq!(
+            wish(&mut core, now, "stranger", "m1"),
+            Err(SfuError::NotInRoom)
+        );
+        // A member who leaves takes their wishes and everybody's wishes about them along.
+        core.handle_command(
+            now,
+            MediaCommand::Seats(MediaChange::Unsubscribe {
+                room: id("r"),
+                user: id("m99"),
+            }),
+        );
+        let wishes = &core.rooms[&id("r")].wishes[&id("viewer")];
+        assert!(wishes.iter().all(|w| w.0.as_str() != "m99"));
+        assert_eq!(wishes.len(), MAX_WISHES - 1);
+    }
+}

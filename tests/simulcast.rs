@@ -1,0 +1,239 @@
+//! Simulcast (contract rule 14) over real `webrtc` clients on loopback: a publisher sends three
+//! layers (rids q, h, f); each subscriber gets one, chosen by its `set_subscription` and what
+//! the publisher sends, switched at keyframes with sequence numbers and VP8 picture ids kept
+//! continuous; publishers hear which layers anyone watches (`publisher_layers`).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use miclink_loadtest::recv::Arrivals;
+use miclink_protocol::{ErrorCode, Event, Ident, Request, Role, SubscriptionReason, VideoQuality};
+
+/// One test at a time: each runs several publishers' layers through two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LOW: u8 = 0;
+const HIGH: u8 = 2;
+
+fn anchor_video(r: &Received) -> Arrivals {
+    r.get(&("anchor".to_owned(), Kind::Video))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Layers of the last `n` video packets received.
+fn last_layers(r: &Received, n: usize) -> Vec<u8> {
+    let v = anchor_video(r);
+    v.layers[v.layers.len().saturating_sub(n)..].to_vec()
+}
+
+/// Whether the last `n` video packets (and at least `n`) all came from `layer`.
+fn settled_on(r: &Received, layer: u8, n: usize) -> bool {
+    let l = last_layers(r, n);
+    l.len() == n && l.iter().all(|&x| x == layer)
+}
+
+/// Every place the layer changes keeps the stream continuous: the RTP sequence number one on
+/// from the packet before, the first packet of the new layer a keyframe, and its VP8 picture id
+/// one on from the last picture sent. Returns how many switches there were.
+fn assert_switches_are_seamless(v: &Arrivals, who: &str) -> usize {
+    let mut switches = 0;
+    for i in 1..v.layers.len() {
+        if v.layers[i] == v.layers[i - 1] {
+            continue;
+        }
+        switches += 1;
+        assert_eq!(
+            v.seqs[i],
+            v.seqs[i - 1].wrapping_add(1),
+            "{who}: sequence numbers jump at the switch from layer {} to {} (packet {i})",
+            v.layers[i - 1],
+            v.layers[i]
+        );
+        assert!(
+            v.keyframes[i],
+            "{who}: the switch to layer {} is not at a keyframe",
+            v.layers[i]
+        );
+        let before = v.pictures[..i].iter().rev().find_map(|p| *p);
+        let (Some(before), Some(after)) = (before, v.pictures[i]) else {
+            panic!("{who}: packets without VP8 picture ids");
+        };
+        assert_eq!(
+            after,
+            (before + 1) & 0x7fff,
+            "{who}: the picture id jumps at the switch (packet {i})"
+        );
+    }
+    // Away from switches, picture ids never jump either: each is the one before or one on.
+    for w in v.pictures.windows(2) {
+        if let [Some(a), Some(b)] = *w {
+            let step = b.wrapping_sub(a) & 0x7fff;
+            assert!(
+                step <= 1 || step == 0x7fff,
+                "{who}: picture id {a} then {b}"
+            );
+        }
+    }
+    switches
+}
+
+async fn subscription_state(m: &mut Member, video: VideoQuality, reason: SubscriptionReason) {
+    loop {
+        if let Event::SubscriptionState {
+            user,
+            video: v,
+            reason: r,
+        } = m.wait_event("subscription_state").await
+            && user.as_str() == "anchor"
+            && v == video
+            && r == reason
+        {
+            return;
+        }
+    }
+}
+
+async fn publisher_layers(m: &mut Member, want: &[VideoQuality]) {
+    loop {
+        if let Event::PublisherLayers { video } = m.wait_event("publisher_layers").await
+            && video == want
+        {
+            return;
+        }
+    }
+}
+
+async fn set_subscription(m: &Member, video: VideoQuality) {
+    let r = m
+        .request(Request::SetSubscription {
+            user: Ident::new("anchor").expect("id"),
+            video,
+        })
+        .await;
+    assert!(r.ok, "{}: set_subscription refused: {r:?}", m.user);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_viewer_gets_the_layer_it_asks_for_and_switches_are_seamless() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish_simulcast().await;
+    let mut high = Member::join(&s.url, "r", "high", Role::Audience).await;
+    let mut low = Member::join(&s.url, "r", "low", Role::Audience).await;
+    set_subscription(&low, VideoQuality::Low).await;
+
+    high.wait_received("the high layer", |r| settled_on(r, HIGH, 60))
+        .await;
+    low.wait_received("the low layer", |r| settled_on(r, LOW, 60))
+        .await;
+    subscription_state(&mut high, VideoQuality::High, SubscriptionReason::Requested).await;
+    subscription_state(&mut low, VideoQuality::Low, SubscriptionReason::Requested).await;
+    // Nobody watches the middle layer: the publisher hears it may pause it.
+    publisher_layers(&mut anchor, &[VideoQuality::Low, VideoQuality::High]).await;
+
+    // The low viewer asks for high: it climbs at a keyframe, and then nobody watches low.
+    set_subscription(&low, VideoQuality::High).await;
+    low.wait_received("the climb to high", |r| settled_on(r, HIGH, 60))
+        .await;
+    subscription_state(&mut low, VideoQuality::High, SubscriptionReason::Requested).await;
+    publisher_layers(&mut anchor, &[VideoQuality::High]).await;
+    // And back down to medium.
+    set_subscription(&low, VideoQuality::Medium).await;
+    low.wait_received("the step down to medium", |r| settled_on(r, 1, 60))
+        .await;
+
+    let got = anchor_video(&low.received().await);
+    let switches = assert_switches_are_seamless(&got, "low");
+    assert!(switches >= 2, "low switched {switches} times");
+    assert_switches_are_seamless(&anchor_video(&high.received().await), "high");
+    // Audio never moved: one stream, every packet in order.
+    let audio = low.received().await[&("anchor".to_owned(), Kind::Audio)].clone();
+    assert!(audio.seqs.len() > 50);
+
+    // Off: the video stops, the audio goes on.
+    set_subscription(&low, VideoQuality::Off).await;
+    subscription_state(&mut low, VideoQuality::Off, SubscriptionReason::Requested).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = low.received().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = low.received().await;
+    let count = |r: &Received, kind| {
+        r.get(&("anchor".to_owned(), kind))
+            .map_or(0, |a| a.seqs.len())
+    };
+    assert_eq!(
+        count(&after, Kind::Video),
+        count(&before, Kind::Video),
+        "video after off"
+    );
+    assert!(
+        count(&after, Kind::Audio) > count(&before, Kind::Audio) + 20,
+        "audio after off"
+    );
+
+    for m in [anchor, high, low] {
+        m.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_the_publisher_stops_is_left_for_one_still_sending() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    let paused = anchor.publish_simulcast().await;
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the high layer", |r| settled_on(r, HIGH, 60))
+        .await;
+    // The publisher stops its top layer (its uplink cannot carry it): the viewer moves to the
+    // middle one within about a second, at a keyframe, without a gap in its numbering.
+    paused.store(1 << HIGH, Ordering::Relaxed);
+    viewer
+        .wait_received_within(Duration::from_secs(5), "the move to medium", |r| {
+            settled_on(r, 1, 30)
+        })
+        .await;
+    // The top layer comes back: after it has been sending for a while, the viewer returns.
+    paused.store(0, Ordering::Relaxed);
+    viewer
+        .wait_received_within(Duration::from_secs(10), "the return to high", |r| {
+            settled_on(r, HIGH, 30)
+        })
+        .await;
+    let got = anchor_video(&viewer.received().await);
+    assert!(assert_switches_are_seamless(&got, "viewer") >= 2);
+    assert!(s.media_counter("layer_switches").await >= 2);
+    anchor.close().await;
+    viewer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_subscription_names_a_member_and_a_plain_track_is_all_there_is() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let (_anchor, mut viewer) = live_room(&s, "viewer").await;
+    let r = viewer
+        .request(Request::SetSubscription {
+            user: Ident::new("nobody").expect("id"),
+            video: VideoQuality::Low,
+        })
+        .await;
+    assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::NotFound));
+    // One stream without simulcast: a viewer asking "low" still gets it (it is all there is).
+    set_subscription(&viewer, VideoQuality::Low).await;
+    subscription_state(
+        &mut viewer,
+        VideoQuality::High,
+        SubscriptionReason::Requested,
+    )
+    .await;
+    viewer
+        .wait_received("video", |r| anchor_video(r).seqs.len() > 30)
+        .await;
+}
