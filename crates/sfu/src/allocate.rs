@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 use miclink_protocol::{Ident, SubscriptionReason, VideoQuality};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
+use crate::budget::{self, Want};
 use crate::peer::{OutKey, PeerId};
-use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, layers};
+use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, bwe, layers};
 
 /// How often every subscriber's streams are chosen again.
 pub(crate) const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// After a subscriber was moved down for bandwidth, it is not moved up again for this long: a
+/// path that just proved too narrow is not tried again at once.
+pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(5);
 
 /// Wishes one subscriber may hold: one per seat is all an honest client needs; more would let
 /// one client grow the server's state with every member of a large room.
@@ -95,17 +100,6 @@ impl MediaCore {
         self.dynacast(room, publisher);
     }
 
-    /// Choose again for every track of subscribe connection `sid`.
-    pub(crate) fn allocate_subscriber(&mut self, now: Instant, sid: PeerId) {
-        let Some(sub) = self.peers.get(&sid) else {
-            return;
-        };
-        let keys: Vec<OutKey> = sub.outs.keys().cloned().collect();
-        for key in keys {
-            self.allocate_out(now, sid, &key);
-        }
-    }
-
     /// Every subscriber and publisher of the loop, every [`ALLOCATE_INTERVAL`].
     pub(crate) fn allocate_all(&mut self, now: Instant) {
         if self
@@ -131,73 +125,156 @@ impl MediaCore {
         }
     }
 
-    /// Choose the stream of publisher `key` that subscribe connection `sid` gets.
-    pub(crate) fn allocate_out(&mut self, now: Instant, sid: PeerId, key: &OutKey) {
+    /// Choose the stream of publisher `key` that subscribe connection `sid` gets: the
+    /// connection's tracks share its bandwidth, so all of them are chosen again.
+    pub(crate) fn allocate_out(&mut self, now: Instant, sid: PeerId, _key: &OutKey) {
+        self.allocate_subscriber(now, sid);
+    }
+
+    /// Choose the stream of every track of subscribe connection `sid` within its estimated
+    /// bandwidth ([`budget`]), tell the subscriber what changed, and ask publishers for the
+    /// keyframes the switches wait for.
+    pub(crate) fn allocate_subscriber(&mut self, now: Instant, sid: PeerId) {
         let Some(sub) = self.peers.get(&sid) else {
             return;
         };
         let Some(r) = self.rooms.get(&sub.room) else {
             return;
         };
-        let (publisher, kind) = key;
-        let ceiling = match kind {
-            RtpCodecKind::Video => r
-                .wishes
-                .get(&sub.user)
-                .and_then(|w| w.iter().find(|(p, _)| p == publisher))
-                .map_or(VideoQuality::High, |w| w.1),
-            _ => VideoQuality::High,
-        };
-        let Some((pid, track_id, track)) = r.publish.get(publisher).and_then(|pid| {
-            let p = self.peers.get(pid)?;
-            let (id, t) = p.tracks.iter().find(|(_, t)| t.kind == *kind)?;
-            Some((*pid, id.clone(), t))
-        }) else {
-            return;
-        };
-        let Some(out) = sub.outs.get(key) else {
-            return;
-        };
-        let qualities = layers::qualities(&track.layers);
-        let target = layers::select(&track.layers, &qualities, ceiling, out.munger.source(), now);
-        let sending = track.layers.iter().any(|l| l.active(now));
-        let state = match target {
-            None => (VideoQuality::Off, SubscriptionReason::Requested),
-            Some(_) if !sending => (VideoQuality::Off, SubscriptionReason::Unavailable),
-            Some(t) => {
-                let at = track.layers.iter().position(|l| l.source == t);
-                let quality = at.map_or(VideoQuality::High, |i| qualities[i]);
-                (quality, SubscriptionReason::Requested)
-            }
-        };
-        let (room, user) = (sub.room.clone(), sub.user.clone());
-        let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(key)) else {
-            return;
-        };
-        let mut keyframe = None;
-        if out.target != target {
-            out.target = target;
-            match target {
-                None => out.munger.pause(),
-                Some(t) if out.munger.source() != Some(t) => keyframe = Some(t),
-                Some(_) => {}
-            }
+        let figures = sub.bwe.as_ref().map(|b| b.figures());
+        let estimate = figures.map_or(bwe::INITIAL, |f| f.estimate);
+        let speaking = r.speakers.current();
+        let mut wants = Vec::with_capacity(sub.outs.len());
+        for (key, out) in &sub.outs {
+            let (publisher, kind) = key;
+            let Some((pid, track_id, track)) = r.publish.get(publisher).and_then(|pid| {
+                let p = self.peers.get(pid)?;
+                let (id, t) = p.tracks.iter().find(|(_, t)| t.kind == *kind)?;
+                Some((*pid, id.clone(), t))
+            }) else {
+                continue;
+            };
+            let ceiling = match kind {
+                RtpCodecKind::Video => r
+                    .wishes
+                    .get(&sub.user)
+                    .and_then(|w| w.iter().find(|(p, _)| p == publisher))
+                    .map_or(VideoQuality::High, |w| w.1),
+                _ => VideoQuality::High,
+            };
+            let qualities = layers::qualities(&track.layers);
+            let seat = r.allowed.get(publisher).map_or(u32::MAX, |p| p.seat);
+            let speaker = speaking.iter().position(|u| u == publisher);
+            wants.push(Want {
+                key: key.clone(),
+                pid,
+                track_id,
+                ceiling,
+                // The anchor, then who speaks (loudest first), then seat order.
+                priority: (seat != 0, speaker.unwrap_or(usize::MAX), seat),
+                ladder: budget::ladder(&track.layers, &qualities, ceiling, now),
+                audio: *kind != RtpCodecKind::Video,
+                current: out.munger.source(),
+                held: out
+                    .downgraded
+                    .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_HOLD),
+                quality: out.reported.map(|r| r.0),
+            });
         }
-        out.wish = ceiling;
-        if *kind == RtpCodecKind::Video && out.reported != Some(state) {
+        let plan = budget::plan(&mut wants, estimate);
+        let (room, user) = (sub.room.clone(), sub.user.clone());
+        let mut chosen = Vec::with_capacity(wants.len());
+        for (want, step) in wants.iter().zip(&plan.steps) {
+            let Some(track) = self
+                .peers
+                .get(&want.pid)
+                .and_then(|p| p.tracks.get(&want.track_id))
+            else {
+                continue;
+            };
+            let qualities = layers::qualities(&track.layers);
+            let sending = track.layers.iter().any(|l| l.active(now));
+            let (wish, state) = match step {
+                _ if want.ceiling == VideoQuality::Off => (
+                    VideoQuality::Off,
+                    (VideoQuality::Off, SubscriptionReason::Requested),
+                ),
+                _ if !sending && !want.audio => (
+                    want.ceiling,
+                    (VideoQuality::Off, SubscriptionReason::Unavailable),
+                ),
+                budget::Step::Paused => (
+                    VideoQuality::Off,
+                    (VideoQuality::Off, SubscriptionReason::Bandwidth),
+                ),
+                budget::Step::Layer { quality, limited } => {
+                    let reason = if *limited {
+                        SubscriptionReason::Bandwidth
+                    } else {
+                        SubscriptionReason::Requested
+                    };
+                    (*quality, (*quality, reason))
+                }
+            };
+            let target = layers::select(&track.layers, &qualities, wish, want.current, now);
+            let state = match target {
+                // What select settled on (it may be below the wish while a layer warms up).
+                Some(t) if state.0 != VideoQuality::Off => {
+                    let at = track.layers.iter().position(|l| l.source == t);
+                    (at.map_or(state.0, |i| qualities[i]), state.1)
+                }
+                _ => state,
+            };
+            chosen.push((
+                want.key.clone(),
+                target,
+                wish,
+                state,
+                want.pid,
+                want.track_id.clone(),
+            ));
+        }
+        let Some(sub) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        sub.wants_more = plan.short;
+        let mut keyframes = Vec::new();
+        for (key, target, wish, state, pid, track_id) in chosen {
+            let Some(out) = sub.outs.get_mut(&key) else {
+                continue;
+            };
+            if out.target != target {
+                out.target = target;
+                match target {
+                    None => out.munger.pause(),
+                    Some(t) if out.munger.source() != Some(t) => {
+                        keyframes.push((pid, track_id, t));
+                    }
+                    Some(_) => {}
+                }
+            }
+            out.wish = wish;
+            if key.1 != RtpCodecKind::Video || out.reported == Some(state) {
+                continue;
+            }
+            if out.reported.is_some_and(|(q, _)| state.0 < q)
+                && state.1 == SubscriptionReason::Bandwidth
+            {
+                out.downgraded = Some(now);
+            }
             out.reported = Some(state);
             self.stats.subscription_changes += 1;
             self.outputs
                 .push_back(Output::Event(MediaEvent::SubscriptionState {
-                    room,
-                    user,
-                    publisher: publisher.clone(),
+                    room: room.clone(),
+                    user: user.clone(),
+                    publisher: key.0.clone(),
                     video: state.0,
                     reason: state.1,
                 }));
         }
-        if keyframe.is_some() {
-            self.request_keyframe(now, pid, &track_id, keyframe);
+        for (pid, track_id, source) in keyframes {
+            self.request_keyframe(now, pid, &track_id, Some(source));
         }
     }
 

@@ -44,7 +44,8 @@ pub(crate) struct Layer {
     last_pli: Option<Instant>,
     seqs: SeqExtender,
     history: History,
-    /// Bytes since `window_start`, and the rate of the last full window.
+    /// Bytes since `window_start`, and the rate of the last full windows, smoothed (kept while
+    /// the layer pauses: what it will cost when it resumes).
     window_bytes: u64,
     window_start: Option<Instant>,
     pub(crate) bps: u64,
@@ -104,8 +105,14 @@ impl Layer {
         let start = *self.window_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= RATE_WINDOW {
-            self.bps = self.window_bytes * 8 * 1000 / (elapsed.as_millis() as u64).max(1);
-            self.peak_bps = self.peak_bps.max(self.bps);
+            let rate = self.window_bytes * 8 * 1000 / (elapsed.as_millis() as u64).max(1);
+            // Smoothed over a few windows: keyframes make single seconds uneven.
+            self.bps = if self.bps == 0 {
+                rate
+            } else {
+                (self.bps * 7 + rate * 3) / 10
+            };
+            self.peak_bps = self.peak_bps.max(rate);
             self.window_bytes = 0;
             self.window_start = Some(now);
         }
@@ -308,8 +315,13 @@ mod tests {
         let layers = simulcast(t0, Duration::from_secs(3), &[], Duration::ZERO);
         use VideoQuality::*;
         assert_eq!(qualities(&layers), vec![Low, Medium, High]);
-        let rates: Vec<u64> = layers.iter().map(|l| l.bps / 1000).collect();
-        assert_eq!(rates, vec![100, 400, 1500], "kbit/s measured");
+        for (l, want) in layers.iter().zip([100_000u64, 400_000, 1_500_000]) {
+            assert!(
+                l.bps.abs_diff(want) < want / 50,
+                "{} measured for {want}",
+                l.bps
+            );
+        }
         // Unnamed rids, listed high to low: ranked by what they sent.
         let mut renamed = simulcast(t0, Duration::from_secs(3), &[], Duration::ZERO);
         renamed.reverse();

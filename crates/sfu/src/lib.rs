@@ -15,6 +15,8 @@
 //! decides admission: media from anyone not allowed is dropped at packet level.
 
 mod allocate;
+mod budget;
+mod bwe;
 mod commands;
 mod core;
 mod driver;

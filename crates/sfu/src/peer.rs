@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use miclink_protocol::Ident;
 use rand::RngExt;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{CongestionControlBuilder, Registry, Slot};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -25,6 +25,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind, TYPE_RTCP_FB_NACK,
 };
 
+use crate::bwe;
 use crate::core::{Remote, Transport};
 use crate::feedback::{RtcpToApplication, sfu_feedback};
 use crate::stats::PeerStats;
@@ -83,6 +84,11 @@ pub(crate) struct Peer {
     pub(crate) early: Option<Vec<Early>>,
     /// Trickled candidates taken so far (they are capped).
     pub(crate) remote_candidates: usize,
+    /// Subscribe connections: what the bandwidth estimator says.
+    pub(crate) bwe: Option<std::sync::Arc<bwe::Shared>>,
+    /// Subscribe connections: how many bits a second more than the estimate its tracks' best
+    /// layers would take (0 when everything fits): what a probe would have to prove.
+    pub(crate) wants_more: u64,
     pub(crate) counters: PeerStats,
     pub(crate) span: tracing::Span,
 }
@@ -162,6 +168,7 @@ impl PeerFactory {
         let ufrag = format!("{}{}", self.prefix, random_string(14));
         let mut media = MediaEngine::default();
         register_forwarded_codecs(&mut media).map_err(|e| internal(&e))?;
+        let estimate = bwe::Shared::new();
         let registry = match kind {
             // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback;
             // simulcast layers are told apart by their mid and rid extensions (rule 14). No
@@ -174,8 +181,15 @@ impl PeerFactory {
             PcKind::Subscribe => {
                 // The responder's slot holds the SFU's hook instead: it lets the subscriber's
                 // NACK, PLI, FIR and TWCC feedback through to the core.
-                let registry =
-                    Registry::new().with(Slot::NackResponder, RtcpToApplication::new(sfu_feedback));
+                // The bandwidth estimator reads the TWCC feedback wire-most, without a pacer:
+                // the SFU forwards at the publishers' pace and chooses layers instead.
+                let registry = Registry::new()
+                    .with(Slot::NackResponder, RtcpToApplication::new(sfu_feedback))
+                    .with(
+                        Slot::CongestionControl,
+                        CongestionControlBuilder::new(bwe::Estimator::new(estimate.clone()))
+                            .build(),
+                    );
                 configure_twcc_sender_only(configure_rtcp_reports(registry), &mut media)
             }
         }
@@ -229,6 +243,8 @@ impl PeerFactory {
             renegotiate: false,
             early: (kind == PcKind::Subscribe).then(Vec::new),
             remote_candidates: 0,
+            bwe: (kind == PcKind::Subscribe).then_some(estimate),
+            wants_more: 0,
             counters: PeerStats::new(room.clone(), user.clone(), kind),
             span: tracing::info_span!("pc", %room, %user, pc = pc_kind, ufrag = %ufrag),
             ufrag,

@@ -144,6 +144,11 @@ impl Speakers {
         }
     }
 
+    /// Who speaks now, loudest first (the list last reported).
+    pub(crate) fn current(&self) -> &[Ident] {
+        &self.sent
+    }
+
     /// `user` no longer publishes here.
     pub(crate) fn remove(&mut self, user: &Ident) {
         self.voices.remove(user);

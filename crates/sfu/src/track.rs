@@ -113,6 +113,8 @@ pub(crate) struct OutTrack {
     pub(crate) target: Option<SourceId>,
     /// The highest layer this subscriber wants (its `set_subscription`, default high).
     pub(crate) wish: VideoQuality,
+    /// When this subscriber was last moved down for bandwidth.
+    pub(crate) downgraded: Option<Instant>,
     /// The `subscription_state` last told the subscriber (video only).
     pub(crate) reported: Option<(VideoQuality, SubscriptionReason)>,
     pub(crate) munger: Munger,
@@ -143,6 +145,7 @@ impl OutTrack {
             paused: false,
             target: None,
             wish: VideoQuality::High,
+            downgraded: None,
             reported: None,
             munger: Munger::new(first_seq),
             pictures: Pictures::default(),

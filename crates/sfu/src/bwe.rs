@@ -1,0 +1,384 @@
+//! How much a subscriber's connection can carry, from its transport-wide congestion control
+//! feedback (TWCC).
+//!
+//! rtc's congestion-control interceptor sits on every subscribe connection (without its pacer:
+//! the SFU forwards at the publishers' pace and chooses layers instead) and hands each batch of
+//! acknowledged packets to [`Estimator`]: departure time, arrival time on the receiver's clock,
+//! size, and whether it arrived. From them, over the last [`WINDOW`]:
+//! - the rate the receiver actually got (`acked`);
+//! - the fraction lost;
+//! - the queueing delay: one-way delay above the smallest seen in [`BASE_WINDOW`] (the clocks'
+//!   offset cancels out), which grows as soon as the path's queue does, before anything is lost.
+//!
+//! The estimate backs off to 85% of what arrived when the queue grows past [`QUEUE_LIMIT`] or
+//! more than 10% is lost, and holds between 2% and 10% loss. Otherwise it rises at once to what
+//! arrived (a probe's result) and climbs 8% a second above that, but never past 1.5 times what
+//! was acknowledged plus [`HEADROOM`]: an idle or lightly used path proves nothing about its
+//! capacity, so only traffic that arrived (media, or the padding the server sends to probe
+//! before moving a subscriber up) raises it.
+//!
+//! The estimator lives inside the connection's interceptor chain, so it publishes its figures
+//! through [`Shared`] atomics that the core reads when it allocates.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{BandwidthEstimator, PacketReport};
+
+/// Acknowledged packets looked at for the rate, loss and queue.
+pub(crate) const WINDOW: Duration = Duration::from_millis(500);
+
+/// How far back the smallest one-way delay is looked for.
+const BASE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Queueing delay that counts as congestion.
+pub(crate) const QUEUE_LIMIT: Duration = Duration::from_millis(60);
+
+/// What the estimate may exceed 1.5 times the acknowledged rate by.
+pub(crate) const HEADROOM: u64 = 100_000;
+
+/// Where a connection starts: enough for a top layer and some more, so a viewer on a good
+/// network sees full quality at once; one on a worse one backs off within a second or two.
+pub(crate) const INITIAL: u64 = 2_500_000;
+
+/// Bounds of the estimate.
+pub(crate) const MIN: u64 = 50_000;
+pub(crate) const MAX: u64 = 50_000_000;
+
+/// After a back-off, no climbing for this long: the queue drains first.
+const BACKOFF_HOLD: Duration = Duration::from_millis(1000);
+
+/// Packets remembered at most (a window's worth at a high rate): the feedback's size is the
+/// receiver's to choose, the memory is not.
+const MAX_SAMPLES: usize = 8192;
+
+/// What the estimator publishes for the core.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    estimate: AtomicU64,
+    acked: AtomicU64,
+    /// Loss over the window, in parts per thousand.
+    loss_permille: AtomicU64,
+    queue_ms: AtomicU64,
+    /// Report batches taken: 0 until the first feedback.
+    reports: AtomicU64,
+}
+
+/// A snapshot of [`Shared`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub(crate) estimate: u64,
+    pub(crate) acked: u64,
+    pub(crate) loss_permille: u64,
+    pub(crate) queue_ms: u64,
+    pub(crate) reports: u64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        let s = Shared::default();
+        s.estimate.store(INITIAL, Ordering::Relaxed);
+        Arc::new(s)
+    }
+
+    pub(crate) fn figures(&self) -> Figures {
+        Figures {
+            estimate: self.estimate.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            loss_permille: self.loss_permille.load(Ordering::Relaxed),
+            queue_ms: self.queue_ms.load(Ordering::Relaxed),
+            reports: self.reports.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One acknowledged packet: when it left, its one-way delay (receiver clock minus ours, in
+/// microseconds, offset included), its size, whether it arrived.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    departure: Instant,
+    owd_us: Option<i64>,
+    size: usize,
+    arrived: bool,
+}
+
+/// The estimator of one subscribe connection.
+pub(crate) struct Estimator {
+    shared: Arc<Shared>,
+    samples: VecDeque<Sample>,
+    /// The smallest one-way delay per second of the base window: (second, delay).
+    base: VecDeque<(Instant, i64)>,
+    epoch: Option<Instant>,
+    estimate: f64,
+    last_update: Option<Instant>,
+    backed_off: Option<Instant>,
+}
+
+impl Estimator {
+    pub(crate) fn new(shared: Arc<Shared>) -> Estimator {
+        Estimator {
+            shared,
+            samples: VecDeque::new(),
+            base: VecDeque::new(),
+            epoch: None,
+            estimate: INITIAL as f64,
+            last_update: None,
+            backed_off: None,
+        }
+    }
+
+    fn take(&mut self, report: &PacketReport) {
+        let epoch = *self.epoch.get_or_insert(report.departure);
+        let owd_us = report.arrival.map(|a| {
+            let sent = report.departure.saturating_duration_since(epoch);
+            a.as_micros() as i64 - sent.as_micros() as i64
+        });
+        if let Some(d) = owd_us {
+            match self.base.back_mut() {
+                Some((at, min))
+                    if report.departure.saturating_duration_since(*at) < Duration::from_secs(1) =>
+                {
+                    *min = (*min).min(d);
+                }
+                _ => self.base.push_back((report.departure, d)),
+            }
+        }
+        if self.samples.len() >= MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(Sample {
+            departure: report.departure,
+            owd_us,
+            size: report.size,
+            arrived: report.arrived,
+        });
+    }
+
+    fn update(&mut self, now: Instant) {
+        let newest = match self.samples.back() {
+            Some(s) => s.departure,
+            None => return,
+        };
+        while self
+            .samples
+            .front()
+            .is_some_and(|s| newest.saturating_duration_since(s.departure) > WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        while self
+            .base
+            .front()
+            .is_some_and(|(at, _)| newest.saturating_duration_since(*at) > BASE_WINDOW)
+        {
+            self.base.pop_front();
+        }
+        let Some(first) = self.samples.front().map(|s| s.departure) else {
+            return;
+        };
+        let span = newest
+            .saturating_duration_since(first)
+            .max(Duration::from_millis(100));
+        let (mut bytes, mut lost) = (0usize, 0usize);
+        for s in &self.samples {
+            if s.arrived {
+                bytes += s.size;
+            } else {
+                lost += 1;
+            }
+        }
+        let acked = bytes as f64 * 8.0 / span.as_secs_f64();
+        let loss = lost as f64 / self.samples.len() as f64;
+        let base = self.base.iter().map(|(_, d)| *d).min().unwrap_or(0);
+        // The queue now: the median of the last few delays above the base, so one late packet
+        // is not a congested path.
+        let mut recent: Vec<i64> = self
+            .samples
+            .iter()
+            .rev()
+            .filter_map(|s| s.owd_us)
+            .take(9)
+            .collect();
+        recent.sort_unstable();
+        let queue_us = recent
+            .get(recent.len() / 2)
+            .map_or(0, |d| (d - base).max(0));
+        let queue = Duration::from_micros(queue_us as u64);
+
+        let elapsed = self
+            .last_update
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+            .min(Duration::from_secs(1));
+        self.last_update = Some(now);
+        let holding = self
+            .backed_off
+            .is_some_and(|t| now.saturating_duration_since(t) < BACKOFF_HOLD);
+        if queue > QUEUE_LIMIT || loss > 0.10 {
+            if !holding {
+                self.estimate = (acked * 0.85).min(self.estimate);
+                self.backed_off = Some(now);
+            }
+        } else if loss < 0.02 && !holding {
+            // What arrived without a queue building is proven at once (a probe's result);
+            // beyond it the estimate climbs slowly.
+            let base = self.estimate.max(acked);
+            let grown = base * 1.08f64.powf(elapsed.as_secs_f64());
+            let proven = acked * 1.5 + HEADROOM as f64;
+            // Climbing stops at what traffic proved, but an estimate already above that (the
+            // initial guess, or a path that got quieter) is not pulled down by idleness alone.
+            self.estimate = if grown > proven {
+                base.max(proven.min(grown))
+            } else {
+                grown
+            };
+        }
+        self.estimate = self.estimate.clamp(MIN as f64, MAX as f64);
+        let s = &self.shared;
+        s.estimate.store(self.estimate as u64, Ordering::Relaxed);
+        s.acked.store(acked as u64, Ordering::Relaxed);
+        s.loss_permille
+            .store((loss * 1000.0) as u64, Ordering::Relaxed);
+        s.queue_ms
+            .store(queue.as_millis() as u64, Ordering::Relaxed);
+        s.reports.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl BandwidthEstimator for Estimator {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        if reports.is_empty() {
+            return;
+        }
+        for r in reports {
+            self.take(r);
+        }
+        self.update(now);
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.estimate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds an estimator packets of 1,200 bytes sent at `send_bps` over a path of `capacity`
+    /// bits a second with a 50 ms queue (beyond it, packets are lost), `loss` of them lost at
+    /// random besides, with feedback every 100 ms, for `secs` seconds from `t0`.
+    struct Path {
+        est: Estimator,
+        shared: Arc<Shared>,
+        t0: Instant,
+        now: Duration,
+        /// When the path's queue empties, relative to t0.
+        busy_until: Duration,
+        next_id: u64,
+    }
+
+    impl Path {
+        fn new() -> Path {
+            let shared = Shared::new();
+            Path {
+                est: Estimator::new(shared.clone()),
+                shared,
+                t0: Instant::now(),
+                now: Duration::ZERO,
+                busy_until: Duration::ZERO,
+                next_id: 0,
+            }
+        }
+
+        fn run(&mut self, secs: f64, send_bps: f64, capacity: f64, loss_every: u64) {
+            const SIZE: usize = 1200;
+            let gap = Duration::from_secs_f64(SIZE as f64 * 8.0 / send_bps);
+            let serialize = Duration::from_secs_f64(SIZE as f64 * 8.0 / capacity);
+            let end = self.now + Duration::from_secs_f64(secs);
+            let mut batch = Vec::new();
+            let mut next_feedback = self.now + Duration::from_millis(100);
+            while self.now < end {
+                let start = self.busy_until.max(self.now);
+                let queued = start - self.now;
+                let dropped = queued > Duration::from_millis(50)
+                    || (loss_every > 0 && self.next_id.is_multiple_of(loss_every));
+                let arrival = if dropped {
+                    None
+                } else {
+                    self.busy_until = start + serialize;
+                    // 20 ms of propagation, plus the queue and the serialization.
+                    Some(self.busy_until + Duration::from_millis(20) + Duration::from_secs(100))
+                };
+                batch.push(PacketReport {
+                    ssrc: 1,
+                    id: self.next_id,
+                    rtp_sequence_number: self.next_id as u16,
+                    is_twcc: true,
+                    twcc_sequence_number: self.next_id as u16,
+                    size: SIZE,
+                    arrived: arrival.is_some(),
+                    departure: self.t0 + self.now,
+                    arrival,
+                    ecn: rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn::NotEct,
+                });
+                self.next_id += 1;
+                self.now += gap;
+                if self.now >= next_feedback {
+                    self.est.on_reports(self.t0 + self.now, &batch);
+                    batch.clear();
+                    next_feedback += Duration::from_millis(100);
+                }
+            }
+        }
+
+        fn estimate(&self) -> u64 {
+            self.shared.figures().estimate
+        }
+    }
+
+    #[test]
+    fn sending_above_a_capped_path_backs_off_to_what_it_carries() {
+        let mut p = Path::new();
+        p.run(5.0, 1_500_000.0, 700_000.0, 0);
+        let f = p.shared.figures();
+        assert!(f.estimate < 700_000, "{f:?}");
+        assert!(f.estimate > 450_000, "{f:?}");
+    }
+
+    #[test]
+    fn an_idle_path_proves_nothing_and_traffic_that_arrives_does() {
+        let mut p = Path::new();
+        // Back off first on a 700 kbit/s path.
+        p.run(3.0, 1_500_000.0, 700_000.0, 0);
+        let low = p.estimate();
+        // The path is now 5 Mbit/s, but only 300 kbit/s of media flow: the estimate stays near
+        // 1.5 times that, however long it runs.
+        p.run(20.0, 300_000.0, 5_000_000.0, 0);
+        let idle = p.estimate();
+        assert!(idle <= 300_000 * 3 / 2 + HEADROOM + 50_000, "{idle}");
+        assert!(idle >= low.min(550_000), "{idle} fell below {low}");
+        // A second of probing at 1.5 Mbit/s that arrives raises it to about that at once.
+        p.run(1.0, 1_500_000.0, 5_000_000.0, 0);
+        assert!(p.estimate() > 1_400_000, "{:?}", p.shared.figures());
+    }
+
+    #[test]
+    fn two_percent_random_loss_holds_and_twenty_percent_backs_off() {
+        let mut p = Path::new();
+        p.run(5.0, 1_000_000.0, 10_000_000.0, 50);
+        assert!(p.estimate() >= 1_000_000, "{}", p.estimate());
+        p.run(5.0, 1_000_000.0, 10_000_000.0, 5);
+        assert!(p.estimate() < 900_000, "{}", p.estimate());
+    }
+
+    #[test]
+    fn a_flood_of_feedback_is_held_to_the_sample_cap() {
+        let mut p = Path::new();
+        // 100 Mbit/s of tiny reports: the window would hold far more than the cap.
+        p.run(1.0, 100_000_000.0, 1_000_000_000.0, 0);
+        assert!(p.est.samples.len() <= MAX_SAMPLES);
+        assert!(p.est.base.len() <= 12);
+    }
+}
