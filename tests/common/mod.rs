@@ -17,6 +17,7 @@ use tokio::sync::{Notify, oneshot};
 
 pub use miclink_loadtest::marker::Kind;
 pub use miclink_loadtest::peer::Burst;
+pub use miclink_loadtest::shaper::Shape;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -239,6 +240,15 @@ impl Member {
         Member::join_with(url, room, user, Role::Audience, options).await
     }
 
+    /// Join receiving through a narrow, lossy downlink (a shaping proxy on loopback).
+    pub async fn join_shaped(url: &str, room: &str, user: &str, shape: Shape) -> Member {
+        let options = client::Options {
+            shape: Some(shape),
+            ..Default::default()
+        };
+        Member::join_with(url, room, user, Role::Audience, options).await
+    }
+
     async fn join_with(
         url: &str,
         room: &str,
@@ -348,6 +358,13 @@ impl Member {
         let streams = [self.audio(), video];
         self.publish_streams(&streams, None).await;
         paused
+    }
+
+    /// Publish Opus audio and VP8 video in three simulcast layers at a browser's rates (120,
+    /// 360 and 1,200 kbit/s, 30 frames a second, a keyframe every 2 s four frames' size).
+    pub async fn publish_simulcast_full_rate(&mut self) {
+        let streams = [self.audio(), StreamSpec::simulcast(1_200_000, 30)];
+        self.publish_streams(&streams, None).await;
     }
 
     /// Publish VP8 video alone, paced by `burst`: slow until [`Burst::go`], then fast.

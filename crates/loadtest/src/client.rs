@@ -40,6 +40,8 @@ pub struct Options {
     pub relay_only: bool,
     /// Connect over ICE-TCP only (no UDP socket), as a client behind a UDP-blocking firewall.
     pub tcp_only: bool,
+    /// Receive through a narrow, lossy downlink (replaces `offer_rewrite`).
+    pub shape: Option<crate::shaper::Shape>,
 }
 
 struct Shared {
@@ -213,7 +215,10 @@ impl Member {
             // Offers are answered in order, one at a time: the server re-offers only after an
             // answer.
             let (shared, recv) = (shared.clone(), recv.clone());
-            let rewrite = options.offer_rewrite.clone();
+            let rewrite = match &options.shape {
+                Some(shape) => Some(shape.rewrite()),
+                None => options.offer_rewrite.clone(),
+            };
             tokio::spawn(async move {
                 while let Some((offer, new_connection, offer_id)) = offers_rx.recv().await {
                     // An answer that fails (the offer was withdrawn, the socket closed) leaves

@@ -5,6 +5,7 @@
 //!   server's subscribe offers, publishing through [`peer::Publisher`];
 //! - [`peer`]: WebRTC peer connections on the async `webrtc` crate, simulated audio and video;
 //! - [`marker`] and [`recv`]: what every packet carries and how receivers account for it;
+//! - [`shaper`]: a narrow, lossy downlink for one member (a proxy on loopback);
 //! - [`run`], [`idle`], [`speakers`]: the load tool's scenarios; `janus` the peer SFU they also target.
 
 pub mod client;
@@ -14,5 +15,6 @@ pub mod marker;
 pub mod peer;
 pub mod recv;
 pub mod run;
+pub mod shaper;
 pub mod speakers;
 pub mod util;

@@ -84,6 +84,8 @@ pub struct Arrivals {
     pub layers: Vec<u8>,
     /// Each packet's VP8 PictureID, when its payload descriptor has one.
     pub pictures: Vec<Option<u16>>,
+    /// Sequence numbers of padding-only packets (a server probing the path), kept apart.
+    pub padding: Vec<u16>,
     /// The first payload, for codec-specific checks.
     pub first_payload: Option<Vec<u8>>,
 }
@@ -144,6 +146,11 @@ impl Recv {
         let arrived = now_ns();
         let marker = marker::read(payload);
         let mut inner = self.inner.lock().expect("recv lock");
+        if self.log && payload.is_empty() {
+            let a = inner.arrivals.entry((stream.to_owned(), kind)).or_default();
+            a.padding.push(rtp_seq);
+            return;
+        }
         if self.log {
             let a = inner.arrivals.entry((stream.to_owned(), kind)).or_default();
             if a.first_payload.is_none() {

@@ -238,6 +238,7 @@ impl MediaCore {
             return;
         };
         sub.wants_more = plan.short;
+        sub.desired = plan.desired;
         let mut keyframes = Vec::new();
         for (key, target, wish, state, pid, track_id) in chosen {
             let Some(out) = sub.outs.get_mut(&key) else {

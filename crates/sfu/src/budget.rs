@@ -60,6 +60,8 @@ pub(crate) enum Step {
 pub(crate) struct Plan {
     pub(crate) steps: Vec<Step>,
     pub(crate) short: u64,
+    /// What every track's best layer would take.
+    pub(crate) desired: u64,
 }
 
 /// The layers of a track a subscriber wishing for at most `ceiling` may get, lowest first: those
@@ -176,6 +178,7 @@ pub(crate) fn plan(wants: &mut [Want], estimate: u64) -> Plan {
     Plan {
         steps,
         short: desired.saturating_sub(estimate),
+        desired,
     }
 }
 

@@ -11,8 +11,8 @@
 //!   offset cancels out), which grows as soon as the path's queue does, before anything is lost.
 //!
 //! The estimate backs off to 85% of what arrived when the queue grows past [`QUEUE_LIMIT`] or
-//! more than 10% is lost, and holds between 2% and 10% loss. Otherwise it rises at once to what
-//! arrived (a probe's result) and climbs 8% a second above that, but never past 1.5 times what
+//! more than 10% is lost. Otherwise it rises at once to what arrived (a probe's result) and,
+//! losing under 2%, climbs 8% a second above that, but never past 1.5 times what
 //! was acknowledged plus [`HEADROOM`]: an idle or lightly used path proves nothing about its
 //! capacity, so only traffic that arrived (media, or the padding the server sends to probe
 //! before moving a subscriber up) raises it.
@@ -220,11 +220,16 @@ impl Estimator {
                 self.estimate = (acked * 0.85).min(self.estimate);
                 self.backed_off = Some(now);
             }
-        } else if loss < 0.02 && !holding {
-            // What arrived without a queue building is proven at once (a probe's result);
-            // beyond it the estimate climbs slowly.
+        } else if !holding {
+            // What arrived without a queue building is proven at once (a probe's result),
+            // whatever the random loss; beyond it the estimate climbs slowly, and only on a
+            // path losing under 2%.
             let base = self.estimate.max(acked);
-            let grown = base * 1.08f64.powf(elapsed.as_secs_f64());
+            let grown = if loss < 0.02 {
+                base * 1.08f64.powf(elapsed.as_secs_f64())
+            } else {
+                base
+            };
             let proven = acked * 1.5 + HEADROOM as f64;
             // Climbing stops at what traffic proved, but an estimate already above that (the
             // initial guess, or a path that got quieter) is not pulled down by idleness alone.

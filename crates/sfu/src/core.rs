@@ -262,6 +262,9 @@ pub struct MediaCore {
     pub(crate) nacks_read: Option<Instant>,
     /// When every subscriber's streams were last chosen again.
     pub(crate) allocated_at: Option<Instant>,
+    /// A probe runs, and when probes last sent padding.
+    pub(crate) probing: bool,
+    pub(crate) padded_at: Option<Instant>,
 }
 
 impl MediaCore {
@@ -295,6 +298,8 @@ impl MediaCore {
             stats: SfuStats::default(),
             nacks_read: None,
             allocated_at: None,
+            probing: false,
+            padded_at: None,
             offers_made: 0,
         })
     }
@@ -521,6 +526,7 @@ impl MediaCore {
         if tick {
             self.last_tick = Some(now);
             self.allocate_all(now);
+            self.probes(now);
             for (room, r) in &mut self.rooms {
                 if r.speakers.due(now)
                     && let Some(speakers) = r.speakers.evaluate(now)
@@ -532,6 +538,8 @@ impl MediaCore {
                         }));
                 }
             }
+        } else {
+            self.pad_probes(now);
         }
         // The peers not due set the next deadline; those fired are looked at again at the next
         // tick at the latest (asking each flushed peer for its deadline cost more per forwarded
@@ -608,7 +616,7 @@ impl MediaCore {
             None => self.clock?,
         };
         let rebuild = self.rebuilds.iter().map(|(at, _, _)| *at).min();
-        [Some(tick), self.soonest, rebuild]
+        [Some(tick), self.soonest, rebuild, self.probe_due()]
             .into_iter()
             .flatten()
             .min()

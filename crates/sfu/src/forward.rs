@@ -68,6 +68,7 @@ impl MediaCore {
             room.speakers.observe(&publisher.user, now, dbov);
         }
         let is_key = track.keyframes.is_keyframe(&packet.payload);
+        let marker = packet.header.marker;
         let vp8 = track.keyframes == Detector::Vp8;
         // The publisher's extensions, in its id space; each subscriber gets its own renumbering.
         let original = std::mem::take(&mut packet.header.extensions);
@@ -115,18 +116,22 @@ impl MediaCore {
                 }
                 continue;
             }
-            let (seq, timestamp) =
-                match out
-                    .munger
-                    .rewrite(source, ext, timestamp, is_key, out.clock_rate, now)
-                {
-                    Verdict::Forward { seq, timestamp } => (seq, timestamp),
-                    Verdict::WaitKeyframe => {
-                        want_keyframe = true;
-                        continue;
-                    }
-                    Verdict::Drop => continue,
-                };
+            let (seq, timestamp) = match out.munger.rewrite_marked(
+                source,
+                ext,
+                timestamp,
+                is_key,
+                marker,
+                out.clock_rate,
+                now,
+            ) {
+                Verdict::Forward { seq, timestamp } => (seq, timestamp),
+                Verdict::WaitKeyframe => {
+                    want_keyframe = true;
+                    continue;
+                }
+                Verdict::Drop => continue,
+            };
             if !on {
                 self.stats.layer_switches += 1;
             }

@@ -183,8 +183,9 @@ pub(crate) fn qualities(layers: &[Layer]) -> Vec<VideoQuality> {
 }
 
 /// The layer a subscriber wanting at most `want` should get: the best sending one not above
-/// `want`, else the lowest sending one. A switch away from `current` goes only to a layer that
-/// has been sending for [`WARMUP`]; a subscriber with nothing yet takes any sending layer. A
+/// `want`, else the lowest sending one. A switch up from `current` goes only to a layer that
+/// has been sending for [`WARMUP`] (down, to any sending one); a subscriber with nothing yet
+/// takes any sending layer. A
 /// track with one stream always gets that stream (its pauses are the publisher's to make).
 /// `None` when `want` is off; `current` unchanged when no layer qualifies.
 pub(crate) fn select(
@@ -209,10 +210,22 @@ pub(crate) fn select(
             .or_else(|| ranked.min_by_key(|(_, q)| **q))
             .map(|(l, _)| l.source)
     };
-    pick(&|l| l.active(now) && (Some(l.source) == current || current.is_none() || l.warm(now)))
-        // The current layer stopped and nothing else is warm: any sending one beats a freeze.
-        .or_else(|| pick(&|l| l.active(now)))
-        .or(current)
+    let quality_of = |source: SourceId| {
+        layers
+            .iter()
+            .position(|l| l.source == source)
+            .map(|i| qualities[i])
+    };
+    let current_quality = current.and_then(quality_of);
+    // Moving down never waits: a lower layer is taken as soon as it sends.
+    let lower =
+        |l: &Layer| current_quality.is_some_and(|c| quality_of(l.source).is_some_and(|q| q < c));
+    pick(&|l| {
+        l.active(now) && (Some(l.source) == current || current.is_none() || l.warm(now) || lower(l))
+    })
+    // The current layer stopped and nothing else is warm: any sending one beats a freeze.
+    .or_else(|| pick(&|l| l.active(now)))
+    .or(current)
 }
 
 /// A ring of the last packets by extended sequence number; each slot remembers whose it is, so
@@ -354,6 +367,11 @@ mod tests {
         let at = t0 + Duration::from_secs(1);
         assert_eq!(select(&young, &q, High, None, at), Some(12));
         assert_eq!(select(&young, &q, High, Some(10), at), Some(10));
+        assert_eq!(
+            select(&young, &q, Low, Some(12), at),
+            Some(10),
+            "down at once"
+        );
     }
 
     #[test]

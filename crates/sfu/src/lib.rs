@@ -30,6 +30,7 @@ mod layers;
 mod lifecycle;
 mod peer;
 mod pii;
+mod probe;
 mod resend;
 mod seq;
 mod shed;

@@ -89,6 +89,9 @@ pub(crate) struct Peer {
     /// Subscribe connections: how many bits a second more than the estimate its tracks' best
     /// layers would take (0 when everything fits): what a probe would have to prove.
     pub(crate) wants_more: u64,
+    /// Subscribe connections: what its tracks' best layers would take, bits a second.
+    pub(crate) desired: u64,
+    pub(crate) probe: crate::probe::Probe,
     pub(crate) counters: PeerStats,
     pub(crate) span: tracing::Span,
 }
@@ -245,6 +248,8 @@ impl PeerFactory {
             remote_candidates: 0,
             bwe: (kind == PcKind::Subscribe).then_some(estimate),
             wants_more: 0,
+            desired: 0,
+            probe: Default::default(),
             counters: PeerStats::new(room.clone(), user.clone(), kind),
             span: tracing::info_span!("pc", %room, %user, pc = pc_kind, ufrag = %ufrag),
             ufrag,

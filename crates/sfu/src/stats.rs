@@ -84,6 +84,12 @@ counters! {
     subscription_changes,
     /// `publisher_layers` events sent to publishers.
     publisher_layer_changes,
+    /// Probes of a subscriber's path begun (padding sent to prove room for a higher layer).
+    probes,
+    /// Probes stopped because the path's queue grew or it lost packets.
+    probes_failed,
+    /// Padding packets sent by probes.
+    padding_sent,
     /// Datagrams a loop received for a connection another loop owns (first packets of a flow).
     handed_over,
     /// Datagrams dropped between loops because the receiving loop's queue was full.

@@ -182,7 +182,16 @@ pub(crate) struct Munger {
     /// The timestamp offset of a paused segment, kept so a pause and resume of the same source
     /// keeps its exact timing.
     paused_timing: Option<(SourceId, u32)>,
+    /// The last packet sent (the newest) ended a frame: padding may go out now.
+    frame_end: bool,
+    /// Earlier stretches of the current segment, before padding moved its offset: (first
+    /// outgoing number, end (exclusive), offset), oldest first, at most [`MAX_STRETCHES`].
+    stretches: std::collections::VecDeque<(u64, u64, u64)>,
 }
+
+/// Stretches of a segment remembered for NACKs: a probe pads after a frame at most every few
+/// frames, so this covers well over a retransmission buffer's time.
+const MAX_STRETCHES: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -190,8 +199,10 @@ struct Segment {
     seq_offset: u64,
     /// The first incoming extended number of the segment; older ones are dropped.
     start: u64,
-    /// The first outgoing extended number of the segment.
+    /// The first outgoing extended number of the segment (since the last padding).
     first_out: u64,
+    /// The newest incoming extended number sent.
+    highest_in: u64,
     timestamp_offset: u32,
 }
 
@@ -204,16 +215,35 @@ impl Munger {
             last_timestamp: 0,
             last_sent: None,
             paused_timing: None,
+            frame_end: false,
+            stretches: std::collections::VecDeque::new(),
         }
     }
 
     /// The sequence number and timestamp packet `ext`/`timestamp` of `source` goes out with.
+    #[cfg(test)]
     pub(crate) fn rewrite(
         &mut self,
         source: SourceId,
         ext: u64,
         timestamp: u32,
         is_keyframe: bool,
+        clock_rate: u32,
+        now: Instant,
+    ) -> Verdict {
+        self.rewrite_marked(source, ext, timestamp, is_keyframe, false, clock_rate, now)
+    }
+
+    /// [`rewrite`](Self::rewrite) of a packet whose marker bit is `marker` (the last packet of a
+    /// video frame).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rewrite_marked(
+        &mut self,
+        source: SourceId,
+        ext: u64,
+        timestamp: u32,
+        is_keyframe: bool,
+        marker: bool,
         clock_rate: u32,
         now: Instant,
     ) -> Verdict {
@@ -237,6 +267,10 @@ impl Munger {
             self.next = out + 1;
             self.last_timestamp = timestamp;
             self.last_sent = Some(now);
+            self.frame_end = marker;
+            if let Some(s) = &mut self.segment {
+                s.highest_in = ext;
+            }
         }
         Verdict::Forward {
             seq: out as u16,
@@ -270,14 +304,19 @@ impl Munger {
             seq_offset: self.next.wrapping_sub(ext),
             start: ext,
             first_out: self.next,
+            highest_in: ext,
             timestamp_offset,
         };
+        self.stretches.clear();
+        self.frame_end = false;
         self.segment = Some(segment);
         segment
     }
 
     /// Stop the current segment: the next packet sent must be a keyframe.
     pub(crate) fn pause(&mut self) {
+        self.stretches.clear();
+        self.frame_end = false;
         if let Some(s) = self.segment.take() {
             self.paused_timing = Some((s.source, s.timestamp_offset));
         }
@@ -300,10 +339,45 @@ impl Munger {
         let s = self.segment?;
         let newest = self.next.checked_sub(1)?;
         let out = nearest(newest, seq);
-        if out < s.first_out || out > newest {
+        if out > newest {
             return None;
         }
-        Some((s.source, out.wrapping_sub(s.seq_offset), s.timestamp_offset))
+        let offset = if out >= s.first_out {
+            s.seq_offset
+        } else {
+            // Sent before a padding: the offset of its stretch (padding numbers have none).
+            let &(_, _, offset) = self
+                .stretches
+                .iter()
+                .find(|(first, end, _)| (*first..*end).contains(&out))?;
+            offset
+        };
+        Some((s.source, out.wrapping_sub(offset), s.timestamp_offset))
+    }
+
+    /// Numbers for `count` padding packets, and their timestamp (the last one sent): only
+    /// right after a frame's last packet, while a segment is open. Packets of the segment from
+    /// then on go out `count` numbers further along; a late one from before is dropped (its
+    /// number would be taken).
+    pub(crate) fn padding(&mut self, count: u16) -> Option<(u16, u32)> {
+        if !self.frame_end || count == 0 {
+            return None;
+        }
+        let s = self.segment.as_mut()?;
+        // Padding right after padding extends it; the media before has its stretch already.
+        if s.first_out < self.next {
+            if self.stretches.len() >= MAX_STRETCHES {
+                self.stretches.pop_front();
+            }
+            self.stretches
+                .push_back((s.first_out, self.next, s.seq_offset));
+        }
+        let first = self.next;
+        self.next += u64::from(count);
+        s.seq_offset = s.seq_offset.wrapping_add(u64::from(count));
+        s.first_out = self.next;
+        s.start = s.highest_in + 1;
+        Some((first as u16, self.last_timestamp))
     }
 }
 
@@ -397,6 +471,40 @@ mod tests {
         let (seq, ts) = forward(m.rewrite(1, 1061, 183_000, true, CLOCK, t1));
         assert_eq!(seq, 2, "numbering resumes where it stopped");
         assert_eq!(ts, 183_000, "the same source keeps its own timing");
+    }
+
+    #[test]
+    fn padding_takes_numbers_between_frames_and_nacks_still_map_to_their_packets() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(65_530);
+        let mark = |m: &mut Munger, ext: u64, marker| {
+            forward(m.rewrite_marked(7, ext, 0, ext == 100, marker, CLOCK, t0)).0
+        };
+        assert_eq!(mark(&mut m, 100, false), 65_530);
+        assert_eq!(m.padding(3), None, "not in the middle of a frame");
+        assert_eq!(mark(&mut m, 101, true), 65_531);
+        // Three padding packets: 65,532 to 65,534.
+        assert_eq!(m.padding(3), Some((65_532, 0)));
+        assert_eq!(m.padding(1), Some((65_535, 0)), "more padding extends it");
+        // The next frame continues after them, across the wrap.
+        assert_eq!(mark(&mut m, 102, false), 0);
+        assert_eq!(mark(&mut m, 103, true), 1);
+        assert_eq!(m.padding(2), Some((2, 0)));
+        assert_eq!(mark(&mut m, 104, true), 4);
+        // A late packet from before the padding would take a used number: dropped.
+        assert_eq!(
+            m.rewrite_marked(7, 101, 0, false, false, CLOCK, t0),
+            Verdict::Drop
+        );
+        // NACKs: media numbers map to their packets in every stretch, padding numbers to none.
+        assert_eq!(m.original(65_531), Some((7, 101, 0)));
+        assert_eq!(m.original(0), Some((7, 102, 0)));
+        assert_eq!(m.original(1), Some((7, 103, 0)));
+        assert_eq!(m.original(4), Some((7, 104, 0)));
+        assert_eq!(m.original(5), None, "not sent yet");
+        for padding in [65_532, 65_533, 65_534, 65_535, 2, 3] {
+            assert_eq!(m.original(padding), None, "{padding}");
+        }
     }
 
     #[test]
