@@ -437,3 +437,42 @@ test('seat control: the anchor mutes a co-host and every page shows it; whoever 
   for (const p of all) await expect(tile(p, guest).locator('.badge')).toHaveText('Seat 3');
   for (const p of all) await p.context.close();
 });
+
+// Simulcast (contract rule 14): every camera goes out in three layers; a viewer's big tile gets
+// the top one and the small grid tiles the lowest, as getStats' decoded frame height shows.
+test('simulcast: the big tile decodes the top layer, the small grid tiles the lowest', async ({ browser }) => {
+  const room = newRoom();
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor' });
+  const g1 = await join(browser, { room, name: 'Guest One', role: 'audience' });
+  const g2 = await join(browser, { room, name: 'Guest Two', role: 'audience' });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
+  const all = [anchor, g1, g2, viewer];
+  for (const g of [g1, g2]) {
+    await g.page.getByRole('button', { name: 'Request to link' }).click();
+    await anchor.page.locator('#applications li', { hasText: g.name }).getByRole('button', { name: 'Accept' }).click();
+    await toast(g, 'The anchor accepted');
+  }
+  await expectTiles(all, ['Anchor Ann', 'Guest One', 'Guest Two']);
+  await expect(viewer.page.locator('#tiles')).toHaveClass(/grid/);
+  const A = { user: anchor.user, video: true };
+  const G1 = { user: g1.user, video: true };
+  const G2 = { user: g2.user, video: true };
+  await expectMediaFlowing(viewer, [A, G1, G2]);
+  // The server says which layer each tile gets, and the decoder shows it.
+  await expect(tile(viewer, anchor)).toHaveAttribute('data-layer', 'high');
+  await expect(tile(viewer, g1)).toHaveAttribute('data-layer', 'low');
+  await expect(tile(viewer, g2)).toHaveAttribute('data-layer', 'low');
+  await expect
+    .poll(
+      async () => {
+        const s = await viewer.page.evaluate(() => window.miclink.stats());
+        const h = (u) => s[u.user]?.video?.frameHeight ?? 0;
+        const [big, small1, small2] = [h(A), h(G1), h(G2)];
+        const ok = small1 > 0 && small2 > 0 && small1 <= 240 && small2 <= 240 && big >= 2 * Math.max(small1, small2);
+        return ok ? 'layers as the tiles need' : JSON.stringify({ big, small1, small2 });
+      },
+      { message: 'decoded frame heights on the viewer', timeout: 40_000, intervals: [1000] },
+    )
+    .toBe('layers as the tiles need');
+  for (const p of all) await p.context.close();
+});

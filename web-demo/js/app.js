@@ -102,6 +102,8 @@ async function join() {
     seats: [], // the room's seats, for their locks
     speakers: new Set(), // who the server says is talking
     blocked: new Map(), // user -> {mic, camera}: kept off by the anchor or a seat lock
+    wishes: new Map(), // user -> the layer last asked for with set_subscription
+    layers: new Map(), // user -> {video, reason}: the layer the server sends us, and why
     myMute: { audio: false, video: false }, // what this member turned off themselves
   };
   const signal = new Signal(serverUrl, {
@@ -290,6 +292,14 @@ function onEvent(ev) {
     }
     case 'active_speakers':
       S.speakers = new Set(ev.speakers.map((s) => s.user));
+      renderTiles();
+      return;
+    case 'publisher_layers':
+      // Dynacast: pause the simulcast layers nobody watches.
+      S.media.setLayers(ev.video).catch((e) => console.debug('miclink: layers', e));
+      return;
+    case 'subscription_state':
+      S.layers.set(ev.user, { video: ev.video, reason: ev.reason });
       renderTiles();
       return;
     case 'resumed':
@@ -626,9 +636,29 @@ function renderTiles() {
     devices.querySelector('.cam').classList.toggle('off', !(u.camera && hasVideo));
     devices.title = `microphone ${u.mic && hasAudio ? 'on' : 'off'}, camera ${u.camera && hasVideo ? 'on' : 'off'}`;
     el.classList.toggle('speaking', S.speakers.has(u.user));
+    if (!self) wishFor(u.user, tileLayer(box, i));
+    const layer = S.layers.get(u.user);
+    el.dataset.layer = layer?.video ?? '';
+    el.classList.toggle('low-bandwidth', layer?.reason === 'bandwidth');
     const controls = el.querySelector('.controls');
     controls.hidden = !(S.role === 'anchor' && u.seat !== 0);
     if (!controls.hidden) renderTileControls(el, u);
+  });
+}
+
+// The layer a tile needs: the big ones (alone, side by side, the first of a grid) the top one,
+// the small grid tiles the lowest.
+function tileLayer(box, i) {
+  return box.classList.contains('grid') && i > 0 ? 'low' : 'high';
+}
+
+// Ask the server for at most `video` of `user`'s video, once per change.
+function wishFor(user, video) {
+  if (S.wishes.get(user) === video) return;
+  S.wishes.set(user, video);
+  S.signal.request('set_subscription', { user, video }).catch((e) => {
+    S.wishes.delete(user);
+    console.debug('miclink: set_subscription', e);
   });
 }
 
@@ -813,6 +843,8 @@ async function renderStats() {
     const kbps = ((s.video?.bitrate ?? 0) + (s.audio?.bitrate ?? 0)) / 1000;
     const parts = [`${kbps.toFixed(0)} kbit/s`];
     if (s.video?.fps != null) parts.push(`${s.video.fps.toFixed(0)} fps`);
+    if (s.video?.frameHeight) parts.push(`${s.video.frameHeight}p`);
+    if (el.dataset.layer) parts.push(el.dataset.layer);
     if (s.rtt != null) parts.push(`rtt ${(s.rtt * 1000).toFixed(0)} ms`);
     box.textContent = parts.join(' · ');
   }

@@ -15,6 +15,14 @@ const RETRY_MAX_MS = 10_000;
 
 export class MediaError extends Error {}
 
+// The simulcast layers every camera is published in (contract rule 14: rids q, h, f).
+const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', maxBitrate: 1_500_000 },
+];
+const RID_LAYER = { q: 'low', h: 'medium', f: 'high' };
+
 // getUserMedia failures in words a person can act on.
 function describeCaptureError(e, video) {
   const what = video ? 'camera and microphone' : 'microphone';
@@ -158,7 +166,12 @@ export class Media {
     this.pub = pc;
     this.local = stream;
     for (const track of stream.getTracks()) {
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      const init = { direction: 'sendonly', streams: [stream] };
+      // Video goes out in three simulcast layers (180p, 360p, 720p from a 720p camera; the
+      // browser drops those its input is too small for), and the server sends each viewer the
+      // one that fits its tile and its bandwidth.
+      if (track.kind === 'video') init.sendEncodings = SIMULCAST;
+      pc.addTransceiver(track, init);
     }
     pc.onicecandidate = (e) => this.trickle('publish', e.candidate);
     this.watch(pc, 'pub', () => this.onPublishBroken?.(this.publishVideo));
@@ -179,7 +192,26 @@ export class Media {
     const id = this.devices[kind];
     const device = id ? { deviceId: { exact: id } } : {};
     if (kind === 'audio') return id ? device : true;
-    return { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 }, ...device };
+    return { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24 }, ...device };
+  }
+
+  // Dynacast: send only the simulcast layers somebody watches (`publisher_layers`); none when
+  // nobody watches the video at all.
+  async setLayers(watched) {
+    const sender = this.pub?.getSenders().find((s) => s.track?.kind === 'video');
+    if (!sender) return;
+    const params = sender.getParameters();
+    if (!params.encodings?.length) return;
+    let changed = false;
+    for (const e of params.encodings) {
+      const layer = e.rid ? RID_LAYER[e.rid] : 'high';
+      const active = e.rid ? watched.includes(layer) : watched.length > 0;
+      if (e.active !== active) {
+        e.active = active;
+        changed = true;
+      }
+    }
+    if (changed) await sender.setParameters(params);
   }
 
   get hasVideo() {
@@ -345,6 +377,7 @@ export class Media {
           packetsLost: s.packetsLost ?? 0,
           bytesReceived: s.bytesReceived ?? 0,
           framesDecoded: frames,
+          frameHeight: s.frameHeight ?? null,
           ...rate(`in:${s.ssrc}`, s.bytesReceived ?? 0, frames),
         };
         e.rtt = rtt;
@@ -358,11 +391,15 @@ export class Media {
           e.rtt = s.currentRoundTripTime ?? e.rtt;
         }
         if (s.type === 'outbound-rtp') {
+          // Simulcast: one per layer; the figures are their sums, the frames the top layer's.
           const frames = s.kind === 'video' ? (s.framesEncoded ?? 0) : null;
+          const r = rate(`out:${s.ssrc}`, s.bytesSent ?? 0, frames);
+          const was = e[s.kind];
           e[s.kind] = {
-            packetsSent: s.packetsSent ?? 0,
-            framesEncoded: frames,
-            ...rate(`out:${s.ssrc}`, s.bytesSent ?? 0, frames),
+            packetsSent: (was?.packetsSent ?? 0) + (s.packetsSent ?? 0),
+            framesEncoded: Math.max(was?.framesEncoded ?? 0, frames ?? 0),
+            bitrate: (was?.bitrate ?? 0) + (r.bitrate ?? 0),
+            fps: Math.max(was?.fps ?? 0, r.fps ?? 0),
           };
         }
       });

@@ -60,6 +60,15 @@ struct Common {
     /// a firewall that blocks UDP.
     #[arg(long, conflicts_with = "relay")]
     tcp: bool,
+    /// Publishers send their video in three simulcast layers (rids q, h, f at 10%, 30% and
+    /// 100% of its rate).
+    #[arg(long)]
+    simulcast: bool,
+    /// Viewers' downlinks: "mixed" puts a third behind 1 Mbit/s with 2% loss and a third
+    /// behind 3 Mbit/s (shaping proxies on loopback); video keyframes are then four frames'
+    /// size, as encoders make them.
+    #[arg(long, value_enum, default_value = "free")]
+    network: run::Network,
 }
 
 #[derive(Subcommand)]
@@ -123,7 +132,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (scenario, common, rooms) = match cli.scenario {
-        Scenario::Cohost { common, viewers } => ("cohost", common, cohost(viewers)),
+        Scenario::Cohost { common, viewers } => {
+            let plan = cohost(viewers, &common);
+            ("cohost", common, plan)
+        }
         Scenario::Audio { common, viewers } => ("audio", common, audio(viewers)),
         Scenario::Rooms { common, rooms } => ("rooms", common, many_rooms(rooms)),
         Scenario::Speakers(options) => {
@@ -169,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         soak: common.soak,
         relay: common.relay,
         tcp: common.tcp,
+        network: common.network,
     }))?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -186,7 +199,24 @@ fn video(bitrate_bps: u32) -> StreamSpec {
     StreamSpec::video(bitrate_bps, 30)
 }
 
-fn cohost(viewers: usize) -> Vec<RoomPlan> {
+fn cohost(viewers: usize, common: &Common) -> Vec<RoomPlan> {
+    let video = |bitrate| {
+        let v = if common.simulcast {
+            StreamSpec::simulcast(bitrate, 30)
+        } else {
+            video(bitrate)
+        };
+        // Real keyframes on real networks: their size is what a narrow downlink chokes on.
+        let scale = if common.network == run::Network::Mixed {
+            4
+        } else {
+            v.keyframe_scale
+        };
+        StreamSpec {
+            keyframe_scale: scale,
+            ..v
+        }
+    };
     let mut publishers = vec![vec![video(1_500_000), audio_stream()]];
     publishers.extend((0..9).map(|_| vec![video(500_000), audio_stream()]));
     vec![RoomPlan {

@@ -36,7 +36,16 @@ struct Seen {
     minute_duplicates: Vec<u64>,
     minute_max_gap_ns: Vec<u64>,
     last_arrival_ns: u64,
+    /// In the window: the time spent in gaps over [`FREEZE`] between new packets, and the
+    /// simulcast layer changes.
+    freeze_ns: u64,
+    switches: u64,
+    last_layer: Option<u8>,
 }
+
+/// A gap between packets of one stream longer than this is a freeze (a viewer sees the picture
+/// stop).
+pub const FREEZE: Duration = Duration::from_millis(500);
 
 impl Seen {
     fn mark(&mut self, seq: u32) -> bool {
@@ -60,6 +69,11 @@ impl Seen {
             })
             .count() as u64
     }
+}
+
+/// Where a gap that ended inside the window began, counting from the window's start.
+fn seen_start(had_one: bool, began: u64, window: u64) -> u64 {
+    if had_one { began.max(window) } else { window }
 }
 
 fn bump(v: &mut Vec<u64>, i: usize, f: impl FnOnce(&mut u64)) {
@@ -106,6 +120,8 @@ struct Inner {
     minute_delay_us: Vec<Histogram<u64>>,
     /// By the track's msid stream id, and kind (only when logging).
     arrivals: HashMap<(String, Kind), Arrivals>,
+    /// Payload bytes received in the window.
+    window_bytes: u64,
 }
 
 /// Per-minute figures of one stream at one receiver.
@@ -137,6 +153,7 @@ impl Recv {
                 delay_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
                 minute_delay_us: Vec::new(),
                 arrivals: HashMap::new(),
+                window_bytes: 0,
             }),
         })
     }
@@ -174,7 +191,16 @@ impl Recv {
         let window = WINDOW_START_NS.load(Ordering::Relaxed);
         let minute =
             (window != 0 && arrived >= window).then(|| ((arrived - window) / MINUTE_NS) as usize);
+        if minute.is_some() {
+            inner.window_bytes += payload.len() as u64;
+        }
         let seen = inner.streams.entry((m.publisher, m.kind)).or_default();
+        if m.kind == Kind::Video {
+            if minute.is_some() && seen.last_layer.is_some_and(|l| l != m.layer) {
+                seen.switches += 1;
+            }
+            seen.last_layer = Some(m.layer);
+        }
         if !seen.mark(m.seq) {
             seen.duplicates += 1;
             if let Some(i) = minute {
@@ -189,6 +215,11 @@ impl Recv {
             if had_one {
                 bump(&mut seen.minute_max_gap_ns, i, |g| *g = (*g).max(gap));
             }
+            // The part of a freeze inside the window.
+            let frozen = arrived - seen_start(had_one, arrived - gap, window);
+            if had_one && gap > FREEZE.as_nanos() as u64 && frozen > 0 {
+                seen.freeze_ns += frozen;
+            }
             let us = arrived.saturating_sub(m.sent_ns) / 1000;
             let _ = inner.delay_us.record(us.max(1));
             while inner.minute_delay_us.len() <= i {
@@ -198,6 +229,29 @@ impl Recv {
             }
             let _ = inner.minute_delay_us[i].record(us.max(1));
         }
+    }
+
+    /// Time `(publisher, kind)` spent frozen between `start_ns` and `end_ns` (the window), in
+    /// nanoseconds: gaps over [`FREEZE`], a silence running at the end, or the whole window for
+    /// a stream that never came; and its simulcast layer changes.
+    pub fn freeze(&self, publisher: &str, kind: Kind, start_ns: u64, end_ns: u64) -> (u64, u64) {
+        let inner = self.inner.lock().expect("recv lock");
+        let Some(s) = inner.streams.get(&(publisher.to_owned(), kind)) else {
+            return (end_ns.saturating_sub(start_ns), 0);
+        };
+        let since = s.last_arrival_ns.max(start_ns);
+        let tail = end_ns.saturating_sub(since);
+        let tail = if tail > FREEZE.as_nanos() as u64 {
+            tail
+        } else {
+            0
+        };
+        (s.freeze_ns + tail, s.switches)
+    }
+
+    /// Payload bytes received in the measurement window.
+    pub fn window_bytes(&self) -> u64 {
+        self.inner.lock().expect("recv lock").window_bytes
     }
 
     pub fn first_packet(&self) -> Option<Duration> {

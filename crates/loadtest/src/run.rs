@@ -17,6 +17,7 @@ use crate::janus;
 use crate::marker::{Kind, now_ns};
 use crate::peer::{Sent, StreamSpec};
 use crate::recv::{self, Recv};
+use crate::shaper::Shape;
 use crate::util::{check_loopback, proc_usage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -50,6 +51,44 @@ pub struct Options {
     pub relay: bool,
     /// miclink: members' connections use ICE-TCP only.
     pub tcp: bool,
+    /// Viewers' downlinks.
+    pub network: Network,
+}
+
+/// The viewers' downlinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Loopback, as fast as it goes.
+    Free,
+    /// A third of the viewers at 1 Mbit/s losing 2%, a third at 3 Mbit/s, the rest free (each
+    /// through its own shaping proxy on loopback).
+    Mixed,
+}
+
+impl Network {
+    /// The downlink of viewer `v`: its group's name and its shape (none when free).
+    fn downlink(self, v: usize) -> (&'static str, Option<Shape>) {
+        match (self, v % 3) {
+            (Network::Free, _) | (Network::Mixed, 2) => ("free", None),
+            (Network::Mixed, 0) => ("1 Mbit/s, 2% loss", Some(Shape::new(1_000_000, 20))),
+            (Network::Mixed, _) => ("3 Mbit/s", Some(Shape::new(3_000_000, 0))),
+        }
+    }
+}
+
+/// What the viewers of one downlink group got, per viewer.
+#[derive(Serialize, Debug, Clone)]
+pub struct Group {
+    pub network: &'static str,
+    pub viewers: usize,
+    /// Payload received, kbit/s per viewer.
+    pub received_kbps: f64,
+    pub audio_loss_percent: f64,
+    /// Share of the window each video stream spent frozen (gaps over 500 ms).
+    pub video_frozen_percent: f64,
+    /// Simulcast layer changes per video stream per minute.
+    pub layer_switches_per_min: f64,
 }
 
 /// A connected participant, holding its connections open.
@@ -79,6 +118,8 @@ struct Receiver {
     /// back).
     own: Option<String>,
     viewer: bool,
+    /// A viewer's downlink group.
+    group: &'static str,
     recv: Arc<Recv>,
 }
 
@@ -129,6 +170,8 @@ pub struct Report {
     load_tool_cpu_percent: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     minutes: Option<Vec<Minute>>,
+    /// The viewers by downlink.
+    groups: Vec<Group>,
 }
 
 fn loss(expected: u64, delivered: u64) -> f64 {
@@ -209,6 +252,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 room: r,
                 own: Some(user),
                 viewer: false,
+                group: "publisher",
                 recv,
             });
             bar.inc(1);
@@ -237,9 +281,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let recv = Recv::new(Instant::now());
             let url = opts.url.clone();
             let user = format!("v{v}");
+            let (group, shape) = opts.network.downlink(v);
             let options = client::Options {
                 relay_only: opts.relay,
                 tcp_only: opts.tcp,
+                shape,
                 ..Default::default()
             };
             let bar = bar.clone();
@@ -263,12 +309,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     })
                 }
             };
-            joins.push((r, recv, task));
+            joins.push((r, group, recv, task));
         }
     }
     let mut first_error = None;
     let mut viewers_connected = 0;
-    for (r, recv, task) in joins {
+    for (r, group, recv, task) in joins {
         match task.await? {
             Ok(p) => {
                 viewers_connected += 1;
@@ -277,6 +323,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     room: r,
                     own: None,
                     viewer: true,
+                    group,
                     recv,
                 });
             }
@@ -300,6 +347,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut server_marks = vec![server_before];
     let tool_before = proc_usage(std::process::id())?;
     let t0 = Instant::now();
+    let window_start_ns = now_ns();
     recv::open_window();
     // A line for scripts that act during the window (benches/overload lifts a CPU quota).
     eprintln!("miclink-load: measuring for {} s", opts.duration.as_secs());
@@ -325,6 +373,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     recv::close_window();
 
     let (starts, ends) = (&marks[0], &marks[marks.len() - 1]);
+    let simulcast = opts
+        .rooms
+        .iter()
+        .flat_map(|r| r.publishers.iter().flatten())
+        .any(|s| s.simulcast);
+    let groups = groups(
+        &receivers,
+        &sent,
+        (starts, ends),
+        (window_start_ns, window_end_ns),
+        window,
+    );
     let mut expected = 0u64;
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
@@ -334,6 +394,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     for rcv in &receivers {
         for (i, (room, s)) in sent.iter().enumerate() {
             if *room != rcv.room || rcv.own.as_deref() == Some(s.publisher.as_str()) {
+                continue;
+            }
+            if s.kind == Kind::Video && simulcast {
+                // One layer of several arrives: its loss is not what the counters say. The
+                // groups below say what simulcast viewers got.
                 continue;
             }
             let want = u64::from(ends[i].saturating_sub(starts[i]));
@@ -381,7 +446,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         duplicates,
         loss_percent: loss(expected, delivered),
         audio_loss_percent: loss(by_kind[0].0, by_kind[0].1),
-        video_loss_percent: loss(by_kind[1].0, by_kind[1].1),
+        video_loss_percent: if simulcast {
+            f64::NAN
+        } else {
+            loss(by_kind[1].0, by_kind[1].1)
+        },
         delay_p50_ms: delay_ms(0.5),
         delay_p99_ms: delay_ms(0.99),
         delivered_per_s: delivered as f64 / window,
@@ -390,6 +459,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         server_rss_mib: server_after.map(|(rss, _)| rss as f64 / 1048576.0),
         load_tool_cpu_percent: 100.0 * (tool_after.1 - tool_before.1) / window,
         minutes,
+        groups,
     };
 
     stop.notify_waiters();
@@ -408,6 +478,70 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// Per downlink group of viewers: what they received, their audio loss, how long their video
+/// streams froze and how often their layers switched.
+fn groups(
+    receivers: &[Receiver],
+    sent: &[(usize, Arc<Sent>)],
+    (starts, ends): (&[u32], &[u32]),
+    (start_ns, end_ns): (u64, u64),
+    window: f64,
+) -> Vec<Group> {
+    let mut names: Vec<&'static str> = receivers
+        .iter()
+        .filter(|r| r.viewer)
+        .map(|r| r.group)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let members: Vec<&Receiver> = receivers
+                .iter()
+                .filter(|r| r.viewer && r.group == name)
+                .collect();
+            let (mut audio_want, mut audio_got) = (0u64, 0u64);
+            let (mut frozen_ns, mut switches, mut video_streams) = (0u64, 0u64, 0u64);
+            for rcv in &members {
+                for (i, (room, s)) in sent.iter().enumerate() {
+                    if *room != rcv.room {
+                        continue;
+                    }
+                    match s.kind {
+                        Kind::Audio => {
+                            audio_want += u64::from(ends[i].saturating_sub(starts[i]));
+                            audio_got += rcv
+                                .recv
+                                .received(&s.publisher, s.kind, starts[i], ends[i])
+                                .0;
+                        }
+                        Kind::Video => {
+                            let (f, n) = rcv.recv.freeze(&s.publisher, s.kind, start_ns, end_ns);
+                            frozen_ns += f;
+                            switches += n;
+                            video_streams += 1;
+                        }
+                    }
+                }
+            }
+            let n = members.len().max(1) as f64;
+            let bytes: u64 = members.iter().map(|r| r.recv.window_bytes()).sum();
+            let stream_s = video_streams.max(1) as f64 * window;
+            Group {
+                network: name,
+                viewers: members.len(),
+                received_kbps: bytes as f64 * 8.0 / 1000.0 / window / n,
+                audio_loss_percent: loss(audio_want, audio_got),
+                video_frozen_percent: 100.0 * frozen_ns as f64 / 1e9 / stream_s,
+                layer_switches_per_min: switches as f64
+                    / video_streams.max(1) as f64
+                    / (window / 60.0),
+            }
+        })
+        .collect()
 }
 
 /// Each minute of the window: what every receiver should have had of every stream sent in that
@@ -514,9 +648,14 @@ pub fn print(report: &Report) {
         r.duration_s,
         r.delivered_per_s
     );
+    let video_loss = if r.video_loss_percent.is_nan() {
+        "n/a (simulcast: see the groups)".to_owned()
+    } else {
+        format!("{:.3}%", r.video_loss_percent)
+    };
     println!(
-        "lost by kind             audio {:.3}%, video {:.3}%",
-        r.audio_loss_percent, r.video_loss_percent
+        "lost by kind             audio {:.3}%, video {video_loss}",
+        r.audio_loss_percent
     );
     println!(
         "added delay              p50 {}, p99 {}",
@@ -556,5 +695,16 @@ pub fn print(report: &Report) {
                 opt(m.server_cpu_percent, ""),
             );
         }
+    }
+    for g in &r.groups {
+        println!(
+            "viewers {:18} {} viewers: {:.0} kbit/s each, audio lost {:.2}%, video frozen {:.2}% of the time, {:.1} layer switches a minute",
+            g.network,
+            g.viewers,
+            g.received_kbps,
+            g.audio_loss_percent,
+            g.video_frozen_percent,
+            g.layer_switches_per_min
+        );
     }
 }

@@ -39,9 +39,10 @@ pub(crate) const QUEUE_LIMIT: Duration = Duration::from_millis(60);
 /// What the estimate may exceed 1.5 times the acknowledged rate by.
 pub(crate) const HEADROOM: u64 = 100_000;
 
-/// Where a connection starts: enough for a top layer and some more, so a viewer on a good
-/// network sees full quality at once; one on a worse one backs off within a second or two.
-pub(crate) const INITIAL: u64 = 2_500_000;
+/// Where a connection starts: unconstrained. Until its path first shows congestion a viewer
+/// gets every layer its tiles want, as it would from an SFU without an estimator; the first
+/// growing queue or heavy loss brings the estimate down to what arrived.
+pub(crate) const INITIAL: u64 = MAX;
 
 /// Bounds of the estimate.
 pub(crate) const MIN: u64 = 50_000;
@@ -114,6 +115,8 @@ pub(crate) struct Estimator {
     estimate: f64,
     last_update: Option<Instant>,
     backed_off: Option<Instant>,
+    /// Report batches in a row that showed congestion.
+    congested_batches: u32,
 }
 
 impl Estimator {
@@ -126,6 +129,7 @@ impl Estimator {
             estimate: INITIAL as f64,
             last_update: None,
             backed_off: None,
+            congested_batches: 0,
         }
     }
 
@@ -215,12 +219,20 @@ impl Estimator {
         let holding = self
             .backed_off
             .is_some_and(|t| now.saturating_duration_since(t) < BACKOFF_HOLD);
-        if queue > QUEUE_LIMIT || loss > 0.10 {
+        // One batch of late arrivals is as likely a busy receiver or a scheduling hiccup as a
+        // queue; two in a row (about 200 ms) is a queue.
+        let congested = queue > QUEUE_LIMIT || loss > 0.10;
+        self.congested_batches = if congested {
+            self.congested_batches + 1
+        } else {
+            0
+        };
+        if self.congested_batches >= 2 {
             if !holding {
                 self.estimate = (acked * 0.85).min(self.estimate);
                 self.backed_off = Some(now);
             }
-        } else if !holding {
+        } else if !congested && !holding {
             // What arrived without a queue building is proven at once (a probe's result),
             // whatever the random loss; beyond it the estimate climbs slowly, and only on a
             // path losing under 2%.
