@@ -356,3 +356,29 @@ async fn a_capped_viewer_gets_a_layer_that_fits_and_climbs_back_when_the_cap_lif
         m.close().await;
     }
 }
+
+/// Dynacast: the publisher pauses what nobody watches; a viewer who then wants a paused layer
+/// gets it asked back, and gets it once it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_layer_somebody_wants_is_asked_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    let paused = anchor.publish_simulcast().await;
+    let high = Member::join(&s.url, "r", "high", Role::Audience).await;
+    publisher_layers(&mut anchor, &[VideoQuality::High]).await;
+    // The publisher does as told: low and medium stop.
+    paused.store(0b011, Ordering::Relaxed);
+    high.wait_received("the high layer", |r| settled_on(r, HIGH, 30))
+        .await;
+    let low = Member::join(&s.url, "r", "low", Role::Audience).await;
+    set_subscription(&low, VideoQuality::Low).await;
+    // Meanwhile it gets what there is, and the publisher is asked for the low layer.
+    publisher_layers(&mut anchor, &[VideoQuality::Low, VideoQuality::High]).await;
+    paused.store(0b010, Ordering::Relaxed);
+    low.wait_received("the low layer", |r| settled_on(r, LOW, 30))
+        .await;
+    for m in [anchor, high, low] {
+        m.close().await;
+    }
+}

@@ -216,6 +216,13 @@ impl MediaCore {
                     (*quality, (*quality, reason))
                 }
             };
+            // What the publisher should send for this subscriber (dynacast): all its wish when
+            // everything within it fit, what fitted when bandwidth limits it; not merely what
+            // is sending now (a layer nobody asked for yet is paused, and would stay so).
+            let asked = match step {
+                budget::Step::Layer { limited: true, .. } | budget::Step::Paused => wish,
+                _ => want.ceiling,
+            };
             let target = layers::select(&track.layers, &qualities, wish, want.current, now);
             let state = match target {
                 // What select settled on (it may be below the wish while a layer warms up).
@@ -228,7 +235,7 @@ impl MediaCore {
             chosen.push((
                 want.key.clone(),
                 target,
-                wish,
+                asked,
                 state,
                 want.pid,
                 want.track_id.clone(),
