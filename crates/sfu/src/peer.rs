@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use miclink_protocol::Ident;
 use rand::RngExt;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{CongestionControlBuilder, Registry, Slot};
+use rtc::interceptor::{CongestionControlBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_twcc_sender_only, register_default_interceptors,
+    configure_twcc_sender_only, register_default_interceptors,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -173,11 +173,10 @@ impl PeerFactory {
         register_forwarded_codecs(&mut media).map_err(|e| internal(&e))?;
         let estimate = bwe::Shared::new();
         let registry = match kind {
-            // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback;
-            // simulcast layers are told apart by their mid and rid extensions (rule 14). No
-            // repaired-rid: rtc does not take RTX streams, so the answer offers no RTX.
-            PcKind::Publish => register_simulcast_extensions(&mut media)
-                .and_then(|()| register_default_interceptors(Registry::new(), &mut media)),
+            // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback,
+            // and the mid and rid extensions simulcast layers are told apart by (rule 14). The
+            // answer offers no RTX codec, so no repair streams come.
+            PcKind::Publish => register_default_interceptors(Registry::new(), &mut media),
             // Sending: NACK and PLI are negotiated but no per-connection responder keeps a copy
             // of every packet; the SFU answers NACKs from the published track's one buffer.
             // Sender reports, and TWCC sequence numbers so subscribers send feedback.
@@ -193,7 +192,11 @@ impl PeerFactory {
                         CongestionControlBuilder::new(bwe::Estimator::new(estimate.clone()))
                             .build(),
                     );
-                configure_twcc_sender_only(configure_rtcp_reports(registry), &mut media)
+                // Sender reports only: nothing is received on a subscribe leg, so a receiver
+                // report interceptor would be one more stage every sent packet moves through.
+                let registry =
+                    registry.with(Slot::SenderReport, SenderReportBuilder::new().build());
+                configure_twcc_sender_only(registry, &mut media)
             }
         }
         .map_err(|e| internal(&e))?;
@@ -326,23 +329,6 @@ fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Res
         media.register_codec(
             codec(mime, 90_000, 0, fmtp, video_feedback.clone(), pt),
             RtpCodecKind::Video,
-        )?;
-    }
-    Ok(())
-}
-
-/// The header extensions simulcast streams are bound by: mid and rid (RFC 8852).
-fn register_simulcast_extensions(media: &mut MediaEngine) -> rtc::shared::error::Result<()> {
-    for uri in [
-        rtc::sdp::extmap::SDES_MID_URI,
-        rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
-    ] {
-        media.register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: uri.to_owned(),
-            },
-            RtpCodecKind::Video,
-            None,
         )?;
     }
     Ok(())
