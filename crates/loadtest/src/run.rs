@@ -411,9 +411,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
         rcv.recv.add_delays(&mut delays);
     }
-    let minutes = opts
-        .soak
-        .then(|| minutes(&receivers, &sent, &marks, &server_marks, window_end_ns));
+    let minutes = opts.soak.then(|| {
+        minutes(
+            &receivers,
+            &sent,
+            &marks,
+            &server_marks,
+            window_end_ns,
+            simulcast,
+        )
+    });
     let mut firsts: Vec<Duration> = receivers
         .iter()
         .filter(|r| r.viewer)
@@ -552,6 +559,7 @@ fn minutes(
     marks: &[Vec<u32>],
     server_marks: &[Option<(u64, f64)>],
     window_end_ns: u64,
+    simulcast: bool,
 ) -> Vec<Minute> {
     let count = marks.len() - 1;
     let mut rows: Vec<Minute> = (0..count)
@@ -590,6 +598,11 @@ fn minutes(
     }
     for rcv in receivers {
         for (i, (room, s)) in sent.iter().enumerate() {
+            // A simulcast viewer gets one layer of several: the counters cannot say what it
+            // lost (the groups' frozen time does).
+            if simulcast && s.kind == Kind::Video {
+                continue;
+            }
             if *room != rcv.room || rcv.own.as_deref() == Some(s.publisher.as_str()) {
                 continue;
             }

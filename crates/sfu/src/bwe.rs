@@ -1,10 +1,10 @@
 //! How much a subscriber's connection can carry, from its transport-wide congestion control
 //! feedback (TWCC).
 //!
-//! rtc's congestion-control interceptor sits on every subscribe connection (without its pacer:
-//! the SFU forwards at the publishers' pace and chooses layers instead) and hands each batch of
-//! acknowledged packets to [`Estimator`]: departure time, arrival time on the receiver's clock,
-//! size, and whether it arrived. From them, over the last [`WINDOW`]:
+//! Each batch of a subscriber's acknowledged packets ([`crate::twcc`]: departure time, arrival
+//! time on the receiver's clock, size, and whether it arrived) goes to [`Estimator`], through
+//! rtc's `BandwidthEstimator` interface. No pacer: the SFU forwards at the publishers' pace and
+//! chooses layers instead. From them, over the last [`WINDOW`]:
 //! - the rate the receiver actually got (`acked`);
 //! - the fraction lost;
 //! - the queueing delay: one-way delay above the smallest seen in [`BASE_WINDOW`] (the clocks'
@@ -17,8 +17,7 @@
 //! capacity, so only traffic that arrived (media, or the padding the server sends to probe
 //! before moving a subscriber up) raises it.
 //!
-//! The estimator lives inside the connection's interceptor chain, so it publishes its figures
-//! through [`Shared`] atomics that the core reads when it allocates.
+//! Its figures are published through [`Shared`] for the core's allocation and probing.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

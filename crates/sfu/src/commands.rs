@@ -354,8 +354,15 @@ impl MediaCore {
             else {
                 continue;
             };
+            let twcc = parameters
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|h| h.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
+                .and_then(|h| u8::try_from(h.id).ok());
             out.negotiated = Some(Negotiated {
                 payload_type,
+                twcc,
                 extensions: extensions::forwarded(
                     parameters
                         .rtp_parameters

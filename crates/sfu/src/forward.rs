@@ -12,6 +12,8 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
+use rtc::interceptor::BandwidthEstimator;
+
 use crate::MediaCore;
 use crate::extensions::renumber;
 use crate::keyframe::Detector;
@@ -101,6 +103,7 @@ impl MediaCore {
             let Some(negotiated) = &out.negotiated else {
                 continue;
             };
+            let twcc_id = negotiated.twcc;
             // Only the stream this subscriber is on, or the one it switches to (at a keyframe).
             let Some(target) = out.target else {
                 continue;
@@ -146,6 +149,15 @@ impl MediaCore {
             };
             if had_extensions {
                 renumber(&mut packet.header, &original, &out.ext_ids);
+            } else {
+                // The previous subscriber's transport-wide number goes, and with it the block.
+                packet.header.extensions.clear();
+                packet.header.extension = false;
+                packet.header.extension_profile = 0;
+                packet.header.extensions_padding = 0;
+            }
+            if let Some(id) = twcc_id {
+                sub.twcc.stamp(id, &mut packet, now);
             }
             let sender = out.sender;
             let written = match sub.pc.rtp_sender(sender) {
@@ -233,9 +245,14 @@ impl MediaCore {
                 self.keyframe_for_subscriber(now, id, pli.media_ssrc);
             } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
                 self.keyframe_for_subscriber(now, id, fir.media_ssrc);
-            } else if any.downcast_ref::<TransportLayerCc>().is_some() {
-                // Read for the bandwidth estimator to come; counted so it can be seen working.
+            } else if let Some(feedback) = any.downcast_ref::<TransportLayerCc>() {
                 self.stats.twcc_feedback += 1;
+                if let Some(p) = self.peers.get_mut(&id) {
+                    let reports = p.twcc.feedback(feedback);
+                    if let Some(e) = &mut p.estimator {
+                        e.on_reports(now, &reports);
+                    }
+                }
             }
         }
     }
@@ -313,6 +330,7 @@ impl MediaCore {
                 }
             }
             let (ssrc, sender) = (out.ssrc, out.sender);
+            let twcc_id = out.negotiated.as_ref().and_then(|n| n.twcc);
             let stored = out
                 .munger
                 .original(seq)
@@ -336,6 +354,9 @@ impl MediaCore {
                 // The same picture numbering as when it was first sent: the packet is from the
                 // current segment, whose offsets still stand.
                 packet.payload = out.pictures.apply(&packet.payload);
+            }
+            if let Some(id) = twcc_id {
+                sub.twcc.stamp(id, &mut packet, now);
             }
             if let Some(mut s) = sub.pc.rtp_sender(sender)
                 && s.write_rtp(now, packet).is_ok()

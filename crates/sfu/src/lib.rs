@@ -40,6 +40,7 @@ mod stats;
 mod stun;
 mod tcp;
 mod track;
+mod twcc;
 mod vp8;
 
 pub use crate::core::{CoreConfig, MediaCore, Output, Remote, Route, Transmit, Transport};

@@ -10,19 +10,17 @@ use std::time::{Duration, Instant};
 use miclink_protocol::Ident;
 use rand::RngExt;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{CongestionControlBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::interceptor::{Registry, SenderReportBuilder, Slot};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_twcc_sender_only, register_default_interceptors,
-};
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability,
-    RtpCodecKind, TYPE_RTCP_FB_NACK,
+    RtpCodecKind, TYPE_RTCP_FB_NACK, TYPE_RTCP_FB_TRANSPORT_CC,
 };
 
 use crate::bwe;
@@ -86,6 +84,10 @@ pub(crate) struct Peer {
     pub(crate) remote_candidates: usize,
     /// Subscribe connections: what the bandwidth estimator says.
     pub(crate) bwe: Option<std::sync::Arc<bwe::Shared>>,
+    /// Subscribe connections: the estimator, fed from the TWCC feedback.
+    pub(crate) estimator: Option<bwe::Estimator>,
+    /// Subscribe connections: transport-wide numbers and the send history.
+    pub(crate) twcc: crate::twcc::Twcc,
     /// Subscribe connections: how many bits a second more than the estimate its tracks' best
     /// layers would take (0 when everything fits): what a probe would have to prove.
     pub(crate) wants_more: u64,
@@ -183,20 +185,15 @@ impl PeerFactory {
             PcKind::Subscribe => {
                 // The responder's slot holds the SFU's hook instead: it lets the subscriber's
                 // NACK, PLI, FIR and TWCC feedback through to the core.
-                // The bandwidth estimator reads the TWCC feedback wire-most, without a pacer:
-                // the SFU forwards at the publishers' pace and chooses layers instead.
-                let registry = Registry::new()
-                    .with(Slot::NackResponder, RtcpToApplication::new(sfu_feedback))
-                    .with(
-                        Slot::CongestionControl,
-                        CongestionControlBuilder::new(bwe::Estimator::new(estimate.clone()))
-                            .build(),
-                    );
-                // Sender reports only: nothing is received on a subscribe leg, so a receiver
-                // report interceptor would be one more stage every sent packet moves through.
-                let registry =
-                    registry.with(Slot::SenderReport, SenderReportBuilder::new().build());
-                configure_twcc_sender_only(registry, &mut media)
+                // Transport-wide congestion control is negotiated, but its numbers are stamped
+                // and its feedback read by the core (`twcc.rs`), not by interceptors: every
+                // stage of the chain costs each sent packet a move. Sender reports only:
+                // nothing is received on a subscribe leg.
+                register_transport_cc(&mut media).map(|()| {
+                    Registry::new()
+                        .with(Slot::NackResponder, RtcpToApplication::new(sfu_feedback))
+                        .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                })
             }
         }
         .map_err(|e| internal(&e))?;
@@ -249,6 +246,8 @@ impl PeerFactory {
             renegotiate: false,
             early: (kind == PcKind::Subscribe).then(Vec::new),
             remote_candidates: 0,
+            estimator: (kind == PcKind::Subscribe).then(|| bwe::Estimator::new(estimate.clone())),
+            twcc: crate::twcc::Twcc::new(),
             bwe: (kind == PcKind::Subscribe).then_some(estimate),
             wants_more: 0,
             desired: 0,
@@ -329,6 +328,28 @@ fn register_forwarded_codecs(media: &mut MediaEngine) -> rtc::shared::error::Res
         media.register_codec(
             codec(mime, 90_000, 0, fmtp, video_feedback.clone(), pt),
             RtpCodecKind::Video,
+        )?;
+    }
+    Ok(())
+}
+
+/// Transport-wide congestion control on both kinds of media: the feedback type and the header
+/// extension (what rtc's `configure_twcc_sender_only` registers, without its interceptor).
+fn register_transport_cc(media: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(),
+                parameter: String::new(),
+            },
+            kind,
+        );
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+            },
+            kind,
+            None,
         )?;
     }
     Ok(())

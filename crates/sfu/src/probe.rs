@@ -194,7 +194,8 @@ impl MediaCore {
             if out.kind != RtpCodecKind::Video || out.paused {
                 continue;
             }
-            let Some(pt) = out.negotiated.as_ref().map(|n| n.payload_type) else {
+            let Some((pt, twcc_id)) = out.negotiated.as_ref().map(|n| (n.payload_type, n.twcc))
+            else {
                 continue;
             };
             let Some((first, timestamp)) = out.munger.padding(count) else {
@@ -204,7 +205,7 @@ impl MediaCore {
                 continue;
             };
             for i in 0..count {
-                let packet = Packet {
+                let mut packet = Packet {
                     header: Header {
                         version: 2,
                         padding: true,
@@ -216,6 +217,9 @@ impl MediaCore {
                     },
                     payload: Default::default(),
                 };
+                if let Some(id) = twcc_id {
+                    p.twcc.stamp(id, &mut packet, now);
+                }
                 if sender.write_rtp(now, packet).is_ok() {
                     sent += 1;
                 }

@@ -85,6 +85,8 @@ pub(crate) struct Negotiated {
     pub(crate) payload_type: u8,
     /// The subscriber's ids of the forwarded extensions: (id, URI).
     pub(crate) extensions: Vec<(u8, &'static str)>,
+    /// The subscriber's id of the transport-wide sequence number extension, if negotiated.
+    pub(crate) twcc: Option<u8>,
 }
 
 /// One publisher's track as sent on one subscribe connection.
