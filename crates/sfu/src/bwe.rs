@@ -43,9 +43,10 @@ pub(crate) const HEADROOM: u64 = 100_000;
 /// growing queue or heavy loss brings the estimate down to what arrived.
 pub(crate) const INITIAL: u64 = MAX;
 
-/// Bounds of the estimate.
+/// Bounds of the estimate. The top one is "no limit" in practice: a path that never showed
+/// congestion is not capped at any rate, however fast its traffic (a LAN, loopback).
 pub(crate) const MIN: u64 = 50_000;
-pub(crate) const MAX: u64 = 50_000_000;
+pub(crate) const MAX: u64 = 10_000_000_000;
 
 /// After a back-off, no climbing for this long: the queue drains first.
 const BACKOFF_HOLD: Duration = Duration::from_millis(1000);
