@@ -334,7 +334,7 @@ async fn a_capped_viewer_gets_a_layer_that_fits_and_climbs_back_when_the_cap_lif
     let lifted_at = anchor_video(&capped.received().await).seqs.len();
     shape.set_rate(0);
     capped
-        .wait_received_within(Duration::from_secs(12), "the climb back to high", |r| {
+        .wait_received_within(Duration::from_secs(20), "the climb back to high", |r| {
             settled_on(r, HIGH, 60)
         })
         .await;
