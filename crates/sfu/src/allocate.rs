@@ -14,7 +14,7 @@ use miclink_protocol::{Ident, SubscriptionReason, VideoQuality};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::budget::{self, Want};
-use crate::peer::{OutKey, PeerId};
+use crate::peer::PeerId;
 use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, bwe, layers};
 
 /// How often every subscriber's streams are chosen again.
@@ -61,7 +61,7 @@ impl MediaCore {
             }
         }
         if let Some(sid) = self.room_peer(room, user, PcKind::Subscribe) {
-            self.allocate_out(now, sid, &(publisher.clone(), RtpCodecKind::Video));
+            self.allocate_subscriber(now, sid);
         }
         Ok(())
     }
@@ -76,14 +76,9 @@ impl MediaCore {
         }
     }
 
-    /// Choose again for every subscriber of `publisher`'s track of `kind`.
-    pub(crate) fn allocate_publisher(
-        &mut self,
-        now: Instant,
-        room: &Ident,
-        publisher: &Ident,
-        kind: RtpCodecKind,
-    ) {
+    /// Choose again for every subscriber of `publisher` (each subscriber's tracks share its
+    /// bandwidth, so all of them are chosen again).
+    pub(crate) fn allocate_publisher(&mut self, now: Instant, room: &Ident, publisher: &Ident) {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
@@ -93,9 +88,8 @@ impl MediaCore {
             .filter(|(member, _)| *member != publisher)
             .map(|(_, sid)| *sid)
             .collect();
-        let key = (publisher.clone(), kind);
         for sid in subscribers {
-            self.allocate_out(now, sid, &key);
+            self.allocate_subscriber(now, sid);
         }
         self.dynacast(room, publisher);
     }
@@ -123,12 +117,6 @@ impl MediaCore {
                 self.dynacast(&room, &publisher);
             }
         }
-    }
-
-    /// Choose the stream of publisher `key` that subscribe connection `sid` gets: the
-    /// connection's tracks share its bandwidth, so all of them are chosen again.
-    pub(crate) fn allocate_out(&mut self, now: Instant, sid: PeerId, _key: &OutKey) {
-        self.allocate_subscriber(now, sid);
     }
 
     /// Choose the stream of every track of subscribe connection `sid` within its estimated

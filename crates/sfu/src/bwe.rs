@@ -17,14 +17,12 @@
 //! capacity, so only traffic that arrived (media, or the padding the server sends to probe
 //! before moving a subscriber up) raises it.
 //!
-//! Its figures are published through [`Shared`] for the core's allocation and probing.
+//! The core reads its [`Figures`] when it allocates and probes.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{BandwidthEstimator, PacketReport};
+use rtc::interceptor::PacketReport;
 
 /// Acknowledged packets looked at for the rate, loss and queue.
 pub(crate) const WINDOW: Duration = Duration::from_millis(500);
@@ -55,44 +53,16 @@ const BACKOFF_HOLD: Duration = Duration::from_millis(1000);
 /// receiver's to choose, the memory is not.
 const MAX_SAMPLES: usize = 8192;
 
-/// What the estimator publishes for the core.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    estimate: AtomicU64,
-    acked: AtomicU64,
-    /// Loss over the window, in parts per thousand.
-    loss_permille: AtomicU64,
-    queue_ms: AtomicU64,
-    /// Report batches taken: 0 until the first feedback.
-    reports: AtomicU64,
-}
-
-/// A snapshot of [`Shared`].
+/// What the estimator says now, for the core's allocation and probing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Figures {
     pub(crate) estimate: u64,
     pub(crate) acked: u64,
+    /// Loss over the window, in parts per thousand.
     pub(crate) loss_permille: u64,
     pub(crate) queue_ms: u64,
+    /// Report batches taken: 0 until the first feedback.
     pub(crate) reports: u64,
-}
-
-impl Shared {
-    pub(crate) fn new() -> Arc<Shared> {
-        let s = Shared::default();
-        s.estimate.store(INITIAL, Ordering::Relaxed);
-        Arc::new(s)
-    }
-
-    pub(crate) fn figures(&self) -> Figures {
-        Figures {
-            estimate: self.estimate.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
-            loss_permille: self.loss_permille.load(Ordering::Relaxed),
-            queue_ms: self.queue_ms.load(Ordering::Relaxed),
-            reports: self.reports.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// One acknowledged packet: when it left, its one-way delay (receiver clock minus ours, in
@@ -107,7 +77,7 @@ struct Sample {
 
 /// The estimator of one subscribe connection.
 pub(crate) struct Estimator {
-    shared: Arc<Shared>,
+    figures: Figures,
     samples: VecDeque<Sample>,
     /// The smallest one-way delay per second of the base window: (second, delay).
     base: VecDeque<(Instant, i64)>,
@@ -120,9 +90,15 @@ pub(crate) struct Estimator {
 }
 
 impl Estimator {
-    pub(crate) fn new(shared: Arc<Shared>) -> Estimator {
+    pub(crate) fn new() -> Estimator {
         Estimator {
-            shared,
+            figures: Figures {
+                estimate: INITIAL,
+                acked: 0,
+                loss_permille: 0,
+                queue_ms: 0,
+                reports: 0,
+            },
             samples: VecDeque::new(),
             base: VecDeque::new(),
             epoch: None,
@@ -252,19 +228,17 @@ impl Estimator {
             };
         }
         self.estimate = self.estimate.clamp(MIN as f64, MAX as f64);
-        let s = &self.shared;
-        s.estimate.store(self.estimate as u64, Ordering::Relaxed);
-        s.acked.store(acked as u64, Ordering::Relaxed);
-        s.loss_permille
-            .store((loss * 1000.0) as u64, Ordering::Relaxed);
-        s.queue_ms
-            .store(queue.as_millis() as u64, Ordering::Relaxed);
-        s.reports.fetch_add(1, Ordering::Relaxed);
+        self.figures = Figures {
+            estimate: self.estimate as u64,
+            acked: acked as u64,
+            loss_permille: (loss * 1000.0) as u64,
+            queue_ms: queue.as_millis() as u64,
+            reports: self.figures.reports + 1,
+        };
     }
-}
 
-impl BandwidthEstimator for Estimator {
-    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+    /// Packets whose fate the subscriber reported, in send order.
+    pub(crate) fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         if reports.is_empty() {
             return;
         }
@@ -274,8 +248,8 @@ impl BandwidthEstimator for Estimator {
         self.update(now);
     }
 
-    fn target_bitrate(&self) -> f64 {
-        self.estimate
+    pub(crate) fn figures(&self) -> Figures {
+        self.figures
     }
 }
 
@@ -288,7 +262,6 @@ mod tests {
     /// random besides, with feedback every 100 ms, for `secs` seconds from `t0`.
     struct Path {
         est: Estimator,
-        shared: Arc<Shared>,
         t0: Instant,
         now: Duration,
         /// When the path's queue empties, relative to t0.
@@ -298,10 +271,8 @@ mod tests {
 
     impl Path {
         fn new() -> Path {
-            let shared = Shared::new();
             Path {
-                est: Estimator::new(shared.clone()),
-                shared,
+                est: Estimator::new(),
                 t0: Instant::now(),
                 now: Duration::ZERO,
                 busy_until: Duration::ZERO,
@@ -351,7 +322,7 @@ mod tests {
         }
 
         fn estimate(&self) -> u64 {
-            self.shared.figures().estimate
+            self.est.figures().estimate
         }
     }
 
@@ -359,7 +330,7 @@ mod tests {
     fn sending_above_a_capped_path_backs_off_to_what_it_carries() {
         let mut p = Path::new();
         p.run(5.0, 1_500_000.0, 700_000.0, 0);
-        let f = p.shared.figures();
+        let f = p.est.figures();
         assert!(f.estimate < 700_000, "{f:?}");
         assert!(f.estimate > 450_000, "{f:?}");
     }
@@ -378,7 +349,7 @@ mod tests {
         assert!(idle >= low.min(550_000), "{idle} fell below {low}");
         // A second of probing at 1.5 Mbit/s that arrives raises it to about that at once.
         p.run(1.0, 1_500_000.0, 5_000_000.0, 0);
-        assert!(p.estimate() > 1_400_000, "{:?}", p.shared.figures());
+        assert!(p.estimate() > 1_400_000, "{:?}", p.est.figures());
     }
 
     #[test]

@@ -12,8 +12,6 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
-use rtc::interceptor::BandwidthEstimator;
-
 use crate::MediaCore;
 use crate::extensions::renumber;
 use crate::keyframe::Detector;
@@ -249,7 +247,7 @@ impl MediaCore {
                 self.stats.twcc_feedback += 1;
                 if let Some(p) = self.peers.get_mut(&id) {
                     let reports = p.twcc.feedback(feedback);
-                    if let Some(e) = &mut p.estimator {
+                    if let Some(e) = &mut p.bwe {
                         e.on_reports(now, &reports);
                     }
                 }

@@ -131,12 +131,11 @@ impl MediaCore {
             return;
         }
         if let Some(track) = peer.tracks.get_mut(&track_id) {
-            let (added, kind) = (track.add_layer(rid, ssrc, source), track.kind);
-            if added {
+            if track.add_layer(rid, ssrc, source) {
                 self.next_source += 1;
                 info!(parent: &peer.span, rid, ssrc, source, "simulcast layer published");
                 let (room, user) = (peer.room.clone(), peer.user.clone());
-                self.allocate_publisher(now, &room, &user, kind);
+                self.allocate_publisher(now, &room, &user);
             } else {
                 warn!(parent: &peer.span, rid, ssrc, "stream refused: the track has all its layers");
             }
@@ -195,7 +194,7 @@ impl MediaCore {
             }
             self.settle_extensions(sid);
         }
-        self.allocate_publisher(now, &room, &user, kind);
+        self.allocate_publisher(now, &room, &user);
     }
 
     /// Map each of `sid`'s answered tracks' forwarded extensions from its publisher's current

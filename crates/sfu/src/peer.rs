@@ -82,10 +82,8 @@ pub(crate) struct Peer {
     pub(crate) early: Option<Vec<Early>>,
     /// Trickled candidates taken so far (they are capped).
     pub(crate) remote_candidates: usize,
-    /// Subscribe connections: what the bandwidth estimator says.
-    pub(crate) bwe: Option<std::sync::Arc<bwe::Shared>>,
-    /// Subscribe connections: the estimator, fed from the TWCC feedback.
-    pub(crate) estimator: Option<bwe::Estimator>,
+    /// Subscribe connections: the bandwidth estimator, fed from the TWCC feedback.
+    pub(crate) bwe: Option<bwe::Estimator>,
     /// Subscribe connections: transport-wide numbers and the send history.
     pub(crate) twcc: crate::twcc::Twcc,
     /// Subscribe connections: how many bits a second more than the estimate its tracks' best
@@ -173,7 +171,6 @@ impl PeerFactory {
         let ufrag = format!("{}{}", self.prefix, random_string(14));
         let mut media = MediaEngine::default();
         register_forwarded_codecs(&mut media).map_err(|e| internal(&e))?;
-        let estimate = bwe::Shared::new();
         let registry = match kind {
             // Receiving: NACK generation toward the publisher, receiver reports, TWCC feedback,
             // and the mid and rid extensions simulcast layers are told apart by (rule 14). The
@@ -246,9 +243,8 @@ impl PeerFactory {
             renegotiate: false,
             early: (kind == PcKind::Subscribe).then(Vec::new),
             remote_candidates: 0,
-            estimator: (kind == PcKind::Subscribe).then(|| bwe::Estimator::new(estimate.clone())),
             twcc: crate::twcc::Twcc::new(),
-            bwe: (kind == PcKind::Subscribe).then_some(estimate),
+            bwe: (kind == PcKind::Subscribe).then(bwe::Estimator::new),
             wants_more: 0,
             desired: 0,
             probe: Default::default(),
