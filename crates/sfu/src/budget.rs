@@ -55,7 +55,8 @@ pub(crate) enum Step {
 }
 
 /// The plan for one subscriber: a step per [`Want`], in their order, and how much more than
-/// the estimate it would take to give every track the best it wishes for (0 when it fits).
+/// the estimate it would take to give every track the best it wishes for, with the fifth more a
+/// move up needs (0 when every track has its best).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub(crate) steps: Vec<Step>,
@@ -175,9 +176,21 @@ pub(crate) fn plan(wants: &mut [Want], estimate: u64) -> Plan {
             };
         }
     }
+    // A track below its best is moved up only with a fifth more room than the step: what a
+    // probe must prove includes it, or a probe that reached bare `desired` would end the
+    // probing with the track still held below.
+    let below_best = order.iter().any(|&i| {
+        let top = wants[i].ladder.len();
+        top > 0 && level[i].is_none_or(|l| l + 1 < top)
+    });
+    let short = if below_best {
+        (desired + desired / 5).saturating_sub(estimate)
+    } else {
+        0
+    };
     Plan {
         steps,
-        short: desired.saturating_sub(estimate),
+        short,
         desired,
     }
 }
@@ -240,10 +253,19 @@ mod tests {
         let mut w = vec![audio(), simulcast(0)];
         let p = plan(&mut w, 700_000);
         assert_eq!(p.steps, vec![layer(High, false), layer(Medium, true)]);
-        assert_eq!(p.short, 1_550_000 - 700_000);
+        assert_eq!(
+            p.short,
+            1_550_000 * 6 / 5 - 700_000,
+            "with a move up's margin"
+        );
         let p = plan(&mut w, 5_000_000);
         assert_eq!(p.steps[1], layer(High, false));
         assert_eq!(p.short, 0);
+        // Just above the bare desire, but held on medium by the margin: still short.
+        w[1].quality = Some(Medium);
+        let p = plan(&mut w, 1_600_000);
+        assert_eq!(p.steps[1], layer(Medium, true));
+        assert_eq!(p.short, 1_550_000 * 6 / 5 - 1_600_000);
     }
 
     #[test]
