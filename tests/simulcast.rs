@@ -382,3 +382,34 @@ async fn a_paused_layer_somebody_wants_is_asked_back() {
         m.close().await;
     }
 }
+
+/// Dynacast from nothing: a publisher nobody watched sends nothing; the first viewer's wish
+/// brings back the layer it wants, even one the server never saw (the offer named it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_nobody_watched_is_asked_back_by_the_first_viewer() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    // The top layer holds back from the start, as a browser's does until its estimate allows.
+    let paused = anchor.publish_simulcast_paused(0b100).await;
+    publisher_layers(&mut anchor, &[]).await;
+    paused.store(0b111, Ordering::Relaxed);
+    // A layer counts as sending for a second after its last packet: past that, nothing sends.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut high = Member::join(&s.url, "r", "high", Role::Audience).await;
+    // The viewer hears that nothing sends, and the publisher is asked for what it wants.
+    subscription_state(
+        &mut high,
+        VideoQuality::Off,
+        SubscriptionReason::Unavailable,
+    )
+    .await;
+    publisher_layers(&mut anchor, &[VideoQuality::High]).await;
+    paused.store(0b011, Ordering::Relaxed);
+    high.wait_received("the high layer", |r| settled_on(r, HIGH, 30))
+        .await;
+    subscription_state(&mut high, VideoQuality::High, SubscriptionReason::Requested).await;
+    for m in [anchor, high] {
+        m.close().await;
+    }
+}

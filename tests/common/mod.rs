@@ -350,10 +350,17 @@ impl Member {
     /// Publish Opus audio and VP8 video in three simulcast layers (rids q, h, f at 12, 36
     /// and 120 kbit/s, a keyframe a second). Returns the layers' pause switch (bit 0 low).
     pub async fn publish_simulcast(&mut self) -> Arc<AtomicU8> {
+        self.publish_simulcast_paused(0).await
+    }
+
+    /// [`Self::publish_simulcast`] with the layers in `paused` (bit 0 low) not sending from
+    /// the start, as a browser holds its top layer until its estimate allows it.
+    pub async fn publish_simulcast_paused(&mut self, paused: u8) -> Arc<AtomicU8> {
         let video = StreamSpec {
             keyframe_every: 30,
             ..StreamSpec::simulcast(120_000, 30)
         };
+        video.paused.store(paused, Ordering::Relaxed);
         let paused = video.paused.clone();
         let streams = [self.audio(), video];
         self.publish_streams(&streams, None).await;

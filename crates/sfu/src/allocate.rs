@@ -150,7 +150,7 @@ impl MediaCore {
                     .map_or(VideoQuality::High, |w| w.1),
                 _ => VideoQuality::High,
             };
-            let qualities = layers::qualities(&track.layers);
+            let qualities = track.qualities();
             let seat = r.allowed.get(publisher).map_or(u32::MAX, |p| p.seat);
             let speaker = speaking.iter().position(|u| u == publisher);
             wants.push(Want {
@@ -180,7 +180,7 @@ impl MediaCore {
             else {
                 continue;
             };
-            let qualities = layers::qualities(&track.layers);
+            let qualities = track.qualities();
             let sending = track.layers.iter().any(|l| l.active(now));
             let (wish, state) = match step {
                 _ if want.ceiling == VideoQuality::Off => (
@@ -291,7 +291,15 @@ impl MediaCore {
         else {
             return;
         };
-        let qualities = layers::qualities(&track.layers);
+        let qualities = track.qualities();
+        // A publisher whose offer named its layers is asked for them by name, seen or not: a
+        // browser starts its top layer only once its own estimate allows, and one paused
+        // before the server saw it would never be seen.
+        let possible = if track.simulcast.is_empty() {
+            &qualities
+        } else {
+            &track.simulcast
+        };
         let key = (publisher.clone(), RtpCodecKind::Video);
         let mut watched: Vec<VideoQuality> = Vec::new();
         for (member, sid) in &r.subscribe {
@@ -301,20 +309,22 @@ impl MediaCore {
             let Some(out) = self.peers.get(sid).and_then(|s| s.outs.get(&key)) else {
                 continue;
             };
-            if out.target.is_none() {
+            // Off by request or paused for bandwidth. A subscriber waiting because nothing
+            // sends still counts: its wish is what brings a paused publisher back.
+            if out.wish == VideoQuality::Off {
                 continue;
             }
             let on = out
-                .munger
-                .source()
+                .target
+                .and(out.munger.source())
                 .and_then(|s| track.layers.iter().position(|l| l.source == s))
                 .map(|i| qualities[i]);
-            let wished = qualities
+            let wished = possible
                 .iter()
                 .copied()
                 .filter(|q| *q <= out.wish)
                 .max()
-                .or_else(|| qualities.iter().copied().min());
+                .or_else(|| possible.iter().copied().min());
             watched.extend(on.into_iter().chain(wished));
         }
         watched.sort_unstable();

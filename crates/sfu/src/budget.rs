@@ -301,7 +301,7 @@ mod tests {
             .enumerate()
             .map(|(i, rid)| Layer::new(rid, i as u32, i as u64, 0))
             .collect();
-        let q = layers::qualities(&layers);
+        let q = layers::qualities(&layers, false);
         // Nothing has sent yet: no rung, the caller reports the video unavailable.
         assert!(ladder(&layers, &q, Medium, now).is_empty());
         assert!(ladder(&layers, &q, Off, now).is_empty());

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use miclink_protocol::Ident;
+use miclink_protocol::{Ident, VideoQuality};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -12,7 +12,9 @@ use tracing::{debug, info};
 use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
 use crate::peer::PeerId;
 use crate::track::Negotiated;
-use crate::{MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions};
+use crate::{
+    MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions, layers,
+};
 
 impl MediaCore {
     pub(crate) fn command(&mut self, now: Instant, command: MediaCommand) {
@@ -232,6 +234,7 @@ impl MediaCore {
             return Err(SfuError::NotAllowed);
         }
         let kinds = offered_kinds(&offer);
+        let simulcast = offered_layers(&offer);
         let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let republish = self.room_peer(room, user, PcKind::Publish).is_some();
@@ -243,6 +246,7 @@ impl MediaCore {
         let id = self.new_peer(now, room, user, PcKind::Publish, republish)?;
         let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
         peer.link = link;
+        peer.simulcast = simulcast;
         let answer = (|| {
             peer.pc.set_remote_description(now, offer)?;
             let answer = peer.pc.create_answer(None)?;
@@ -423,6 +427,40 @@ fn offered_kinds(sdp: &str) -> (bool, bool) {
     (audio, video)
 }
 
+/// The simulcast layers a publish offer announces for its video (`a=rid:<id> send` in the first
+/// sending video m-section), when there are several and each is named `q`, `h` or `f`; empty
+/// otherwise. A browser starts its top layers only once its estimate allows, so what the server
+/// has seen so far is not all the publisher can send.
+fn offered_layers(sdp: &str) -> Vec<VideoQuality> {
+    let mut out = Vec::new();
+    let mut in_video = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            if !out.is_empty() {
+                break;
+            }
+            in_video = rest.starts_with("video ") && !rest.starts_with("video 0 ");
+        } else if in_video && let Some(rid) = line.strip_prefix("a=rid:") {
+            let mut fields = rid.split_whitespace();
+            let (id, direction) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            if direction != "send" {
+                continue;
+            }
+            // Three layers at most are taken (rule 14); an offer naming more is bounded here.
+            match layers::named(id) {
+                Some(q) if out.len() < 3 => out.push(q),
+                _ => return Vec::new(),
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.len() < 2 {
+        out.clear();
+    }
+    out
+}
+
 /// `sdp` without `a=ice-lite`. The server is ICE-lite and must stay the controlled side: given a
 /// client that also claims to be lite, rtc makes the offering side controlling, and a lite agent
 /// that controls falls back to a full one that checks every candidate the client listed, which
@@ -436,7 +474,8 @@ fn without_ice_lite(sdp: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::offered_kinds;
+    use super::{offered_kinds, offered_layers};
+    use miclink_protocol::VideoQuality::{High, Low, Medium};
 
     #[test]
     fn the_kinds_an_offer_sends() {
@@ -447,5 +486,24 @@ mod tests {
         let recv = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
         assert_eq!(offered_kinds(recv), (false, false));
         assert_eq!(offered_kinds("garbage"), (false, false));
+    }
+
+    #[test]
+    fn the_simulcast_layers_an_offer_announces() {
+        let browser = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rid:x send\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n";
+        assert_eq!(offered_layers(browser), vec![Low, Medium, High]);
+        let two = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:f send\r\na=rid:q send\r\n";
+        assert_eq!(offered_layers(two), vec![Low, High]);
+        // Other names are ranked by rate once seen; one layer is no simulcast; recv rids and
+        // rejected sections are not sent.
+        let other = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:lo send\r\na=rid:hi send\r\n";
+        assert!(offered_layers(other).is_empty());
+        let one = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:f send\r\na=rid:q recv\r\n";
+        assert!(offered_layers(one).is_empty());
+        let rejected = "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=rid:f send\r\n";
+        assert!(offered_layers(rejected).is_empty());
+        let flood: String = std::iter::repeat_n("a=rid:q send\r\n", 10_000).collect();
+        assert!(offered_layers(&format!("m=video 9 X 96\r\n{flood}")).is_empty());
+        assert!(offered_layers("garbage").is_empty());
     }
 }

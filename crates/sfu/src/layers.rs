@@ -150,21 +150,24 @@ impl Layer {
     }
 }
 
+/// The quality a rid names (rule 14): `q`, `h`, `f`; other rids name none.
+pub(crate) fn named(rid: &str) -> Option<VideoQuality> {
+    match rid {
+        "q" => Some(VideoQuality::Low),
+        "h" => Some(VideoQuality::Medium),
+        "f" => Some(VideoQuality::High),
+        _ => None,
+    }
+}
+
 /// The quality each layer stands for, in the layers' order. Rids `q`, `h`, `f` say it (rule
 /// 14); otherwise the layers are ranked by the highest rate each has sent, the top one "high".
-/// A track with one stream is "high": it is all there is.
-pub(crate) fn qualities(layers: &[Layer]) -> Vec<VideoQuality> {
-    let named: Option<Vec<VideoQuality>> = layers
-        .iter()
-        .map(|l| match l.rid.as_str() {
-            "q" => Some(VideoQuality::Low),
-            "h" => Some(VideoQuality::Medium),
-            "f" => Some(VideoQuality::High),
-            _ => None,
-        })
-        .collect();
+/// A track with one stream is "high": it is all there is, unless its publisher announced
+/// named layers (`simulcast`) and the others have not been seen yet.
+pub(crate) fn qualities(layers: &[Layer], simulcast: bool) -> Vec<VideoQuality> {
+    let named: Option<Vec<VideoQuality>> = layers.iter().map(|l| named(&l.rid)).collect();
     if let Some(named) = named
-        && layers.len() > 1
+        && (layers.len() > 1 || simulcast)
     {
         return named;
     }
@@ -327,7 +330,7 @@ mod tests {
         let t0 = Instant::now();
         let layers = simulcast(t0, Duration::from_secs(3), &[], Duration::ZERO);
         use VideoQuality::*;
-        assert_eq!(qualities(&layers), vec![Low, Medium, High]);
+        assert_eq!(qualities(&layers, false), vec![Low, Medium, High]);
         for (l, want) in layers.iter().zip([100_000u64, 400_000, 1_500_000]) {
             assert!(
                 l.bps.abs_diff(want) < want / 50,
@@ -341,12 +344,16 @@ mod tests {
         for (l, rid) in renamed.iter_mut().zip(["a", "b", "c"]) {
             l.rid = rid.to_owned();
         }
-        assert_eq!(qualities(&renamed), vec![High, Medium, Low]);
+        assert_eq!(qualities(&renamed, false), vec![High, Medium, Low]);
         assert_eq!(
-            qualities(&renamed[..1]),
+            qualities(&renamed[..1], false),
             vec![High],
             "one stream is all there is"
         );
+        // The first of three layers an offer named, before the others are seen: its name holds.
+        assert_eq!(qualities(&layers[..1], false), vec![High]);
+        assert_eq!(qualities(&layers[..1], true), vec![Low]);
+        assert_eq!(qualities(&renamed[..1], true), vec![High], "unnamed");
     }
 
     #[test]
@@ -354,7 +361,7 @@ mod tests {
         use VideoQuality::*;
         let t0 = Instant::now();
         let layers = simulcast(t0, Duration::from_secs(3), &[], Duration::ZERO);
-        let q = qualities(&layers);
+        let q = qualities(&layers, false);
         let now = t0 + Duration::from_secs(3);
         let pick = |want, current| select(&layers, &q, want, current, now);
         assert_eq!(pick(High, None), Some(12));
@@ -380,7 +387,7 @@ mod tests {
         let t0 = Instant::now();
         // "f" stops at 3 s (its publisher paused it); at 5 s it has been idle for 2 s.
         let layers = simulcast(t0, Duration::from_secs(5), &[2], Duration::from_secs(3));
-        let q = qualities(&layers);
+        let q = qualities(&layers, false);
         let now = t0 + Duration::from_secs(5);
         assert_eq!(select(&layers, &q, High, Some(12), now), Some(11));
         // Only "q" sends: a subscriber wanting medium gets low rather than nothing.

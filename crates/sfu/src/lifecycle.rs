@@ -166,6 +166,9 @@ impl MediaCore {
         info!(parent: &peer.span, ?kind, mime = %codec.mime_type, rid, source, "track published");
         self.next_source += 1;
         let mut track = InTrack::new(kind, codec.clone(), receiver, forwarded);
+        if kind == RtpCodecKind::Video {
+            track.simulcast = peer.simulcast.clone();
+        }
         track.add_layer(rid, ssrc, source);
         peer.tracks.insert(track_id, track);
         // Every other member receives it.

@@ -63,6 +63,9 @@ pub(crate) struct Peer {
     /// Remote addresses learned from the client's checks, at most [`MAX_ADDRS`].
     pub(crate) addrs: Vec<Remote>,
     pub(crate) connected: bool,
+    /// Publish connections: the simulcast layers its offer announced by name (rids `q`, `h`,
+    /// `f`), seen or not yet; empty without simulcast or with other rids.
+    pub(crate) simulcast: Vec<miclink_protocol::VideoQuality>,
     /// Publish connections: tracks by track id.
     pub(crate) tracks: HashMap<String, InTrack>,
     /// Subscribe connections: (publisher, kind) -> sender.
@@ -243,6 +246,7 @@ impl PeerFactory {
             renegotiate: false,
             early: (kind == PcKind::Subscribe).then(Vec::new),
             remote_candidates: 0,
+            simulcast: Vec::new(),
             twcc: crate::twcc::Twcc::new(),
             bwe: (kind == PcKind::Subscribe).then(bwe::Estimator::new),
             wants_more: 0,

@@ -32,6 +32,9 @@ pub(crate) struct InTrack {
     pub(crate) layers: Vec<Layer>,
     /// The layers last told to the publisher as watched (`publisher_layers`).
     pub(crate) watched: Option<Vec<VideoQuality>>,
+    /// Video: the layers the publisher's offer named (rids `q`, `h`, `f`), seen or not yet;
+    /// empty without simulcast or with other rids.
+    pub(crate) simulcast: Vec<VideoQuality>,
 }
 
 impl InTrack {
@@ -49,7 +52,14 @@ impl InTrack {
             extensions,
             layers: Vec::new(),
             watched: None,
+            simulcast: Vec::new(),
         }
+    }
+
+    /// The quality each layer stands for ([`crate::layers::qualities`]); named by rid even
+    /// while only one layer has been seen when the offer named several.
+    pub(crate) fn qualities(&self) -> Vec<VideoQuality> {
+        crate::layers::qualities(&self.layers, !self.simulcast.is_empty())
     }
 
     /// Take a stream of this track in: `false` when the track has all the layers it may have,
