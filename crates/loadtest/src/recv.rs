@@ -71,11 +71,6 @@ impl Seen {
     }
 }
 
-/// Where a gap that ended inside the window began, counting from the window's start.
-fn seen_start(had_one: bool, began: u64, window: u64) -> u64 {
-    if had_one { began.max(window) } else { window }
-}
-
 fn bump(v: &mut Vec<u64>, i: usize, f: impl FnOnce(&mut u64)) {
     if v.len() <= i {
         v.resize(i + 1, 0);
@@ -216,9 +211,8 @@ impl Recv {
                 bump(&mut seen.minute_max_gap_ns, i, |g| *g = (*g).max(gap));
             }
             // The part of a freeze inside the window.
-            let frozen = arrived - seen_start(had_one, arrived - gap, window);
-            if had_one && gap > FREEZE.as_nanos() as u64 && frozen > 0 {
-                seen.freeze_ns += frozen;
+            if had_one && gap > FREEZE.as_nanos() as u64 {
+                seen.freeze_ns += arrived - (arrived - gap).max(window);
             }
             let us = arrived.saturating_sub(m.sent_ns) / 1000;
             let _ = inner.delay_us.record(us.max(1));

@@ -94,13 +94,14 @@ impl MediaCore {
         self.dynacast(room, publisher);
     }
 
-    /// Every subscriber and publisher of the loop, every [`ALLOCATE_INTERVAL`].
-    pub(crate) fn allocate_all(&mut self, now: Instant) {
+    /// Every subscriber and publisher of the loop, every [`ALLOCATE_INTERVAL`]; whether it
+    /// was time.
+    pub(crate) fn allocate_all(&mut self, now: Instant) -> bool {
         if self
             .allocated_at
             .is_some_and(|t| now.saturating_duration_since(t) < ALLOCATE_INTERVAL)
         {
-            return;
+            return false;
         }
         self.allocated_at = Some(now);
         let rooms: Vec<Ident> = self.rooms.keys().cloned().collect();
@@ -117,6 +118,7 @@ impl MediaCore {
                 self.dynacast(&room, &publisher);
             }
         }
+        true
     }
 
     /// Choose the stream of every track of subscribe connection `sid` within its estimated
@@ -270,7 +272,7 @@ impl MediaCore {
                 }));
         }
         for (pid, track_id, source) in keyframes {
-            self.request_keyframe(now, pid, &track_id, Some(source));
+            self.request_keyframe(now, pid, &track_id, source);
         }
     }
 

@@ -262,8 +262,9 @@ pub struct MediaCore {
     pub(crate) nacks_read: Option<Instant>,
     /// When every subscriber's streams were last chosen again.
     pub(crate) allocated_at: Option<Instant>,
-    /// A probe runs, and when probes last sent padding.
-    pub(crate) probing: bool,
+    /// The subscribe connections probing now (at most `MAX_PROBES`), and when probes last
+    /// sent padding.
+    pub(crate) probing: Vec<PeerId>,
     pub(crate) padded_at: Option<Instant>,
 }
 
@@ -298,7 +299,7 @@ impl MediaCore {
             stats: SfuStats::default(),
             nacks_read: None,
             allocated_at: None,
-            probing: false,
+            probing: Vec::new(),
             padded_at: None,
             offers_made: 0,
         })
@@ -525,8 +526,11 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
-            self.allocate_all(now);
-            self.probes(now);
+            if self.allocate_all(now) {
+                self.probes(now);
+            } else {
+                self.pad_probes(now);
+            }
             for (room, r) in &mut self.rooms {
                 if r.speakers.due(now)
                     && let Some(speakers) = r.speakers.evaluate(now)

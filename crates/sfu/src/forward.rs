@@ -176,18 +176,18 @@ impl MediaCore {
             }
         }
         if want_keyframe {
-            self.request_keyframe(now, from, track_id, Some(source));
+            self.request_keyframe(now, from, track_id, source);
         }
     }
 
-    /// Ask publisher `from` for a keyframe of `track_id`'s stream `source` (every stream of the
-    /// track when `None`), at most once per PLI interval per stream.
+    /// Ask publisher `from` for a keyframe of `track_id`'s stream `source`, at most once per
+    /// PLI interval per stream.
     pub(crate) fn request_keyframe(
         &mut self,
         now: Instant,
         from: PeerId,
         track_id: &str,
-        source: Option<SourceId>,
+        source: SourceId,
     ) {
         let Some(publisher) = self.peers.get_mut(&from) else {
             return;
@@ -195,21 +195,23 @@ impl MediaCore {
         let Some(track) = publisher.tracks.get_mut(track_id) else {
             return;
         };
-        for layer in &mut track.layers {
-            if source.is_some_and(|s| s != layer.source) || !layer.pli_due(now) {
-                continue;
-            }
-            let pli = PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc: layer.ssrc,
-            };
-            if let Some(mut r) = publisher.pc.rtp_receiver(track.receiver)
-                && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
-            {
-                self.stats.plis_sent += 1;
-                publisher.counters.plis += 1;
-                self.dirty.insert(from);
-            }
+        let receiver = track.receiver;
+        let Some(layer) = track.layers.iter_mut().find(|l| l.source == source) else {
+            return;
+        };
+        if !layer.pli_due(now) {
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: layer.ssrc,
+        };
+        if let Some(mut r) = publisher.pc.rtp_receiver(receiver)
+            && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
+        {
+            self.stats.plis_sent += 1;
+            publisher.counters.plis += 1;
+            self.dirty.insert(from);
         }
     }
 
@@ -298,7 +300,7 @@ impl MediaCore {
             return;
         };
         if let Some((pid, track_id)) = self.source_track(sid, &key.0, key.1) {
-            self.request_keyframe(now, pid, &track_id, Some(source));
+            self.request_keyframe(now, pid, &track_id, source);
         }
     }
 

@@ -67,15 +67,15 @@ pub(crate) struct Probe {
 impl MediaCore {
     /// When the running probes next send padding, if any runs.
     pub(crate) fn probe_due(&self) -> Option<Instant> {
-        self.probing.then(|| {
-            self.padded_at
-                .map_or(self.clock, |t| Some(t + PAD_INTERVAL))
-        })?
+        if self.probing.is_empty() {
+            return None;
+        }
+        self.padded_at.map(|t| t + PAD_INTERVAL).or(self.clock)
     }
 
     /// Pad the running probes, if their interval is due; end those done or failing.
     pub(crate) fn pad_probes(&mut self, now: Instant) {
-        if !self.probing
+        if self.probing.is_empty()
             || self
                 .padded_at
                 .is_some_and(|t| now.saturating_duration_since(t) < PAD_INTERVAL)
@@ -83,27 +83,20 @@ impl MediaCore {
             return;
         }
         self.padded_at = Some(now);
-        let ids: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.kind == PcKind::Subscribe && p.probe.until.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        let mut running = false;
-        for id in ids {
-            running |= self.probe_step(now, id);
+        let mut still = Vec::with_capacity(MAX_PROBES);
+        for id in std::mem::take(&mut self.probing) {
+            if self.probe_step(now, id) {
+                still.push(id);
+            }
         }
-        self.probing = running;
+        self.probing = still;
     }
 
-    /// Start probes where they are wanted (at most [`MAX_PROBES`] at once), and pad.
+    /// Start probes where they are wanted (at most [`MAX_PROBES`] at once); run with each
+    /// allocation, which is what changes what subscribers want.
     pub(crate) fn probes(&mut self, now: Instant) {
         self.pad_probes(now);
-        let running = self
-            .peers
-            .values()
-            .filter(|p| p.kind == PcKind::Subscribe && p.probe.until.is_some())
-            .count();
+        let running = self.probing.len();
         if running >= MAX_PROBES {
             return;
         }
@@ -146,7 +139,7 @@ impl MediaCore {
             p.probe.last_padded = Some(now);
             p.probe.loss_before = f.loss_permille;
             self.stats.probes += 1;
-            self.probing = true;
+            self.probing.push(id);
             tracing::debug!(parent: &p.span, rate = p.probe.rate, "probing");
         }
     }
