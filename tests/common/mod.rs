@@ -32,10 +32,70 @@ pub struct Server {
     pub done: Option<tokio::task::JoinHandle<Result<(), miclink::RunError>>>,
 }
 
+/// What an HTTP request got back.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Names in lower case, in the order sent (repeated ones repeat).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 impl Server {
     /// A plain HTTP GET on the server's port: the status line and the body.
     pub async fn get(&self, path: &str) -> (String, String) {
         self.get_with(path, "").await
+    }
+
+    /// Any HTTP request on the server's port, with extra header lines (each ending in CRLF).
+    pub async fn http(&self, method: &str, path: &str, headers: &str, body: &str) -> HttpReply {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        HttpReply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
     }
 
     /// A GET with extra header lines (each ending in CRLF).
@@ -197,7 +257,7 @@ pub struct Member {
     level: Arc<AtomicU8>,
 }
 
-fn test_video(codec: VideoCodec) -> StreamSpec {
+pub fn test_video(codec: VideoCodec) -> StreamSpec {
     StreamSpec {
         codec,
         keyframe_every: 30,

@@ -22,6 +22,9 @@ impl MediaCore {
             MediaCommand::Seats(change) => self.seats(now, change),
             MediaCommand::Rejoin { room, user } => {
                 info!(%room, %user, "rejoined: new connections");
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.send_only.remove(&user);
+                }
                 if let Some(id) = self.room_peer(&room, &user, PcKind::Publish) {
                     self.remove_peer(id);
                 }
@@ -91,6 +94,19 @@ impl MediaCore {
                 let result = self.set_subscription(now, &room, &user, &publisher, video);
                 self.outputs
                     .push_back(Output::Event(MediaEvent::Done { reply, result }));
+            }
+            MediaCommand::SendOnly { room, user } => {
+                info!(%room, %user, "sends only: no subscribe connection");
+                self.rooms
+                    .entry(room.clone())
+                    .or_default()
+                    .send_only
+                    .insert(user.clone());
+                if let Some(id) = self.room_peer(&room, &user, PcKind::Subscribe) {
+                    self.remove_peer(id);
+                }
+                self.rebuilds
+                    .retain(|(_, r, u)| !(*r == room && *u == user));
             }
             MediaCommand::Candidate {
                 room,
@@ -182,6 +198,7 @@ impl MediaCore {
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.members.remove(&user);
                     r.subscribed_before.remove(&user);
+                    r.send_only.remove(&user);
                 }
                 self.forget_wishes(&room, &user);
                 self.rebuilds

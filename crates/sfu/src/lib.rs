@@ -110,6 +110,9 @@ pub enum MediaCommand {
         video: miclink_protocol::VideoQuality,
         reply: ReplyTo,
     },
+    /// `user` only sends (a WHIP anchor, rule 15): it gets no subscribe connection, until it
+    /// joins again ([`MediaCommand::Rejoin`]) or leaves.
+    SendOnly { room: Ident, user: Ident },
 }
 
 impl MediaCommand {
@@ -129,7 +132,8 @@ impl MediaCommand {
             | MediaCommand::SubscribeAnswer { room, .. }
             | MediaCommand::Resubscribe { room, .. }
             | MediaCommand::Candidate { room, .. }
-            | MediaCommand::SetSubscription { room, .. } => room,
+            | MediaCommand::SetSubscription { room, .. }
+            | MediaCommand::SendOnly { room, .. } => room,
         }
     }
 }

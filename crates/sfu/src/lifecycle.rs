@@ -237,7 +237,10 @@ impl MediaCore {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        if r.subscribe.contains_key(member) || !r.members.contains(member) {
+        if r.subscribe.contains_key(member)
+            || !r.members.contains(member)
+            || r.send_only.contains(member)
+        {
             return;
         }
         let published: Vec<(Ident, RtpCodecKind, RTCRtpCodec)> = r

@@ -44,6 +44,27 @@ impl Auth {
         }
     }
 
+    /// The user `token` lets join `room` as `role` (for a client that names none itself: a
+    /// WHIP encoder); the error says why not.
+    pub(crate) fn subject(
+        &self,
+        token: Option<&str>,
+        room: &Ident,
+        role: Role,
+    ) -> Result<Ident, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
+            .claims;
+        if claims.room != room.as_str() {
+            return Err(AuthError::OtherRoom);
+        }
+        if claims.role != role {
+            return Err(AuthError::OtherRole);
+        }
+        Ident::new(&claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
     /// Whether `token` lets `user` join `room` as `role`; the error says why not.
     pub(crate) fn check(
         &self,

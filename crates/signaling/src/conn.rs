@@ -43,7 +43,15 @@ where
     let span = info_span!("conn", conn);
     async move {
         let (tx, rx) = mpsc::channel(timing.queue.max(1));
-        if hub.send(HubMsg::Connect { conn, tx }).await.is_err() {
+        if hub
+            .send(HubMsg::Connect {
+                conn,
+                tx,
+                whip: false,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         debug!("connected");
@@ -281,7 +289,7 @@ mod tests {
             ..TIMING
         };
         let task = tokio::spawn(run(socket, hub_tx, 7, timing));
-        let Some(HubMsg::Connect { conn: 7, tx }) = hub.recv().await else {
+        let Some(HubMsg::Connect { conn: 7, tx, .. }) = hub.recv().await else {
             panic!("the task introduces itself first");
         };
         Harness {

@@ -30,6 +30,10 @@ const LIST_AUDIENCE_MAX: u32 = 200;
 struct Conn {
     tx: mpsc::Sender<Outbound>,
     session: Option<SessionId>,
+    /// A WHIP resource ([`HubMsg::Connect`]).
+    whip: bool,
+    /// A WHIP resource whose publish connection was answered: its end is this one's end.
+    publishing: bool,
 }
 
 pub(crate) struct Hub {
@@ -107,12 +111,20 @@ impl Hub {
 
     fn on_msg(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Connect { conn, tx } => {
+            HubMsg::Connect { conn, tx, whip } => {
                 if self.shutdown.is_some() {
                     let _ = tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "server shutdown"));
                     return;
                 }
-                self.conns.insert(conn, Conn { tx, session: None });
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        tx,
+                        session: None,
+                        whip,
+                        publishing: false,
+                    },
+                );
             }
             HubMsg::Request { conn, id, request } => self.on_request(conn, id, request),
             HubMsg::Closed { conn } => {
@@ -204,10 +216,14 @@ impl Hub {
             Session::new(token.clone(), room.clone(), user.clone(), conn),
         );
         self.by_token.insert(token.clone(), sid);
-        self.by_member.insert((room.clone(), user), sid);
-        self.rooms.entry(room).or_default().insert(sid);
+        self.by_member.insert((room.clone(), user.clone()), sid);
+        self.rooms.entry(room.clone()).or_default().insert(sid);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(sid);
+            if c.whip {
+                // A WHIP client cannot take the subscribe offers every member gets.
+                self.to_media(MediaCommand::SendOnly { room, user });
+            }
         }
         info!("joined");
         self.reply_joined(conn, id, joined, token);
@@ -460,6 +476,11 @@ impl Hub {
     fn on_media_event(&mut self, event: MediaEvent) {
         match event {
             MediaEvent::PublishAnswer { reply: to, result } => {
+                if result.is_ok()
+                    && let Some(c) = self.conns.get_mut(&to.conn)
+                {
+                    c.publishing = c.whip;
+                }
                 let reply = match result {
                     Ok(sdp) => Reply::ok(to.id, miclink_protocol::PublishResult { sdp }),
                     Err(e) => Reply::err(to.id, media_error_code(&e), e.to_string()),
@@ -501,10 +522,29 @@ impl Hub {
                 // A report can cross the member's departure or a new seating of theirs (the
                 // sockets and the media plane are read in no set order): only one about the
                 // seating that stands now counts.
-                if self.seats.link(&room, &user) == Some(link) {
-                    let _ =
-                        self.seats
-                            .handle(now(), &room, &user, Action::Published { audio, video });
+                if self.seats.link(&room, &user) != Some(link) {
+                    return;
+                }
+                let _ = self
+                    .seats
+                    .handle(now(), &room, &user, Action::Published { audio, video });
+                // A WHIP anchor has no socket: its publish connection ending (the client
+                // vanished without a DELETE) is its connection lost, with the same grace
+                // for it to come back (rule 8) by posting again.
+                let whip = self
+                    .by_member
+                    .get(&(room, user))
+                    .and_then(|sid| self.sessions.get(sid)?.conn)
+                    .filter(|conn| self.conns.get(conn).is_some_and(|c| c.publishing));
+                if let Some(conn) = whip
+                    && !audio
+                    && !video
+                {
+                    if let Some(c) = self.conns.get(&conn) {
+                        let _ =
+                            c.tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "media ended"));
+                    }
+                    self.drop_conn(conn);
                 }
             }
             MediaEvent::ActiveSpeakers { room, speakers } => {

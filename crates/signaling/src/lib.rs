@@ -13,6 +13,7 @@ mod hub;
 mod ratelimit;
 mod session;
 pub mod turn;
+mod whip;
 mod wire;
 
 use std::sync::Arc;
@@ -90,6 +91,9 @@ struct Inner {
     hub: mpsc::Sender<wire::HubMsg>,
     config: SignalingConfig,
     next_conn: AtomicU64,
+    /// Token checks for the HTTP endpoints (the hub checks joins with its own).
+    auth: Option<auth::Auth>,
+    whip: whip::Resources,
 }
 
 impl Signaling {
@@ -102,16 +106,22 @@ impl Signaling {
         Signaling {
             inner: Arc::new(Inner {
                 hub: tx,
+                auth: config.jwt_secret.as_deref().map(auth::Auth::new),
                 config,
                 next_conn: AtomicU64::new(1),
+                whip: whip::Resources::default(),
             }),
         }
     }
 
-    /// The `/ws` route.
+    /// The `/ws` route, and WHIP's (`/whip/{room}`, rule 15).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(upgrade))
+            .merge(whip::routes())
+            // Offers are small; the WebSocket frame limit bounds them as it bounds a
+            // `publish` request (an oversize one is refused with 413).
+            .layer(axum::extract::DefaultBodyLimit::max(whip::MAX_SDP + 1))
             .with_state(self.clone())
     }
 

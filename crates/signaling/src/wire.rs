@@ -13,6 +13,9 @@ pub(crate) enum HubMsg {
     Connect {
         conn: ConnId,
         tx: mpsc::Sender<Outbound>,
+        /// A WHIP resource rather than a socket: its member only sends, and the end of its
+        /// publish connection is the end of its connection.
+        whip: bool,
     },
     Request {
         conn: ConnId,

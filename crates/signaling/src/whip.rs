@@ -1,0 +1,604 @@
+//! WHIP ingest (RFC 9725, contract rule 15): `POST /whip/{room}` with an SDP offer makes the
+//! sender the room's anchor and the room live; `DELETE` on the resource it names ends the live.
+//!
+//! A WHIP resource is a session like a socket's, driven from HTTP: the handler introduces
+//! itself to the hub as a connection, joins as the anchor and publishes with the same requests
+//! a WebSocket client sends, so admission, seats, tokens and media are exactly those of the
+//! protocol. What the hub sends the resource (room events) is read and dropped by a small task
+//! until the session ends. The member only sends (the hub tells the media plane so) and its
+//! publish connection ending counts as its connection lost (rule 8's grace applies: an encoder
+//! that reconnects posts again as the same user and takes its place back).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use miclink_protocol::{
+    ErrorCode, IceCandidate, IceServer, Ident, JoinResult, Name, PeerConnectionKind, PublishResult,
+    Reply, Request, Role,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::Signaling;
+use crate::auth::AuthError;
+use crate::wire::{ConnId, HubMsg, Outbound};
+
+/// The largest offer taken: a browser's offer with three simulcast layers is under 10 KiB; the
+/// cap is the WebSocket frame limit's.
+pub(crate) const MAX_SDP: usize = miclink_protocol::MAX_FRAME_BYTES;
+
+/// How long a step (join, publish) may wait for the hub and the media plane.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The user a WHIP anchor is when the server checks no tokens (and none names one): posting
+/// again to the same room is then the same anchor coming back, as with a token.
+const OPEN_USER: &str = "whip";
+
+/// The live WHIP resources: resource id -> its session's connection.
+#[derive(Default)]
+pub(crate) struct Resources(Mutex<HashMap<String, Resource>>);
+
+#[derive(Clone)]
+struct Resource {
+    room: Ident,
+    user: Ident,
+    conn: ConnId,
+    etag: String,
+}
+
+impl Resources {
+    fn get(&self, id: &str) -> Option<Resource> {
+        self.0
+            .lock()
+            .expect("no panics under the lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn insert(&self, id: String, r: Resource) {
+        self.0
+            .lock()
+            .expect("no panics under the lock")
+            .insert(id, r);
+    }
+
+    /// Forget `id` if it is still `conn`'s.
+    fn remove(&self, id: &str, conn: ConnId) {
+        let mut map = self.0.lock().expect("no panics under the lock");
+        if map.get(id).is_some_and(|r| r.conn == conn) {
+            map.remove(id);
+        }
+    }
+}
+
+pub(crate) fn routes() -> Router<Signaling> {
+    Router::new()
+        .route("/whip/{room}", post(create).options(preflight))
+        .route(
+            "/whip/{room}/{resource}",
+            axum::routing::delete(end).patch(patch).options(preflight),
+        )
+}
+
+/// An HTTP answer with the CORS headers every WHIP answer carries (browser players and
+/// publishers run on other origins).
+fn answer(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    cors(r.headers_mut());
+    r
+}
+
+fn cors(h: &mut HeaderMap) {
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("Location, Link, ETag, Accept-Post"),
+    );
+}
+
+async fn preflight() -> Response {
+    let mut r = answer(StatusCode::NO_CONTENT, "");
+    let h = r.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    r
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+fn unauthorized(why: impl std::fmt::Display) -> Response {
+    let mut r = answer(StatusCode::UNAUTHORIZED, format!("{why}\n"));
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Whether an offer carries a codec the server forwards (Opus, VP8, H.264) in some m-section.
+fn has_forwarded_codec(sdp: &str) -> bool {
+    sdp.lines().any(|line| {
+        line.strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|enc| enc.split('/').next())
+            .is_some_and(|name| {
+                ["opus", "vp8", "h264"]
+                    .iter()
+                    .any(|c| name.eq_ignore_ascii_case(c))
+            })
+    })
+}
+
+/// The HTTP status for a refused join or publish.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Banned => StatusCode::FORBIDDEN,
+        ErrorCode::RoomExists | ErrorCode::AlreadyJoined => StatusCode::CONFLICT,
+        ErrorCode::RoomNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::BadRequest | ErrorCode::BadSdp => StatusCode::BAD_REQUEST,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// One `Link` value per ICE server URL (RFC 9725 section 4.6; one header line each, which
+/// every client parses).
+fn links(servers: &[IceServer]) -> Vec<HeaderValue> {
+    // A configured value with a quote or a backslash could not be quoted plainly; none the
+    // server makes has one.
+    let quoted = |s: &str| s.replace(['"', '\\'], "");
+    servers
+        .iter()
+        .flat_map(|s| s.urls.iter().map(move |url| (s, url)))
+        .filter_map(|(s, url)| {
+            let mut v = format!("<{}>; rel=\"ice-server\"", quoted(url));
+            if let (Some(u), Some(c)) = (&s.username, &s.credential) {
+                v += &format!(
+                    "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                    quoted(u),
+                    quoted(c)
+                );
+            }
+            HeaderValue::from_str(&v).ok()
+        })
+        .collect()
+}
+
+/// The resource's connection to the hub while the handler drives it.
+struct Session {
+    sig: Signaling,
+    conn: ConnId,
+    rx: mpsc::Receiver<Outbound>,
+}
+
+impl Session {
+    async fn open(sig: &Signaling) -> Option<Session> {
+        let conn = sig.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(sig.inner.config.outbound_queue.max(16));
+        sig.inner
+            .hub
+            .send(HubMsg::Connect {
+                conn,
+                tx,
+                whip: true,
+            })
+            .await
+            .ok()?;
+        Some(Session {
+            sig: sig.clone(),
+            conn,
+            rx,
+        })
+    }
+
+    /// Send `request` as request `id` and wait for its reply.
+    async fn call(&mut self, id: u64, request: Request) -> Result<Reply, Response> {
+        let unavailable = || answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
+        self.sig
+            .inner
+            .hub
+            .send(HubMsg::Request {
+                conn: self.conn,
+                id,
+                request,
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        let wait = async {
+            while let Some(out) = self.rx.recv().await {
+                match out {
+                    Outbound::Text(t) | Outbound::Joined(t) => {
+                        if let Ok(r) = serde_json::from_str::<Reply>(&t)
+                            && r.id == id
+                        {
+                            return Some(r);
+                        }
+                    }
+                    Outbound::Close(..) => return None,
+                    Outbound::Unbound => {}
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(STEP_TIMEOUT, wait).await {
+            Ok(Some(r)) => Ok(r),
+            _ => Err(unavailable()),
+        }
+    }
+
+    /// End the session (the anchor leaves: the live ends) and the connection.
+    async fn close(self) {
+        leave(&self.sig, self.conn).await;
+    }
+}
+
+async fn leave(sig: &Signaling, conn: ConnId) {
+    let hub = &sig.inner.hub;
+    let _ = hub
+        .send(HubMsg::Request {
+            conn,
+            id: 0,
+            request: Request::Leave,
+        })
+        .await;
+    let _ = hub.send(HubMsg::Closed { conn }).await;
+}
+
+fn refused(reply: &Reply) -> Option<Response> {
+    if reply.ok {
+        return None;
+    }
+    let (code, message) = reply
+        .error
+        .as_ref()
+        .map_or((ErrorCode::Internal, String::new()), |e| {
+            (e.code, e.message.clone())
+        });
+    Some(match code {
+        ErrorCode::Unauthorized => unauthorized(message),
+        code => answer(status_of(code), format!("{}: {message}\n", code.as_str())),
+    })
+}
+
+/// `POST /whip/{room}`.
+async fn create(
+    State(sig): State<Signaling>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !content_type_is(&headers, "application/sdp") {
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an SDP offer (application/sdp) is expected\n",
+        );
+    }
+    if body.len() > MAX_SDP {
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large\n");
+    }
+    let Ok(room) = Ident::new(&room) else {
+        return answer(StatusCode::NOT_FOUND, "no such room\n");
+    };
+    let Ok(offer) = std::str::from_utf8(&body) else {
+        return answer(StatusCode::BAD_REQUEST, "the offer is not UTF-8\n");
+    };
+    if !offer.starts_with("v=0") || !offer.lines().any(|l| l.starts_with("m=")) {
+        return answer(StatusCode::BAD_REQUEST, "the body is not an SDP offer\n");
+    }
+    if !has_forwarded_codec(offer) {
+        return answer(
+            StatusCode::NOT_ACCEPTABLE,
+            "the offer has none of the codecs this server forwards (Opus, VP8, H.264)\n",
+        );
+    }
+    let token = bearer(&headers);
+    let user = match &sig.inner.auth {
+        Some(auth) => match auth.subject(token, &room, Role::Anchor) {
+            Ok(user) => user,
+            Err(why) => return unauthorized(why),
+        },
+        None => Ident::new(OPEN_USER).expect("a valid id"),
+    };
+    let Some(mut s) = Session::open(&sig).await else {
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
+    };
+    let joined = match s
+        .call(
+            1,
+            Request::Join {
+                room: room.clone(),
+                user: user.clone(),
+                role: Role::Anchor,
+                name: Name::new("WHIP").ok(),
+                token: token.map(str::to_owned),
+            },
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(resp) => {
+            s.close().await;
+            return resp;
+        }
+    };
+    if let Some(resp) = refused(&joined) {
+        let _ = sig.inner.hub.send(HubMsg::Closed { conn: s.conn }).await;
+        return resp;
+    }
+    let ice_servers = joined
+        .result
+        .and_then(|v| serde_json::from_value::<JoinResult>(v).ok())
+        .map(|j| j.ice_servers)
+        .unwrap_or_default();
+    let published = match s
+        .call(
+            2,
+            Request::Publish {
+                sdp: offer.to_owned(),
+            },
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(resp) => {
+            s.close().await;
+            return resp;
+        }
+    };
+    if let Some(resp) = refused(&published) {
+        s.close().await;
+        return resp;
+    }
+    let Some(sdp) = published
+        .result
+        .and_then(|v| serde_json::from_value::<PublishResult>(v).ok())
+        .map(|p| p.sdp)
+    else {
+        s.close().await;
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, "no answer\n");
+    };
+    let id = crate::session::new_token();
+    let etag = format!("\"{}\"", &id[..16]);
+    let resource = Resource {
+        room: room.clone(),
+        user: user.clone(),
+        conn: s.conn,
+        etag: etag.clone(),
+    };
+    sig.inner.whip.insert(id.clone(), resource);
+    info!(%room, %user, "WHIP anchor live");
+    // The session's events are read until it ends (left, replaced, room ended, media lost).
+    let (sig2, id2, conn) = (sig.clone(), id.clone(), s.conn);
+    let mut rx = s.rx;
+    tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            if matches!(out, Outbound::Unbound | Outbound::Close(..)) {
+                break;
+            }
+        }
+        sig2.inner.whip.remove(&id2, conn);
+        let _ = sig2.inner.hub.send(HubMsg::Closed { conn }).await;
+    });
+    let mut r = answer(StatusCode::CREATED, sdp);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/whip/{room}/{id}")) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    for link in links(&ice_servers) {
+        h.append(header::LINK, link);
+    }
+    r
+}
+
+/// The live resource `id` of `room`, if the request may act on it; else the answer saying why
+/// not. The resource's URL is its capability (unguessable); with tokens checked, the request
+/// must also carry one for the same anchor.
+// The refusal is the handler's whole answer, returned at once: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+fn resource(
+    sig: &Signaling,
+    headers: &HeaderMap,
+    room: &str,
+    id: &str,
+) -> Result<Resource, Response> {
+    let r = sig
+        .inner
+        .whip
+        .get(id)
+        .filter(|r| r.room.as_str() == room)
+        .ok_or_else(|| answer(StatusCode::NOT_FOUND, "no such WHIP session\n"))?;
+    match &sig.inner.auth {
+        Some(auth) => match auth.subject(bearer(headers), &r.room, Role::Anchor) {
+            Ok(user) if user == r.user => Ok(r),
+            Ok(_) => Err(unauthorized(AuthError::OtherUser)),
+            Err(why) => Err(unauthorized(why)),
+        },
+        None => Ok(r),
+    }
+}
+
+/// `DELETE /whip/{room}/{resource}`: the anchor leaves and the live ends (`room_ended`).
+async fn end(
+    State(sig): State<Signaling>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = match resource(&sig, &headers, &room, &id) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    sig.inner.whip.remove(&id, r.conn);
+    leave(&sig, r.conn).await;
+    info!(room = %r.room, user = %r.user, "WHIP anchor ended the live");
+    answer(StatusCode::OK, "")
+}
+
+/// `PATCH /whip/{room}/{resource}` with `application/trickle-ice-sdpfrag`: trickled candidates
+/// are taken (the server is ICE-lite and learns the client's addresses from its checks, so
+/// they are hints); an ICE restart is not supported (422, RFC 9725 section 4.3.2).
+async fn patch(
+    State(sig): State<Signaling>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match resource(&sig, &headers, &room, &id) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an SDP fragment (application/trickle-ice-sdpfrag) is expected\n",
+        );
+    }
+    if body.len() > MAX_SDP {
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, "the fragment is too large\n");
+    }
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    if if_match == Some("*") {
+        return answer(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restarts are not supported: post a new offer\n",
+        );
+    }
+    if if_match.is_some_and(|v| v != r.etag) {
+        return answer(StatusCode::PRECONDITION_FAILED, "stale ETag\n");
+    }
+    let Ok(frag) = std::str::from_utf8(&body) else {
+        return answer(StatusCode::BAD_REQUEST, "the fragment is not UTF-8\n");
+    };
+    let ufrag = frag
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_owned());
+    let mut mid = None;
+    let mut sent = 0;
+    for line in frag.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+        } else if let Some(c) = line.strip_prefix("a=candidate:") {
+            // The server caps candidates per connection; this bounds one request's work.
+            if sent >= 64 {
+                break;
+            }
+            sent += 1;
+            let request = Request::Ice {
+                pc: PeerConnectionKind::Publish,
+                candidate: IceCandidate {
+                    candidate: format!("candidate:{c}"),
+                    sdp_mid: mid.clone(),
+                    sdp_m_line_index: None,
+                    username_fragment: ufrag.clone(),
+                },
+            };
+            if sig
+                .inner
+                .hub
+                .send(HubMsg::Request {
+                    conn: r.conn,
+                    id: 0,
+                    request,
+                })
+                .await
+                .is_err()
+            {
+                warn!("hub gone");
+                return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
+            }
+        }
+    }
+    answer(StatusCode::NO_CONTENT, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_and_links() {
+        assert!(has_forwarded_codec(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
+        ));
+        assert!(!has_forwarded_codec(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1/90000\r\n"
+        ));
+        let servers = vec![
+            IceServer {
+                urls: vec!["stun:127.0.0.1:3478".into()],
+                username: None,
+                credential: None,
+            },
+            IceServer {
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                username: Some("1700000000:anchor".into()),
+                credential: Some("c\"x".into()),
+            },
+        ];
+        let links: Vec<String> = links(&servers)
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect();
+        assert_eq!(
+            links,
+            vec![
+                "<stun:127.0.0.1:3478>; rel=\"ice-server\"".to_owned(),
+                "<turn:127.0.0.1:3478?transport=udp>; rel=\"ice-server\"; username=\"1700000000:anchor\"; credential=\"cx\"; credential-type=\"password\"".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}

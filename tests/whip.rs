@@ -1,0 +1,245 @@
+//! WHIP ingest (contract rule 15) with a webrtc-rs encoder over HTTP on loopback: it goes live
+//! as the room's anchor, viewers on the WebSocket get its media, `DELETE` ends the live, and
+//! every refusal has its HTTP status.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use miclink_loadtest::peer::{Publisher, StreamSpec, VideoCodec};
+use miclink_protocol::{EndReason, Event, Role};
+use tokio::sync::Notify;
+
+/// A WHIP encoder: the sending connection, and what the server answered its POST.
+struct Encoder {
+    /// Held: the connection lives as long as the encoder.
+    _publisher: Publisher,
+    stop: Arc<Notify>,
+    reply: HttpReply,
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        self.stop.notify_waiters();
+    }
+}
+
+/// Offer `streams` to `POST /whip/{room}`; on 201, start sending.
+async fn whip(s: &Server, room: &str, auth: &str, streams: &[StreamSpec]) -> Encoder {
+    let (publisher, offer) = Publisher::offer("whip", streams).await.expect("offer");
+    let reply = s
+        .http(
+            "POST",
+            &format!("/whip/{room}"),
+            &format!("Content-Type: application/sdp\r\n{auth}"),
+            &offer,
+        )
+        .await;
+    let stop = Arc::new(Notify::new());
+    if reply.status == 201 {
+        publisher
+            .start(reply.body.clone(), stop.clone())
+            .await
+            .expect("the answer applies");
+    }
+    Encoder {
+        _publisher: publisher,
+        stop,
+        reply,
+    }
+}
+
+fn av(codec: VideoCodec) -> Vec<StreamSpec> {
+    vec![StreamSpec::audio(48_000), test_video(codec)]
+}
+
+fn got_media(r: &Received, keyframe: fn(&[u8]) -> bool) -> bool {
+    let audio = r.get(&("whip".to_owned(), Kind::Audio));
+    let video = r.get(&("whip".to_owned(), Kind::Video));
+    audio.is_some_and(|a| a.seqs.len() > 20)
+        && video
+            .is_some_and(|v| v.seqs.len() > 20 && v.first_payload.as_deref().is_some_and(keyframe))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_encoder_goes_live_viewers_get_its_media_and_delete_ends_the_live() {
+    let s = server().await;
+    let enc = whip(&s, "r", "", &av(VideoCodec::Vp8)).await;
+    let r = &enc.reply;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    assert!(r.body.starts_with("v=0"), "the answer: {}", r.body);
+    let location = r.header("location").expect("a Location").to_owned();
+    assert!(location.starts_with("/whip/r/"), "{location}");
+    assert!(r.header("etag").is_some(), "an ETag");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+
+    // The room is live with the WHIP encoder as its anchor; a viewer gets its audio and
+    // video, starting at a keyframe.
+    let mut viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the WHIP anchor's media", |r| got_media(r, is_vp8_keyframe))
+        .await;
+
+    // A second encoder cannot take the room while the first is live... unless it is the same
+    // anchor coming back (without tokens every WHIP encoder is the same user): that is tested
+    // with tokens below.
+
+    // Trickled candidates are taken; an ICE restart is refused (422).
+    let etag = r.header("etag").expect("etag").to_owned();
+    let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:efghefghefghefghefghefgh\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let patch = |if_match: String| {
+        let location = location.clone();
+        let s = &s;
+        async move {
+            s.http(
+                "PATCH",
+                &location,
+                &format!(
+                    "Content-Type: application/trickle-ice-sdpfrag\r\nIf-Match: {if_match}\r\n"
+                ),
+                frag,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(patch(etag.clone()).await, 204);
+    assert_eq!(patch("*".into()).await, 422);
+    assert_eq!(patch("\"stale\"".into()).await, 412);
+
+    // DELETE ends the live for everyone.
+    let deleted = s.http("DELETE", &location, "", "").await;
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    loop {
+        if let Event::RoomEnded { reason } = viewer.wait_event("room_ended").await {
+            assert_eq!(reason, EndReason::AnchorLeft);
+            break;
+        }
+    }
+    assert_eq!(s.http("DELETE", &location, "", "").await.status, 404);
+    viewer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_only_encoder_is_forwarded_from_its_idr() {
+    let s = server().await;
+    let enc = whip(&s, "r", "", &av(VideoCodec::H264)).await;
+    assert_eq!(enc.reply.status, 201, "{:?}", enc.reply);
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the WHIP anchor's H.264", |r| got_media(r, is_h264_idr))
+        .await;
+    viewer.close().await;
+}
+
+const SECRET: &str = "a test secret of enough length";
+
+fn token(room: &str, sub: &str, role: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({"room": room, "sub": sub, "role": role, "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+fn bearer(t: &str) -> String {
+    format!("Authorization: Bearer {t}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_and_the_anchor_is_the_tokens_user() {
+    let s = server_with(|c| c.signaling.jwt_secret = Some(SECRET.into())).await;
+    let refused = [
+        ("no token", String::new()),
+        ("a forged token", bearer("e30.e30.e30")),
+        ("an audience token", bearer(&token("r", "ann", "audience"))),
+        ("another room's token", bearer(&token("q", "ann", "anchor"))),
+    ];
+    for (what, auth) in refused {
+        let enc = whip(&s, "r", &auth, &av(VideoCodec::Vp8)).await;
+        assert_eq!(enc.reply.status, 401, "{what}: {:?}", enc.reply);
+        assert_eq!(
+            enc.reply.header("www-authenticate"),
+            Some("Bearer"),
+            "{what}"
+        );
+    }
+    let ann = bearer(&token("r", "ann", "anchor"));
+    let enc = whip(&s, "r", &ann, &av(VideoCodec::Vp8)).await;
+    assert_eq!(enc.reply.status, 201, "{:?}", enc.reply);
+    let location = enc.reply.header("location").expect("location").to_owned();
+
+    // Another anchor for a live room: 409.
+    let bob = whip(
+        &s,
+        "r",
+        &bearer(&token("r", "bob", "anchor")),
+        &av(VideoCodec::Vp8),
+    )
+    .await;
+    assert_eq!(bob.reply.status, 409, "{:?}", bob.reply);
+
+    // The resource is ann's: no token or another user's cannot end it.
+    assert_eq!(s.http("DELETE", &location, "", "").await.status, 401);
+    let bobs = bearer(&token("r", "bob", "anchor"));
+    assert_eq!(s.http("DELETE", &location, &bobs, "").await.status, 401);
+    assert_eq!(s.http("DELETE", &location, &ann, "").await.status, 200);
+    // Once ended, the room is free for bob.
+    let bob = whip(&s, "r", &bobs, &av(VideoCodec::Vp8)).await;
+    assert_eq!(bob.reply.status, 201, "{:?}", bob.reply);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_status() {
+    let s = server().await;
+    let sdp = "Content-Type: application/sdp\r\n";
+    // Not SDP, garbage SDP, no codec the server forwards.
+    let not_sdp = s
+        .http("POST", "/whip/r", "Content-Type: text/plain\r\n", "v=0")
+        .await;
+    assert_eq!(not_sdp.status, 415, "{not_sdp:?}");
+    assert_eq!(s.http("POST", "/whip/r", sdp, "hello").await.status, 400);
+    let garbage = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\nnonsense";
+    assert_eq!(s.http("POST", "/whip/r", sdp, garbage).await.status, 400);
+    let av1 = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1/90000\r\n";
+    assert_eq!(s.http("POST", "/whip/r", sdp, av1).await.status, 406);
+    let big = "v=0\r\n".to_owned() + &"a=x\r\n".repeat(20_000);
+    assert_eq!(s.http("POST", "/whip/r", sdp, &big).await.status, 413);
+    // A room id that cannot be one; an unknown resource.
+    assert_eq!(
+        s.http("POST", "/whip/no%20such", sdp, av1).await.status,
+        404
+    );
+    assert_eq!(s.http("DELETE", "/whip/r/abc", "", "").await.status, 404);
+    assert_eq!(s.http("PATCH", "/whip/r/abc", "", "").await.status, 404);
+
+    // Nothing was left behind by the refusals: the room can go live.
+    let (alice, _viewer) = live_room(&s, "viewer").await;
+    // A room with another (WebSocket) anchor: 409.
+    let enc = whip(&s, "r", "", &av(VideoCodec::Vp8)).await;
+    assert_eq!(enc.reply.status, 409, "{:?}", enc.reply);
+
+    // CORS: the preflight names what the endpoint takes.
+    let pre = s
+        .http("OPTIONS", "/whip/r", "Origin: http://player\r\n", "")
+        .await;
+    assert_eq!(pre.status, 204, "{pre:?}");
+    assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
+    let methods = pre.header("access-control-allow-methods").unwrap_or("");
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    assert_eq!(pre.header("accept-post"), Some("application/sdp"));
+    alice.close().await;
+}
