@@ -440,6 +440,45 @@ test('seat control: the anchor mutes a co-host and every page shows it; whoever 
 
 // Simulcast (contract rule 14): every camera goes out in three layers; a viewer's big tile gets
 // the top one and the small grid tiles the lowest, as getStats' decoded frame height shows.
+// An encoder that is not ours: the npm package whip-whep's WHIP client in a Chromium page (its
+// own offer, without candidates: they are trickled by PATCH). The page is served on the server's
+// origin by the test itself.
+const whipClient = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'node_modules/whip-whep/whip.js');
+const encoderPage = `<!doctype html><title>WHIP encoder</title><script type="module">
+import { WHIPClient } from '/whip-whep/whip.js';
+window.goLive = async (room) => {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
+  window.whip = new WHIPClient();
+  await window.whip.publish(pc, new URL('/whip/' + room, location.href).href);
+  return window.whip.resourceURL.pathname;
+};
+window.endLive = () => window.whip.stop();
+</script>`;
+
+test('WHIP: an npm WHIP client goes live as the anchor, a viewer decodes it, its DELETE ends the live', async ({ browser }) => {
+  const room = newRoom();
+  const context = await browser.newContext();
+  await context.route('**/whip-encoder.html', (r) => r.fulfill({ contentType: 'text/html', body: encoderPage }));
+  await context.route('**/whip-whep/whip.js', (r) => r.fulfill({ contentType: 'text/javascript', path: whipClient }));
+  const encoder = await context.newPage();
+  encoder.on('pageerror', (e) => console.log(`[encoder] page error: ${e.message}`));
+  await encoder.goto('/whip-encoder.html');
+  await encoder.waitForFunction(() => typeof window.goLive === 'function');
+  const resource = await encoder.evaluate((room) => window.goLive(room), room);
+  expect(resource).toMatch(new RegExp(`^/whip/${room}/`));
+
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
+  await expectTiles([viewer], ['WHIP']);
+  await expectMediaFlowing(viewer, [{ user: 'whip', video: true }]);
+
+  await encoder.evaluate(() => window.endLive());
+  await expect(viewer.page.locator('#ended')).toBeVisible();
+  await viewer.context.close();
+  await context.close();
+});
+
 test('simulcast: the big tile decodes the top layer, the small grid tiles the lowest', async ({ browser }) => {
   const room = newRoom();
   const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor' });
