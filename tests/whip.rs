@@ -1,15 +1,17 @@
-//! WHIP ingest (contract rule 15) with a webrtc-rs encoder over HTTP on loopback: it goes live
-//! as the room's anchor, viewers on the WebSocket get its media, `DELETE` ends the live, and
-//! every refusal has its HTTP status.
+//! WHIP ingest and WHEP playback (contract rule 15) with webrtc-rs clients over HTTP on
+//! loopback: an encoder goes live as the room's anchor and viewers on the WebSocket get its
+//! media, `DELETE` ends the live; a player watches the room's seats in order, its places
+//! following the seats without a new offer; every refusal has its HTTP status.
 
 mod common;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use miclink_loadtest::peer::{Publisher, StreamSpec, VideoCodec};
-use miclink_protocol::{EndReason, Event, Role};
+use miclink_loadtest::peer::{Peer, Publisher, StreamSpec, VideoCodec};
+use miclink_loadtest::recv::Recv;
+use miclink_protocol::{EndReason, Event, Request, Role};
 use tokio::sync::Notify;
 
 /// A WHIP encoder: the sending connection, and what the server answered its POST.
@@ -242,4 +244,168 @@ async fn bad_requests_get_their_status() {
     );
     assert_eq!(pre.header("accept-post"), Some("application/sdp"));
     alice.close().await;
+}
+
+/// A WHEP player: its receiving connection, what arrived, and what the server answered.
+struct Player {
+    peer: Peer,
+    recv: Arc<Recv>,
+    reply: HttpReply,
+}
+
+async fn whep(s: &Server, room: &str, auth: &str, pairs: usize) -> Player {
+    let recv = Recv::logging(Instant::now());
+    let peer = Peer::new(Some(recv.clone())).await.expect("peer");
+    let offer = peer.receive_offer(pairs).await.expect("offer");
+    let reply = s
+        .http(
+            "POST",
+            &format!("/whep/{room}"),
+            &format!("Content-Type: application/sdp\r\n{auth}"),
+            &offer,
+        )
+        .await;
+    if reply.status == 201 {
+        peer.accept(reply.body.clone())
+            .await
+            .expect("the answer applies");
+    }
+    Player { peer, recv, reply }
+}
+
+impl Player {
+    /// Wait until place `slot` has shown `more` audio and video packets beyond `since` (video
+    /// starting at a keyframe when `since` is zero).
+    async fn wait_slot(&self, slot: usize, since: (usize, usize), more: usize) -> (usize, usize) {
+        let key = |kind| (format!("slot{slot}"), kind);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = self.recv.arrivals();
+            let a = r.get(&key(Kind::Audio)).map_or(0, |a| a.seqs.len());
+            let v = r.get(&key(Kind::Video));
+            let vn = v.map_or(0, |v| v.seqs.len());
+            let from_keyframe = v
+                .and_then(|v| v.first_payload.as_deref())
+                .is_some_and(is_vp8_keyframe);
+            if a > since.0 + more && vn > since.1 + more && from_keyframe {
+                return (a, vn);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "place {slot}: {:?}",
+                summary(&r)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Who the packets of place `slot` came from (the payload markers name the publisher).
+    fn shown(&self, slot: usize) -> Vec<String> {
+        let r = self.recv.arrivals();
+        let mut who: Vec<String> = r
+            .get(&(format!("slot{slot}"), Kind::Video))
+            .map(|v| v.marked_by.clone())
+            .unwrap_or_default();
+        who.dedup();
+        who
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_player_watches_the_seats_in_order_and_its_places_follow_the_seats() {
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    anchor.publish(false).await;
+    let player = whep(&s, "r", "", 2).await;
+    let r = &player.reply;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    let location = r.header("location").expect("a Location").to_owned();
+    assert!(location.starts_with("/whep/r/"), "{location}");
+
+    // Place 0 shows the anchor; place 1 nobody yet.
+    let first = player.wait_slot(0, (0, 0), 20).await;
+    // A member links and publishes: place 1 shows them, without a new offer.
+    let mut guest = Member::join(&s.url, "r", "guest", Role::Audience).await;
+    guest.link_via(&mut anchor, true).await;
+    guest.publish(false).await;
+    player.wait_slot(1, (0, 0), 20).await;
+    assert_eq!(player.shown(1), vec!["guest".to_owned()]);
+    // The anchor's place went on all along.
+    player.wait_slot(0, first, 20).await;
+    assert_eq!(player.shown(0), vec!["anchor".to_owned()]);
+
+    // The member hangs up and another links: place 1 passes to them, its stream numbered on
+    // without a gap (one stream to the player, from a keyframe of the new publisher).
+    let r = guest.request(Request::TerminateLink).await;
+    assert!(r.ok, "{r:?}");
+    let mut other = Member::join(&s.url, "r", "other", Role::Audience).await;
+    other.link_via(&mut anchor, true).await;
+    other.publish(false).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while player.shown(1).last().map(String::as_str) != Some("other") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "place 1: {:?}",
+            player.shown(1)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        player.shown(1),
+        vec!["guest".to_owned(), "other".to_owned()]
+    );
+    let arrivals = player.recv.arrivals();
+    let v = &arrivals[&("slot1".to_owned(), Kind::Video)];
+    let handover = v
+        .marked_by
+        .iter()
+        .position(|p| p == "other")
+        .expect("other");
+    assert!(
+        v.keyframes[handover],
+        "the new publisher's first packet starts a keyframe"
+    );
+    let step = v.seqs[handover].wrapping_sub(v.seqs[handover - 1]);
+    assert_eq!(step, 1, "numbering continues across the handover");
+
+    // DELETE leaves: the resource is gone.
+    assert_eq!(s.http("DELETE", &location, "", "").await.status, 200);
+    assert_eq!(s.http("DELETE", &location, "", "").await.status, 404);
+    player.peer.close().await;
+    other.close().await;
+    guest.close().await;
+    anchor.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_player_needs_a_live_room_and_a_receiving_offer() {
+    let s = server().await;
+    let nobody = whep(&s, "r", "", 1).await;
+    assert_eq!(nobody.reply.status, 404, "{:?}", nobody.reply);
+    let (anchor, viewer) = live_room(&s, "viewer").await;
+    // An offer that receives nothing.
+    let (_p, sending) = Publisher::offer("x", &av(VideoCodec::Vp8))
+        .await
+        .expect("offer");
+    let sdp = "Content-Type: application/sdp\r\n";
+    let sending = sending.replace("a=sendrecv", "a=sendonly");
+    let refused = s.http("POST", "/whep/r", sdp, &sending).await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    // An offer asking for more places than there are seats gets ten, the rest silent.
+    let greedy = whep(&s, "r", "", 12).await;
+    assert_eq!(greedy.reply.status, 201, "{:?}", greedy.reply);
+    let mut places: Vec<&str> = greedy
+        .reply
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=msid:"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    places.sort_unstable();
+    places.dedup();
+    assert_eq!(places.len(), 10, "{places:?}");
+    greedy.peer.close().await;
+    viewer.close().await;
+    anchor.close().await;
 }

@@ -456,12 +456,33 @@ window.goLive = async (room) => {
 };
 window.endLive = () => window.whip.stop();
 </script>`;
+// A WHEP player from the same package, playing into a plain video element.
+const whepClient = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'node_modules/whip-whep/whep.js');
+const playerPage = `<!doctype html><title>WHEP player</title><video id="v" autoplay muted playsinline></video><script type="module">
+import { WHEPClient } from '/whip-whep/whep.js';
+window.play = async (room) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('audio');
+  pc.addTransceiver('video');
+  pc.ontrack = (e) => { document.getElementById('v').srcObject = e.streams[0]; };
+  window.pc = pc;
+  window.whep = new WHEPClient();
+  await window.whep.view(pc, new URL('/whep/' + room, location.href).href);
+};
+window.decoded = async () => {
+  let frames = 0;
+  (await window.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded ?? 0; });
+  return { frames, height: document.getElementById('v').videoHeight };
+};
+</script>`;
 
-test('WHIP: an npm WHIP client goes live as the anchor, a viewer decodes it, its DELETE ends the live', async ({ browser }) => {
+test('WHIP and WHEP: an npm WHIP client goes live as the anchor, a demo viewer and an npm WHEP player decode it, its DELETE ends the live', async ({ browser }) => {
   const room = newRoom();
   const context = await browser.newContext();
   await context.route('**/whip-encoder.html', (r) => r.fulfill({ contentType: 'text/html', body: encoderPage }));
   await context.route('**/whip-whep/whip.js', (r) => r.fulfill({ contentType: 'text/javascript', path: whipClient }));
+  await context.route('**/whep-player.html', (r) => r.fulfill({ contentType: 'text/html', body: playerPage }));
+  await context.route('**/whip-whep/whep.js', (r) => r.fulfill({ contentType: 'text/javascript', path: whepClient }));
   const encoder = await context.newPage();
   encoder.on('pageerror', (e) => console.log(`[encoder] page error: ${e.message}`));
   await encoder.goto('/whip-encoder.html');
@@ -472,6 +493,30 @@ test('WHIP: an npm WHIP client goes live as the anchor, a viewer decodes it, its
   const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
   await expectTiles([viewer], ['WHIP']);
   await expectMediaFlowing(viewer, [{ user: 'whip', video: true }]);
+
+  // A WHEP player (a plain video element) decodes the anchor too.
+  const player = await context.newPage();
+  player.on('pageerror', (e) => console.log(`[player] page error: ${e.message}`));
+  await player.goto('/whep-player.html');
+  await player.waitForFunction(() => typeof window.play === 'function');
+  await player.evaluate((room) => window.play(room), room);
+  await expect
+    .poll(async () => (await player.evaluate(() => window.decoded())).frames, { message: 'frames the WHEP player decoded', timeout: 20_000 })
+    .toBeGreaterThan(10);
+  expect((await player.evaluate(() => window.decoded())).height).toBeGreaterThan(0);
+
+  // And the demo's own WHEP page.
+  const ours = await context.newPage();
+  await ours.goto(`/whep.html?room=${room}`);
+  await ours.getByRole('button', { name: 'Play' }).click();
+  await expect(ours.locator('#status')).toHaveText('Playing');
+  const oursDecoded = () =>
+    ours.evaluate(async () => {
+      let frames = 0;
+      (await window.whepPlayer.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded ?? 0; });
+      return frames;
+    });
+  await expect.poll(oursDecoded, { message: "frames the demo's WHEP page decoded", timeout: 20_000 }).toBeGreaterThan(10);
 
   await encoder.evaluate(() => window.endLive());
   await expect(viewer.page.locator('#ended')).toBeVisible();

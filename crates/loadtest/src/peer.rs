@@ -328,6 +328,33 @@ impl Peer {
         self.local_sdp().await
     }
 
+    /// A receive-only offer of `pairs` audio and video transceivers (a WHEP player's), once
+    /// gathered; [`Peer::accept`] applies the answer.
+    pub async fn receive_offer(&self, pairs: usize) -> anyhow::Result<String> {
+        use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+        for _ in 0..pairs {
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: Vec::new(),
+                    send_encodings: Vec::new(),
+                };
+                self.pc.add_transceiver_from_kind(kind, Some(init)).await?;
+            }
+        }
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        self.local_sdp().await
+    }
+
+    /// Apply the answer to this peer's offer.
+    pub async fn accept(&self, answer: String) -> anyhow::Result<()> {
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }

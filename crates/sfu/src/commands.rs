@@ -23,7 +23,7 @@ impl MediaCore {
             MediaCommand::Rejoin { room, user } => {
                 info!(%room, %user, "rejoined: new connections");
                 if let Some(r) = self.rooms.get_mut(&room) {
-                    r.send_only.remove(&user);
+                    r.own_offers.remove(&user);
                 }
                 if let Some(id) = self.room_peer(&room, &user, PcKind::Publish) {
                     self.remove_peer(id);
@@ -95,12 +95,22 @@ impl MediaCore {
                 self.outputs
                     .push_back(Output::Event(MediaEvent::Done { reply, result }));
             }
-            MediaCommand::SendOnly { room, user } => {
-                info!(%room, %user, "sends only: no subscribe connection");
+            MediaCommand::Watch {
+                room,
+                user,
+                offer,
+                reply,
+            } => {
+                let result = self.watch(now, &room, &user, offer);
+                self.outputs
+                    .push_back(Output::Event(MediaEvent::PublishAnswer { reply, result }));
+            }
+            MediaCommand::OwnOffers { room, user } => {
+                info!(%room, %user, "HTTP client: no subscribe offers");
                 self.rooms
                     .entry(room.clone())
                     .or_default()
-                    .send_only
+                    .own_offers
                     .insert(user.clone());
                 if let Some(id) = self.room_peer(&room, &user, PcKind::Subscribe) {
                     self.remove_peer(id);
@@ -198,7 +208,7 @@ impl MediaCore {
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.members.remove(&user);
                     r.subscribed_before.remove(&user);
-                    r.send_only.remove(&user);
+                    r.own_offers.remove(&user);
                 }
                 self.forget_wishes(&room, &user);
                 self.rebuilds
@@ -228,12 +238,16 @@ impl MediaCore {
         if let Some(id) = publish {
             self.remove_peer(id);
         }
-        // Their tracks leave every subscribe connection.
+        // Their tracks leave every subscribe connection; WHEP viewers' places pass on.
         for sid in subs {
+            if self.peers.get(&sid).is_some_and(|p| p.whep.is_some()) {
+                continue;
+            }
             if self.remove_out_tracks(sid, user, None) {
                 self.negotiate(now, sid);
             }
         }
+        self.rewire_watchers(now, room);
     }
 
     pub(crate) fn publish(
@@ -353,46 +367,11 @@ impl MediaCore {
         let early = peer.early.take();
         // What the answer settled: payload types and extension ids, once, not per packet.
         for out in peer.outs.values_mut() {
-            if !out.offered {
-                continue;
+            if out.offered
+                && let Some(n) = negotiated(&mut peer.pc, out.sender, &out.mime, &out.fmtp)
+            {
+                out.negotiated = Some(n);
             }
-            let Some(mut sender) = peer.pc.rtp_sender(out.sender) else {
-                continue;
-            };
-            let parameters = sender.get_parameters();
-            // The same codec with the same parameters (H.264 profile and packetization mode)
-            // if the subscriber has it, else the same codec.
-            let codecs = &parameters.rtp_parameters.codecs;
-            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-                c.rtp_codec.mime_type.eq_ignore_ascii_case(&out.mime)
-            };
-            let Some(payload_type) = codecs
-                .iter()
-                .filter(same_mime)
-                .find(|c| c.rtp_codec.sdp_fmtp_line == out.fmtp)
-                .or_else(|| codecs.iter().find(same_mime))
-                .map(|c| c.payload_type)
-            else {
-                continue;
-            };
-            let twcc = parameters
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .find(|h| h.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
-                .and_then(|h| u8::try_from(h.id).ok());
-            out.negotiated = Some(Negotiated {
-                payload_type,
-                twcc,
-                extensions: extensions::forwarded(
-                    parameters
-                        .rtp_parameters
-                        .header_extensions
-                        .iter()
-                        .map(|h| (h.id, h.uri.as_str())),
-                )
-                .to_vec(),
-            });
         }
         self.settle_extensions(id);
         let renegotiate = self
@@ -408,6 +387,39 @@ impl MediaCore {
         }
         Ok(())
     }
+}
+
+/// What the description exchanged on `pc` settled for `sender` carrying `mime` (`fmtp`): its
+/// payload type (the same codec with the same parameters, H.264 profile and packetization mode,
+/// if the subscriber has it, else the same codec), transport-wide and forwarded extension ids.
+pub(crate) fn negotiated(
+    pc: &mut rtc::peer_connection::RTCPeerConnection,
+    sender: rtc::rtp_transceiver::RTCRtpSenderId,
+    mime: &str,
+    fmtp: &str,
+) -> Option<Negotiated> {
+    let mut sender = pc.rtp_sender(sender)?;
+    let parameters = sender.get_parameters();
+    let codecs = &parameters.rtp_parameters.codecs;
+    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+        c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+    };
+    let payload_type = codecs
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == fmtp)
+        .or_else(|| codecs.iter().find(same_mime))
+        .map(|c| c.payload_type)?;
+    let headers = &parameters.rtp_parameters.header_extensions;
+    let twcc = headers
+        .iter()
+        .find(|h| h.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
+        .and_then(|h| u8::try_from(h.id).ok());
+    Some(Negotiated {
+        payload_type,
+        twcc,
+        extensions: extensions::forwarded(headers.iter().map(|h| (h.id, h.uri.as_str()))).to_vec(),
+    })
 }
 
 /// Which kinds (audio, video) a publish offer sends: m-sections with a port and a sending
@@ -483,7 +495,7 @@ fn offered_layers(sdp: &str) -> Vec<VideoQuality> {
 /// that controls falls back to a full one that checks every candidate the client listed, which
 /// would let a client aim the server's checks at any address. Clients are never lite in fact
 /// (browsers, OBS, our load tool), so the claim is dropped before rtc reads the description.
-fn without_ice_lite(sdp: &str) -> String {
+pub(crate) fn without_ice_lite(sdp: &str) -> String {
     sdp.split_inclusive('\n')
         .filter(|line| line.trim_end() != "a=ice-lite")
         .collect()

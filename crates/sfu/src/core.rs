@@ -142,8 +142,8 @@ pub(crate) struct RoomMedia {
     pub(crate) members: HashSet<Ident>,
     /// Members who had a subscribe connection: their next one is a new connection.
     pub(crate) subscribed_before: HashSet<Ident>,
-    /// Members who only send ([`crate::MediaCommand::SendOnly`]): never a subscribe connection.
-    pub(crate) send_only: HashSet<Ident>,
+    /// HTTP clients ([`crate::MediaCommand::OwnOffers`]): never a server-offered connection.
+    pub(crate) own_offers: HashSet<Ident>,
     pub(crate) publish: HashMap<Ident, PeerId>,
     pub(crate) subscribe: HashMap<Ident, PeerId>,
     pub(crate) speakers: Speakers,

@@ -42,6 +42,7 @@ mod tcp;
 mod track;
 mod twcc;
 mod vp8;
+mod whep;
 
 pub use crate::core::{CoreConfig, MediaCore, Output, Remote, Route, Transmit, Transport};
 pub use error::SfuError;
@@ -110,9 +111,18 @@ pub enum MediaCommand {
         video: miclink_protocol::VideoQuality,
         reply: ReplyTo,
     },
-    /// `user` only sends (a WHIP anchor, rule 15): it gets no subscribe connection, until it
-    /// joins again ([`MediaCommand::Rejoin`]) or leaves.
-    SendOnly { room: Ident, user: Ident },
+    /// `user` is an HTTP client (WHIP or WHEP, rule 15) that makes every connection from its own
+    /// offer: the server never offers it a subscribe connection, until it joins again
+    /// ([`MediaCommand::Rejoin`]) or leaves.
+    OwnOffers { room: Ident, user: Ident },
+    /// WHEP: `user` (a member) watches through a connection made from its receive-only `offer`;
+    /// answered with [`MediaEvent::PublishAnswer`].
+    Watch {
+        room: Ident,
+        user: Ident,
+        offer: String,
+        reply: ReplyTo,
+    },
 }
 
 impl MediaCommand {
@@ -133,7 +143,8 @@ impl MediaCommand {
             | MediaCommand::Resubscribe { room, .. }
             | MediaCommand::Candidate { room, .. }
             | MediaCommand::SetSubscription { room, .. }
-            | MediaCommand::SendOnly { room, .. } => room,
+            | MediaCommand::OwnOffers { room, .. }
+            | MediaCommand::Watch { room, .. } => room,
         }
     }
 }
@@ -141,7 +152,7 @@ impl MediaCommand {
 /// What the media plane tells signaling.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
-    /// The answer SDP to a [`MediaCommand::Publish`].
+    /// The answer SDP to a [`MediaCommand::Publish`] or a [`MediaCommand::Watch`].
     PublishAnswer {
         reply: ReplyTo,
         result: Result<String, SfuError>,
@@ -190,6 +201,11 @@ pub enum MediaEvent {
         publisher: Ident,
         video: miclink_protocol::VideoQuality,
         reason: miclink_protocol::SubscriptionReason,
+    },
+    /// A WHEP viewer's connection ended (failed or closed): it cannot come back on it.
+    WatchEnded {
+        room: Ident,
+        user: Ident,
     },
     LoopFailed {
         index: usize,

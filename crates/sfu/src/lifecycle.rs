@@ -182,6 +182,9 @@ impl MediaCore {
                 self.ensure_subscribe(now, &room, &member);
                 continue;
             };
+            if self.peers.get(&sid).is_some_and(|p| p.whep.is_some()) {
+                continue;
+            }
             // A republish with another codec needs a new sender; the same codec keeps the one
             // the subscriber has, and its stream continues from the new source's keyframe.
             let stale = self
@@ -197,6 +200,7 @@ impl MediaCore {
             }
             self.settle_extensions(sid);
         }
+        self.rewire_watchers(now, &room);
         self.allocate_publisher(now, &room, &user);
     }
 
@@ -239,7 +243,7 @@ impl MediaCore {
         };
         if r.subscribe.contains_key(member)
             || !r.members.contains(member)
-            || r.send_only.contains(member)
+            || r.own_offers.contains(member)
         {
             return;
         }
@@ -291,20 +295,47 @@ impl MediaCore {
         kind: RtpCodecKind,
         codec: &RTCRtpCodec,
     ) -> bool {
-        let Some(sub) = self.peers.get_mut(&sid) else {
-            return false;
-        };
         let key = (publisher.clone(), kind);
-        if sub.outs.contains_key(&key) {
+        if self
+            .peers
+            .get(&sid)
+            .is_none_or(|s| s.outs.contains_key(&key))
+        {
             return false;
         }
+        // The msid stream id is the publisher's user id (contract rule 7).
+        let Some(out) = self.new_out_track(sid, publisher.as_str(), kind, codec) else {
+            return false;
+        };
+        if let Some(sub) = self.peers.get_mut(&sid) {
+            // Offer every forwarded codec of the kind, not only this track's (see
+            // `register_forwarded_codecs`). A connection answering the client's offer (WHEP)
+            // keeps the codecs that offer listed instead.
+            if let Some(mut t) = sub.pc.rtp_transceiver(out.sender.into()) {
+                let _ = t.set_codec_preferences(Vec::new());
+            }
+            sub.outs.insert(key, out);
+        }
+        true
+    }
+
+    /// A new sender of `kind` on subscribe connection `sid`, in msid stream `stream`, not yet
+    /// fed by anyone.
+    pub(crate) fn new_out_track(
+        &mut self,
+        sid: PeerId,
+        stream: &str,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+    ) -> Option<OutTrack> {
+        let sub = self.peers.get_mut(&sid)?;
         let ssrc: u32 = rand::rng().random();
-        // The msid stream id is the publisher's user id (contract rule 7). Track ids are never
-        // reused on a connection: a replaced sender's id may still be in its transceiver.
+        // Track ids are never reused on a connection: a replaced sender's id may still be in
+        // its transceiver.
         let track = MediaStreamTrack::new(
-            publisher.to_string(),
-            format!("{publisher}-{kind}-{ssrc:08x}"),
-            format!("{publisher} {kind}"),
+            stream.to_owned(),
+            format!("{stream}-{kind}-{ssrc:08x}"),
+            format!("{stream} {kind}"),
             kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -317,19 +348,12 @@ impl MediaCore {
         );
         match sub.pc.add_track(track) {
             Ok(sender) => {
-                // Offer every forwarded codec of the kind, not only this track's (see
-                // `register_forwarded_codecs`).
-                if let Some(mut t) = sub.pc.rtp_transceiver(sender.into()) {
-                    let _ = t.set_codec_preferences(Vec::new());
-                }
                 let first_seq = rand::rng().random();
-                sub.outs
-                    .insert(key, OutTrack::new(sender, ssrc, kind, codec, first_seq));
-                true
+                Some(OutTrack::new(sender, ssrc, kind, codec, first_seq))
             }
             Err(e) => {
                 warn!(parent: &sub.span, error = %e, "could not add a track");
-                false
+                None
             }
         }
     }
@@ -365,6 +389,10 @@ impl MediaCore {
         let Some(sub) = self.peers.get_mut(&sid) else {
             return;
         };
+        // A WHEP connection was answered once; its slots change hands instead.
+        if sub.whep.is_some() {
+            return;
+        }
         if sub.offer_pending() {
             sub.renegotiate = true;
             return;
@@ -438,6 +466,13 @@ impl MediaCore {
             };
             if map.get(&peer.user) == Some(&id) {
                 map.remove(&peer.user);
+                if peer.whep.is_some() {
+                    self.outputs
+                        .push_back(Output::Event(MediaEvent::WatchEnded {
+                            room: peer.room.clone(),
+                            user: peer.user.clone(),
+                        }));
+                }
                 // The member's publish connection is gone, not replaced by a newer one.
                 if peer.kind == PcKind::Publish {
                     self.outputs.push_back(Output::Event(MediaEvent::Published {

@@ -66,6 +66,8 @@ pub(crate) struct Peer {
     /// Publish connections: the simulcast layers its offer announced by name (rids `q`, `h`,
     /// `f`), seen or not yet; empty without simulcast or with other rids.
     pub(crate) simulcast: Vec<miclink_protocol::VideoQuality>,
+    /// Subscribe connections of WHEP viewers: their slots (answered once, never offered to).
+    pub(crate) whep: Option<Vec<crate::whep::Slot>>,
     /// Publish connections: tracks by track id.
     pub(crate) tracks: HashMap<String, InTrack>,
     /// Subscribe connections: (publisher, kind) -> sender.
@@ -247,6 +249,7 @@ impl PeerFactory {
             early: (kind == PcKind::Subscribe).then(Vec::new),
             remote_candidates: 0,
             simulcast: Vec::new(),
+            whep: None,
             twcc: crate::twcc::Twcc::new(),
             bwe: (kind == PcKind::Subscribe).then(bwe::Estimator::new),
             wants_more: 0,

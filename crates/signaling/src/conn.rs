@@ -47,7 +47,7 @@ where
             .send(HubMsg::Connect {
                 conn,
                 tx,
-                whip: false,
+                http: false,
             })
             .await
             .is_err()

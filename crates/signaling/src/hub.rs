@@ -30,8 +30,8 @@ const LIST_AUDIENCE_MAX: u32 = 200;
 struct Conn {
     tx: mpsc::Sender<Outbound>,
     session: Option<SessionId>,
-    /// A WHIP resource ([`HubMsg::Connect`]).
-    whip: bool,
+    /// A WHIP or WHEP resource ([`HubMsg::Connect`]).
+    http: bool,
     /// A WHIP resource whose publish connection was answered: its end is this one's end.
     publishing: bool,
 }
@@ -111,7 +111,7 @@ impl Hub {
 
     fn on_msg(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Connect { conn, tx, whip } => {
+            HubMsg::Connect { conn, tx, http } => {
                 if self.shutdown.is_some() {
                     let _ = tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "server shutdown"));
                     return;
@@ -121,12 +121,25 @@ impl Hub {
                     Conn {
                         tx,
                         session: None,
-                        whip,
+                        http,
                         publishing: false,
                     },
                 );
             }
             HubMsg::Request { conn, id, request } => self.on_request(conn, id, request),
+            HubMsg::Watch { conn, id, sdp } => {
+                let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
+                    return self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first");
+                };
+                let s = &self.sessions[&sid];
+                let command = MediaCommand::Watch {
+                    room: s.room.clone(),
+                    user: s.user.clone(),
+                    offer: sdp,
+                    reply: ReplyTo { conn, id },
+                };
+                self.ask_media(conn, id, command);
+            }
             HubMsg::Closed { conn } => {
                 self.drop_conn(conn);
                 if self.conns.is_empty() && self.shutdown.is_some() {
@@ -220,9 +233,9 @@ impl Hub {
         self.rooms.entry(room.clone()).or_default().insert(sid);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(sid);
-            if c.whip {
-                // A WHIP client cannot take the subscribe offers every member gets.
-                self.to_media(MediaCommand::SendOnly { room, user });
+            if c.http {
+                // An HTTP client cannot take the subscribe offers every member gets.
+                self.to_media(MediaCommand::OwnOffers { room, user });
             }
         }
         info!("joined");
@@ -479,7 +492,7 @@ impl Hub {
                 if result.is_ok()
                     && let Some(c) = self.conns.get_mut(&to.conn)
                 {
-                    c.publishing = c.whip;
+                    c.publishing = c.http;
                 }
                 let reply = match result {
                     Ok(sdp) => Reply::ok(to.id, miclink_protocol::PublishResult { sdp }),
@@ -566,6 +579,17 @@ impl Hub {
                     reason,
                 };
                 self.send_member(room, user, &event);
+            }
+            MediaEvent::WatchEnded { room, user } => {
+                // A WHEP viewer cannot come back on a connection that ended: it leaves.
+                let conn = self
+                    .by_member
+                    .get(&(room.clone(), user.clone()))
+                    .and_then(|sid| self.sessions.get(sid)?.conn)
+                    .filter(|conn| self.conns.get(conn).is_some_and(|c| c.http));
+                if conn.is_some() {
+                    let _ = self.seats.handle(now(), &room, &user, Action::Leave);
+                }
             }
             MediaEvent::LoopFailed { index } => {
                 // The server exits for its supervisor to restart it; until then media requests

@@ -1,13 +1,16 @@
-//! WHIP ingest (RFC 9725, contract rule 15): `POST /whip/{room}` with an SDP offer makes the
-//! sender the room's anchor and the room live; `DELETE` on the resource it names ends the live.
+//! WHIP ingest and WHEP playback (RFC 9725, contract rule 15): `POST /whip/{room}` with an SDP
+//! offer makes the sender the room's anchor and the room live; `POST /whep/{room}` with a
+//! receive-only offer makes the sender a viewer. `DELETE` on the resource a POST names ends the
+//! live (WHIP) or leaves (WHEP).
 //!
-//! A WHIP resource is a session like a socket's, driven from HTTP: the handler introduces
-//! itself to the hub as a connection, joins as the anchor and publishes with the same requests
-//! a WebSocket client sends, so admission, seats, tokens and media are exactly those of the
-//! protocol. What the hub sends the resource (room events) is read and dropped by a small task
-//! until the session ends. The member only sends (the hub tells the media plane so) and its
-//! publish connection ending counts as its connection lost (rule 8's grace applies: an encoder
-//! that reconnects posts again as the same user and takes its place back).
+//! A resource is a session like a socket's, driven from HTTP: the handler introduces itself to
+//! the hub as a connection and joins with the same request a WebSocket client sends, so
+//! admission, seats, tokens and counts are exactly those of the protocol; then it publishes
+//! (WHIP) or watches (WHEP). What the hub sends the resource (room events) is read and dropped by
+//! a small task until the session ends. The member makes its own offers (the hub tells the media
+//! plane so). A WHIP anchor's publish connection ending counts as its connection lost (rule 8's
+//! grace applies: an encoder that reconnects posts again as the same user and takes its place
+//! back); a WHEP viewer's ending is its leave.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,16 +41,47 @@ pub(crate) const MAX_SDP: usize = miclink_protocol::MAX_FRAME_BYTES;
 /// How long a step (join, publish) may wait for the hub and the media plane.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The user a WHIP anchor is when the server checks no tokens (and none names one): posting
-/// again to the same room is then the same anchor coming back, as with a token.
+/// The user a WHIP anchor is when the server checks no tokens: posting again to the same room
+/// is then the same anchor coming back, as with a token.
 const OPEN_USER: &str = "whip";
 
-/// The live WHIP resources: resource id -> its session's connection.
+/// Which of the two endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Whip,
+    Whep,
+}
+
+impl Kind {
+    fn role(self) -> Role {
+        match self {
+            Kind::Whip => Role::Anchor,
+            Kind::Whep => Role::Audience,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Whip => "whip",
+            Kind::Whep => "whep",
+        }
+    }
+
+    fn pc(self) -> PeerConnectionKind {
+        match self {
+            Kind::Whip => PeerConnectionKind::Publish,
+            Kind::Whep => PeerConnectionKind::Subscribe,
+        }
+    }
+}
+
+/// The live WHIP and WHEP resources: resource id -> its session's connection.
 #[derive(Default)]
 pub(crate) struct Resources(Mutex<HashMap<String, Resource>>);
 
 #[derive(Clone)]
 struct Resource {
+    kind: Kind,
     room: Ident,
     user: Ident,
     conn: ConnId,
@@ -80,12 +114,22 @@ impl Resources {
 }
 
 pub(crate) fn routes() -> Router<Signaling> {
-    Router::new()
-        .route("/whip/{room}", post(create).options(preflight))
-        .route(
-            "/whip/{room}/{resource}",
-            axum::routing::delete(end).patch(patch).options(preflight),
-        )
+    let mut router = Router::new();
+    for kind in [Kind::Whip, Kind::Whep] {
+        let p = kind.path();
+        router = router
+            .route(
+                &format!("/{p}/{{room}}"),
+                post(move |s, r, h, b| create(kind, s, r, h, b)).options(preflight),
+            )
+            .route(
+                &format!("/{p}/{{room}}/{{resource}}"),
+                axum::routing::delete(move |s, r, h| end(kind, s, r, h))
+                    .patch(move |s, r, h, b| patch(kind, s, r, h, b))
+                    .options(preflight),
+            );
+    }
+    router
 }
 
 /// An HTTP answer with the CORS headers every WHIP answer carries (browser players and
@@ -212,7 +256,7 @@ impl Session {
             .send(HubMsg::Connect {
                 conn,
                 tx,
-                whip: true,
+                http: true,
             })
             .await
             .ok()?;
@@ -225,15 +269,17 @@ impl Session {
 
     /// Send `request` as request `id` and wait for its reply.
     async fn call(&mut self, id: u64, request: Request) -> Result<Reply, Response> {
+        let conn = self.conn;
+        self.send(id, HubMsg::Request { conn, id, request }).await
+    }
+
+    /// Send `msg`, whose reply is numbered `id`, and wait for that reply.
+    async fn send(&mut self, id: u64, msg: HubMsg) -> Result<Reply, Response> {
         let unavailable = || answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
         self.sig
             .inner
             .hub
-            .send(HubMsg::Request {
-                conn: self.conn,
-                id,
-                request,
-            })
+            .send(msg)
             .await
             .map_err(|_| unavailable())?;
         let wait = async {
@@ -292,8 +338,9 @@ fn refused(reply: &Reply) -> Option<Response> {
     })
 }
 
-/// `POST /whip/{room}`.
+/// `POST /whip/{room}`, `POST /whep/{room}`.
 async fn create(
+    kind: Kind,
     State(sig): State<Signaling>,
     Path(room): Path<String>,
     headers: HeaderMap,
@@ -324,12 +371,16 @@ async fn create(
         );
     }
     let token = bearer(&headers);
-    let user = match &sig.inner.auth {
-        Some(auth) => match auth.subject(token, &room, Role::Anchor) {
+    let user = match (&sig.inner.auth, kind) {
+        (Some(auth), _) => match auth.subject(token, &room, kind.role()) {
             Ok(user) => user,
             Err(why) => return unauthorized(why),
         },
-        None => Ident::new(OPEN_USER).expect("a valid id"),
+        (None, Kind::Whip) => Ident::new(OPEN_USER).expect("a valid id"),
+        // Every player is a viewer of its own.
+        (None, Kind::Whep) => {
+            Ident::new(&format!("whep-{}", &crate::session::new_token()[..12])).expect("a valid id")
+        }
     };
     let Some(mut s) = Session::open(&sig).await else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
@@ -340,8 +391,12 @@ async fn create(
             Request::Join {
                 room: room.clone(),
                 user: user.clone(),
-                role: Role::Anchor,
-                name: Name::new("WHIP").ok(),
+                role: kind.role(),
+                name: Name::new(match kind {
+                    Kind::Whip => "WHIP",
+                    Kind::Whep => "WHEP viewer",
+                })
+                .ok(),
                 token: token.map(str::to_owned),
             },
         )
@@ -362,15 +417,13 @@ async fn create(
         .and_then(|v| serde_json::from_value::<JoinResult>(v).ok())
         .map(|j| j.ice_servers)
         .unwrap_or_default();
-    let published = match s
-        .call(
-            2,
-            Request::Publish {
-                sdp: offer.to_owned(),
-            },
-        )
-        .await
-    {
+    let sdp = offer.to_owned();
+    let conn = s.conn;
+    let media = match kind {
+        Kind::Whip => s.call(2, Request::Publish { sdp }).await,
+        Kind::Whep => s.send(2, HubMsg::Watch { conn, id: 2, sdp }).await,
+    };
+    let published = match media {
         Ok(r) => r,
         Err(resp) => {
             s.close().await;
@@ -392,13 +445,14 @@ async fn create(
     let id = crate::session::new_token();
     let etag = format!("\"{}\"", &id[..16]);
     let resource = Resource {
+        kind,
         room: room.clone(),
         user: user.clone(),
         conn: s.conn,
         etag: etag.clone(),
     };
     sig.inner.whip.insert(id.clone(), resource);
-    info!(%room, %user, "WHIP anchor live");
+    info!(%room, %user, ?kind, "HTTP media session");
     // The session's events are read until it ends (left, replaced, room ended, media lost).
     let (sig2, id2, conn) = (sig.clone(), id.clone(), s.conn);
     let mut rx = s.rx;
@@ -417,7 +471,7 @@ async fn create(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("/whip/{room}/{id}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/{}/{room}/{id}", kind.path())) {
         h.insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -435,6 +489,7 @@ async fn create(
 // The refusal is the handler's whole answer, returned at once: boxing it would buy nothing.
 #[allow(clippy::result_large_err)]
 fn resource(
+    kind: Kind,
     sig: &Signaling,
     headers: &HeaderMap,
     room: &str,
@@ -444,10 +499,10 @@ fn resource(
         .inner
         .whip
         .get(id)
-        .filter(|r| r.room.as_str() == room)
-        .ok_or_else(|| answer(StatusCode::NOT_FOUND, "no such WHIP session\n"))?;
+        .filter(|r| r.room.as_str() == room && r.kind == kind)
+        .ok_or_else(|| answer(StatusCode::NOT_FOUND, "no such session\n"))?;
     match &sig.inner.auth {
-        Some(auth) => match auth.subject(bearer(headers), &r.room, Role::Anchor) {
+        Some(auth) => match auth.subject(bearer(headers), &r.room, kind.role()) {
             Ok(user) if user == r.user => Ok(r),
             Ok(_) => Err(unauthorized(AuthError::OtherUser)),
             Err(why) => Err(unauthorized(why)),
@@ -456,19 +511,21 @@ fn resource(
     }
 }
 
-/// `DELETE /whip/{room}/{resource}`: the anchor leaves and the live ends (`room_ended`).
+/// `DELETE` on a resource: a WHIP anchor leaves and the live ends (`room_ended`); a WHEP viewer
+/// leaves.
 async fn end(
+    kind: Kind,
     State(sig): State<Signaling>,
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let r = match resource(&sig, &headers, &room, &id) {
+    let r = match resource(kind, &sig, &headers, &room, &id) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     sig.inner.whip.remove(&id, r.conn);
     leave(&sig, r.conn).await;
-    info!(room = %r.room, user = %r.user, "WHIP anchor ended the live");
+    info!(room = %r.room, user = %r.user, ?kind, "HTTP media session deleted");
     answer(StatusCode::OK, "")
 }
 
@@ -476,12 +533,13 @@ async fn end(
 /// are taken (the server is ICE-lite and learns the client's addresses from its checks, so
 /// they are hints); an ICE restart is not supported (422, RFC 9725 section 4.3.2).
 async fn patch(
+    kind: Kind,
     State(sig): State<Signaling>,
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match resource(&sig, &headers, &room, &id) {
+    let r = match resource(kind, &sig, &headers, &room, &id) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -523,7 +581,7 @@ async fn patch(
             }
             sent += 1;
             let request = Request::Ice {
-                pc: PeerConnectionKind::Publish,
+                pc: kind.pc(),
                 candidate: IceCandidate {
                     candidate: format!("candidate:{c}"),
                     sdp_mid: mid.clone(),

@@ -13,9 +13,15 @@ pub(crate) enum HubMsg {
     Connect {
         conn: ConnId,
         tx: mpsc::Sender<Outbound>,
-        /// A WHIP resource rather than a socket: its member only sends, and the end of its
-        /// publish connection is the end of its connection.
-        whip: bool,
+        /// A WHIP or WHEP resource rather than a socket: its member makes its own offers,
+        /// and the end of its media connection is the end of its connection.
+        http: bool,
+    },
+    /// WHEP: the connection's member watches through a connection made from `sdp`.
+    Watch {
+        conn: ConnId,
+        id: u64,
+        sdp: String,
     },
     Request {
         conn: ConnId,
