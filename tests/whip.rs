@@ -58,8 +58,12 @@ fn av(codec: VideoCodec) -> Vec<StreamSpec> {
 }
 
 fn got_media(r: &Received, keyframe: fn(&[u8]) -> bool) -> bool {
-    let audio = r.get(&("whip".to_owned(), Kind::Audio));
-    let video = r.get(&("whip".to_owned(), Kind::Video));
+    got_media_of(r, "whip", keyframe)
+}
+
+fn got_media_of(r: &Received, who: &str, keyframe: fn(&[u8]) -> bool) -> bool {
+    let audio = r.get(&(who.to_owned(), Kind::Audio));
+    let video = r.get(&(who.to_owned(), Kind::Video));
     audio.is_some_and(|a| a.seqs.len() > 20)
         && video
             .is_some_and(|v| v.seqs.len() > 20 && v.first_payload.as_deref().is_some_and(keyframe))
@@ -408,4 +412,80 @@ async fn a_whep_player_needs_a_live_room_and_a_receiving_offer() {
     greedy.peer.close().await;
     viewer.close().await;
     anchor.close().await;
+}
+
+/// The anchor keeps the controls in the demo (a socket) and goes live from an encoder: the
+/// encoder's offer, with a bearer naming the anchor, is attached to the anchor's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_publishes_for_an_anchor_on_a_socket_who_seats_a_co_host_a_whep_player_sees() {
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    let enc = whip(
+        &s,
+        "r",
+        "Authorization: Bearer anchor\r\n",
+        &av(VideoCodec::Vp8),
+    )
+    .await;
+    assert_eq!(enc.reply.status, 201, "{:?}", enc.reply);
+    let location = enc.reply.header("location").expect("location").to_owned();
+    // Viewers see the encoder's media as the anchor's.
+    let viewer = Member::join(&s.url, "r", "viewer", Role::Audience).await;
+    viewer
+        .wait_received("the encoder's media as the anchor's", |r| {
+            got_media_of(r, "anchor", is_vp8_keyframe)
+        })
+        .await;
+    // The anchor seats a co-host from the socket, and sees them there.
+    let mut guest = Member::join(&s.url, "r", "guest", Role::Audience).await;
+    guest.link_via(&mut anchor, true).await;
+    guest.publish(false).await;
+    anchor
+        .wait_received("the co-host on the anchor's socket", |r| {
+            got_media_of(r, "guest", is_vp8_keyframe)
+        })
+        .await;
+    // A WHEP player sees both, in seat order.
+    let player = whep(&s, "r", "", 2).await;
+    assert_eq!(player.reply.status, 201, "{:?}", player.reply);
+    player.wait_slot(0, (0, 0), 20).await;
+    player.wait_slot(1, (0, 0), 20).await;
+    assert_eq!(
+        player.shown(0),
+        vec!["whip".to_owned()],
+        "the encoder's packets"
+    );
+    assert_eq!(player.shown(1), vec!["guest".to_owned()]);
+
+    // A second encoder for the same anchor takes over; the first one's resource is gone.
+    let again = whip(
+        &s,
+        "r",
+        "Authorization: Bearer anchor\r\n",
+        &av(VideoCodec::Vp8),
+    )
+    .await;
+    assert_eq!(again.reply.status, 201, "{:?}", again.reply);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let frag = "Content-Type: application/trickle-ice-sdpfrag\r\n";
+    while s.http("PATCH", &location, frag, "").await.status != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replaced encoder's resource stays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The encoder's DELETE ends the live for everyone.
+    let location = again.reply.header("location").expect("location").to_owned();
+    assert_eq!(s.http("DELETE", &location, "", "").await.status, 200);
+    loop {
+        if let Event::RoomEnded { reason } = guest.wait_event("room_ended").await {
+            assert_eq!(reason, EndReason::AnchorLeft);
+            break;
+        }
+    }
+    player.peer.close().await;
+    for m in [viewer, guest, anchor] {
+        m.close().await;
+    }
 }

@@ -446,12 +446,12 @@ test('seat control: the anchor mutes a co-host and every page shows it; whoever 
 const whipClient = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'node_modules/whip-whep/whip.js');
 const encoderPage = `<!doctype html><title>WHIP encoder</title><script type="module">
 import { WHIPClient } from '/whip-whep/whip.js';
-window.goLive = async (room) => {
+window.goLive = async (room, token) => {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
   window.whip = new WHIPClient();
-  await window.whip.publish(pc, new URL('/whip/' + room, location.href).href);
+  await window.whip.publish(pc, new URL('/whip/' + room, location.href).href, token);
   return window.whip.resourceURL.pathname;
 };
 window.endLive = () => window.whip.stop();
@@ -522,6 +522,56 @@ test('WHIP and WHEP: an npm WHIP client goes live as the anchor, a demo viewer a
   await expect(viewer.page.locator('#ended')).toBeVisible();
   await viewer.context.close();
   await context.close();
+});
+
+test('an anchor with an encoder: the page keeps the controls, an npm WHIP client publishes for it, a co-host is seated, a WHEP page shows both', async ({ browser }) => {
+  const room = newRoom();
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto('/');
+  await page.getByLabel('Room').fill(room);
+  await page.getByLabel('Your name').fill('Anchor Ann');
+  await page.getByLabel('Anchor with an encoder').check();
+  await page.getByRole('button', { name: 'Join' }).click();
+  await expect(page.locator('#encoder-info')).toBeVisible();
+  const anchor = { page, context, name: 'Anchor Ann', user: (await page.evaluate(() => window.miclink.state().me)).user };
+  const token = await page.locator('#whip-token').textContent();
+  expect(token).toBe(anchor.user);
+  expect(await page.locator('#whip-url').textContent()).toContain(`/whip/${room}`);
+
+  // The encoder publishes for the anchor: its bearer names the anchor's user.
+  const encoderContext = await browser.newContext();
+  await encoderContext.route('**/whip-encoder.html', (r) => r.fulfill({ contentType: 'text/html', body: encoderPage }));
+  await encoderContext.route('**/whip-whep/whip.js', (r) => r.fulfill({ contentType: 'text/javascript', path: whipClient }));
+  const encoder = await encoderContext.newPage();
+  await encoder.goto('/whip-encoder.html');
+  await encoder.waitForFunction(() => typeof window.goLive === 'function');
+  await encoder.evaluate(([room, token]) => window.goLive(room, token), [room, token]);
+
+  // A co-host applies and the anchor's page seats them; each sees the other.
+  const guest = await join(browser, { room, name: 'Guest One', role: 'audience' });
+  await guest.page.getByRole('button', { name: 'Request to link' }).click();
+  await anchor.page.locator('#applications li', { hasText: 'Guest One' }).getByRole('button', { name: 'Accept' }).click();
+  await expectMediaFlowing(guest, [{ user: anchor.user, video: true }]);
+  await expectMediaFlowing(anchor, [{ user: guest.user, video: true }]);
+
+  // The demo's WHEP page with two places decodes both.
+  const player = await (await browser.newContext()).newPage();
+  await player.goto(`/whep.html?room=${room}`);
+  await player.getByLabel('Places').fill('2');
+  await player.getByRole('button', { name: 'Play' }).click();
+  await expect(player.locator('#status')).toHaveText('Playing');
+  const playing = () =>
+    player.evaluate(async () => {
+      const frames = [];
+      (await window.whepPlayer.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 10) frames.push(s.framesDecoded); });
+      return frames.length;
+    });
+  await expect.poll(playing, { message: 'places the WHEP page decodes', timeout: 20_000 }).toBe(2);
+
+  await encoder.evaluate(() => window.endLive());
+  await expect(guest.page.locator('#ended')).toBeVisible();
+  for (const c of [context, encoderContext, guest.context, player.context()]) await c.close();
 });
 
 test('simulcast: the big tile decodes the top layer, the small grid tiles the lowest', async ({ browser }) => {

@@ -83,10 +83,15 @@ const JOIN_ERRORS = {
 async function join() {
   showLobbyError('');
   $('join').disabled = true;
-  const role = new FormData($('join-form')).get('role');
+  const picked = new FormData($('join-form')).get('role');
+  // An anchor whose media comes from an encoder (OBS, WHIP): the page keeps the controls and
+  // publishes nothing itself.
+  const encoder = picked === 'encoder';
+  const role = encoder ? 'anchor' : picked;
   const fields = { room: $('room').value.trim(), user: userId(), role, name: $('name').value.trim() };
   const state = {
     role,
+    encoder,
     me: null,
     users: [],
     audienceCount: 0,
@@ -133,11 +138,11 @@ async function join() {
     relayOnly: params.get('relay') === '1',
     // A publish connection that broke is published again while the seat holds.
     onPublishBroken: (video) => {
-      if (S === state && !state.ended && (state.role === 'anchor' || mySeat())) startPublishing(video);
+      if (S === state && !state.ended && !state.encoder && (state.role === 'anchor' || mySeat())) startPublishing(video);
     },
   });
   S = state;
-  savePlace({ room: fields.room, role, name: fields.name });
+  savePlace({ room: fields.room, role: picked, name: fields.name });
   applyRoom(result);
   $('lobby').hidden = true;
   $('stage').hidden = false;
@@ -146,8 +151,17 @@ async function join() {
   onConnState('open');
   render();
   // The anchor goes live; a member who joined again while seated (a reload) publishes again.
-  if (role === 'anchor') startPublishing(true);
+  if (encoder) showEncoder(fields.room, fields.user);
+  else if (role === 'anchor') startPublishing(true);
   else syncPublishing();
+}
+
+// Where the anchor's encoder publishes: the server attaches it to this page's session when its
+// bearer names this user (or carries this user's token on a server that checks them).
+function showEncoder(room, user) {
+  $('whip-url').textContent = new URL(`/whip/${encodeURIComponent(room)}`, location.href).href;
+  $('whip-token').textContent = user;
+  $('encoder-info').hidden = false;
 }
 
 function applyRoom(result) {

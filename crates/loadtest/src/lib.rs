@@ -6,7 +6,7 @@
 //! - [`peer`]: WebRTC peer connections on the async `webrtc` crate, simulated audio and video;
 //! - [`marker`] and [`recv`]: what every packet carries and how receivers account for it;
 //! - [`shaper`]: a narrow, lossy downlink for one member (a proxy on loopback);
-//! - [`run`], [`idle`], [`speakers`]: the load tool's scenarios; `janus` the peer SFU they also target.
+//! - [`run`], [`idle`], [`speakers`], [`whip`]: the load tool's scenarios; `janus` the peer SFU they also target.
 
 pub mod client;
 pub mod idle;
@@ -18,3 +18,4 @@ pub mod run;
 pub mod shaper;
 pub mod speakers;
 pub mod util;
+pub mod whip;

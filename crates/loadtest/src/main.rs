@@ -98,6 +98,9 @@ enum Scenario {
     /// A scripted conversation in one room: how soon and how reliably `active_speakers` names
     /// whoever talks (delay from a talker starting, talkers never named, false switches).
     Speakers(miclink_loadtest::speakers::Options),
+    /// WHIP: from an encoder's POST to the first video packet at a viewer already watching
+    /// (each run a room whose anchor is on a socket; the server must check no tokens).
+    Whip(miclink_loadtest::whip::Options),
     /// N idle viewers in one room: server memory and CPU per connected member.
     Idle {
         /// The server's WebSocket URL (loopback only).
@@ -140,6 +143,9 @@ fn main() -> anyhow::Result<()> {
         Scenario::Rooms { common, rooms } => ("rooms", common, many_rooms(rooms)),
         Scenario::Speakers(options) => {
             return rt.block_on(miclink_loadtest::speakers::speakers(options));
+        }
+        Scenario::Whip(options) => {
+            return rt.block_on(miclink_loadtest::whip::whip(options));
         }
         Scenario::Idle {
             url,

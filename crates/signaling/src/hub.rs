@@ -50,6 +50,8 @@ pub(crate) struct Hub {
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     /// The media plane, when configured.
     media: Option<Sfu>,
+    /// Encoders publishing for an anchor on a socket ([`HubMsg::Attach`]): at most one each.
+    attached: HashMap<(Ident, Ident), ConnId>,
 }
 
 fn now() -> std::time::Instant {
@@ -75,6 +77,7 @@ impl Hub {
             next_session: 1,
             shutdown: None,
             media,
+            attached: HashMap::new(),
         };
         (hub, media_events)
     }
@@ -127,6 +130,19 @@ impl Hub {
                 );
             }
             HubMsg::Request { conn, id, request } => self.on_request(conn, id, request),
+            HubMsg::Attach {
+                conn,
+                id,
+                room,
+                user,
+                sdp,
+            } => self.attach(conn, id, room, user, sdp),
+            HubMsg::EndLive { conn, room, user } => {
+                if self.attached.get(&(room.clone(), user.clone())) == Some(&conn) {
+                    info!(%room, %user, "the encoder ended the live");
+                    let _ = self.seats.handle(now(), &room, &user, Action::Leave);
+                }
+            }
             HubMsg::Watch { conn, id, sdp } => {
                 let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
                     return self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first");
@@ -240,6 +256,51 @@ impl Hub {
         }
         info!("joined");
         self.reply_joined(conn, id, joined, token);
+    }
+
+    /// An encoder (WHIP, on `conn`) publishes for `user`, the anchor of `room` in the room on a
+    /// socket, which keeps the controls. An encoder attached before is let go: its publish
+    /// connection is replaced.
+    fn attach(&mut self, conn: ConnId, id: u64, room: Ident, user: Ident, sdp: String) {
+        let on_socket = self
+            .by_member
+            .get(&(room.clone(), user.clone()))
+            .and_then(|sid| self.sessions.get(sid)?.conn)
+            .is_some_and(|c| self.conns.get(&c).is_some_and(|c| !c.http));
+        if !on_socket {
+            return self.reply_err(
+                conn,
+                id,
+                ErrorCode::NotInRoom,
+                "not in the room on a socket",
+            );
+        }
+        let anchor = self
+            .seats
+            .linked(&room)
+            .iter()
+            .any(|u| u.user == user && u.seat == Some(0));
+        if !anchor {
+            return self.reply_err(conn, id, ErrorCode::NotAllowed, "only the anchor goes live");
+        }
+        if let Some(old) = self.attached.insert((room.clone(), user.clone()), conn)
+            && old != conn
+            && let Some(c) = self.conns.remove(&old)
+        {
+            let _ =
+                c.tx.try_send(Outbound::Close(CLOSE_REPLACED, "another encoder"));
+        }
+        info!(%room, %user, "an encoder publishes for the anchor");
+        self.ask_media(
+            conn,
+            id,
+            MediaCommand::Publish {
+                room,
+                user,
+                offer: sdp,
+                reply: ReplyTo { conn, id },
+            },
+        );
     }
 
     fn resume(&mut self, conn: ConnId, id: u64, token: &str) {
@@ -712,6 +773,13 @@ impl Hub {
         };
         self.by_token.remove(&s.token);
         let key = (s.room.clone(), s.user.clone());
+        // An encoder publishing for them goes with them.
+        if let Some(enc) = self.attached.remove(&key)
+            && let Some(c) = self.conns.remove(&enc)
+        {
+            let _ =
+                c.tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "the anchor left"));
+        }
         if self.by_member.get(&key) == Some(&sid) {
             self.by_member.remove(&key);
         }

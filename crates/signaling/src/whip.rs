@@ -24,8 +24,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use miclink_protocol::{
-    ErrorCode, IceCandidate, IceServer, Ident, JoinResult, Name, PeerConnectionKind, PublishResult,
-    Reply, Request, Role,
+    ErrorCode, IceCandidate, IceServer, Ident, Name, PeerConnectionKind, PublishResult, Reply,
+    Request, Role,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -41,8 +41,8 @@ pub(crate) const MAX_SDP: usize = miclink_protocol::MAX_FRAME_BYTES;
 /// How long a step (join, publish) may wait for the hub and the media plane.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The user a WHIP anchor is when the server checks no tokens: posting again to the same room
-/// is then the same anchor coming back, as with a token.
+/// The user a WHIP anchor is when the server checks no tokens and its bearer names none:
+/// posting again to the same room is then the same anchor coming back, as with a token.
 const OPEN_USER: &str = "whip";
 
 /// Which of the two endpoints.
@@ -82,6 +82,8 @@ pub(crate) struct Resources(Mutex<HashMap<String, Resource>>);
 #[derive(Clone)]
 struct Resource {
     kind: Kind,
+    /// A WHIP encoder publishing for an anchor on a socket, not a session of its own.
+    attached: bool,
     room: Ident,
     user: Ident,
     conn: ConnId,
@@ -338,6 +340,72 @@ fn refused(reply: &Reply) -> Option<Response> {
     })
 }
 
+/// The answer a publish or watch reply carries, or the refusal.
+// The refusal is the handler's whole answer, returned at once: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+fn answered(reply: Reply) -> Result<String, Response> {
+    if let Some(resp) = refused(&reply) {
+        return Err(resp);
+    }
+    reply
+        .result
+        .and_then(|v| serde_json::from_value::<PublishResult>(v).ok())
+        .map(|p| p.sdp)
+        .ok_or_else(|| answer(StatusCode::INTERNAL_SERVER_ERROR, "no answer\n"))
+}
+
+/// Join (or, for WHIP, attach to the anchor's socket session) and publish or watch; the answer,
+/// and whether the encoder attached.
+async fn start(
+    kind: Kind,
+    s: &mut Session,
+    room: &Ident,
+    user: &Ident,
+    token: Option<&str>,
+    offer: &str,
+) -> Result<(String, bool), Response> {
+    let conn = s.conn;
+    let sdp = offer.to_owned();
+    if kind == Kind::Whip {
+        // An anchor in the room with the demo (the controls) and an encoder (the media).
+        let attach = HubMsg::Attach {
+            conn,
+            id: 1,
+            room: room.clone(),
+            user: user.clone(),
+            sdp: sdp.clone(),
+        };
+        let reply = s.send(1, attach).await?;
+        let not_there = reply
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == ErrorCode::NotInRoom);
+        if !not_there {
+            return answered(reply).map(|sdp| (sdp, true));
+        }
+    }
+    let join = Request::Join {
+        room: room.clone(),
+        user: user.clone(),
+        role: kind.role(),
+        name: Name::new(match kind {
+            Kind::Whip => "WHIP",
+            Kind::Whep => "WHEP viewer",
+        })
+        .ok(),
+        token: token.map(str::to_owned),
+    };
+    let joined = s.call(2, join).await?;
+    if let Some(resp) = refused(&joined) {
+        return Err(resp);
+    }
+    let media = match kind {
+        Kind::Whip => s.call(3, Request::Publish { sdp }).await?,
+        Kind::Whep => s.send(3, HubMsg::Watch { conn, id: 3, sdp }).await?,
+    };
+    answered(media).map(|sdp| (sdp, false))
+}
+
 /// `POST /whip/{room}`, `POST /whep/{room}`.
 async fn create(
     kind: Kind,
@@ -376,7 +444,11 @@ async fn create(
             Ok(user) => user,
             Err(why) => return unauthorized(why),
         },
-        (None, Kind::Whip) => Ident::new(OPEN_USER).expect("a valid id"),
+        // Without tokens, clients name themselves: a bearer value that is a user id names the
+        // anchor (so an encoder can publish for the demo's anchor), else every encoder is one.
+        (None, Kind::Whip) => token
+            .and_then(|t| Ident::new(t).ok())
+            .unwrap_or_else(|| Ident::new(OPEN_USER).expect("a valid id")),
         // Every player is a viewer of its own.
         (None, Kind::Whep) => {
             Ident::new(&format!("whep-{}", &crate::session::new_token()[..12])).expect("a valid id")
@@ -385,74 +457,31 @@ async fn create(
     let Some(mut s) = Session::open(&sig).await else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
     };
-    let joined = match s
-        .call(
-            1,
-            Request::Join {
-                room: room.clone(),
-                user: user.clone(),
-                role: kind.role(),
-                name: Name::new(match kind {
-                    Kind::Whip => "WHIP",
-                    Kind::Whep => "WHEP viewer",
-                })
-                .ok(),
-                token: token.map(str::to_owned),
-            },
-        )
-        .await
-    {
-        Ok(r) => r,
+    let (sdp, attached) = match start(kind, &mut s, &room, &user, token, offer).await {
+        Ok(started) => started,
         Err(resp) => {
             s.close().await;
             return resp;
         }
     };
-    if let Some(resp) = refused(&joined) {
-        let _ = sig.inner.hub.send(HubMsg::Closed { conn: s.conn }).await;
-        return resp;
-    }
-    let ice_servers = joined
-        .result
-        .and_then(|v| serde_json::from_value::<JoinResult>(v).ok())
-        .map(|j| j.ice_servers)
-        .unwrap_or_default();
-    let sdp = offer.to_owned();
-    let conn = s.conn;
-    let media = match kind {
-        Kind::Whip => s.call(2, Request::Publish { sdp }).await,
-        Kind::Whep => s.send(2, HubMsg::Watch { conn, id: 2, sdp }).await,
-    };
-    let published = match media {
-        Ok(r) => r,
-        Err(resp) => {
-            s.close().await;
-            return resp;
-        }
-    };
-    if let Some(resp) = refused(&published) {
-        s.close().await;
-        return resp;
-    }
-    let Some(sdp) = published
-        .result
-        .and_then(|v| serde_json::from_value::<PublishResult>(v).ok())
-        .map(|p| p.sdp)
-    else {
-        s.close().await;
-        return answer(StatusCode::INTERNAL_SERVER_ERROR, "no answer\n");
-    };
+    let ice_servers = crate::turn::ice_servers_for(
+        &sig.inner.config.ice_servers,
+        sig.inner.config.turn.as_ref(),
+        user.as_str(),
+        std::time::SystemTime::now(),
+    );
     let id = crate::session::new_token();
     let etag = format!("\"{}\"", &id[..16]);
     let resource = Resource {
         kind,
+        attached,
         room: room.clone(),
         user: user.clone(),
         conn: s.conn,
         etag: etag.clone(),
     };
     sig.inner.whip.insert(id.clone(), resource);
-    info!(%room, %user, ?kind, "HTTP media session");
+    info!(%room, %user, ?kind, attached, "HTTP media session");
     // The session's events are read until it ends (left, replaced, room ended, media lost).
     let (sig2, id2, conn) = (sig.clone(), id.clone(), s.conn);
     let mut rx = s.rx;
@@ -524,7 +553,14 @@ async fn end(
         Err(resp) => return resp,
     };
     sig.inner.whip.remove(&id, r.conn);
-    leave(&sig, r.conn).await;
+    if r.attached {
+        let hub = &sig.inner.hub;
+        let (conn, room, user) = (r.conn, r.room.clone(), r.user.clone());
+        let _ = hub.send(HubMsg::EndLive { conn, room, user }).await;
+        let _ = hub.send(HubMsg::Closed { conn }).await;
+    } else {
+        leave(&sig, r.conn).await;
+    }
     info!(room = %r.room, user = %r.user, ?kind, "HTTP media session deleted");
     answer(StatusCode::OK, "")
 }

@@ -17,6 +17,21 @@ pub(crate) enum HubMsg {
         /// and the end of its media connection is the end of its connection.
         http: bool,
     },
+    /// WHIP for an anchor already in `room` on a socket (the demo's controls): the encoder
+    /// publishes `sdp` for them; `not_in_room` when they are not (the encoder then joins).
+    Attach {
+        conn: ConnId,
+        id: u64,
+        room: miclink_protocol::Ident,
+        user: miclink_protocol::Ident,
+        sdp: String,
+    },
+    /// The anchor an encoder attached to ends the live (the encoder's `DELETE`).
+    EndLive {
+        conn: ConnId,
+        room: miclink_protocol::Ident,
+        user: miclink_protocol::Ident,
+    },
     /// WHEP: the connection's member watches through a connection made from `sdp`.
     Watch {
         conn: ConnId,
