@@ -3,9 +3,11 @@
 //! Each run is a room of its own: its anchor is in the room on a socket (publishing nothing, as
 //! the demo's "Anchor with an encoder"), one viewer watches, and then a webrtc-rs encoder posts
 //! its offer to `/whip/{room}` with a bearer naming the anchor (a server without a JWT secret).
-//! Measured from the POST: the `201` with the answer, and the first video packet at the viewer
-//! (the server forwards a new stream from a keyframe, so that is the first keyframe's first
-//! packet). The encoder's `DELETE` ends the run's room.
+//! Measured from the moment the encoder starts (its offer is made, then posted): the `201` with
+//! the answer, and the first video packet at the viewer (the server forwards a new stream from
+//! a keyframe, so that is the first keyframe's first packet). The encoder's `DELETE` ends the
+//! run's room. `--socket` measures the same encoder publishing through the anchor's socket
+//! (`publish`) instead, for comparison.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,10 @@ pub struct Options {
     /// Encoders started, one after the other.
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Publish through the anchor's WebSocket (`publish`) instead of WHIP: the same encoder
+    /// and viewer, for comparison.
+    #[arg(long)]
+    pub socket: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -36,6 +42,7 @@ pub struct Options {
 
 #[derive(Serialize)]
 struct Figures {
+    via: &'static str,
     runs: usize,
     answer_ms: Summary,
     first_video_ms: Summary,
@@ -69,7 +76,7 @@ pub async fn whip(o: Options) -> anyhow::Result<()> {
         let room = format!("whip-{}-{run}", std::process::id());
         let anchor_id = format!("anchor{run}");
         let started = Instant::now();
-        let anchor = Member::join(
+        let mut anchor = Member::join(
             &ws,
             &room,
             &anchor_id,
@@ -95,30 +102,37 @@ pub async fn whip(o: Options) -> anyhow::Result<()> {
                 ..StreamSpec::video(1_500_000, 30)
             },
         ];
-        let (publisher, offer) = Publisher::offer(&anchor_id, &streams).await?;
-        let t0 = Instant::now();
-        let res = http
-            .post(format!("{base}/whip/{room}"))
-            .header("Content-Type", "application/sdp")
-            .bearer_auth(&anchor_id)
-            .body(offer)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            res.status().as_u16() == 201,
-            "POST answered {}",
-            res.status()
-        );
-        let location = res
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow::anyhow!("no Location"))?;
-        let answer = res.text().await?;
-        answers.push(t0.elapsed().as_secs_f64() * 1e3);
         let stop = Arc::new(Notify::new());
-        publisher.start(answer, stop.clone()).await?;
+        let t0 = Instant::now();
+        let (encoder, location) = if o.socket {
+            anchor.publish(&streams, stop.clone(), None).await?;
+            answers.push(t0.elapsed().as_secs_f64() * 1e3);
+            (None, None)
+        } else {
+            let (publisher, offer) = Publisher::offer(&anchor_id, &streams).await?;
+            let res = http
+                .post(format!("{base}/whip/{room}"))
+                .header("Content-Type", "application/sdp")
+                .bearer_auth(&anchor_id)
+                .body(offer)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                res.status().as_u16() == 201,
+                "POST answered {}",
+                res.status()
+            );
+            let location = res
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no Location"))?;
+            let answer = res.text().await?;
+            answers.push(t0.elapsed().as_secs_f64() * 1e3);
+            publisher.start(answer, stop.clone()).await?;
+            (Some(publisher), Some(location))
+        };
         let key = (anchor_id.clone(), Kind::Video);
         loop {
             if recv
@@ -135,13 +149,18 @@ pub async fn whip(o: Options) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         firsts.push(t0.elapsed().as_secs_f64() * 1e3);
-        http.delete(format!("{base}{location}")).send().await?;
+        if let Some(location) = location {
+            http.delete(format!("{base}{location}")).send().await?;
+        }
         stop.notify_waiters();
-        publisher.peer.close().await;
+        if let Some(encoder) = encoder {
+            encoder.peer.close().await;
+        }
         viewer.close().await;
         anchor.close().await;
     }
     let figures = Figures {
+        via: if o.socket { "socket" } else { "whip" },
         runs: o.runs,
         answer_ms: summary(answers),
         first_video_ms: summary(firsts),
@@ -150,11 +169,11 @@ pub async fn whip(o: Options) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
     } else {
         println!(
-            "WHIP POST, {} runs        median      p90      max",
-            figures.runs
+            "{} publish, {} runs       median      p90      max",
+            figures.via, figures.runs
         );
         for (what, s) in [
-            ("201 with the answer", &figures.answer_ms),
+            ("the answer", &figures.answer_ms),
             ("first video at a viewer", &figures.first_video_ms),
         ] {
             println!(
