@@ -278,19 +278,7 @@ impl MediaCore {
         let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
         peer.link = link;
         peer.simulcast = simulcast;
-        let answer = (|| {
-            peer.pc.set_remote_description(now, offer)?;
-            let answer = peer.pc.create_answer(None)?;
-            peer.pc.set_local_description(now, answer.clone())?;
-            Ok::<_, rtc::shared::error::Error>(answer.sdp)
-        })();
-        let sdp = match answer {
-            Ok(sdp) => sdp,
-            Err(e) => {
-                self.remove_peer(id);
-                return Err(SfuError::BadSdp(e.to_string()));
-            }
-        };
+        let sdp = self.answer_offer(now, id, Some(offer))?;
         let old = self
             .rooms
             .get_mut(room)
@@ -328,6 +316,29 @@ impl MediaCore {
         }));
         self.process(now, id);
         Ok(sdp)
+    }
+
+    /// Answer connection `id`'s remote offer (applying `offer` first, when given); a
+    /// connection that cannot answer is closed.
+    pub(crate) fn answer_offer(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        offer: Option<RTCSessionDescription>,
+    ) -> Result<String, SfuError> {
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
+        let answer = (|| {
+            if let Some(offer) = offer {
+                peer.pc.set_remote_description(now, offer)?;
+            }
+            let answer = peer.pc.create_answer(None)?;
+            peer.pc.set_local_description(now, answer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(answer.sdp)
+        })();
+        answer.map_err(|e| {
+            self.remove_peer(id);
+            SfuError::BadSdp(e.to_string())
+        })
     }
 
     pub(crate) fn subscribe_answer(

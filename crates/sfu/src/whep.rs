@@ -182,19 +182,8 @@ impl MediaCore {
                 place.publisher = publisher.cloned();
             }
         }
-        let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
-        let answer = (|| {
-            let answer = peer.pc.create_answer(None)?;
-            peer.pc.set_local_description(now, answer.clone())?;
-            Ok::<_, rtc::shared::error::Error>(answer.sdp)
-        })();
-        let sdp = match answer {
-            Ok(sdp) => sdp,
-            Err(e) => {
-                self.remove_peer(id);
-                return Err(SfuError::BadSdp(e.to_string()));
-            }
-        };
+        let sdp = self.answer_offer(now, id, None)?;
+        let peer = self.peers.get_mut(&id).expect("the peer answered");
         for out in peer
             .outs
             .values_mut()

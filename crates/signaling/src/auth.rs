@@ -73,18 +73,8 @@ impl Auth {
         user: &Ident,
         role: Role,
     ) -> Result<(), AuthError> {
-        let token = token.ok_or(AuthError::Missing)?;
-        let claims = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?
-            .claims;
-        if claims.room != room.as_str() {
-            return Err(AuthError::OtherRoom);
-        }
-        if claims.sub != user.as_str() {
+        if self.subject(token, room, role)? != *user {
             return Err(AuthError::OtherUser);
-        }
-        if claims.role != role {
-            return Err(AuthError::OtherRole);
         }
         Ok(())
     }
