@@ -413,3 +413,51 @@ async fn a_publisher_nobody_watched_is_asked_back_by_the_first_viewer() {
         m.close().await;
     }
 }
+
+/// A publisher's paused layer that starts again is taken by the viewer waiting for it from the
+/// keyframe a starting encoding opens with: nobody has to ask for one, and no allocation round
+/// passes first (a browser viewer joining a room whose anchor nobody watched sees its first
+/// frame that much sooner).
+#[tokio::test]
+async fn a_layer_that_starts_again_is_taken_from_its_opening_keyframe_unasked() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
+    let paused = anchor.publish_simulcast_paused(0).await;
+    publisher_layers(&mut anchor, &[]).await;
+    // As the demo does when told nobody watches: every encoding pauses.
+    paused.store(0b111, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut high = Member::join(&s.url, "r", "high", Role::Audience).await;
+    subscription_state(
+        &mut high,
+        VideoQuality::Off,
+        SubscriptionReason::Unavailable,
+    )
+    .await;
+    publisher_layers(&mut anchor, &[VideoQuality::High]).await;
+    // The viewer's connection is up (the anchor's audio arrives) before the layer resumes.
+    high.wait_received("the anchor's audio", |r| {
+        r.get(&("anchor".to_owned(), Kind::Audio))
+            .is_some_and(|a| a.seqs.len() > 10)
+    })
+    .await;
+    let asked = s.media_counter("plis_sent").await;
+    paused.store(0b011, Ordering::Relaxed);
+    high.wait_received("the high layer", |r| settled_on(r, HIGH, 30))
+        .await;
+    let video = high.received().await[&("anchor".to_owned(), Kind::Video)].clone();
+    assert_eq!(
+        video.layers.first(),
+        Some(&HIGH),
+        "the first video is the resumed layer's"
+    );
+    assert_eq!(
+        s.media_counter("plis_sent").await,
+        asked,
+        "the layer's opening keyframe started the viewer; no keyframe was asked for"
+    );
+    for m in [anchor, high] {
+        m.close().await;
+    }
+}

@@ -4,9 +4,10 @@
 //!
 //! A subscriber's wish per publisher (`set_subscription`, default "high") is its ceiling; the
 //! stream chosen is the best one sending within it ([`layers::select`]). The choice is made
-//! again when a stream opens, a wish changes, an answer is applied, and every
-//! [`ALLOCATE_INTERVAL`] (layers start and stop). A new choice takes effect at the next
-//! keyframe of the chosen stream, which is asked for at once.
+//! again when a stream opens or a simulcast layer starts sending, a wish changes, an answer is
+//! applied, and every [`ALLOCATE_INTERVAL`] (layers stop, estimates move). A new choice takes
+//! effect at the next keyframe of the chosen stream, which is asked for at once (unless one is
+//! arriving). A changed wish reaches the publisher (dynacast) at once.
 
 use std::time::{Duration, Instant};
 
@@ -237,11 +238,13 @@ impl MediaCore {
         sub.wants_more = plan.short;
         sub.desired = plan.desired;
         let mut keyframes = Vec::new();
+        let mut rewished = Vec::new();
         for (key, target, wish, state, pid, track_id) in chosen {
             let Some(out) = sub.outs.get_mut(&key) else {
                 continue;
             };
             if out.target != target {
+                tracing::debug!(subscriber = %user, publisher = %key.0, ?target, was = ?out.target, "target stream");
                 out.target = target;
                 match target {
                     None => out.munger.pause(),
@@ -250,6 +253,9 @@ impl MediaCore {
                     }
                     Some(_) => {}
                 }
+            }
+            if key.1 == RtpCodecKind::Video && out.wish != wish {
+                rewished.push(key.0.clone());
             }
             out.wish = wish;
             if key.1 != RtpCodecKind::Video || out.reported == Some(state) {
@@ -273,6 +279,12 @@ impl MediaCore {
         }
         for (pid, track_id, source) in keyframes {
             self.request_keyframe(now, pid, &track_id, source);
+        }
+        // A new wish (a subscriber arrived, or asked for more) reaches its publisher now rather
+        // than at the next round: a publisher nobody watched has paused its video, and a new
+        // viewer's first frame waits for it to start again.
+        for publisher in rewished {
+            self.dynacast(&room, &publisher);
         }
     }
 

@@ -27,14 +27,12 @@ const MAX_NACKED: usize = 128;
 
 impl MediaCore {
     /// One RTP packet from publish connection `from`, out to every subscriber that may have it.
-    pub(crate) fn forward(
-        &mut self,
-        now: Instant,
-        from: PeerId,
-        track_id: &str,
-        mut packet: Packet,
-    ) {
+    pub(crate) fn forward(&mut self, now: Instant, from: PeerId, track_id: &str, packet: Packet) {
         self.stats.rtp_in += 1;
+        self.forward_counted(now, from, track_id, packet);
+    }
+
+    fn forward_counted(&mut self, now: Instant, from: PeerId, track_id: &str, mut packet: Packet) {
         let Some(publisher) = self.peers.get_mut(&from) else {
             return;
         };
@@ -46,6 +44,23 @@ impl MediaCore {
             self.stats.rtp_unknown_stream += 1;
             return;
         };
+        // A simulcast layer that starts sending (new, or resumed after its publisher paused it):
+        // choose again before this packet goes out, so a subscriber waiting for a sending layer
+        // takes this one from the keyframe a starting encoding opens with, not one round and a
+        // keyframe request later.
+        if track.layers.len() > 1 && !track.layers[index].active(now) {
+            let opens_with_key = track.keyframes.is_keyframe(&packet.payload);
+            let layer = &mut track.layers[index];
+            layer.meter(now, 0);
+            if opens_with_key {
+                // The choice below would ask for a keyframe; this packet starts one.
+                layer.keyframe_arrives(now);
+            }
+            let (room, user) = (publisher.room.clone(), publisher.user.clone());
+            self.allocate_publisher(now, &room, &user);
+            // The layer is active now: this goes through once.
+            return self.forward_counted(now, from, track_id, packet);
+        }
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
         };
@@ -135,6 +150,7 @@ impl MediaCore {
             };
             if !on {
                 self.stats.layer_switches += 1;
+                tracing::debug!(subscriber = %member, publisher = %key.0, ?kind, source, "stream starts from this source");
             }
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = negotiated.payload_type;
@@ -211,6 +227,7 @@ impl MediaCore {
         {
             self.stats.plis_sent += 1;
             publisher.counters.plis += 1;
+            tracing::debug!(parent: &publisher.span, source, "keyframe requested");
             self.dirty.insert(from);
         }
     }

@@ -93,7 +93,8 @@ impl Layer {
         self.meter(now, packet.payload.len() + 12);
     }
 
-    fn meter(&mut self, now: Instant, bytes: usize) {
+    /// Count `bytes` arriving now; a packet after [`IDLE`] (or the first) starts a new run.
+    pub(crate) fn meter(&mut self, now: Instant, bytes: usize) {
         if self
             .last_packet
             .is_none_or(|t| now.saturating_duration_since(t) > IDLE)
@@ -135,6 +136,12 @@ impl Layer {
     /// The stored packet with extended sequence number `ext`.
     pub(crate) fn stored(&self, ext: u64) -> Option<&Packet> {
         self.history.get(ext)
+    }
+
+    /// A keyframe arrives now: a request within the next [`PLI_INTERVAL`] would only ask for
+    /// another.
+    pub(crate) fn keyframe_arrives(&mut self, now: Instant) {
+        self.last_pli = Some(now);
     }
 
     /// Whether a keyframe request may go out now (one per [`PLI_INTERVAL`]); notes it if so.
