@@ -332,12 +332,18 @@ async fn a_capped_viewer_gets_a_layer_that_fits_and_climbs_back_when_the_cap_lif
 
     // The cap lifted: probes prove the room and the viewer climbs back to the top layer.
     let lifted_at = anchor_video(&capped.received().await).seqs.len();
+    let lifted = std::time::Instant::now();
     shape.set_rate(0);
     capped
         .wait_received_within(Duration::from_secs(20), "the climb back to high", |r| {
             settled_on(r, HIGH, 60)
         })
         .await;
+    // A speed: printed for the log, not asserted (the 20 s above is a liveness bound).
+    eprintln!(
+        "climbed back to high {:?} after the cap lifted",
+        lifted.elapsed()
+    );
     assert!(s.media_counter("probes").await >= 1);
     assert!(s.media_counter("padding_sent").await > 0);
     // Switches on the lossless path are seamless (on the capped one, the queue may drop what
