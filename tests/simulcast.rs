@@ -389,21 +389,21 @@ async fn a_paused_layer_somebody_wants_is_asked_back() {
     }
 }
 
-/// Dynacast from nothing: a publisher nobody watched sends nothing; the first viewer's wish
-/// brings back the layer it wants, even one the server never saw (the offer named it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publisher_nobody_watched_is_asked_back_by_the_first_viewer() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let s = server().await;
+/// An anchor publishing simulcast (the layers in `held` not sending from the start) whom
+/// nobody watches: told so, it pauses every layer, and after a second nothing counts as sending.
+/// Then a viewer comes: it hears that nothing sends, and the anchor is asked for the top layer.
+async fn a_viewer_comes_to_a_paused_anchor(
+    s: &Server,
+    held: u8,
+) -> (Member, std::sync::Arc<std::sync::atomic::AtomicU8>, Member) {
     let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
-    // The top layer holds back from the start, as a browser's does until its estimate allows.
-    let paused = anchor.publish_simulcast_paused(0b100).await;
+    let paused = anchor.publish_simulcast_paused(held).await;
     publisher_layers(&mut anchor, &[]).await;
+    // As the demo does when told nobody watches.
     paused.store(0b111, Ordering::Relaxed);
     // A layer counts as sending for a second after its last packet: past that, nothing sends.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut high = Member::join(&s.url, "r", "high", Role::Audience).await;
-    // The viewer hears that nothing sends, and the publisher is asked for what it wants.
     subscription_state(
         &mut high,
         VideoQuality::Off,
@@ -411,6 +411,17 @@ async fn a_publisher_nobody_watched_is_asked_back_by_the_first_viewer() {
     )
     .await;
     publisher_layers(&mut anchor, &[VideoQuality::High]).await;
+    (anchor, paused, high)
+}
+
+/// Dynacast from nothing: a publisher nobody watched sends nothing; the first viewer's wish
+/// brings back the layer it wants, even one the server never saw (the offer named it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_nobody_watched_is_asked_back_by_the_first_viewer() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let s = server().await;
+    // The top layer holds back from the start, as a browser's does until its estimate allows.
+    let (anchor, paused, mut high) = a_viewer_comes_to_a_paused_anchor(&s, 0b100).await;
     paused.store(0b011, Ordering::Relaxed);
     high.wait_received("the high layer", |r| settled_on(r, HIGH, 30))
         .await;
@@ -424,24 +435,11 @@ async fn a_publisher_nobody_watched_is_asked_back_by_the_first_viewer() {
 /// keyframe a starting encoding opens with: nobody has to ask for one, and no allocation round
 /// passes first (a browser viewer joining a room whose anchor nobody watched sees its first
 /// frame that much sooner).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_that_starts_again_is_taken_from_its_opening_keyframe_unasked() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let s = server().await;
-    let mut anchor = Member::join(&s.url, "r", "anchor", Role::Anchor).await;
-    let paused = anchor.publish_simulcast_paused(0).await;
-    publisher_layers(&mut anchor, &[]).await;
-    // As the demo does when told nobody watches: every encoding pauses.
-    paused.store(0b111, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut high = Member::join(&s.url, "r", "high", Role::Audience).await;
-    subscription_state(
-        &mut high,
-        VideoQuality::Off,
-        SubscriptionReason::Unavailable,
-    )
-    .await;
-    publisher_layers(&mut anchor, &[VideoQuality::High]).await;
+    let (anchor, paused, high) = a_viewer_comes_to_a_paused_anchor(&s, 0).await;
     // The viewer's connection is up (the anchor's audio arrives) before the layer resumes.
     high.wait_received("the anchor's audio", |r| {
         r.get(&("anchor".to_owned(), Kind::Audio))
