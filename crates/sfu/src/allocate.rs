@@ -89,10 +89,16 @@ impl MediaCore {
             .filter(|(member, _)| *member != publisher)
             .map(|(_, sid)| *sid)
             .collect();
+        let mut rewished = vec![publisher.clone()];
         for sid in subscribers {
-            self.allocate_subscriber(now, sid);
+            rewished.extend(self.choose_streams(now, sid));
         }
-        self.dynacast(room, publisher);
+        // Each publisher's layers are counted once, however many subscribers changed a wish.
+        rewished.sort_unstable();
+        rewished.dedup();
+        for p in rewished {
+            self.dynacast(room, &p);
+        }
     }
 
     /// Every subscriber and publisher of the loop, every [`ALLOCATE_INTERVAL`]; whether it
@@ -112,8 +118,9 @@ impl MediaCore {
             };
             let subscribers: Vec<PeerId> = r.subscribe.values().copied().collect();
             let publishers: Vec<Ident> = r.publish.keys().cloned().collect();
+            // Every publisher's layers are counted below: changed wishes need no pass of their own.
             for sid in subscribers {
-                self.allocate_subscriber(now, sid);
+                self.choose_streams(now, sid);
             }
             for publisher in publishers {
                 self.dynacast(&room, &publisher);
@@ -122,15 +129,28 @@ impl MediaCore {
         true
     }
 
-    /// Choose the stream of every track of subscribe connection `sid` within its estimated
-    /// bandwidth ([`budget`]), tell the subscriber what changed, and ask publishers for the
-    /// keyframes the switches wait for.
+    /// [`Self::choose_streams`] for subscribe connection `sid`, then a changed wish reaches its
+    /// publisher now rather than at the next round: a publisher nobody watched has paused its
+    /// video, and a new viewer's first frame waits for it to start again.
     pub(crate) fn allocate_subscriber(&mut self, now: Instant, sid: PeerId) {
-        let Some(sub) = self.peers.get(&sid) else {
+        let Some(room) = self.peers.get(&sid).map(|p| p.room.clone()) else {
             return;
         };
+        for publisher in self.choose_streams(now, sid) {
+            self.dynacast(&room, &publisher);
+        }
+    }
+
+    /// Choose the stream of every track of subscribe connection `sid` within its estimated
+    /// bandwidth ([`budget`]), tell the subscriber what changed, and ask publishers for the
+    /// keyframes the switches wait for. Returns the publishers whose video this subscriber now
+    /// wishes otherwise (for [`Self::dynacast`]).
+    fn choose_streams(&mut self, now: Instant, sid: PeerId) -> Vec<Ident> {
+        let Some(sub) = self.peers.get(&sid) else {
+            return Vec::new();
+        };
         let Some(r) = self.rooms.get(&sub.room) else {
-            return;
+            return Vec::new();
         };
         let figures = sub.bwe.as_ref().map(|b| b.figures());
         let estimate = figures.map_or(bwe::INITIAL, |f| f.estimate);
@@ -233,7 +253,7 @@ impl MediaCore {
             ));
         }
         let Some(sub) = self.peers.get_mut(&sid) else {
-            return;
+            return Vec::new();
         };
         sub.wants_more = plan.short;
         sub.desired = plan.desired;
@@ -280,12 +300,7 @@ impl MediaCore {
         for (pid, track_id, source) in keyframes {
             self.request_keyframe(now, pid, &track_id, source);
         }
-        // A new wish (a subscriber arrived, or asked for more) reaches its publisher now rather
-        // than at the next round: a publisher nobody watched has paused its video, and a new
-        // viewer's first frame waits for it to start again.
-        for publisher in rewished {
-            self.dynacast(&room, &publisher);
-        }
+        rewished
     }
 
     /// Tell `publisher` which layers of its video anyone watches or is about to, when that
