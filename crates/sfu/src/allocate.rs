@@ -264,7 +264,7 @@ impl MediaCore {
                 continue;
             };
             if out.target != target {
-                tracing::debug!(subscriber = %user, publisher = %key.0, ?target, was = ?out.target, "target stream");
+                tracing::debug!(subscriber = %user, publisher = %key.0, ?target, was = ?out.target, ?figures, "target stream");
                 out.target = target;
                 match target {
                     None => out.munger.pause(),

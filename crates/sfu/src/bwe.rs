@@ -17,6 +17,13 @@
 //! capacity, so only traffic that arrived (media, or the padding the server sends to probe
 //! before moving a subscriber up) raises it.
 //!
+//! The rate things arrived at when the path last backed off is its capacity as far as anyone
+//! knows (measured on the receiver's clock, over the latest arrivals): climbing without proof
+//! stops at [`CEILING_SHARE`] of it, so a subscriber whose layers were just too much for the
+//! path is not given them again a few seconds later on no new evidence (which made a viewer at
+//! the edge of a layer step switch up and down several times a minute). Traffic that arrives
+//! above it without a queue (a probe that the path carried) lifts it.
+//!
 //! The core reads its [`Figures`] when it allocates and probes.
 
 use std::collections::VecDeque;
@@ -46,6 +53,18 @@ pub(crate) const INITIAL: u64 = MAX;
 pub(crate) const MIN: u64 = 50_000;
 pub(crate) const MAX: u64 = 10_000_000_000;
 
+/// How close to the capacity the path last showed the estimate climbs without proof: room for
+/// the bursts (keyframes) that a rate measured over half a second hides.
+const CEILING_SHARE: f64 = 0.9;
+
+/// The latest arrivals the delivery rate is measured over: two feedback intervals, as long
+/// as a queue must have lasted for the path to back off.
+const DELIVERY_SPAN: Duration = Duration::from_millis(250);
+
+/// Back-offs this close together are one spell of congestion, whose capacity is the most that
+/// arrived in it.
+const CEILING_MERGE: Duration = Duration::from_secs(5);
+
 /// After a back-off, no climbing for this long: the queue drains first.
 const BACKOFF_HOLD: Duration = Duration::from_millis(1000);
 
@@ -71,6 +90,8 @@ pub(crate) struct Figures {
 struct Sample {
     departure: Instant,
     owd_us: Option<i64>,
+    /// When it arrived, on the receiver's clock (microseconds).
+    arrival_us: Option<i64>,
     size: usize,
     arrived: bool,
 }
@@ -87,6 +108,10 @@ pub(crate) struct Estimator {
     backed_off: Option<Instant>,
     /// Report batches in a row that showed congestion.
     congested_batches: u32,
+    /// The rate things arrived at when the path last backed off, until traffic proves more,
+    /// and when.
+    ceiling: Option<f64>,
+    ceiling_at: Option<Instant>,
 }
 
 impl Estimator {
@@ -106,6 +131,8 @@ impl Estimator {
             last_update: None,
             backed_off: None,
             congested_batches: 0,
+            ceiling: None,
+            ceiling_at: None,
         }
     }
 
@@ -131,6 +158,7 @@ impl Estimator {
         self.samples.push_back(Sample {
             departure: report.departure,
             owd_us,
+            arrival_us: report.arrival.map(|a| a.as_micros() as i64),
             size: report.size,
             arrived: report.arrived,
         });
@@ -207,6 +235,22 @@ impl Estimator {
             if !holding {
                 self.estimate = (acked * 0.85).min(self.estimate);
                 self.backed_off = Some(now);
+                // A back-off soon after another measures the sending that the first one cut
+                // (and losses from before it still in the window), not the path: the higher
+                // figure stands.
+                let recent = self
+                    .ceiling_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < CEILING_MERGE);
+                // Too few arrivals to measure say nothing.
+                let delivered = self.delivered();
+                if delivered > 0.0 {
+                    self.ceiling = Some(match self.ceiling {
+                        Some(c) if recent => c.max(delivered),
+                        _ => delivered,
+                    });
+                    self.ceiling_at = Some(now);
+                }
+                tracing::debug!(acked, ceiling = ?self.ceiling, loss, "backing off");
             }
         } else if !congested && !holding {
             // What arrived without a queue building is proven at once (a probe's result),
@@ -218,7 +262,17 @@ impl Estimator {
             } else {
                 base
             };
-            let proven = acked * 1.5 + HEADROOM as f64;
+            // Above it by more than the measure wanders.
+            if let Some(c) = self.ceiling
+                && self.delivered() > c * 1.1
+            {
+                tracing::debug!(acked, ceiling = c, "ceiling lifted");
+                self.ceiling = None;
+            }
+            let mut proven = acked * 1.5 + HEADROOM as f64;
+            if let Some(c) = self.ceiling {
+                proven = proven.min(c * CEILING_SHARE);
+            }
             // Climbing stops at what traffic proved, but an estimate already above that (the
             // initial guess, or a path that got quieter) is not pulled down by idleness alone.
             self.estimate = if grown > proven {
@@ -235,6 +289,29 @@ impl Estimator {
             queue_ms: queue.as_millis() as u64,
             reports: self.figures.reports + 1,
         };
+    }
+
+    /// The rate things arrived at lately, on the receiver's clock: while a queue holds packets
+    /// (as it has, when the path backs off), the path's capacity. The departure rate over the
+    /// window says less: what left in a span arrives over a longer one, and before the queue
+    /// built the path was not full. 0 when too few arrived to tell.
+    fn delivered(&self) -> f64 {
+        let Some(last) = self.samples.iter().filter_map(|s| s.arrival_us).max() else {
+            return 0.0;
+        };
+        let from = last - DELIVERY_SPAN.as_micros() as i64;
+        let (mut first, mut bytes) = (last, 0usize);
+        for s in &self.samples {
+            if let Some(a) = s.arrival_us.filter(|a| *a >= from) {
+                first = first.min(a);
+                bytes += s.size;
+            }
+        }
+        let span_us = last - first;
+        if span_us < DELIVERY_SPAN.as_micros() as i64 / 2 {
+            return 0.0;
+        }
+        bytes as f64 * 8.0 * 1_000_000.0 / span_us as f64
     }
 
     /// Packets whose fate the subscriber reported, in send order.
@@ -350,6 +427,29 @@ mod tests {
         // A second of probing at 1.5 Mbit/s that arrives raises it to about that at once.
         p.run(1.0, 1_500_000.0, 5_000_000.0, 0);
         assert!(p.estimate() > 1_400_000, "{:?}", p.est.figures());
+    }
+
+    #[test]
+    fn after_a_back_off_the_estimate_climbs_no_nearer_than_the_capacity_shown_until_proven() {
+        let mut p = Path::new();
+        p.run(3.0, 1_500_000.0, 1_000_000.0, 0);
+        let ceiling = p.est.ceiling.expect("backed off");
+        assert!((900_000.0..1_100_000.0).contains(&ceiling), "{ceiling}");
+        // Media at 800 kbit/s, under the capacity, for a long time: without the ceiling the
+        // estimate would climb to 1.5 times that plus the headroom (1.3 Mbit/s), and the next
+        // allocation would send more than the path carried a moment ago.
+        p.run(20.0, 800_000.0, 1_000_000.0, 0);
+        assert!(
+            p.estimate() as f64 <= ceiling * CEILING_SHARE + 1.0,
+            "{:?} above {ceiling}",
+            p.est.figures()
+        );
+        // The path widened and a probe proves it: the ceiling goes, and the estimate climbs
+        // from what arrived as before.
+        p.run(1.0, 1_600_000.0, 5_000_000.0, 0);
+        assert!(p.est.ceiling.is_none());
+        p.run(10.0, 1_200_000.0, 5_000_000.0, 0);
+        assert!(p.estimate() > 1_700_000, "{:?}", p.est.figures());
     }
 
     #[test]

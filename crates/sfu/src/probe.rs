@@ -8,8 +8,13 @@
 //! packets between frames, numbered in the stream (the munger makes room), carrying no media,
 //! which receivers count for their feedback and drop. If the path carries it, the estimate rises
 //! and the next allocation moves the subscriber up (or the next probe, half a second later, goes
-//! a step further: each pads at most 30% above the estimate); if the queue grows or packets are
-//! lost, the probe stops at once and the next one waits twice as long (up to [`MAX_BACKOFF`]).
+//! a step further: the first pads 30% above the estimate, each next one in a row that the path
+//! carried a bigger step, up to twice the estimate); if the queue grows or packets are lost, the
+//! probe stops at once and the next one waits twice as long (up to [`MAX_BACKOFF`]). A probe
+//! ends early once the estimate reached what it aimed at.
+//!
+//! The longest wait bounds how late a path that widened (a viewer's Wi-Fi recovered, a
+//! competing download ended) is found: [`MAX_BACKOFF`], then a few steps of about a second.
 //!
 //! Probes cost packets (padding is at most a few bytes in rtc, so many small ones), so a loop
 //! runs at most [`MAX_PROBES`] at a time.
@@ -20,7 +25,7 @@ use rtc::rtp::Packet;
 use rtc::rtp::header::Header;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
-use crate::allocate::UPGRADE_HOLD;
+use crate::allocate::{ALLOCATE_INTERVAL, UPGRADE_HOLD};
 use crate::bwe::QUEUE_LIMIT;
 use crate::peer::PeerId;
 use crate::{MediaCore, PcKind};
@@ -34,9 +39,19 @@ const AFTER_SUCCESS: Duration = Duration::from_millis(500);
 /// Probes one loop runs at once.
 pub(crate) const MAX_PROBES: usize = 2;
 
-/// The wait after a probe, doubled after each one that failed, up to [`MAX_BACKOFF`].
-pub(crate) const BACKOFF: Duration = Duration::from_secs(3);
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A probe that reached its aim sooner ends then, but not before this: the estimate's window
+/// must be mostly probe by then.
+const MIN_DURATION: Duration = Duration::from_millis(600);
+
+/// The wait after a probe, doubled after each one that failed, up to [`MAX_BACKOFF`]. A failed
+/// probe costs the path a queue of about 30 ms for a moment, so even on a path that stays
+/// narrow, one every few seconds is cheap; waiting longer would leave a widened path unused.
+pub(crate) const BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(6);
+
+/// How far above the estimate a probe aims, by how many before it in a row the path carried:
+/// a path that carried two steps likely has room for a bigger one.
+const STEPS: [(u64, u64); 3] = [(13, 10), (16, 10), (2, 1)];
 
 /// How often a running probe sends its padding: often enough that each burst is small (a burst
 /// of hundreds of packets overflows socket buffers on the way and reads as loss).
@@ -62,6 +77,11 @@ pub(crate) struct Probe {
     /// Not before this may the next start.
     not_before: Option<Instant>,
     backoff: Duration,
+    /// The estimate the probe aims at: reached, it has proven what it set out to.
+    target: u64,
+    /// Probes in a row that the path carried.
+    carried: usize,
+    started: Option<Instant>,
 }
 
 impl MediaCore {
@@ -130,11 +150,22 @@ impl MediaCore {
                 continue;
             };
             // What arrives during the probe is what the estimate rises to. Up to every track's
-            // best layer and the margin a move up needs, but a step at a time: at most 30%
+            // best layer and the margin a move up needs, but a step at a time: at first 30%
             // above the estimate, so a probe of a path without that room fills its queue
             // slowly enough to be stopped before anything is lost.
-            let need = (p.desired + p.desired / 4).min(f.estimate + f.estimate * 3 / 10);
+            // Bigger steps only straight after one the path carried: a path not probed for a
+            // while starts over from the smallest.
+            if p.probe
+                .not_before
+                .is_none_or(|t| now.saturating_duration_since(t) > ALLOCATE_INTERVAL * 2)
+            {
+                p.probe.carried = 0;
+            }
+            let (num, den) = STEPS[p.probe.carried.min(STEPS.len() - 1)];
+            let need = (p.desired + p.desired / 4).min(f.estimate.saturating_mul(num) / den);
             p.probe.rate = need.saturating_sub(f.acked).clamp(32_000, 2_000_000);
+            p.probe.target = (f.acked + p.probe.rate) * 95 / 100;
+            p.probe.started = Some(now);
             p.probe.until = Some(now + DURATION);
             p.probe.last_padded = Some(now);
             p.probe.loss_before = f.loss_permille;
@@ -154,15 +185,21 @@ impl MediaCore {
         let congested = figures.is_some_and(|f| {
             f.queue_ms > (QUEUE_LIMIT.as_millis() / 2) as u64 || f.loss_permille > loss_before + 30
         });
-        let done = p.probe.until.is_none_or(|t| now >= t);
+        let reached = figures.is_some_and(|f| f.estimate >= p.probe.target)
+            && p.probe
+                .started
+                .is_some_and(|t| now.saturating_duration_since(t) >= MIN_DURATION);
+        let done = reached || p.probe.until.is_none_or(|t| now >= t);
         if congested || done || !p.connected {
             // A probe the path carried raised the estimate: the next step may follow at once.
             // One it did not waits twice as long as the last one that failed.
             let wait = if congested {
                 p.probe.backoff = (p.probe.backoff * 2).clamp(BACKOFF, MAX_BACKOFF);
+                p.probe.carried = 0;
                 p.probe.backoff
             } else {
                 p.probe.backoff = Duration::ZERO;
+                p.probe.carried += 1;
                 AFTER_SUCCESS
             };
             p.probe.until = None;
@@ -170,6 +207,7 @@ impl MediaCore {
             if congested {
                 self.stats.probes_failed += 1;
             }
+            tracing::debug!(parent: &p.span, congested, ?figures, "probe ends");
             return false;
         }
         let since = p
