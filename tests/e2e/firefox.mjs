@@ -1,6 +1,8 @@
 // The demo's whole flow in Debian's Firefox ESR, driven over WebDriver BiDi (puppeteer-core), against
 // the server on its embedded defaults (no flags, no environment): anchor, co-host and viewer, with
-// video frames decoded and audio packets arriving on every page.
+// video frames decoded and audio packets arriving on every page; then a second co-host, so the
+// viewer's grid takes the co-hosts' lowest simulcast layer and the anchor's top one, which
+// Firefox must send (a layer nobody watched was paused, and must come back when asked for).
 //
 // Firefox never pairs its candidates with a loopback address, so this is the test that the default
 // media address is reachable from a browser on the same machine. Run it through `firefox-netns`, which
@@ -110,23 +112,27 @@ try {
   const guest = await join(room, 'Guest Fox', 'audience');
   const viewer = await join(room, 'Viewer Fox', 'audience');
 
-  await guest.page.select('#link-mode', 'video');
-  log('guest applies');
-  await guest.page.evaluate(() => document.querySelector('#apply').click());
-  await until('the application at the anchor', () =>
-    anchor.page.evaluate(() => document.querySelectorAll('#applications li').length === 1),
-  );
-  log('anchor accepts');
-  // The list is rendered again every second (countdowns): click in the page, not through a
-  // locator that may hold a replaced element.
-  await anchor.page.evaluate(() => document.querySelector('#applications li button.primary').click());
-  await until('the co-host on every page', async () => {
-    for (const p of [anchor, guest, viewer]) {
-      const n = await p.page.evaluate(() => document.querySelectorAll('#tiles .tile').length);
-      if (n !== 2) return `${p.name}: ${n} tiles`;
-    }
-    return true;
-  });
+  // The guest applies with video and the anchor accepts; every page then shows `tiles` tiles.
+  async function link(g, pages, tiles) {
+    await g.page.select('#link-mode', 'video');
+    log(`${g.name} applies`);
+    await g.page.evaluate(() => document.querySelector('#apply').click());
+    await until(`${g.name}'s application at the anchor`, () =>
+      anchor.page.evaluate(() => document.querySelectorAll('#applications li').length === 1),
+    );
+    log('anchor accepts');
+    // The list is rendered again every second (countdowns): click in the page, not through a
+    // locator that may hold a replaced element.
+    await anchor.page.evaluate(() => document.querySelector('#applications li button.primary').click());
+    await until(`${g.name} on every page`, async () => {
+      for (const p of pages) {
+        const n = await p.page.evaluate(() => document.querySelectorAll('#tiles .tile').length);
+        if (n !== tiles) return `${p.name}: ${n} tiles`;
+      }
+      return true;
+    });
+  }
+  await link(guest, [anchor, guest, viewer], 2);
 
   const A = { user: anchor.user };
   const G = { user: guest.user };
@@ -143,7 +149,30 @@ try {
       if (r.remote?.startsWith('127.')) throw new Error(`${p.name}: ${leg} pairs with loopback ${r.remote}`);
     }
   }
-  log('PASS: anchor, co-host and viewer decode each other in Firefox on the embedded defaults');
+  log('anchor, co-host and viewer decode each other');
+
+  // Simulcast from Firefox: a second co-host turns the viewer's tiles into a grid, whose small
+  // tiles ask for the lowest layer (paused until now: nobody watched it) and whose big tile keeps
+  // the top one. The decoder's frame heights show what arrived.
+  const guest2 = await join(room, 'Second Fox', 'audience');
+  await link(guest2, [anchor, guest, guest2, viewer], 3);
+  const G2 = { user: guest2.user };
+  await mediaFlowing(viewer, [A, G, G2]);
+  await until('the layers the grid asks for', async () => {
+    const layers = await viewer.page.evaluate(() =>
+      Object.fromEntries([...document.querySelectorAll('#tiles .tile')].map((t) => [t.dataset.user, t.dataset.layer])),
+    );
+    const s = await viewer.page.evaluate(() => window.miclink.stats());
+    const h = (u) => s[u.user]?.video?.frameHeight ?? 0;
+    const [big, small1, small2] = [h(A), h(G), h(G2)];
+    const ok =
+      layers[A.user] === 'high' && layers[G.user] === 'low' && layers[G2.user] === 'low' &&
+      small1 > 0 && small2 > 0 && big >= 2 * Math.max(small1, small2);
+    return ok || { layers, big, small1, small2 };
+  }, 40_000);
+  const s = await viewer.page.evaluate(() => window.miclink.stats());
+  log(`decoded heights: anchor ${s[A.user].video.frameHeight}, co-hosts ${s[G.user].video.frameHeight} and ${s[G2.user].video.frameHeight}`);
+  log('PASS: anchor, co-hosts and viewer decode each other in Firefox on the embedded defaults, simulcast layers as the tiles need');
 } catch (e) {
   failed = true;
   console.error(`FAIL: ${e.stack ?? e}`);

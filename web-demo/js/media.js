@@ -22,10 +22,6 @@ const SIMULCAST = [
   { rid: 'f', maxBitrate: 1_500_000 },
 ];
 const RID_LAYER = { q: 'low', h: 'medium', f: 'high' };
-// Firefox publishes one stream: its simulcast and its encodings switched off and on have not
-// been proven against this server yet (its browser test then saw no video), so it sends as
-// before and every viewer gets that stream.
-const SIMULCAST_OK = !/firefox/i.test(navigator.userAgent);
 
 // getUserMedia failures in words a person can act on.
 function describeCaptureError(e, video) {
@@ -174,7 +170,7 @@ export class Media {
       // Video goes out in three simulcast layers (180p, 360p, 720p from a 720p camera; the
       // browser drops those its input is too small for), and the server sends each viewer the
       // one that fits its tile and its bandwidth.
-      if (track.kind === 'video' && SIMULCAST_OK) init.sendEncodings = SIMULCAST;
+      if (track.kind === 'video') init.sendEncodings = SIMULCAST;
       pc.addTransceiver(track, init);
     }
     pc.onicecandidate = (e) => this.trickle('publish', e.candidate);
@@ -202,7 +198,6 @@ export class Media {
   // Dynacast: send only the simulcast layers somebody watches (`publisher_layers`); none when
   // nobody watches the video at all.
   async setLayers(watched) {
-    if (!SIMULCAST_OK) return;
     const sender = this.pub?.getSenders().find((s) => s.track?.kind === 'video');
     if (!sender) return;
     const params = sender.getParameters();
