@@ -1,6 +1,7 @@
 // The demo page in real Chromium: the whole mic-link flow with fake camera and microphone, real
 // WebRTC to the server's SFU over loopback, and the media checked with getStats on every page.
 import { test, expect } from '@playwright/test';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
@@ -515,6 +516,41 @@ test('WHIP and WHEP: an npm WHIP client goes live as the anchor, a demo viewer a
   await expect(viewer.page.locator('#ended')).toBeVisible();
   await viewer.context.close();
   await context.close();
+});
+
+// Our own encoder: `miclink-load encode` (webrtc-rs) posts its offer and sends a VP8 file (176x144)
+// and Opus; the demo viewer decodes the file's picture, and the encoder's DELETE (on SIGINT) ends
+// the live.
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+test('WHIP: the webrtc-rs encoder (miclink-load encode) goes live with a VP8 file and a demo viewer decodes its picture', async ({ browser }) => {
+  const room = newRoom();
+  const http = process.env.MICLINK_E2E_HTTP ?? '127.0.0.1:18480';
+  const encoder = spawn(
+    process.env.MICLINK_LOAD_BIN ?? path.join(repo, 'target/debug/miclink-load'),
+    ['encode', '--whip', `http://${http}/whip/${room}`, '--ivf', path.join(repo, 'tests/fixtures/qcif-10s.ivf'), '--duration-s', '120'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let out = '';
+  encoder.stdout.on('data', (d) => (out += d));
+  const exited = new Promise((resolve) => encoder.on('exit', (code, signal) => resolve(code ?? signal)));
+  try {
+    await expect.poll(() => out, { message: 'the encoder going live', timeout: 20_000 }).toContain('live: ');
+    const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience' });
+    await expectTiles([viewer], ['WHIP']);
+    await expectMediaFlowing(viewer, [{ user: 'whip', video: true }]);
+    await expect
+      .poll(async () => (await viewer.page.evaluate(() => window.miclink.stats())).whip?.video?.frameHeight, {
+        message: "the file's picture height at the viewer",
+      })
+      .toBe(144);
+    encoder.kill('SIGINT');
+    expect(await exited).toBe(0);
+    expect(out).toMatch(/DELETE .*: 200/);
+    await expect(viewer.page.locator('#ended')).toBeVisible();
+    await viewer.context.close();
+  } finally {
+    encoder.kill('SIGKILL');
+  }
 });
 
 test('an anchor with an encoder: the page keeps the controls, an npm WHIP client publishes for it, a co-host is seated, a WHEP page shows both', async ({ browser }) => {

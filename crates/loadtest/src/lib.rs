@@ -9,6 +9,7 @@
 //! - [`run`], [`idle`], [`speakers`], [`whip`]: the load tool's scenarios; `janus` the peer SFU they also target.
 
 pub mod client;
+pub mod encoder;
 pub mod idle;
 mod janus;
 pub mod marker;

@@ -101,6 +101,9 @@ enum Scenario {
     /// WHIP: from an encoder's POST to the first video packet at a viewer already watching
     /// (each run a room whose anchor is on a socket; the server must check no tokens).
     Whip(miclink_loadtest::whip::Options),
+    /// A WHIP encoder sending real media: a VP8 file (IVF, looped) and Opus silence, until
+    /// stopped; its DELETE ends the live.
+    Encode(miclink_loadtest::encoder::Options),
     /// N idle viewers in one room: server memory and CPU per connected member.
     Idle {
         /// The server's WebSocket URL (loopback only).
@@ -146,6 +149,9 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Whip(options) => {
             return rt.block_on(miclink_loadtest::whip::whip(options));
+        }
+        Scenario::Encode(options) => {
+            return rt.block_on(miclink_loadtest::encoder::encode(options));
         }
         Scenario::Idle {
             url,

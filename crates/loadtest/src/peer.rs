@@ -481,6 +481,29 @@ impl Publisher {
         Ok((Publisher { peer, sent, tracks }, sdp))
     }
 
+    /// Apply the answer and hand over the tracks, each with its SSRC, for a caller that sends
+    /// media of its own (real frames rather than this module's marked payloads).
+    pub async fn accept(
+        &self,
+        answer: String,
+    ) -> anyhow::Result<Vec<(Arc<TrackLocalStaticRTP>, u32)>> {
+        self.peer
+            .pc
+            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        let mut tracks = Vec::with_capacity(self.tracks.len());
+        for (track, _, _) in &self.tracks {
+            let ssrc = track
+                .codings()
+                .await
+                .first()
+                .and_then(|c| c.rtp_coding_parameters.ssrc)
+                .ok_or_else(|| anyhow::anyhow!("a track without an SSRC"))?;
+            tracks.push((track.clone(), ssrc));
+        }
+        Ok(tracks)
+    }
+
     /// Apply the answer and start sending until `stop`.
     pub async fn start(&self, answer: String, stop: Arc<Notify>) -> anyhow::Result<()> {
         let level_id = extension_id(&answer, AUDIO_LEVEL_URI);

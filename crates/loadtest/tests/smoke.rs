@@ -69,3 +69,47 @@ async fn cohost_reports_what_really_arrived() {
     assert!(r["server_cpu_us_per_packet"].as_f64().is_some(), "{r}");
     assert!(r["join_to_first_packet_p50_ms"].as_f64().is_some(), "{r}");
 }
+
+/// `miclink-load encode` goes live through WHIP with the repository's VP8 file, sends for a
+/// moment and ends the live with its DELETE; a file that is not there is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_goes_live_over_whip_and_its_delete_ends_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::load(Args::default()).expect("defaults");
+    if let Some(media) = &mut config.media {
+        media.udp_addr.set_port(0);
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(miclink::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/qcif-10s.ivf"
+    );
+    let whip = format!("http://{addr}/whip/encoded");
+    let run = move |ivf: &'static str| {
+        let whip = whip.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_miclink-load"))
+                .args(["encode", "--whip", &whip, "--ivf", ivf, "--duration-s", "2"])
+                .output()
+                .expect("run miclink-load")
+        })
+    };
+    let out = run(fixture).await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("live: http://"), "{stdout}");
+    assert!(stdout.contains("200 OK"), "{stdout}");
+    let out = run("/nonexistent.ivf").await.expect("join");
+    assert!(!out.status.success());
+    let _ = stop.send(());
+}
