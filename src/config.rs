@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use miclink_cluster::ClusterConfig;
 use miclink_protocol::IceServer;
 use miclink_seats::SeatsConfig;
 use miclink_sfu::SfuConfig;
@@ -96,6 +97,16 @@ pub struct Args {
     /// Open connections from one client address, loopback excepted; 0 = no cap [default: 256].
     #[arg(long, env = "MICLINK_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
+    /// Redis that coordinates a cluster of nodes (redis://host:port/db). Unset: this node alone.
+    #[arg(long, env = "MICLINK_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster: letters, digits, '-' and '_' [default: node-<random>].
+    #[arg(long, env = "MICLINK_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The URL clients reach this node's HTTP listener at, told to the cluster
+    /// [default: http://<http_addr>].
+    #[arg(long, env = "MICLINK_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags; `ice_servers` may carry credentials.
@@ -119,6 +130,9 @@ struct FileConfig {
     metrics_token: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    redis_url: Option<String>,
+    node_id: Option<String>,
+    public_url: Option<String>,
 }
 
 /// The checked configuration the server runs with.
@@ -136,6 +150,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// Bearer token for the per-connection series of `/metrics`; `None`: totals only.
     pub metrics_token: Option<String>,
+    /// This node in a cluster; `None`: alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// What one client may hold of the HTTP listener. WebSockets count for as long as they live.
@@ -172,6 +188,7 @@ impl Default for Config {
             scrub_logs: false,
             http: HttpLimits::default(),
             metrics_token: None,
+            cluster: None,
         }
     }
 }
@@ -303,6 +320,43 @@ impl Config {
         if max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
+        let cluster = match args.redis_url.or(file.redis_url) {
+            None => None,
+            Some(url) => {
+                if !url.starts_with("redis://") {
+                    bail!("redis_url must be a redis:// URL");
+                }
+                let node_id = args
+                    .node_id
+                    .or(file.node_id)
+                    .unwrap_or_else(|| format!("node-{:08x}", rand_id()));
+                if !miclink_cluster::valid_node_id(&node_id) {
+                    bail!("node_id {node_id:?} must be 1 to 64 letters, digits, '-' or '_'");
+                }
+                let public_url = args
+                    .public_url
+                    .or(file.public_url)
+                    .unwrap_or_else(|| format!("http://{http_addr}"));
+                if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+                    bail!("public_url must be an http:// or https:// URL");
+                }
+                let mut cluster = ClusterConfig::new(&url, &node_id, &public_url);
+                // Where other nodes reach this one's media port: its public addresses, or the
+                // bound one when it is not a wildcard.
+                cluster.media = if public_ips.is_empty() {
+                    Some(media_addr)
+                        .filter(|a| !a.ip().is_unspecified())
+                        .into_iter()
+                        .collect()
+                } else {
+                    public_ips
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, media_addr.port()))
+                        .collect()
+                };
+                Some(cluster)
+            }
+        };
         Ok(Config {
             http_addr,
             signaling: SignalingConfig {
@@ -336,8 +390,18 @@ impl Config {
                 ..defaults.http
             },
             metrics_token,
+            cluster,
         })
     }
+}
+
+/// A node id's random part: the process id mixed with the clock, distinct enough between
+/// nodes started together.
+fn rand_id() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.subsec_nanos() ^ std::process::id().rotate_left(16)
 }
 
 #[cfg(test)]
@@ -370,6 +434,12 @@ mod tests {
         assert!(!media.local_only);
         let c = parse(&["--media-tcp", "false"]).expect("valid");
         assert!(!c.media.expect("media plane").tcp);
+        assert!(c.cluster.is_none(), "alone without a Redis URL");
+        let c =
+            parse(&["--redis-url", "redis://127.0.0.1:6379/", "--node-id", "a-1"]).expect("valid");
+        let cluster = c.cluster.expect("a cluster node");
+        assert_eq!(cluster.node_id, "a-1");
+        assert_eq!(cluster.http_url, "http://127.0.0.1:8080");
     }
 
     #[test]
@@ -413,6 +483,15 @@ credential = "p"
             (&["--media-public-ip", "0.0.0.0"][..], "media_public_ips"),
             (&["--metrics-token", "short"][..], "metrics_token"),
             (&["--max-connections", "0"][..], "max_connections"),
+            (&["--redis-url", "http://x"][..], "redis_url"),
+            (
+                &["--redis-url", "redis://127.0.0.1/", "--node-id", "a:b"][..],
+                "node_id",
+            ),
+            (
+                &["--redis-url", "redis://127.0.0.1/", "--public-url", "x"][..],
+                "public_url",
+            ),
             (&["--turn-secret", "0123456789abcdef"][..], "no ice server"),
             (
                 &["--ice-server", "turn:t:3478", "--turn-secret", "short"][..],

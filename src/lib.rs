@@ -2,6 +2,7 @@
 //!
 //! Everything here is glue; the signaling rules live in `miclink-signaling` and `miclink-seats`.
 
+mod cluster;
 pub mod config;
 mod metrics;
 mod serve;
@@ -36,6 +37,8 @@ struct Planes {
     connections: Arc<serve::Connections>,
     metrics_token: Option<Arc<str>>,
     peer_series: Arc<metrics::PeerSeriesCache>,
+    /// This node in a cluster, when it is one.
+    cluster: Option<Arc<cluster::ClusterState>>,
 }
 
 /// The HTTP routes: `/ws`, `/healthz`, `/metrics` and the demo.
@@ -56,6 +59,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("a media loop died; exiting so a supervisor restarts the server")]
     MediaFailed,
+    #[error("could not join the cluster: {0}")]
+    Cluster(#[from] miclink_cluster::ClusterError),
 }
 
 /// Start the media plane (if configured) and signaling, and serve on a bound listener until
@@ -72,6 +77,27 @@ pub async fn run(
     let sfu = media.as_ref().map(|(sfu, _)| sfu.clone());
     let plane = media.map(|(sfu, events)| MediaPlane { sfu, events });
     let signaling = Signaling::start(config.signaling, plane);
+    // A node that cannot reach its cluster's Redis at start is misconfigured: say so now.
+    let cluster = match config.cluster {
+        Some(c) => {
+            let node = miclink_cluster::Cluster::connect(c).await?;
+            let state = Arc::new(cluster::ClusterState {
+                node_id: node.node_id().to_owned(),
+                ..Default::default()
+            });
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(cluster::run(
+                node,
+                signaling.clone(),
+                state.clone(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            Some((state, stop, task))
+        }
+        None => None,
+    };
     let connections = Arc::new(serve::Connections::default());
     let app = app(Planes {
         signaling: signaling.clone(),
@@ -79,6 +105,7 @@ pub async fn run(
         connections: connections.clone(),
         metrics_token: config.metrics_token.map(Arc::from),
         peer_series: Arc::default(),
+        cluster: cluster.as_ref().map(|(state, _, _)| state.clone()),
     });
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let graceful = {
@@ -103,6 +130,11 @@ pub async fn run(
         }
     };
     serve::serve(listener, app, config.http, connections, graceful).await?;
+    if let Some((_, stop, task)) = cluster {
+        // Leave now, so other nodes need not wait for the entry to expire.
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    }
     if failed.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(RunError::MediaFailed);
     }
@@ -117,6 +149,16 @@ struct Health {
     connections: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     media: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterHealth>,
+}
+
+#[derive(Serialize)]
+struct ClusterHealth {
+    node: String,
+    nodes: u64,
+    origin_rooms: u64,
+    redis: &'static str,
 }
 
 async fn healthz(State(planes): State<Planes>) -> Response {
@@ -143,6 +185,19 @@ async fn healthz(State(planes): State<Planes>) -> Response {
         sessions: s.sessions,
         connections: s.connections,
         media,
+        cluster: planes.cluster.as_ref().map(|c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            ClusterHealth {
+                node: c.node_id.clone(),
+                nodes: c.nodes.load(Relaxed),
+                origin_rooms: c.origin_rooms.load(Relaxed),
+                redis: if c.redis_up.load(Relaxed) {
+                    "ok"
+                } else {
+                    "unreachable"
+                },
+            }
+        }),
     };
     let status = if failed {
         StatusCode::SERVICE_UNAVAILABLE

@@ -51,6 +51,45 @@ pub(crate) async fn metrics(State(planes): State<Planes>, headers: HeaderMap) ->
         "Connections closed at accept: a connection cap was reached.",
         refused,
     );
+    if let Some(c) = &planes.cluster {
+        use std::sync::atomic::Ordering::Relaxed;
+        gauge(
+            &mut out,
+            "cluster_nodes",
+            "Cluster nodes alive at the last registry read, this one included.",
+            c.nodes.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "cluster_origin_rooms",
+            "Rooms this node holds the directory's claim on.",
+            c.origin_rooms.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "cluster_redis_up",
+            "Whether the last heartbeat reached Redis.",
+            u64::from(c.redis_up.load(Relaxed)),
+        );
+        counter(
+            &mut out,
+            "cluster_room_conflicts",
+            "Rooms held here whose claim another node holds.",
+            c.conflicts.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "cluster_claims_lost",
+            "Room claims this node lost to another node after missed renewals.",
+            c.claims_lost.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "cluster_redis_errors",
+            "Heartbeats that failed to reach Redis.",
+            c.redis_errors.load(Relaxed),
+        );
+    }
     let Some(sfu) = planes.media.as_ref().filter(|m| !m.failed()) else {
         return text(out);
     };

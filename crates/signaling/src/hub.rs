@@ -170,6 +170,9 @@ impl Hub {
                     connections: self.conns.len(),
                 });
             }
+            HubMsg::Rooms { reply } => {
+                let _ = reply.send(self.rooms.keys().cloned().collect());
+            }
         }
     }
 

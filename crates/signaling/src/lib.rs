@@ -140,6 +140,17 @@ impl Signaling {
         }
     }
 
+    /// The rooms this server holds now: those with a member in them.
+    pub async fn rooms(&self) -> Option<Vec<miclink_protocol::Ident>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .hub
+            .send(wire::HubMsg::Rooms { reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
     /// Counts for health checks and metrics.
     pub async fn stats(&self) -> Option<Stats> {
         let (reply, rx) = oneshot::channel();

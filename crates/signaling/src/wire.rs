@@ -52,6 +52,10 @@ pub(crate) enum HubMsg {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    /// The rooms this hub holds (for a cluster's room directory).
+    Rooms {
+        reply: oneshot::Sender<Vec<miclink_protocol::Ident>>,
+    },
 }
 
 /// What the signaling plane holds right now.
