@@ -1,13 +1,14 @@
 //! `miclink-load` against a real server in this process: the numbers it reports must come from
 //! packets that arrived. A short `cohost` run (anchor and nine guests admitted through
-//! apply/accept, two viewers) over real WebRTC on loopback.
+//! apply/accept, two viewers) over real WebRTC on loopback; and `encode`, the WHIP encoder.
 
 use std::process::Command;
 
 use miclink::{Args, Config};
+use tokio::sync::oneshot;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cohost_reports_what_really_arrived() {
+/// A server on its embedded defaults, on ports of the OS's choosing, until the sender is used.
+async fn server() -> (std::net::SocketAddr, oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -16,10 +17,16 @@ async fn cohost_reports_what_really_arrived() {
     if let Some(media) = &mut config.media {
         media.udp_addr.set_port(0);
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(miclink::run(listener, config, async {
         let _ = stopped.await;
     }));
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohost_reports_what_really_arrived() {
+    let (addr, stop) = server().await;
 
     let url = format!("ws://{addr}/ws");
     let pid = std::process::id().to_string();
@@ -74,18 +81,7 @@ async fn cohost_reports_what_really_arrived() {
 /// moment and ends the live with its DELETE; a file that is not there is a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encode_goes_live_over_whip_and_its_delete_ends_it() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut config = Config::load(Args::default()).expect("defaults");
-    if let Some(media) = &mut config.media {
-        media.udp_addr.set_port(0);
-    }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(miclink::run(listener, config, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = server().await;
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/qcif-10s.ivf"
