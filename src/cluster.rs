@@ -1,23 +1,34 @@
 //! This node in a cluster (`--redis-url`): its heartbeat in the registry, its rooms in the room
-//! directory, and what it knows of the other nodes, for `/metrics` and `/healthz`.
+//! directory, the relaying of connections whose room another node holds, and what it knows of
+//! the other nodes, for `/metrics` and `/healthz`.
 //!
-//! Every heartbeat interval the node claims the rooms it holds that it has not claimed yet,
-//! releases those it no longer holds, renews the rest with its registry entry, and reads the
-//! registry (nodes that joined or were lost are logged). A room already claimed by another node
-//! is a conflict: it is counted and logged (the room's requests are not yet relayed to its
-//! origin). Redis being unreachable does not stop the node: it serves its own clients and tries
-//! again at the next beat; `/healthz` says so.
+//! Three tasks:
+//! - **Relay out**: the hub asks which node holds a room a socket joins (the room is claimed for
+//!   this node when nobody holds it) and hands over what must reach other nodes, which goes to
+//!   their inboxes as JSON [`Envelope`]s.
+//! - **Inbox**: what other nodes send this one goes to the hub.
+//! - **Heartbeat**: every interval the node renews its registry entry and its claims, claims the
+//!   rooms it holds that it has not claimed yet, releases those it no longer holds, and reads
+//!   the registry: a node lost is told to the hub, which ends the relayed sessions of rooms that
+//!   node held (`room_ended`, `node_lost`).
+//!
+//! A room claimed by another node that this one holds too (both got their first joins while
+//! Redis was unreachable) is a conflict: counted and logged. Redis being unreachable does not
+//! stop the node: it serves joins itself and tries again at the next beat; `/healthz` says so.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use miclink_cluster::{Claim, Cluster, ClusterError, Load, Membership};
 use miclink_signaling::Signaling;
+use miclink_signaling::relay::{Envelope, RelayOut};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// What the cluster task knows, read by `/metrics` and `/healthz`.
+/// What the cluster tasks know, read by `/metrics` and `/healthz`.
 #[derive(Debug, Default)]
 pub(crate) struct ClusterState {
     pub(crate) node_id: String,
@@ -30,20 +41,39 @@ pub(crate) struct ClusterState {
     /// Claims this node lost (it missed renewals and another node took the room).
     pub(crate) claims_lost: AtomicU64,
     pub(crate) redis_errors: AtomicU64,
+    /// Messages to and from other nodes.
+    pub(crate) relayed_out: AtomicU64,
+    pub(crate) relayed_in: AtomicU64,
+    /// Inbox messages that were not an envelope.
+    pub(crate) bad_messages: AtomicU64,
     /// Whether the last beat reached Redis.
     pub(crate) redis_up: AtomicBool,
 }
 
-/// Beat until `stop` resolves, then leave the cluster (the entry and the claims go at once).
+/// Rooms this node claimed, and when: a room claimed for a join is not held by the hub until
+/// the join is done, and must not be released as unheld meanwhile.
+type Claimed = Arc<Mutex<BTreeMap<String, Instant>>>;
+
+/// Run the node's part of the cluster until `stop` resolves, then leave it (the entry and the
+/// claims go at once).
 pub(crate) async fn run(
     cluster: Cluster,
     signaling: Signaling,
+    relay_out: mpsc::Receiver<RelayOut>,
     state: Arc<ClusterState>,
     stop: impl Future<Output = ()>,
 ) {
+    let claimed: Claimed = Arc::default();
+    let inbox = tokio::spawn(inbox(cluster.clone(), signaling.clone(), state.clone()));
+    let out = tokio::spawn(relay(
+        cluster.clone(),
+        signaling.clone(),
+        relay_out,
+        claimed.clone(),
+        state.clone(),
+    ));
     let mut tick = tokio::time::interval(cluster.config().heartbeat_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
     // Rooms whose conflict was logged, so a long conflict is one line.
     let mut conflicted: BTreeSet<String> = BTreeSet::new();
     let mut membership = Membership::default();
@@ -56,46 +86,148 @@ pub(crate) async fn run(
         let Some(rooms) = signaling.rooms().await else {
             break;
         };
-        let result = beat(
-            &cluster,
-            &rooms,
-            &mut claimed,
-            &mut conflicted,
-            &mut membership,
-            &state,
-        )
-        .await;
-        state.redis_up.store(result.is_ok(), Ordering::Relaxed);
-        if let Err(e) = result {
-            state.redis_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(error = %e, "cluster heartbeat failed; trying again at the next one");
+        let result = beat(&cluster, &rooms, &claimed, &mut conflicted, &state).await;
+        let lost = match result {
+            Ok(()) => cluster.nodes().await.map(|nodes| {
+                state.nodes.store(nodes.len() as u64, Ordering::Relaxed);
+                membership.update(nodes.keys())
+            }),
+            Err(e) => Err(e),
+        };
+        state.redis_up.store(lost.is_ok(), Ordering::Relaxed);
+        match lost {
+            Ok(changes) => {
+                for node in changes.joined {
+                    info!(%node, "cluster node joined");
+                }
+                for node in changes.lost {
+                    warn!(%node, "cluster node lost");
+                    signaling.node_lost(node).await;
+                }
+            }
+            Err(e) => {
+                state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "cluster heartbeat failed; trying again at the next one");
+            }
         }
     }
-    let rooms: Vec<String> = claimed.into_iter().collect();
+    inbox.abort();
+    out.abort();
+    let rooms: Vec<String> = lock(&claimed).keys().cloned().collect();
     match cluster.leave(&rooms).await {
         Ok(()) => info!(node = cluster.node_id(), "left the cluster"),
         Err(e) => warn!(error = %e, "could not leave the cluster; its entry expires on its own"),
     }
 }
 
+fn lock(claimed: &Claimed) -> std::sync::MutexGuard<'_, BTreeMap<String, Instant>> {
+    // Nothing panics while holding it; a poisoned map is still the right map.
+    claimed.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What another node sent goes to the hub.
+async fn inbox(cluster: Cluster, signaling: Signaling, state: Arc<ClusterState>) {
+    let mut inbox = match cluster.inbox().await {
+        Ok(inbox) => inbox,
+        Err(e) => {
+            warn!(error = %e, "cannot listen to this node's inbox; nothing is relayed here");
+            return;
+        }
+    };
+    while let Some(message) = inbox.next().await {
+        match serde_json::from_slice::<Envelope>(&message) {
+            Ok(envelope) => {
+                state.relayed_in.fetch_add(1, Ordering::Relaxed);
+                signaling.deliver(envelope).await;
+            }
+            Err(e) => {
+                state.bad_messages.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "an inbox message that is not an envelope was dropped");
+            }
+        }
+    }
+    warn!("the inbox's connection to Redis ended");
+}
+
+/// What the hub needs from the cluster: which node holds a room, and messages to other nodes.
+async fn relay(
+    cluster: Cluster,
+    signaling: Signaling,
+    mut out: mpsc::Receiver<RelayOut>,
+    claimed: Claimed,
+    state: Arc<ClusterState>,
+) {
+    while let Some(o) = out.recv().await {
+        match o {
+            RelayOut::Resolve { conn, room } => {
+                let origin = match cluster.claim_room(room.as_str()).await {
+                    Ok(Claim::Origin) => {
+                        lock(&claimed).insert(room.as_str().to_owned(), Instant::now());
+                        None
+                    }
+                    Ok(Claim::Elsewhere(node)) => Some(node),
+                    Err(e) => {
+                        // Served here: a node without Redis still serves its clients.
+                        state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, %room, "could not ask the room directory");
+                        None
+                    }
+                };
+                signaling.resolved(conn, origin).await;
+            }
+            RelayOut::Send { node, relay } => {
+                let envelope = Envelope {
+                    from: cluster.node_id().to_owned(),
+                    relay,
+                };
+                let Ok(bytes) = serde_json::to_vec(&envelope) else {
+                    continue;
+                };
+                match cluster.send(&node, &bytes).await {
+                    Ok(()) => {
+                        state.relayed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, %node, "a message to another node was lost");
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn beat(
     cluster: &Cluster,
     rooms: &[miclink_protocol::Ident],
-    claimed: &mut BTreeSet<String>,
+    claimed: &Claimed,
     conflicted: &mut BTreeSet<String>,
-    membership: &mut Membership,
     state: &ClusterState,
 ) -> Result<(), ClusterError> {
     let held: BTreeSet<String> = rooms.iter().map(|r| r.as_str().to_owned()).collect();
-    for room in claimed.difference(&held).cloned().collect::<Vec<_>>() {
+    // Claimed for a join a moment ago: the hub may not hold the room yet.
+    let fresh = cluster.config().heartbeat_interval() * 2;
+    let unheld: Vec<String> = lock(claimed)
+        .iter()
+        .filter(|(room, at)| !held.contains(*room) && at.elapsed() > fresh)
+        .map(|(room, _)| room.clone())
+        .collect();
+    for room in unheld {
         cluster.release_room(&room).await?;
-        claimed.remove(&room);
+        lock(claimed).remove(&room);
     }
     conflicted.retain(|r| held.contains(r));
-    for room in held.difference(claimed).cloned().collect::<Vec<_>>() {
+    let unclaimed: Vec<String> = {
+        let c = lock(claimed);
+        held.iter()
+            .filter(|r| !c.contains_key(*r))
+            .cloned()
+            .collect()
+    };
+    for room in unclaimed {
         match cluster.claim_room(&room).await? {
             Claim::Origin => {
-                claimed.insert(room.clone());
+                lock(claimed).insert(room.clone(), Instant::now());
                 conflicted.remove(&room);
             }
             Claim::Elsewhere(node) => {
@@ -110,23 +242,14 @@ async fn beat(
         rooms: held.len() as u32,
         members: 0,
     };
-    let renew: Vec<String> = claimed.iter().cloned().collect();
+    let renew: Vec<String> = lock(claimed).keys().cloned().collect();
     for room in cluster.heartbeat(load, &renew).await? {
         warn!(%room, "the claim on a room was lost to another node");
         state.claims_lost.fetch_add(1, Ordering::Relaxed);
-        claimed.remove(&room);
+        lock(claimed).remove(&room);
     }
     state
         .origin_rooms
-        .store(claimed.len() as u64, Ordering::Relaxed);
-    let nodes = cluster.nodes().await?;
-    let changes = membership.update(nodes.keys());
-    for node in &changes.joined {
-        info!(%node, "cluster node joined");
-    }
-    for node in &changes.lost {
-        warn!(%node, "cluster node lost");
-    }
-    state.nodes.store(nodes.len() as u64, Ordering::Relaxed);
+        .store(lock(claimed).len() as u64, Ordering::Relaxed);
     Ok(())
 }

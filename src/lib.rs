@@ -76,11 +76,15 @@ pub async fn run(
     let media = config.media.clone().map(Sfu::start).transpose()?;
     let sfu = media.as_ref().map(|(sfu, _)| sfu.clone());
     let plane = media.map(|(sfu, events)| MediaPlane { sfu, events });
-    let signaling = Signaling::start(config.signaling, plane);
     // A node that cannot reach its cluster's Redis at start is misconfigured: say so now.
-    let cluster = match config.cluster {
-        Some(c) => {
-            let node = miclink_cluster::Cluster::connect(c).await?;
+    let node = match config.cluster {
+        Some(c) => Some(miclink_cluster::Cluster::connect(c).await?),
+        None => None,
+    };
+    let (signaling, cluster) = match node {
+        Some(node) => {
+            let (signaling, relay_out) =
+                Signaling::start_clustered(config.signaling, plane, node.node_id().to_owned());
             let state = Arc::new(cluster::ClusterState {
                 node_id: node.node_id().to_owned(),
                 ..Default::default()
@@ -89,14 +93,15 @@ pub async fn run(
             let task = tokio::spawn(cluster::run(
                 node,
                 signaling.clone(),
+                relay_out,
                 state.clone(),
                 async {
                     let _ = stopped.await;
                 },
             ));
-            Some((state, stop, task))
+            (signaling, Some((state, stop, task)))
         }
-        None => None,
+        None => (Signaling::start(config.signaling, plane), None),
     };
     let connections = Arc::new(serve::Connections::default());
     let app = app(Planes {

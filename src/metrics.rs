@@ -86,8 +86,26 @@ pub(crate) async fn metrics(State(planes): State<Planes>, headers: HeaderMap) ->
         counter(
             &mut out,
             "cluster_redis_errors",
-            "Heartbeats that failed to reach Redis.",
+            "Heartbeats, room lookups and messages that failed to reach Redis.",
             c.redis_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "cluster_relayed_out",
+            "Messages sent to other nodes (relayed requests, answers and events).",
+            c.relayed_out.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "cluster_relayed_in",
+            "Messages other nodes sent this one.",
+            c.relayed_in.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "cluster_bad_messages",
+            "Inbox messages dropped because they were not an envelope.",
+            c.bad_messages.load(Relaxed),
         );
     }
     let Some(sfu) = planes.media.as_ref().filter(|m| !m.failed()) else {

@@ -489,6 +489,9 @@ pub enum EndReason {
     AnchorLeft,
     AnchorLost,
     ServerShutdown,
+    /// Version 2, clusters: the node holding the room stopped (a member connected through
+    /// another node).
+    NodeLost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

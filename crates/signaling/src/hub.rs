@@ -20,6 +20,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::auth::Auth;
 use crate::error::{media_error_code, seat_error_code};
+use crate::relay::{Relay, RelayOut, close_reason, token_node};
 use crate::session::{Session, SessionId, new_token};
 use crate::wire::{CLOSE_GOING_AWAY, CLOSE_REPLACED, ConnId, HubMsg, Outbound, Stats, encode};
 use crate::{MediaPlane, SignalingConfig};
@@ -34,6 +35,51 @@ struct Conn {
     http: bool,
     /// A WHIP resource whose publish connection was answered: its end is this one's end.
     publishing: bool,
+    /// A socket here whose room another node holds: its requests go there ([`crate::relay`]).
+    remote: Option<String>,
+    /// A connection of another node served here: that node and its id of it.
+    served_for: Option<(String, ConnId)>,
+}
+
+impl Conn {
+    fn new(tx: mpsc::Sender<Outbound>, http: bool) -> Conn {
+        Conn {
+            tx,
+            session: None,
+            http,
+            publishing: false,
+            remote: None,
+            served_for: None,
+        }
+    }
+}
+
+/// Relay messages waiting for the cluster glue at most; past that a relayed connection is
+/// dropped as a socket that cannot keep up is.
+pub(crate) const RELAY_QUEUE: usize = 16_384;
+
+/// This hub in a cluster.
+pub(crate) struct Clustered {
+    pub(crate) node: String,
+    pub(crate) out: mpsc::Sender<RelayOut>,
+    /// Joins waiting to hear which node holds their room: the request, by connection.
+    resolving: HashMap<ConnId, (u64, Request)>,
+    /// Connections of other nodes served here: (node, its id) -> the id here.
+    served: HashMap<(String, ConnId), ConnId>,
+    /// Ids for them, from the top of the range down, apart from the sockets' (from 1 up).
+    next_served: ConnId,
+}
+
+impl Clustered {
+    pub(crate) fn new(node: String, out: mpsc::Sender<RelayOut>) -> Clustered {
+        Clustered {
+            node,
+            out,
+            resolving: HashMap::new(),
+            served: HashMap::new(),
+            next_served: ConnId::MAX,
+        }
+    }
 }
 
 pub(crate) struct Hub {
@@ -52,6 +98,8 @@ pub(crate) struct Hub {
     media: Option<Sfu>,
     /// Encoders publishing for an anchor on a socket ([`HubMsg::Attach`]): at most one each.
     attached: HashMap<(Ident, Ident), ConnId>,
+    /// Set when this node is one of a cluster.
+    cluster: Option<Clustered>,
 }
 
 fn now() -> std::time::Instant {
@@ -63,6 +111,7 @@ impl Hub {
     pub(crate) fn new(
         config: SignalingConfig,
         media: Option<MediaPlane>,
+        cluster: Option<Clustered>,
     ) -> (Hub, Option<mpsc::UnboundedReceiver<MediaEvent>>) {
         let (media, media_events) = media.map(|m| (m.sfu, m.events)).unzip();
         let hub = Hub {
@@ -78,6 +127,7 @@ impl Hub {
             shutdown: None,
             media,
             attached: HashMap::new(),
+            cluster,
         };
         (hub, media_events)
     }
@@ -119,15 +169,7 @@ impl Hub {
                     let _ = tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "server shutdown"));
                     return;
                 }
-                self.conns.insert(
-                    conn,
-                    Conn {
-                        tx,
-                        session: None,
-                        http,
-                        publishing: false,
-                    },
-                );
+                self.conns.insert(conn, Conn::new(tx, http));
             }
             HubMsg::Request { conn, id, request } => self.on_request(conn, id, request),
             HubMsg::Attach {
@@ -173,6 +215,170 @@ impl Hub {
             HubMsg::Rooms { reply } => {
                 let _ = reply.send(self.rooms.keys().cloned().collect());
             }
+            HubMsg::Resolved { conn, origin } => self.resolved(conn, origin),
+            HubMsg::Relayed { from, relay } => self.relayed(from, relay),
+            HubMsg::NodeLost { node } => self.node_lost(&node),
+        }
+    }
+
+    /// Tell the cluster glue `out`; a full queue drops `conn` (whose traffic it is), as a
+    /// socket that cannot keep up is dropped.
+    fn tell_cluster(&mut self, conn: ConnId, out: RelayOut) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = c.out.try_send(out) {
+            warn!(
+                conn,
+                "the cluster cannot keep up; dropping a relayed connection"
+            );
+            self.drop_conn(conn);
+        }
+    }
+
+    /// Send `relay` for local socket `conn` to `node`.
+    fn relay_to(&mut self, conn: ConnId, node: String, relay: Relay) {
+        self.tell_cluster(conn, RelayOut::Send { node, relay });
+    }
+
+    /// Which node holds the room a join waited for is known.
+    fn resolved(&mut self, conn: ConnId, origin: Option<String>) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let Some((id, request)) = cluster.resolving.remove(&conn) else {
+            return;
+        };
+        let here = origin.as_ref().is_none_or(|o| *o == cluster.node);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if here {
+            if let Request::Join {
+                room,
+                user,
+                role,
+                name,
+                token,
+            } = request
+            {
+                self.join(conn, id, room, user, role, name, token);
+            }
+            return;
+        }
+        let node = origin.unwrap_or_default();
+        debug!(conn, %node, "the room is held by another node; relaying there");
+        c.remote = Some(node.clone());
+        self.relay_to(conn, node, Relay::Request { conn, id, request });
+    }
+
+    /// What another node sent: requests of its sockets for rooms held here, or what our own
+    /// relayed sockets get back.
+    fn relayed(&mut self, from: String, relay: Relay) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        match relay {
+            Relay::Request { conn, id, request } => {
+                let key = (from, conn);
+                let here = match cluster.served.get(&key) {
+                    Some(here) => *here,
+                    None => {
+                        if cluster.served.len() >= self.config.max_relayed {
+                            warn!(node = %key.0, "too many relayed connections; refusing one");
+                            let _ = cluster.out.try_send(RelayOut::Send {
+                                node: key.0,
+                                relay: Relay::Close {
+                                    conn,
+                                    code: CLOSE_GOING_AWAY,
+                                    reason: "closed".into(),
+                                },
+                            });
+                            return;
+                        }
+                        let here = cluster.next_served;
+                        cluster.next_served -= 1;
+                        cluster.served.insert(key.clone(), here);
+                        let (tx, rx) = mpsc::channel(self.config.outbound_queue);
+                        tokio::spawn(forward(rx, key.0.clone(), conn, cluster.out.clone()));
+                        let mut c = Conn::new(tx, false);
+                        c.served_for = Some(key);
+                        self.conns.insert(here, c);
+                        here
+                    }
+                };
+                self.on_request(here, id, request);
+            }
+            Relay::Closed { conn } => {
+                if let Some(here) = cluster.served.get(&(from, conn)).copied() {
+                    self.drop_conn(here);
+                }
+            }
+            Relay::Text { conn, text } => {
+                self.origin_says(&from, conn, Outbound::Text(text.into()))
+            }
+            Relay::Joined { conn, text } => {
+                self.origin_says(&from, conn, Outbound::Joined(text.into()))
+            }
+            Relay::Unbound { conn } => self.origin_says(&from, conn, Outbound::Unbound),
+            Relay::Close { conn, code, reason } => {
+                self.origin_says(&from, conn, Outbound::Close(code, close_reason(&reason)))
+            }
+        }
+    }
+
+    /// What the origin `from` sends one of our sockets relayed to it. A session that ended
+    /// there ends the relaying: the socket may join again, anywhere.
+    fn origin_says(&mut self, from: &str, conn: ConnId, out: Outbound) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.remote.as_deref() != Some(from) {
+            return;
+        }
+        let ends = matches!(out, Outbound::Unbound | Outbound::Close(..));
+        if ends {
+            c.remote = None;
+        }
+        self.queue(conn, out);
+        if ends {
+            self.relay_to(conn, from.to_owned(), Relay::Closed { conn });
+        }
+    }
+
+    /// `node` is gone. Our sockets relayed to it hear that their room ended (`node_lost`);
+    /// the connections we served for it are dropped (their sessions wait out their grace).
+    fn node_lost(&mut self, node: &str) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let served: Vec<ConnId> = cluster
+            .served
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|(_, here)| *here)
+            .collect();
+        let relayed: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.remote.as_deref() == Some(node))
+            .map(|(id, _)| *id)
+            .collect();
+        if !served.is_empty() || !relayed.is_empty() {
+            warn!(%node, served = served.len(), relayed = relayed.len(), "a cluster node was lost");
+        }
+        for here in served {
+            self.drop_conn(here);
+        }
+        let ended = encode(&Event::RoomEnded {
+            reason: EndReason::NodeLost,
+        });
+        for conn in relayed {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.remote = None;
+            }
+            self.queue(conn, Outbound::Text(ended.clone()));
+            self.queue(conn, Outbound::Unbound);
         }
     }
 
@@ -180,8 +386,25 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
+        if let Some(node) = c.remote.clone() {
+            return self.relay_to(conn, node, Relay::Request { conn, id, request });
+        }
         let kind = request.type_name();
         match c.session {
+            None if self.must_resolve(conn, &request) => {
+                let Some(cluster) = &mut self.cluster else {
+                    return;
+                };
+                if cluster.resolving.contains_key(&conn) {
+                    return self.reply_err(conn, id, ErrorCode::BadRequest, "a join is under way");
+                }
+                let Request::Join { room, .. } = &request else {
+                    return;
+                };
+                let room = room.clone();
+                cluster.resolving.insert(conn, (id, request));
+                self.tell_cluster(conn, RelayOut::Resolve { conn, room });
+            }
             None => match request {
                 Request::Join {
                     room,
@@ -190,7 +413,24 @@ impl Hub {
                     name,
                     token,
                 } => self.join(conn, id, room, user, role, name, token),
-                Request::Resume { session } => self.resume(conn, id, &session),
+                Request::Resume { session } => {
+                    // A session another node of the cluster made: resumed there.
+                    let elsewhere = self.cluster.as_ref().and_then(|c| {
+                        let node = token_node(&session)?;
+                        (node != c.node && !self.by_token.contains_key(&session))
+                            .then(|| node.to_owned())
+                    });
+                    match elsewhere {
+                        Some(node) => {
+                            if let Some(c) = self.conns.get_mut(&conn) {
+                                c.remote = Some(node.clone());
+                            }
+                            let request = Request::Resume { session };
+                            self.relay_to(conn, node, Relay::Request { conn, id, request });
+                        }
+                        None => self.resume(conn, id, &session),
+                    }
+                }
                 _ => self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first"),
             },
             Some(sid) => {
@@ -200,6 +440,22 @@ impl Hub {
                 self.member_request(conn, id, &room, &user, request);
             }
         }
+    }
+
+    /// Whether a join on `conn` must first learn which node holds its room: in a cluster, for a
+    /// socket (HTTP clients join here), when the room is not held here already.
+    fn must_resolve(&self, conn: ConnId, request: &Request) -> bool {
+        let Request::Join { room, .. } = request else {
+            return false;
+        };
+        // A connection another node relayed here was resolved there already.
+        self.cluster.is_some()
+            && self.shutdown.is_none()
+            && !self.rooms.contains_key(room)
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| !c.http && c.served_for.is_none())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -242,7 +498,11 @@ impl Hub {
         }
         let sid = self.next_session;
         self.next_session += 1;
-        let token = new_token();
+        // In a cluster the token names this node, so a resume on another node comes here.
+        let token = match &self.cluster {
+            Some(c) => format!("{}.{}", c.node, new_token()),
+            None => new_token(),
+        };
         self.sessions.insert(
             sid,
             Session::new(token.clone(), room.clone(), user.clone(), conn),
@@ -732,6 +992,20 @@ impl Hub {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if let Some(cluster) = &mut self.cluster {
+            cluster.resolving.remove(&conn);
+            if let Some(key) = &c.served_for {
+                cluster.served.remove(key);
+            }
+            if let Some(node) = c.remote.clone() {
+                // Best effort: a full queue means the origin hears of it when its own socket
+                // for this one is dropped as too slow.
+                let _ = cluster.out.try_send(RelayOut::Send {
+                    node,
+                    relay: Relay::Closed { conn },
+                });
+            }
+        }
         let Some(sid) = c.session else {
             return;
         };
@@ -844,4 +1118,58 @@ impl Hub {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// Carry what the hub sends a connection of `node` (its id `conn`) there, until the hub lets
+/// go of it; then tell that node to close its socket, if nothing ended it before.
+async fn forward(
+    mut rx: mpsc::Receiver<Outbound>,
+    node: String,
+    conn: ConnId,
+    out: mpsc::Sender<RelayOut>,
+) {
+    let mut closed = false;
+    while let Some(o) = rx.recv().await {
+        let relay = match o {
+            Outbound::Text(text) => Relay::Text {
+                conn,
+                text: text.as_str().to_owned(),
+            },
+            Outbound::Joined(text) => Relay::Joined {
+                conn,
+                text: text.as_str().to_owned(),
+            },
+            Outbound::Unbound => Relay::Unbound { conn },
+            Outbound::Close(code, reason) => {
+                closed = true;
+                Relay::Close {
+                    conn,
+                    code,
+                    reason: reason.to_owned(),
+                }
+            }
+        };
+        if out
+            .send(RelayOut::Send {
+                node: node.clone(),
+                relay,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if !closed {
+        let _ = out
+            .send(RelayOut::Send {
+                node,
+                relay: Relay::Close {
+                    conn,
+                    code: CLOSE_GOING_AWAY,
+                    reason: "closed".into(),
+                },
+            })
+            .await;
+    }
 }

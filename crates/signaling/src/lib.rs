@@ -11,6 +11,7 @@ mod conn;
 mod error;
 mod hub;
 mod ratelimit;
+pub mod relay;
 mod session;
 pub mod turn;
 mod whip;
@@ -63,6 +64,9 @@ pub struct SignalingConfig {
     pub join_timeout: Duration,
     /// A frame the peer has not taken in this long means it stopped reading; it is dropped.
     pub send_timeout: Duration,
+    /// In a cluster: connections of other nodes served here at most (each is a socket there);
+    /// more are refused (their socket is closed).
+    pub max_relayed: usize,
 }
 
 impl Default for SignalingConfig {
@@ -77,6 +81,7 @@ impl Default for SignalingConfig {
             shutdown_grace: Duration::from_secs(3),
             join_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
+            max_relayed: 65_536,
         }
     }
 }
@@ -100,8 +105,29 @@ impl Signaling {
     /// Start the hub task on the current tokio runtime. Without a media plane, media requests
     /// answer `not_implemented`.
     pub fn start(config: SignalingConfig, media: Option<MediaPlane>) -> Signaling {
+        Signaling::start_with(config, media, None)
+    }
+
+    /// [`Signaling::start`] for node `node` of a cluster: joins of rooms not held here ask the
+    /// cluster first, and what must cross to other nodes comes out of the receiver for the
+    /// cluster glue to carry ([`relay`]).
+    pub fn start_clustered(
+        config: SignalingConfig,
+        media: Option<MediaPlane>,
+        node: String,
+    ) -> (Signaling, mpsc::Receiver<relay::RelayOut>) {
+        let (out, rx) = mpsc::channel(hub::RELAY_QUEUE);
+        let sig = Signaling::start_with(config, media, Some(hub::Clustered::new(node, out)));
+        (sig, rx)
+    }
+
+    fn start_with(
+        config: SignalingConfig,
+        media: Option<MediaPlane>,
+        cluster: Option<hub::Clustered>,
+    ) -> Signaling {
         let (tx, rx) = mpsc::channel(4096);
-        let (hub, media_events) = hub::Hub::new(config.clone(), media);
+        let (hub, media_events) = hub::Hub::new(config.clone(), media, cluster);
         tokio::spawn(hub.run(rx, media_events));
         Signaling {
             inner: Arc::new(Inner {
@@ -138,6 +164,33 @@ impl Signaling {
         {
             let _ = wait.await;
         }
+    }
+
+    /// The answer to [`relay::RelayOut::Resolve`]: the node holding the room, `None` for this
+    /// one (or when the cluster could not say: the join is then served here).
+    pub async fn resolved(&self, conn: u64, origin: Option<String>) {
+        let _ = self
+            .inner
+            .hub
+            .send(wire::HubMsg::Resolved { conn, origin })
+            .await;
+    }
+
+    /// What another node of the cluster sent this one.
+    pub async fn deliver(&self, envelope: relay::Envelope) {
+        let _ = self
+            .inner
+            .hub
+            .send(wire::HubMsg::Relayed {
+                from: envelope.from,
+                relay: envelope.relay,
+            })
+            .await;
+    }
+
+    /// A node of the cluster stopped heartbeating.
+    pub async fn node_lost(&self, node: String) {
+        let _ = self.inner.hub.send(wire::HubMsg::NodeLost { node }).await;
     }
 
     /// The rooms this server holds now: those with a member in them.

@@ -56,6 +56,21 @@ pub(crate) enum HubMsg {
     Rooms {
         reply: oneshot::Sender<Vec<miclink_protocol::Ident>>,
     },
+    /// The cluster's answer to [`crate::relay::RelayOut::Resolve`]: the node holding the room
+    /// `conn` joins, `None` for this one.
+    Resolved {
+        conn: ConnId,
+        origin: Option<String>,
+    },
+    /// What another node sent.
+    Relayed {
+        from: String,
+        relay: crate::relay::Relay,
+    },
+    /// A node of the cluster stopped heartbeating.
+    NodeLost {
+        node: String,
+    },
 }
 
 /// What the signaling plane holds right now.

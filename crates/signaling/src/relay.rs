@@ -1,0 +1,112 @@
+//! One room across nodes, for signaling: a client may connect to any node, and a node whose
+//! client joins a room held by another node (its origin, in the cluster's room directory) relays
+//! the connection to that node. The origin's hub serves the relayed connection as one of its own
+//! sockets (its sessions, seats and media commands stay there); the edge node only carries its
+//! requests there and the answers and events back.
+//!
+//! The hub says what must cross ([`RelayOut`]); the server's cluster glue carries it through the
+//! node inboxes and hands what arrives back with [`crate::Signaling::deliver`]. Nothing here
+//! knows Redis.
+
+use miclink_protocol::{Ident, Request};
+use serde::{Deserialize, Serialize};
+
+/// What one node tells another about a relayed connection (`conn` is the edge node's id of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Relay {
+    /// Edge to origin: the connection's next request.
+    Request {
+        conn: u64,
+        id: u64,
+        request: Request,
+    },
+    /// Edge to origin: the connection closed, or stopped being relayed.
+    Closed { conn: u64 },
+    /// Origin to edge: text for the connection's socket.
+    Text { conn: u64, text: String },
+    /// Origin to edge: the reply to a join or resume that succeeded.
+    Joined { conn: u64, text: String },
+    /// Origin to edge: the connection's session ended; the socket stays.
+    Unbound { conn: u64 },
+    /// Origin to edge: close the socket.
+    Close {
+        conn: u64,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// What the hub needs the cluster glue to do.
+#[derive(Debug)]
+pub enum RelayOut {
+    /// Which node holds `room`? Claim it for this node when nobody does. Answer with
+    /// [`crate::Signaling::resolved`].
+    Resolve { conn: u64, room: Ident },
+    /// Put `relay` in `node`'s inbox.
+    Send { node: String, relay: Relay },
+}
+
+/// A message between nodes: who sent it, and what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: String,
+    pub relay: Relay,
+}
+
+/// Close reasons an origin may name, as the edge's socket states them (anything else is
+/// "closed").
+pub(crate) fn close_reason(reason: &str) -> &'static str {
+    const KNOWN: [&str; 6] = [
+        "server shutdown",
+        "replaced",
+        "another encoder",
+        "the anchor left",
+        "too slow",
+        "origin node lost",
+    ];
+    KNOWN.into_iter().find(|k| *k == reason).unwrap_or("closed")
+}
+
+/// The node a session token was made on: tokens of a clustered node start with its id and a
+/// dot, so a `resume` that reaches another node is relayed to it.
+pub(crate) fn token_node(token: &str) -> Option<&str> {
+    token.split_once('.').map(|(node, _)| node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relays_round_trip_as_json() {
+        let e = Envelope {
+            from: "b".into(),
+            relay: Relay::Request {
+                conn: 7,
+                id: 3,
+                request: Request::Leave,
+            },
+        };
+        let json = serde_json::to_string(&e).expect("json");
+        assert_eq!(serde_json::from_str::<Envelope>(&json).expect("back"), e);
+        let e = Envelope {
+            from: "a".into(),
+            relay: Relay::Close {
+                conn: 7,
+                code: 1001,
+                reason: "server shutdown".into(),
+            },
+        };
+        let json = serde_json::to_string(&e).expect("json");
+        assert_eq!(serde_json::from_str::<Envelope>(&json).expect("back"), e);
+    }
+
+    #[test]
+    fn close_reasons_are_from_a_fixed_set_and_tokens_name_their_node() {
+        assert_eq!(close_reason("replaced"), "replaced");
+        assert_eq!(close_reason("anything a node made up"), "closed");
+        assert_eq!(token_node("a-1.0123abcd"), Some("a-1"));
+        assert_eq!(token_node("0123abcd"), None);
+    }
+}
