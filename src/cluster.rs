@@ -90,7 +90,7 @@ pub(crate) async fn run(
         let lost = match result {
             Ok(()) => cluster.nodes().await.map(|nodes| {
                 state.nodes.store(nodes.len() as u64, Ordering::Relaxed);
-                membership.update(nodes.keys())
+                membership.update(&nodes)
             }),
             Err(e) => Err(e),
         };
@@ -125,28 +125,33 @@ fn lock(claimed: &Claimed) -> std::sync::MutexGuard<'_, BTreeMap<String, Instant
     claimed.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What another node sent goes to the hub.
+/// What another node sent goes to the hub. The subscription is made again (every second at
+/// most) when its connection to Redis ends.
 async fn inbox(cluster: Cluster, signaling: Signaling, state: Arc<ClusterState>) {
-    let mut inbox = match cluster.inbox().await {
-        Ok(inbox) => inbox,
-        Err(e) => {
-            warn!(error = %e, "cannot listen to this node's inbox; nothing is relayed here");
-            return;
-        }
-    };
-    while let Some(message) = inbox.next().await {
-        match serde_json::from_slice::<Envelope>(&message) {
-            Ok(envelope) => {
-                state.relayed_in.fetch_add(1, Ordering::Relaxed);
-                signaling.deliver(envelope).await;
+    loop {
+        match cluster.inbox().await {
+            Ok(mut inbox) => {
+                while let Some(message) = inbox.next().await {
+                    match serde_json::from_slice::<Envelope>(&message) {
+                        Ok(envelope) => {
+                            state.relayed_in.fetch_add(1, Ordering::Relaxed);
+                            signaling.deliver(envelope).await;
+                        }
+                        Err(e) => {
+                            state.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            warn!(error = %e, "an inbox message that is not an envelope was dropped");
+                        }
+                    }
+                }
+                warn!("the inbox's connection to Redis ended; subscribing again");
             }
             Err(e) => {
-                state.bad_messages.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "an inbox message that is not an envelope was dropped");
+                state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "cannot listen to this node's inbox; trying again");
             }
         }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    warn!("the inbox's connection to Redis ended");
 }
 
 /// What the hub needs from the cluster: which node holds a room, and messages to other nodes.

@@ -20,10 +20,19 @@ use miclink_protocol::{EndReason, Event, Request, Role};
 use tokio::sync::Notify;
 
 fn in_cluster(redis: &RedisServer, id: &str) -> impl FnOnce(&mut Config) + use<> {
+    in_cluster_ttl(redis, id, Duration::from_millis(900))
+}
+
+/// A node whose entry and claims outlive its last heartbeat by `ttl`.
+fn in_cluster_ttl(
+    redis: &RedisServer,
+    id: &str,
+    ttl: Duration,
+) -> impl FnOnce(&mut Config) + use<> {
     let (url, id) = (redis.url(), id.to_owned());
     move |c| {
         let mut cluster = ClusterConfig::new(&url, &id, &format!("http://{id}.test"));
-        cluster.ttl = Duration::from_millis(900);
+        cluster.ttl = ttl;
         c.cluster = Some(cluster);
     }
 }
@@ -78,9 +87,9 @@ async fn join(s: &Server, user: &str, role: Role) -> client::Member {
 async fn nodes_register_claim_their_rooms_relay_a_viewer_and_leave_at_shutdown() {
     let redis = RedisServer::start();
     let a = server_with(in_cluster(&redis, "a")).await;
-    let mut b = server_with(in_cluster(&redis, "b")).await;
+    // b's entry and claims would outlive it by 30 s: what goes at once went by its leaving.
+    let mut b = server_with(in_cluster_ttl(&redis, "b", Duration::from_secs(30))).await;
     cluster_health(&a, "nodes", 2.into()).await;
-    cluster_health(&b, "nodes", 2.into()).await;
     assert_eq!(a.health().await["cluster"]["node"], "a");
     let probe = Cluster::connect(ClusterConfig::new(&redis.url(), "probe", "http://probe"))
         .await
@@ -127,16 +136,22 @@ async fn nodes_register_claim_their_rooms_relay_a_viewer_and_leave_at_shutdown()
     // b shuts down: it leaves at once (no waiting for the expiry), its claim with it.
     drop(b.done.take());
     drop(b);
+    let left = Instant::now();
     origin_becomes(&probe, "r", None).await;
     cluster_health(&a, "nodes", 1.into()).await;
+    assert!(
+        left.elapsed() < Duration::from_secs(10),
+        "b's entry and claim went by expiry, not by its leaving"
+    );
     other.close().await;
     again.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_keeps_serving_without_redis_and_one_without_it_at_start_does_not_start() {
+async fn a_node_serves_without_redis_and_comes_back_with_it_and_one_without_it_at_start_does_not_start()
+ {
     let redis = RedisServer::start();
-    let url = redis.url();
+    let (url, port) = (redis.url(), redis.port);
     let a = server_with(in_cluster(&redis, "a")).await;
     cluster_health(&a, "redis", "ok".into()).await;
     drop(redis);
@@ -145,8 +160,17 @@ async fn a_node_keeps_serving_without_redis_and_one_without_it_at_start_does_not
     let anchor = join(&a, "anchor", Role::Anchor).await;
     let viewer = join(&a, "viewer", Role::Audience).await;
     assert!(metric(&a.get("/metrics").await.1, "cluster_redis_errors_total") > 0);
+    // Redis comes back (empty): the node reconnects, registers again and claims its room.
+    let redis = RedisServer::start_on(port);
+    cluster_health(&a, "redis", "ok".into()).await;
+    cluster_health(&a, "nodes", 1.into()).await;
+    let probe = Cluster::connect(ClusterConfig::new(&url, "probe", "http://probe"))
+        .await
+        .expect("probe");
+    origin_becomes(&probe, "r", Some("a")).await;
     viewer.close().await;
     anchor.close().await;
+    drop(redis);
 
     // No Redis at all: the server says so and stops.
     let mut s = server_with(move |c| {

@@ -16,22 +16,29 @@
 //!
 //! Nothing else is shared: without a Redis URL a node is the single-process server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
 pub mod testing;
 
-/// The largest inbox message: a relayed request with an SDP offer is a few kilobytes.
-pub const MAX_MESSAGE: usize = 64 * 1024;
+/// The largest inbox message: a relayed frame of the WebSocket's 64 KiB, escaped once more as
+/// a string inside the envelope, fits.
+pub const MAX_MESSAGE: usize = 256 * 1024;
 
-/// Nodes one registry read takes at most: the set is written only by nodes, but a registry that
-/// somebody filled with junk must not make every node read all of it every second.
+/// How long one Redis command may take, and one connection attempt: a Redis that stopped
+/// answering fails the beat (the node then serves alone) instead of stalling it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Nodes a registry may list: the set is written only by nodes, but a registry that somebody
+/// filled with junk must not make every node read all of it every second. A bigger one is an
+/// error (a sample of it would make live nodes look lost).
 pub const MAX_NODES: usize = 1024;
 
 /// Rooms one renewal passes over at once (one round trip each batch).
@@ -45,6 +52,8 @@ pub enum ClusterError {
     BadNodeId(String),
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
     TooLarge(usize),
+    #[error("the registry lists {0} nodes, over the {MAX_NODES} this node reads")]
+    TooManyNodes(usize),
 }
 
 /// How this node joins the cluster.
@@ -94,6 +103,9 @@ pub fn valid_node_id(id: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
+    /// Random per start: a node that restarts with the same id within the expiry is a new
+    /// node, and its predecessor was lost.
+    pub boot: u64,
     pub http: String,
     pub media: Vec<SocketAddr>,
     pub load: Load,
@@ -129,12 +141,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// One node's handle on the cluster. Cheap to clone: clones share one multiplexed connection.
+/// One node's handle on the cluster. Cheap to clone: clones share one connection, which
+/// reconnects by itself when Redis comes back.
 #[derive(Clone)]
 pub struct Cluster {
     client: redis::Client,
-    con: MultiplexedConnection,
+    con: ConnectionManager,
     config: ClusterConfig,
+    boot: u64,
 }
 
 impl Cluster {
@@ -144,11 +158,25 @@ impl Cluster {
             return Err(ClusterError::BadNodeId(config.node_id));
         }
         let client = redis::Client::open(config.redis_url.as_str())?;
-        let con = client.get_multiplexed_async_connection().await?;
+        let con = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    .set_response_timeout(RESPONSE_TIMEOUT)
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_number_of_retries(2)
+                    .set_max_delay(1_000),
+            )
+            .await?;
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+            ^ u64::from(std::process::id()).rotate_left(32);
         Ok(Cluster {
             client,
             con,
             config,
+            boot,
         })
     }
 
@@ -177,6 +205,7 @@ impl Cluster {
     ) -> Result<Vec<String>, ClusterError> {
         let info = NodeInfo {
             id: self.config.node_id.clone(),
+            boot: self.boot,
             http: self.config.http_url.clone(),
             media: self.config.media.clone(),
             load,
@@ -250,20 +279,23 @@ impl Cluster {
     pub async fn nodes(&self) -> Result<BTreeMap<String, NodeInfo>, ClusterError> {
         let mut con = self.con.clone();
         let set = format!("{}:nodes", self.config.prefix);
-        let ids: Vec<String> = redis::cmd("SRANDMEMBER")
-            .arg(&set)
-            .arg(MAX_NODES)
-            .query_async(&mut con)
-            .await?;
-        let ids: Vec<String> = ids.into_iter().filter(|id| valid_node_id(id)).collect();
+        let listed: usize = con.scard(&set).await?;
+        if listed > MAX_NODES {
+            return Err(ClusterError::TooManyNodes(listed));
+        }
+        let listed: Vec<String> = con.smembers(&set).await?;
+        let (ids, mut gone): (Vec<String>, Vec<String>) =
+            listed.into_iter().partition(|id| valid_node_id(id));
         if ids.is_empty() {
+            if !gone.is_empty() {
+                let _: () = con.srem(&set, gone).await?;
+            }
             return Ok(BTreeMap::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key("node", id)).collect();
         let entries: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
         let mut nodes = BTreeMap::new();
-        let mut gone = Vec::new();
         for (id, entry) in ids.into_iter().zip(entries) {
             match entry.and_then(|e| serde_json::from_str::<NodeInfo>(&e).ok()) {
                 Some(info) if info.id == id => {
@@ -282,23 +314,21 @@ impl Cluster {
     pub async fn claim_room(&self, room: &str) -> Result<Claim, ClusterError> {
         let mut con = self.con.clone();
         let key = self.key("room", room);
-        let set: Option<String> = redis::cmd("SET")
+        // SET NX GET: the holder, if any, in the same step as the claim.
+        let holder: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(&self.config.node_id)
             .arg("NX")
+            .arg("GET")
             .arg("PX")
             .arg(self.ttl_ms())
             .query_async(&mut con)
             .await?;
-        if set.is_some() {
-            return Ok(Claim::Origin);
-        }
-        match self.origin(room).await? {
-            Some(node) if node == self.config.node_id => Ok(Claim::Origin),
-            Some(node) => Ok(Claim::Elsewhere(node)),
-            // It expired between the two commands: try once more.
-            None => Box::pin(self.claim_room(room)).await,
-        }
+        Ok(match holder {
+            None => Claim::Origin,
+            Some(node) if node == self.config.node_id => Claim::Origin,
+            Some(node) => Claim::Elsewhere(node),
+        })
     }
 
     /// Give `room` up, if this node holds it; whether it did.
@@ -374,7 +404,8 @@ impl Inbox {
 /// and absent at the next stopped heartbeating (or left).
 #[derive(Debug, Default)]
 pub struct Membership {
-    seen: BTreeSet<String>,
+    /// Id and boot of each node seen at the last read.
+    seen: BTreeMap<String, u64>,
 }
 
 /// What changed between two registry reads.
@@ -385,19 +416,26 @@ pub struct Changes {
 }
 
 impl Membership {
-    /// Take a registry read; what joined and what was lost since the last one.
-    pub fn update<'a>(&mut self, now: impl IntoIterator<Item = &'a String>) -> Changes {
-        let now: BTreeSet<String> = now.into_iter().cloned().collect();
-        let changes = Changes {
-            joined: now.difference(&self.seen).cloned().collect(),
-            lost: self.seen.difference(&now).cloned().collect(),
-        };
-        self.seen = now;
+    /// Take a registry read; what joined and what was lost since the last one. A node seen
+    /// again with another boot restarted: it was lost, and joined again.
+    pub fn update(&mut self, now: &BTreeMap<String, NodeInfo>) -> Changes {
+        let mut changes = Changes::default();
+        for (id, boot) in &self.seen {
+            if now.get(id).is_none_or(|n| n.boot != *boot) {
+                changes.lost.push(id.clone());
+            }
+        }
+        for (id, n) in now {
+            if self.seen.get(id) != Some(&n.boot) {
+                changes.joined.push(id.clone());
+            }
+        }
+        self.seen = now.iter().map(|(id, n)| (id.clone(), n.boot)).collect();
         changes
     }
 
     pub fn alive(&self) -> impl Iterator<Item = &String> {
-        self.seen.iter()
+        self.seen.keys()
     }
 }
 
@@ -416,16 +454,34 @@ mod tests {
     }
 
     #[test]
-    fn membership_names_who_joined_and_who_was_lost() {
+    fn membership_names_who_joined_and_who_was_lost_and_a_restart_is_both() {
         let mut m = Membership::default();
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let c = m.update(&ids(&["a", "b"]));
+        let read = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(id, boot)| {
+                    let info = NodeInfo {
+                        id: id.to_string(),
+                        boot: *boot,
+                        http: String::new(),
+                        media: Vec::new(),
+                        load: Load::default(),
+                    };
+                    (id.to_string(), info)
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let c = m.update(&read(&[("a", 1), ("b", 1)]));
         assert_eq!(c.joined, ids(&["a", "b"]));
         assert!(c.lost.is_empty());
-        let c = m.update(&ids(&["b", "c"]));
+        let c = m.update(&read(&[("b", 1), ("c", 1)]));
         assert_eq!(c.joined, ids(&["c"]));
         assert_eq!(c.lost, ids(&["a"]));
-        assert_eq!(m.update(&ids(&["b", "c"])), Changes::default());
+        assert_eq!(m.update(&read(&[("b", 1), ("c", 1)])), Changes::default());
+        // b restarted with the same id before its entry expired.
+        let c = m.update(&read(&[("b", 2), ("c", 1)]));
+        assert_eq!(c.lost, ids(&["b"]));
+        assert_eq!(c.joined, ids(&["b"]));
         assert_eq!(m.alive().count(), 2);
     }
 }

@@ -17,12 +17,17 @@ impl RedisServer {
     /// # Panics
     /// When `redis-server` is not installed or does not start: the test cannot run without it.
     pub fn start() -> RedisServer {
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
         // A free port: the kernel's pick, let go just before the server takes it.
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
+        RedisServer::start_on(port)
+    }
+
+    /// [`RedisServer::start`] on `port` (a Redis that comes back where it was).
+    pub fn start_on(port: u16) -> RedisServer {
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
         let dir = std::env::temp_dir().join(format!("miclink-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory for redis");
         let child = Command::new(&bin)

@@ -253,6 +253,11 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        // Requests were refused while the join waited, so this cannot hold; if it did, the
+        // socket's state wins over a stale answer.
+        if c.session.is_some() || c.remote.is_some() {
+            return;
+        }
         if here {
             if let Request::Join {
                 room,
@@ -284,7 +289,14 @@ impl Hub {
                 let here = match cluster.served.get(&key) {
                     Some(here) => *here,
                     None => {
-                        if cluster.served.len() >= self.config.max_relayed {
+                        // Only a join or a resume starts a relayed connection: anything else
+                        // is for one that ended here (the edge has not heard yet).
+                        let starts =
+                            matches!(request, Request::Join { .. } | Request::Resume { .. });
+                        if !starts || cluster.served.len() >= self.config.max_relayed {
+                            if starts {
+                                warn!(node = %key.0, "too many relayed connections; refusing one");
+                            }
                             warn!(node = %key.0, "too many relayed connections; refusing one");
                             let _ = cluster.out.try_send(RelayOut::Send {
                                 node: key.0,
@@ -308,10 +320,16 @@ impl Hub {
                     }
                 };
                 self.on_request(here, id, request);
+                // A join or resume that failed, or a session that ended with this request:
+                // the relaying ends (the edge clears it on `Unbound`) and the connection goes.
+                if self.conns.get(&here).is_some_and(|c| c.session.is_none()) {
+                    self.queue(here, Outbound::Unbound);
+                    self.forget_served(here);
+                }
             }
             Relay::Closed { conn } => {
                 if let Some(here) = cluster.served.get(&(from, conn)).copied() {
-                    self.drop_conn(here);
+                    self.forget_served(here);
                 }
             }
             Relay::Text { conn, text } => {
@@ -368,7 +386,7 @@ impl Hub {
             warn!(%node, served = served.len(), relayed = relayed.len(), "a cluster node was lost");
         }
         for here in served {
-            self.drop_conn(here);
+            self.forget_served(here);
         }
         let ended = encode(&Event::RoomEnded {
             reason: EndReason::NodeLost,
@@ -377,9 +395,24 @@ impl Hub {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.remote = None;
             }
+            // Should the node only have looked lost (Redis was away), its sessions for these
+            // sockets must not stay bound: best effort, it is likely gone.
+            self.relay_to(conn, node.to_owned(), Relay::Closed { conn });
             self.queue(conn, Outbound::Text(ended.clone()));
             self.queue(conn, Outbound::Unbound);
         }
+    }
+
+    /// Let go of a connection served for another node without telling that node to close it
+    /// (it closed it, ended it with `Unbound`, or is gone).
+    fn forget_served(&mut self, here: ConnId) {
+        if let Some(c) = self.conns.get_mut(&here)
+            && let Some(key) = c.served_for.take()
+            && let Some(cluster) = &mut self.cluster
+        {
+            cluster.served.remove(&key);
+        }
+        self.drop_conn(here);
     }
 
     fn on_request(&mut self, conn: ConnId, id: u64, request: Request) {
@@ -389,15 +422,20 @@ impl Hub {
         if let Some(node) = c.remote.clone() {
             return self.relay_to(conn, node, Relay::Request { conn, id, request });
         }
+        // A join waiting to hear which node holds its room: nothing else until it is known.
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|cl| cl.resolving.contains_key(&conn))
+        {
+            return self.reply_err(conn, id, ErrorCode::BadRequest, "a join is under way");
+        }
         let kind = request.type_name();
         match c.session {
             None if self.must_resolve(conn, &request) => {
                 let Some(cluster) = &mut self.cluster else {
                     return;
                 };
-                if cluster.resolving.contains_key(&conn) {
-                    return self.reply_err(conn, id, ErrorCode::BadRequest, "a join is under way");
-                }
                 let Request::Join { room, .. } = &request else {
                     return;
                 };
@@ -995,7 +1033,16 @@ impl Hub {
         if let Some(cluster) = &mut self.cluster {
             cluster.resolving.remove(&conn);
             if let Some(key) = &c.served_for {
+                // Dropped here (too slow, or shutting down): the edge closes its socket.
                 cluster.served.remove(key);
+                let _ = cluster.out.try_send(RelayOut::Send {
+                    node: key.0.clone(),
+                    relay: Relay::Close {
+                        conn: key.1,
+                        code: CLOSE_GOING_AWAY,
+                        reason: "closed".into(),
+                    },
+                });
             }
             if let Some(node) = c.remote.clone() {
                 // Best effort: a full queue means the origin hears of it when its own socket
@@ -1072,7 +1119,11 @@ impl Hub {
             c.session = None;
             // The socket stays open (it may join again) but is again one without a session,
             // held to the join timeout like a new one.
-            if c.tx.try_send(Outbound::Unbound).is_err() {
+            let told = c.tx.try_send(Outbound::Unbound).is_ok();
+            if c.served_for.is_some() {
+                // Relayed: `Unbound` ends the relaying at the edge; nothing more comes here.
+                self.forget_served(conn);
+            } else if !told {
                 self.conns.remove(&conn);
             }
         }
@@ -1121,14 +1172,13 @@ fn far_future() -> Instant {
 }
 
 /// Carry what the hub sends a connection of `node` (its id `conn`) there, until the hub lets
-/// go of it; then tell that node to close its socket, if nothing ended it before.
+/// go of it (which tells that node itself, when it must).
 async fn forward(
     mut rx: mpsc::Receiver<Outbound>,
     node: String,
     conn: ConnId,
     out: mpsc::Sender<RelayOut>,
 ) {
-    let mut closed = false;
     while let Some(o) = rx.recv().await {
         let relay = match o {
             Outbound::Text(text) => Relay::Text {
@@ -1140,14 +1190,11 @@ async fn forward(
                 text: text.as_str().to_owned(),
             },
             Outbound::Unbound => Relay::Unbound { conn },
-            Outbound::Close(code, reason) => {
-                closed = true;
-                Relay::Close {
-                    conn,
-                    code,
-                    reason: reason.to_owned(),
-                }
-            }
+            Outbound::Close(code, reason) => Relay::Close {
+                conn,
+                code,
+                reason: reason.to_owned(),
+            },
         };
         if out
             .send(RelayOut::Send {
@@ -1159,17 +1206,5 @@ async fn forward(
         {
             return;
         }
-    }
-    if !closed {
-        let _ = out
-            .send(RelayOut::Send {
-                node,
-                relay: Relay::Close {
-                    conn,
-                    code: CLOSE_GOING_AWAY,
-                    reason: "closed".into(),
-                },
-            })
-            .await;
     }
 }

@@ -71,7 +71,13 @@ pub(crate) fn close_reason(reason: &str) -> &'static str {
 /// The node a session token was made on: tokens of a clustered node start with its id and a
 /// dot, so a `resume` that reaches another node is relayed to it.
 pub(crate) fn token_node(token: &str) -> Option<&str> {
-    token.split_once('.').map(|(node, _)| node)
+    let (node, _) = token.split_once('.')?;
+    // A node id as the cluster allows them, nothing a client could aim elsewhere with.
+    ((1..=64).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then_some(node)
 }
 
 #[cfg(test)]
@@ -108,5 +114,7 @@ mod tests {
         assert_eq!(close_reason("anything a node made up"), "closed");
         assert_eq!(token_node("a-1.0123abcd"), Some("a-1"));
         assert_eq!(token_node("0123abcd"), None);
+        assert_eq!(token_node("a:b.x"), None);
+        assert_eq!(token_node(".x"), None);
     }
 }

@@ -113,3 +113,37 @@ async fn relayed_connections_are_served_up_to_the_cap_and_the_rest_told_to_close
         ));
     }
 }
+
+#[tokio::test]
+async fn a_relayed_join_that_fails_ends_the_relaying_and_frees_its_place() {
+    let config = SignalingConfig {
+        max_relayed: 2,
+        ..SignalingConfig::default()
+    };
+    let (sig, mut out) = Signaling::start_clustered(config, None, "origin".into());
+    let anchor = |user: &str| Request::Join {
+        room: Ident::new("r").expect("id"),
+        user: Ident::new(user).expect("id"),
+        role: Role::Anchor,
+        name: None,
+        token: None,
+    };
+    relay(&sig, 1, anchor("anchor")).await;
+    assert!(matches!(next_for(&mut out, 1).await, Relay::Joined { .. }));
+    // A second anchor is refused: the error, then `Unbound` (the edge stops relaying it).
+    relay(&sig, 2, anchor("other")).await;
+    match next_for(&mut out, 2).await {
+        Relay::Text { text, .. } => assert!(text.contains("\"ok\":false"), "{text}"),
+        other => panic!("no error reply: {other:?}"),
+    }
+    assert!(matches!(next_for(&mut out, 2).await, Relay::Unbound { .. }));
+    // Its place went with it: one more is served, and the one after is over the cap.
+    relay(&sig, 3, join("v3")).await;
+    assert!(matches!(next_for(&mut out, 3).await, Relay::Joined { .. }));
+    relay(&sig, 4, join("v4")).await;
+    assert!(matches!(next_for(&mut out, 4).await, Relay::Close { .. }));
+    // A request that is neither a join nor a resume, for a connection not served here (it
+    // ended here before the edge heard), is told to close rather than served.
+    relay(&sig, 9, Request::Leave).await;
+    assert!(matches!(next_for(&mut out, 9).await, Relay::Close { .. }));
+}
