@@ -22,7 +22,8 @@
 //! stops at [`CEILING_SHARE`] of it, so a subscriber whose layers were just too much for the
 //! path is not given them again a few seconds later on no new evidence (which made a viewer at
 //! the edge of a layer step switch up and down several times a minute). Traffic that arrives
-//! above it without a queue (a probe that the path carried) lifts it.
+//! above it without a queue (a probe that the path carried) lifts it, and so does time: a
+//! ceiling no back-off renewed for 15 s is forgotten (a hiccup is not a capacity).
 //!
 //! The core reads its [`Figures`] when it allocates and probes.
 
@@ -64,6 +65,12 @@ const DELIVERY_SPAN: Duration = Duration::from_millis(250);
 /// Back-offs this close together are one spell of congestion, whose capacity is the most that
 /// arrived in it.
 const CEILING_MERGE: Duration = Duration::from_secs(5);
+
+/// How long a ceiling holds without a new back-off. A back-off can be the receiver's or the
+/// network's hiccup rather than the path's capacity, and a probe that would lift it fails on a
+/// path whose timing is that noisy; after this long the estimate climbs without proof again
+/// (a path that really is that narrow backs off again and sets a new one).
+const CEILING_LIFE: Duration = Duration::from_secs(15);
 
 /// After a back-off, no climbing for this long: the queue drains first.
 const BACKOFF_HOLD: Duration = Duration::from_millis(1000);
@@ -262,9 +269,12 @@ impl Estimator {
             } else {
                 base
             };
-            // Above it by more than the measure wanders.
+            // Above it by more than the measure wanders, or long enough ago.
             if let Some(c) = self.ceiling
-                && self.delivered() > c * 1.1
+                && (self
+                    .ceiling_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > CEILING_LIFE)
+                    || self.delivered() > c * 1.1)
             {
                 tracing::debug!(acked, ceiling = c, "ceiling lifted");
                 self.ceiling = None;
@@ -435,10 +445,10 @@ mod tests {
         p.run(3.0, 1_500_000.0, 1_000_000.0, 0);
         let ceiling = p.est.ceiling.expect("backed off");
         assert!((900_000.0..1_100_000.0).contains(&ceiling), "{ceiling}");
-        // Media at 800 kbit/s, under the capacity, for a long time: without the ceiling the
+        // Media at 800 kbit/s, under the capacity, for a while: without the ceiling the
         // estimate would climb to 1.5 times that plus the headroom (1.3 Mbit/s), and the next
         // allocation would send more than the path carried a moment ago.
-        p.run(20.0, 800_000.0, 1_000_000.0, 0);
+        p.run(10.0, 800_000.0, 1_000_000.0, 0);
         assert!(
             p.estimate() as f64 <= ceiling * CEILING_SHARE + 1.0,
             "{:?} above {ceiling}",
@@ -450,6 +460,18 @@ mod tests {
         assert!(p.est.ceiling.is_none());
         p.run(10.0, 1_200_000.0, 5_000_000.0, 0);
         assert!(p.estimate() > 1_700_000, "{:?}", p.est.figures());
+    }
+
+    #[test]
+    fn a_ceiling_no_back_off_renews_is_forgotten() {
+        let mut p = Path::new();
+        p.run(3.0, 1_500_000.0, 1_000_000.0, 0);
+        assert!(p.est.ceiling.is_some());
+        // The path is wide now but nothing probes it: after the ceiling's life the estimate
+        // climbs without proof again, as before any back-off.
+        p.run(20.0, 800_000.0, 5_000_000.0, 0);
+        assert!(p.est.ceiling.is_none());
+        assert!(p.estimate() > 1_100_000, "{:?}", p.est.figures());
     }
 
     #[test]
