@@ -57,13 +57,13 @@ pub struct Envelope {
 /// Close reasons an origin may name, as the edge's socket states them (anything else is
 /// "closed").
 pub(crate) fn close_reason(reason: &str) -> &'static str {
-    const KNOWN: [&str; 6] = [
+    // The reasons the hub closes sockets with.
+    const KNOWN: [&str; 5] = [
         "server shutdown",
         "replaced",
         "another encoder",
         "the anchor left",
-        "too slow",
-        "origin node lost",
+        "media ended",
     ];
     KNOWN.into_iter().find(|k| *k == reason).unwrap_or("closed")
 }
