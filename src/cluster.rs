@@ -4,8 +4,8 @@
 //!
 //! Three tasks:
 //! - **Relay out**: the hub asks which node holds a room a socket joins (the room is claimed for
-//!   this node when nobody holds it) and hands over what must reach other nodes, which goes to
-//!   their inboxes as JSON [`Envelope`]s.
+//!   this node when nobody holds it; each lookup in a task of its own) and hands over what must
+//!   reach other nodes, which goes to their inboxes as JSON [`Envelope`]s, in order.
 //! - **Inbox**: what other nodes send this one goes to the hub.
 //! - **Heartbeat**: every interval the node renews its registry entry and its claims, claims the
 //!   rooms it holds that it has not claimed yet, releases those it no longer holds, and reads
@@ -54,6 +54,16 @@ pub(crate) struct ClusterState {
 /// the join is done, and must not be released as unheld meanwhile.
 type Claimed = Arc<Mutex<BTreeMap<String, Instant>>>;
 
+/// Held across every change of this node's claims in Redis: a join's claim and the heartbeat's
+/// releases and claims. Without it a join could claim a room (finding this node's own claim)
+/// in the instant between the heartbeat reading the room as empty and releasing it: the room
+/// would then be served here with no claim, and another node could take it too.
+type Directory = Arc<tokio::sync::Mutex<()>>;
+
+/// Directory lookups of joins under way at once; each socket has at most one, so this only
+/// bounds what a slow Redis makes wait.
+const RESOLVES_IN_FLIGHT: usize = 256;
+
 /// Run the node's part of the cluster until `stop` resolves, then leave it (the entry and the
 /// claims go at once).
 pub(crate) async fn run(
@@ -64,12 +74,14 @@ pub(crate) async fn run(
     stop: impl Future<Output = ()>,
 ) {
     let claimed: Claimed = Arc::default();
+    let directory: Directory = Arc::default();
     let inbox = tokio::spawn(inbox(cluster.clone(), signaling.clone(), state.clone()));
     let out = tokio::spawn(relay(
         cluster.clone(),
         signaling.clone(),
         relay_out,
         claimed.clone(),
+        directory.clone(),
         state.clone(),
     ));
     let mut tick = tokio::time::interval(cluster.config().heartbeat_interval());
@@ -83,10 +95,15 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             () = &mut stop => break,
         }
-        let Some(rooms) = signaling.rooms().await else {
-            break;
+        let result = {
+            // The rooms are read under the lock, so no claim for a join lands between reading
+            // them and releasing those found empty.
+            let _directory = directory.lock().await;
+            let Some(rooms) = signaling.rooms().await else {
+                break;
+            };
+            beat(&cluster, &rooms, &claimed, &mut conflicted, &state).await
         };
-        let result = beat(&cluster, &rooms, &claimed, &mut conflicted, &state).await;
         let lost = match result {
             Ok(()) => cluster.nodes().await.map(|nodes| {
                 state.nodes.store(nodes.len() as u64, Ordering::Relaxed);
@@ -155,30 +172,34 @@ async fn inbox(cluster: Cluster, signaling: Signaling, state: Arc<ClusterState>)
 }
 
 /// What the hub needs from the cluster: which node holds a room, and messages to other nodes.
+/// Messages go out in order, one after the other (a socket's replies must keep theirs); each
+/// lookup runs on its own, so one waiting for the directory holds up no message.
 async fn relay(
     cluster: Cluster,
     signaling: Signaling,
     mut out: mpsc::Receiver<RelayOut>,
     claimed: Claimed,
+    directory: Directory,
     state: Arc<ClusterState>,
 ) {
+    let resolves = Arc::new(tokio::sync::Semaphore::new(RESOLVES_IN_FLIGHT));
     while let Some(o) = out.recv().await {
         match o {
             RelayOut::Resolve { conn, room } => {
-                let origin = match cluster.claim_room(room.as_str()).await {
-                    Ok(Claim::Origin) => {
-                        lock(&claimed).insert(room.as_str().to_owned(), Instant::now());
-                        None
-                    }
-                    Ok(Claim::Elsewhere(node)) => Some(node),
-                    Err(e) => {
-                        // Served here: a node without Redis still serves its clients.
-                        state.redis_errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %e, %room, "could not ask the room directory");
-                        None
-                    }
+                let Ok(permit) = resolves.clone().acquire_owned().await else {
+                    return;
                 };
-                signaling.resolved(conn, origin).await;
+                let (cluster, signaling) = (cluster.clone(), signaling.clone());
+                let (claimed, directory, state) =
+                    (claimed.clone(), directory.clone(), state.clone());
+                tokio::spawn(async move {
+                    let origin = {
+                        let _directory = directory.lock().await;
+                        resolve(&cluster, &room, &claimed, &state).await
+                    };
+                    signaling.resolved(conn, origin).await;
+                    drop(permit);
+                });
             }
             RelayOut::Send { node, relay } => {
                 let envelope = Envelope {
@@ -198,6 +219,28 @@ async fn relay(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The node holding `room`, claimed for this one (`None`) when nobody does.
+async fn resolve(
+    cluster: &Cluster,
+    room: &miclink_protocol::Ident,
+    claimed: &Claimed,
+    state: &ClusterState,
+) -> Option<String> {
+    match cluster.claim_room(room.as_str()).await {
+        Ok(Claim::Origin) => {
+            lock(claimed).insert(room.as_str().to_owned(), Instant::now());
+            None
+        }
+        Ok(Claim::Elsewhere(node)) => Some(node),
+        Err(e) => {
+            // Served here: a node without Redis still serves its clients.
+            state.redis_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, %room, "could not ask the room directory");
+            None
         }
     }
 }

@@ -5,6 +5,8 @@
 //! `resume`. Broadcasts are serialized once and shared by every recipient.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -39,6 +41,11 @@ struct Conn {
     remote: Option<String>,
     /// A connection of another node served here: that node and its id of it.
     served_for: Option<(String, ConnId)>,
+    /// Relayed sockets: the requests relayed for it so far ([`Relay::Request`]'s `n`).
+    relayed: u64,
+    /// Served connections: the last request taken (its `n`), read by the task carrying
+    /// `Unbound` to the edge.
+    upto: Arc<AtomicU64>,
 }
 
 impl Conn {
@@ -50,6 +57,8 @@ impl Conn {
             publishing: false,
             remote: None,
             served_for: None,
+            relayed: 0,
+            upto: Arc::default(),
         }
     }
 }
@@ -241,6 +250,25 @@ impl Hub {
         self.tell_cluster(conn, RelayOut::Send { node, relay });
     }
 
+    /// Relay socket `conn`'s request to `node`, numbered.
+    fn relay_request(&mut self, conn: ConnId, node: String, id: u64, request: Request) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.relayed += 1;
+        let n = c.relayed;
+        self.relay_to(
+            conn,
+            node,
+            Relay::Request {
+                conn,
+                n,
+                id,
+                request,
+            },
+        );
+    }
+
     /// Which node holds the room a join waited for is known.
     fn resolved(&mut self, conn: ConnId, origin: Option<String>) {
         let Some(cluster) = &mut self.cluster else {
@@ -274,7 +302,7 @@ impl Hub {
         let node = origin.unwrap_or_default();
         debug!(conn, %node, "the room is held by another node; relaying there");
         c.remote = Some(node.clone());
-        self.relay_to(conn, node, Relay::Request { conn, id, request });
+        self.relay_request(conn, node, id, request);
     }
 
     /// What another node sent: requests of its sockets for rooms held here, or what our own
@@ -284,41 +312,58 @@ impl Hub {
             return;
         };
         match relay {
-            Relay::Request { conn, id, request } => {
+            Relay::Request {
+                conn,
+                n,
+                id,
+                request,
+            } => {
                 let key = (from, conn);
                 let here = match cluster.served.get(&key) {
                     Some(here) => *here,
                     None => {
                         // Only a join or a resume starts a relayed connection: anything else
-                        // is for one that ended here (the edge has not heard yet).
+                        // is for a session that ended here (the edge has not heard yet). Its
+                        // request is answered as a socket without a session is, and the
+                        // relaying ends after it.
                         let starts =
                             matches!(request, Request::Join { .. } | Request::Resume { .. });
-                        if !starts || cluster.served.len() >= self.config.max_relayed {
-                            if starts {
+                        let full = cluster.served.len() >= self.config.max_relayed;
+                        if !starts || full {
+                            let (code, message) = if starts {
                                 warn!(node = %key.0, "too many relayed connections; refusing one");
-                            }
-                            warn!(node = %key.0, "too many relayed connections; refusing one");
-                            let _ = cluster.out.try_send(RelayOut::Send {
-                                node: key.0,
-                                relay: Relay::Close {
+                                (ErrorCode::Unavailable, "the server is full")
+                            } else {
+                                (ErrorCode::NotInRoom, "join a room first")
+                            };
+                            let text = encode(&Reply::err(id, code, message));
+                            for relay in [
+                                Relay::Text {
                                     conn,
-                                    code: CLOSE_GOING_AWAY,
-                                    reason: "closed".into(),
+                                    text: text.as_str().to_owned(),
                                 },
-                            });
+                                Relay::Unbound { conn, upto: n },
+                            ] {
+                                let node = key.0.clone();
+                                let _ = cluster.out.try_send(RelayOut::Send { node, relay });
+                            }
                             return;
                         }
                         let here = cluster.next_served;
                         cluster.next_served -= 1;
                         cluster.served.insert(key.clone(), here);
                         let (tx, rx) = mpsc::channel(self.config.outbound_queue);
-                        tokio::spawn(forward(rx, key.0.clone(), conn, cluster.out.clone()));
                         let mut c = Conn::new(tx, false);
+                        let upto = c.upto.clone();
+                        tokio::spawn(forward(rx, key.0.clone(), conn, upto, cluster.out.clone()));
                         c.served_for = Some(key);
                         self.conns.insert(here, c);
                         here
                     }
                 };
+                if let Some(c) = self.conns.get(&here) {
+                    c.upto.store(n, Ordering::Relaxed);
+                }
                 self.on_request(here, id, request);
                 // A join or resume that failed, or a session that ended with this request:
                 // the relaying ends (the edge clears it on `Unbound`) and the connection goes.
@@ -338,7 +383,18 @@ impl Hub {
             Relay::Joined { conn, text } => {
                 self.origin_says(&from, conn, Outbound::Joined(text.into()))
             }
-            Relay::Unbound { conn } => self.origin_says(&from, conn, Outbound::Unbound),
+            Relay::Unbound { conn, upto } => {
+                // A later request is on its way there: a join the origin serves as a new
+                // connection, whose reply must still reach the socket.
+                if self.conns.get(&conn).is_some_and(|c| c.relayed > upto) {
+                    debug!(
+                        conn,
+                        upto, "a session ended there with a request after it in flight"
+                    );
+                    return;
+                }
+                self.origin_says(&from, conn, Outbound::Unbound)
+            }
             Relay::Close { conn, code, reason } => {
                 self.origin_says(&from, conn, Outbound::Close(code, close_reason(&reason)))
             }
@@ -420,7 +476,7 @@ impl Hub {
             return;
         };
         if let Some(node) = c.remote.clone() {
-            return self.relay_to(conn, node, Relay::Request { conn, id, request });
+            return self.relay_request(conn, node, id, request);
         }
         // A join waiting to hear which node holds its room: nothing else until it is known.
         if self
@@ -464,7 +520,7 @@ impl Hub {
                                 c.remote = Some(node.clone());
                             }
                             let request = Request::Resume { session };
-                            self.relay_to(conn, node, Relay::Request { conn, id, request });
+                            self.relay_request(conn, node, id, request);
                         }
                         None => self.resume(conn, id, &session),
                     }
@@ -1177,6 +1233,7 @@ async fn forward(
     mut rx: mpsc::Receiver<Outbound>,
     node: String,
     conn: ConnId,
+    upto: Arc<AtomicU64>,
     out: mpsc::Sender<RelayOut>,
 ) {
     while let Some(o) = rx.recv().await {
@@ -1189,7 +1246,11 @@ async fn forward(
                 conn,
                 text: text.as_str().to_owned(),
             },
-            Outbound::Unbound => Relay::Unbound { conn },
+            // The hub takes no request on the connection after it queues this.
+            Outbound::Unbound => Relay::Unbound {
+                conn,
+                upto: upto.load(Ordering::Relaxed),
+            },
             Outbound::Close(code, reason) => Relay::Close {
                 conn,
                 code,

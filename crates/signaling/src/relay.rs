@@ -15,9 +15,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Relay {
-    /// Edge to origin: the connection's next request.
+    /// Edge to origin: the connection's next request; `n` counts the requests the edge
+    /// relayed for the socket (from 1, never reset), so an `Unbound` can say which it follows.
     Request {
         conn: u64,
+        #[serde(default)]
+        n: u64,
         id: u64,
         request: Request,
     },
@@ -27,8 +30,14 @@ pub enum Relay {
     Text { conn: u64, text: String },
     /// Origin to edge: the reply to a join or resume that succeeded.
     Joined { conn: u64, text: String },
-    /// Origin to edge: the connection's session ended; the socket stays.
-    Unbound { conn: u64 },
+    /// Origin to edge: the connection's session ended; the socket stays. `upto` is the last
+    /// request (`n`) the origin had taken on it: an edge that has relayed a later one (a join
+    /// sent before this arrived, which the origin serves as a new connection) keeps relaying.
+    Unbound {
+        conn: u64,
+        #[serde(default)]
+        upto: u64,
+    },
     /// Origin to edge: close the socket.
     Close {
         conn: u64,
@@ -90,6 +99,7 @@ mod tests {
             from: "b".into(),
             relay: Relay::Request {
                 conn: 7,
+                n: 2,
                 id: 3,
                 request: Request::Leave,
             },
