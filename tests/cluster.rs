@@ -16,7 +16,7 @@ use miclink_loadtest::client;
 use miclink_loadtest::marker::Kind;
 use miclink_loadtest::peer::StreamSpec;
 use miclink_loadtest::recv::Recv;
-use miclink_protocol::{EndReason, Event, Request, Role};
+use miclink_protocol::{EndReason, Event, Request, Role, VideoQuality};
 use tokio::sync::Notify;
 
 fn in_cluster(redis: &RedisServer, id: &str) -> impl FnOnce(&mut Config) + use<> {
@@ -208,6 +208,7 @@ impl NodeProcess {
             .env("MICLINK_MEDIA_ADDR", "127.0.0.1:0")
             .env("MICLINK_REDIS_URL", redis.url())
             .env("MICLINK_NODE_ID", id)
+            .env("MICLINK_METRICS_TOKEN", METRICS_TOKEN)
             .spawn()
             .expect("start the server binary");
         NodeProcess { child, http }
@@ -215,6 +216,21 @@ impl NodeProcess {
 
     fn url(&self) -> String {
         format!("ws://{}/ws", self.http)
+    }
+
+    /// `/metrics`.
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {METRICS_TOKEN}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
     }
 }
 
@@ -239,11 +255,16 @@ fn seen(m: &client::Member) -> String {
     )
 }
 
-fn got_video(m: &client::Member, from: &str) -> bool {
+/// Video packets `m` received from `from`.
+fn video_from(m: &client::Member, from: &str) -> usize {
     m.recv
         .arrivals()
         .get(&(from.to_owned(), Kind::Video))
-        .is_some_and(|a| a.seqs.len() > 30)
+        .map_or(0, |a| a.seqs.len())
+}
+
+fn got_video(m: &client::Member, from: &str) -> bool {
+    video_from(m, from) > 30
 }
 
 /// Wait up to 20 s for `check`; `None` if it never held (the caller says what it saw).
@@ -260,60 +281,21 @@ async fn until(what: &str, check: impl Fn() -> bool) -> Option<()> {
     Some(())
 }
 
-/// One room across three nodes: the anchor on the origin A (a process of its own), a member
-/// who applies on B and whom the anchor accepts on A, a viewer on C; everyone's requests reach
-/// the room on A, everyone gets everyone's media, and when A dies outright the members on B
-/// and C hear that their room ended (`node_lost`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_spans_nodes_its_seat_flows_work_from_any_node_and_ends_when_its_node_dies() {
-    let redis = RedisServer::start();
-    let a = NodeProcess::start(&redis, "a");
-    let b = server_with(in_cluster(&redis, "b")).await;
-    let c = server_with(in_cluster(&redis, "c")).await;
-    cluster_health(&b, "nodes", 3.into()).await;
-    cluster_health(&c, "nodes", 3.into()).await;
-    let probe = Cluster::connect(ClusterConfig::new(&redis.url(), "probe", "http://probe"))
-        .await
-        .expect("probe");
+/// The users with a connection of kind `pc` in room "r", from a node's `/metrics`.
+fn connections(metrics: &str, pc: &str) -> Vec<String> {
+    let mut users: Vec<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("miclink_peer_rtp_out_total{room=\"r\",user=\""))
+        .filter_map(|l| l.split_once("\",pc=\""))
+        .filter(|(_, rest)| rest.starts_with(&format!("{pc}\"")))
+        .map(|(user, _)| user.to_owned())
+        .collect();
+    users.sort();
+    users
+}
 
-    let started = Instant::now();
-    let stop = Arc::new(Notify::new());
-    let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];
-    let mut anchor = client::Member::join(
-        &a.url(),
-        "r",
-        "anchor",
-        Role::Anchor,
-        Recv::logging(started),
-        client::Options::default(),
-    )
-    .await
-    .expect("the anchor joins on a");
-    anchor
-        .publish(&streams, stop.clone(), None)
-        .await
-        .expect("the anchor publishes");
-    assert_eq!(
-        probe.origin("r").await.expect("redis").as_deref(),
-        Some("a")
-    );
-
-    // A viewer on c: the room's state is a's, and the anchor's media arrives.
-    let viewer = join(&c, "viewer", Role::Audience).await;
-    assert_eq!(viewer.join.room.anchor.as_str(), "anchor");
-    let session = viewer.join.session.clone();
-    assert!(
-        session.starts_with("a."),
-        "the token names its node: {session}"
-    );
-    until("the anchor's video at the viewer on c", || {
-        got_video(&viewer, "anchor")
-    })
-    .await
-    .unwrap_or_else(|| panic!("{}", seen(&viewer)));
-
-    // A member applies on b; the anchor, on a, accepts; the member publishes on b.
-    let mut member = join(&b, "member", Role::Audience).await;
+/// A member applies (on whatever node it is connected to) and the anchor accepts on a.
+async fn admit(anchor: &mut client::Member, member: &mut client::Member) {
     let accept = async {
         let Event::LinkRequest { from, .. } = anchor
             .wait_event("link_request", Duration::from_secs(10))
@@ -332,35 +314,168 @@ async fn a_room_spans_nodes_its_seat_flows_work_from_any_node_and_ends_when_its_
     };
     let (applied, ()) = tokio::join!(member.apply(true), accept);
     applied.expect("admitted across nodes");
-    member
+}
+
+/// One room across three nodes: the anchor on its origin a (a process of its own), a member
+/// who applies on b and one on c, both accepted by the anchor on a, a viewer on b and two on c.
+/// Everyone's requests reach the room on a; everyone gets everyone's media, the viewers' and
+/// members' from their own node, which gets each stream from a over one relay connection
+/// whatever the number of its viewers; a member the anchor unlinks stops reaching b and c at
+/// once; killing c leaves a and b serving; when a dies outright the members on b hear that
+/// their room ended (`node_lost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_node_dies() {
+    let redis = RedisServer::start();
+    let a = NodeProcess::start(&redis, "a");
+    let b = server_with(in_cluster(&redis, "b")).await;
+    let c = NodeProcess::start(&redis, "c");
+    cluster_health(&b, "nodes", 3.into()).await;
+    let probe = Cluster::connect(ClusterConfig::new(&redis.url(), "probe", "http://probe"))
+        .await
+        .expect("probe");
+
+    let started = Instant::now();
+    let stop = Arc::new(Notify::new());
+    let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];
+    let member_of = |url: String, user: &'static str, role: Role| async move {
+        client::Member::join(
+            &url,
+            "r",
+            user,
+            role,
+            Recv::logging(started),
+            client::Options::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user} joins: {e}"))
+    };
+    let mut anchor = member_of(a.url(), "anchor", Role::Anchor).await;
+    anchor
         .publish(&streams, stop.clone(), None)
         .await
-        .expect("the member publishes");
-    until("the member's video at the viewer on c", || {
-        got_video(&viewer, "member")
-    })
-    .await
-    .unwrap_or_else(|| panic!("{}", seen(&viewer)));
-    until("the member's video at the anchor on a", || {
-        got_video(&anchor, "member")
-    })
-    .await
-    .unwrap_or_else(|| panic!("{}", seen(&anchor)));
-    until("the anchor's video at the member on b", || {
-        got_video(&member, "anchor")
-    })
-    .await
-    .unwrap_or_else(|| panic!("{}", seen(&member)));
-    for s in [&b, &c] {
-        let m = s.get("/metrics").await.1;
-        assert!(metric(&m, "cluster_relayed_out_total") > 0, "{m}");
-        assert!(metric(&m, "cluster_relayed_in_total") > 0, "{m}");
+        .expect("the anchor publishes");
+    assert_eq!(
+        probe.origin("r").await.expect("redis").as_deref(),
+        Some("a")
+    );
+
+    // Viewers on b and c: the room's state is a's, and the anchor's media arrives.
+    let viewer_b = join(&b, "viewer-b", Role::Audience).await;
+    assert_eq!(viewer_b.join.room.anchor.as_str(), "anchor");
+    let session = viewer_b.join.session.clone();
+    assert!(
+        session.starts_with("a."),
+        "the token names its node: {session}"
+    );
+    let viewer_c1 = member_of(c.url(), "viewer-c1", Role::Audience).await;
+    let viewer_c2 = member_of(c.url(), "viewer-c2", Role::Audience).await;
+    for v in [&viewer_b, &viewer_c1, &viewer_c2] {
+        until("the anchor's video at a viewer", || got_video(v, "anchor"))
+            .await
+            .unwrap_or_else(|| panic!("{}", seen(v)));
     }
 
-    // a dies without a word: b and c find it gone and end the room for their members.
+    // A member applies on b and one on c; the anchor, on a, accepts both; they publish.
+    let mut member_b = join(&b, "member-b", Role::Audience).await;
+    admit(&mut anchor, &mut member_b).await;
+    let mut member_c = member_of(c.url(), "member-c", Role::Audience).await;
+    admit(&mut anchor, &mut member_c).await;
+    for m in [&mut member_b, &mut member_c] {
+        m.publish(&streams, stop.clone(), None)
+            .await
+            .expect("a member publishes");
+    }
+    let everyone = [
+        &anchor, &member_b, &member_c, &viewer_b, &viewer_c1, &viewer_c2,
+    ];
+    for m in everyone {
+        for publisher in ["anchor", "member-b", "member-c"] {
+            if m.user != publisher {
+                until("everyone's video everywhere", || got_video(m, publisher))
+                    .await
+                    .unwrap_or_else(|| panic!("{publisher}'s video: {}", seen(m)));
+            }
+        }
+    }
+
+    // a sends the room's streams to b and to c once each: its subscribe connections are the
+    // anchor's and the two relays; b and c feed their own viewers and members.
+    let metrics_a = a.metrics().await;
+    assert_eq!(
+        connections(&metrics_a, "subscribe"),
+        ["anchor", "relay.b", "relay.c"],
+        "{metrics_a}"
+    );
+    assert!(
+        metric(&metrics_a, "media_rtp_relayed_total") > 0,
+        "{metrics_a}"
+    );
+    let metrics_c = c.metrics().await;
+    assert_eq!(
+        connections(&metrics_c, "subscribe"),
+        ["member-c", "viewer-c1", "viewer-c2"],
+        "{metrics_c}"
+    );
+    let metrics_b = b
+        .get_with(
+            "/metrics",
+            &format!("Authorization: Bearer {METRICS_TOKEN}\r\n"),
+        )
+        .await
+        .1;
+    assert_eq!(
+        connections(&metrics_b, "subscribe"),
+        ["member-b", "viewer-b"],
+        "{metrics_b}"
+    );
+    for s in [&metrics_b, &metrics_c] {
+        assert!(metric(s, "cluster_relayed_out_total") > 0, "{s}");
+        assert!(metric(s, "cluster_relayed_in_total") > 0, "{s}");
+    }
+
+    // The anchor unlinks member-b on a: its media stops reaching b and c at once (what is on
+    // the wire lands within a moment; nothing comes after).
+    anchor
+        .call(Request::DisconnectUser {
+            user: miclink_protocol::Ident::new(&member_b.user).expect("id"),
+        })
+        .await
+        .expect("unlinked");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after: Vec<usize> = [&viewer_b, &viewer_c1, &anchor]
+        .iter()
+        .map(|m| video_from(m, "member-b"))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later: Vec<usize> = [&viewer_b, &viewer_c1, &anchor]
+        .iter()
+        .map(|m| video_from(m, "member-b"))
+        .collect();
+    assert_eq!(
+        after, later,
+        "member-b's video still arrives after the unlink"
+    );
+
+    // c dies outright: a and b go on serving (the anchor's video keeps reaching b).
+    drop(c);
+    cluster_health(&b, "nodes", 2.into()).await;
+    let before = video_from(&viewer_b, "anchor");
+    until("the anchor's video at b once c is gone", || {
+        video_from(&viewer_b, "anchor") > before + 60
+    })
+    .await
+    .unwrap_or_else(|| panic!("{}", seen(&viewer_b)));
+    let metrics_a = a.metrics().await;
+    assert_eq!(
+        connections(&metrics_a, "subscribe"),
+        ["anchor", "relay.b"],
+        "a let c's relay go: {metrics_a}"
+    );
+
+    // a dies without a word: b finds it gone and ends the room for its members.
     drop(a);
-    let mut viewer = viewer;
-    for m in [&mut viewer, &mut member] {
+    let mut viewer_b = viewer_b;
+    for m in [&mut viewer_b, &mut member_b] {
         let ended = m
             .wait_event("room_ended", Duration::from_secs(20))
             .await
@@ -372,6 +487,96 @@ async fn a_room_spans_nodes_its_seat_flows_work_from_any_node_and_ends_when_its_
             }
         );
     }
+    cluster_health(&b, "nodes", 1.into()).await;
+    stop.notify_waiters();
+}
+
+/// The layers of the last `n` video packets `m` received from `from`.
+fn last_layers(m: &client::Member, from: &str, n: usize) -> Vec<u8> {
+    let arrivals = m.recv.arrivals();
+    let layers = arrivals
+        .get(&(from.to_owned(), Kind::Video))
+        .map(|a| a.layers.clone())
+        .unwrap_or_default();
+    layers[layers.len().saturating_sub(n)..].to_vec()
+}
+
+/// A relay carries every simulcast layer: two viewers on another node than the anchor's get
+/// the layer each asks for, chosen there, and the anchor hears that every layer is watched
+/// (the relay takes them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_carries_every_layer_and_the_other_node_chooses_per_viewer() {
+    let redis = RedisServer::start();
+    let a = server_with(in_cluster(&redis, "a")).await;
+    let b = server_with(in_cluster(&redis, "b")).await;
     cluster_health(&b, "nodes", 2.into()).await;
+    let stop = Arc::new(Notify::new());
+    let mut anchor = join(&a, "anchor", Role::Anchor).await;
+    let video = StreamSpec {
+        keyframe_every: 30,
+        ..StreamSpec::simulcast(120_000, 30)
+    };
+    anchor
+        .publish(&[StreamSpec::audio(48_000), video], stop.clone(), None)
+        .await
+        .expect("the anchor publishes three layers");
+    let low = join(&b, "low", Role::Audience).await;
+    let high = join(&b, "high", Role::Audience).await;
+    low.call(Request::SetSubscription {
+        user: miclink_protocol::Ident::new("anchor").expect("id"),
+        video: VideoQuality::Low,
+    })
+    .await
+    .expect("a wish for the anchor, served on b");
+    let settled = |m: &client::Member, layer: u8| {
+        let l = last_layers(m, "anchor", 60);
+        l.len() == 60 && l.iter().all(|&x| x == layer)
+    };
+    until(
+        "the low layer at low and the high one at high, both on b",
+        || settled(&low, 0) && settled(&high, 2),
+    )
+    .await
+    .unwrap_or_else(|| panic!("{} / {}", seen(&low), seen(&high)));
+    // Each viewer's stream is one numbering, whatever the layers it went through.
+    for m in [&low, &high] {
+        let arrivals = m.recv.arrivals();
+        let v = &arrivals[&("anchor".to_owned(), Kind::Video)];
+        let gaps = v
+            .seqs
+            .windows(2)
+            .filter(|w| w[1] != w[0].wrapping_add(1))
+            .count();
+        assert!(
+            gaps <= v.seqs.len() / 100,
+            "{}: {gaps} breaks in {} packets",
+            m.user,
+            v.seqs.len()
+        );
+    }
+    // The anchor is asked for every layer: b's relay carries them all.
+    let all = [VideoQuality::Low, VideoQuality::Medium, VideoQuality::High];
+    let mut heard = Vec::new();
+    while heard != all {
+        match anchor
+            .wait_event("publisher_layers", Duration::from_secs(10))
+            .await
+        {
+            Ok(Event::PublisherLayers { video }) => heard = video,
+            _ => panic!("the anchor never heard that every layer is watched: {heard:?}"),
+        }
+    }
+    let metrics = a
+        .get_with(
+            "/metrics",
+            &format!("Authorization: Bearer {METRICS_TOKEN}\r\n"),
+        )
+        .await
+        .1;
+    assert_eq!(
+        connections(&metrics, "subscribe"),
+        ["relay.b"],
+        "a sends the room to b over one relay: {metrics}"
+    );
     stop.notify_waiters();
 }

@@ -43,7 +43,10 @@ impl MediaCore {
         if !r.members.contains(user) {
             return Err(SfuError::NotInRoom);
         }
-        if !r.members.contains(publisher) || publisher == user {
+        // A node fed by a relay knows the room's other members only once they publish; the
+        // wish stands for whoever it names (wishes are capped).
+        let known = r.members.contains(publisher) || r.origin.is_some();
+        if !known || publisher == user {
             return Err(SfuError::UnknownUser);
         }
         let wishes = r.wishes.entry(user.clone()).or_default();
@@ -157,7 +160,7 @@ impl MediaCore {
         let speaking = r.speakers.current();
         let mut wants = Vec::with_capacity(sub.outs.len());
         for (key, out) in &sub.outs {
-            let (publisher, kind) = key;
+            let (publisher, kind, _) = key;
             let Some((pid, track_id, track)) = r.publish.get(publisher).and_then(|pid| {
                 let p = self.peers.get(pid)?;
                 let (id, t) = p.tracks.iter().find(|(_, t)| t.kind == *kind)?;
@@ -313,6 +316,10 @@ impl MediaCore {
         let Some(pid) = r.publish.get(publisher).copied() else {
             return;
         };
+        // A relayed publisher hears from its origin, which counts this node's relay.
+        if self.peers.get(&pid).is_some_and(|p| p.via.is_some()) {
+            return;
+        }
         let Some(track) = self
             .peers
             .get(&pid)
@@ -329,7 +336,7 @@ impl MediaCore {
         } else {
             &track.simulcast
         };
-        let key = (publisher.clone(), RtpCodecKind::Video);
+        let key = (publisher.clone(), RtpCodecKind::Video, None);
         let mut watched: Vec<VideoQuality> = Vec::new();
         for (member, sid) in &r.subscribe {
             if member == publisher {
@@ -355,6 +362,10 @@ impl MediaCore {
                 .max()
                 .or_else(|| possible.iter().copied().min());
             watched.extend(on.into_iter().chain(wished));
+        }
+        // Relays to other nodes carry every layer: their subscribers choose there.
+        if !r.relays.is_empty() {
+            watched.extend(possible.iter().copied());
         }
         watched.sort_unstable();
         watched.dedup();

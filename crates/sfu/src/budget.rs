@@ -207,6 +207,7 @@ mod tests {
             key: (
                 Ident::new(&format!("p{seat}")).expect("id"),
                 RtpCodecKind::Video,
+                None,
             ),
             pid: 0,
             track_id: String::new(),

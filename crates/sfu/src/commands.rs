@@ -7,7 +7,7 @@ use miclink_protocol::{Ident, VideoQuality};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
 use crate::peer::PeerId;
@@ -118,6 +118,67 @@ impl MediaCore {
                 self.rebuilds
                     .retain(|(_, r, u)| !(*r == room && *u == user));
             }
+            MediaCommand::RelayOpen { room, node } => {
+                if let Err(e) = self.relay_open(now, &room, node.clone()) {
+                    warn!(%room, %node, error = %e, "could not open a relay");
+                }
+            }
+            MediaCommand::RelayAnswer {
+                room,
+                node,
+                sdp,
+                offer_id,
+            } => {
+                if let Err(e) = self.relay_answer(now, &room, &node, sdp, offer_id) {
+                    debug!(%room, %node, error = %e, "relay answer refused");
+                }
+            }
+            MediaCommand::RelayOffer {
+                room,
+                node,
+                sdp,
+                offer_id,
+                fresh,
+            } => match self.relay_offer(now, &room, &node, &sdp, fresh) {
+                Ok(sdp) => self
+                    .outputs
+                    .push_back(Output::Event(MediaEvent::RelayAnswer {
+                        room,
+                        node,
+                        sdp,
+                        offer_id,
+                    })),
+                Err(e) => {
+                    warn!(%room, %node, error = %e, "relay offer refused");
+                    // The other end must not wait for an answer that never comes.
+                    self.outputs
+                        .push_back(Output::Event(MediaEvent::RelayEnded { room, node }));
+                }
+            },
+            MediaCommand::RelayClose { room, node } => self.relay_close(now, &room, &node),
+            MediaCommand::RelayFrom { room, node } => {
+                self.rooms.entry(room).or_default().origin = Some(node);
+            }
+            MediaCommand::SubscribeElsewhere {
+                room,
+                user,
+                elsewhere,
+            } => {
+                let r = self.rooms.entry(room.clone()).or_default();
+                if elsewhere {
+                    // As for an HTTP client: never a connection offered from here.
+                    r.own_offers.insert(user.clone());
+                    if let Some(id) = self.room_peer(&room, &user, PcKind::Subscribe) {
+                        self.remove_peer(id);
+                    }
+                    self.rebuilds
+                        .retain(|(_, r, u)| !(*r == room && *u == user));
+                } else if r.own_offers.remove(&user) {
+                    // The client's connection was with the other node: a new one.
+                    r.subscribed_before.insert(user.clone());
+                    self.ensure_subscribe(now, &room, &user);
+                }
+            }
             MediaCommand::Candidate {
                 room,
                 user,
@@ -170,6 +231,7 @@ impl MediaCore {
                 // reads as loss (rule 12: nothing muted is forwarded, whatever keeps arriving).
                 let (was_audio, was_video) = before.map_or((false, false), |p| (p.audio, p.video));
                 let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
+                let relays: Vec<PeerId> = r.relays.values().copied().collect();
                 for (kind, was, is) in [
                     (RtpCodecKind::Audio, was_audio, audio),
                     (RtpCodecKind::Video, was_video, video),
@@ -183,9 +245,19 @@ impl MediaCore {
                             if let Some(out) = self
                                 .peers
                                 .get_mut(sid)
-                                .and_then(|p| p.outs.get_mut(&(user.clone(), kind)))
+                                .and_then(|p| p.outs.get_mut(&(user.clone(), kind, None)))
                             {
                                 out.munger.pause();
+                            }
+                        }
+                        // A relay carries each layer as a stream of its own.
+                        for sid in &relays {
+                            if let Some(p) = self.peers.get_mut(sid) {
+                                for ((p, k, _), out) in p.outs.iter_mut() {
+                                    if *p == user && *k == kind {
+                                        out.munger.pause();
+                                    }
+                                }
                             }
                         }
                     }
@@ -217,7 +289,14 @@ impl MediaCore {
             }
             MediaChange::CloseRoom { room } => {
                 if let Some(r) = self.rooms.remove(&room) {
-                    for id in r.publish.into_values().chain(r.subscribe.into_values()) {
+                    let relay_in = r.relay_in.map(|(_, id)| id);
+                    for id in r
+                        .publish
+                        .into_values()
+                        .chain(r.subscribe.into_values())
+                        .chain(r.relays.into_values())
+                        .chain(relay_in)
+                    {
                         self.remove_peer(id);
                     }
                 }
@@ -234,7 +313,12 @@ impl MediaCore {
         r.allowed.remove(user);
         r.speakers.remove(user);
         let publish = r.publish.get(user).copied();
-        let subs: Vec<PeerId> = r.subscribe.values().copied().collect();
+        let subs: Vec<PeerId> = r
+            .subscribe
+            .values()
+            .chain(r.relays.values())
+            .copied()
+            .collect();
         if let Some(id) = publish {
             self.remove_peer(id);
         }
@@ -288,10 +372,13 @@ impl MediaCore {
             // from the new connection's first keyframe, except for kinds no longer offered.
             self.stats.republished += 1;
             self.remove_peer(old);
-            let subs: Vec<PeerId> = self
-                .rooms
-                .get(room)
-                .map_or_else(Vec::new, |r| r.subscribe.values().copied().collect());
+            let subs: Vec<PeerId> = self.rooms.get(room).map_or_else(Vec::new, |r| {
+                r.subscribe
+                    .values()
+                    .chain(r.relays.values())
+                    .copied()
+                    .collect()
+            });
             for sid in subs {
                 let mut changed = false;
                 for (kind, offered) in [
@@ -352,6 +439,18 @@ impl MediaCore {
         let id = self
             .room_peer(room, user, PcKind::Subscribe)
             .ok_or(SfuError::NoOffer)?;
+        self.apply_answer(now, id, answer, offer_id)
+    }
+
+    /// The answer to subscribe connection `id`'s pending offer (`offer_id`, when the answer
+    /// names it).
+    pub(crate) fn apply_answer(
+        &mut self,
+        now: Instant,
+        id: crate::peer::PeerId,
+        answer: String,
+        offer_id: Option<u64>,
+    ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
         if !peer.offer_pending() {
             return Err(SfuError::NoOffer);

@@ -28,6 +28,9 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// whose connections keep failing does not make the server spin.
 pub(crate) const REBUILD_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Relay connections one room may feed: one per other node of the cluster.
+pub(crate) const MAX_RELAYS: usize = 64;
+
 /// Trickled candidates kept per connection; more are ignored.
 pub(crate) const MAX_REMOTE_CANDIDATES: usize = 16;
 
@@ -150,6 +153,12 @@ pub(crate) struct RoomMedia {
     /// `set_subscription` wishes: subscriber -> (publisher, highest layer wanted), oldest
     /// first, at most [`crate::allocate::MAX_WISHES`] each.
     pub(crate) wishes: HashMap<Ident, Vec<(Ident, miclink_protocol::VideoQuality)>>,
+    /// Origin: relay connections to other nodes, by node.
+    pub(crate) relays: HashMap<String, PeerId>,
+    /// Another node: the relay connection from the room's origin (its node, the connection).
+    pub(crate) relay_in: Option<(String, PeerId)>,
+    /// Another node: the room's origin, whose relay feeds it ([`crate::MediaCommand::RelayFrom`]).
+    pub(crate) origin: Option<String>,
 }
 
 /// What the seats allow one publisher ([`crate::MediaChange::AllowPublish`]).

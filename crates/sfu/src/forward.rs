@@ -96,12 +96,19 @@ impl MediaCore {
         publisher.counters.packets_lost += skipped;
         let (source, timestamp) = (layer.source, packet.header.timestamp);
         let payload = packet.payload.clone();
-        let key = (publisher.user.clone(), kind);
+        let key = (publisher.user.clone(), kind, None);
+        // Relays to other nodes carry each layer as a stream of its own, keyed by its rid.
+        let relay_key = (!room.relays.is_empty()).then(|| {
+            let rid = &track.layers[index].rid;
+            (key.0.clone(), kind, (!rid.is_empty()).then(|| rid.clone()))
+        });
         let mut want_keyframe = false;
         // Disjoint borrows of the core's fields: the room's subscriber list is read while
         // subscriber connections are written, with no list copied per packet.
-        for (member, &sid) in &room.subscribe {
-            if *member == key.0 {
+        let subscribers = room.subscribe.iter().map(|(m, sid)| (Some(m), *sid));
+        let relays = room.relays.values().map(|sid| (None, *sid));
+        for (member, sid) in subscribers.chain(relays) {
+            if member == Some(&key.0) {
                 continue;
             }
             let Some(sub) = self.peers.get_mut(&sid) else {
@@ -110,7 +117,12 @@ impl MediaCore {
             if !sub.connected {
                 continue;
             }
-            let Some(out) = sub.outs.get_mut(&key) else {
+            let out = match (member, &relay_key) {
+                (Some(_), _) => sub.outs.get_mut(&key),
+                (None, Some(relay_key)) => sub.outs.get_mut(relay_key),
+                (None, None) => None,
+            };
+            let Some(out) = out else {
                 continue;
             };
             let Some(negotiated) = &out.negotiated else {
@@ -118,8 +130,11 @@ impl MediaCore {
             };
             let twcc_id = negotiated.twcc;
             // Only the stream this subscriber is on, or the one it switches to (at a keyframe).
-            let Some(target) = out.target else {
-                continue;
+            // A relay's streams are pinned: each takes its layer, whatever its source.
+            let target = match (member, out.target) {
+                (None, _) => source,
+                (Some(_), Some(target)) => target,
+                (Some(_), None) => continue,
             };
             let on = out.munger.source() == Some(source);
             if !on && target != source {
@@ -150,7 +165,7 @@ impl MediaCore {
             };
             if !on {
                 self.stats.layer_switches += 1;
-                tracing::debug!(subscriber = %member, publisher = %key.0, ?kind, source, "stream starts from this source");
+                tracing::debug!(subscriber = ?member, publisher = %key.0, ?kind, source, "stream starts from this source");
             }
             packet.header.ssrc = out.ssrc;
             packet.header.payload_type = negotiated.payload_type;
@@ -181,6 +196,9 @@ impl MediaCore {
             match written {
                 Ok(()) => {
                     self.stats.rtp_out += 1;
+                    if member.is_none() {
+                        self.stats.rtp_relayed += 1;
+                    }
                     sub.counters.rtp_out += 1;
                     out.resends.forwarded();
                     self.dirty.insert(sid);
@@ -222,13 +240,18 @@ impl MediaCore {
             sender_ssrc: 0,
             media_ssrc: layer.ssrc,
         };
-        if let Some(mut r) = publisher.pc.rtp_receiver(receiver)
+        publisher.counters.plis += 1;
+        // A relayed publisher's stand-in asks up the relay, whose connection has the streams.
+        let via = publisher.via.unwrap_or(from);
+        let Some(conn) = self.peers.get_mut(&via) else {
+            return;
+        };
+        if let Some(mut r) = conn.pc.rtp_receiver(receiver)
             && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
         {
             self.stats.plis_sent += 1;
-            publisher.counters.plis += 1;
-            tracing::debug!(parent: &publisher.span, source, "keyframe requested");
-            self.dirty.insert(from);
+            tracing::debug!(parent: &conn.span, source, "keyframe requested");
+            self.dirty.insert(via);
         }
     }
 
@@ -275,7 +298,7 @@ impl MediaCore {
     }
 
     /// The publisher and kind a subscriber's outgoing SSRC carries.
-    fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<(Ident, RtpCodecKind)> {
+    fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<crate::peer::OutKey> {
         let sub = self.peers.get(&sid)?;
         sub.outs
             .iter()

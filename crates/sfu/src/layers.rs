@@ -167,6 +167,16 @@ pub(crate) fn named(rid: &str) -> Option<VideoQuality> {
     }
 }
 
+/// The rid that names `quality` (rule 14).
+pub(crate) fn rid_of(quality: VideoQuality) -> &'static str {
+    match quality {
+        VideoQuality::Low => "q",
+        VideoQuality::Medium => "h",
+        // "off" names no layer; asked for, it is the top one.
+        VideoQuality::High | VideoQuality::Off => "f",
+    }
+}
+
 /// The quality each layer stands for, in the layers' order. Rids `q`, `h`, `f` say it (rule
 /// 14); otherwise the layers are ranked by the highest rate each has sent, the top one "high".
 /// A track with one stream is "high": it is all there is, unless its publisher announced

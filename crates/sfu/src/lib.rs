@@ -31,6 +31,7 @@ mod lifecycle;
 mod peer;
 mod pii;
 mod probe;
+mod relay;
 mod resend;
 mod seq;
 mod shed;
@@ -123,6 +124,39 @@ pub enum MediaCommand {
         offer: String,
         reply: ReplyTo,
     },
+    /// Origin of `room` in a cluster: node `node` wants every stream of the room, every
+    /// simulcast layer, over one relay connection (a new one; that node's older relay of the
+    /// room goes). Offered with [`MediaEvent::RelayOffer`].
+    RelayOpen { room: Ident, node: String },
+    /// Origin: node `node`'s answer to relay offer `offer_id`.
+    RelayAnswer {
+        room: Ident,
+        node: String,
+        sdp: String,
+        offer_id: u64,
+    },
+    /// Another node: the origin `node`'s offer for this node's relay of `room` (`fresh`: of a
+    /// new connection). Answered with [`MediaEvent::RelayAnswer`]; its streams feed this
+    /// node's subscribers of the room as if their publishers were here.
+    RelayOffer {
+        room: Ident,
+        node: String,
+        sdp: String,
+        offer_id: u64,
+        fresh: bool,
+    },
+    /// Either end: the relay of `room` with `node` goes.
+    RelayClose { room: Ident, node: String },
+    /// Another node: `room` is held by `node`, whose relay will feed its members here (sent
+    /// before the first member's `Subscribe`).
+    RelayFrom { room: Ident, node: String },
+    /// Origin: member `user`'s subscribe connection is another node's to make (`elsewhere`:
+    /// the member's socket is relayed from there) or, again, this one's (a new connection).
+    SubscribeElsewhere {
+        room: Ident,
+        user: Ident,
+        elsewhere: bool,
+    },
 }
 
 impl MediaCommand {
@@ -144,7 +178,13 @@ impl MediaCommand {
             | MediaCommand::Candidate { room, .. }
             | MediaCommand::SetSubscription { room, .. }
             | MediaCommand::OwnOffers { room, .. }
-            | MediaCommand::Watch { room, .. } => room,
+            | MediaCommand::Watch { room, .. }
+            | MediaCommand::RelayOpen { room, .. }
+            | MediaCommand::RelayAnswer { room, .. }
+            | MediaCommand::RelayOffer { room, .. }
+            | MediaCommand::RelayClose { room, .. }
+            | MediaCommand::RelayFrom { room, .. }
+            | MediaCommand::SubscribeElsewhere { room, .. } => room,
         }
     }
 }
@@ -209,5 +249,26 @@ pub enum MediaEvent {
     },
     LoopFailed {
         index: usize,
+    },
+    /// Origin: an offer for node `node`'s relay of `room`, to be carried there.
+    RelayOffer {
+        room: Ident,
+        node: String,
+        sdp: String,
+        offer_id: u64,
+        fresh: bool,
+    },
+    /// Another node: the answer to the origin `node`'s relay offer `offer_id`.
+    RelayAnswer {
+        room: Ident,
+        node: String,
+        sdp: String,
+        offer_id: u64,
+    },
+    /// Either end: the relay of `room` with `node` failed and is gone (the other node may
+    /// ask for a new one).
+    RelayEnded {
+        room: Ident,
+        node: String,
     },
 }

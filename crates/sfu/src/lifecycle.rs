@@ -43,9 +43,15 @@ impl MediaCore {
             }
             if let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
                 match message {
-                    RTCMessage::RtpPacket(track_id, packet) => {
-                        self.forward(now, id, &track_id, packet);
-                    }
+                    RTCMessage::RtpPacket(track_id, packet) => match &peer.relay_from {
+                        // A relayed stream belongs to its publisher's stand-in.
+                        Some(relay) => {
+                            if let Some((sid, key)) = relay.tracks.get(&track_id).cloned() {
+                                self.forward(now, sid, &key, packet);
+                            }
+                        }
+                        None => self.forward(now, id, &track_id, packet),
+                    },
                     RTCMessage::RtcpPacket(_, packets) => self.rtcp(now, id, packets),
                     _ => {}
                 }
@@ -64,6 +70,11 @@ impl MediaCore {
                 debug!(parent: &peer.span, %state, "connection state");
                 match state {
                     RTCPeerConnectionState::Connected => peer.connected = true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                        if peer.relay_to.is_some() || peer.relay_from.is_some() =>
+                    {
+                        self.relay_failed(now, id);
+                    }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         let (room, user, kind) = (peer.room.clone(), peer.user.clone(), peer.kind);
                         info!(parent: &peer.span, %state, "connection ended");
@@ -74,6 +85,19 @@ impl MediaCore {
                     }
                     _ => {}
                 }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if self.peers.get(&id).is_some_and(|p| p.relay_from.is_some()) =>
+            {
+                let stream = init.stream_ids.first().map(String::as_str);
+                self.relay_track_opened(
+                    now,
+                    id,
+                    stream,
+                    init.track_id,
+                    init.receiver_id,
+                    init.ssrc,
+                );
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                 let rid = init.rid.unwrap_or_default();
@@ -136,6 +160,7 @@ impl MediaCore {
                 info!(parent: &peer.span, rid, ssrc, source, "simulcast layer published");
                 let (room, user) = (peer.room.clone(), peer.user.clone());
                 self.allocate_publisher(now, &room, &user);
+                self.relay_all(now, &room, &user);
             } else {
                 warn!(parent: &peer.span, rid, ssrc, "stream refused: the track has all its layers");
             }
@@ -171,6 +196,20 @@ impl MediaCore {
         }
         track.add_layer(rid, ssrc, source);
         peer.tracks.insert(track_id, track);
+        self.track_added(now, &room, &user, kind, &codec);
+    }
+
+    /// `user` publishes a new track of `kind` in `room` (here, or on a relay): every other
+    /// member receives it, and so does every relay to another node.
+    pub(crate) fn track_added(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        user: &Ident,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+    ) {
+        let (room, user) = (room.clone(), user.clone());
         // Every other member receives it.
         let members: Vec<Ident> = self
             .rooms
@@ -190,12 +229,28 @@ impl MediaCore {
             let stale = self
                 .peers
                 .get(&sid)
-                .and_then(|s| s.outs.get(&(user.clone(), kind)))
+                .and_then(|s| s.outs.get(&(user.clone(), kind, None)))
                 .is_some_and(|o| {
                     !o.mime.eq_ignore_ascii_case(&codec.mime_type) || o.fmtp != codec.sdp_fmtp_line
                 });
             let removed = stale && self.remove_out_tracks(sid, &user, Some(kind));
-            if self.add_out_track(sid, &user, kind, &codec) || removed {
+            if self.add_out_track(sid, &user, kind, codec) || removed {
+                self.negotiate(now, sid);
+            }
+            self.settle_extensions(sid);
+        }
+        // Relays: a republish with another codec needs new senders there too.
+        for sid in self.relays_of(&room) {
+            let stale = self.peers.get(&sid).is_some_and(|s| {
+                s.outs.iter().any(|((p, k, _), o)| {
+                    *p == user
+                        && *k == kind
+                        && (!o.mime.eq_ignore_ascii_case(&codec.mime_type)
+                            || o.fmtp != codec.sdp_fmtp_line)
+                })
+            });
+            let removed = stale && self.remove_out_tracks(sid, &user, Some(kind));
+            if self.relay_publisher(sid, &room, &user) || removed {
                 self.negotiate(now, sid);
             }
             self.settle_extensions(sid);
@@ -295,7 +350,7 @@ impl MediaCore {
         kind: RtpCodecKind,
         codec: &RTCRtpCodec,
     ) -> bool {
-        let key = (publisher.clone(), kind);
+        let key = (publisher.clone(), kind, None);
         if self
             .peers
             .get(&sid)
@@ -304,7 +359,9 @@ impl MediaCore {
             return false;
         }
         // The msid stream id is the publisher's user id (contract rule 7).
-        let Some(out) = self.new_out_track(sid, publisher.as_str(), kind, codec) else {
+        let Some(out) = self.new_out_track(sid, publisher.as_str(), kind, codec, |ssrc| {
+            format!("{publisher}-{kind}-{ssrc:08x}")
+        }) else {
             return false;
         };
         if let Some(sub) = self.peers.get_mut(&sid) {
@@ -327,6 +384,7 @@ impl MediaCore {
         stream: &str,
         kind: RtpCodecKind,
         codec: &RTCRtpCodec,
+        track_id: impl FnOnce(u32) -> String,
     ) -> Option<OutTrack> {
         let sub = self.peers.get_mut(&sid)?;
         let ssrc: u32 = rand::rng().random();
@@ -334,7 +392,7 @@ impl MediaCore {
         // its transceiver.
         let track = MediaStreamTrack::new(
             stream.to_owned(),
-            format!("{stream}-{kind}-{ssrc:08x}"),
+            track_id(ssrc),
             format!("{stream} {kind}"),
             kind,
             vec![RTCRtpEncodingParameters {
@@ -369,10 +427,10 @@ impl MediaCore {
         let Some(sub) = self.peers.get_mut(&sid) else {
             return false;
         };
-        let gone: Vec<(Ident, RtpCodecKind)> = sub
+        let gone: Vec<OutKey> = sub
             .outs
             .keys()
-            .filter(|(p, k)| p == publisher && kind.is_none_or(|kind| kind == *k))
+            .filter(|(p, k, _)| p == publisher && kind.is_none_or(|kind| kind == *k))
             .cloned()
             .collect();
         for key in &gone {
@@ -410,14 +468,23 @@ impl MediaCore {
                 for out in sub.outs.values_mut() {
                     out.offered = true;
                 }
-                self.outputs
-                    .push_back(Output::Event(MediaEvent::SubscribeOffer {
+                let event = match &sub.relay_to {
+                    Some(node) => MediaEvent::RelayOffer {
+                        room: sub.room.clone(),
+                        node: node.clone(),
+                        sdp,
+                        offer_id: sub.offer_id,
+                        fresh: sub.new_connection,
+                    },
+                    None => MediaEvent::SubscribeOffer {
                         room: sub.room.clone(),
                         user: sub.user.clone(),
                         sdp,
                         new_connection: sub.new_connection,
                         offer_id: sub.offer_id,
-                    }));
+                    },
+                };
+                self.outputs.push_back(Output::Event(event));
                 self.dirty.insert(sid);
             }
             Err(e) => warn!(parent: &sub.span, error = %e, "could not create a subscribe offer"),
@@ -460,6 +527,19 @@ impl MediaCore {
             self.stats.nacks_to_publishers += peer.read_nacks(now);
         }
         if let Some(r) = self.rooms.get_mut(&peer.room) {
+            if let Some(node) = &peer.relay_to
+                && r.relays.get(node) == Some(&id)
+            {
+                r.relays.remove(node);
+            }
+            if peer.relay_from.is_some() && r.relay_in.as_ref().is_some_and(|(_, i)| *i == id) {
+                r.relay_in = None;
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(&peer.room)
+            && peer.relay_to.is_none()
+            && peer.relay_from.is_none()
+        {
             let map = match peer.kind {
                 PcKind::Publish => &mut r.publish,
                 PcKind::Subscribe => &mut r.subscribe,
@@ -473,8 +553,9 @@ impl MediaCore {
                             user: peer.user.clone(),
                         }));
                 }
-                // The member's publish connection is gone, not replaced by a newer one.
-                if peer.kind == PcKind::Publish {
+                // The member's publish connection is gone, not replaced by a newer one. (A
+                // stand-in's publisher publishes on another node: nothing to report here.)
+                if peer.kind == PcKind::Publish && peer.via.is_none() {
                     self.outputs.push_back(Output::Event(MediaEvent::Published {
                         room: peer.room.clone(),
                         user: peer.user.clone(),

@@ -36,8 +36,10 @@ pub(crate) type PeerId = u64;
 /// the local address it came to.
 pub(crate) type Early = (Vec<u8>, Remote, Option<std::net::IpAddr>);
 
-/// A subscribe connection's outgoing track: the publisher and the kind.
-pub(crate) type OutKey = (Ident, RtpCodecKind);
+/// A subscribe connection's outgoing track: the publisher, the kind, and on a relay (which
+/// carries every simulcast layer) the layer's rid; `None` for a subscriber's one stream of a
+/// track, and on a relay for a track's only stream.
+pub(crate) type OutKey = (Ident, RtpCodecKind, Option<String>);
 
 /// Remote addresses one connection may use at once: a client switches networks now and then,
 /// but a handful covers every honest case, and each address costs a map entry and a socket.
@@ -97,6 +99,13 @@ pub(crate) struct Peer {
     /// Subscribe connections: what its tracks' best layers would take, bits a second.
     pub(crate) desired: u64,
     pub(crate) probe: crate::probe::Probe,
+    /// Origin: this subscribe connection is the relay to that node (`relay.rs`).
+    pub(crate) relay_to: Option<String>,
+    /// Another node: this connection is the relay from the room's origin.
+    pub(crate) relay_from: Option<crate::relay::RelayIn>,
+    /// A stand-in publish connection for a publisher on that relay: never connected itself,
+    /// it holds the publisher's tracks; keyframe requests go up the relay.
+    pub(crate) via: Option<PeerId>,
     pub(crate) counters: PeerStats,
     pub(crate) span: tracing::Span,
 }
@@ -255,10 +264,62 @@ impl PeerFactory {
             wants_more: 0,
             desired: 0,
             probe: Default::default(),
+            relay_to: None,
+            relay_from: None,
+            via: None,
             counters: PeerStats::new(room.clone(), user.clone(), kind),
             span: tracing::info_span!("pc", %room, %user, pc = pc_kind, ufrag = %ufrag),
             ufrag,
         })
+    }
+}
+
+impl PeerFactory {
+    /// A client connection to another node's media port (the receiving end of a relay): a
+    /// full ICE agent that checks the origin's candidates from `local`, and the DTLS client,
+    /// as a browser answering an offer is. It receives as a publish connection does (NACK
+    /// generation, receiver reports, TWCC feedback).
+    pub(crate) fn build_client(
+        &self,
+        now: Instant,
+        room: &Ident,
+        label: &Ident,
+        local: SocketAddr,
+    ) -> Result<Peer, SfuError> {
+        let internal = |e: &dyn std::fmt::Display| SfuError::Internal(e.to_string());
+        let mut media = MediaEngine::default();
+        register_forwarded_codecs(&mut media).map_err(|e| internal(&e))?;
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media).map_err(|e| internal(&e))?;
+        let ufrag = format!("{}{}", self.prefix, random_string(14));
+        let settings = SettingEngineBuilder::new()
+            .with_ice_credentials(ufrag.clone(), random_string(32))
+            .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![self.certificate.clone()])
+                    .build(),
+            )
+            .with_setting_engine(settings)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|e| internal(&e))?;
+        let candidate = host_candidate(local, Transport::Udp).map_err(|e| internal(&e))?;
+        pc.add_local_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
+            candidate,
+            ..Default::default()
+        })
+        .map_err(|e| internal(&e))?;
+        let mut peer = self.build(now, room, label, PcKind::Publish)?;
+        let _ = rtc::sansio::Protocol::close(&mut peer.pc);
+        peer.pc = pc;
+        peer.span = tracing::info_span!("pc", %room, user = %label, pc = "relay", ufrag = %ufrag);
+        peer.ufrag = ufrag;
+        Ok(peer)
     }
 }
 

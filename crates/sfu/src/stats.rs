@@ -52,6 +52,9 @@ counters! {
     rtp_dropped_not_allowed,
     /// RTP packets forwarded to subscribers.
     rtp_out,
+    /// Of those, packets forwarded to other nodes of the cluster (one relay per room and
+    /// node, whatever the number of viewers there).
+    rtp_relayed,
     /// Video packets not forwarded because the loop was overloaded (shed before any audio).
     video_shed,
     /// Audio packets not forwarded because the loop was overloaded even with no video left.

@@ -167,14 +167,16 @@ impl MediaCore {
                 let publisher = order.get(k);
                 let codec = publisher.and_then(|p| self.published_codec(room, p, kind));
                 let key_codec = codec.clone().unwrap_or_else(|| placeholder(kind));
-                let Some(out) = self.new_out_track(id, &format!("slot{k}"), kind, &key_codec)
-                else {
+                let stream = format!("slot{k}");
+                let Some(out) = self.new_out_track(id, &stream, kind, &key_codec, |ssrc| {
+                    format!("{stream}-{kind}-{ssrc:08x}")
+                }) else {
                     continue;
                 };
                 match (publisher, codec) {
                     (Some(p), Some(_)) => {
                         if let Some(peer) = self.peers.get_mut(&id) {
-                            peer.outs.insert((p.clone(), kind), out);
+                            peer.outs.insert((p.clone(), kind, None), out);
                         }
                     }
                     _ => place.parked.push(out),
@@ -251,7 +253,7 @@ impl MediaCore {
                     continue;
                 };
                 for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-                    let key = (old.clone(), kind);
+                    let key = (old.clone(), kind, None);
                     let moved =
                         Some(&old) != want || peer.outs.get(&key).is_some_and(|out| stale(k, out));
                     if moved && let Some(out) = peer.outs.remove(&key) {
@@ -270,7 +272,7 @@ impl MediaCore {
                 place.publisher = Some(want.clone());
                 let mut still = Vec::new();
                 for mut out in place.parked.drain(..) {
-                    let key = (want.clone(), out.kind);
+                    let key = (want.clone(), out.kind, None);
                     let codec = codecs[k].iter().find(|(kind, _)| *kind == out.kind);
                     let fed = match codec {
                         Some((_, codec)) if !peer.outs.contains_key(&key) => negotiated(

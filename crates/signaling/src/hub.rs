@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, info_span, warn};
 
+mod edge;
+
 use crate::auth::Auth;
 use crate::error::{media_error_code, seat_error_code};
 use crate::relay::{Relay, RelayOut, close_reason, token_node};
@@ -46,6 +48,10 @@ struct Conn {
     /// Served connections: the last request taken (its `n`), read by the task carrying
     /// `Unbound` to the edge.
     upto: Arc<AtomicU64>,
+    /// Relayed sockets: the member (room, user) whose media this node serves ([`edge`]).
+    media: Option<(Ident, Ident)>,
+    /// Relayed sockets: the last join or resume relayed was a resume.
+    resuming: bool,
 }
 
 impl Conn {
@@ -59,6 +65,8 @@ impl Conn {
             served_for: None,
             relayed: 0,
             upto: Arc::default(),
+            media: None,
+            resuming: false,
         }
     }
 }
@@ -77,6 +85,9 @@ pub(crate) struct Clustered {
     served: HashMap<(String, ConnId), ConnId>,
     /// Ids for them, from the top of the range down, apart from the sockets' (from 1 up).
     next_served: ConnId,
+    /// Members of rooms held elsewhere whose media is served here, and their rooms.
+    edge: HashMap<(Ident, Ident), edge::EdgeMember>,
+    edge_rooms: HashMap<Ident, edge::EdgeRoom>,
 }
 
 impl Clustered {
@@ -87,6 +98,8 @@ impl Clustered {
             resolving: HashMap::new(),
             served: HashMap::new(),
             next_served: ConnId::MAX,
+            edge: HashMap::new(),
+            edge_rooms: HashMap::new(),
         }
     }
 }
@@ -149,6 +162,7 @@ impl Hub {
         loop {
             let timer = self.seats.poll_timeout().map(Instant::from_std);
             let shutdown_at = self.shutdown.as_ref().map(|(at, _)| *at);
+            let edge_at = self.edge_deadline();
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.on_msg(msg),
@@ -165,6 +179,9 @@ impl Hub {
                 }
                 _ = sleep_until(shutdown_at.unwrap_or_else(far_future)), if shutdown_at.is_some() => {
                     self.finish_shutdown();
+                }
+                _ = sleep_until(edge_at.unwrap_or_else(far_future)), if edge_at.is_some() => {
+                    self.edge_timeout();
                 }
             }
             self.drain();
@@ -256,6 +273,11 @@ impl Hub {
             return;
         };
         c.relayed += 1;
+        match request {
+            Request::Join { .. } => c.resuming = false,
+            Request::Resume { .. } => c.resuming = true,
+            _ => {}
+        }
         let n = c.relayed;
         self.relay_to(
             conn,
@@ -381,8 +403,21 @@ impl Hub {
                 self.origin_says(&from, conn, Outbound::Text(text.into()))
             }
             Relay::Joined { conn, text } => {
-                self.origin_says(&from, conn, Outbound::Joined(text.into()))
+                let relayed = self
+                    .conns
+                    .get(&conn)
+                    .filter(|c| c.remote.as_deref() == Some(from.as_str()))
+                    .map(|c| c.resuming);
+                self.origin_says(&from, conn, Outbound::Joined(text.as_str().into()));
+                if let Some(resumed) = relayed {
+                    self.edge_joined(conn, &text, resumed);
+                }
             }
+            relay @ (Relay::MediaOpen { .. }
+            | Relay::MediaClose { .. }
+            | Relay::MediaOffer { .. }
+            | Relay::MediaAnswer { .. }
+            | Relay::MediaEnded { .. }) => self.relay_media(from, relay),
             Relay::Unbound { conn, upto } => {
                 // A later request is on its way there: a join the origin serves as a new
                 // connection, whose reply must still reach the socket.
@@ -413,6 +448,9 @@ impl Hub {
         let ends = matches!(out, Outbound::Unbound | Outbound::Close(..));
         if ends {
             c.remote = None;
+        }
+        if matches!(out, Outbound::Unbound) {
+            self.edge_conn_ends(conn, true);
         }
         self.queue(conn, out);
         if ends {
@@ -447,7 +485,17 @@ impl Hub {
         let ended = encode(&Event::RoomEnded {
             reason: EndReason::NodeLost,
         });
+        // Media: relays to it from rooms held here, and members served here of rooms it held.
+        let held: Vec<Ident> = self.rooms.keys().cloned().collect();
+        for room in held {
+            self.to_media(MediaCommand::RelayClose {
+                room,
+                node: node.to_owned(),
+            });
+        }
+        self.edge_node_lost(node);
         for conn in relayed {
+            self.edge_conn_ends(conn, true);
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.remote = None;
             }
@@ -476,7 +524,11 @@ impl Hub {
             return;
         };
         if let Some(node) = c.remote.clone() {
-            return self.relay_request(conn, node, id, request);
+            // A member whose media is served here: its subscribe side stays here.
+            if let Some(request) = self.edge_request(conn, id, request) {
+                self.relay_request(conn, node, id, request);
+            }
+            return;
         }
         // A join waiting to hear which node holds its room: nothing else until it is known.
         if self
@@ -590,6 +642,19 @@ impl Hub {
                 user: user.clone(),
             });
         }
+        // A socket relayed from another node: its subscribe connection is made there, from the
+        // room's relay (before the seats' `Subscribe` below reaches the media plane).
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.served_for.is_some())
+        {
+            self.to_media(MediaCommand::SubscribeElsewhere {
+                room: room.clone(),
+                user: user.clone(),
+                elsewhere: true,
+            });
+        }
         let sid = self.next_session;
         self.next_session += 1;
         // In a cluster the token names this node, so a resume on another node comes here.
@@ -693,6 +758,17 @@ impl Hub {
         for text in backlog {
             self.send_session(sid, text);
         }
+        // Resumed through another node, its subscribe connection is made there; resumed here
+        // after that, here again.
+        let elsewhere = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.served_for.is_some());
+        self.to_media(MediaCommand::SubscribeElsewhere {
+            room: room.clone(),
+            user: user.clone(),
+            elsewhere,
+        });
         // An offer that was in flight on the old socket goes out again on this one.
         self.to_media(MediaCommand::Resumed { room, user });
     }
@@ -932,16 +1008,12 @@ impl Hub {
                 new_connection,
                 offer_id,
             } => {
-                if let Some(sid) = self.by_member.get(&(room, user)).copied() {
-                    self.send_session(
-                        sid,
-                        encode(&Event::SubscribeOffer {
-                            sdp,
-                            new_connection,
-                            offer_id,
-                        }),
-                    );
-                }
+                let event = Event::SubscribeOffer {
+                    sdp,
+                    new_connection,
+                    offer_id,
+                };
+                self.send_member(room, user, &event);
             }
             MediaEvent::Published {
                 room,
@@ -1009,6 +1081,41 @@ impl Hub {
                     let _ = self.seats.handle(now(), &room, &user, Action::Leave);
                 }
             }
+            MediaEvent::RelayOffer {
+                room,
+                node,
+                sdp,
+                offer_id,
+                fresh,
+            } => self.tell_node(
+                node,
+                Relay::MediaOffer {
+                    room,
+                    sdp,
+                    offer_id,
+                    fresh,
+                },
+            ),
+            MediaEvent::RelayAnswer {
+                room,
+                node,
+                sdp,
+                offer_id,
+            } => self.tell_node(
+                node,
+                Relay::MediaAnswer {
+                    room,
+                    sdp,
+                    offer_id,
+                },
+            ),
+            MediaEvent::RelayEnded { room, node } => {
+                if self.rooms.contains_key(&room) {
+                    self.tell_node(node, Relay::MediaEnded { room });
+                } else {
+                    self.edge_relay_ended(&room, &node);
+                }
+            }
             MediaEvent::LoopFailed { index } => {
                 // The server exits for its supervisor to restart it; until then media requests
                 // answer `unavailable`.
@@ -1036,8 +1143,11 @@ impl Hub {
 
     /// One event to one member's session, if they still have one.
     fn send_member(&mut self, room: Ident, user: Ident, event: &Event) {
-        if let Some(sid) = self.by_member.get(&(room, user)).copied() {
+        if let Some(sid) = self.by_member.get(&(room.clone(), user.clone())).copied() {
             self.send_session(sid, encode(event));
+        } else if let Some(conn) = self.edge_conn(&room, &user) {
+            // A member of a room held elsewhere, whose media is served here.
+            self.send_conn(conn, encode(event));
         }
     }
 
@@ -1083,6 +1193,7 @@ impl Hub {
 
     /// Forget a socket. Its session, if any, waits for a resume within the grace period.
     fn drop_conn(&mut self, conn: ConnId) {
+        self.edge_conn_ends(conn, false);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };

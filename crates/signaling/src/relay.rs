@@ -44,6 +44,26 @@ pub enum Relay {
         code: u16,
         reason: String,
     },
+    /// Edge to origin: this node serves members of `room` and wants its media over one relay
+    /// connection (a new one: an older relay of this node's goes).
+    MediaOpen { room: Ident },
+    /// Edge to origin: no member of `room` is served here any more.
+    MediaClose { room: Ident },
+    /// Origin to edge: the relay connection's offer (`fresh`: of a new connection).
+    MediaOffer {
+        room: Ident,
+        sdp: String,
+        offer_id: u64,
+        fresh: bool,
+    },
+    /// Edge to origin: the answer to relay offer `offer_id`.
+    MediaAnswer {
+        room: Ident,
+        sdp: String,
+        offer_id: u64,
+    },
+    /// Either way: the relay of `room` failed at the sender's end (the edge asks again).
+    MediaEnded { room: Ident },
 }
 
 /// What the hub needs the cluster glue to do.

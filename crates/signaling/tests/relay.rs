@@ -50,6 +50,7 @@ async fn next_for(out: &mut mpsc::Receiver<RelayOut>, conn: u64) -> Relay {
                         | Relay::Close { conn, .. }
                         | Relay::Request { conn, .. }
                         | Relay::Closed { conn } => *conn,
+                        _ => continue,
                     };
                     if to == conn {
                         return relay;

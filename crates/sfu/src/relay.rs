@@ -1,0 +1,611 @@
+//! Media relays between the nodes of a cluster: one room, several nodes.
+//!
+//! The room's origin forwards every track of the room, every simulcast layer, once to each
+//! other node with members there, over one *relay* connection per room and node:
+//! - **At the origin** the relay is a subscribe connection (offered by the origin, answered by
+//!   the other node) whose outgoing tracks are pinned: one sender per published stream, each
+//!   simulcast layer its own, never chosen by bandwidth, never shed. Its track ids say the
+//!   publisher's seat and the layer's rid (`relay.{seat}.{rid}.{ssrc}`), its msid streams the
+//!   publishers.
+//! - **At the other node** it is a client connection of this core (a full ICE agent and DTLS
+//!   client, as a browser is) to the origin's media port. Each publisher on it gets a *stand-in*
+//!   publish connection here, never connected itself, that holds the publisher's tracks with
+//!   their layers: so the node's own subscribers are fed, allocated, asked keyframes for and
+//!   answered NACKs as if the publishers were local. Keyframe requests go up the relay.
+//!
+//! The origin still decides who is forwarded: a revoked or muted publisher stops at the origin
+//! at once, and the next relay offer takes its tracks away here.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use miclink_protocol::Ident;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use tracing::{debug, info, warn};
+
+use crate::core::{MAX_RELAYS, Output, Permit, Remote};
+use crate::peer::{MAX_ADDRS, PeerId};
+use crate::track::InTrack;
+use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions, layers};
+
+/// Publishers one relay may bring into a room: a room has at most ten seats; an origin that
+/// offers more streams than that (a bug) must not grow this node's state.
+const MAX_STAND_INS: usize = 16;
+
+/// The edge's end of a relay: where its tracks go.
+pub(crate) struct RelayIn {
+    pub(crate) node: String,
+    /// rtc's track id on the relay -> the stand-in publish connection and its track's key.
+    pub(crate) tracks: HashMap<String, (PeerId, String)>,
+}
+
+/// The user id a relay connection is labelled with (in logs and `/metrics`).
+fn relay_label(node: &str) -> Result<Ident, SfuError> {
+    Ident::new(&format!("relay.{node}")).map_err(|_| SfuError::UnknownUser)
+}
+
+/// A relay track's id: the publisher's seat (for priority at the other end), the layer's rid
+/// (`-` for a track's only stream) and the SSRC (ids are never reused on a connection).
+pub(crate) fn relay_track_id(seat: u32, rid: Option<&str>, ssrc: u32) -> String {
+    format!("relay.{seat}.{}.{ssrc:08x}", rid.unwrap_or("-"))
+}
+
+/// The seat and rid a relay track id names.
+fn parse_relay_track_id(id: &str) -> Option<(u32, Option<String>)> {
+    let mut parts = id.split('.');
+    if parts.next()? != "relay" {
+        return None;
+    }
+    let seat = parts.next()?.parse().ok()?;
+    let rid = parts.next()?;
+    // rids are short tokens (RFC 8851); anything else is not ours.
+    if rid.is_empty()
+        || rid.len() > 16
+        || !rid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return None;
+    }
+    Some((seat, (rid != "-").then(|| rid.to_owned())))
+}
+
+/// The track ids an offer sends (`a=msid` of m-sections that send).
+fn sent_track_ids(sdp: &str) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut section: Option<(Option<String>, bool)> = None;
+    let mut finish = |s: Option<(Option<String>, bool)>| {
+        if let Some((Some(id), true)) = s {
+            ids.insert(id);
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            finish(section.take());
+            section = Some((None, true));
+        } else if let Some((id, sends)) = &mut section {
+            if let Some(msid) = line.strip_prefix("a=msid:") {
+                *id = msid.split_whitespace().nth(1).map(str::to_owned);
+            } else if matches!(line, "a=recvonly" | "a=inactive") {
+                *sends = false;
+            }
+        }
+    }
+    finish(section);
+    ids
+}
+
+/// The UDP host candidates of a description: where the origin's media port is.
+fn udp_candidates(sdp: &str) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for line in sdp.lines() {
+        let Some(c) = line.trim_end().strip_prefix("a=candidate:") else {
+            continue;
+        };
+        let f: Vec<&str> = c.split_whitespace().collect();
+        if f.len() >= 8
+            && f[2].eq_ignore_ascii_case("udp")
+            && f[7] == "host"
+            && let Ok(ip) = f[4].parse()
+            && let Ok(port) = f[5].parse()
+        {
+            let addr = SocketAddr::new(ip, port);
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+    }
+    addrs
+}
+
+impl MediaCore {
+    // ----- the origin's end ------------------------------------------------------------------
+
+    /// Node `node` wants `room`'s media: a new relay connection carrying every published
+    /// stream (an older one of that node goes), offered with [`MediaEvent::RelayOffer`].
+    pub(crate) fn relay_open(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: String,
+    ) -> Result<(), SfuError> {
+        let label = relay_label(&node)?;
+        let old = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relays.get(&node))
+            .copied();
+        if let Some(old) = old {
+            self.remove_peer(old);
+        } else if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.relays.len() >= MAX_RELAYS)
+        {
+            return Err(SfuError::AtCapacity);
+        }
+        let id = self.new_peer(now, room, &label, PcKind::Subscribe, old.is_some())?;
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.relay_to = Some(node.clone());
+            p.new_connection = true;
+            // Nothing chooses its streams: the estimate would only cost time.
+            p.bwe = None;
+        }
+        info!(%room, %node, "relay to another node opened");
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .relays
+            .insert(node, id);
+        let publishers: Vec<Ident> = self
+            .rooms
+            .get(room)
+            .map(|r| r.publish.keys().cloned().collect())
+            .unwrap_or_default();
+        for publisher in publishers {
+            self.relay_publisher(id, room, &publisher);
+        }
+        self.negotiate(now, id);
+        Ok(())
+    }
+
+    /// Give relay `sid` a pinned sender for every stream of `publisher`'s tracks it lacks;
+    /// whether any was added.
+    pub(crate) fn relay_publisher(&mut self, sid: PeerId, room: &Ident, publisher: &Ident) -> bool {
+        let Some(r) = self.rooms.get(room) else {
+            return false;
+        };
+        let seat = r.allowed.get(publisher).map_or(u32::MAX, |p| p.seat);
+        let Some(p) = r.publish.get(publisher).and_then(|pid| self.peers.get(pid)) else {
+            return false;
+        };
+        let mut streams: Vec<(RtpCodecKind, RTCRtpCodec, Option<String>)> = Vec::new();
+        for t in p.tracks.values() {
+            let mut rids: Vec<Option<String>> = t
+                .layers
+                .iter()
+                .map(|l| (!l.rid.is_empty()).then(|| l.rid.clone()))
+                .collect();
+            // Announced layers the origin has not seen yet: carried from the start, so the
+            // other node can ask for them (dynacast) before they first send.
+            for q in &t.simulcast {
+                let rid = Some(layers::rid_of(*q).to_owned());
+                if !rids.contains(&rid) {
+                    rids.push(rid);
+                }
+            }
+            for rid in rids {
+                streams.push((t.kind, t.codec.clone(), rid));
+            }
+        }
+        let mut added = false;
+        for (kind, codec, rid) in streams {
+            let key = (publisher.clone(), kind, rid.clone());
+            if self
+                .peers
+                .get(&sid)
+                .is_none_or(|s| s.outs.contains_key(&key))
+            {
+                continue;
+            }
+            let Some(out) = self.new_out_track(sid, publisher.as_str(), kind, &codec, |ssrc| {
+                relay_track_id(seat, rid.as_deref(), ssrc)
+            }) else {
+                continue;
+            };
+            if let Some(sub) = self.peers.get_mut(&sid) {
+                sub.outs.insert(key, out);
+                added = true;
+            }
+        }
+        added
+    }
+
+    /// Every relay of `room` carries `publisher`'s streams; those that changed get an offer.
+    pub(crate) fn relay_all(&mut self, now: Instant, room: &Ident, publisher: &Ident) {
+        for sid in self.relays_of(room) {
+            if self.relay_publisher(sid, room, publisher) {
+                self.negotiate(now, sid);
+            }
+        }
+    }
+
+    pub(crate) fn relays_of(&self, room: &Ident) -> Vec<PeerId> {
+        self.rooms
+            .get(room)
+            .map(|r| r.relays.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Node `node`'s answer to its relay's offer.
+    pub(crate) fn relay_answer(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: &str,
+        sdp: String,
+        offer_id: u64,
+    ) -> Result<(), SfuError> {
+        let id = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relays.get(node))
+            .copied()
+            .ok_or(SfuError::NoOffer)?;
+        self.apply_answer(now, id, sdp, Some(offer_id))
+    }
+
+    // ----- the other node's end --------------------------------------------------------------
+
+    /// The origin `node`'s offer for this node's relay of `room` (`fresh`: for a new
+    /// connection): applied, answered; tracks it no longer sends leave the stand-ins.
+    pub(crate) fn relay_offer(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: &str,
+        sdp: &str,
+        fresh: bool,
+    ) -> Result<String, SfuError> {
+        let current = self.rooms.get(room).and_then(|r| r.relay_in.clone());
+        let id = match current {
+            Some((n, id)) if n == node && !fresh => id,
+            other => {
+                if let Some((_, old)) = other {
+                    self.close_relay_in(now, old);
+                }
+                self.new_relay_in(now, room, node, sdp)?
+            }
+        };
+        let offer = RTCSessionDescription::offer(sdp.to_owned())
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = self.answer_offer(now, id, Some(offer))?;
+        // Stand-ins' tracks the origin no longer sends (a revoked or gone publisher).
+        let sent = sent_track_ids(sdp);
+        let gone: Vec<String> = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.relay_from.as_ref())
+            .map(|r| {
+                r.tracks
+                    .keys()
+                    .filter(|t| !sent.contains(*t))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for track in gone {
+            self.relay_track_closed(now, id, &track);
+        }
+        self.process(now, id);
+        Ok(answer)
+    }
+
+    fn new_relay_in(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: &str,
+        sdp: &str,
+    ) -> Result<PeerId, SfuError> {
+        if self.peers.len() >= self.config.max_peers {
+            self.stats.peers_refused += 1;
+            return Err(SfuError::AtCapacity);
+        }
+        let origin: Vec<SocketAddr> = udp_candidates(sdp).into_iter().take(MAX_ADDRS).collect();
+        let first = origin.first().copied().ok_or_else(|| {
+            SfuError::BadSdp("the relay offer names no UDP host candidate".into())
+        })?;
+        // The local candidate of the origin's kind: loopback to loopback, else a routable one.
+        let local = self
+            .config
+            .public
+            .iter()
+            .copied()
+            .find(|a| {
+                a.is_ipv4() == first.is_ipv4() && a.ip().is_loopback() == first.ip().is_loopback()
+            })
+            .unwrap_or(self.local);
+        let label = relay_label(node)?;
+        let mut peer = self.factory.build_client(now, room, &label, local)?;
+        peer.relay_from = Some(RelayIn {
+            node: node.to_owned(),
+            tracks: HashMap::new(),
+        });
+        let id = self.next_peer;
+        self.next_peer += 1;
+        for addr in origin {
+            let remote = Remote::udp(addr);
+            peer.addrs.push(remote);
+            self.by_addr.insert(remote, id);
+            self.outputs.push_back(Output::Connect { remote, local });
+        }
+        self.peers.insert(id, peer);
+        self.rooms.entry(room.clone()).or_default().relay_in = Some((node.to_owned(), id));
+        info!(%room, %node, "relay from the origin opened");
+        Ok(id)
+    }
+
+    /// A stream opened on relay `id`: a track (or layer) of the stand-in for its publisher.
+    pub(crate) fn relay_track_opened(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        stream: Option<&str>,
+        track_id: String,
+        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+        ssrc: u32,
+    ) {
+        let Some((seat, rid)) = parse_relay_track_id(&track_id) else {
+            debug!(track_id, "a relay track with an id not ours");
+            return;
+        };
+        let Some(publisher) = stream.and_then(|s| Ident::new(s).ok()) else {
+            return;
+        };
+        let Some(relay) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let room = relay.room.clone();
+        let Some(mut r) = relay.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let kind = r.track().kind();
+        let parameters = r.get_parameters().rtp_parameters.clone();
+        let Some(codec) = r
+            .track()
+            .codec(ssrc)
+            .cloned()
+            .or_else(|| parameters.codecs.first().map(|c| c.rtp_codec.clone()))
+        else {
+            return;
+        };
+        let forwarded = extensions::forwarded(
+            parameters
+                .header_extensions
+                .iter()
+                .map(|h| (h.id, h.uri.as_str())),
+        );
+        // The stand-in publish connection for the publisher: made on its first track.
+        let existing = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.publish.get(&publisher))
+            .copied();
+        let sid = match existing {
+            Some(pid) if self.peers.get(&pid).is_some_and(|p| p.via == Some(id)) => pid,
+            Some(_) => {
+                warn!(%room, %publisher, "a relayed publisher publishes here too; relay track ignored");
+                return;
+            }
+            None if self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.publish.len() >= MAX_STAND_INS) =>
+            {
+                warn!(%room, %publisher, "the relay brings more publishers than a room has seats");
+                return;
+            }
+            None => {
+                let mut stand_in = match self.factory.build(now, &room, &publisher, PcKind::Publish)
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(%room, %publisher, error = %e, "no stand-in for a relayed publisher");
+                        return;
+                    }
+                };
+                stand_in.via = Some(id);
+                let pid = self.next_peer;
+                self.next_peer += 1;
+                self.peers.insert(pid, stand_in);
+                let r = self.rooms.entry(room.clone()).or_default();
+                r.publish.insert(publisher.clone(), pid);
+                // The origin forwards only what may be: everything it relays may be.
+                r.allowed.insert(
+                    publisher.clone(),
+                    Permit {
+                        audio: true,
+                        video: true,
+                        seat,
+                        link: 0,
+                    },
+                );
+                pid
+            }
+        };
+        let source = self.next_source;
+        let key = format!("{kind}");
+        let Some(stand_in) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        let rid_str = rid.clone().unwrap_or_default();
+        let new_track = match stand_in.tracks.get_mut(&key) {
+            Some(track) if track.codec.mime_type.eq_ignore_ascii_case(&codec.mime_type) => {
+                if !track.add_layer(&rid_str, ssrc, source) {
+                    return;
+                }
+                if let Some(q) = layers::named(&rid_str)
+                    && !track.simulcast.contains(&q)
+                {
+                    track.simulcast.push(q);
+                }
+                false
+            }
+            _ => {
+                let mut track = InTrack::new(kind, codec.clone(), receiver, forwarded);
+                track.add_layer(&rid_str, ssrc, source);
+                if let Some(q) = layers::named(&rid_str) {
+                    track.simulcast.push(q);
+                }
+                stand_in.tracks.insert(key.clone(), track);
+                true
+            }
+        };
+        self.next_source += 1;
+        if let Some(relay) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
+            relay.tracks.insert(track_id, (sid, key));
+        }
+        debug!(%room, %publisher, ?kind, ?rid, "relayed stream opened");
+        if new_track {
+            self.track_added(now, &room, &publisher, kind, &codec);
+        } else {
+            self.allocate_publisher(now, &room, &publisher);
+        }
+    }
+
+    /// Relay `id` no longer carries rtc track `track`: its layer leaves the stand-in, and a
+    /// stand-in track with no layer left leaves the node's subscribers.
+    fn relay_track_closed(&mut self, now: Instant, id: PeerId, track: &str) {
+        let Some((sid, key)) = self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.relay_from.as_mut())
+            .and_then(|r| r.tracks.remove(track))
+        else {
+            return;
+        };
+        let still = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.relay_from.as_ref())
+            .is_some_and(|r| r.tracks.values().any(|(s, k)| *s == sid && *k == key));
+        if still {
+            // Another layer of the track goes on; the gone one simply stops sending.
+            return;
+        }
+        let Some(stand_in) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        let (room, publisher) = (stand_in.room.clone(), stand_in.user.clone());
+        let kind = stand_in.tracks.remove(&key).map(|t| t.kind);
+        let empty = stand_in.tracks.is_empty();
+        let subs: Vec<PeerId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.subscribe.values().copied().collect())
+            .unwrap_or_default();
+        if let Some(kind) = kind {
+            for s in subs {
+                if self.remove_out_tracks(s, &publisher, Some(kind)) {
+                    self.negotiate(now, s);
+                }
+            }
+        }
+        if empty {
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.allowed.remove(&publisher);
+                r.speakers.remove(&publisher);
+            }
+            self.remove_peer(sid);
+        }
+        self.rewire_watchers(now, &room);
+    }
+
+    /// Close relay `id` here and take its publishers' tracks away from the node's subscribers.
+    pub(crate) fn close_relay_in(&mut self, now: Instant, id: PeerId) {
+        let tracks: Vec<String> = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.relay_from.as_ref())
+            .map(|r| r.tracks.keys().cloned().collect())
+            .unwrap_or_default();
+        for t in tracks {
+            self.relay_track_closed(now, id, &t);
+        }
+        self.remove_peer(id);
+    }
+
+    /// Either end: the relay of `room` with `node` goes.
+    pub(crate) fn relay_close(&mut self, now: Instant, room: &Ident, node: &str) {
+        let (out, inbound) = match self.rooms.get(room) {
+            Some(r) => (
+                r.relays.get(node).copied(),
+                r.relay_in
+                    .as_ref()
+                    .filter(|(n, _)| n == node)
+                    .map(|(_, id)| *id),
+            ),
+            None => return,
+        };
+        if let Some(id) = out {
+            info!(%room, %node, "relay to another node closed");
+            self.remove_peer(id);
+        }
+        if let Some(id) = inbound {
+            info!(%room, %node, "relay from the origin closed");
+            self.close_relay_in(now, id);
+        }
+    }
+
+    /// A relay connection ended on its own (failed): the other node hears it from signaling.
+    pub(crate) fn relay_failed(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        let room = p.room.clone();
+        let node = match (&p.relay_to, &p.relay_from) {
+            (Some(node), _) => node.clone(),
+            (_, Some(r)) => r.node.clone(),
+            _ => return,
+        };
+        if p.relay_from.is_some() {
+            self.close_relay_in(now, id);
+        } else {
+            self.remove_peer(id);
+        }
+        warn!(%room, %node, "a relay connection failed");
+        self.outputs
+            .push_back(Output::Event(MediaEvent::RelayEnded { room, node }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_track_ids_carry_the_seat_and_the_rid() {
+        let id = relay_track_id(3, Some("h"), 0xabc);
+        assert_eq!(parse_relay_track_id(&id), Some((3, Some("h".into()))));
+        let id = relay_track_id(0, None, 7);
+        assert_eq!(parse_relay_track_id(&id), Some((0, None)));
+        assert_eq!(parse_relay_track_id("alice-video-0001"), None);
+        assert_eq!(parse_relay_track_id("relay.x.h.1"), None);
+        assert_eq!(parse_relay_track_id("relay.1.a b.1"), None);
+    }
+
+    #[test]
+    fn an_offer_sends_the_tracks_of_its_sending_sections_at_the_candidates_it_names() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\na=sendonly\r\na=msid:alice relay.0.-.00000001\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\na=msid:bob relay.1.q.00000002\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:2 1 tcp 1 127.0.0.1 7882 typ host tcptype passive\r\na=msid:alice relay.0.f.00000003\r\n";
+        let sent = sent_track_ids(sdp);
+        assert!(sent.contains("relay.0.-.00000001"));
+        assert!(!sent.contains("relay.1.q.00000002"));
+        assert!(sent.contains("relay.0.f.00000003"));
+        assert_eq!(
+            udp_candidates(sdp),
+            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
+        );
+    }
+}

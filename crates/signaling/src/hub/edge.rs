@@ -1,0 +1,352 @@
+//! Media for members whose room another node holds (cluster): the origin keeps their sessions
+//! and seats, this node keeps their subscribe connections, fed by one relay connection per room
+//! from the origin's media plane (`miclink_sfu`'s relays).
+//!
+//! - A relayed socket whose join or resume succeeded at the origin (its `Joined`) becomes a
+//!   member here: the local media plane subscribes it, and the first member of a room asks the
+//!   origin for the room's relay (`MediaOpen`). The origin's hub leaves that member's subscribe
+//!   connection to this node (`SubscribeElsewhere`).
+//! - Its subscribe-side requests (answers, ICE for the subscribe connection, `resubscribe`,
+//!   `set_subscription`) are served here; everything else still goes to the origin.
+//! - A socket that closes keeps its media for the resume grace, as on one node; a session that
+//!   ends (`Unbound`), a grace that runs out, or a lost origin ends it, and the last member of a
+//!   room closes the relay (`MediaClose`).
+
+use std::time::Duration;
+
+use miclink_protocol::{Ident, JoinResult, PeerConnectionKind, Reply, Request};
+use miclink_sfu::{MediaChange, MediaCommand};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::{ConnId, Hub};
+use crate::relay::{Relay, RelayOut};
+
+/// The shortest wait before asking an origin again for a relay that failed or was refused.
+const REOPEN_AFTER: Duration = Duration::from_secs(2);
+
+/// A member served here: its socket now, or when its media ends without one.
+pub(crate) struct EdgeMember {
+    conn: Option<ConnId>,
+    expires: Option<Instant>,
+}
+
+/// A room with members served here.
+pub(crate) struct EdgeRoom {
+    origin: String,
+    members: usize,
+    /// A relay that failed is asked for again then.
+    reopen_at: Option<Instant>,
+}
+
+impl Hub {
+    /// A relayed socket's join or resume succeeded at its origin (`text` is the reply).
+    pub(super) fn edge_joined(&mut self, conn: ConnId, text: &str, resumed: bool) {
+        let Some(origin) = self.conns.get(&conn).and_then(|c| c.remote.clone()) else {
+            return;
+        };
+        let Some((room, user)) = joined_member(text) else {
+            return;
+        };
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let moved = cluster
+            .edge_rooms
+            .get(&room)
+            .is_some_and(|r| r.origin != origin);
+        if moved {
+            // The room moved (its old origin was lost and it went live again elsewhere) while
+            // members here waited out their grace: they are not this room's any more.
+            debug!(%room, %origin, "a room's origin changed");
+            let stale: Vec<(Ident, Ident)> = cluster
+                .edge
+                .keys()
+                .filter(|(r, _)| *r == room)
+                .cloned()
+                .collect();
+            for key in stale {
+                self.edge_member_gone(&key);
+            }
+        }
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let key = (room.clone(), user.clone());
+        let r = cluster
+            .edge_rooms
+            .entry(room.clone())
+            .or_insert_with(|| EdgeRoom {
+                origin: origin.clone(),
+                members: 0,
+                reopen_at: None,
+            });
+        let before = cluster.edge.insert(
+            key.clone(),
+            EdgeMember {
+                conn: Some(conn),
+                expires: None,
+            },
+        );
+        let first = before.is_none();
+        if first {
+            r.members += 1;
+        }
+        let open = first && r.members == 1;
+        if let Some(old) = before.and_then(|m| m.conn).filter(|c| *c != conn)
+            && let Some(c) = self.conns.get_mut(&old)
+        {
+            c.media = None;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.media = Some(key);
+        }
+        if open {
+            info!(%room, %origin, "members here: the room's media is relayed from its origin");
+            self.to_media(MediaCommand::RelayFrom {
+                room: room.clone(),
+                node: origin.clone(),
+            });
+            self.tell_node(origin, Relay::MediaOpen { room: room.clone() });
+        }
+        self.to_media(match (first, resumed) {
+            (true, _) => MediaCommand::Seats(MediaChange::Subscribe { room, user }),
+            // A pending offer goes out again on the new socket.
+            (false, true) => MediaCommand::Resumed { room, user },
+            // The same user joined again: new connections at once (rule 9).
+            (false, false) => MediaCommand::Rejoin { room, user },
+        });
+    }
+
+    /// The request of relayed socket `conn`, if its member's media is served here and the
+    /// request is about its subscribe side: served here. Otherwise handed back.
+    pub(super) fn edge_request(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        request: Request,
+    ) -> Option<Request> {
+        let Some((room, user)) = self.conns.get(&conn).and_then(|c| c.media.clone()) else {
+            return Some(request);
+        };
+        let here = match &request {
+            Request::SubscribeAnswer { .. }
+            | Request::Resubscribe
+            | Request::SetSubscription { .. } => true,
+            Request::Ice { pc, .. } => *pc == PeerConnectionKind::Subscribe,
+            _ => false,
+        };
+        if !here {
+            return Some(request);
+        }
+        self.member_request(conn, id, &room, &user, request);
+        None
+    }
+
+    /// The socket of a member whose media is served here, for events of the local media plane.
+    pub(super) fn edge_conn(&self, room: &Ident, user: &Ident) -> Option<ConnId> {
+        self.cluster
+            .as_ref()?
+            .edge
+            .get(&(room.clone(), user.clone()))?
+            .conn
+    }
+
+    /// Relayed socket `conn` no longer has its session (`ended`) or is gone (its member's
+    /// media stays for the resume grace).
+    pub(super) fn edge_conn_ends(&mut self, conn: ConnId, ended: bool) {
+        let Some(key) = self.conns.get_mut(&conn).and_then(|c| c.media.take()) else {
+            return;
+        };
+        let grace = self.config.seats.resume_grace;
+        let Some(m) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.edge.get_mut(&key))
+            .filter(|m| m.conn == Some(conn))
+        else {
+            return;
+        };
+        if !ended {
+            m.conn = None;
+            m.expires = Some(Instant::now() + grace);
+            return;
+        }
+        self.edge_member_gone(&key);
+    }
+
+    /// A member's media here ends; the room's last closes the relay.
+    fn edge_member_gone(&mut self, key: &(Ident, Ident)) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let Some(m) = cluster.edge.remove(key) else {
+            return;
+        };
+        if let Some(c) = m.conn.and_then(|c| self.conns.get_mut(&c)) {
+            c.media = None;
+        }
+        let (room, user) = key.clone();
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let last = match cluster.edge_rooms.get_mut(&room) {
+            Some(r) => {
+                r.members = r.members.saturating_sub(1);
+                r.members == 0
+            }
+            None => false,
+        };
+        self.to_media(MediaCommand::Seats(MediaChange::Unsubscribe {
+            room: room.clone(),
+            user,
+        }));
+        if last
+            && let Some(r) = self
+                .cluster
+                .as_mut()
+                .and_then(|c| c.edge_rooms.remove(&room))
+        {
+            info!(%room, origin = %r.origin, "no members here any more: the relay closes");
+            self.to_media(MediaCommand::Seats(MediaChange::CloseRoom {
+                room: room.clone(),
+            }));
+            self.tell_node(r.origin, Relay::MediaClose { room });
+        }
+    }
+
+    /// `node` is lost: the media of every member whose room it held ends here.
+    pub(super) fn edge_node_lost(&mut self, node: &str) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let gone: Vec<(Ident, Ident)> = cluster
+            .edge
+            .keys()
+            .filter(|(room, _)| {
+                cluster
+                    .edge_rooms
+                    .get(room)
+                    .is_some_and(|r| r.origin == node)
+            })
+            .cloned()
+            .collect();
+        for key in gone {
+            self.edge_member_gone(&key);
+        }
+    }
+
+    /// The relay of `room` from `node` failed: asked for again shortly, while members remain.
+    pub(super) fn edge_relay_ended(&mut self, room: &Ident, node: &str) {
+        if let Some(r) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.edge_rooms.get_mut(room))
+            .filter(|r| r.origin == node)
+        {
+            r.reopen_at = Some(Instant::now() + REOPEN_AFTER);
+        }
+    }
+
+    /// The next time [`Self::edge_timeout`] has something to do.
+    pub(super) fn edge_deadline(&self) -> Option<Instant> {
+        let c = self.cluster.as_ref()?;
+        let members = c.edge.values().filter_map(|m| m.expires);
+        let rooms = c.edge_rooms.values().filter_map(|r| r.reopen_at);
+        members.chain(rooms).min()
+    }
+
+    /// Members whose grace ran out go; failed relays are asked for again.
+    pub(super) fn edge_timeout(&mut self) {
+        let now = Instant::now();
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let expired: Vec<(Ident, Ident)> = c
+            .edge
+            .iter()
+            .filter(|(_, m)| m.expires.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut reopen = Vec::new();
+        for (room, r) in &mut c.edge_rooms {
+            if r.reopen_at.is_some_and(|t| t <= now) {
+                r.reopen_at = None;
+                reopen.push((r.origin.clone(), room.clone()));
+            }
+        }
+        for key in expired {
+            debug!(room = %key.0, user = %key.1, "no socket came back: media here ends");
+            self.edge_member_gone(&key);
+        }
+        for (origin, room) in reopen {
+            info!(%room, %origin, "asking for the room's relay again");
+            self.tell_node(origin, Relay::MediaOpen { room });
+        }
+    }
+
+    /// What another node says about relays: as origin (`MediaOpen`, `MediaAnswer`,
+    /// `MediaClose`) or as edge (`MediaOffer`, `MediaEnded`).
+    pub(super) fn relay_media(&mut self, from: String, relay: Relay) {
+        let edge_of = |hub: &Hub, room: &Ident| {
+            hub.cluster
+                .as_ref()
+                .and_then(|c| c.edge_rooms.get(room))
+                .is_some_and(|r| r.origin == from)
+        };
+        match relay {
+            Relay::MediaOpen { room } if self.rooms.contains_key(&room) => {
+                self.to_media(MediaCommand::RelayOpen { room, node: from });
+            }
+            Relay::MediaOpen { room } => {
+                // Not held here (any more): the edge hears it when its members' sessions end.
+                debug!(%room, node = %from, "relay asked for a room not held here");
+            }
+            Relay::MediaAnswer {
+                room,
+                sdp,
+                offer_id,
+            } => self.to_media(MediaCommand::RelayAnswer {
+                room,
+                node: from,
+                sdp,
+                offer_id,
+            }),
+            Relay::MediaClose { room } => {
+                self.to_media(MediaCommand::RelayClose { room, node: from });
+            }
+            Relay::MediaOffer {
+                room,
+                sdp,
+                offer_id,
+                fresh,
+            } if edge_of(self, &room) => self.to_media(MediaCommand::RelayOffer {
+                room,
+                node: from,
+                sdp,
+                offer_id,
+                fresh,
+            }),
+            Relay::MediaEnded { room } if edge_of(self, &room) => {
+                self.edge_relay_ended(&room, &from);
+            }
+            _ => {}
+        }
+    }
+
+    /// A message for `node` that belongs to no socket.
+    pub(super) fn tell_node(&mut self, node: String, relay: Relay) {
+        if let Some(c) = &self.cluster
+            && c.out.try_send(RelayOut::Send { node, relay }).is_err()
+        {
+            debug!("the cluster cannot keep up; a relay message was dropped");
+        }
+    }
+}
+
+/// The room and user a join or resume reply names.
+fn joined_member(text: &str) -> Option<(Ident, Ident)> {
+    let reply: Reply = serde_json::from_str(text).ok()?;
+    let result: JoinResult = serde_json::from_value(reply.result?).ok()?;
+    Some((result.room.room, result.me.user))
+}
