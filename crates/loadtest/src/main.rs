@@ -26,9 +26,11 @@ struct Common {
     /// The server to load.
     #[arg(long, value_enum, default_value = "miclink")]
     target: Target,
-    /// miclink: its WebSocket URL; janus: its HTTP API URL. Loopback only.
-    #[arg(long)]
-    url: Option<String>,
+    /// miclink: its WebSocket URL, or the URLs of several nodes of a cluster, comma-separated
+    /// (publishers join on the first, viewers take turns); janus: its HTTP API URL. Loopback
+    /// only.
+    #[arg(long, value_delimiter = ',')]
+    url: Vec<String>,
     /// Viewers joining per second.
     #[arg(long, default_value_t = 10.0)]
     ramp: f64,
@@ -38,9 +40,10 @@ struct Common {
     /// Seconds measured.
     #[arg(long, default_value_t = 30)]
     duration_s: u64,
-    /// Server process to read CPU time and memory from (/proc/<pid>).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process to read CPU time and memory from (/proc/<pid>); several (a cluster's
+    /// nodes), comma-separated, are summed and reported each.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -173,22 +176,25 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     };
-    let url = common.url.unwrap_or_else(|| {
-        match common.target {
-            Target::Miclink => "ws://127.0.0.1:8080/ws",
-            Target::Janus => "http://127.0.0.1:8088/janus",
-        }
-        .to_owned()
-    });
+    let mut urls = common.url;
+    if urls.is_empty() {
+        urls.push(
+            match common.target {
+                Target::Miclink => "ws://127.0.0.1:8080/ws",
+                Target::Janus => "http://127.0.0.1:8088/janus",
+            }
+            .to_owned(),
+        );
+    }
     let report = rt.block_on(run::run(run::Options {
         scenario,
         target: common.target,
-        url,
+        urls,
         rooms,
         ramp_per_s: common.ramp,
         warmup: Duration::from_secs(common.warmup_s),
         duration: Duration::from_secs(common.duration_s),
-        server_pid: common.server_pid,
+        server_pids: common.server_pid,
         quiet: common.quiet || common.json,
         soak: common.soak,
         relay: common.relay,

@@ -37,13 +37,16 @@ pub struct RoomPlan {
 pub struct Options {
     pub scenario: &'static str,
     pub target: Target,
-    pub url: String,
+    /// Where publishers join (the first) and viewers join (each in turn): the nodes of a
+    /// cluster, or one server.
+    pub urls: Vec<String>,
     pub rooms: Vec<RoomPlan>,
     /// Viewers joining per second.
     pub ramp_per_s: f64,
     pub warmup: Duration,
     pub duration: Duration,
-    pub server_pid: Option<u32>,
+    /// Server processes (a cluster's nodes) whose CPU and memory are read.
+    pub server_pids: Vec<u32>,
     pub quiet: bool,
     /// Report every minute of the window on its own.
     pub soak: bool,
@@ -141,6 +144,31 @@ pub struct Minute {
     pub server_cpu_percent: Option<f64>,
 }
 
+/// One server process of several.
+#[derive(Serialize, Debug, Clone)]
+pub struct NodeUsage {
+    pub pid: u32,
+    pub cpu_percent: f64,
+    pub rss_mib: f64,
+}
+
+/// Resident memory and CPU time of each process, and their sums.
+type Usage = (Vec<(u64, f64)>, (u64, f64));
+
+fn usage(pids: &[u32]) -> anyhow::Result<Option<Usage>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let each = pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sum = each
+        .iter()
+        .fold((0, 0.0), |(r, c), (rss, cpu)| (r + rss, c + cpu));
+    Ok(Some((each, sum)))
+}
+
 #[derive(Serialize)]
 pub struct Report {
     scenario: &'static str,
@@ -167,6 +195,9 @@ pub struct Report {
     server_cpu_percent: Option<f64>,
     server_cpu_us_per_packet: Option<f64>,
     server_rss_mib: Option<f64>,
+    /// Each server process, when there are several (a cluster): its CPU and memory.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<NodeUsage>,
     load_tool_cpu_percent: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     minutes: Option<Vec<Minute>>,
@@ -202,7 +233,12 @@ fn progress(quiet: bool, len: u64, msg: &str) -> ProgressBar {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
-    check_loopback(&opts.url)?;
+    let Some(first_url) = opts.urls.first().cloned() else {
+        anyhow::bail!("no server URL");
+    };
+    for url in &opts.urls {
+        check_loopback(url)?;
+    }
     let stop = Arc::new(Notify::new());
     let mut participants: Vec<Participant> = Vec::new();
     let mut receivers: Vec<Receiver> = Vec::new();
@@ -216,7 +252,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let first_of_room = participants.len();
         let mut handle = match opts.target {
             Target::Miclink => RoomHandle::Miclink { id: room_name(r) },
-            Target::Janus => RoomHandle::Janus(janus::Room::create(&opts.url, r).await?),
+            Target::Janus => RoomHandle::Janus(janus::Room::create(&first_url, r).await?),
         };
         for (p, streams) in plan.publishers.iter().enumerate() {
             let recv = Recv::new(Instant::now());
@@ -231,7 +267,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                         ..Default::default()
                     };
                     let mut m =
-                        Member::join(&opts.url, id, &user, role, recv.clone(), options).await?;
+                        Member::join(&first_url, id, &user, role, recv.clone(), options).await?;
                     if p > 0 {
                         let camera = streams.iter().any(|s| s.kind == Kind::Video);
                         m.apply(camera).await?;
@@ -279,7 +315,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             tokio::time::sleep_until(next).await;
             next += gap;
             let recv = Recv::new(Instant::now());
-            let url = opts.url.clone();
+            // Viewers take turns over the nodes given.
+            let url = opts.urls[v % opts.urls.len()].clone();
             let user = format!("v{v}");
             let (group, shape) = opts.network.downlink(v);
             let options = client::Options {
@@ -343,7 +380,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             .collect()
     };
     let mut marks = vec![snapshot(&sent)];
-    let server_before = opts.server_pid.map(proc_usage).transpose()?;
+    let nodes_before = usage(&opts.server_pids)?;
+    let server_before = nodes_before.as_ref().map(|(_, sum)| *sum);
     let mut server_marks = vec![server_before];
     let tool_before = proc_usage(std::process::id())?;
     let t0 = Instant::now();
@@ -358,11 +396,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         bar.inc(1);
         if s % 60 == 0 && s != secs {
             marks.push(snapshot(&sent));
-            server_marks.push(opts.server_pid.map(proc_usage).transpose()?);
+            server_marks.push(usage(&opts.server_pids)?.map(|(_, sum)| sum));
         }
     }
     marks.push(snapshot(&sent));
-    let server_after = opts.server_pid.map(proc_usage).transpose()?;
+    let nodes_after = usage(&opts.server_pids)?;
+    let server_after = nodes_after.as_ref().map(|(_, sum)| *sum);
     server_marks.push(server_after);
     let tool_after = proc_usage(std::process::id())?;
     let window = t0.elapsed().as_secs_f64();
@@ -464,6 +503,19 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         server_cpu_percent: server_cpu.map(|c| 100.0 * c / window),
         server_cpu_us_per_packet: server_cpu.map(|c| c * 1e6 / delivered.max(1) as f64),
         server_rss_mib: server_after.map(|(rss, _)| rss as f64 / 1048576.0),
+        nodes: match (&nodes_before, &nodes_after) {
+            (Some((a, _)), Some((b, _))) if opts.server_pids.len() > 1 => opts
+                .server_pids
+                .iter()
+                .zip(a.iter().zip(b))
+                .map(|(pid, (a, b))| NodeUsage {
+                    pid: *pid,
+                    cpu_percent: 100.0 * (b.1 - a.1) / window,
+                    rss_mib: b.0 as f64 / 1048576.0,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
         load_tool_cpu_percent: 100.0 * (tool_after.1 - tool_before.1) / window,
         minutes,
         groups,
@@ -684,6 +736,12 @@ pub fn print(report: &Report) {
         "server memory            {}",
         opt(r.server_rss_mib, " MiB resident")
     );
+    for n in &r.nodes {
+        println!(
+            "  node pid {:<8}        {:.1} % of one core, {:.1} MiB resident",
+            n.pid, n.cpu_percent, n.rss_mib
+        );
+    }
     println!(
         "load tool CPU            {:.1} % of one core",
         r.load_tool_cpu_percent
