@@ -60,8 +60,9 @@ type Claimed = Arc<Mutex<BTreeMap<String, Instant>>>;
 /// would then be served here with no claim, and another node could take it too.
 type Directory = Arc<tokio::sync::Mutex<()>>;
 
-/// Directory lookups of joins under way at once; each socket has at most one, so this only
-/// bounds what a slow Redis makes wait.
+/// Directory lookups of joins waiting at once for their turn (the claims themselves go one
+/// at a time, under [`Directory`]); each socket has at most one, so this only bounds what a
+/// slow Redis makes wait.
 const RESOLVES_IN_FLIGHT: usize = 256;
 
 /// Run the node's part of the cluster until `stop` resolves, then leave it (the entry and the
@@ -173,7 +174,7 @@ async fn inbox(cluster: Cluster, signaling: Signaling, state: Arc<ClusterState>)
 
 /// What the hub needs from the cluster: which node holds a room, and messages to other nodes.
 /// Messages go out in order, one after the other (a socket's replies must keep theirs); each
-/// lookup runs on its own, so one waiting for the directory holds up no message.
+/// lookup runs in a task of its own, so one waiting for the directory holds up no message.
 async fn relay(
     cluster: Cluster,
     signaling: Signaling,
@@ -186,19 +187,51 @@ async fn relay(
     while let Some(o) = out.recv().await {
         match o {
             RelayOut::Resolve { conn, room } => {
-                let Ok(permit) = resolves.clone().acquire_owned().await else {
-                    return;
-                };
                 let (cluster, signaling) = (cluster.clone(), signaling.clone());
                 let (claimed, directory, state) =
                     (claimed.clone(), directory.clone(), state.clone());
+                let resolves = resolves.clone();
+                // Waiting here, not in this loop: messages to other nodes go on meanwhile.
                 tokio::spawn(async move {
+                    let Ok(permit) = resolves.acquire_owned().await else {
+                        return;
+                    };
                     let origin = {
                         let _directory = directory.lock().await;
                         resolve(&cluster, &room, &claimed, &state).await
                     };
                     signaling.resolved(conn, origin).await;
                     drop(permit);
+                });
+            }
+            RelayOut::Locate { room, claim, reply } => {
+                let (cluster, claimed, directory, state) = (
+                    cluster.clone(),
+                    claimed.clone(),
+                    directory.clone(),
+                    state.clone(),
+                );
+                tokio::spawn(async move {
+                    let origin = if claim {
+                        let _directory = directory.lock().await;
+                        resolve(&cluster, &room, &claimed, &state).await
+                    } else {
+                        cluster
+                            .origin(room.as_str())
+                            .await
+                            .ok()
+                            .flatten()
+                            .filter(|n| n != cluster.node_id())
+                    };
+                    let url = match origin {
+                        Some(node) => cluster
+                            .nodes()
+                            .await
+                            .ok()
+                            .and_then(|nodes| nodes.get(&node).map(|n| n.http.clone())),
+                        None => None,
+                    };
+                    let _ = reply.send(url);
                 });
             }
             RelayOut::Send { node, relay } => {

@@ -1,7 +1,8 @@
 //! Servers as cluster nodes (`--redis-url`) against a Redis the test starts on loopback: they
 //! register and see each other, claim the rooms they hold in the room directory and release
-//! them, leave at shutdown, keep serving when Redis goes, and carry one room's sessions across
-//! nodes to its origin.
+//! them, leave at shutdown, keep serving when Redis goes, carry one room's sessions across
+//! nodes to its origin (WHIP and WHEP are sent there), and its media to every node with members
+//! over one relay each.
 
 mod common;
 
@@ -112,6 +113,23 @@ async fn nodes_register_claim_their_rooms_relay_a_viewer_and_leave_at_shutdown()
     );
     assert!(metric(&b.get("/metrics").await.1, "cluster_relayed_out_total") > 0);
     cluster_health(&b, "origin_rooms", 0.into()).await;
+
+    // WHIP and WHEP for the room on b are sent on to a (307, the same path there); a room
+    // nobody holds is served where the encoder posts.
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let sdp = "Content-Type: application/sdp\r\n";
+    for path in ["/whep/r", "/whip/r"] {
+        let reply = b.http("POST", path, sdp, offer).await;
+        assert_eq!(reply.status, 307, "{path}: {}", reply.body);
+        let location = reply
+            .headers
+            .iter()
+            .find(|(name, _)| name == "location")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(location, Some(format!("http://a.test{path}").as_str()));
+    }
+    let reply = b.http("POST", "/whep/nobody-here", sdp, offer).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
 
     // a's room ends with its anchor: the viewer on b hears it, and a releases the room.
     anchor.close().await;
@@ -320,8 +338,8 @@ async fn admit(anchor: &mut client::Member, member: &mut client::Member) {
 /// who applies on b and one on c, both accepted by the anchor on a, a viewer on b and two on c.
 /// Everyone's requests reach the room on a; everyone gets everyone's media, the viewers' and
 /// members' from their own node, which gets each stream from a over one relay connection
-/// whatever the number of its viewers; a member the anchor unlinks stops reaching b and c at
-/// once; killing c leaves a and b serving; when a dies outright the members on b hear that
+/// whatever the number of its viewers; a member who reloads its page on b is seen again; a
+/// member the anchor unlinks stops reaching b and c at once; killing c leaves a and b serving; when a dies outright the members on b hear that
 /// their room ended (`node_lost`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_node_dies() {
@@ -433,6 +451,27 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
         assert!(metric(s, "cluster_relayed_in_total") > 0, "{s}");
     }
 
+    // member-b reloads its page: a new socket on b joins as the same user (rule 9), keeps its
+    // seat and publishes again; b and c get its media again (the stand-in b holds for it is
+    // the origin's to end, not the rejoin's).
+    let mut member_b = {
+        let mut again = join(&b, "member-b", Role::Audience).await;
+        drop(member_b);
+        again
+            .publish(&streams, stop.clone(), None)
+            .await
+            .expect("member-b publishes again");
+        again
+    };
+    for v in [&viewer_b, &viewer_c1] {
+        let before = video_from(v, "member-b");
+        until("member-b's video again after its reload", || {
+            video_from(v, "member-b") > before + 60
+        })
+        .await
+        .unwrap_or_else(|| panic!("{}", seen(v)));
+    }
+
     // The anchor unlinks member-b on a: its media stops reaching b and c at once (what is on
     // the wire lands within a moment; nothing comes after).
     anchor
@@ -503,9 +542,10 @@ fn last_layers(m: &client::Member, from: &str, n: usize) -> Vec<u8> {
 
 /// A relay carries every simulcast layer: two viewers on another node than the anchor's get
 /// the layer each asks for, chosen there, and the anchor hears that every layer is watched
-/// (the relay takes them all).
+/// (the relay takes them all). Then two more rooms between the same nodes, one held by each:
+/// three relays between one pair of nodes, each on a flow of its own, all carried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_carries_every_layer_and_the_other_node_chooses_per_viewer() {
+async fn relays_carry_every_layer_the_other_node_chooses_per_viewer_and_rooms_share_no_flow() {
     let redis = RedisServer::start();
     let a = server_with(in_cluster(&redis, "a")).await;
     let b = server_with(in_cluster(&redis, "b")).await;
@@ -578,5 +618,44 @@ async fn a_relay_carries_every_layer_and_the_other_node_chooses_per_viewer() {
         ["relay.b"],
         "a sends the room to b over one relay: {metrics}"
     );
+
+    // Two more rooms between the same two nodes: "s" held by a too (a second relay from a to
+    // b) and "t" held by b (a relay the other way). Each relay has a flow of its own.
+    let in_room = |url: String, room: &'static str, user: &'static str, role: Role| async move {
+        client::Member::join(
+            &url,
+            room,
+            user,
+            role,
+            Recv::logging(Instant::now()),
+            client::Options::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user} joins {room}: {e}"))
+    };
+    let mut anchor_s = in_room(a.url.clone(), "s", "anchor-s", Role::Anchor).await;
+    let mut anchor_t = in_room(b.url.clone(), "t", "anchor-t", Role::Anchor).await;
+    let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];
+    for m in [&mut anchor_s, &mut anchor_t] {
+        m.publish(&streams, stop.clone(), None)
+            .await
+            .expect("an anchor publishes");
+    }
+    let viewer_s = in_room(b.url.clone(), "s", "viewer-s", Role::Audience).await;
+    let viewer_t = in_room(a.url.clone(), "t", "viewer-t", Role::Audience).await;
+    for (v, anchor) in [(&viewer_s, "anchor-s"), (&viewer_t, "anchor-t")] {
+        until("each room's video across its relay", || {
+            got_video(v, anchor)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{}", seen(v)));
+    }
+    // The first room's viewers are still fed.
+    let before = video_from(&high, "anchor");
+    until("room r's video goes on beside the others", || {
+        video_from(&high, "anchor") > before + 60
+    })
+    .await
+    .unwrap_or_else(|| panic!("{}", seen(&high)));
     stop.notify_waiters();
 }

@@ -25,7 +25,11 @@ impl MediaCore {
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.own_offers.remove(&user);
                 }
-                if let Some(id) = self.room_peer(&room, &user, PcKind::Publish) {
+                // A stand-in for a publisher on a relay is the origin's to end, not this
+                // node's: the member publishes there.
+                if let Some(id) = self.room_peer(&room, &user, PcKind::Publish)
+                    && self.peers.get(&id).is_some_and(|p| p.via.is_none())
+                {
                     self.remove_peer(id);
                 }
                 self.renew_subscribe(now, &room, &user);
@@ -121,6 +125,9 @@ impl MediaCore {
             MediaCommand::RelayOpen { room, node } => {
                 if let Err(e) = self.relay_open(now, &room, node.clone()) {
                     warn!(%room, %node, error = %e, "could not open a relay");
+                    // The other node asks again a little later.
+                    self.outputs
+                        .push_back(Output::Event(MediaEvent::RelayEnded { room, node }));
                 }
             }
             MediaCommand::RelayAnswer {
@@ -166,18 +173,26 @@ impl MediaCore {
             } => {
                 let r = self.rooms.entry(room.clone()).or_default();
                 if elsewhere {
-                    // As for an HTTP client: never a connection offered from here.
-                    r.own_offers.insert(user.clone());
+                    // Never a connection offered from here, whatever a rejoin asks.
+                    r.elsewhere.insert(user.clone());
                     if let Some(id) = self.room_peer(&room, &user, PcKind::Subscribe) {
                         self.remove_peer(id);
                     }
                     self.rebuilds
                         .retain(|(_, r, u)| !(*r == room && *u == user));
-                } else if r.own_offers.remove(&user) {
-                    // The client's connection was with the other node: a new one.
+                } else if r.elsewhere.remove(&user) {
+                    // The client's subscribe connection was with the other node: the one
+                    // offered here is a new one.
                     r.subscribed_before.insert(user.clone());
                     self.ensure_subscribe(now, &room, &user);
                 }
+            }
+            MediaCommand::NewConnection { room, user } => {
+                self.rooms
+                    .entry(room)
+                    .or_default()
+                    .subscribed_before
+                    .insert(user);
             }
             MediaCommand::Candidate {
                 room,
@@ -281,6 +296,7 @@ impl MediaCore {
                     r.members.remove(&user);
                     r.subscribed_before.remove(&user);
                     r.own_offers.remove(&user);
+                    r.elsewhere.remove(&user);
                 }
                 self.forget_wishes(&room, &user);
                 self.rebuilds
@@ -307,6 +323,14 @@ impl MediaCore {
     }
 
     pub(crate) fn revoke(&mut self, now: Instant, room: &Ident, user: &Ident) {
+        // On a node fed by a relay the origin decides who publishes: a member served here who
+        // publishes there keeps their stand-in when their media here ends.
+        if self
+            .room_peer(room, user, PcKind::Publish)
+            .is_some_and(|id| self.peers.get(&id).is_some_and(|p| p.via.is_some()))
+        {
+            return;
+        }
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };

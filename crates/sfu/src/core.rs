@@ -59,6 +59,10 @@ pub enum Transport {
     Udp,
     /// RFC 4571 frames on one TCP connection the client opened (ICE-TCP, passive).
     Tcp,
+    /// Datagrams on a UDP socket of its own (another port) that the relay connection with
+    /// this number has to a cluster node's media port: two relays between the same nodes (two
+    /// rooms, or one each way) must not share a flow, which the shared port would make them.
+    Relay(u64),
 }
 
 /// A client's address on one transport: the same address and port may be a UDP flow and a
@@ -147,6 +151,9 @@ pub(crate) struct RoomMedia {
     pub(crate) subscribed_before: HashSet<Ident>,
     /// HTTP clients ([`crate::MediaCommand::OwnOffers`]): never a server-offered connection.
     pub(crate) own_offers: HashSet<Ident>,
+    /// Members whose subscribe connection another node of the cluster makes
+    /// ([`crate::MediaCommand::SubscribeElsewhere`]).
+    pub(crate) elsewhere: HashSet<Ident>,
     pub(crate) publish: HashMap<Ident, PeerId>,
     pub(crate) subscribe: HashMap<Ident, PeerId>,
     pub(crate) speakers: Speakers,
@@ -385,6 +392,26 @@ impl MediaCore {
         self.input(now, Remote::udp(from), Some(to), data)
     }
 
+    /// One datagram on the socket of relay connection `relay` ([`Transport::Relay`]), from
+    /// the cluster node `from` it is connected to.
+    pub fn handle_relay_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        relay: u64,
+        data: &[u8],
+    ) -> Route {
+        self.input(
+            now,
+            Remote {
+                addr: from,
+                transport: Transport::Relay(relay),
+            },
+            None,
+            data,
+        )
+    }
+
     /// One RFC 4571 frame from a TCP connection (its peer address `from`). A connection is
     /// adopted ([`Output::Connect`]) once a frame is a check for a connection here; the driver
     /// closes one that is not.
@@ -396,7 +423,7 @@ impl MediaCore {
     /// the advertised, else the first (behind NAT the advertised address is not a local one).
     fn local_of(&self, to: Option<IpAddr>, transport: Transport) -> SocketAddr {
         let base = match transport {
-            Transport::Udp => self.local,
+            Transport::Udp | Transport::Relay(_) => self.local,
             Transport::Tcp => self.local_tcp,
         };
         to.map(|ip| SocketAddr::new(ip, base.port()))
@@ -442,6 +469,8 @@ impl MediaCore {
             self.stats.datagrams_dropped += 1;
             return Route::Handled;
         };
+        // A relay's checks went out from its own candidate, whatever socket carried them.
+        let local_addr = peer.relay_from.as_ref().map_or(local_addr, |r| r.local);
         if let Some(early) = &mut peer.early {
             if early.len() < EARLY_DATAGRAMS {
                 early.push((data.to_vec(), from, to));
@@ -451,7 +480,7 @@ impl MediaCore {
             return Route::Handled;
         }
         let transport_protocol = match from.transport {
-            Transport::Udp => TransportProtocol::UDP,
+            Transport::Udp | Transport::Relay(_) => TransportProtocol::UDP,
             Transport::Tcp => TransportProtocol::TCP,
         };
         let msg = TaggedBytesMut {
@@ -601,6 +630,8 @@ impl MediaCore {
                         TransportProtocol::TCP => {
                             (Transport::Tcp, crate::peer::video_ssrc(peer, &msg.message))
                         }
+                        // A relay sends on its own socket.
+                        _ if peer.relay_from.is_some() => (Transport::Relay(id), None),
                         _ => (Transport::Udp, None),
                     };
                     return Some(Output::Transmit(Transmit {

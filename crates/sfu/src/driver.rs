@@ -199,6 +199,10 @@ struct Driver {
     /// Each with its remote and the local address its datagrams are tagged with.
     connected: HashMap<Token, (UdpSocket, SocketAddr, Option<IpAddr>)>,
     connected_by_addr: HashMap<SocketAddr, Token>,
+    /// Relay connections' own sockets (another port each, connected to a cluster node's
+    /// media port), with their relay's number.
+    relays: HashMap<Token, (UdpSocket, SocketAddr, u64)>,
+    relays_by_remote: HashMap<(SocketAddr, u64), Token>,
     /// ICE-TCP: the listener and the connections this loop holds.
     tcp: Conns,
     /// When pending TCP connections were last looked at for their deadline.
@@ -275,6 +279,8 @@ pub(crate) fn run(
         udp,
         bound,
         connected: HashMap::new(),
+        relays: HashMap::new(),
+        relays_by_remote: HashMap::new(),
         connected_by_addr: HashMap::new(),
         tcp: Conns::new(listener),
         tcp_swept: None,
@@ -387,6 +393,24 @@ impl Driver {
             let mut more = false;
             for _ in 0..BATCH.min(budget) {
                 budget -= 1;
+                if let Some((socket, from, relay)) = self.relays.get(&token) {
+                    let (from, relay) = (*from, *relay);
+                    match socket.recv(buf) {
+                        Ok(n) => {
+                            self.core.handle_relay_datagram(now, from, relay, &buf[..n]);
+                            more = true;
+                            continue;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            more = false;
+                            break;
+                        }
+                        Err(_) => {
+                            more = true;
+                            continue;
+                        }
+                    }
+                }
                 let got = if token == SHARED_SOCKET {
                     let mut meta = [RecvMeta::default()];
                     self.udp
@@ -546,6 +570,23 @@ impl Driver {
                             Sent::NoConnection => self.stats.send_errors += 1,
                         }
                     }
+                    Output::Transmit(t) if matches!(t.transport, Transport::Relay(_)) => {
+                        let Transport::Relay(relay) = t.transport else {
+                            continue;
+                        };
+                        let sent = match self
+                            .relays_by_remote
+                            .get(&(t.to, relay))
+                            .and_then(|token| self.relays.get(token))
+                        {
+                            Some((socket, _, _)) => socket.send(&t.data).map(|_| ()),
+                            None => Err(std::io::ErrorKind::NotConnected.into()),
+                        };
+                        if let Err(e) = sent {
+                            self.stats.send_errors += 1;
+                            debug!(error = %e, to = %Pii(t.to), "relay send error");
+                        }
+                    }
                     Output::Transmit(t) => {
                         let sent = match self
                             .connected_by_addr
@@ -574,6 +615,9 @@ impl Driver {
                     }
                     Output::Connect { remote, local } => match remote.transport {
                         Transport::Udp => self.connect(remote.addr, local.ip()),
+                        Transport::Relay(relay) => {
+                            self.connect_relay(remote.addr, relay, local.ip())
+                        }
                         Transport::Tcp => {
                             if let Some(conn) = self
                                 .tcp
@@ -587,6 +631,13 @@ impl Driver {
                     },
                     Output::Forget { remote } => match remote.transport {
                         Transport::Udp => self.forget(remote.addr),
+                        Transport::Relay(relay) => {
+                            if let Some(token) = self.relays_by_remote.remove(&(remote.addr, relay))
+                                && let Some((mut socket, _, _)) = self.relays.remove(&token)
+                            {
+                                let _ = self.poll.registry().deregister(&mut socket);
+                            }
+                        }
                         Transport::Tcp => {
                             if let Some(token) = self.tcp.by_peer.get(&remote.addr).copied() {
                                 self.tcp.remove(token, self.poll.registry());
@@ -825,6 +876,40 @@ impl Driver {
         }
         self.connected.insert(token, (socket, remote, Some(local)));
         self.connected_by_addr.insert(remote, token);
+    }
+
+    /// A socket of its own for relay connection `relay` to a cluster node's media port at
+    /// `remote`: bound to an address of this host's (`local`'s when it is one) on a port the
+    /// kernel picks, and connected, so the other node tells this relay's flow from any other.
+    fn connect_relay(&mut self, remote: SocketAddr, relay: u64, local: IpAddr) {
+        if self.relays_by_remote.contains_key(&(remote, relay)) {
+            return;
+        }
+        let ip = self.own_address(local).unwrap_or(self.bound.ip());
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(|s| {
+            s.connect(remote)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        });
+        let mut socket = match socket {
+            Ok(s) => UdpSocket::from_std(s),
+            Err(e) => {
+                warn!(error = %e, remote = %Pii(remote), "no socket for a relay");
+                return;
+            }
+        };
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if self
+            .poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        self.relays.insert(token, (socket, remote, relay));
+        self.relays_by_remote.insert((remote, relay), token);
     }
 
     fn forget(&mut self, remote: SocketAddr) {

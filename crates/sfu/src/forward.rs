@@ -240,7 +240,6 @@ impl MediaCore {
             sender_ssrc: 0,
             media_ssrc: layer.ssrc,
         };
-        publisher.counters.plis += 1;
         // A relayed publisher's stand-in asks up the relay, whose connection has the streams.
         let via = publisher.via.unwrap_or(from);
         let Some(conn) = self.peers.get_mut(&via) else {
@@ -252,6 +251,9 @@ impl MediaCore {
             self.stats.plis_sent += 1;
             tracing::debug!(parent: &conn.span, source, "keyframe requested");
             self.dirty.insert(via);
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.counters.plis += 1;
+            }
         }
     }
 

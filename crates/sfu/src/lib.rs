@@ -151,12 +151,16 @@ pub enum MediaCommand {
     /// before the first member's `Subscribe`).
     RelayFrom { room: Ident, node: String },
     /// Origin: member `user`'s subscribe connection is another node's to make (`elsewhere`:
-    /// the member's socket is relayed from there) or, again, this one's (a new connection).
+    /// the member's socket is relayed from there; a rejoin does not change that), or, when it
+    /// was, this one's again (a new connection).
     SubscribeElsewhere {
         room: Ident,
         user: Ident,
         elsewhere: bool,
     },
+    /// The next subscribe connection offered to `user` is a new one for the client
+    /// (`new_connection: true`): its connection, if any, was with another node.
+    NewConnection { room: Ident, user: Ident },
 }
 
 impl MediaCommand {
@@ -184,7 +188,8 @@ impl MediaCommand {
             | MediaCommand::RelayOffer { room, .. }
             | MediaCommand::RelayClose { room, .. }
             | MediaCommand::RelayFrom { room, .. }
-            | MediaCommand::SubscribeElsewhere { room, .. } => room,
+            | MediaCommand::SubscribeElsewhere { room, .. }
+            | MediaCommand::NewConnection { room, .. } => room,
         }
     }
 }

@@ -299,6 +299,7 @@ impl MediaCore {
         if r.subscribe.contains_key(member)
             || !r.members.contains(member)
             || r.own_offers.contains(member)
+            || r.elsewhere.contains(member)
         {
             return;
         }
@@ -571,6 +572,7 @@ impl MediaCore {
             // The last words (DTLS close) are never video.
             let transport = match msg.transport.transport_protocol {
                 rtc::shared::TransportProtocol::TCP => Transport::Tcp,
+                _ if peer.relay_from.is_some() => Transport::Relay(id),
                 _ => Transport::Udp,
             };
             self.outputs.push_back(Output::Transmit(Transmit {

@@ -425,7 +425,7 @@ pub(crate) fn host_candidate(
     transport: Transport,
 ) -> Result<String, rtc::shared::error::Error> {
     let (network, tcp_type) = match transport {
-        Transport::Udp => ("udp", TcpType::Unspecified),
+        Transport::Udp | Transport::Relay(_) => ("udp", TcpType::Unspecified),
         Transport::Tcp => ("tcp", TcpType::Passive),
     };
     let candidate = CandidateHostConfig {

@@ -25,7 +25,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use tracing::{debug, info, warn};
 
-use crate::core::{MAX_RELAYS, Output, Permit, Remote};
+use crate::core::{MAX_RELAYS, Output, Permit, Remote, Transport};
 use crate::peer::{MAX_ADDRS, PeerId};
 use crate::track::InTrack;
 use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions, layers};
@@ -37,6 +37,8 @@ const MAX_STAND_INS: usize = 16;
 /// The edge's end of a relay: where its tracks go.
 pub(crate) struct RelayIn {
     pub(crate) node: String,
+    /// Its local candidate: what its datagrams are tagged with.
+    pub(crate) local: SocketAddr,
     /// rtc's track id on the relay -> the stand-in publish connection and its track's key.
     pub(crate) tracks: HashMap<String, (PeerId, String)>,
 }
@@ -278,9 +280,17 @@ impl MediaCore {
                 self.new_relay_in(now, room, node, sdp)?
             }
         };
-        let offer = RTCSessionDescription::offer(sdp.to_owned())
-            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let answer = self.answer_offer(now, id, Some(offer))?;
+        let answer = RTCSessionDescription::offer(sdp.to_owned())
+            .map_err(|e| SfuError::BadSdp(e.to_string()))
+            .and_then(|offer| self.answer_offer(now, id, Some(offer)));
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The connection is gone (or useless): so are its publishers here.
+                self.close_relay_in(now, id);
+                return Err(e);
+            }
+        };
         // Stand-ins' tracks the origin no longer sends (a revoked or gone publisher).
         let sent = sent_track_ids(sdp);
         let gone: Vec<String> = self
@@ -331,12 +341,17 @@ impl MediaCore {
         let mut peer = self.factory.build_client(now, room, &label, local)?;
         peer.relay_from = Some(RelayIn {
             node: node.to_owned(),
+            local,
             tracks: HashMap::new(),
         });
         let id = self.next_peer;
         self.next_peer += 1;
         for addr in origin {
-            let remote = Remote::udp(addr);
+            // A socket of its own for each of the origin's addresses (see `Transport::Relay`).
+            let remote = Remote {
+                addr,
+                transport: Transport::Relay(id),
+            };
             peer.addrs.push(remote);
             self.by_addr.insert(remote, id);
             self.outputs.push_back(Output::Connect { remote, local });
@@ -388,6 +403,19 @@ impl MediaCore {
                 .map(|h| (h.id, h.uri.as_str())),
         );
         // The stand-in publish connection for the publisher: made on its first track.
+        let existing = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.publish.get(&publisher))
+            .copied();
+        // A stand-in left from a relay that is gone makes way for this one's.
+        if let Some(pid) = existing
+            && let Some(via) = self.peers.get(&pid).and_then(|p| p.via)
+            && via != id
+            && !self.peers.contains_key(&via)
+        {
+            self.drop_stand_in(now, pid);
+        }
         let existing = self
             .rooms
             .get(&room)
@@ -535,6 +563,40 @@ impl MediaCore {
             self.relay_track_closed(now, id, &t);
         }
         self.remove_peer(id);
+        // Whatever stand-in is left of it (the connection was gone already).
+        let left: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.via == Some(id))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in left {
+            self.drop_stand_in(now, pid);
+        }
+    }
+
+    /// A stand-in goes with its tracks: out of every subscriber here.
+    fn drop_stand_in(&mut self, now: Instant, pid: PeerId) {
+        let Some(p) = self.peers.get(&pid) else {
+            return;
+        };
+        let (room, publisher) = (p.room.clone(), p.user.clone());
+        let subs: Vec<PeerId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.subscribe.values().copied().collect())
+            .unwrap_or_default();
+        for s in subs {
+            if self.remove_out_tracks(s, &publisher, None) {
+                self.negotiate(now, s);
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.allowed.remove(&publisher);
+            r.speakers.remove(&publisher);
+        }
+        self.remove_peer(pid);
+        self.rewire_watchers(now, &room);
     }
 
     /// Either end: the relay of `room` with `node` goes.

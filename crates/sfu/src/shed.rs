@@ -78,6 +78,11 @@ impl MediaCore {
     pub(crate) fn apply_shedding(&mut self) {
         let mut units = Vec::new();
         for (&sid, sub) in &self.peers {
+            // A relay to another node carries every viewer there: never shed here (that
+            // node sheds its own subscribers when it is behind).
+            if sub.relay_to.is_some() {
+                continue;
+            }
             let Some(room) = self.rooms.get(&sub.room) else {
                 continue;
             };

@@ -244,6 +244,19 @@ impl Hub {
             HubMsg::Resolved { conn, origin } => self.resolved(conn, origin),
             HubMsg::Relayed { from, relay } => self.relayed(from, relay),
             HubMsg::NodeLost { node } => self.node_lost(&node),
+            HubMsg::Locate { room, claim, reply } => match &self.cluster {
+                // Held here, or no cluster: served here.
+                Some(c) if !self.rooms.contains_key(&room) => {
+                    if let Err(e) = c.out.try_send(RelayOut::Locate { room, claim, reply })
+                        && let RelayOut::Locate { reply, .. } = e.into_inner()
+                    {
+                        let _ = reply.send(None);
+                    }
+                }
+                _ => {
+                    let _ = reply.send(None);
+                }
+            },
         }
     }
 
@@ -421,7 +434,8 @@ impl Hub {
             Relay::Unbound { conn, upto } => {
                 // A later request is on its way there: a join the origin serves as a new
                 // connection, whose reply must still reach the socket.
-                if self.conns.get(&conn).is_some_and(|c| c.relayed > upto) {
+                // (0: from a node that does not number requests.)
+                if upto != 0 && self.conns.get(&conn).is_some_and(|c| c.relayed > upto) {
                     debug!(
                         conn,
                         upto, "a session ended there with a request after it in flight"
@@ -634,6 +648,15 @@ impl Hub {
             self.kick(old);
             self.forget_session(old);
         }
+        // In a cluster, a socket relayed from another node has its subscribe connection made
+        // there, from the room's relay: said before anything below makes one here.
+        let relayed = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.served_for.is_some());
+        if relayed {
+            self.subscribe_elsewhere(&room, &user, true);
+        }
         if joined.rejoined {
             // A reload or a second device: the new session gets new media connections at once
             // (and may publish again) instead of waiting for the old ones to time out.
@@ -642,18 +665,8 @@ impl Hub {
                 user: user.clone(),
             });
         }
-        // A socket relayed from another node: its subscribe connection is made there, from the
-        // room's relay (before the seats' `Subscribe` below reaches the media plane).
-        if self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.served_for.is_some())
-        {
-            self.to_media(MediaCommand::SubscribeElsewhere {
-                room: room.clone(),
-                user: user.clone(),
-                elsewhere: true,
-            });
+        if !relayed {
+            self.subscribe_elsewhere(&room, &user, false);
         }
         let sid = self.next_session;
         self.next_session += 1;
@@ -764,11 +777,7 @@ impl Hub {
             .conns
             .get(&conn)
             .is_some_and(|c| c.served_for.is_some());
-        self.to_media(MediaCommand::SubscribeElsewhere {
-            room: room.clone(),
-            user: user.clone(),
-            elsewhere,
-        });
+        self.subscribe_elsewhere(&room, &user, elsewhere);
         // An offer that was in flight on the old socket goes out again on this one.
         self.to_media(MediaCommand::Resumed { room, user });
     }
@@ -950,6 +959,18 @@ impl Hub {
                     }
                 }
             }
+        }
+    }
+
+    /// In a cluster: whose media plane makes `user`'s subscribe connection
+    /// ([`MediaCommand::SubscribeElsewhere`]). Nothing on a node alone.
+    fn subscribe_elsewhere(&self, room: &Ident, user: &Ident, elsewhere: bool) {
+        if self.cluster.is_some() {
+            self.to_media(MediaCommand::SubscribeElsewhere {
+                room: room.clone(),
+                user: user.clone(),
+                elsewhere,
+            });
         }
     }
 

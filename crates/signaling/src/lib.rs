@@ -188,6 +188,26 @@ impl Signaling {
             .await;
     }
 
+    /// Where a WHIP or WHEP request for `room` belongs: the public URL of the node holding
+    /// the room when another node of the cluster does; `None` to serve it here.
+    pub(crate) async fn locate(
+        &self,
+        room: &miclink_protocol::Ident,
+        claim: bool,
+    ) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .hub
+            .send(wire::HubMsg::Locate {
+                room: room.clone(),
+                claim,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
     /// A node of the cluster stopped heartbeating.
     pub async fn node_lost(&self, node: String) {
         let _ = self.inner.hub.send(wire::HubMsg::NodeLost { node }).await;

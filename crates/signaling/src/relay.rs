@@ -74,6 +74,13 @@ pub enum RelayOut {
     Resolve { conn: u64, room: Ident },
     /// Put `relay` in `node`'s inbox.
     Send { node: String, relay: Relay },
+    /// The public URL of the node holding `room`, if another node does (`claim`: claim it for
+    /// this node when nobody does); `None`: served here.
+    Locate {
+        room: Ident,
+        claim: bool,
+        reply: tokio::sync::oneshot::Sender<Option<String>>,
+    },
 }
 
 /// A message between nodes: who sent it, and what.

@@ -454,6 +454,19 @@ async fn create(
             Ident::new(&format!("whep-{}", &crate::session::new_token()[..12])).expect("a valid id")
         }
     };
+    // In a cluster, a room another node holds is served there: the client is sent on
+    // (RFC 9725 clients follow a 307 with the same request).
+    if let Some(origin) = sig.locate(&room, kind == Kind::Whip).await {
+        let location = format!("{}/{}/{room}", origin.trim_end_matches('/'), kind.path());
+        let mut resp = answer(
+            StatusCode::TEMPORARY_REDIRECT,
+            format!("the room is served at {location}\n"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(axum::http::header::LOCATION, v);
+        }
+        return resp;
+    }
     let Some(mut s) = Session::open(&sig).await else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
     };

@@ -2,7 +2,7 @@
 //! depend on this module and not on each other.
 
 use axum::extract::ws::Utf8Bytes;
-use miclink_protocol::Request;
+use miclink_protocol::{Ident, Request};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,6 +70,13 @@ pub(crate) enum HubMsg {
     /// A node of the cluster stopped heartbeating.
     NodeLost {
         node: String,
+    },
+    /// A WHIP or WHEP request for `room`: the URL of the node holding it when another does
+    /// (`claim`: a WHIP encoder going live claims it for this node when nobody does).
+    Locate {
+        room: Ident,
+        claim: bool,
+        reply: oneshot::Sender<Option<String>>,
     },
 }
 

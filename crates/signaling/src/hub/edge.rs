@@ -48,6 +48,13 @@ impl Hub {
         let Some((room, user)) = joined_member(text) else {
             return;
         };
+        // The socket's previous member (its session ended there, and the `Unbound` saying so
+        // was overtaken by this join): its media here ends.
+        if let Some(prev) = self.conns.get(&conn).and_then(|c| c.media.clone())
+            && prev != (room.clone(), user.clone())
+        {
+            self.edge_conn_ends(conn, true);
+        }
         let Some(cluster) = &mut self.cluster else {
             return;
         };
@@ -108,6 +115,13 @@ impl Hub {
                 node: origin.clone(),
             });
             self.tell_node(origin, Relay::MediaOpen { room: room.clone() });
+        }
+        if first && resumed {
+            // The client's subscribe connection, if any, was with another node.
+            self.to_media(MediaCommand::NewConnection {
+                room: room.clone(),
+                user: user.clone(),
+            });
         }
         self.to_media(match (first, resumed) {
             (true, _) => MediaCommand::Seats(MediaChange::Subscribe { room, user }),
@@ -299,8 +313,10 @@ impl Hub {
                 self.to_media(MediaCommand::RelayOpen { room, node: from });
             }
             Relay::MediaOpen { room } => {
-                // Not held here (any more): the edge hears it when its members' sessions end.
+                // Not held here (any more, or yet again after a restart): the edge asks again
+                // a little later, until its members' sessions end.
                 debug!(%room, node = %from, "relay asked for a room not held here");
+                self.tell_node(from, Relay::MediaEnded { room });
             }
             Relay::MediaAnswer {
                 room,
