@@ -338,7 +338,7 @@ async fn admit(anchor: &mut client::Member, member: &mut client::Member) {
 /// who applies on b and one on c, both accepted by the anchor on a, a viewer on b and two on c.
 /// Everyone's requests reach the room on a; everyone gets everyone's media, the viewers' and
 /// members' from their own node, which gets each stream from a over one relay connection
-/// whatever the number of its viewers; a member who reloads its page on b is seen again; a
+/// whatever the number of its viewers, and pushes its own members' streams to a over one; a member who reloads its page on b is seen again; a
 /// member the anchor unlinks stops reaching b and c at once; killing c leaves a and b serving; when a dies outright the members on b hear that
 /// their room ended (`node_lost`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,11 +417,18 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
     }
 
     // a sends the room's streams to b and to c once each: its subscribe connections are the
-    // anchor's and the two relays; b and c feed their own viewers and members.
+    // anchor's and the two relays; b and c feed their own viewers and members. The members
+    // linked on b and c publish there, and each node pushes them to a over one relay: a's
+    // publish connections are the anchor's, the two relays', and a stand-in for each member.
     let metrics_a = a.metrics().await;
     assert_eq!(
         connections(&metrics_a, "subscribe"),
         ["anchor", "relay.b", "relay.c"],
+        "{metrics_a}"
+    );
+    assert_eq!(
+        connections(&metrics_a, "publish"),
+        ["anchor", "member-b", "member-c", "relay.b", "relay.c"],
         "{metrics_a}"
     );
     assert!(
@@ -431,7 +438,7 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
     let metrics_c = c.metrics().await;
     assert_eq!(
         connections(&metrics_c, "subscribe"),
-        ["member-c", "viewer-c1", "viewer-c2"],
+        ["member-c", "relay.a", "viewer-c1", "viewer-c2"],
         "{metrics_c}"
     );
     let metrics_b = b
@@ -443,9 +450,22 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
         .1;
     assert_eq!(
         connections(&metrics_b, "subscribe"),
-        ["member-b", "viewer-b"],
+        ["member-b", "relay.a", "viewer-b"],
         "{metrics_b}"
     );
+    // member-b's own publish connection is b's (its stand-in on a is fed by b's push).
+    let peer_rtp_in = |metrics: &str, user: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "miclink_peer_rtp_in_total{{room=\"r\",user=\"{user}\",pc=\"publish\"}} "
+                ))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(peer_rtp_in(&metrics_b, "member-b") > 0, "{metrics_b}");
     for s in [&metrics_b, &metrics_c] {
         assert!(metric(s, "cluster_relayed_out_total") > 0, "{s}");
         assert!(metric(s, "cluster_relayed_in_total") > 0, "{s}");

@@ -297,6 +297,11 @@ impl Seats {
             .collect()
     }
 
+    /// The seat `user` holds in `room`, if any.
+    pub fn seat(&self, room: &Ident, user: &Ident) -> Option<u32> {
+        self.rooms.get(room)?.members.get(user)?.seat
+    }
+
     /// Whether `user` holds a seat in `room` and so may publish: `(audio, video)`.
     /// The number of `user`'s current seating in `room` (see [`MediaChange::AllowPublish`]).
     pub fn link(&self, room: &Ident, user: &Ident) -> Option<u64> {

@@ -305,13 +305,12 @@ impl MediaCore {
             }
             MediaChange::CloseRoom { room } => {
                 if let Some(r) = self.rooms.remove(&room) {
-                    let relay_in = r.relay_in.map(|(_, id)| id);
                     for id in r
                         .publish
                         .into_values()
                         .chain(r.subscribe.into_values())
                         .chain(r.relays.into_values())
-                        .chain(relay_in)
+                        .chain(r.relays_in.into_values())
                     {
                         self.remove_peer(id);
                     }
@@ -325,9 +324,11 @@ impl MediaCore {
     pub(crate) fn revoke(&mut self, now: Instant, room: &Ident, user: &Ident) {
         // On a node fed by a relay the origin decides who publishes: a member served here who
         // publishes there keeps their stand-in when their media here ends.
-        if self
-            .room_peer(room, user, PcKind::Publish)
-            .is_some_and(|id| self.peers.get(&id).is_some_and(|p| p.via.is_some()))
+        let fed = self.rooms.get(room).is_some_and(|r| r.origin.is_some());
+        if fed
+            && self
+                .room_peer(room, user, PcKind::Publish)
+                .is_some_and(|id| self.peers.get(&id).is_some_and(|p| p.via.is_some()))
         {
             return;
         }

@@ -162,8 +162,9 @@ pub(crate) struct RoomMedia {
     pub(crate) wishes: HashMap<Ident, Vec<(Ident, miclink_protocol::VideoQuality)>>,
     /// Origin: relay connections to other nodes, by node.
     pub(crate) relays: HashMap<String, PeerId>,
-    /// Another node: the relay connection from the room's origin (its node, the connection).
-    pub(crate) relay_in: Option<(String, PeerId)>,
+    /// Relay connections from other nodes, by node: at another node, the one from the room's
+    /// origin; at the origin, those pushing the publishers of members linked elsewhere.
+    pub(crate) relays_in: HashMap<String, PeerId>,
     /// Another node: the room's origin, whose relay feeds it ([`crate::MediaCommand::RelayFrom`]).
     pub(crate) origin: Option<String>,
 }

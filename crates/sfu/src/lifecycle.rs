@@ -533,8 +533,10 @@ impl MediaCore {
             {
                 r.relays.remove(node);
             }
-            if peer.relay_from.is_some() && r.relay_in.as_ref().is_some_and(|(_, i)| *i == id) {
-                r.relay_in = None;
+            if let Some(from) = &peer.relay_from
+                && r.relays_in.get(&from.node) == Some(&id)
+            {
+                r.relays_in.remove(&from.node);
             }
         }
         if let Some(r) = self.rooms.get_mut(&peer.room)

@@ -165,10 +165,14 @@ impl MediaCore {
             .get(room)
             .map(|r| r.publish.keys().cloned().collect())
             .unwrap_or_default();
+        let mut any = false;
         for publisher in publishers {
-            self.relay_publisher(id, room, &publisher);
+            any |= self.relay_publisher(id, room, &publisher);
         }
-        self.negotiate(now, id);
+        // An offer with nothing to carry names no candidate: the first track makes one.
+        if any {
+            self.negotiate(now, id);
+        }
         Ok(())
     }
 
@@ -182,6 +186,17 @@ impl MediaCore {
         let Some(p) = r.publish.get(publisher).and_then(|pid| self.peers.get(pid)) else {
             return false;
         };
+        // A publisher that came from that node (its stand-in here is fed by a relay from
+        // there) is not sent back.
+        let to = self.peers.get(&sid).and_then(|s| s.relay_to.as_deref());
+        let from = p
+            .via
+            .and_then(|v| self.peers.get(&v))
+            .and_then(|v| v.relay_from.as_ref())
+            .map(|r| r.node.as_str());
+        if to.is_some() && to == from {
+            return false;
+        }
         let mut streams: Vec<(RtpCodecKind, RTCRtpCodec, Option<String>)> = Vec::new();
         for t in p.tracks.values() {
             let mut rids: Vec<Option<String>> = t
@@ -270,11 +285,18 @@ impl MediaCore {
         sdp: &str,
         fresh: bool,
     ) -> Result<String, SfuError> {
-        let current = self.rooms.get(room).and_then(|r| r.relay_in.clone());
+        let current = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relays_in.get(node))
+            .copied();
         let id = match current {
-            Some((n, id)) if n == node && !fresh => id,
+            Some(id) if !fresh => id,
+            // A renegotiation of a connection this node no longer has: the other end opens a
+            // new one when told so.
+            None if !fresh => return Err(SfuError::NoOffer),
             other => {
-                if let Some((_, old)) = other {
+                if let Some(old) = other {
                     self.close_relay_in(now, old);
                 }
                 self.new_relay_in(now, room, node, sdp)?
@@ -357,7 +379,11 @@ impl MediaCore {
             self.outputs.push_back(Output::Connect { remote, local });
         }
         self.peers.insert(id, peer);
-        self.rooms.entry(room.clone()).or_default().relay_in = Some((node.to_owned(), id));
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .relays_in
+            .insert(node.to_owned(), id);
         info!(%room, %node, "relay from the origin opened");
         Ok(id)
     }
@@ -450,16 +476,20 @@ impl MediaCore {
                 self.peers.insert(pid, stand_in);
                 let r = self.rooms.entry(room.clone()).or_default();
                 r.publish.insert(publisher.clone(), pid);
-                // The origin forwards only what may be: everything it relays may be.
-                r.allowed.insert(
-                    publisher.clone(),
-                    Permit {
-                        audio: true,
-                        video: true,
-                        seat,
-                        link: 0,
-                    },
-                );
+                // On a node fed by the origin, the origin forwards only what may be: everything
+                // it relays may be. At the origin, a member linked on another node publishes
+                // there and the seats here say what may be forwarded.
+                if r.origin.is_some() {
+                    r.allowed.insert(
+                        publisher.clone(),
+                        Permit {
+                            audio: true,
+                            video: true,
+                            seat,
+                            link: 0,
+                        },
+                    );
+                }
                 pid
             }
         };
@@ -532,7 +562,13 @@ impl MediaCore {
         let subs: Vec<PeerId> = self
             .rooms
             .get(&room)
-            .map(|r| r.subscribe.values().copied().collect())
+            .map(|r| {
+                r.subscribe
+                    .values()
+                    .chain(r.relays.values())
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(kind) = kind {
             for s in subs {
@@ -543,7 +579,9 @@ impl MediaCore {
         }
         if empty {
             if let Some(r) = self.rooms.get_mut(&room) {
-                r.allowed.remove(&publisher);
+                if r.origin.is_some() {
+                    r.allowed.remove(&publisher);
+                }
                 r.speakers.remove(&publisher);
             }
             self.remove_peer(sid);
@@ -584,7 +622,13 @@ impl MediaCore {
         let subs: Vec<PeerId> = self
             .rooms
             .get(&room)
-            .map(|r| r.subscribe.values().copied().collect())
+            .map(|r| {
+                r.subscribe
+                    .values()
+                    .chain(r.relays.values())
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default();
         for s in subs {
             if self.remove_out_tracks(s, &publisher, None) {
@@ -592,7 +636,10 @@ impl MediaCore {
             }
         }
         if let Some(r) = self.rooms.get_mut(&room) {
-            r.allowed.remove(&publisher);
+            // Where seats decide (the origin), the permit is theirs.
+            if r.origin.is_some() {
+                r.allowed.remove(&publisher);
+            }
             r.speakers.remove(&publisher);
         }
         self.remove_peer(pid);
@@ -602,13 +649,7 @@ impl MediaCore {
     /// Either end: the relay of `room` with `node` goes.
     pub(crate) fn relay_close(&mut self, now: Instant, room: &Ident, node: &str) {
         let (out, inbound) = match self.rooms.get(room) {
-            Some(r) => (
-                r.relays.get(node).copied(),
-                r.relay_in
-                    .as_ref()
-                    .filter(|(n, _)| n == node)
-                    .map(|(_, id)| *id),
-            ),
+            Some(r) => (r.relays.get(node).copied(), r.relays_in.get(node).copied()),
             None => return,
         };
         if let Some(id) = out {

@@ -430,7 +430,9 @@ impl Hub {
             | Relay::MediaClose { .. }
             | Relay::MediaOffer { .. }
             | Relay::MediaAnswer { .. }
-            | Relay::MediaEnded { .. }) => self.relay_media(from, relay),
+            | Relay::MediaEnded { .. }
+            | Relay::MediaSeat { .. }
+            | Relay::MediaPublished { .. }) => self.relay_media(from, relay),
             Relay::Unbound { conn, upto } => {
                 // A later request is on its way there: a join the origin serves as a new
                 // connection, whose reply must still reach the socket.
@@ -656,6 +658,8 @@ impl Hub {
             .is_some_and(|c| c.served_for.is_some());
         if relayed {
             self.subscribe_elsewhere(&room, &user, true);
+            // A rejoin keeps the seat: the node the member is on now may let it publish.
+            self.permit_to_edge(conn, &room, &user);
         }
         if joined.rejoined {
             // A reload or a second device: the new session gets new media connections at once
@@ -778,6 +782,9 @@ impl Hub {
             .get(&conn)
             .is_some_and(|c| c.served_for.is_some());
         self.subscribe_elsewhere(&room, &user, elsewhere);
+        if elsewhere {
+            self.permit_to_edge(conn, &room, &user);
+        }
         // An offer that was in flight on the old socket goes out again on this one.
         self.to_media(MediaCommand::Resumed { room, user });
     }
@@ -952,7 +959,12 @@ impl Hub {
                     }
                 }
                 Output::Broadcast { room, event } => self.broadcast(&room, &event),
-                Output::Media(change) => self.to_media(MediaCommand::Seats(change)),
+                Output::Media(change) => {
+                    if self.cluster.is_some() {
+                        self.seat_to_edge(&change);
+                    }
+                    self.to_media(MediaCommand::Seats(change));
+                }
                 Output::Departed { room, user } => {
                     if let Some(sid) = self.by_member.get(&(room, user)).copied() {
                         self.forget_session(sid);
@@ -1043,6 +1055,10 @@ impl Hub {
                 video,
                 link,
             } => {
+                // A member of a room held elsewhere publishing here: the origin's seats hear it.
+                if self.edge_published(&room, &user, audio, video, link) {
+                    return;
+                }
                 // A report can cross the member's departure or a new seating of theirs (the
                 // sockets and the media plane are read in no set order): only one about the
                 // seating that stands now counts.

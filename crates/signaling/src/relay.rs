@@ -64,6 +64,30 @@ pub enum Relay {
     },
     /// Either way: the relay of `room` failed at the sender's end (the edge asks again).
     MediaEnded { room: Ident },
+    /// Origin to edge: what the seats let member `user`, whose media the edge serves,
+    /// publish now (`None`: nothing); its publish connection is on the edge.
+    MediaSeat {
+        room: Ident,
+        user: Ident,
+        allow: Option<SeatPermit>,
+    },
+    /// Edge to origin: what member `user` publishes now on the edge, under seating `link`.
+    MediaPublished {
+        room: Ident,
+        user: Ident,
+        audio: bool,
+        video: bool,
+        link: u64,
+    },
+}
+
+/// A seat's permission to publish, as [`miclink_seats::MediaChange::AllowPublish`] says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatPermit {
+    pub seat: u32,
+    pub audio: bool,
+    pub video: bool,
+    pub link: u64,
 }
 
 /// What the hub needs the cluster glue to do.

@@ -14,13 +14,13 @@
 
 use std::time::Duration;
 
-use miclink_protocol::{Ident, JoinResult, PeerConnectionKind, Reply, Request};
+use miclink_protocol::{Ident, JoinResult, Reply, Request};
 use miclink_sfu::{MediaChange, MediaCommand};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{ConnId, Hub};
-use crate::relay::{Relay, RelayOut};
+use crate::relay::{Relay, RelayOut, SeatPermit};
 
 /// The shortest wait before asking an origin again for a relay that failed or was refused.
 const REOPEN_AFTER: Duration = Duration::from_secs(2);
@@ -37,6 +37,8 @@ pub(crate) struct EdgeRoom {
     members: usize,
     /// A relay that failed is asked for again then.
     reopen_at: Option<Instant>,
+    /// This node pushes its publishers of the room to the origin.
+    pushing: bool,
 }
 
 impl Hub {
@@ -87,6 +89,7 @@ impl Hub {
                 origin: origin.clone(),
                 members: 0,
                 reopen_at: None,
+                pushing: false,
             });
         let before = cluster.edge.insert(
             key.clone(),
@@ -143,18 +146,146 @@ impl Hub {
         let Some((room, user)) = self.conns.get(&conn).and_then(|c| c.media.clone()) else {
             return Some(request);
         };
-        let here = match &request {
+        let here = matches!(
+            &request,
             Request::SubscribeAnswer { .. }
-            | Request::Resubscribe
-            | Request::SetSubscription { .. } => true,
-            Request::Ice { pc, .. } => *pc == PeerConnectionKind::Subscribe,
-            _ => false,
-        };
+                | Request::Resubscribe
+                | Request::SetSubscription { .. }
+                | Request::Ice { .. }
+        );
+        if let Request::Publish { sdp } = request {
+            // Published here and pushed to the origin; the seats there decide what may be
+            // (`MediaSeat`), and this node's media plane refuses a publisher they do not allow.
+            let command = MediaCommand::Publish {
+                room,
+                user,
+                offer: sdp,
+                reply: miclink_sfu::ReplyTo { conn, id },
+            };
+            self.ask_media(conn, id, command);
+            return None;
+        }
         if !here {
             return Some(request);
         }
         self.member_request(conn, id, &room, &user, request);
         None
+    }
+
+    /// Origin: a seat change for a member whose media another node serves goes there too.
+    pub(super) fn seat_to_edge(&mut self, change: &MediaChange) {
+        let (room, user, allow) = match change {
+            MediaChange::AllowPublish {
+                room,
+                user,
+                seat,
+                audio,
+                video,
+                link,
+            } => (
+                room,
+                user,
+                Some(SeatPermit {
+                    seat: *seat,
+                    audio: *audio,
+                    video: *video,
+                    link: *link,
+                }),
+            ),
+            MediaChange::RevokePublish { room, user } => (room, user, None),
+            _ => return,
+        };
+        let node = self
+            .by_member
+            .get(&(room.clone(), user.clone()))
+            .and_then(|sid| self.sessions.get(sid)?.conn)
+            .and_then(|conn| self.conns.get(&conn)?.served_for.as_ref())
+            .map(|(node, _)| node.clone());
+        if let Some(node) = node {
+            let relay = Relay::MediaSeat {
+                room: room.clone(),
+                user: user.clone(),
+                allow,
+            };
+            self.tell_node(node, relay);
+        }
+    }
+
+    /// Origin: member `user`'s socket is relayed from another node now (joined or resumed
+    /// there): its permit to publish, if it holds a seat, goes there (its seat's changes went
+    /// to the node it was on).
+    pub(super) fn permit_to_edge(&mut self, conn: ConnId, room: &Ident, user: &Ident) {
+        let Some(node) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.served_for.as_ref())
+            .map(|(node, _)| node.clone())
+        else {
+            return;
+        };
+        let (Some(seat), Some(link), Some((audio, video))) = (
+            self.seats.seat(room, user),
+            self.seats.link(room, user),
+            self.seats.may_publish(room, user),
+        ) else {
+            return;
+        };
+        let allow = Some(SeatPermit {
+            seat,
+            audio,
+            video,
+            link,
+        });
+        let relay = Relay::MediaSeat {
+            room: room.clone(),
+            user: user.clone(),
+            allow,
+        };
+        self.tell_node(node, relay);
+    }
+
+    /// Edge: what a member publishes here is the origin's seats' business; the first
+    /// publisher of the room here opens the push of this node's publishers to the origin.
+    /// Whether the report was taken (it was about a member served here).
+    pub(super) fn edge_published(
+        &mut self,
+        room: &Ident,
+        user: &Ident,
+        audio: bool,
+        video: bool,
+        link: u64,
+    ) -> bool {
+        let Some(r) = self.cluster.as_mut().and_then(|c| {
+            c.edge
+                .contains_key(&(room.clone(), user.clone()))
+                .then_some(())?;
+            c.edge_rooms.get_mut(room)
+        }) else {
+            return false;
+        };
+        let origin = r.origin.clone();
+        let push = (audio || video) && !r.pushing;
+        if push {
+            r.pushing = true;
+        }
+        self.tell_node(
+            origin.clone(),
+            Relay::MediaPublished {
+                room: room.clone(),
+                user: user.clone(),
+                audio,
+                video,
+                link,
+            },
+        );
+        if push {
+            info!(%room, %origin, "a member publishes here: pushed to the origin");
+            self.to_media(MediaCommand::RelayOpen {
+                room: room.clone(),
+                node: origin,
+            });
+        }
+        true
     }
 
     /// The socket of a member whose media is served here, for events of the local media plane.
@@ -286,15 +417,22 @@ impl Hub {
         for (room, r) in &mut c.edge_rooms {
             if r.reopen_at.is_some_and(|t| t <= now) {
                 r.reopen_at = None;
-                reopen.push((r.origin.clone(), room.clone()));
+                reopen.push((r.origin.clone(), room.clone(), r.pushing));
             }
         }
         for key in expired {
             debug!(room = %key.0, user = %key.1, "no socket came back: media here ends");
             self.edge_member_gone(&key);
         }
-        for (origin, room) in reopen {
+        for (origin, room, pushing) in reopen {
             info!(%room, %origin, "asking for the room's relay again");
+            if pushing {
+                // Which of the two failed is not said: the push starts again too.
+                self.to_media(MediaCommand::RelayOpen {
+                    room: room.clone(),
+                    node: origin.clone(),
+                });
+            }
             self.tell_node(origin, Relay::MediaOpen { room });
         }
     }
@@ -331,20 +469,58 @@ impl Hub {
             Relay::MediaClose { room } => {
                 self.to_media(MediaCommand::RelayClose { room, node: from });
             }
+            // From the origin (its relay of the room), or to the origin from a node pushing its
+            // publishers.
             Relay::MediaOffer {
                 room,
                 sdp,
                 offer_id,
                 fresh,
-            } if edge_of(self, &room) => self.to_media(MediaCommand::RelayOffer {
-                room,
-                node: from,
-                sdp,
-                offer_id,
-                fresh,
-            }),
+            } if edge_of(self, &room) || self.rooms.contains_key(&room) => {
+                self.to_media(MediaCommand::RelayOffer {
+                    room,
+                    node: from,
+                    sdp,
+                    offer_id,
+                    fresh,
+                })
+            }
             Relay::MediaEnded { room } if edge_of(self, &room) => {
                 self.edge_relay_ended(&room, &from);
+            }
+            // From the room's origin; or for a room no member here has joined yet: a member's
+            // join or resume through this node is answered after its permit was sent.
+            Relay::MediaSeat { room, user, allow }
+                if edge_of(self, &room) || !self.rooms.contains_key(&room) =>
+            {
+                let change = match allow {
+                    Some(p) => MediaChange::AllowPublish {
+                        room,
+                        user,
+                        seat: p.seat,
+                        audio: p.audio,
+                        video: p.video,
+                        link: p.link,
+                    },
+                    None => MediaChange::RevokePublish { room, user },
+                };
+                self.to_media(MediaCommand::Seats(change));
+            }
+            // As for a publish connection here: only a report about the seating that stands
+            // counts.
+            Relay::MediaPublished {
+                room,
+                user,
+                audio,
+                video,
+                link,
+            } if self.seats.link(&room, &user) == Some(link) => {
+                let _ = self.seats.handle(
+                    super::now(),
+                    &room,
+                    &user,
+                    miclink_seats::Action::Published { audio, video },
+                );
             }
             _ => {}
         }
