@@ -84,6 +84,20 @@ async fn join(s: &Server, user: &str, role: Role) -> client::Member {
     .await
 }
 
+/// `user` joins `room` on the node at `url` as `role`.
+async fn in_room(url: String, room: &str, user: &str, role: Role) -> client::Member {
+    client::Member::join(
+        &url,
+        room,
+        user,
+        role,
+        Recv::logging(Instant::now()),
+        client::Options::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{user} joins {room}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_claim_their_rooms_relay_a_viewer_and_leave_at_shutdown() {
     let redis = RedisServer::start();
@@ -352,21 +366,9 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
         .await
         .expect("probe");
 
-    let started = Instant::now();
     let stop = Arc::new(Notify::new());
     let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];
-    let member_of = |url: String, user: &'static str, role: Role| async move {
-        client::Member::join(
-            &url,
-            "r",
-            user,
-            role,
-            Recv::logging(started),
-            client::Options::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{user} joins: {e}"))
-    };
+    let member_of = |url: String, user: &'static str, role: Role| in_room(url, "r", user, role);
     let mut anchor = member_of(a.url(), "anchor", Role::Anchor).await;
     anchor
         .publish(&streams, stop.clone(), None)
@@ -641,18 +643,6 @@ async fn relays_carry_every_layer_the_other_node_chooses_per_viewer_and_rooms_sh
 
     // Two more rooms between the same two nodes: "s" held by a too (a second relay from a to
     // b) and "t" held by b (a relay the other way). Each relay has a flow of its own.
-    let in_room = |url: String, room: &'static str, user: &'static str, role: Role| async move {
-        client::Member::join(
-            &url,
-            room,
-            user,
-            role,
-            Recv::logging(Instant::now()),
-            client::Options::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{user} joins {room}: {e}"))
-    };
     let mut anchor_s = in_room(a.url.clone(), "s", "anchor-s", Role::Anchor).await;
     let mut anchor_t = in_room(b.url.clone(), "t", "anchor-t", Role::Anchor).await;
     let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];

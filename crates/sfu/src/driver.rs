@@ -856,24 +856,15 @@ impl Driver {
             s.connect(remote)?;
             Ok(s)
         });
-        let mut socket = match socket {
-            Ok(s) => UdpSocket::from_std(s),
+        let (socket, token) = match socket.map(|s| self.register(s)) {
+            Ok(Some(registered)) => registered,
+            Ok(None) => return,
             Err(e) => {
                 // The shared socket still works; other loops hand this flow over.
                 debug!(error = %e, remote = %Pii(remote), "no connected socket");
                 return;
             }
         };
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        if self
-            .poll
-            .registry()
-            .register(&mut socket, token, Interest::READABLE)
-            .is_err()
-        {
-            return;
-        }
         self.connected.insert(token, (socket, remote, Some(local)));
         self.connected_by_addr.insert(remote, token);
     }
@@ -891,25 +882,28 @@ impl Driver {
             s.set_nonblocking(true)?;
             Ok(s)
         });
-        let mut socket = match socket {
-            Ok(s) => UdpSocket::from_std(s),
+        let (socket, token) = match socket.map(|s| self.register(s)) {
+            Ok(Some(registered)) => registered,
+            Ok(None) => return,
             Err(e) => {
                 warn!(error = %e, remote = %Pii(remote), "no socket for a relay");
                 return;
             }
         };
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        if self
-            .poll
-            .registry()
-            .register(&mut socket, token, Interest::READABLE)
-            .is_err()
-        {
-            return;
-        }
         self.relays.insert(token, (socket, remote, relay));
         self.relays_by_remote.insert((remote, relay), token);
+    }
+
+    /// A UDP socket of this loop's poll, with its token; `None` if the poll refused it.
+    fn register(&mut self, socket: std::net::UdpSocket) -> Option<(UdpSocket, Token)> {
+        let mut socket = UdpSocket::from_std(socket);
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .ok()?;
+        Some((socket, token))
     }
 
     fn forget(&mut self, remote: SocketAddr) {

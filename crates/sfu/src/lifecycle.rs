@@ -166,27 +166,9 @@ impl MediaCore {
             }
             return;
         }
-        let Some(mut r) = peer.pc.rtp_receiver(receiver) else {
+        let Some((kind, codec, forwarded)) = received_stream(&mut peer.pc, receiver, ssrc) else {
             return;
         };
-        let kind = r.track().kind();
-        let parameters = r.get_parameters().rtp_parameters.clone();
-        // The codec of the stream's first packet (its payload type), not merely the first one
-        // the m-section lists: a publisher offering VP8 and H.264 may send either.
-        let Some(codec) = r
-            .track()
-            .codec(ssrc)
-            .cloned()
-            .or_else(|| parameters.codecs.first().map(|c| c.rtp_codec.clone()))
-        else {
-            return;
-        };
-        let forwarded = extensions::forwarded(
-            parameters
-                .header_extensions
-                .iter()
-                .map(|h| (h.id, h.uri.as_str())),
-        );
         let (room, user) = (peer.room.clone(), peer.user.clone());
         info!(parent: &peer.span, ?kind, mime = %codec.mime_type, rid, source, "track published");
         self.next_source += 1;
@@ -602,4 +584,30 @@ impl MediaCore {
             self.flushing = None;
         }
     }
+}
+
+/// What a stream `receiver` took in carries: its kind, its codec and the forwarded header
+/// extensions with their ids on this connection.
+pub(crate) fn received_stream(
+    pc: &mut rtc::peer_connection::RTCPeerConnection,
+    receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+    ssrc: u32,
+) -> Option<(RtpCodecKind, RTCRtpCodec, extensions::Forwarded)> {
+    let mut r = pc.rtp_receiver(receiver)?;
+    let kind = r.track().kind();
+    let parameters = r.get_parameters().rtp_parameters.clone();
+    // The codec of the stream's first packet (its payload type), not merely the first one the
+    // m-section lists: a publisher offering VP8 and H.264 may send either.
+    let codec = r
+        .track()
+        .codec(ssrc)
+        .cloned()
+        .or_else(|| parameters.codecs.first().map(|c| c.rtp_codec.clone()))?;
+    let forwarded = extensions::forwarded(
+        parameters
+            .header_extensions
+            .iter()
+            .map(|h| (h.id, h.uri.as_str())),
+    );
+    Some((kind, codec, forwarded))
 }

@@ -219,24 +219,7 @@ impl PeerFactory {
             // for every browser offer.
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_certificates(vec![self.certificate.clone()])
-                    .build(),
-            )
-            .with_setting_engine(settings)
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .build(now)
-            .map_err(|e| internal(&e))?;
-        for candidate in &self.candidates {
-            pc.add_local_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
-                candidate: candidate.clone(),
-                ..Default::default()
-            })
-            .map_err(|e| internal(&e))?;
-        }
+        let pc = self.connection(now, settings, media, registry, &self.candidates)?;
         let pc_kind = match kind {
             PcKind::Publish => "publish",
             PcKind::Subscribe => "subscribe",
@@ -297,6 +280,27 @@ impl PeerFactory {
             .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .build();
+        let candidate = host_candidate(local, Transport::Udp).map_err(|e| internal(&e))?;
+        let pc = self.connection(now, settings, media, registry, &[candidate])?;
+        let mut peer = self.build(now, room, label, PcKind::Publish)?;
+        let _ = rtc::sansio::Protocol::close(&mut peer.pc);
+        peer.pc = pc;
+        peer.span = tracing::info_span!("pc", %room, user = %label, pc = "relay", ufrag = %ufrag);
+        peer.ufrag = ufrag;
+        Ok(peer)
+    }
+
+    /// A connection with the loop's certificate and these settings, codecs, interceptors and
+    /// local candidates.
+    fn connection(
+        &self,
+        now: Instant,
+        settings: rtc::peer_connection::configuration::setting_engine::SettingEngine,
+        media: MediaEngine,
+        registry: Registry,
+        candidates: &[String],
+    ) -> Result<RTCPeerConnection, SfuError> {
+        let internal = |e: &dyn std::fmt::Display| SfuError::Internal(e.to_string());
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -308,18 +312,14 @@ impl PeerFactory {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(|e| internal(&e))?;
-        let candidate = host_candidate(local, Transport::Udp).map_err(|e| internal(&e))?;
-        pc.add_local_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
-            candidate,
-            ..Default::default()
-        })
-        .map_err(|e| internal(&e))?;
-        let mut peer = self.build(now, room, label, PcKind::Publish)?;
-        let _ = rtc::sansio::Protocol::close(&mut peer.pc);
-        peer.pc = pc;
-        peer.span = tracing::info_span!("pc", %room, user = %label, pc = "relay", ufrag = %ufrag);
-        peer.ufrag = ufrag;
-        Ok(peer)
+        for candidate in candidates {
+            pc.add_local_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
+                candidate: candidate.clone(),
+                ..Default::default()
+            })
+            .map_err(|e| internal(&e))?;
+        }
+        Ok(pc)
     }
 }
 

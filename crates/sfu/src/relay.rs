@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::core::{MAX_RELAYS, Output, Permit, Remote, Transport};
 use crate::peer::{MAX_ADDRS, PeerId};
 use crate::track::InTrack;
-use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions, layers};
+use crate::{MediaCore, MediaEvent, PcKind, SfuError, layers};
 
 /// Publishers one relay may bring into a room: a room has at most ten seats; an origin that
 /// offers more streams than that (a bug) must not grow this node's state.
@@ -409,25 +409,11 @@ impl MediaCore {
             return;
         };
         let room = relay.room.clone();
-        let Some(mut r) = relay.pc.rtp_receiver(receiver) else {
-            return;
-        };
-        let kind = r.track().kind();
-        let parameters = r.get_parameters().rtp_parameters.clone();
-        let Some(codec) = r
-            .track()
-            .codec(ssrc)
-            .cloned()
-            .or_else(|| parameters.codecs.first().map(|c| c.rtp_codec.clone()))
+        let Some((kind, codec, forwarded)) =
+            crate::lifecycle::received_stream(&mut relay.pc, receiver, ssrc)
         else {
             return;
         };
-        let forwarded = extensions::forwarded(
-            parameters
-                .header_extensions
-                .iter()
-                .map(|h| (h.id, h.uri.as_str())),
-        );
         // The stand-in publish connection for the publisher: made on its first track.
         let existing = self
             .rooms
@@ -559,9 +545,24 @@ impl MediaCore {
         let (room, publisher) = (stand_in.room.clone(), stand_in.user.clone());
         let kind = stand_in.tracks.remove(&key).map(|t| t.kind);
         let empty = stand_in.tracks.is_empty();
+        if kind.is_some() || empty {
+            self.withdraw(now, &room, &publisher, kind, empty.then_some(sid));
+        }
+    }
+
+    /// `publisher`'s tracks (of `kind`, or all) leave every subscriber and relay here; with
+    /// `stand_in`, the stand-in goes too, and the permit this node gave it.
+    fn withdraw(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        publisher: &Ident,
+        kind: Option<RtpCodecKind>,
+        stand_in: Option<PeerId>,
+    ) {
         let subs: Vec<PeerId> = self
             .rooms
-            .get(&room)
+            .get(room)
             .map(|r| {
                 r.subscribe
                     .values()
@@ -570,23 +571,22 @@ impl MediaCore {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(kind) = kind {
-            for s in subs {
-                if self.remove_out_tracks(s, &publisher, Some(kind)) {
-                    self.negotiate(now, s);
-                }
+        for s in subs {
+            if self.remove_out_tracks(s, publisher, kind) {
+                self.negotiate(now, s);
             }
         }
-        if empty {
-            if let Some(r) = self.rooms.get_mut(&room) {
+        if let Some(pid) = stand_in {
+            if let Some(r) = self.rooms.get_mut(room) {
+                // Where seats decide (the origin), the permit is theirs.
                 if r.origin.is_some() {
-                    r.allowed.remove(&publisher);
+                    r.allowed.remove(publisher);
                 }
-                r.speakers.remove(&publisher);
+                r.speakers.remove(publisher);
             }
-            self.remove_peer(sid);
+            self.remove_peer(pid);
         }
-        self.rewire_watchers(now, &room);
+        self.rewire_watchers(now, room);
     }
 
     /// Close relay `id` here and take its publishers' tracks away from the node's subscribers.
@@ -619,31 +619,7 @@ impl MediaCore {
             return;
         };
         let (room, publisher) = (p.room.clone(), p.user.clone());
-        let subs: Vec<PeerId> = self
-            .rooms
-            .get(&room)
-            .map(|r| {
-                r.subscribe
-                    .values()
-                    .chain(r.relays.values())
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        for s in subs {
-            if self.remove_out_tracks(s, &publisher, None) {
-                self.negotiate(now, s);
-            }
-        }
-        if let Some(r) = self.rooms.get_mut(&room) {
-            // Where seats decide (the origin), the permit is theirs.
-            if r.origin.is_some() {
-                r.allowed.remove(&publisher);
-            }
-            r.speakers.remove(&publisher);
-        }
-        self.remove_peer(pid);
-        self.rewire_watchers(now, &room);
+        self.withdraw(now, &room, &publisher, None, Some(pid));
     }
 
     /// Either end: the relay of `room` with `node` goes.
