@@ -239,6 +239,7 @@ impl MediaCore {
                         video,
                         seat,
                         link,
+                        relayed: false,
                     },
                 );
                 // A kind muted now: each subscriber's stream of it pauses, so that when it comes

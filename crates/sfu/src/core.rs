@@ -179,6 +179,9 @@ pub(crate) struct Permit {
     pub(crate) seat: u32,
     /// The seats' number of this seating, echoed in publish reports.
     pub(crate) link: u64,
+    /// Given to a stand-in on a node fed by the origin (everything relayed may be
+    /// forwarded), not by the seats: it goes with the stand-in, and never overrides theirs.
+    pub(crate) relayed: bool,
 }
 
 impl Permit {

@@ -97,11 +97,13 @@ impl MediaCore {
         let (source, timestamp) = (layer.source, packet.header.timestamp);
         let payload = packet.payload.clone();
         let key = (publisher.user.clone(), kind, None);
-        // Relays to other nodes carry each layer as a stream of its own, keyed by its rid.
+        // Relays to other nodes carry each layer as a stream of its own, keyed by its rid;
+        // never back to the node a relayed publisher's stream came from.
         let relay_key = (!room.relays.is_empty()).then(|| {
             let rid = &track.layers[index].rid;
             (key.0.clone(), kind, (!rid.is_empty()).then(|| rid.clone()))
         });
+        let came_from = relay_key.as_ref().and_then(|_| publisher.via_node.clone());
         let mut want_keyframe = false;
         // Disjoint borrows of the core's fields: the room's subscriber list is read while
         // subscriber connections are written, with no list copied per packet.
@@ -115,6 +117,9 @@ impl MediaCore {
                 continue;
             };
             if !sub.connected {
+                continue;
+            }
+            if came_from.is_some() && sub.relay_to == came_from {
                 continue;
             }
             let out = match (member, &relay_key) {

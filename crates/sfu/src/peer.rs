@@ -106,6 +106,8 @@ pub(crate) struct Peer {
     /// A stand-in publish connection for a publisher on that relay: never connected itself,
     /// it holds the publisher's tracks; keyframe requests go up the relay.
     pub(crate) via: Option<PeerId>,
+    /// A stand-in: the node its relay comes from.
+    pub(crate) via_node: Option<String>,
     pub(crate) counters: PeerStats,
     pub(crate) span: tracing::Span,
 }
@@ -250,6 +252,7 @@ impl PeerFactory {
             relay_to: None,
             relay_from: None,
             via: None,
+            via_node: None,
             counters: PeerStats::new(room.clone(), user.clone(), kind),
             span: tracing::info_span!("pc", %room, %user, pc = pc_kind, ufrag = %ufrag),
             ufrag,

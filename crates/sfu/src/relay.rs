@@ -409,6 +409,7 @@ impl MediaCore {
             return;
         };
         let room = relay.room.clone();
+        let relay_node = relay.relay_from.as_ref().map(|r| r.node.clone());
         let Some((kind, codec, forwarded)) =
             crate::lifecycle::received_stream(&mut relay.pc, receiver, ssrc)
         else {
@@ -457,6 +458,7 @@ impl MediaCore {
                     }
                 };
                 stand_in.via = Some(id);
+                stand_in.via_node = relay_node.clone();
                 let pid = self.next_peer;
                 self.next_peer += 1;
                 self.peers.insert(pid, stand_in);
@@ -466,15 +468,13 @@ impl MediaCore {
                 // it relays may be. At the origin, a member linked on another node publishes
                 // there and the seats here say what may be forwarded.
                 if r.origin.is_some() {
-                    r.allowed.insert(
-                        publisher.clone(),
-                        Permit {
-                            audio: true,
-                            video: true,
-                            seat,
-                            link: 0,
-                        },
-                    );
+                    r.allowed.entry(publisher.clone()).or_insert(Permit {
+                        audio: true,
+                        video: true,
+                        seat,
+                        link: 0,
+                        relayed: true,
+                    });
                 }
                 pid
             }
@@ -578,8 +578,9 @@ impl MediaCore {
         }
         if let Some(pid) = stand_in {
             if let Some(r) = self.rooms.get_mut(room) {
-                // Where seats decide (the origin), the permit is theirs.
-                if r.origin.is_some() {
+                // Only the permit given to the stand-in: the seats' (at the origin, or sent for
+                // a member publishing on this node) is theirs to end.
+                if r.allowed.get(publisher).is_some_and(|p| p.relayed) {
                     r.allowed.remove(publisher);
                 }
                 r.speakers.remove(publisher);

@@ -658,8 +658,6 @@ impl Hub {
             .is_some_and(|c| c.served_for.is_some());
         if relayed {
             self.subscribe_elsewhere(&room, &user, true);
-            // A rejoin keeps the seat: the node the member is on now may let it publish.
-            self.permit_to_edge(conn, &room, &user);
         }
         if joined.rejoined {
             // A reload or a second device: the new session gets new media connections at once
@@ -695,6 +693,9 @@ impl Hub {
         }
         info!("joined");
         self.reply_joined(conn, id, joined, token);
+        // A rejoin keeps the seat: the node the member is on now may let it publish (told
+        // after the reply, which makes the member known there).
+        self.member_node(sid, conn);
     }
 
     /// An encoder (WHIP, on `conn`) publishes for `user`, the anchor of `room` in the room on a
@@ -782,9 +783,7 @@ impl Hub {
             .get(&conn)
             .is_some_and(|c| c.served_for.is_some());
         self.subscribe_elsewhere(&room, &user, elsewhere);
-        if elsewhere {
-            self.permit_to_edge(conn, &room, &user);
-        }
+        self.member_node(sid, conn);
         // An offer that was in flight on the old socket goes out again on this one.
         self.to_media(MediaCommand::Resumed { room, user });
     }
@@ -1404,6 +1403,7 @@ async fn forward(
                 code,
                 reason: reason.to_owned(),
             },
+            Outbound::Relay(relay) => *relay,
         };
         if out
             .send(RelayOut::Send {

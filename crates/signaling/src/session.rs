@@ -20,6 +20,10 @@ pub(crate) struct Session {
     pub(crate) user: Ident,
     /// The socket serving it, if one does now.
     pub(crate) conn: Option<ConnId>,
+    /// In a cluster: the node whose socket it had last, when that was another node's (it
+    /// serves the member's media, and hears the seats' permits), whether or not a socket is
+    /// there now.
+    pub(crate) node: Option<String>,
     backlog: VecDeque<Utf8Bytes>,
 }
 
@@ -30,6 +34,7 @@ impl Session {
             room,
             user,
             conn: Some(conn),
+            node: None,
             backlog: VecDeque::new(),
         }
     }

@@ -295,7 +295,7 @@ impl Session {
                         }
                     }
                     Outbound::Close(..) => return None,
-                    Outbound::Unbound => {}
+                    Outbound::Unbound | Outbound::Relay(_) => {}
                 }
             }
             None

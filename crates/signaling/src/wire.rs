@@ -98,6 +98,9 @@ pub(crate) enum Outbound {
     /// held to the join timeout again.
     Unbound,
     Close(u16, &'static str),
+    /// For a connection served for another node: a message for that node, carried in order
+    /// with the connection's replies (a socket never gets one).
+    Relay(Box<crate::relay::Relay>),
 }
 
 /// WebSocket close code for "policy violation".

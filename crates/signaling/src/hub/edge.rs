@@ -19,7 +19,7 @@ use miclink_sfu::{MediaChange, MediaCommand};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::{ConnId, Hub};
+use super::{ConnId, Hub, Outbound, SessionId};
 use crate::relay::{Relay, RelayOut, SeatPermit};
 
 /// The shortest wait before asking an origin again for a relay that failed or was refused.
@@ -195,12 +195,11 @@ impl Hub {
             MediaChange::RevokePublish { room, user } => (room, user, None),
             _ => return,
         };
+        // The member's node, whether its socket is there now or in its grace.
         let node = self
             .by_member
             .get(&(room.clone(), user.clone()))
-            .and_then(|sid| self.sessions.get(sid)?.conn)
-            .and_then(|conn| self.conns.get(&conn)?.served_for.as_ref())
-            .map(|(node, _)| node.clone());
+            .and_then(|sid| self.sessions.get(sid)?.node.clone());
         if let Some(node) = node {
             let relay = Relay::MediaSeat {
                 room: room.clone(),
@@ -211,37 +210,50 @@ impl Hub {
         }
     }
 
-    /// Origin: member `user`'s socket is relayed from another node now (joined or resumed
-    /// there): its permit to publish, if it holds a seat, goes there (its seat's changes went
-    /// to the node it was on).
-    pub(super) fn permit_to_edge(&mut self, conn: ConnId, room: &Ident, user: &Ident) {
-        let Some(node) = self
+    /// Origin: session `sid` is served on `conn` now (joined or resumed). When that is another
+    /// node's socket, that node serves the member's media: it hears the member's permit to
+    /// publish (nothing without a seat), in order after the reply that makes the member known
+    /// there. A node the member left hears that it may publish nothing there any more.
+    pub(super) fn member_node(&mut self, sid: SessionId, conn: ConnId) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let node = self
             .conns
             .get(&conn)
             .and_then(|c| c.served_for.as_ref())
-            .map(|(node, _)| node.clone())
-        else {
+            .map(|(node, _)| node.clone());
+        let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let (Some(seat), Some(link), Some((audio, video))) = (
-            self.seats.seat(room, user),
-            self.seats.link(room, user),
-            self.seats.may_publish(room, user),
-        ) else {
+        let (room, user) = (s.room.clone(), s.user.clone());
+        let before = std::mem::replace(&mut s.node, node.clone());
+        if let Some(before) = before.filter(|b| Some(b) != node.as_ref()) {
+            let relay = Relay::MediaSeat {
+                room: room.clone(),
+                user: user.clone(),
+                allow: None,
+            };
+            self.tell_node(before, relay);
+        }
+        if node.is_none() {
             return;
+        }
+        let allow = match (
+            self.seats.seat(&room, &user),
+            self.seats.link(&room, &user),
+            self.seats.may_publish(&room, &user),
+        ) {
+            (Some(seat), Some(link), Some((audio, video))) => Some(SeatPermit {
+                seat,
+                audio,
+                video,
+                link,
+            }),
+            _ => None,
         };
-        let allow = Some(SeatPermit {
-            seat,
-            audio,
-            video,
-            link,
-        });
-        let relay = Relay::MediaSeat {
-            room: room.clone(),
-            user: user.clone(),
-            allow,
-        };
-        self.tell_node(node, relay);
+        let relay = Relay::MediaSeat { room, user, allow };
+        self.queue(conn, Outbound::Relay(Box::new(relay)));
     }
 
     /// Edge: what a member publishes here is the origin's seats' business; the first
@@ -488,11 +500,8 @@ impl Hub {
             Relay::MediaEnded { room } if edge_of(self, &room) => {
                 self.edge_relay_ended(&room, &from);
             }
-            // From the room's origin; or for a room no member here has joined yet: a member's
-            // join or resume through this node is answered after its permit was sent.
-            Relay::MediaSeat { room, user, allow }
-                if edge_of(self, &room) || !self.rooms.contains_key(&room) =>
-            {
+            // From the room's origin only (it comes after the reply that made the member known).
+            Relay::MediaSeat { room, user, allow } if edge_of(self, &room) => {
                 let change = match allow {
                     Some(p) => MediaChange::AllowPublish {
                         room,
@@ -514,7 +523,9 @@ impl Hub {
                 audio,
                 video,
                 link,
-            } if self.seats.link(&room, &user) == Some(link) => {
+            } if self.seats.link(&room, &user) == Some(link)
+                && self.member_on(&room, &user, &from) =>
+            {
                 let _ = self.seats.handle(
                     super::now(),
                     &room,
@@ -524,6 +535,15 @@ impl Hub {
             }
             _ => {}
         }
+    }
+
+    /// Whether member `user` of `room` is served on node `node` (a report from a node it left
+    /// does not count).
+    fn member_on(&self, room: &Ident, user: &Ident, node: &str) -> bool {
+        self.by_member
+            .get(&(room.clone(), user.clone()))
+            .and_then(|sid| self.sessions.get(sid))
+            .is_some_and(|s| s.node.as_deref() == Some(node))
     }
 
     /// A message for `node` that belongs to no socket.
