@@ -250,6 +250,21 @@ impl NodeProcess {
         format!("ws://{}/ws", self.http)
     }
 
+    /// Stop the process (SIGSTOP) until the guard is dropped (SIGCONT): a node that is slow,
+    /// not gone.
+    fn freeze(&self) -> Frozen {
+        let pid = self.child.id().to_string();
+        let signal = |s: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .is_ok_and(|st| st.success());
+            assert!(ok, "kill {s} {pid}");
+        };
+        signal("-STOP");
+        Frozen(pid)
+    }
+
     /// `/metrics`.
     async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -263,6 +278,17 @@ impl NodeProcess {
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
+    }
+}
+
+/// A node process stopped by [`NodeProcess::freeze`]; dropped, it goes on.
+struct Frozen(String);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
     }
 }
 
@@ -549,6 +575,91 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
         );
     }
     cluster_health(&b, "nodes", 1.into()).await;
+    stop.notify_waiters();
+}
+
+/// Wait until each of `watchers` has received 60 more video packets from `from` than now.
+async fn seen_again(watchers: &[&client::Member], from: &str, what: &str) {
+    let before: Vec<usize> = watchers.iter().map(|m| video_from(m, from)).collect();
+    for (m, before) in watchers.iter().zip(before) {
+        until(what, || video_from(m, from) > before + 60)
+            .await
+            .unwrap_or_else(|| panic!("{from}'s video {what}: {}", seen(m)));
+    }
+}
+
+/// A publisher who moves between nodes (its device's socket dies; it resumes its session
+/// through another node and publishes there) is seen everywhere again after each move: from
+/// the origin to another node, between two other nodes, and back to the origin. When its
+/// streams reach a node while its old place there still stands (here: the node it left is
+/// frozen for two seconds, so the origin keeps the stand-in that node fed), they wait and are
+/// taken up once that place goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_moving_between_nodes_is_seen_everywhere_after_each_move() {
+    let redis = RedisServer::start();
+    let a = NodeProcess::start(&redis, "a");
+    let b = NodeProcess::start(&redis, "b");
+    let c = server_with(in_cluster(&redis, "c")).await;
+    cluster_health(&c, "nodes", 3.into()).await;
+
+    let stop = Arc::new(Notify::new());
+    let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];
+    let mut anchor = in_room(a.url(), "r", "anchor", Role::Anchor).await;
+    anchor
+        .publish(&streams, stop.clone(), None)
+        .await
+        .expect("the anchor publishes");
+    let viewer_b = in_room(b.url(), "r", "viewer-b", Role::Audience).await;
+    let viewer_c = join(&c, "viewer-c", Role::Audience).await;
+
+    // The member is linked on the origin, and publishes there.
+    let mut member = in_room(a.url(), "r", "member", Role::Audience).await;
+    admit(&mut anchor, &mut member).await;
+    member
+        .publish(&streams, stop.clone(), None)
+        .await
+        .expect("the member publishes");
+    seen_again(&[&anchor, &viewer_b, &viewer_c], "member", "on a").await;
+
+    for (to, what) in [
+        (b.url(), "after its move to b"),
+        (c.url.clone(), "after its move from b to c"),
+        (a.url(), "back on a"),
+    ] {
+        let session = member.join.session.clone();
+        // Leaving b, b hears late that the member publishes elsewhere now.
+        let frozen = (to == c.url).then(|| b.freeze());
+        member.kill().await;
+        member = client::Member::resume(
+            &to,
+            "member",
+            &session,
+            Recv::logging(Instant::now()),
+            client::Options::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the member resumes {what}: {e:#}"));
+        member
+            .publish(&streams, stop.clone(), None)
+            .await
+            .unwrap_or_else(|e| panic!("the member publishes {what}: {e:#}"));
+        if let Some(frozen) = frozen {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(frozen);
+        }
+        seen_again(&[&anchor, &viewer_b, &viewer_c], "member", what).await;
+        // And it still sees the anchor where it is now.
+        seen_again(&[&member], "anchor", what).await;
+    }
+
+    // Its old places are gone: a has one publish connection of the member's, its own.
+    let metrics_a = a.metrics().await;
+    let publish = connections(&metrics_a, "publish");
+    assert_eq!(
+        publish.iter().filter(|u| *u == "member").count(),
+        1,
+        "{metrics_a}"
+    );
     stop.notify_waiters();
 }
 

@@ -178,6 +178,13 @@ impl MediaCore {
                     if let Some(id) = self.room_peer(&room, &user, PcKind::Subscribe) {
                         self.remove_peer(id);
                     }
+                    // Its stand-in (fed by the node now serving it) stays; the seats' permit
+                    // stays for that stand-in.
+                    if let Some(id) = self.room_peer(&room, &user, PcKind::Publish)
+                        && self.peers.get(&id).is_some_and(|p| p.via.is_none())
+                    {
+                        self.remove_peer(id);
+                    }
                     self.rebuilds
                         .retain(|(_, r, u)| !(*r == room && *u == user));
                 } else if r.elsewhere.remove(&user) {

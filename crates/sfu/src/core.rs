@@ -288,6 +288,9 @@ pub struct MediaCore {
     /// sent padding.
     pub(crate) probing: Vec<PeerId>,
     pub(crate) padded_at: Option<Instant>,
+    /// A relayed stream may be waiting for its publisher's place here to come free (see
+    /// [`MediaCore::take_up_waiting`]): set when one waits or a publish connection goes.
+    pub(crate) waiting: bool,
 }
 
 impl MediaCore {
@@ -324,6 +327,7 @@ impl MediaCore {
             probing: Vec::new(),
             padded_at: None,
             offers_made: 0,
+            waiting: false,
         })
     }
 
@@ -570,6 +574,7 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
+            self.take_up_waiting(now);
             if self.allocate_all(now) {
                 self.probes(now);
             } else {

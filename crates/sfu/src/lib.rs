@@ -152,7 +152,8 @@ pub enum MediaCommand {
     RelayFrom { room: Ident, node: String },
     /// Origin: member `user`'s subscribe connection is another node's to make (`elsewhere`:
     /// the member's socket is relayed from there; a rejoin does not change that), or, when it
-    /// was, this one's again (a new connection).
+    /// was, this one's again (a new connection). A member's media served elsewhere is
+    /// published there too: a publish connection it had here (before it moved) goes.
     SubscribeElsewhere {
         room: Ident,
         user: Ident,

@@ -505,6 +505,8 @@ impl MediaCore {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
+        // Its place may be the one a relayed stream waits for.
+        self.waiting |= peer.kind == PcKind::Publish && peer.relay_from.is_none();
         // The last NACKs of a publisher count too, however soon after the last read it leaves.
         if let Some(now) = self.clock {
             self.stats.nacks_to_publishers += peer.read_nacks(now);

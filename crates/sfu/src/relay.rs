@@ -34,6 +34,9 @@ use crate::{MediaCore, MediaEvent, PcKind, SfuError, layers};
 /// offers more streams than that (a bug) must not grow this node's state.
 const MAX_STAND_INS: usize = 16;
 
+/// Streams one relay may carry: audio and three video layers for each of its publishers.
+const MAX_RELAY_STREAMS: usize = MAX_STAND_INS * 4;
+
 /// The edge's end of a relay: where its tracks go.
 pub(crate) struct RelayIn {
     pub(crate) node: String,
@@ -41,6 +44,18 @@ pub(crate) struct RelayIn {
     pub(crate) local: SocketAddr,
     /// rtc's track id on the relay -> the stand-in publish connection and its track's key.
     pub(crate) tracks: HashMap<String, (PeerId, String)>,
+    /// Every stream the relay carries, taken up by a stand-in or not: what taking it up
+    /// (again) needs. A publisher who moved between nodes may still publish here, or through
+    /// another relay, when its stream arrives; the stream waits until that one is gone.
+    pub(crate) streams: HashMap<String, Carried>,
+}
+
+/// A stream a relay carries, as rtc opened it.
+#[derive(Clone)]
+pub(crate) struct Carried {
+    publisher: Ident,
+    receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+    ssrc: u32,
 }
 
 /// The user id a relay connection is labelled with (in logs and `/metrics`).
@@ -320,10 +335,13 @@ impl MediaCore {
             .get(&id)
             .and_then(|p| p.relay_from.as_ref())
             .map(|r| {
-                r.tracks
+                r.streams
                     .keys()
+                    .chain(r.tracks.keys())
                     .filter(|t| !sent.contains(*t))
                     .cloned()
+                    .collect::<HashSet<_>>()
+                    .into_iter()
                     .collect()
             })
             .unwrap_or_default();
@@ -365,6 +383,7 @@ impl MediaCore {
             node: node.to_owned(),
             local,
             tracks: HashMap::new(),
+            streams: HashMap::new(),
         });
         let id = self.next_peer;
         self.next_peer += 1;
@@ -408,6 +427,44 @@ impl MediaCore {
         let Some(relay) = self.peers.get_mut(&id) else {
             return;
         };
+        if let Some(r) = relay.relay_from.as_mut() {
+            if r.streams.len() >= MAX_RELAY_STREAMS && !r.streams.contains_key(&track_id) {
+                warn!(
+                    track_id,
+                    "the relay carries more streams than a room can publish"
+                );
+                return;
+            }
+            r.streams.insert(
+                track_id.clone(),
+                Carried {
+                    publisher: publisher.clone(),
+                    receiver,
+                    ssrc,
+                },
+            );
+        }
+        self.take_up(now, id, track_id, seat, rid, publisher, receiver, ssrc);
+    }
+
+    /// Feed relayed stream `track_id` to the stand-in for its publisher here, unless the
+    /// publisher publishes here or through another relay still: then it waits (`streams`) until
+    /// [`MediaCore::take_up_waiting`] finds the place free.
+    #[allow(clippy::too_many_arguments)]
+    fn take_up(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        track_id: String,
+        seat: u32,
+        rid: Option<String>,
+        publisher: Ident,
+        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+        ssrc: u32,
+    ) {
+        let Some(relay) = self.peers.get_mut(&id) else {
+            return;
+        };
         let room = relay.room.clone();
         let relay_node = relay.relay_from.as_ref().map(|r| r.node.clone());
         let Some((kind, codec, forwarded)) =
@@ -437,7 +494,8 @@ impl MediaCore {
         let sid = match existing {
             Some(pid) if self.peers.get(&pid).is_some_and(|p| p.via == Some(id)) => pid,
             Some(_) => {
-                warn!(%room, %publisher, "a relayed publisher publishes here too; relay track ignored");
+                debug!(%room, %publisher, track_id, "a relayed publisher publishes here too, or through another relay: its stream waits");
+                self.waiting = true;
                 return;
             }
             None if self
@@ -519,6 +577,40 @@ impl MediaCore {
         }
     }
 
+    /// Relayed streams no stand-in feeds (their publisher published here, or through another
+    /// relay, when they arrived; or a local publisher took their stand-in's place since) are
+    /// taken up where the place is free now. Run at a tick after a stream waited or a publish
+    /// connection went.
+    pub(crate) fn take_up_waiting(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.waiting) {
+            return;
+        }
+        let mut unfed = Vec::new();
+        for (id, p) in &self.peers {
+            let Some(r) = &p.relay_from else {
+                continue;
+            };
+            for (track, carried) in &r.streams {
+                let fed = r
+                    .tracks
+                    .get(track)
+                    .is_some_and(|(sid, _)| self.peers.contains_key(sid));
+                if !fed {
+                    unfed.push((*id, track.clone(), carried.clone()));
+                }
+            }
+        }
+        for (id, track, c) in unfed {
+            let Some((seat, rid)) = parse_relay_track_id(&track) else {
+                continue;
+            };
+            if let Some(r) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
+                r.tracks.remove(&track);
+            }
+            self.take_up(now, id, track, seat, rid, c.publisher, c.receiver, c.ssrc);
+        }
+    }
+
     /// Relay `id` no longer carries rtc track `track`: its layer leaves the stand-in, and a
     /// stand-in track with no layer left leaves the node's subscribers.
     fn relay_track_closed(&mut self, now: Instant, id: PeerId, track: &str) {
@@ -526,7 +618,10 @@ impl MediaCore {
             .peers
             .get_mut(&id)
             .and_then(|p| p.relay_from.as_mut())
-            .and_then(|r| r.tracks.remove(track))
+            .and_then(|r| {
+                r.streams.remove(track);
+                r.tracks.remove(track)
+            })
         else {
             return;
         };

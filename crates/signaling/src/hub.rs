@@ -782,10 +782,15 @@ impl Hub {
             .conns
             .get(&conn)
             .is_some_and(|c| c.served_for.is_some());
+        let was_elsewhere = self.sessions.get(&sid).is_some_and(|s| s.node.is_some());
         self.subscribe_elsewhere(&room, &user, elsewhere);
         self.member_node(sid, conn);
-        // An offer that was in flight on the old socket goes out again on this one.
-        self.to_media(MediaCommand::Resumed { room, user });
+        // An offer that was in flight on the old socket goes out again on this one. (Back
+        // from another node, the member has just been offered a new connection here: the same
+        // offer twice would make the client replace the connection it answered with.)
+        if !was_elsewhere || elsewhere {
+            self.to_media(MediaCommand::Resumed { room, user });
+        }
     }
 
     fn member_request(&mut self, conn: ConnId, id: u64, room: &Ident, user: &Ident, req: Request) {
@@ -1056,6 +1061,11 @@ impl Hub {
             } => {
                 // A member of a room held elsewhere publishing here: the origin's seats hear it.
                 if self.edge_published(&room, &user, audio, video, link) {
+                    return;
+                }
+                // The origin: a member served on another node publishes there, and only that
+                // node's reports count (this one is of a publish connection it left here).
+                if self.served_elsewhere(&room, &user) {
                     return;
                 }
                 // A report can cross the member's departure or a new seating of theirs (the

@@ -537,6 +537,14 @@ impl Hub {
         }
     }
 
+    /// Origin: whether member `user` of `room` is served on another node.
+    pub(super) fn served_elsewhere(&self, room: &Ident, user: &Ident) -> bool {
+        self.by_member
+            .get(&(room.clone(), user.clone()))
+            .and_then(|sid| self.sessions.get(sid))
+            .is_some_and(|s| s.node.is_some())
+    }
+
     /// Whether member `user` of `room` is served on node `node` (a report from a node it left
     /// does not count).
     fn member_on(&self, room: &Ident, user: &Ident, node: &str) -> bool {
