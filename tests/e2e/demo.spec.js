@@ -8,6 +8,10 @@ import path from 'node:path';
 // The second server of playwright.config.js, which hands out TURN credentials.
 const relayHttp = process.env.MICLINK_E2E_RELAY_HTTP ?? '127.0.0.1:18490';
 
+// The two cluster nodes of playwright.config.js.
+const nodeA = `http://${process.env.MICLINK_E2E_NODE_A_HTTP ?? '127.0.0.1:18510'}`;
+const nodeB = `http://${process.env.MICLINK_E2E_NODE_B_HTTP ?? '127.0.0.1:18520'}`;
+
 const docs = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs');
 
 let roomSeq = 0;
@@ -642,5 +646,70 @@ test('simulcast: the big tile decodes the top layer, the small grid tiles the lo
       { message: 'decoded frame heights on the viewer', timeout: 40_000, intervals: [1000] },
     )
     .toBe('layers as the tiles need');
+  for (const p of all) await p.context.close();
+});
+
+test('one room on two nodes: the anchor on a, a co-host and a viewer on b; every page decodes every seat, the viewer on b the layers its tiles need', async ({ browser, request }) => {
+  // The two nodes know each other before anyone joins.
+  await expect
+    .poll(async () => (await (await request.get(`${nodeB}/healthz`)).json()).cluster?.nodes, {
+      message: 'the cluster of a and b',
+    })
+    .toBe(2);
+  const room = newRoom();
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor', url: `${nodeA}/` });
+  const g1 = await join(browser, { room, name: 'Guest One', role: 'audience', url: `${nodeB}/` });
+  const g2 = await join(browser, { room, name: 'Guest Two', role: 'audience', url: `${nodeA}/` });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience', url: `${nodeB}/` });
+  const all = [anchor, g1, g2, viewer];
+  // The room is a's (its anchor went live there); b relays its pages' sessions to a.
+  const health = async (node) => (await (await request.get(`${node}/healthz`)).json()).cluster;
+  expect((await health(nodeA)).origin_rooms).toBe(1);
+  expect((await health(nodeB)).origin_rooms).toBe(0);
+  await expect(anchor.page.locator('#viewer-count')).toHaveText('3');
+
+  // Guest One applies on b, Guest Two on a; the anchor accepts both on a.
+  for (const g of [g1, g2]) {
+    await g.page.getByRole('button', { name: 'Request to link' }).click();
+    await anchor.page.locator('#applications li', { hasText: g.name }).getByRole('button', { name: 'Accept' }).click();
+    await toast(g, 'The anchor accepted');
+  }
+  await expectTiles(all, ['Anchor Ann', 'Guest One', 'Guest Two']);
+
+  // Media both ways between the nodes: a's seats reach b over its relay, Guest One's (published
+  // on b) reaches a over b's push.
+  const A = { user: anchor.user, video: true };
+  const G1 = { user: g1.user, video: true };
+  const G2 = { user: g2.user, video: true };
+  await expectMediaFlowing(viewer, [A, G1, G2]);
+  await expectMediaFlowing(anchor, [G1, G2]);
+  await expectMediaFlowing(g1, [A, G2]);
+  await expectMediaFlowing(g2, [A, G1]);
+  // b chooses the layers for its own viewer from every layer the relay brings.
+  await expect(tile(viewer, anchor)).toHaveAttribute('data-layer', 'high');
+  await expect(tile(viewer, g2)).toHaveAttribute('data-layer', 'low');
+  await expect
+    .poll(
+      async () => {
+        const s = await viewer.page.evaluate(() => window.miclink.stats());
+        const h = (u) => s[u.user]?.video?.frameHeight ?? 0;
+        const [big, small] = [h(A), h(G2)];
+        return small > 0 && small <= 240 && big >= 2 * small ? 'layers as the tiles need' : JSON.stringify({ big, small });
+      },
+      { message: 'decoded frame heights on the viewer on b', timeout: 40_000, intervals: [1000] },
+    )
+    .toBe('layers as the tiles need');
+
+  // The anchor disconnects Guest One: its tile leaves every page, on both nodes.
+  await tile(anchor, g1).getByRole('button', { name: 'Disconnect' }).click();
+  await toast(g1, 'The anchor disconnected you');
+  await expectTiles(all, ['Anchor Ann', 'Guest Two']);
+  await expectMediaFlowing(viewer, [A, G2]);
+
+  // The anchor ends the live on a: the pages on b say so.
+  await anchor.page.getByRole('button', { name: 'End live' }).click();
+  for (const p of [g1, viewer]) {
+    await expect(p.page.locator('#ended-text')).toHaveText('The anchor ended the live.');
+  }
   for (const p of all) await p.context.close();
 });
