@@ -15,7 +15,7 @@ use miclink_cluster::testing::RedisServer;
 use miclink_cluster::{Cluster, ClusterConfig};
 use miclink_loadtest::client;
 use miclink_loadtest::marker::Kind;
-use miclink_loadtest::peer::StreamSpec;
+use miclink_loadtest::peer::{Peer, StreamSpec};
 use miclink_loadtest::recv::Recv;
 use miclink_protocol::{EndReason, Event, Request, Role, VideoQuality};
 use tokio::sync::Notify;
@@ -128,11 +128,11 @@ async fn nodes_register_claim_their_rooms_relay_a_viewer_and_leave_at_shutdown()
     assert!(metric(&b.get("/metrics").await.1, "cluster_relayed_out_total") > 0);
     cluster_health(&b, "origin_rooms", 0.into()).await;
 
-    // WHIP and WHEP for the room on b are sent on to a (307, the same path there); a room
-    // nobody holds is served where the encoder posts.
+    // WHIP for the room on b is sent on to a (307, the same path there); a player for a room
+    // nobody holds finds no live room.
     let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
     let sdp = "Content-Type: application/sdp\r\n";
-    for path in ["/whep/r", "/whip/r"] {
+    for path in ["/whip/r"] {
         let reply = b.http("POST", path, sdp, offer).await;
         assert_eq!(reply.status, 307, "{path}: {}", reply.body);
         let location = reply
@@ -323,6 +323,16 @@ fn video_from(m: &client::Member, from: &str) -> usize {
 
 fn got_video(m: &client::Member, from: &str) -> bool {
     video_from(m, from) > 30
+}
+
+/// An in-process node's `/metrics`.
+async fn node_metrics(s: &Server) -> String {
+    s.get_with(
+        "/metrics",
+        &format!("Authorization: Bearer {METRICS_TOKEN}\r\n"),
+    )
+    .await
+    .1
 }
 
 /// Wait up to 20 s for `check`; `None` if it never held (the caller says what it saw).
@@ -660,6 +670,103 @@ async fn a_publisher_moving_between_nodes_is_seen_everywhere_after_each_move() {
         1,
         "{metrics_a}"
     );
+    stop.notify_waiters();
+}
+
+/// A WHEP player that posts to a node other than the room's origin is served there, from the
+/// room's relay: it decodes the anchor from a keyframe, the origin has no connection of its own
+/// for it (only the relay), and the origin's seats count it as a viewer. Its `DELETE` ends its
+/// media at once: its node lets the relay go, and the origin's viewers are one fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_player_on_another_node_is_served_there_from_the_relay() {
+    let redis = RedisServer::start();
+    let a = server_with(in_cluster(&redis, "a")).await;
+    let b = server_with(in_cluster(&redis, "b")).await;
+    cluster_health(&b, "nodes", 2.into()).await;
+    let stop = Arc::new(Notify::new());
+    let mut anchor = join(&a, "anchor", Role::Anchor).await;
+    anchor
+        .publish(
+            &[StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)],
+            stop.clone(),
+            None,
+        )
+        .await
+        .expect("the anchor publishes");
+
+    let recv = Recv::logging(Instant::now());
+    let peer = Peer::new(Some(recv.clone())).await.expect("peer");
+    let offer = peer.receive_offer(1).await.expect("offer");
+    let reply = b
+        .http(
+            "POST",
+            "/whep/r",
+            "Content-Type: application/sdp\r\n",
+            &offer,
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let location = reply.header("location").expect("a resource").to_owned();
+    assert!(location.starts_with("/whep/r/"), "{location}");
+    peer.accept(reply.body.clone())
+        .await
+        .expect("the answer applies");
+    let from_keyframe = || {
+        let r = recv.arrivals();
+        r.get(&("slot0".to_owned(), Kind::Video)).is_some_and(|v| {
+            v.seqs.len() > 60
+                && v.first_payload.as_deref().is_some_and(is_vp8_keyframe)
+                && v.marked_by.iter().all(|m| m == "anchor")
+        })
+    };
+    until("the anchor's video at the player on b", from_keyframe)
+        .await
+        .unwrap_or_else(|| panic!("{:?}", summary(&recv.arrivals())));
+
+    let on_a = node_metrics(&a).await;
+    assert_eq!(connections(&on_a, "subscribe"), ["relay.b"], "{on_a}");
+    let on_b = node_metrics(&b).await;
+    // b serves the player, fed by the relay from a (a client connection of b's, beside the
+    // anchor's stand-in).
+    let subs = connections(&on_b, "subscribe");
+    assert!(
+        subs.len() == 1 && subs[0].starts_with("whep-"),
+        "b serves the player: {on_b}"
+    );
+    assert_eq!(
+        connections(&on_b, "publish"),
+        ["anchor", "relay.a"],
+        "{on_b}"
+    );
+    let viewers = || async {
+        anchor
+            .call(Request::ListAudience {
+                offset: None,
+                limit: None,
+            })
+            .await
+            .expect("the audience")["total"]
+            .as_u64()
+    };
+    assert_eq!(viewers().await, Some(1));
+
+    // The player leaves: its media on b ends at once, b lets the relay go, the origin counts
+    // no viewer.
+    let gone = b.http("DELETE", &location, "", "").await;
+    assert!(gone.status < 300, "{gone:?}");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_a, on_b) = (node_metrics(&a).await, node_metrics(&b).await);
+        if connections(&on_a, "subscribe").is_empty()
+            && connections(&on_b, "subscribe").is_empty()
+            && connections(&on_b, "publish").is_empty()
+            && viewers().await == Some(0)
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "left behind: {on_a}\n{on_b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.notify_waiters();
 }
 

@@ -212,13 +212,20 @@ impl Hub {
                 }
             }
             HubMsg::Watch { conn, id, sdp } => {
-                let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
+                // A session here, or one another node holds whose media is served here.
+                let member = self.conns.get(&conn).and_then(|c| match c.session {
+                    Some(sid) => self
+                        .sessions
+                        .get(&sid)
+                        .map(|s| (s.room.clone(), s.user.clone())),
+                    None => c.media.clone(),
+                });
+                let Some((room, user)) = member else {
                     return self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first");
                 };
-                let s = &self.sessions[&sid];
                 let command = MediaCommand::Watch {
-                    room: s.room.clone(),
-                    user: s.user.clone(),
+                    room,
+                    user,
                     offer: sdp,
                     reply: ReplyTo { conn, id },
                 };
@@ -604,8 +611,9 @@ impl Hub {
         }
     }
 
-    /// Whether a join on `conn` must first learn which node holds its room: in a cluster, for a
-    /// socket (HTTP clients join here), when the room is not held here already.
+    /// Whether a join on `conn` must first learn which node holds its room: in a cluster, when
+    /// the room is not held here already. (An encoder's `POST` was sent to the origin, or
+    /// claimed its room here, before it joins; a player's is served wherever it lands.)
     fn must_resolve(&self, conn: ConnId, request: &Request) -> bool {
         let Request::Join { room, .. } = request else {
             return false;
@@ -617,7 +625,7 @@ impl Hub {
             && self
                 .conns
                 .get(&conn)
-                .is_some_and(|c| !c.http && c.served_for.is_none())
+                .is_some_and(|c| c.served_for.is_none())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1126,6 +1134,14 @@ impl Hub {
                 if conn.is_some() {
                     let _ = self.seats.handle(now(), &room, &user, Action::Leave);
                 }
+                // Served here for a room another node holds: it leaves there.
+                if let Some(conn) = self
+                    .edge_conn(&room, &user)
+                    .filter(|conn| self.conns.get(conn).is_some_and(|c| c.http))
+                    && let Some(node) = self.conns.get(&conn).and_then(|c| c.remote.clone())
+                {
+                    self.relay_request(conn, node, 0, Request::Leave);
+                }
             }
             MediaEvent::RelayOffer {
                 room,
@@ -1239,7 +1255,9 @@ impl Hub {
 
     /// Forget a socket. Its session, if any, waits for a resume within the grace period.
     fn drop_conn(&mut self, conn: ConnId) {
-        self.edge_conn_ends(conn, false);
+        // An HTTP client never resumes: its media here ends with it.
+        let http = self.conns.get(&conn).is_some_and(|c| c.http);
+        self.edge_conn_ends(conn, http);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };

@@ -454,9 +454,12 @@ async fn create(
             Ident::new(&format!("whep-{}", &crate::session::new_token()[..12])).expect("a valid id")
         }
     };
-    // In a cluster, a room another node holds is served there: the client is sent on
-    // (RFC 9725 clients follow a 307 with the same request).
-    if let Some(origin) = sig.locate(&room, kind == Kind::Whip).await {
+    // In a cluster, an encoder for a room another node holds publishes there: it is sent on
+    // (RFC 9725 clients follow a 307 with the same request). A player is served where it
+    // landed, from the room's relay, as a socket's viewer is.
+    if kind == Kind::Whip
+        && let Some(origin) = sig.locate(&room, true).await
+    {
         let location = format!("{}/{}/{room}", origin.trim_end_matches('/'), kind.path());
         let mut resp = answer(
             StatusCode::TEMPORARY_REDIRECT,

@@ -126,6 +126,13 @@ impl Hub {
                 user: user.clone(),
             });
         }
+        if first && self.conns.get(&conn).is_some_and(|c| c.http) {
+            // A WHEP player makes its own offer (`Watch`): none is made for it.
+            self.to_media(MediaCommand::OwnOffers {
+                room: room.clone(),
+                user: user.clone(),
+            });
+        }
         self.to_media(match (first, resumed) {
             (true, _) => MediaCommand::Seats(MediaChange::Subscribe { room, user }),
             // A pending offer goes out again on the new socket.
