@@ -4,13 +4,21 @@ import { test, expect } from '@playwright/test';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { createHmac } from 'node:crypto';
+import { composeServers, jwtSecret } from './compose.mjs';
 
 // The second server of playwright.config.js, which hands out TURN credentials.
 const relayHttp = process.env.MICLINK_E2E_RELAY_HTTP ?? '127.0.0.1:18490';
 
-// The two cluster nodes of playwright.config.js.
-const nodeA = `http://${process.env.MICLINK_E2E_NODE_A_HTTP ?? '127.0.0.1:18510'}`;
-const nodeB = `http://${process.env.MICLINK_E2E_NODE_B_HTTP ?? '127.0.0.1:18520'}`;
+// The cluster of deploy/compose.yaml, run by playwright.config.js: its nodes' URLs, and join
+// tokens signed with its secret.
+const cluster = composeServers({ root: path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..'), bin: '', rustLog: '', log: 'ignore' }).nodes;
+function joinToken(room, sub, role) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const body = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ room, sub, role, exp })}`;
+  return `${body}.${createHmac('sha256', jwtSecret).update(body).digest('base64url')}`;
+}
 
 const docs = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs');
 
@@ -649,24 +657,33 @@ test('simulcast: the big tile decodes the top layer, the small grid tiles the lo
   for (const p of all) await p.context.close();
 });
 
-test('one room on two nodes: the anchor on a, a co-host and a viewer on b; every page decodes every seat, the viewer on b the layers its tiles need', async ({ browser, request }) => {
-  // The two nodes know each other before anyone joins.
-  await expect
-    .poll(async () => (await (await request.get(`${nodeB}/healthz`)).json()).cluster?.nodes, {
-      message: 'the cluster of a and b',
-    })
-    .toBe(2);
+test('deploy/compose.yaml: one room on three nodes, joined with tokens; every page decodes every seat, the viewer on c the layers its tiles need', async ({ browser, request }) => {
+  const { a, b, c } = cluster;
+  const health = async (node) => (await (await request.get(`${node.url}/healthz`)).json()).cluster;
+  // The three nodes know each other before anyone joins.
+  await expect.poll(async () => (await health(c))?.nodes, { message: 'the cluster of a, b and c' }).toBe(3);
   const room = newRoom();
-  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor', url: `${nodeA}/` });
-  const g1 = await join(browser, { room, name: 'Guest One', role: 'audience', url: `${nodeB}/` });
-  const g2 = await join(browser, { room, name: 'Guest Two', role: 'audience', url: `${nodeA}/` });
-  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience', url: `${nodeB}/` });
+  // The operator's login hands each user a link with a join token (room, user, role).
+  const at = (node, sub, role) => `${node.url}/?token=${joinToken(room, sub, role)}`;
+  const anchor = await join(browser, { room, name: 'Anchor Ann', role: 'anchor', url: at(a, 'ann', 'anchor') });
+  const g1 = await join(browser, { room, name: 'Guest One', role: 'audience', url: at(b, 'one', 'audience') });
+  const g2 = await join(browser, { room, name: 'Guest Two', role: 'audience', url: at(a, 'two', 'audience') });
+  const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience', url: at(c, 'vic', 'audience') });
   const all = [anchor, g1, g2, viewer];
-  // The room is a's (its anchor went live there); b relays its pages' sessions to a.
-  const health = async (node) => (await (await request.get(`${node}/healthz`)).json()).cluster;
-  expect((await health(nodeA)).origin_rooms).toBe(1);
-  expect((await health(nodeB)).origin_rooms).toBe(0);
+  expect(all.map((p) => p.user)).toEqual(['ann', 'one', 'two', 'vic']);
+  // The room is a's (its anchor went live there); b and c relay their pages' sessions to a.
+  expect((await health(a)).origin_rooms).toBe(1);
+  expect((await health(b)).origin_rooms).toBe(0);
+  expect((await health(c)).origin_rooms).toBe(0);
   await expect(anchor.page.locator('#viewer-count')).toHaveText('3');
+  // A token for another room is refused, and the page says so.
+  const stranger = await browser.newContext();
+  const refused = await stranger.newPage();
+  await refused.goto(`${b.url}/?token=${joinToken(`${room}-other`, 'sam', 'audience')}`);
+  await refused.getByLabel('Room').fill(room);
+  await refused.getByRole('button', { name: 'Join' }).click();
+  await expect(refused.locator('#lobby-error')).toHaveText(/login token was refused/);
+  await stranger.close();
 
   // Guest One applies on b, Guest Two on a; the anchor accepts both on a.
   for (const g of [g1, g2]) {
@@ -676,8 +693,8 @@ test('one room on two nodes: the anchor on a, a co-host and a viewer on b; every
   }
   await expectTiles(all, ['Anchor Ann', 'Guest One', 'Guest Two']);
 
-  // Media both ways between the nodes: a's seats reach b over its relay, Guest One's (published
-  // on b) reaches a over b's push.
+  // Media every way between the nodes: a's seats reach b and c over their relays, Guest One's
+  // (published on b) reaches a over b's push and c from a.
   const A = { user: anchor.user, video: true };
   const G1 = { user: g1.user, video: true };
   const G2 = { user: g2.user, video: true };
@@ -685,7 +702,7 @@ test('one room on two nodes: the anchor on a, a co-host and a viewer on b; every
   await expectMediaFlowing(anchor, [G1, G2]);
   await expectMediaFlowing(g1, [A, G2]);
   await expectMediaFlowing(g2, [A, G1]);
-  // b chooses the layers for its own viewer from every layer the relay brings.
+  // c chooses the layers for its own viewer from every layer its relay brings.
   await expect(tile(viewer, anchor)).toHaveAttribute('data-layer', 'high');
   await expect(tile(viewer, g2)).toHaveAttribute('data-layer', 'low');
   await expect
@@ -696,17 +713,17 @@ test('one room on two nodes: the anchor on a, a co-host and a viewer on b; every
         const [big, small] = [h(A), h(G2)];
         return small > 0 && small <= 240 && big >= 2 * small ? 'layers as the tiles need' : JSON.stringify({ big, small });
       },
-      { message: 'decoded frame heights on the viewer on b', timeout: 40_000, intervals: [1000] },
+      { message: 'decoded frame heights on the viewer on c', timeout: 40_000, intervals: [1000] },
     )
     .toBe('layers as the tiles need');
 
-  // The anchor disconnects Guest One: its tile leaves every page, on both nodes.
+  // The anchor disconnects Guest One: its tile leaves every page, on every node.
   await tile(anchor, g1).getByRole('button', { name: 'Disconnect' }).click();
   await toast(g1, 'The anchor disconnected you');
   await expectTiles(all, ['Anchor Ann', 'Guest Two']);
   await expectMediaFlowing(viewer, [A, G2]);
 
-  // The anchor ends the live on a: the pages on b say so.
+  // The anchor ends the live on a: the pages on b and c say so.
   await anchor.page.getByRole('button', { name: 'End live' }).click();
   for (const p of [g1, viewer]) {
     await expect(p.page.locator('#ended-text')).toHaveText('The anchor ended the live.');

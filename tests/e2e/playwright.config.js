@@ -3,6 +3,7 @@
 import { defineConfig } from '@playwright/test';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { composeServers } from './compose.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = process.env.MICLINK_BIN ?? path.join(root, 'target/debug/miclink');
@@ -13,13 +14,6 @@ const relayHttp = process.env.MICLINK_E2E_RELAY_HTTP ?? '127.0.0.1:18490';
 const relayMedia = process.env.MICLINK_E2E_RELAY_MEDIA ?? '127.0.0.1:18492';
 const turnPort = process.env.MICLINK_E2E_TURN_PORT ?? '18478';
 const turnSecret = 'e2e-turn-secret-0123456789';
-// A cluster of two nodes, a and b, coordinated through a Redis on loopback (Debian's
-// redis-server, installed by tests/run): one room across both.
-const redisPort = process.env.MICLINK_E2E_REDIS_PORT ?? '18479';
-const nodes = {
-  a: { http: process.env.MICLINK_E2E_NODE_A_HTTP ?? '127.0.0.1:18510', media: '127.0.0.1:18512' },
-  b: { http: process.env.MICLINK_E2E_NODE_B_HTTP ?? '127.0.0.1:18520', media: '127.0.0.1:18522' },
-};
 const log = process.env.MICLINK_E2E_LOG ? 'pipe' : 'ignore';
 const rustLog = process.env.RUST_LOG ?? 'info,rtc=error,rtc_ice=error,rtc_dtls=error';
 
@@ -100,32 +94,9 @@ export default defineConfig({
         RUST_LOG: rustLog,
       },
     },
-    {
-      // Started before the nodes (web servers start in order): a node whose Redis does not
-      // answer at start does not start.
-      command:
-        `/usr/bin/redis-server --port ${redisPort} --bind 127.0.0.1 --save '' --appendonly no ` +
-        `--dir "${path.join(root, 'target')}"`,
-      port: Number(redisPort),
-      reuseExistingServer: false,
-      timeout: 30_000,
-      stdout: log,
-      stderr: 'pipe',
-    },
-    ...Object.entries(nodes).map(([id, node]) => ({
-      command: `"${bin}"`,
-      url: `http://${node.http}/healthz`,
-      reuseExistingServer: false,
-      timeout: 30_000,
-      stdout: log,
-      stderr: 'pipe',
-      env: {
-        MICLINK_HTTP_ADDR: node.http,
-        MICLINK_MEDIA_ADDR: node.media,
-        MICLINK_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-        MICLINK_NODE_ID: id,
-        RUST_LOG: rustLog,
-      },
-    })),
+    // deploy/compose.yaml's cluster (Redis, coturn, nodes a, b and c), as processes: the
+    // cluster test runs on exactly what the file configures. (Web servers start in order, so
+    // Redis is up before the nodes: a node whose Redis does not answer at start does not start.)
+    ...composeServers({ root, bin, rustLog, log }).servers,
   ],
 });

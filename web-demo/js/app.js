@@ -10,6 +10,21 @@ const params = new URLSearchParams(location.search);
 const serverUrl =
   params.get('server') ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
 
+// On a server that checks join tokens (rule 10), the page is opened with `?token=<JWT>`, a link
+// the operator's own login makes: the token names the room, the user and the role, and goes
+// with the join. (Its signature is the server's to check; the page only reads the claims.)
+const token = params.get('token');
+const claims = token ? tokenClaims(token) : null;
+
+function tokenClaims(jwt) {
+  try {
+    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+  } catch {
+    return null;
+  }
+}
+
 const ENDED_TEXT = {
   anchor_left: 'The anchor ended the live.',
   anchor_lost: "The anchor's connection was lost.",
@@ -21,6 +36,7 @@ let S = null; // the state of the room we are in, null in the lobby
 // --- lobby ---------------------------------------------------------------------------------
 
 function userId() {
+  if (typeof claims?.sub === 'string') return claims.sub;
   // One id per tab, kept across reloads of the tab so a reload takes the same place back.
   let id = sessionStorage.getItem('miclink-user');
   if (!id) {
@@ -50,6 +66,9 @@ function savedPlace() {
 function initLobby() {
   $('name').value ||= `Guest ${Math.floor(Math.random() * 900 + 100)}`;
   if (params.get('room')) $('room').value = params.get('room');
+  if (typeof claims?.room === 'string') $('room').value = claims.room;
+  const tokenRole = claims && document.querySelector(`input[name="role"][value="${claims.role}"]`);
+  if (tokenRole) tokenRole.checked = true;
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
     join().catch((err) => showLobbyError(err.message));
@@ -76,7 +95,9 @@ function showLobbyError(text) {
 const JOIN_ERRORS = {
   room_not_found: 'Nobody is live in this room yet. Ask the anchor to go live, or go live yourself.',
   room_exists: 'Someone else is already live in this room. Pick another room.',
-  unauthorized: 'This server needs a login token to join.',
+  unauthorized: token
+    ? 'Your login token was refused: it has expired, or is for another room or role.'
+    : 'This server needs a login token to join.',
   unavailable: 'The server is shutting down. Try again in a moment.',
 };
 
@@ -89,6 +110,7 @@ async function join() {
   const encoder = picked === 'encoder';
   const role = encoder ? 'anchor' : picked;
   const fields = { room: $('room').value.trim(), user: userId(), role, name: $('name').value.trim() };
+  if (token) fields.token = token;
   const state = {
     role,
     encoder,
