@@ -553,6 +553,25 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
         "member-b's video still arrives after the unlink"
     );
 
+    // The anchor unlinks member-c while c is frozen (it cannot take member-c's streams off
+    // its push to a yet): a stops forwarding member-c at once and makes no stand-in again
+    // from the streams c still pushes (its seats do not allow member-c any more).
+    let frozen = c.freeze();
+    anchor
+        .call(Request::DisconnectUser {
+            user: miclink_protocol::Ident::new(&member_c.user).expect("id"),
+        })
+        .await
+        .expect("unlinked");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics_a = a.metrics().await;
+    assert_eq!(
+        connections(&metrics_a, "publish"),
+        ["anchor", "relay.b", "relay.c"],
+        "no publish connection of member-b's or member-c's is left on a: {metrics_a}"
+    );
+    drop(frozen);
+
     // c dies outright: a and b go on serving (the anchor's video keeps reaching b).
     drop(c);
     cluster_health(&b, "nodes", 2.into()).await;

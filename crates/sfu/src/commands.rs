@@ -170,6 +170,7 @@ impl MediaCore {
                 room,
                 user,
                 elsewhere,
+                encoder,
             } => {
                 let r = self.rooms.entry(room.clone()).or_default();
                 if elsewhere {
@@ -179,8 +180,9 @@ impl MediaCore {
                         self.remove_peer(id);
                     }
                     // Its stand-in (fed by the node now serving it) stays; the seats' permit
-                    // stays for that stand-in.
-                    if let Some(id) = self.room_peer(&room, &user, PcKind::Publish)
+                    // stays for that stand-in. So does an encoder's connection.
+                    if !encoder
+                        && let Some(id) = self.room_peer(&room, &user, PcKind::Publish)
                         && self.peers.get(&id).is_some_and(|p| p.via.is_none())
                     {
                         self.remove_peer(id);
@@ -238,6 +240,8 @@ impl MediaCore {
                 video,
                 link,
             } => {
+                // A pushed publisher's stream may wait for this permit (see `take_up`).
+                self.waiting = true;
                 let r = self.rooms.entry(room).or_default();
                 let before = r.allowed.insert(
                     user.clone(),

@@ -153,11 +153,13 @@ pub enum MediaCommand {
     /// Origin: member `user`'s subscribe connection is another node's to make (`elsewhere`:
     /// the member's socket is relayed from there; a rejoin does not change that), or, when it
     /// was, this one's again (a new connection). A member's media served elsewhere is
-    /// published there too: a publish connection it had here (before it moved) goes.
+    /// published there too: a publish connection it had here (before it moved) goes, unless
+    /// an encoder publishes for the member here (`encoder`, WHIP attached to its session).
     SubscribeElsewhere {
         room: Ident,
         user: Ident,
         elsewhere: bool,
+        encoder: bool,
     },
     /// The next subscribe connection offered to `user` is a new one for the client
     /// (`new_connection: true`): its connection, if any, was with another node.

@@ -78,7 +78,18 @@ impl MediaCore {
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         let (room, user, kind) = (peer.room.clone(), peer.user.clone(), peer.kind);
                         info!(parent: &peer.span, %state, "connection ended");
+                        // A WHEP player's connection ending on its own is the player gone (one
+                        // replaced or closed by a command is not: its successor stays).
+                        let watch_ended = peer.whep.is_some()
+                            && self.room_peer(&room, &user, PcKind::Subscribe) == Some(id);
                         self.remove_peer(id);
+                        if watch_ended {
+                            self.outputs
+                                .push_back(Output::Event(MediaEvent::WatchEnded {
+                                    room: room.clone(),
+                                    user: user.clone(),
+                                }));
+                        }
                         if kind == PcKind::Subscribe {
                             self.schedule_rebuild(now, room, user);
                         }
@@ -533,13 +544,6 @@ impl MediaCore {
             };
             if map.get(&peer.user) == Some(&id) {
                 map.remove(&peer.user);
-                if peer.whep.is_some() {
-                    self.outputs
-                        .push_back(Output::Event(MediaEvent::WatchEnded {
-                            room: peer.room.clone(),
-                            user: peer.user.clone(),
-                        }));
-                }
                 // The member's publish connection is gone, not replaced by a newer one. (A
                 // stand-in's publisher publishes on another node: nothing to report here.)
                 if peer.kind == PcKind::Publish && peer.via.is_none() {

@@ -493,9 +493,22 @@ impl MediaCore {
             .copied();
         let sid = match existing {
             Some(pid) if self.peers.get(&pid).is_some_and(|p| p.via == Some(id)) => pid,
+            // Taken up when that place goes (`remove_peer` of a publish connection sets
+            // `waiting`).
             Some(_) => {
                 debug!(%room, %publisher, track_id, "a relayed publisher publishes here too, or through another relay: its stream waits");
-                self.waiting = true;
+                return;
+            }
+            // At the origin a pushed publisher the seats do not allow (revoked, or gone, while
+            // its node has not yet taken its streams away) gets no stand-in: its tracks would
+            // be offered to every subscriber only to be withdrawn at the next relay offer. A
+            // permit given later takes the stream up.
+            None if self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.origin.is_none() && !r.allowed.contains_key(&publisher)) =>
+            {
+                debug!(%room, %publisher, track_id, "a pushed publisher the seats do not allow: its stream waits");
                 return;
             }
             None if self

@@ -994,6 +994,7 @@ impl Hub {
                 room: room.clone(),
                 user: user.clone(),
                 elsewhere,
+                encoder: self.attached.contains_key(&(room.clone(), user.clone())),
             });
         }
     }
@@ -1134,13 +1135,16 @@ impl Hub {
                 if conn.is_some() {
                     let _ = self.seats.handle(now(), &room, &user, Action::Leave);
                 }
-                // Served here for a room another node holds: it leaves there.
+                // Served here for a room another node holds: it leaves there, and its resource
+                // ends here at once (not only when the origin's `Unbound` comes back).
                 if let Some(conn) = self
                     .edge_conn(&room, &user)
                     .filter(|conn| self.conns.get(conn).is_some_and(|c| c.http))
                     && let Some(node) = self.conns.get(&conn).and_then(|c| c.remote.clone())
                 {
                     self.relay_request(conn, node, 0, Request::Leave);
+                    self.edge_conn_ends(conn, true);
+                    self.queue(conn, Outbound::Unbound);
                 }
             }
             MediaEvent::RelayOffer {

@@ -126,12 +126,18 @@ impl Hub {
                 user: user.clone(),
             });
         }
-        if first && self.conns.get(&conn).is_some_and(|c| c.http) {
-            // A WHEP player makes its own offer (`Watch`): none is made for it.
-            self.to_media(MediaCommand::OwnOffers {
-                room: room.clone(),
-                user: user.clone(),
-            });
+        // A WHEP player makes its own offer (`Watch`): none is made for it, before its first
+        // subscription or after a rejoin (which renews the member's connections).
+        let own_offers =
+            self.conns
+                .get(&conn)
+                .is_some_and(|c| c.http)
+                .then(|| MediaCommand::OwnOffers {
+                    room: room.clone(),
+                    user: user.clone(),
+                });
+        if first && let Some(c) = &own_offers {
+            self.to_media(c.clone());
         }
         self.to_media(match (first, resumed) {
             (true, _) => MediaCommand::Seats(MediaChange::Subscribe { room, user }),
@@ -140,6 +146,9 @@ impl Hub {
             // The same user joined again: new connections at once (rule 9).
             (false, false) => MediaCommand::Rejoin { room, user },
         });
+        if !first && let Some(c) = own_offers {
+            self.to_media(c);
+        }
     }
 
     /// The request of relayed socket `conn`, if its member's media is served here and the
@@ -544,10 +553,15 @@ impl Hub {
         }
     }
 
-    /// Origin: whether member `user` of `room` is served on another node.
+    /// Origin: whether member `user` of `room` is served on another node (and publishes there:
+    /// not through an encoder attached here).
     pub(super) fn served_elsewhere(&self, room: &Ident, user: &Ident) -> bool {
+        let key = (room.clone(), user.clone());
+        if self.attached.contains_key(&key) {
+            return false;
+        }
         self.by_member
-            .get(&(room.clone(), user.clone()))
+            .get(&key)
             .and_then(|sid| self.sessions.get(sid))
             .is_some_and(|s| s.node.is_some())
     }
