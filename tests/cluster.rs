@@ -15,7 +15,7 @@ use miclink_cluster::testing::RedisServer;
 use miclink_cluster::{Cluster, ClusterConfig};
 use miclink_loadtest::client;
 use miclink_loadtest::marker::Kind;
-use miclink_loadtest::peer::{Peer, StreamSpec};
+use miclink_loadtest::peer::{Peer, Publisher, StreamSpec};
 use miclink_loadtest::recv::Recv;
 use miclink_protocol::{EndReason, Event, Request, Role, VideoQuality};
 use tokio::sync::Notify;
@@ -786,6 +786,67 @@ async fn a_whep_player_on_another_node_is_served_there_from_the_relay() {
         assert!(Instant::now() < end, "left behind: {on_a}\n{on_b}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    stop.notify_waiters();
+}
+
+/// An encoder (WHIP) attached at the origin for an anchor whose socket is relayed from another
+/// node publishes for the anchor at the origin: viewers on both nodes get its media, and an
+/// anchor's socket that drops and resumes through that node again leaves it publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_for_an_anchor_on_another_node_keeps_publishing_across_the_anchors_resume() {
+    let redis = RedisServer::start();
+    let a = server_with(in_cluster(&redis, "a")).await;
+    let b = server_with(in_cluster(&redis, "b")).await;
+    cluster_health(&b, "nodes", 2.into()).await;
+    // The anchor goes live on a, and its socket moves to b.
+    let moved = |m: client::Member| async {
+        let session = m.join.session.clone();
+        m.kill().await;
+        client::Member::resume(
+            &b.url,
+            "anchor",
+            &session,
+            Recv::logging(Instant::now()),
+            client::Options::default(),
+        )
+        .await
+        .expect("the anchor resumes through b")
+    };
+    let anchor = moved(join(&a, "anchor", Role::Anchor).await).await;
+
+    // Its encoder posts to the origin (b would send it there) and publishes for it.
+    let stop = Arc::new(Notify::new());
+    let (encoder, offer) = Publisher::offer(
+        "whip",
+        &[StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)],
+    )
+    .await
+    .expect("offer");
+    let reply = a
+        .http(
+            "POST",
+            "/whip/r",
+            "Content-Type: application/sdp\r\nAuthorization: Bearer anchor\r\n",
+            &offer,
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    encoder
+        .start(reply.body.clone(), stop.clone())
+        .await
+        .expect("the answer applies");
+    let viewer_a = join(&a, "viewer-a", Role::Audience).await;
+    let viewer_b = join(&b, "viewer-b", Role::Audience).await;
+    seen_again(&[&viewer_a, &viewer_b], "anchor", "from the encoder").await;
+
+    // The anchor's socket drops and resumes through b again: the encoder goes on.
+    let _anchor = moved(anchor).await;
+    seen_again(
+        &[&viewer_a, &viewer_b],
+        "anchor",
+        "after the anchor's socket moved again",
+    )
+    .await;
     stop.notify_waiters();
 }
 
