@@ -127,7 +127,11 @@ impl MediaCore {
                     warn!(%room, %node, error = %e, "could not open a relay");
                     // The other node asks again a little later.
                     self.outputs
-                        .push_back(Output::Event(MediaEvent::RelayEnded { room, node }));
+                        .push_back(Output::Event(MediaEvent::RelayEnded {
+                            room,
+                            node,
+                            sending: true,
+                        }));
                 }
             }
             MediaCommand::RelayAnswer {
@@ -159,7 +163,11 @@ impl MediaCore {
                     warn!(%room, %node, error = %e, "relay offer refused");
                     // The other end must not wait for an answer that never comes.
                     self.outputs
-                        .push_back(Output::Event(MediaEvent::RelayEnded { room, node }));
+                        .push_back(Output::Event(MediaEvent::RelayEnded {
+                            room,
+                            node,
+                            sending: false,
+                        }));
                 }
             },
             MediaCommand::RelayClose { room, node } => self.relay_close(now, &room, &node),

@@ -274,9 +274,10 @@ pub enum MediaEvent {
         offer_id: u64,
     },
     /// Either end: the relay of `room` with `node` failed and is gone (the other node may
-    /// ask for a new one).
+    /// ask for a new one). `sending`: this node was its sending end (it offered the relay).
     RelayEnded {
         room: Ident,
         node: String,
+        sending: bool,
     },
 }

@@ -753,9 +753,9 @@ impl MediaCore {
             return;
         };
         let room = p.room.clone();
-        let node = match (&p.relay_to, &p.relay_from) {
-            (Some(node), _) => node.clone(),
-            (_, Some(r)) => r.node.clone(),
+        let (node, sending) = match (&p.relay_to, &p.relay_from) {
+            (Some(node), _) => (node.clone(), true),
+            (_, Some(r)) => (r.node.clone(), false),
             _ => return,
         };
         if p.relay_from.is_some() {
@@ -765,7 +765,11 @@ impl MediaCore {
         }
         warn!(%room, %node, "a relay connection failed");
         self.outputs
-            .push_back(Output::Event(MediaEvent::RelayEnded { room, node }));
+            .push_back(Output::Event(MediaEvent::RelayEnded {
+                room,
+                node,
+                sending,
+            }));
     }
 }
 

@@ -1175,11 +1175,18 @@ impl Hub {
                     offer_id,
                 },
             ),
-            MediaEvent::RelayEnded { room, node } => {
+            MediaEvent::RelayEnded {
+                room,
+                node,
+                sending,
+            } => {
+                // The origin sends the room's relay to an edge and receives its push; an
+                // edge the other way round.
                 if self.rooms.contains_key(&room) {
-                    self.tell_node(node, Relay::MediaEnded { room });
+                    let push = !sending;
+                    self.tell_node(node, Relay::MediaEnded { room, push });
                 } else {
-                    self.edge_relay_ended(&room, &node);
+                    self.edge_relay_ended(&room, &node, sending);
                 }
             }
             MediaEvent::LoopFailed { index } => {

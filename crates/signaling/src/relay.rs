@@ -63,7 +63,12 @@ pub enum Relay {
         offer_id: u64,
     },
     /// Either way: the relay of `room` failed at the sender's end (the edge asks again).
-    MediaEnded { room: Ident },
+    /// `push`: the relay from the edge to the origin (else the one from the origin).
+    MediaEnded {
+        room: Ident,
+        #[serde(default)]
+        push: bool,
+    },
     /// Origin to edge: what the seats let member `user`, whose media the edge serves,
     /// publish now (`None`: nothing); its publish connection is on the edge.
     MediaSeat {
@@ -167,6 +172,21 @@ mod tests {
         };
         let json = serde_json::to_string(&e).expect("json");
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("back"), e);
+        // Which relay failed: said by this version, read as the origin's relay from an older one.
+        let e = Envelope {
+            from: "a".into(),
+            relay: Relay::MediaEnded {
+                room: Ident::new("r").expect("id"),
+                push: true,
+            },
+        };
+        let json = serde_json::to_string(&e).expect("json");
+        assert_eq!(serde_json::from_str::<Envelope>(&json).expect("back"), e);
+        let older = r#"{"from":"a","relay":{"type":"media_ended","room":"r"}}"#;
+        assert!(matches!(
+            serde_json::from_str::<Envelope>(older).expect("read").relay,
+            Relay::MediaEnded { push: false, .. }
+        ));
     }
 
     #[test]

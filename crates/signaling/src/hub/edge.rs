@@ -35,8 +35,10 @@ pub(crate) struct EdgeMember {
 pub(crate) struct EdgeRoom {
     origin: String,
     members: usize,
-    /// A relay that failed is asked for again then.
+    /// The relay from the origin, failed, is asked for again then.
     reopen_at: Option<Instant>,
+    /// The push to the origin, failed, is opened again then.
+    repush_at: Option<Instant>,
     /// This node pushes its publishers of the room to the origin.
     pushing: bool,
 }
@@ -89,6 +91,7 @@ impl Hub {
                 origin: origin.clone(),
                 members: 0,
                 reopen_at: None,
+                repush_at: None,
                 pushing: false,
             });
         let before = cluster.edge.insert(
@@ -409,15 +412,22 @@ impl Hub {
         }
     }
 
-    /// The relay of `room` from `node` failed: asked for again shortly, while members remain.
-    pub(super) fn edge_relay_ended(&mut self, room: &Ident, node: &str) {
+    /// A relay of `room` with its origin `node` failed (`push`: this node's push to it, else
+    /// its relay from it): that one, and only that one, is opened again shortly, while members
+    /// remain (renewing the other would interrupt every stream it carries).
+    pub(super) fn edge_relay_ended(&mut self, room: &Ident, node: &str, push: bool) {
         if let Some(r) = self
             .cluster
             .as_mut()
             .and_then(|c| c.edge_rooms.get_mut(room))
             .filter(|r| r.origin == node)
         {
-            r.reopen_at = Some(Instant::now() + REOPEN_AFTER);
+            let at = Some(Instant::now() + REOPEN_AFTER);
+            if push {
+                r.repush_at = at;
+            } else {
+                r.reopen_at = at;
+            }
         }
     }
 
@@ -425,7 +435,11 @@ impl Hub {
     pub(super) fn edge_deadline(&self) -> Option<Instant> {
         let c = self.cluster.as_ref()?;
         let members = c.edge.values().filter_map(|m| m.expires);
-        let rooms = c.edge_rooms.values().filter_map(|r| r.reopen_at);
+        let rooms = c
+            .edge_rooms
+            .values()
+            .flat_map(|r| [r.reopen_at, r.repush_at])
+            .flatten();
         members.chain(rooms).min()
     }
 
@@ -441,27 +455,30 @@ impl Hub {
             .filter(|(_, m)| m.expires.is_some_and(|t| t <= now))
             .map(|(k, _)| k.clone())
             .collect();
-        let mut reopen = Vec::new();
+        let (mut reopen, mut repush) = (Vec::new(), Vec::new());
         for (room, r) in &mut c.edge_rooms {
             if r.reopen_at.is_some_and(|t| t <= now) {
                 r.reopen_at = None;
-                reopen.push((r.origin.clone(), room.clone(), r.pushing));
+                reopen.push((r.origin.clone(), room.clone()));
+            }
+            if r.repush_at.is_some_and(|t| t <= now) {
+                r.repush_at = None;
+                if r.pushing {
+                    repush.push((r.origin.clone(), room.clone()));
+                }
             }
         }
         for key in expired {
             debug!(room = %key.0, user = %key.1, "no socket came back: media here ends");
             self.edge_member_gone(&key);
         }
-        for (origin, room, pushing) in reopen {
+        for (origin, room) in reopen {
             info!(%room, %origin, "asking for the room's relay again");
-            if pushing {
-                // Which of the two failed is not said: the push starts again too.
-                self.to_media(MediaCommand::RelayOpen {
-                    room: room.clone(),
-                    node: origin.clone(),
-                });
-            }
             self.tell_node(origin, Relay::MediaOpen { room });
+        }
+        for (origin, room) in repush {
+            info!(%room, %origin, "pushing the room's publishers to its origin again");
+            self.to_media(MediaCommand::RelayOpen { room, node: origin });
         }
     }
 
@@ -482,7 +499,7 @@ impl Hub {
                 // Not held here (any more, or yet again after a restart): the edge asks again
                 // a little later, until its members' sessions end.
                 debug!(%room, node = %from, "relay asked for a room not held here");
-                self.tell_node(from, Relay::MediaEnded { room });
+                self.tell_node(from, Relay::MediaEnded { room, push: false });
             }
             Relay::MediaAnswer {
                 room,
@@ -513,8 +530,8 @@ impl Hub {
                     fresh,
                 })
             }
-            Relay::MediaEnded { room } if edge_of(self, &room) => {
-                self.edge_relay_ended(&room, &from);
+            Relay::MediaEnded { room, push } if edge_of(self, &room) => {
+                self.edge_relay_ended(&room, &from, push);
             }
             // From the room's origin only (it comes after the reply that made the member known).
             Relay::MediaSeat { room, user, allow } if edge_of(self, &room) => {
