@@ -38,6 +38,15 @@ fn in_cluster_ttl(
     }
 }
 
+/// Redis and two in-process nodes, a and b, that see each other.
+async fn two_nodes() -> (RedisServer, Server, Server) {
+    let redis = RedisServer::start();
+    let a = server_with(in_cluster(&redis, "a")).await;
+    let b = server_with(in_cluster(&redis, "b")).await;
+    cluster_health(&b, "nodes", 2.into()).await;
+    (redis, a, b)
+}
+
 /// Wait up to 10 s for `what` of `/healthz`'s cluster part to be `want`.
 async fn cluster_health(s: &Server, what: &str, want: serde_json::Value) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -698,10 +707,7 @@ async fn a_publisher_moving_between_nodes_is_seen_everywhere_after_each_move() {
 /// media at once: its node lets the relay go, and the origin's viewers are one fewer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whep_player_on_another_node_is_served_there_from_the_relay() {
-    let redis = RedisServer::start();
-    let a = server_with(in_cluster(&redis, "a")).await;
-    let b = server_with(in_cluster(&redis, "b")).await;
-    cluster_health(&b, "nodes", 2.into()).await;
+    let (_redis, a, b) = two_nodes().await;
     let stop = Arc::new(Notify::new());
     let mut anchor = join(&a, "anchor", Role::Anchor).await;
     anchor
@@ -794,10 +800,7 @@ async fn a_whep_player_on_another_node_is_served_there_from_the_relay() {
 /// anchor's socket that drops and resumes through that node again leaves it publishing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encoder_for_an_anchor_on_another_node_keeps_publishing_across_the_anchors_resume() {
-    let redis = RedisServer::start();
-    let a = server_with(in_cluster(&redis, "a")).await;
-    let b = server_with(in_cluster(&redis, "b")).await;
-    cluster_health(&b, "nodes", 2.into()).await;
+    let (_redis, a, b) = two_nodes().await;
     // The anchor goes live on a, and its socket moves to b.
     let moved = |m: client::Member| async {
         let session = m.join.session.clone();
@@ -866,10 +869,7 @@ fn last_layers(m: &client::Member, from: &str, n: usize) -> Vec<u8> {
 /// three relays between one pair of nodes, each on a flow of its own, all carried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_carry_every_layer_the_other_node_chooses_per_viewer_and_rooms_share_no_flow() {
-    let redis = RedisServer::start();
-    let a = server_with(in_cluster(&redis, "a")).await;
-    let b = server_with(in_cluster(&redis, "b")).await;
-    cluster_health(&b, "nodes", 2.into()).await;
+    let (_redis, a, b) = two_nodes().await;
     let stop = Arc::new(Notify::new());
     let mut anchor = join(&a, "anchor", Role::Anchor).await;
     let video = StreamSpec {
