@@ -19,7 +19,9 @@ const claims = token ? tokenClaims(token) : null;
 function tokenClaims(jwt) {
   try {
     const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+    const bytes = Uint8Array.from(atob(part + '='.repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims : null;
   } catch {
     return null;
   }
@@ -67,14 +69,16 @@ function initLobby() {
   $('name').value ||= `Guest ${Math.floor(Math.random() * 900 + 100)}`;
   if (params.get('room')) $('room').value = params.get('room');
   if (typeof claims?.room === 'string') $('room').value = claims.room;
-  const tokenRole = claims && document.querySelector(`input[name="role"][value="${claims.role}"]`);
+  const tokenRole = [...document.querySelectorAll('input[name="role"]')].find((r) => r.value === claims?.role);
   if (tokenRole) tokenRole.checked = true;
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
     join().catch((err) => showLobbyError(err.message));
   });
+  // A reload rejoins where the tab was, unless its token is for another room now.
   const place = savedPlace();
-  if (place) {
+  if (place && typeof claims?.room === 'string' && place.room !== claims.room) savePlace(null);
+  else if (place) {
     $('room').value = place.room;
     $('name').value = place.name;
     const radio = document.querySelector(`input[name="role"][value="${place.role}"]`);
@@ -182,7 +186,8 @@ async function join() {
 // bearer names this user (or carries this user's token on a server that checks them).
 function showEncoder(room, user) {
   $('whip-url').textContent = new URL(`/whip/${encodeURIComponent(room)}`, location.href).href;
-  $('whip-token').textContent = user;
+  // On a server that checks tokens the encoder's bearer is the anchor's join token.
+  $('whip-token').textContent = token ?? user;
   $('encoder-info').hidden = false;
 }
 

@@ -1144,6 +1144,9 @@ impl Hub {
                 {
                     self.relay_request(conn, node, 0, Request::Leave);
                     self.edge_conn_ends(conn, true);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.remote = None;
+                    }
                     self.queue(conn, Outbound::Unbound);
                 }
             }
@@ -1183,10 +1186,10 @@ impl Hub {
                 // The origin sends the room's relay to an edge and receives its push; an
                 // edge the other way round.
                 if self.rooms.contains_key(&room) {
-                    let push = !sending;
+                    let push = Some(!sending);
                     self.tell_node(node, Relay::MediaEnded { room, push });
                 } else {
-                    self.edge_relay_ended(&room, &node, sending);
+                    self.edge_relay_ended(&room, &node, Some(sending));
                 }
             }
             MediaEvent::LoopFailed { index } => {

@@ -63,11 +63,12 @@ pub enum Relay {
         offer_id: u64,
     },
     /// Either way: the relay of `room` failed at the sender's end (the edge asks again).
-    /// `push`: the relay from the edge to the origin (else the one from the origin).
+    /// `push`: the relay from the edge to the origin (`Some(false)`: the one from the origin;
+    /// `None`, from an older node that does not say: either, so both are renewed).
     MediaEnded {
         room: Ident,
-        #[serde(default)]
-        push: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        push: Option<bool>,
     },
     /// Origin to edge: what the seats let member `user`, whose media the edge serves,
     /// publish now (`None`: nothing); its publish connection is on the edge.
@@ -172,12 +173,12 @@ mod tests {
         };
         let json = serde_json::to_string(&e).expect("json");
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("back"), e);
-        // Which relay failed: said by this version, read as the origin's relay from an older one.
+        // Which relay failed: said by this version, unknown (both renewed) from an older one.
         let e = Envelope {
             from: "a".into(),
             relay: Relay::MediaEnded {
                 room: Ident::new("r").expect("id"),
-                push: true,
+                push: Some(true),
             },
         };
         let json = serde_json::to_string(&e).expect("json");
@@ -185,7 +186,7 @@ mod tests {
         let older = r#"{"from":"a","relay":{"type":"media_ended","room":"r"}}"#;
         assert!(matches!(
             serde_json::from_str::<Envelope>(older).expect("read").relay,
-            Relay::MediaEnded { push: false, .. }
+            Relay::MediaEnded { push: None, .. }
         ));
     }
 

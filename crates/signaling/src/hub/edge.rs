@@ -412,10 +412,11 @@ impl Hub {
         }
     }
 
-    /// A relay of `room` with its origin `node` failed (`push`: this node's push to it, else
-    /// its relay from it): that one, and only that one, is opened again shortly, while members
-    /// remain (renewing the other would interrupt every stream it carries).
-    pub(super) fn edge_relay_ended(&mut self, room: &Ident, node: &str, push: bool) {
+    /// A relay of `room` with its origin `node` failed (`push`: this node's push to it, or its
+    /// relay from it; `None`: not said, both): that one, and only that one, is opened again
+    /// shortly, while members remain (renewing the other would interrupt every stream it
+    /// carries).
+    pub(super) fn edge_relay_ended(&mut self, room: &Ident, node: &str, push: Option<bool>) {
         if let Some(r) = self
             .cluster
             .as_mut()
@@ -423,9 +424,10 @@ impl Hub {
             .filter(|r| r.origin == node)
         {
             let at = Some(Instant::now() + REOPEN_AFTER);
-            if push {
+            if push != Some(false) {
                 r.repush_at = at;
-            } else {
+            }
+            if push != Some(true) {
                 r.reopen_at = at;
             }
         }
@@ -499,7 +501,13 @@ impl Hub {
                 // Not held here (any more, or yet again after a restart): the edge asks again
                 // a little later, until its members' sessions end.
                 debug!(%room, node = %from, "relay asked for a room not held here");
-                self.tell_node(from, Relay::MediaEnded { room, push: false });
+                self.tell_node(
+                    from,
+                    Relay::MediaEnded {
+                        room,
+                        push: Some(false),
+                    },
+                );
             }
             Relay::MediaAnswer {
                 room,
@@ -529,6 +537,19 @@ impl Hub {
                     offer_id,
                     fresh,
                 })
+            }
+            // An offer for a room this node neither holds nor has members of: the only node
+            // waiting for an answer is one pushing to what it took for the room's origin (it
+            // asks again a little later).
+            Relay::MediaOffer { room, .. } => {
+                debug!(%room, node = %from, "relay offer for a room not held here");
+                self.tell_node(
+                    from,
+                    Relay::MediaEnded {
+                        room,
+                        push: Some(true),
+                    },
+                );
             }
             Relay::MediaEnded { room, push } if edge_of(self, &room) => {
                 self.edge_relay_ended(&room, &from, push);
