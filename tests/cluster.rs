@@ -371,6 +371,16 @@ fn connections(metrics: &str, pc: &str) -> Vec<String> {
     users
 }
 
+/// The anchor unlinks `member` (`disconnect_user`).
+async fn unlink(anchor: &client::Member, member: &client::Member) {
+    anchor
+        .call(Request::DisconnectUser {
+            user: miclink_protocol::Ident::new(&member.user).expect("id"),
+        })
+        .await
+        .expect("unlinked");
+}
+
 /// A member applies (on whatever node it is connected to) and the anchor accepts on a.
 async fn admit(anchor: &mut client::Member, member: &mut client::Member) {
     let accept = async {
@@ -541,12 +551,7 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
 
     // The anchor unlinks member-b on a: its media stops reaching b and c at once (what is on
     // the wire lands within a moment; nothing comes after).
-    anchor
-        .call(Request::DisconnectUser {
-            user: miclink_protocol::Ident::new(&member_b.user).expect("id"),
-        })
-        .await
-        .expect("unlinked");
+    unlink(&anchor, &member_b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after: Vec<usize> = [&viewer_b, &viewer_c1, &anchor]
         .iter()
@@ -566,12 +571,7 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
     // its push to a yet): a stops forwarding member-c at once and makes no stand-in again
     // from the streams c still pushes (its seats do not allow member-c any more).
     let frozen = c.freeze();
-    anchor
-        .call(Request::DisconnectUser {
-            user: miclink_protocol::Ident::new(&member_c.user).expect("id"),
-        })
-        .await
-        .expect("unlinked");
+    unlink(&anchor, &member_c).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics_a = a.metrics().await;
     assert_eq!(

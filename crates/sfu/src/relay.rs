@@ -50,10 +50,12 @@ pub(crate) struct RelayIn {
     pub(crate) streams: HashMap<String, Carried>,
 }
 
-/// A stream a relay carries, as rtc opened it.
+/// A stream a relay carries, as rtc opened it, and what its track id says.
 #[derive(Clone)]
 pub(crate) struct Carried {
     publisher: Ident,
+    seat: u32,
+    rid: Option<String>,
     receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
     ssrc: u32,
 }
@@ -334,14 +336,12 @@ impl MediaCore {
             .peers
             .get(&id)
             .and_then(|p| p.relay_from.as_ref())
+            // Every stream taken up (`tracks`) is one the relay carries (`streams`).
             .map(|r| {
                 r.streams
                     .keys()
-                    .chain(r.tracks.keys())
                     .filter(|t| !sent.contains(*t))
                     .cloned()
-                    .collect::<HashSet<_>>()
-                    .into_iter()
                     .collect()
             })
             .unwrap_or_default();
@@ -435,33 +435,29 @@ impl MediaCore {
                 );
                 return;
             }
-            r.streams.insert(
-                track_id.clone(),
-                Carried {
-                    publisher: publisher.clone(),
-                    receiver,
-                    ssrc,
-                },
-            );
+            let carried = Carried {
+                publisher,
+                seat,
+                rid,
+                receiver,
+                ssrc,
+            };
+            r.streams.insert(track_id.clone(), carried.clone());
+            self.take_up(now, id, track_id, carried);
         }
-        self.take_up(now, id, track_id, seat, rid, publisher, receiver, ssrc);
     }
 
     /// Feed relayed stream `track_id` to the stand-in for its publisher here, unless the
     /// publisher publishes here or through another relay still: then it waits (`streams`) until
     /// [`MediaCore::take_up_waiting`] finds the place free.
-    #[allow(clippy::too_many_arguments)]
-    fn take_up(
-        &mut self,
-        now: Instant,
-        id: PeerId,
-        track_id: String,
-        seat: u32,
-        rid: Option<String>,
-        publisher: Ident,
-        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
-        ssrc: u32,
-    ) {
+    fn take_up(&mut self, now: Instant, id: PeerId, track_id: String, carried: Carried) {
+        let Carried {
+            publisher,
+            seat,
+            rid,
+            receiver,
+            ssrc,
+        } = carried;
         let Some(relay) = self.peers.get_mut(&id) else {
             return;
         };
@@ -613,14 +609,11 @@ impl MediaCore {
                 }
             }
         }
-        for (id, track, c) in unfed {
-            let Some((seat, rid)) = parse_relay_track_id(&track) else {
-                continue;
-            };
+        for (id, track, carried) in unfed {
             if let Some(r) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
                 r.tracks.remove(&track);
             }
-            self.take_up(now, id, track, seat, rid, c.publisher, c.receiver, c.ssrc);
+            self.take_up(now, id, track, carried);
         }
     }
 

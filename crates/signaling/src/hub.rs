@@ -1142,12 +1142,8 @@ impl Hub {
                     .filter(|conn| self.conns.get(conn).is_some_and(|c| c.http))
                     && let Some(node) = self.conns.get(&conn).and_then(|c| c.remote.clone())
                 {
-                    self.relay_request(conn, node, 0, Request::Leave);
-                    self.edge_conn_ends(conn, true);
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.remote = None;
-                    }
-                    self.queue(conn, Outbound::Unbound);
+                    self.relay_request(conn, node.clone(), 0, Request::Leave);
+                    self.origin_says(&node, conn, Outbound::Unbound);
                 }
             }
             MediaEvent::RelayOffer {
