@@ -399,3 +399,101 @@ async fn idle_garbage_and_oversized_tcp_connections_are_closed_and_keep_nobody_o
     probe.close().await;
     anchor.close().await;
 }
+
+/// A binding request naming server ufrag `ufrag`, framed for ICE-TCP (RFC 4571).
+fn framed_check(ufrag: &str) -> Vec<u8> {
+    let username = format!("{ufrag}:client");
+    let padded = username.len().div_ceil(4) * 4;
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    m.extend_from_slice(&[7; 12]);
+    m.extend_from_slice(&6u16.to_be_bytes());
+    m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    m.extend_from_slice(username.as_bytes());
+    m.resize(20 + 4 + padded, 0);
+    let mut framed = (m.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&m);
+    framed
+}
+
+/// Whether the server closes `stream` within `limit` (the read ends or fails).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Issue 26, item 4: the pending deadline was enforced only when something else woke the media
+/// loop, so silent connections to an idle server held their descriptors until the next HTTP
+/// request; and a check naming a ufrag nobody has kept its connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_connections_to_an_idle_server_close_at_their_deadline_and_unknown_ufrags_at_once()
+ {
+    let server = common::server().await;
+    // The media port's number, from a subscribe offer; then everybody leaves, and the loops
+    // hold nothing that needs time.
+    let started = Instant::now();
+    let stop = Arc::new(Notify::new());
+    let anchor =
+        common::client_anchor(&server, started, &[StreamSpec::audio(32_000)], stop.clone()).await;
+    let probe = common::client_join(
+        &server,
+        "probe",
+        Role::Audience,
+        Recv::new(started),
+        Options::default(),
+    )
+    .await;
+    let deadline = Instant::now() + common::WAIT;
+    while probe.offers_answered() == 0 {
+        assert!(Instant::now() < deadline, "no offer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let offer = probe.last_offer().await;
+    let port =
+        passive_port(&offer).unwrap_or_else(|| panic!("no passive TCP candidate in {offer}"));
+    stop.notify_waiters();
+    probe.close().await;
+    anchor.close().await;
+    let deadline = Instant::now() + common::WAIT;
+    while server.health().await["media"]["peers"] != 0 {
+        assert!(Instant::now() < deadline, "connections left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A check naming a ufrag no connection has, on either loop's prefix: closed at once.
+    for ufrag in ["00deadbeefdeadbe", "01deadbeefdeadbe"] {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        c.write_all(&framed_check(ufrag)).await.expect("write");
+        assert!(
+            closed_within(&mut c, Duration::from_secs(2)).await,
+            "a check for unknown ufrag {ufrag} kept its connection"
+        );
+    }
+
+    // Silent connections, and nothing else touching the server: each is closed by its 5 s
+    // pending deadline, not by the next request that happens to wake the loop.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    for (i, c) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, Duration::from_secs(9)).await,
+            "silent connection {i} still open past its deadline"
+        );
+    }
+}

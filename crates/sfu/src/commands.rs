@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
 use crate::peer::PeerId;
+use crate::sdp::{Purpose, Sdp};
 use crate::track::Negotiated;
 use crate::{
     MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions, layers,
@@ -393,6 +394,7 @@ impl MediaCore {
         if !allowed {
             return Err(SfuError::NotAllowed);
         }
+        Sdp::checked(&offer, Purpose::Publish)?;
         let kinds = offered_kinds(&offer);
         let simulcast = offered_layers(&offer);
         let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
@@ -467,6 +469,9 @@ impl MediaCore {
             peer.pc.set_local_description(now, answer.clone())?;
             Ok::<_, rtc::shared::error::Error>(answer.sdp)
         })();
+        if answer.is_ok() {
+            peer.negotiated(now);
+        }
         answer.map_err(|e| {
             self.remove_peer(id);
             SfuError::BadSdp(e.to_string())
@@ -512,11 +517,13 @@ impl MediaCore {
                 latest: peer.offer_id,
             });
         }
+        Sdp::checked(&answer, Purpose::Answer)?;
         let answer = RTCSessionDescription::answer(without_ice_lite(&answer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         peer.pc
             .set_remote_description(now, answer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        peer.negotiated(now);
         peer.pending_offer = None;
         peer.new_connection = false;
         let early = peer.early.take();

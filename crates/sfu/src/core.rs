@@ -140,6 +140,9 @@ pub enum Route {
     /// Not a check, from an address no connection here has: the driver may know which loop
     /// owns it; otherwise it is garbage.
     Unknown,
+    /// A check naming a ufrag this loop owns but no connection has (closed, or made up):
+    /// dropped and counted; a TCP connection that opens with one is closed at once.
+    Refused,
 }
 
 #[derive(Default)]
@@ -467,7 +470,7 @@ impl MediaCore {
                 }
                 let Some(&id) = self.by_ufrag.get(ufrag) else {
                     self.stats.datagrams_dropped += 1;
-                    return Route::Handled;
+                    return Route::Refused;
                 };
                 id
             }
@@ -574,6 +577,7 @@ impl MediaCore {
         }
         if tick {
             self.last_tick = Some(now);
+            self.expire_unconnected(now);
             self.take_up_waiting(now);
             if self.allocate_all(now) {
                 self.probes(now);

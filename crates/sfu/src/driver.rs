@@ -308,8 +308,12 @@ impl Driver {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = if self.readable.is_empty() {
-                self.core
-                    .poll_timeout()
+                // The core's timers, and the ICE-TCP pending deadline: an idle loop must still
+                // close the connections that never sent a check.
+                [self.core.poll_timeout(), self.tcp_sweep_due()]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map(|t| t.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
@@ -493,7 +497,7 @@ impl Driver {
             None => self.core.handle_datagram(now, from, data),
         };
         let owner = match route {
-            Route::Handled => return,
+            Route::Handled | Route::Refused => return,
             // Only for a ufrag some loop has: a made-up one is dropped here, not queued there.
             Route::Loop(owner) => crate::stun::server_ufrag(data)
                 .filter(|u| self.shared.ufrags.read().is_ok_and(|set| set.contains(*u)))
@@ -792,11 +796,13 @@ impl Driver {
                     }
                     return (false, taken);
                 }
-                // Not a check, and nobody here knows the connection: garbage.
-                Route::Loop(_) | Route::Unknown if pending => {
+                // Not a check, a check for no live connection, or nobody here knows the
+                // connection: garbage.
+                Route::Loop(_) | Route::Unknown | Route::Refused if pending => {
                     self.close_tcp(now, token, true);
                     return (false, taken);
                 }
+                Route::Refused => {}
                 Route::Loop(_) | Route::Unknown => self.stats.dropped_unknown += 1,
             }
         }
@@ -821,6 +827,17 @@ impl Driver {
             }
             self.core.handle_tcp_closed(now, conn.peer);
         }
+    }
+
+    /// When [`Driver::sweep_tcp`] has a pending connection to close: its deadline, but no
+    /// sooner than the sweep's once-a-second pace (a deadline just missed must not make the
+    /// loop spin until the next sweep).
+    fn tcp_sweep_due(&self) -> Option<Instant> {
+        let expiry = self.tcp.next_expiry()?;
+        Some(match self.tcp_swept {
+            Some(t) => expiry.max(t + Duration::from_secs(1)),
+            None => expiry,
+        })
     }
 
     /// Close connections that stayed pending too long (looked at once a second).

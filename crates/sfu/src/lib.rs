@@ -33,6 +33,7 @@ mod pii;
 mod probe;
 mod relay;
 mod resend;
+mod sdp;
 mod seq;
 mod shed;
 pub mod sim;
@@ -52,6 +53,7 @@ pub use handle::{Sfu, SfuConfig};
 pub use miclink_protocol::PeerConnectionKind as PcKind;
 pub use miclink_seats::MediaChange;
 pub use pii::Pii;
+pub use sdp::{Purpose as SdpPurpose, Sdp};
 pub use speakers::SPEAKERS_INTERVAL;
 pub use stats::{PeerStats, SfuStats};
 

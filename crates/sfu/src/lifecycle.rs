@@ -118,6 +118,31 @@ impl MediaCore {
         }
     }
 
+    /// Close the connections whose connect deadline passed before they connected, as if ICE
+    /// had failed: a WHEP player is gone, a subscriber's connection is rebuilt, a relay asked
+    /// for again, a publisher's seat stays for its next offer.
+    pub(crate) fn expire_unconnected(&mut self, now: Instant) {
+        let late: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.connected && p.connect_by.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.stats.connect_timeouts += 1;
+            if let Some(p) = self.peers.get(&id) {
+                info!(parent: &p.span, "not connected by the connect deadline; closed");
+            }
+            self.peer_event(
+                now,
+                id,
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Failed,
+                ),
+            );
+        }
+    }
+
     pub(crate) fn schedule_rebuild(&mut self, now: Instant, room: Ident, user: Ident) {
         let member = self
             .rooms

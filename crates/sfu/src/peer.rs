@@ -54,6 +54,12 @@ pub(crate) const EARLY_DATAGRAMS: usize = 16;
 const ICE_DISCONNECTED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
 const ICE_FAILED_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
 
+/// How long a connection may take to connect (ICE, then DTLS) once its offer and answer were
+/// exchanged. A browser on a bad network takes a few seconds; a connection nobody completes
+/// (an abandoned WHEP or WHIP offer, a client that vanished) would otherwise hold its place
+/// until ICE gives up, a minute or more.
+pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
 pub(crate) struct Peer {
     pub(crate) pc: RTCPeerConnection,
     pub(crate) room: Ident,
@@ -65,6 +71,9 @@ pub(crate) struct Peer {
     /// Remote addresses learned from the client's checks, at most [`MAX_ADDRS`].
     pub(crate) addrs: Vec<Remote>,
     pub(crate) connected: bool,
+    /// Set once descriptions were exchanged: a connection not connected (ICE and DTLS) by then
+    /// is closed as failed ([`CONNECT_DEADLINE`]).
+    pub(crate) connect_by: Option<Instant>,
     /// Publish connections: the simulcast layers its offer announced by name (rids `q`, `h`,
     /// `f`), seen or not yet; empty without simulcast or with other rids.
     pub(crate) simulcast: Vec<miclink_protocol::VideoQuality>,
@@ -115,6 +124,14 @@ pub(crate) struct Peer {
 impl Peer {
     pub(crate) fn offer_pending(&self) -> bool {
         self.pending_offer.is_some()
+    }
+
+    /// Descriptions were exchanged at `now`: the connection's deadline starts, unless it is
+    /// connected already (a renegotiation) or running (a second exchange before connecting).
+    pub(crate) fn negotiated(&mut self, now: Instant) {
+        if !self.connected && self.connect_by.is_none() {
+            self.connect_by = Some(now + CONNECT_DEADLINE);
+        }
     }
 
     /// NACKs this publish connection sent since the last read (none for a subscribe one).
@@ -234,6 +251,7 @@ impl PeerFactory {
             link: 0,
             addrs: Vec::new(),
             connected: false,
+            connect_by: None,
             tracks: HashMap::new(),
             outs: HashMap::new(),
             pending_offer: None,

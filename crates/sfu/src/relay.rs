@@ -302,6 +302,7 @@ impl MediaCore {
         sdp: &str,
         fresh: bool,
     ) -> Result<String, SfuError> {
+        crate::sdp::Sdp::checked(sdp, crate::sdp::Purpose::Answer)?;
         let current = self
             .rooms
             .get(room)

@@ -116,6 +116,12 @@ counters! {
     republished,
     /// Connections refused because a loop held as many as the open file limit leaves room for.
     peers_refused,
+    /// Connections closed because ICE and DTLS had not completed within the connect deadline
+    /// (10 s) of their description exchange: an abandoned offer frees its place.
+    connect_timeouts,
+    /// WHEP viewers refused because the loop's connections were at the share kept for
+    /// publishers and members (so a flood of players never keeps an anchor from going live).
+    watch_refused,
 }
 
 /// Counters of one peer connection.

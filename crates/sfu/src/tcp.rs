@@ -289,6 +289,15 @@ impl Conns {
         }
     }
 
+    /// When the connection pending longest reaches [`PENDING_TIMEOUT`].
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.by_token
+            .values()
+            .filter_map(|c| c.pending_since)
+            .min()
+            .map(|since| since + PENDING_TIMEOUT)
+    }
+
     /// Connections pending for longer than [`PENDING_TIMEOUT`].
     pub(crate) fn expired(&self, now: Instant) -> Vec<Token> {
         self.by_token

@@ -22,6 +22,11 @@ use crate::{MediaCore, PcKind, SfuError};
 /// Slots one viewer may open: one per seat.
 pub(crate) const MAX_SLOTS: usize = 10;
 
+/// Connections of a loop that WHEP players may not take: an eighth.
+pub(crate) fn watch_reserve(max_peers: usize) -> usize {
+    max_peers / 8
+}
+
 /// One place of a WHEP viewer's offer: an audio and a video transceiver.
 #[derive(Default)]
 pub(crate) struct Slot {
@@ -134,6 +139,7 @@ impl MediaCore {
         {
             return Err(SfuError::NotInRoom);
         }
+        crate::sdp::Sdp::checked(&offer, crate::sdp::Purpose::Watch { seats: MAX_SLOTS })?;
         let (audio, video) = receiving_sections(&offer);
         let slots = audio.max(video).min(MAX_SLOTS);
         if slots == 0 {
@@ -146,6 +152,17 @@ impl MediaCore {
         }
         if let Some(old) = self.room_peer(room, user, PcKind::Subscribe) {
             self.remove_peer(old);
+        }
+        // Players take their places from a share of the loop's connections, so that however
+        // many post offers, an anchor can still go live and members can still join.
+        if self.peers.len()
+            >= self
+                .config
+                .max_peers
+                .saturating_sub(watch_reserve(self.config.max_peers))
+        {
+            self.stats.watch_refused += 1;
+            return Err(SfuError::AtCapacity);
         }
         let id = self.new_peer(now, room, user, PcKind::Subscribe, false)?;
         let order = self.seat_order(room, user);

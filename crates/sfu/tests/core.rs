@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use miclink_protocol::Ident;
 use miclink_sfu::sim::{ClientId, Codec, Net, Received};
-use miclink_sfu::{MediaCommand, MediaEvent, PcKind, ReplyTo};
+use miclink_sfu::{MediaCommand, MediaEvent, PcKind, ReplyTo, SfuError};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 const FRAME: Duration = Duration::from_millis(20);
@@ -893,4 +893,95 @@ fn publish_reports_carry_the_seating_they_belong_to() {
     net.publish(g, &[Codec::Opus, Codec::Vp8])
         .expect("publish again");
     assert_eq!(reports(&net).last(), Some(&(true, true, 8)));
+}
+
+/// A receive-only offer (an audio and a video section) from a player that will never connect.
+fn abandoned_whep_offer() -> String {
+    let section = |kind: &str, mid: u32, pt: u32, codec: &str| {
+        format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\n\
+             a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 \
+             AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\n\
+             a=setup:actpass\r\na=mid:{mid}\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:{pt} {codec}\r\n"
+        )
+    };
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n{}{}",
+        section("audio", 0, 111, "opus/48000/2"),
+        section("video", 1, 96, "VP8/90000")
+    )
+}
+
+/// A player of `room` (`user`): a member making its own offers, watching with `offer`.
+fn watch(net: &mut Net, room: &str, user: &str, offer: &str) -> Result<String, SfuError> {
+    net.send_command(MediaCommand::Seats(miclink_sfu::MediaChange::Subscribe {
+        room: id(room),
+        user: id(user),
+    }));
+    net.send_command(MediaCommand::OwnOffers {
+        room: id(room),
+        user: id(user),
+    });
+    let reply = ReplyTo { conn: 7, id: 7 };
+    net.send_command(MediaCommand::Watch {
+        room: id(room),
+        user: id(user),
+        offer: offer.to_owned(),
+        reply,
+    });
+    net.events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            MediaEvent::PublishAnswer { reply: r, result } if *r == reply => Some(result.clone()),
+            _ => None,
+        })
+        .expect("the watch was answered")
+}
+
+#[test]
+fn whep_players_leave_publishers_a_share_of_the_loop() {
+    // 16 places, 2 (an eighth) kept from players.
+    let mut net = Net::with_max_peers(16);
+    let (mut anchor, _viewer) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 20);
+    let held = net.core.peers();
+    let offer = abandoned_whep_offer();
+    let mut answered = 0;
+    for n in 0..20 {
+        match watch(&mut net, "r", &format!("player{n}"), &offer) {
+            Ok(_) => answered += 1,
+            Err(SfuError::AtCapacity) => break,
+            Err(e) => panic!("player {n}: {e}"),
+        }
+    }
+    assert_eq!(held + answered, 14, "players stop at 16 less the 2 kept");
+    assert_eq!(net.core.stats(net.now).watch_refused, 1);
+    // A member going on a seat still gets a publish connection.
+    net.allow("r", "guest", 1, true, false);
+    let guest = net.enter("r", "guest");
+    net.publish(guest, &[Codec::Opus])
+        .expect("a publisher takes a place kept from players");
+}
+
+#[test]
+fn a_connection_that_never_connects_is_closed_at_the_connect_deadline() {
+    let mut net = Net::new();
+    let (mut anchor, _viewer) = live(&mut net, Codec::Vp8);
+    run(&mut net, &mut [&mut anchor], 20);
+    let before = net.core.peers();
+    watch(&mut net, "r", "player", &abandoned_whep_offer()).expect("answered");
+    assert_eq!(net.core.peers(), before + 1);
+    // Still there just before the deadline...
+    run(&mut net, &mut [&mut anchor], 9_500 / 20);
+    assert_eq!(net.core.peers(), before + 1);
+    // ... and gone after it, the player's session told it ended; the connected ones stay.
+    run(&mut net, &mut [&mut anchor], 1_000 / 20);
+    assert_eq!(net.core.peers(), before);
+    assert_eq!(net.core.stats(net.now).connect_timeouts, 1);
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, MediaEvent::WatchEnded { user, .. } if user.as_str() == "player"))
+    );
 }

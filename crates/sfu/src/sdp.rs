@@ -1,0 +1,303 @@
+//! The SFU's reader of the session descriptions clients send, and the shape it holds them to
+//! before the WebRTC stack sees them.
+//!
+//! A description is parsed once with webrtc-rs's `sdp` crate into [`Sdp`]; its sections are
+//! then counted against the bounds of what the description is for ([`Purpose`]). rtc would build
+//! a transceiver, a codec table and an answer section for every m-section it is offered, so an
+//! offer of a few hundred sections costs a megabyte and an answer of tens of kilobytes: those are
+//! refused here with a `bad_sdp` saying which bound they broke, never handed on.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+
+use rtc::sdp::{MediaDescription, SessionDescription};
+
+use crate::SfuError;
+
+/// Simulcast streams one video section may announce (rule 14).
+pub(crate) const MAX_RIDS: usize = 3;
+/// Distinct SSRCs one section may name: three simulcast streams, their repair streams, FEC.
+pub(crate) const MAX_SSRCS: usize = 8;
+/// `a=ssrc:` lines of one section (a browser writes up to four per SSRC).
+pub(crate) const MAX_SSRC_LINES: usize = 48;
+/// ICE candidates of one section (or of the session level). A browser that gathered before
+/// offering repeats its candidates in every section, each interface with a UDP and a TCP host
+/// candidate, a reflexive and a relayed one: a handful of interfaces stays well under this.
+pub(crate) const MAX_CANDIDATES: usize = 32;
+/// Payload types one section may list: a browser's video section lists about 40.
+pub(crate) const MAX_FORMATS: usize = 64;
+/// Header extensions of one section.
+pub(crate) const MAX_EXTMAPS: usize = 32;
+/// Attribute lines of one section: a browser's video section has about 150.
+pub(crate) const MAX_ATTRIBUTES: usize = 400;
+/// Sections of an answer to the server's own offers: a relay carries a room's every seat with
+/// every simulcast layer (10 × 4), a subscriber at most two per seat.
+pub(crate) const MAX_ANSWER_SECTIONS: usize = 64;
+
+/// What a description is for, and so how many sections of each kind it may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A publisher's offer (`publish`, WHIP): one audio and one video section at most, and
+    /// room for one more (a data channel, or a section the client stopped).
+    Publish,
+    /// A WHEP player's offer: an audio and a video section per seat it asks for.
+    Watch { seats: usize },
+    /// An answer to one of the server's offers, or another node's relay description.
+    Answer,
+}
+
+/// A parsed description.
+pub struct Sdp {
+    description: SessionDescription,
+}
+
+impl std::fmt::Debug for Sdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sdp")
+            .field("sections", &self.description.media_descriptions.len())
+            .finish()
+    }
+}
+
+fn bad(why: String) -> SfuError {
+    SfuError::BadSdp(why)
+}
+
+impl Sdp {
+    /// Parse `text`.
+    pub fn parse(text: &str) -> Result<Sdp, SfuError> {
+        let description = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
+            .map_err(|e| bad(format!("not a session description: {e}")))?;
+        Ok(Sdp { description })
+    }
+
+    /// Parse `text` and hold it to the bounds of `purpose`.
+    pub fn checked(text: &str, purpose: Purpose) -> Result<Sdp, SfuError> {
+        let sdp = Sdp::parse(text)?;
+        sdp.check(purpose)?;
+        Ok(sdp)
+    }
+
+    pub fn sections(&self) -> &[MediaDescription] {
+        &self.description.media_descriptions
+    }
+
+    /// Whether the description's sections and their contents stay within the bounds of
+    /// `purpose`; the error names the bound.
+    pub fn check(&self, purpose: Purpose) -> Result<(), SfuError> {
+        let sections = self.sections();
+        let count = |kind: &str| {
+            sections
+                .iter()
+                .filter(|m| m.media_name.media == kind && m.media_name.port.value != 0)
+                .count()
+        };
+        let (audio, video) = (count("audio"), count("video"));
+        let (max_each, max_all, what) = match purpose {
+            Purpose::Publish => (1, 3, "a publish offer"),
+            Purpose::Watch { seats } => (seats, 2 * seats + 1, "a WHEP offer"),
+            Purpose::Answer => (MAX_ANSWER_SECTIONS, MAX_ANSWER_SECTIONS, "an answer"),
+        };
+        if sections.len() > max_all {
+            return Err(bad(format!(
+                "{what} may have at most {max_all} m-sections; this one has {}",
+                sections.len()
+            )));
+        }
+        if audio > max_each || video > max_each {
+            return Err(bad(format!(
+                "{what} may have at most {max_each} audio and {max_each} video m-sections; \
+                 this one has {audio} and {video}"
+            )));
+        }
+        let session_candidates = self
+            .description
+            .attributes
+            .iter()
+            .filter(|a| a.is_ice_candidate())
+            .count();
+        if session_candidates > MAX_CANDIDATES {
+            return Err(bad(format!(
+                "the session level lists {session_candidates} ICE candidates; at most {MAX_CANDIDATES}"
+            )));
+        }
+        for (i, m) in sections.iter().enumerate() {
+            let formats = m.media_name.formats.len();
+            if formats > MAX_FORMATS {
+                return Err(bad(format!(
+                    "m-section {i} lists {formats} payload types; at most {MAX_FORMATS}"
+                )));
+            }
+            if m.attributes.len() > MAX_ATTRIBUTES {
+                return Err(bad(format!(
+                    "m-section {i} has {} attribute lines; at most {MAX_ATTRIBUTES}",
+                    m.attributes.len()
+                )));
+            }
+            let rids: HashSet<&str> = values(m, "rid")
+                .filter_map(|v| v.split_whitespace().next())
+                .collect();
+            if rids.len() > MAX_RIDS {
+                return Err(bad(format!(
+                    "m-section {i} announces {} rids; at most {MAX_RIDS} simulcast layers",
+                    rids.len()
+                )));
+            }
+            let ssrc_lines: Vec<&str> = values(m, "ssrc").collect();
+            if ssrc_lines.len() > MAX_SSRC_LINES {
+                return Err(bad(format!(
+                    "m-section {i} has {} a=ssrc lines; at most {MAX_SSRC_LINES}",
+                    ssrc_lines.len()
+                )));
+            }
+            let ssrcs: HashSet<&str> = ssrc_lines
+                .iter()
+                .filter_map(|v| v.split_whitespace().next())
+                .collect();
+            if ssrcs.len() > MAX_SSRCS {
+                return Err(bad(format!(
+                    "m-section {i} names {} SSRCs; at most {MAX_SSRCS}",
+                    ssrcs.len()
+                )));
+            }
+            let extmaps = values(m, "extmap").count();
+            if extmaps > MAX_EXTMAPS {
+                return Err(bad(format!(
+                    "m-section {i} has {extmaps} header extensions; at most {MAX_EXTMAPS}"
+                )));
+            }
+            let candidates = m.attributes.iter().filter(|a| a.is_ice_candidate()).count();
+            if candidates > MAX_CANDIDATES {
+                return Err(bad(format!(
+                    "m-section {i} lists {candidates} ICE candidates; at most {MAX_CANDIDATES}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values of `key`'s attributes in section `m`.
+fn values<'a>(m: &'a MediaDescription, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    m.attributes
+        .iter()
+        .filter(move |a| a.key == key)
+        .filter_map(|a| a.value.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n";
+
+    fn section(kind: &str, mid: usize, extra: &str) -> String {
+        let pt = if kind == "audio" { 111 } else { 96 };
+        let codec = if kind == "audio" {
+            "opus/48000/2"
+        } else {
+            "VP8/90000"
+        };
+        format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=sendonly\r\na=rtpmap:{pt} {codec}\r\n{extra}"
+        )
+    }
+
+    fn offer(sections: &[(&str, &str)]) -> String {
+        let mut s = HEAD.to_owned();
+        for (i, (kind, extra)) in sections.iter().enumerate() {
+            s += &section(kind, i, extra);
+        }
+        s
+    }
+
+    fn refused(sdp: &str, purpose: Purpose) -> String {
+        match Sdp::checked(sdp, purpose) {
+            Err(SfuError::BadSdp(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_browser_shaped_offer_passes_and_a_publish_offer_has_one_section_of_each_kind() {
+        let simulcast =
+            "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n";
+        let ok = offer(&[("audio", ""), ("video", simulcast)]);
+        Sdp::checked(&ok, Purpose::Publish).expect("a browser's publish offer");
+        let two_videos = offer(&[("audio", ""), ("video", ""), ("video", "")]);
+        let why = refused(&two_videos, Purpose::Publish);
+        assert!(why.contains("1 audio and 1 video"), "{why}");
+        let many: Vec<(&str, &str)> = (0..215)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ("audio", "")
+                } else {
+                    ("video", "")
+                }
+            })
+            .collect();
+        let why = refused(&offer(&many), Purpose::Publish);
+        assert!(
+            why.contains("at most 3 m-sections; this one has 215"),
+            "{why}"
+        );
+        assert!(Sdp::checked("garbage", Purpose::Publish).is_err());
+    }
+
+    #[test]
+    fn a_whep_offer_has_a_pair_per_seat_at_most() {
+        let pairs = |n: usize| -> Vec<(&str, &str)> {
+            (0..2 * n)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        ("video", "")
+                    } else {
+                        ("audio", "")
+                    }
+                })
+                .collect()
+        };
+        Sdp::checked(&offer(&pairs(10)), Purpose::Watch { seats: 10 }).expect("ten seats");
+        let why = refused(&offer(&pairs(11)), Purpose::Watch { seats: 10 });
+        assert!(why.contains("WHEP"), "{why}");
+    }
+
+    #[test]
+    fn rids_ssrcs_candidates_and_formats_are_bounded() {
+        let rids: String = (0..4).map(|i| format!("a=rid:r{i} send\r\n")).collect();
+        let why = refused(&offer(&[("video", &rids)]), Purpose::Publish);
+        assert!(why.contains("4 rids"), "{why}");
+        let rids: String = (0..1500).map(|i| format!("a=rid:r{i} send\r\n")).collect();
+        let why = refused(&offer(&[("video", &rids)]), Purpose::Publish);
+        assert!(why.contains("1503 attribute lines"), "{why}");
+        let ssrcs: String = (0..9).map(|i| format!("a=ssrc:{i} cname:x\r\n")).collect();
+        let why = refused(&offer(&[("video", &ssrcs)]), Purpose::Publish);
+        assert!(why.contains("9 SSRCs"), "{why}");
+        let lines: String = (0..49).map(|_| "a=ssrc:1 cname:x\r\n").collect();
+        let why = refused(&offer(&[("video", &lines)]), Purpose::Publish);
+        assert!(why.contains("49 a=ssrc lines"), "{why}");
+        // A browser's 16 candidates in each of two sections pass; 33 in one do not.
+        let cands = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("a=candidate:{i} 1 udp 1 198.51.100.{i} 9 typ host\r\n"))
+                .collect()
+        };
+        let sixteen = cands(16);
+        Sdp::checked(
+            &offer(&[("audio", &sixteen), ("video", &sixteen)]),
+            Purpose::Publish,
+        )
+        .expect("a gathered browser offer");
+        let why = refused(&offer(&[("audio", &cands(33))]), Purpose::Publish);
+        assert!(why.contains("m-section 0 lists 33 ICE candidates"), "{why}");
+        let formats: String = (0..65).map(|i| format!(" {}", 30 + i)).collect();
+        let wide = format!("{HEAD}m=video 9 UDP/TLS/RTP/SAVPF{formats}\r\na=mid:0\r\n");
+        let why = refused(&wide, Purpose::Publish);
+        assert!(why.contains("65 payload types"), "{why}");
+        let exts: String = (1..=33)
+            .map(|i| format!("a=extmap:{i} urn:x:{i}\r\n"))
+            .collect();
+        let why = refused(&offer(&[("audio", &exts)]), Purpose::Publish);
+        assert!(why.contains("33 header extensions"), "{why}");
+    }
+}
