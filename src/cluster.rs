@@ -6,7 +6,8 @@
 //! - **Relay out**: the hub asks which node holds a room a socket joins (the room is claimed for
 //!   this node when nobody holds it; each lookup in a task of its own) and hands over what must
 //!   reach other nodes, which goes to their inboxes as JSON [`Envelope`]s, in order.
-//! - **Inbox**: what other nodes send this one goes to the hub.
+//! - **Inbox**: what other nodes send this one goes to the hub, once the cluster crate has
+//!   checked who sent it (signed with the cluster secret by a live node, fresh, not a replay).
 //! - **Heartbeat**: every interval the node renews its registry entry and its claims, claims the
 //!   rooms it holds that it has not claimed yet, releases those it no longer holds, and reads
 //!   the registry: a node lost is told to the hub, which ends the relayed sessions of rooms that
@@ -22,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use miclink_cluster::{Claim, Cluster, ClusterError, Load, Membership};
+use miclink_cluster::{Claim, Cluster, ClusterError, Load, Membership, Refused};
 use miclink_signaling::Signaling;
-use miclink_signaling::relay::{Envelope, RelayOut};
+use miclink_signaling::relay::{Envelope, Relay, RelayOut};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -44,8 +45,10 @@ pub(crate) struct ClusterState {
     /// Messages to and from other nodes.
     pub(crate) relayed_out: AtomicU64,
     pub(crate) relayed_in: AtomicU64,
-    /// Inbox messages that were not an envelope.
+    /// Inbox messages that were signed by a live node but were not a relay message.
     pub(crate) bad_messages: AtomicU64,
+    /// What the cluster crate refused to believe: messages and records, by reason.
+    pub(crate) refused: Arc<Refused>,
     /// Whether the last beat reached Redis.
     pub(crate) redis_up: AtomicBool,
 }
@@ -117,6 +120,7 @@ pub(crate) async fn run(
             Ok(changes) => {
                 for node in changes.joined {
                     info!(%node, "cluster node joined");
+                    signaling.node_joined(node).await;
                 }
                 for node in changes.lost {
                     warn!(%node, "cluster node lost");
@@ -150,14 +154,16 @@ async fn inbox(cluster: Cluster, signaling: Signaling, state: Arc<ClusterState>)
         match cluster.inbox().await {
             Ok(mut inbox) => {
                 while let Some(message) = inbox.next().await {
-                    match serde_json::from_slice::<Envelope>(&message) {
-                        Ok(envelope) => {
+                    // Who sent it is the signature's word, never the body's.
+                    match serde_json::from_slice::<Relay>(&message.body) {
+                        Ok(relay) => {
                             state.relayed_in.fetch_add(1, Ordering::Relaxed);
-                            signaling.deliver(envelope).await;
+                            let from = message.from;
+                            signaling.deliver(Envelope { from, relay }).await;
                         }
                         Err(e) => {
                             state.bad_messages.fetch_add(1, Ordering::Relaxed);
-                            warn!(error = %e, "an inbox message that is not an envelope was dropped");
+                            warn!(error = %e, from = %message.from, "an inbox message that is not a relay message was dropped");
                         }
                     }
                 }
@@ -235,11 +241,7 @@ async fn relay(
                 });
             }
             RelayOut::Send { node, relay } => {
-                let envelope = Envelope {
-                    from: cluster.node_id().to_owned(),
-                    relay,
-                };
-                let Ok(bytes) = serde_json::to_vec(&envelope) else {
+                let Ok(bytes) = serde_json::to_vec(&relay) else {
                     continue;
                 };
                 match cluster.send(&node, &bytes).await {

@@ -76,8 +76,9 @@ pub struct Args {
     /// configured without credentials.
     #[arg(long, env = "MICLINK_TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
-    /// Seconds the TURN credentials in a join reply stay valid [default: 86400]; they must outlast
-    /// the longest session, since the relay is refreshed with them.
+    /// Seconds the TURN credentials in a join (or resume) reply stay valid for starting a relay
+    /// [default: 3600]; a relay started in time lasts as long as the session (coturn checks
+    /// them when an allocation is made), so a short life bounds what a removed member keeps.
     #[arg(long, env = "MICLINK_TURN_TTL_S")]
     pub turn_ttl_s: Option<u64>,
     /// Print peer addresses as "[redacted]" in logs.
@@ -97,9 +98,34 @@ pub struct Args {
     /// Open connections from one client address, loopback excepted; 0 = no cap [default: 256].
     #[arg(long, env = "MICLINK_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
-    /// Redis that coordinates a cluster of nodes (redis://host:port/db). Unset: this node alone.
+    /// Another signaling server (ws:// or wss:// URL) the demo page may be pointed at with
+    /// `?server=`, repeatable [default: none: the page connects only to this server].
+    #[arg(
+        long = "demo-server",
+        env = "MICLINK_DEMO_SERVERS",
+        value_delimiter = ','
+    )]
+    pub demo_servers: Vec<String>,
+    /// WHIP and WHEP sessions one client address may hold at once, loopback excepted;
+    /// 0 = no cap [default: 16].
+    #[arg(long, env = "MICLINK_MAX_HTTP_MEDIA_PER_IP")]
+    pub max_http_media_per_ip: Option<usize>,
+    /// WHEP viewers one room may have at once [default: 500].
+    #[arg(long, env = "MICLINK_MAX_WHEP_PER_ROOM")]
+    pub max_whep_per_room: Option<usize>,
+    /// Redis that coordinates a cluster of nodes (redis://[user:password@]host:port/db, or
+    /// rediss:// for TLS). Unset: this node alone.
     #[arg(long, env = "MICLINK_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA a rediss:// server's certificate must chain to [default: the
+    /// system's roots].
+    #[arg(long, env = "MICLINK_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// Secret shared by every node of the cluster (at least 16 bytes): it signs what each node
+    /// writes to Redis, so nobody else can speak for one. Required unless Redis is on this
+    /// machine.
+    #[arg(long, env = "MICLINK_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// This node's name in the cluster: letters, digits, '-' and '_' [default: node-<random>].
     #[arg(long, env = "MICLINK_NODE_ID")]
     pub node_id: Option<String>,
@@ -130,7 +156,12 @@ struct FileConfig {
     metrics_token: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    max_http_media_per_ip: Option<usize>,
+    max_whep_per_room: Option<usize>,
+    demo_servers: Option<Vec<String>>,
     redis_url: Option<String>,
+    redis_ca: Option<PathBuf>,
+    cluster_secret: Option<String>,
     node_id: Option<String>,
     public_url: Option<String>,
 }
@@ -152,6 +183,8 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// This node in a cluster; `None`: alone.
     pub cluster: Option<ClusterConfig>,
+    /// Signaling servers besides this one that the demo page may connect to.
+    pub demo_servers: Vec<String>,
 }
 
 /// What one client may hold of the HTTP listener. WebSockets count for as long as they live.
@@ -189,6 +222,7 @@ impl Default for Config {
             http: HttpLimits::default(),
             metrics_token: None,
             cluster: None,
+            demo_servers: Vec::new(),
         }
     }
 }
@@ -255,7 +289,7 @@ impl Config {
             }
         }
         let turn_secret = args.turn_secret.or(file.turn_secret);
-        let turn_ttl = Duration::from_secs(args.turn_ttl_s.or(file.turn_ttl_s).unwrap_or(86_400));
+        let turn_ttl = Duration::from_secs(args.turn_ttl_s.or(file.turn_ttl_s).unwrap_or(3_600));
         let turn = match turn_secret {
             None => None,
             Some(secret) => {
@@ -320,11 +354,50 @@ impl Config {
         if max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
+        let demo_servers = if args.demo_servers.is_empty() {
+            file.demo_servers.unwrap_or_default()
+        } else {
+            args.demo_servers
+        };
+        for url in &demo_servers {
+            let ok = (url.starts_with("ws://") || url.starts_with("wss://"))
+                && url
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b";,'\"".contains(&b));
+            if !ok {
+                bail!("demo_servers entry {url:?} must be a ws:// or wss:// URL");
+            }
+        }
+        let whep_per_room = args
+            .max_whep_per_room
+            .or(file.max_whep_per_room)
+            .unwrap_or(defaults.signaling.whep_per_room);
+        if whep_per_room == 0 {
+            bail!("max_whep_per_room must be at least 1");
+        }
         let cluster = match args.redis_url.or(file.redis_url) {
             None => None,
             Some(url) => {
-                if !url.starts_with("redis://") {
-                    bail!("redis_url must be a redis:// URL");
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    bail!("redis_url must be a redis:// or rediss:// (TLS) URL");
+                }
+                let local = miclink_cluster::redis_is_local(&url)
+                    .map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
+                let secret = args.cluster_secret.or(file.cluster_secret);
+                match &secret {
+                    Some(s) if s.len() < 16 => bail!(
+                        "cluster_secret must be at least 16 bytes; a short secret can be guessed"
+                    ),
+                    None if !local => bail!(
+                        "redis_url names another machine but no cluster_secret is set: anyone \
+                         who can write to that Redis could speak for a node; set the same \
+                         cluster_secret (at least 16 bytes) on every node"
+                    ),
+                    _ => {}
+                }
+                let redis_ca = args.redis_ca.or(file.redis_ca);
+                if redis_ca.is_some() && !url.starts_with("rediss://") {
+                    bail!("redis_ca is for a rediss:// (TLS) redis_url");
                 }
                 let node_id = args
                     .node_id
@@ -341,6 +414,8 @@ impl Config {
                     bail!("public_url must be an http:// or https:// URL");
                 }
                 let mut cluster = ClusterConfig::new(&url, &node_id, &public_url);
+                cluster.secret = secret;
+                cluster.redis_ca = redis_ca;
                 // Where other nodes reach this one's media port: its public addresses, or the
                 // bound one when it is not a wildcard.
                 cluster.media = if public_ips.is_empty() {
@@ -369,6 +444,11 @@ impl Config {
                 ice_servers,
                 turn,
                 keepalive,
+                http_media_per_ip: args
+                    .max_http_media_per_ip
+                    .or(file.max_http_media_per_ip)
+                    .unwrap_or(defaults.signaling.http_media_per_ip),
+                whep_per_room,
                 ..defaults.signaling
             },
             media: Some(SfuConfig {
@@ -391,6 +471,7 @@ impl Config {
             },
             metrics_token,
             cluster,
+            demo_servers,
         })
     }
 }
@@ -484,6 +565,11 @@ credential = "p"
             (&["--metrics-token", "short"][..], "metrics_token"),
             (&["--max-connections", "0"][..], "max_connections"),
             (&["--redis-url", "http://x"][..], "redis_url"),
+            (&["--demo-server", "https://x/ws"][..], "demo_servers"),
+            (
+                &["--demo-server", "wss://x/ws; script-src *"][..],
+                "demo_servers",
+            ),
             (
                 &["--redis-url", "redis://127.0.0.1/", "--node-id", "a:b"][..],
                 "node_id",
@@ -491,6 +577,23 @@ credential = "p"
             (
                 &["--redis-url", "redis://127.0.0.1/", "--public-url", "x"][..],
                 "public_url",
+            ),
+            (
+                &["--redis-url", "redis://10.0.0.5:6379/"][..],
+                "cluster_secret",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "redis://10.0.0.5:6379/",
+                    "--cluster-secret",
+                    "short",
+                ][..],
+                "cluster_secret",
+            ),
+            (
+                &["--redis-url", "redis://127.0.0.1/", "--redis-ca", "/ca.pem"][..],
+                "rediss://",
             ),
             (&["--turn-secret", "0123456789abcdef"][..], "no ice server"),
             (
@@ -538,6 +641,30 @@ credential = "p"
         ])
         .expect("with a secret");
         parse(&["--http-addr", "[::1]:8080"]).expect("loopback needs neither");
+    }
+
+    #[test]
+    fn a_cluster_beyond_this_machine_needs_a_secret_and_may_use_tls() {
+        let c = parse(&[
+            "--redis-url",
+            "rediss://miclink:pw@redis.example:6380/",
+            "--redis-ca",
+            "/etc/miclink/redis-ca.pem",
+            "--cluster-secret",
+            "0123456789abcdef",
+        ])
+        .expect("valid");
+        let cluster = c.cluster.expect("a cluster node");
+        assert_eq!(cluster.secret.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            cluster.redis_ca.as_deref(),
+            Some(std::path::Path::new("/etc/miclink/redis-ca.pem"))
+        );
+        // The secret never reaches a log line through the configuration's Debug.
+        assert!(!format!("{cluster:?}").contains("0123456789abcdef"));
+        assert!(!format!("{cluster:?}").contains("pw@"));
+        let c = parse(&["--redis-url", "redis://[::1]:6379/"]).expect("loopback needs none");
+        assert!(c.cluster.expect("a cluster node").secret.is_none());
     }
 
     #[test]

@@ -104,9 +104,21 @@ pub(crate) async fn metrics(State(planes): State<Planes>, headers: HeaderMap) ->
         counter(
             &mut out,
             "cluster_bad_messages",
-            "Inbox messages dropped because they were not an envelope.",
+            "Inbox messages from a live node dropped because they were not a relay message.",
             c.bad_messages.load(Relaxed),
         );
+        let _ = writeln!(
+            out,
+            "# HELP miclink_cluster_refused_total What this node would not believe from Redis: \
+             inbox messages and registry or room-directory records, by reason.\n\
+             # TYPE miclink_cluster_refused_total counter"
+        );
+        for (what, why, n) in c.refused.counts() {
+            let _ = writeln!(
+                out,
+                "miclink_cluster_refused_total{{what=\"{what}\",reason=\"{why}\"}} {n}"
+            );
+        }
     }
     let Some(sfu) = planes.media.as_ref().filter(|m| !m.failed()) else {
         return text(out);

@@ -9,78 +9,16 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::*;
-use miclink::Config;
+use miclink_cluster::Cluster;
 use miclink_cluster::testing::RedisServer;
-use miclink_cluster::{Cluster, ClusterConfig};
 use miclink_loadtest::client;
 use miclink_loadtest::marker::Kind;
 use miclink_loadtest::peer::{Peer, Publisher, StreamSpec};
 use miclink_loadtest::recv::Recv;
 use miclink_protocol::{EndReason, Event, Request, Role, VideoQuality};
 use tokio::sync::Notify;
-
-fn in_cluster(redis: &RedisServer, id: &str) -> impl FnOnce(&mut Config) + use<> {
-    in_cluster_ttl(redis, id, Duration::from_millis(900))
-}
-
-/// A node whose entry and claims outlive its last heartbeat by `ttl`.
-fn in_cluster_ttl(
-    redis: &RedisServer,
-    id: &str,
-    ttl: Duration,
-) -> impl FnOnce(&mut Config) + use<> {
-    let (url, id) = (redis.url(), id.to_owned());
-    move |c| {
-        let mut cluster = ClusterConfig::new(&url, &id, &format!("http://{id}.test"));
-        cluster.ttl = ttl;
-        c.cluster = Some(cluster);
-    }
-}
-
-/// Redis and two in-process nodes, a and b, that see each other.
-async fn two_nodes() -> (RedisServer, Server, Server) {
-    let redis = RedisServer::start();
-    let a = server_with(in_cluster(&redis, "a")).await;
-    let b = server_with(in_cluster(&redis, "b")).await;
-    cluster_health(&b, "nodes", 2.into()).await;
-    (redis, a, b)
-}
-
-/// Wait up to 10 s for `what` of `/healthz`'s cluster part to be `want`.
-async fn cluster_health(s: &Server, what: &str, want: serde_json::Value) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = s.health().await;
-        if h["cluster"][what] == want {
-            return;
-        }
-        assert!(Instant::now() < end, "cluster {what} is not {want}: {h}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn origin_becomes(probe: &Cluster, room: &str, want: Option<&str>) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = probe.origin(room).await.expect("redis");
-        if now.as_deref() == want {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "origin of {room} is {now:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("miclink_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
 
 async fn join(s: &Server, user: &str, role: Role) -> client::Member {
     client_join(
@@ -115,9 +53,7 @@ async fn nodes_register_claim_their_rooms_relay_a_viewer_and_leave_at_shutdown()
     let mut b = server_with(in_cluster_ttl(&redis, "b", Duration::from_secs(30))).await;
     cluster_health(&a, "nodes", 2.into()).await;
     assert_eq!(a.health().await["cluster"]["node"], "a");
-    let probe = Cluster::connect(ClusterConfig::new(&redis.url(), "probe", "http://probe"))
-        .await
-        .expect("probe");
+    let probe = probe(&redis).await;
     assert_eq!(
         probe.nodes().await.expect("nodes")["b"].http,
         "http://b.test"
@@ -205,7 +141,7 @@ async fn a_node_serves_without_redis_and_comes_back_with_it_and_one_without_it_a
     let redis = RedisServer::start_on(port);
     cluster_health(&a, "redis", "ok".into()).await;
     cluster_health(&a, "nodes", 1.into()).await;
-    let probe = Cluster::connect(ClusterConfig::new(&url, "probe", "http://probe"))
+    let probe = Cluster::connect(node_config(&url, "probe"))
         .await
         .expect("probe");
     origin_becomes(&probe, "r", Some("a")).await;
@@ -215,7 +151,7 @@ async fn a_node_serves_without_redis_and_comes_back_with_it_and_one_without_it_a
 
     // No Redis at all: the server says so and stops.
     let mut s = server_with(move |c| {
-        c.cluster = Some(ClusterConfig::new(&url, "late", "http://late.test"));
+        c.cluster = Some(node_config(&url, "late"));
     })
     .await;
     let done = s.done.take().expect("running");
@@ -248,6 +184,7 @@ impl NodeProcess {
             .env("MICLINK_HTTP_ADDR", http.to_string())
             .env("MICLINK_MEDIA_ADDR", "127.0.0.1:0")
             .env("MICLINK_REDIS_URL", redis.url())
+            .env("MICLINK_CLUSTER_SECRET", SECRET)
             .env("MICLINK_NODE_ID", id)
             .env("MICLINK_METRICS_TOKEN", METRICS_TOKEN)
             .spawn()
@@ -335,15 +272,6 @@ fn got_video(m: &client::Member, from: &str) -> bool {
 }
 
 /// An in-process node's `/metrics`.
-async fn node_metrics(s: &Server) -> String {
-    s.get_with(
-        "/metrics",
-        &format!("Authorization: Bearer {METRICS_TOKEN}\r\n"),
-    )
-    .await
-    .1
-}
-
 /// Wait up to 20 s for `check`; `None` if it never held (the caller says what it saw).
 #[must_use]
 async fn until(what: &str, check: impl Fn() -> bool) -> Option<()> {
@@ -417,9 +345,7 @@ async fn a_room_spans_nodes_its_media_crosses_once_per_node_and_ends_when_its_no
     let b = server_with(in_cluster(&redis, "b")).await;
     let c = NodeProcess::start(&redis, "c");
     cluster_health(&b, "nodes", 3.into()).await;
-    let probe = Cluster::connect(ClusterConfig::new(&redis.url(), "probe", "http://probe"))
-        .await
-        .expect("probe");
+    let probe = probe(&redis).await;
 
     let stop = Arc::new(Notify::new());
     let streams = [StreamSpec::audio(48_000), StreamSpec::video(300_000, 30)];

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use miclink::{Args, Config};
 use miclink_loadtest::client::{self, SdpRewrite};
 use miclink_loadtest::peer::{StreamSpec, VideoCodec};

@@ -16,6 +16,8 @@ export const host = '127.0.0.1';
 // the config is loaded and inherited by the test workers, which sign join tokens with one.
 process.env.MICLINK_E2E_JWT_SECRET ||= randomBytes(32).toString('hex');
 process.env.MICLINK_E2E_TURN_SECRET ||= randomBytes(32).toString('hex');
+process.env.MICLINK_E2E_CLUSTER_SECRET ||= randomBytes(32).toString('hex');
+process.env.MICLINK_E2E_REDIS_PASSWORD ||= randomBytes(32).toString('hex');
 export const jwtSecret = process.env.MICLINK_E2E_JWT_SECRET;
 const turnSecret = process.env.MICLINK_E2E_TURN_SECRET;
 
@@ -38,6 +40,8 @@ export function composeServers({ root, bin, rustLog, log }) {
     MICLINK_HOST: host,
     MICLINK_JWT_SECRET: jwtSecret,
     MICLINK_TURN_SECRET: turnSecret,
+    MICLINK_CLUSTER_SECRET: process.env.MICLINK_E2E_CLUSTER_SECRET,
+    MICLINK_REDIS_PASSWORD: process.env.MICLINK_E2E_REDIS_PASSWORD,
     RUST_LOG: rustLog,
   };
   const file = path.join(root, 'deploy/compose.yaml');

@@ -15,17 +15,32 @@
 //!   bigger ones are dropped on both ends.
 //!
 //! Nothing else is shared: without a Redis URL a node is the single-process server.
+//!
+//! Redis is not trusted to say who wrote what ([`seal`]): every inbox message, registry entry
+//! and room claim is signed with the cluster secret over its writer, its time and its content.
+//! A registry entry that is unsigned, forged or older than its expiry is no node; a claim that
+//! is, or that names no live node, is no claim (the next node to claim the room takes it over);
+//! an inbox message is taken only from a live node with the boot it registered, within
+//! [`seal::MAX_SKEW_MS`] of now, with a sequence number past the last one seen from it. What is
+//! refused is dropped and counted ([`Refused`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
+pub mod seal;
 pub mod testing;
+
+pub use seal::Refusal;
+use seal::{Key, Sender};
 
 /// The largest inbox message: a relayed frame of the WebSocket's 64 KiB, escaped once more as
 /// a string inside the envelope, fits.
@@ -54,13 +69,21 @@ pub enum ClusterError {
     TooLarge(usize),
     #[error("the registry lists {0} nodes, over the {MAX_NODES} this node reads")]
     TooManyNodes(usize),
+    #[error("reading the Redis CA file {0}: {1}")]
+    CaFile(PathBuf, std::io::Error),
 }
 
 /// How this node joins the cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db`.
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
     pub redis_url: String,
+    /// PEM file of the certificate authority a `rediss://` server's certificate must chain to;
+    /// `None`: the system's roots.
+    pub redis_ca: Option<PathBuf>,
+    /// The secret every node of the cluster shares: it signs what each writes to Redis.
+    /// `None` only for a Redis on this machine (the key is then empty).
+    pub secret: Option<String>,
     pub node_id: String,
     /// Where clients reach this node's HTTP and WebSocket listener (e.g. `https://b.example`).
     pub http_url: String,
@@ -73,10 +96,25 @@ pub struct ClusterConfig {
     pub prefix: String,
 }
 
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password, the secret is one.
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("http_url", &self.http_url)
+            .field("media", &self.media)
+            .field("ttl", &self.ttl)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClusterConfig {
     pub fn new(redis_url: &str, node_id: &str, http_url: &str) -> ClusterConfig {
         ClusterConfig {
             redis_url: redis_url.to_owned(),
+            redis_ca: None,
+            secret: None,
             node_id: node_id.to_owned(),
             http_url: http_url.to_owned(),
             media: Vec::new(),
@@ -97,6 +135,25 @@ pub fn valid_node_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether a Redis URL points at this machine (loopback or a Unix socket): the only place a
+/// cluster may run without a secret, since only this machine's processes can write there.
+pub fn redis_is_local(url: &str) -> Result<bool, ClusterError> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let info = url.into_connection_info()?;
+    let host_is_local = |host: &str| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    Ok(match &info.addr {
+        ConnectionAddr::Tcp(host, _) => host_is_local(host),
+        ConnectionAddr::TcpTls { host, .. } => host_is_local(host),
+        ConnectionAddr::Unix(_) => true,
+    })
 }
 
 /// What a node publishes about itself.
@@ -127,28 +184,100 @@ pub enum Claim {
     Elsewhere(String),
 }
 
-/// Renew `KEYS[1]` for `ARGV[2]` ms if it still names `ARGV[1]`.
+/// Renew `KEYS[1]` for `ARGV[3]` ms with the fresh claim `ARGV[2]`, if it still names node
+/// `ARGV[1]` (a claim starts with its node's id and a space).
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 or 0
 end
 return 0";
 
-/// Delete `KEYS[1]` if it still names `ARGV[1]`.
+/// Delete `KEYS[1]` if it still names node `ARGV[1]`.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
 
+/// Replace `KEYS[1]` with `ARGV[2]` for `ARGV[3]` ms if it still holds `ARGV[1]`: a claim found
+/// to be no claim is taken over, unless somebody changed it meanwhile.
+const TAKE_OVER: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// Records refused, by what they were and why: read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// Inbox messages, by [`Refusal`].
+    messages: [AtomicU64; 5],
+    /// Registry entries and room claims, by [`Refusal`].
+    records: [AtomicU64; 5],
+}
+
+impl Refused {
+    const ALL: [Refusal; 5] = [
+        Refusal::Unsigned,
+        Refusal::BadSignature,
+        Refusal::Stale,
+        Refusal::UnknownNode,
+        Refusal::Replayed,
+    ];
+
+    fn count(counters: &[AtomicU64; 5], why: Refusal) {
+        let i = Self::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        counters[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every count: (`"message"` or `"record"`, the reason, how many).
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (what, counters) in [("message", &self.messages), ("record", &self.records)] {
+            for (why, n) in Self::ALL.iter().zip(counters) {
+                out.push((what, why.as_str(), n.load(Ordering::Relaxed)));
+            }
+        }
+        out
+    }
+
+    /// Inbox messages refused for `why` so far.
+    pub fn messages(&self, why: Refusal) -> u64 {
+        let i = Self::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.messages[i].load(Ordering::Relaxed)
+    }
+
+    /// Registry entries and claims refused for `why` so far.
+    pub fn records(&self, why: Refusal) -> u64 {
+        let i = Self::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.records[i].load(Ordering::Relaxed)
+    }
+}
+
+/// The time as records carry it.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One node's handle on the cluster. Cheap to clone: clones share one connection, which
-/// reconnects by itself when Redis comes back.
+/// reconnects by itself when Redis comes back, the live nodes last read, and the counters.
 #[derive(Clone)]
 pub struct Cluster {
     client: redis::Client,
     con: ConnectionManager,
     config: ClusterConfig,
     boot: u64,
+    key: Key,
+    /// The live nodes of the last registry read.
+    live: Arc<Mutex<BTreeMap<String, NodeInfo>>>,
+    /// This node's inbox messages so far, to every node.
+    sent: Arc<AtomicU64>,
+    refused: Arc<Refused>,
 }
 
 impl Cluster {
@@ -157,7 +286,19 @@ impl Cluster {
         if !valid_node_id(&config.node_id) {
             return Err(ClusterError::BadNodeId(config.node_id));
         }
-        let client = redis::Client::open(config.redis_url.as_str())?;
+        let client = match &config.redis_ca {
+            Some(path) if config.redis_url.starts_with("rediss://") => {
+                let pem = std::fs::read(path).map_err(|e| ClusterError::CaFile(path.clone(), e))?;
+                redis::Client::build_with_tls(
+                    config.redis_url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )?
+            }
+            _ => redis::Client::open(config.redis_url.as_str())?,
+        };
         let con = client
             .get_connection_manager_with_config(
                 ConnectionManagerConfig::new()
@@ -167,16 +308,21 @@ impl Cluster {
                     .set_max_delay(1_000),
             )
             .await?;
-        let boot = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64
             ^ u64::from(std::process::id()).rotate_left(32);
+        let key = Key::new(config.secret.as_deref().unwrap_or_default().as_bytes());
         Ok(Cluster {
             client,
             con,
             config,
             boot,
+            key,
+            live: Arc::default(),
+            sent: Arc::default(),
+            refused: Arc::default(),
         })
     }
 
@@ -188,12 +334,26 @@ impl Cluster {
         &self.config
     }
 
+    /// What this node refused to believe so far (shared with every clone).
+    pub fn refused(&self) -> Arc<Refused> {
+        self.refused.clone()
+    }
+
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}:{kind}:{id}", self.config.prefix)
     }
 
     fn ttl_ms(&self) -> u64 {
         self.config.ttl.as_millis().max(1) as u64
+    }
+
+    /// How old a registry entry or a claim may be: its expiry, and the clocks' difference.
+    fn max_age(&self) -> u64 {
+        self.ttl_ms() + seal::MAX_SKEW_MS
+    }
+
+    fn claim_value(&self, room: &str) -> String {
+        seal::seal_claim(&self.key, room, &self.config.node_id, unix_ms())
     }
 
     /// Write this node's entry with `load`, renew its expiry, and renew the claims on `rooms`
@@ -211,11 +371,12 @@ impl Cluster {
             load,
         };
         let json = serde_json::to_string(&info).unwrap_or_default();
+        let entry = seal::seal_entry(&self.key, &info.id, unix_ms(), &json);
         let mut con = self.con.clone();
         redis::pipe()
             .cmd("SET")
             .arg(self.key("node", &info.id))
-            .arg(json)
+            .arg(entry)
             .arg("PX")
             .arg(self.ttl_ms())
             .ignore()
@@ -240,6 +401,7 @@ impl Cluster {
                     .arg(1)
                     .arg(self.key("room", room))
                     .arg(&self.config.node_id)
+                    .arg(self.claim_value(room))
                     .arg(self.ttl_ms());
             }
             let renewed: Vec<i64> = pipe.query_async(&mut con).await?;
@@ -274,8 +436,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Every node alive now (this one included once it beat), by id. Ids whose entry expired
-    /// are pruned from the set on the way.
+    /// Every node alive now (this one included once it beat), by id: those whose entry is
+    /// signed with the cluster secret, for that id, and fresh. Ids whose entry expired are
+    /// pruned from the set on the way; entries refused are counted and left for their expiry
+    /// (or their node's next beat) to replace.
     pub async fn nodes(&self) -> Result<BTreeMap<String, NodeInfo>, ClusterError> {
         let mut con = self.con.clone();
         let set = format!("{}:nodes", self.config.prefix);
@@ -286,48 +450,113 @@ impl Cluster {
         let listed: Vec<String> = con.smembers(&set).await?;
         let (ids, mut gone): (Vec<String>, Vec<String>) =
             listed.into_iter().partition(|id| valid_node_id(id));
-        if ids.is_empty() {
-            if !gone.is_empty() {
-                let _: () = con.srem(&set, gone).await?;
-            }
-            return Ok(BTreeMap::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| self.key("node", id)).collect();
-        let entries: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
         let mut nodes = BTreeMap::new();
-        for (id, entry) in ids.into_iter().zip(entries) {
-            match entry.and_then(|e| serde_json::from_str::<NodeInfo>(&e).ok()) {
-                Some(info) if info.id == id => {
-                    nodes.insert(id, info);
+        if !ids.is_empty() {
+            let keys: Vec<String> = ids.iter().map(|id| self.key("node", id)).collect();
+            let entries: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
+            let now = unix_ms();
+            for (id, entry) in ids.into_iter().zip(entries) {
+                let Some(entry) = entry else {
+                    gone.push(id);
+                    continue;
+                };
+                let info = seal::open_entry(&self.key, &id, &entry, now, self.max_age()).and_then(
+                    |json| serde_json::from_str::<NodeInfo>(json).map_err(|_| Refusal::Unsigned),
+                );
+                match info {
+                    Ok(info) if info.id == id => {
+                        nodes.insert(id, info);
+                    }
+                    Ok(_) => Refused::count(&self.refused.records, Refusal::BadSignature),
+                    Err(why) => {
+                        Refused::count(&self.refused.records, why);
+                        tracing::debug!(node = %id, why = why.as_str(), "registry entry refused");
+                    }
                 }
-                _ => gone.push(id),
             }
         }
         if !gone.is_empty() {
             let _: () = con.srem(&set, gone).await?;
         }
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = nodes.clone();
         Ok(nodes)
     }
 
-    /// Claim `room` for this node, unless another node holds it.
+    /// Whether `node` is live (with `boot`, when given) as the registry read last, or, when it
+    /// is not there, as it reads now.
+    async fn is_live(&self, node: &str, boot: Option<u64>) -> Result<bool, ClusterError> {
+        let known = |live: &BTreeMap<String, NodeInfo>| {
+            live.get(node)
+                .is_some_and(|n| boot.is_none_or(|b| n.boot == b))
+        };
+        if known(&self.live.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(true);
+        }
+        Ok(known(&self.nodes().await?))
+    }
+
+    /// The node a directory value names, if it is a claim signed for `room` by a live node.
+    async fn holder(&self, room: &str, value: &str) -> Result<Option<String>, ClusterError> {
+        let node = match seal::open_claim(&self.key, room, value, unix_ms(), self.max_age()) {
+            Ok(node) => node,
+            Err(why) => {
+                Refused::count(&self.refused.records, why);
+                tracing::warn!(%room, why = why.as_str(), "a claim on a room was refused");
+                return Ok(None);
+            }
+        };
+        if node == self.config.node_id || self.is_live(node, None).await? {
+            return Ok(Some(node.to_owned()));
+        }
+        Refused::count(&self.refused.records, Refusal::UnknownNode);
+        tracing::warn!(%room, %node, "a claim on a room names no live node");
+        Ok(None)
+    }
+
+    /// Claim `room` for this node, unless another live node holds it. A directory value that is
+    /// no valid claim (unsigned, forged, stale, or of a node that is gone) is taken over.
     pub async fn claim_room(&self, room: &str) -> Result<Claim, ClusterError> {
         let mut con = self.con.clone();
         let key = self.key("room", room);
-        // SET NX GET: the holder, if any, in the same step as the claim.
-        let holder: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&self.config.node_id)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(self.ttl_ms())
-            .query_async(&mut con)
-            .await?;
-        Ok(match holder {
-            None => Claim::Origin,
-            Some(node) if node == self.config.node_id => Claim::Origin,
-            Some(node) => Claim::Elsewhere(node),
+        // Twice at most: a value taken over can change under us only by another node's claim.
+        for _ in 0..2 {
+            let mine = self.claim_value(room);
+            // SET NX GET: the holder, if any, in the same step as the claim.
+            let found: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&mine)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(self.ttl_ms())
+                .query_async(&mut con)
+                .await?;
+            let Some(found) = found else {
+                return Ok(Claim::Origin);
+            };
+            match self.holder(room, &found).await? {
+                Some(node) if node == self.config.node_id => return Ok(Claim::Origin),
+                Some(node) => return Ok(Claim::Elsewhere(node)),
+                None => {
+                    let taken: i64 = redis::cmd("EVAL")
+                        .arg(TAKE_OVER)
+                        .arg(1)
+                        .arg(&key)
+                        .arg(&found)
+                        .arg(&mine)
+                        .arg(self.ttl_ms())
+                        .query_async(&mut con)
+                        .await?;
+                    if taken == 1 {
+                        return Ok(Claim::Origin);
+                    }
+                }
+            }
+        }
+        Ok(match self.origin(room).await? {
+            Some(node) if node != self.config.node_id => Claim::Elsewhere(node),
+            _ => Claim::Origin,
         })
     }
 
@@ -344,20 +573,30 @@ impl Cluster {
         Ok(n == 1)
     }
 
-    /// The node holding `room`, if any.
+    /// The node holding `room`, if a live node holds a valid claim on it.
     pub async fn origin(&self, room: &str) -> Result<Option<String>, ClusterError> {
         let mut con = self.con.clone();
-        Ok(con.get(self.key("room", room)).await?)
+        let value: Option<String> = con.get(self.key("room", room)).await?;
+        match value {
+            Some(value) => self.holder(room, &value).await,
+            None => Ok(None),
+        }
     }
 
-    /// Put `message` in `node`'s inbox. Delivered at most once, and only if that node listens
-    /// now (pub/sub keeps nothing for later): what needs an answer times out on its own.
+    /// Put `message` in `node`'s inbox, signed. Delivered at most once, and only if that node
+    /// listens now (pub/sub keeps nothing for later): what needs an answer times out on its own.
     pub async fn send(&self, node: &str, message: &[u8]) -> Result<(), ClusterError> {
         if message.len() > MAX_MESSAGE {
             return Err(ClusterError::TooLarge(message.len()));
         }
+        let sender = Sender {
+            node: self.config.node_id.clone(),
+            boot: self.boot,
+            seq: self.sent.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let sealed = seal::seal_message(&self.key, node, &sender, unix_ms(), message);
         let mut con = self.con.clone();
-        let _: i64 = con.publish(self.key("inbox", node), message).await?;
+        let _: i64 = con.publish(self.key("inbox", node), sealed).await?;
         Ok(())
     }
 
@@ -369,25 +608,43 @@ impl Cluster {
             .await?;
         Ok(Inbox {
             stream: Box::pin(pubsub.into_on_message()),
+            cluster: self.clone(),
+            last_seq: HashMap::new(),
+            logged: None,
             dropped: 0,
         })
     }
 }
 
+/// A message another node sent this one, as its signature vouches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub from: String,
+    pub body: Vec<u8>,
+}
+
 /// The messages sent to one node ([`Cluster::inbox`]).
 pub struct Inbox {
     stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>,
+    cluster: Cluster,
+    /// The last sequence number taken from each (node, boot): at most one entry per live node
+    /// that sent something (those no longer live are dropped at each registry read).
+    last_seq: HashMap<(String, u64), u64>,
+    /// When a refusal was last logged (one line a second at most, whatever a flood sends).
+    logged: Option<Instant>,
     /// Messages dropped for their size.
     pub dropped: u64,
 }
 
 impl Inbox {
-    /// The next message; `None` when the connection to Redis is gone.
-    pub async fn next(&mut self) -> Option<Vec<u8>> {
+    /// The next message; `None` when the connection to Redis is gone. What is refused is
+    /// counted ([`Cluster::refused`]) and skipped.
+    pub async fn next(&mut self) -> Option<Message> {
         loop {
             let msg = self.stream.next().await?;
             let payload = msg.get_payload_bytes();
-            if payload.len() > MAX_MESSAGE {
+            // A sealed message carries at most a header of ~150 bytes more than its body.
+            if payload.len() > MAX_MESSAGE + 512 {
                 self.dropped += 1;
                 tracing::warn!(
                     bytes = payload.len(),
@@ -395,8 +652,56 @@ impl Inbox {
                 );
                 continue;
             }
-            return Some(payload.to_vec());
+            match self.open(payload).await {
+                Ok(message) => return Some(message),
+                Err(why) => {
+                    Refused::count(&self.cluster.refused.messages, why);
+                    if self
+                        .logged
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        self.logged = Some(Instant::now());
+                        tracing::warn!(
+                            why = why.as_str(),
+                            "an inbox message was refused (counted in /metrics)"
+                        );
+                    }
+                }
+            }
         }
+    }
+
+    async fn open(&mut self, payload: &[u8]) -> Result<Message, Refusal> {
+        let c = &self.cluster;
+        let (sender, body) = seal::open_message(&c.key, &c.config.node_id, payload, unix_ms())?;
+        let live = {
+            let live = c.live.lock().unwrap_or_else(|e| e.into_inner());
+            self.last_seq
+                .retain(|(node, boot), _| live.get(node).is_some_and(|n| n.boot == *boot));
+            live.get(&sender.node).map(|n| n.boot)
+        };
+        // A node that joined (or restarted) since the last read is read again. Only a holder
+        // of the secret gets this far, so this costs nobody else a registry read.
+        if live != Some(sender.boot)
+            && !c
+                .is_live(&sender.node, Some(sender.boot))
+                .await
+                .unwrap_or(false)
+        {
+            return Err(Refusal::UnknownNode);
+        }
+        let last = self
+            .last_seq
+            .entry((sender.node.clone(), sender.boot))
+            .or_insert(0);
+        if sender.seq <= *last {
+            return Err(Refusal::Replayed);
+        }
+        *last = sender.seq;
+        Ok(Message {
+            from: sender.node,
+            body: body.to_vec(),
+        })
     }
 }
 
@@ -438,6 +743,27 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_and_unix_sockets_are_local() {
+        for local in [
+            "redis://127.0.0.1:6379/",
+            "redis://localhost/",
+            "redis://user:pw@[::1]:6379/0",
+            "rediss://127.0.0.2/",
+            "redis+unix:///run/redis.sock",
+        ] {
+            assert!(redis_is_local(local).expect(local), "{local}");
+        }
+        for remote in [
+            "redis://10.0.0.5:6379/",
+            "rediss://redis.example/",
+            "redis://127.0.0.1.example/",
+        ] {
+            assert!(!redis_is_local(remote).expect(remote), "{remote}");
+        }
+        assert!(redis_is_local("http://x").is_err());
+    }
 
     #[test]
     fn node_ids_are_safe_in_keys() {

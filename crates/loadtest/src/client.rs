@@ -42,6 +42,8 @@ pub struct Options {
     pub tcp_only: bool,
     /// Receive through a narrow, lossy downlink (replaces `offer_rewrite`).
     pub shape: Option<crate::shaper::Shape>,
+    /// The join token (rule 10) for a server that checks them.
+    pub token: Option<String>,
 }
 
 struct Shared {
@@ -154,7 +156,7 @@ impl Member {
             user: Ident::new(user)?,
             role,
             name: None,
-            token: None,
+            token: options.token.clone(),
         };
         Member::connect(url, user, join, recv, options).await
     }

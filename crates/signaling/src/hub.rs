@@ -88,6 +88,10 @@ pub(crate) struct Clustered {
     /// Members of rooms held elsewhere whose media is served here, and their rooms.
     edge: HashMap<(Ident, Ident), edge::EdgeMember>,
     edge_rooms: HashMap<Ident, edge::EdgeRoom>,
+    /// The other nodes live in the registry, as the cluster glue last said: a session token
+    /// is relayed only to one of them (a token can name any node; a client must not pick
+    /// where this node sends its requests).
+    live: HashSet<String>,
 }
 
 impl Clustered {
@@ -100,6 +104,7 @@ impl Clustered {
             next_served: ConnId::MAX,
             edge: HashMap::new(),
             edge_rooms: HashMap::new(),
+            live: HashSet::new(),
         }
     }
 }
@@ -250,7 +255,17 @@ impl Hub {
             }
             HubMsg::Resolved { conn, origin } => self.resolved(conn, origin),
             HubMsg::Relayed { from, relay } => self.relayed(from, relay),
-            HubMsg::NodeLost { node } => self.node_lost(&node),
+            HubMsg::NodeLost { node } => {
+                if let Some(c) = &mut self.cluster {
+                    c.live.remove(&node);
+                }
+                self.node_lost(&node);
+            }
+            HubMsg::NodeJoined { node } => {
+                if let Some(c) = &mut self.cluster {
+                    c.live.insert(node);
+                }
+            }
             HubMsg::Locate { room, claim, reply } => match &self.cluster {
                 // Held here, or no cluster: served here.
                 Some(c) if !self.rooms.contains_key(&room) => {
@@ -583,11 +598,14 @@ impl Hub {
                     token,
                 } => self.join(conn, id, room, user, role, name, token),
                 Request::Resume { session } => {
-                    // A session another node of the cluster made: resumed there.
+                    // A session another live node of the cluster made: resumed there. A token
+                    // naming any other node is a session unknown here.
                     let elsewhere = self.cluster.as_ref().and_then(|c| {
                         let node = token_node(&session)?;
-                        (node != c.node && !self.by_token.contains_key(&session))
-                            .then(|| node.to_owned())
+                        (node != c.node
+                            && c.live.contains(node)
+                            && !self.by_token.contains_key(&session))
+                        .then(|| node.to_owned())
                     });
                     match elsewhere {
                         Some(node) => {

@@ -32,6 +32,19 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use wire::Stats;
 
+/// What a client is counted as in per-address caps: its IPv4 address (also when it arrives
+/// mapped into IPv6 on a dual-stack listener), or its IPv6 /64, which one subscriber usually
+/// holds whole.
+pub fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) if !v6.is_loopback() => {
+            let s = v6.segments();
+            std::net::IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        other => other,
+    }
+}
+
 /// A running media plane for signaling to drive: the handle, and the events it sends back.
 pub struct MediaPlane {
     pub sfu: Sfu,
@@ -67,6 +80,13 @@ pub struct SignalingConfig {
     /// In a cluster: connections of other nodes served here at most (each is a socket there);
     /// more are refused (their socket is closed).
     pub max_relayed: usize,
+    /// WHIP and WHEP sessions one client address may hold at once (IPv4 address or IPv6 /64;
+    /// 0 = no cap): a session outlives its request, so the HTTP connection caps do not bound it.
+    pub http_media_per_ip: usize,
+    /// Count loopback clients per address too (tests; a local proxy otherwise speaks for many).
+    pub http_media_per_ip_on_loopback: bool,
+    /// WHEP viewers one room may have at once.
+    pub whep_per_room: usize,
 }
 
 impl Default for SignalingConfig {
@@ -82,6 +102,9 @@ impl Default for SignalingConfig {
             join_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             max_relayed: 65_536,
+            http_media_per_ip: 16,
+            http_media_per_ip_on_loopback: false,
+            whep_per_room: 500,
         }
     }
 }
@@ -211,6 +234,11 @@ impl Signaling {
     /// A node of the cluster stopped heartbeating.
     pub async fn node_lost(&self, node: String) {
         let _ = self.inner.hub.send(wire::HubMsg::NodeLost { node }).await;
+    }
+
+    /// A node of the cluster registered: a session token naming it may be resumed there.
+    pub async fn node_joined(&self, node: String) {
+        let _ = self.inner.hub.send(wire::HubMsg::NodeJoined { node }).await;
     }
 
     /// The rooms this server holds now: those with a member in them.

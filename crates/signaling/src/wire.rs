@@ -71,6 +71,10 @@ pub(crate) enum HubMsg {
     NodeLost {
         node: String,
     },
+    /// A node of the cluster registered (or registered again after a restart).
+    NodeJoined {
+        node: String,
+    },
     /// A WHIP or WHEP request for `room`: the URL of the node holding it when another does
     /// (`claim`: a WHIP encoder going live claims it for this node when nobody does).
     Locate {
