@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use miclink_sfu::{Pii, Sfu};
@@ -42,14 +42,22 @@ struct Planes {
 }
 
 /// The HTTP routes: `/ws`, `/healthz`, `/metrics` and the demo.
-fn app(planes: Planes) -> Router {
+fn app(planes: Planes, demo_servers: Vec<String>) -> Router {
     let signaling = planes.signaling.clone();
+    let demo_servers: Arc<[String]> = demo_servers.into();
+    let config = {
+        let servers = demo_servers.clone();
+        move || async move { axum::Json(serde_json::json!({ "servers": &*servers })) }
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .with_state(planes)
+        .route("/demo-config.json", get(config))
         .merge(signaling.router())
-        .fallback(get(demo))
+        .fallback(get(move |uri, headers| {
+            demo(uri, headers, demo_servers.clone())
+        }))
 }
 
 /// Why the server stopped other than being asked to.
@@ -87,6 +95,7 @@ pub async fn run(
                 Signaling::start_clustered(config.signaling, plane, node.node_id().to_owned());
             let state = Arc::new(cluster::ClusterState {
                 node_id: node.node_id().to_owned(),
+                refused: node.refused(),
                 ..Default::default()
             });
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -104,14 +113,18 @@ pub async fn run(
         None => (Signaling::start(config.signaling, plane), None),
     };
     let connections = Arc::new(serve::Connections::default());
-    let app = app(Planes {
-        signaling: signaling.clone(),
-        media: sfu.clone(),
-        connections: connections.clone(),
-        metrics_token: config.metrics_token.map(Arc::from),
-        peer_series: Arc::default(),
-        cluster: cluster.as_ref().map(|(state, _, _)| state.clone()),
-    });
+    let demo_servers = config.demo_servers.clone();
+    let app = app(
+        Planes {
+            signaling: signaling.clone(),
+            media: sfu.clone(),
+            connections: connections.clone(),
+            metrics_token: config.metrics_token.map(Arc::from),
+            peer_series: Arc::default(),
+            cluster: cluster.as_ref().map(|(state, _, _)| state.clone()),
+        },
+        demo_servers,
+    );
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let graceful = {
         let (signaling, failed) = (signaling.clone(), failed.clone());
@@ -212,21 +225,62 @@ async fn healthz(State(planes): State<Planes>) -> Response {
     (status, axum::Json(health)).into_response()
 }
 
-async fn demo(uri: Uri) -> Response {
+/// A file of the demo, with the headers that keep a page holding a join token to itself: no
+/// `Referer` to anywhere it links or loads, scripts and connections only from this server (and
+/// the signaling servers the operator listed), no framing.
+async fn demo(uri: Uri, headers: HeaderMap, servers: Arc<[String]>) -> Response {
     let path = uri.path().trim_start_matches('/');
     let path = if path.is_empty() { "index.html" } else { path };
     match Demo::get(path) {
         Some(file) => {
             let mime = mime_guess::from_path(path).first_or_octet_stream();
-            (
+            let mut r = (
                 [
                     (header::CONTENT_TYPE, mime.as_ref().to_owned()),
                     (header::CACHE_CONTROL, "no-cache".to_owned()),
                 ],
                 file.data,
             )
-                .into_response()
+                .into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            if let Ok(csp) = HeaderValue::from_str(&content_security_policy(&headers, &servers)) {
+                h.insert(header::CONTENT_SECURITY_POLICY, csp);
+            }
+            r
         }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
+}
+
+/// The demo's policy: everything from this server, WebSockets to it (`'self'` does not cover
+/// `ws:` in every browser) and to `servers`, media from the peer connections.
+fn content_security_policy(headers: &HeaderMap, servers: &[String]) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    let mut connect = String::from("'self'");
+    if let Some(host) = host {
+        connect += &format!(" ws://{host} wss://{host}");
+    }
+    for s in servers {
+        connect.push(' ');
+        connect += s;
+    }
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+         media-src 'self' blob: mediastream:; connect-src {connect}; object-src 'none'; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
 }

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use miclink_signaling::ConnectionSlot;
+use miclink_signaling::{ConnectionSlot, client_key};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -98,18 +98,6 @@ impl Connections {
     pub(crate) fn counts(&self) -> (usize, u64) {
         let held = self.lock();
         (held.total, held.refused)
-    }
-}
-
-/// What a client is counted as: its IPv4 address (also when it arrives mapped into IPv6 on a
-/// dual-stack listener), or its IPv6 /64, which one subscriber usually holds whole.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) if !v6.is_loopback() => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-        }
-        other => other,
     }
 }
 

@@ -269,3 +269,54 @@ async fn a_keep_alive_connection_that_goes_quiet_is_closed() {
     stop.send(()).expect("running");
     let _ = server.await;
 }
+
+/// Issue 26, item 5: the demo page carries a join token, so it leaks it nowhere: no `Referer`,
+/// scripts and connections from this server only (and from the signaling servers listed), no
+/// framing; the page learns the list from the server.
+#[tokio::test]
+async fn the_demo_sends_no_referrer_and_a_policy_that_keeps_its_token_to_this_server() {
+    let (addr, stop, server) = start_with(|c| {
+        c.demo_servers = vec!["wss://other.example/ws".to_owned()];
+    })
+    .await;
+    for path in ["/", "/whep.html", "/js/app.js"] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let head = out.split_once("\r\n\r\n").map_or(&out[..], |(h, _)| h);
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(
+            lower.contains("referrer-policy: no-referrer"),
+            "{path}: {head}"
+        );
+        assert!(
+            lower.contains("x-content-type-options: nosniff"),
+            "{path}: {head}"
+        );
+        let csp = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-security-policy: "))
+            .unwrap_or_else(|| panic!("{path}: no policy in {head}"));
+        for part in [
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            &format!("connect-src 'self' ws://{addr} wss://{addr} wss://other.example/ws"),
+        ] {
+            assert!(csp.contains(part), "{path}: {part} not in {csp}");
+        }
+    }
+    let (_, body) = get(addr, "/demo-config.json").await;
+    let config: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        config["servers"],
+        serde_json::json!(["wss://other.example/ws"])
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+}

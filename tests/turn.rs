@@ -282,3 +282,66 @@ async fn coturn_takes_fresh_credentials_and_refuses_expired_ones() {
         );
     }
 }
+
+/// Issue 26, item 5: credentials lived a day by default and outlived a kick. They now live an
+/// hour by default (`turn_ttl_s`), and a member who resumes gets fresh ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_live_an_hour_by_default_and_a_resume_renews_them() {
+    // No coturn is needed: the credentials are the server's to make.
+    let config = miclink::Config::load(
+        <miclink::Args as clap::Parser>::try_parse_from([
+            "miclink",
+            "--ice-server",
+            "turn:127.0.0.1:3478?transport=udp",
+            "--turn-secret",
+            SECRET,
+        ])
+        .expect("flags"),
+    )
+    .expect("config");
+    let turn = config.signaling.turn.clone().expect("a TURN secret");
+    let s = common::server_with(move |c| {
+        c.signaling.ice_servers = config.signaling.ice_servers.clone();
+        c.signaling.turn = Some(turn);
+    })
+    .await;
+    let expiry = |join: &miclink_protocol::JoinResult| -> u64 {
+        let username = join.ice_servers[0].username.as_deref().expect("a username");
+        username
+            .split(':')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .expect("expiry:user")
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let member = common::client_join(
+        &s,
+        "viewer",
+        Role::Anchor,
+        Recv::new(Instant::now()),
+        Options::default(),
+    )
+    .await;
+    let first = expiry(&member.join);
+    assert!((3590..=3610).contains(&(first - now())), "an hour: {first}");
+    // The socket drops; the member resumes a little later and gets new credentials.
+    let session = member.join.session.clone();
+    member.kill().await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let back = miclink_loadtest::client::Member::resume(
+        &s.url,
+        "viewer",
+        &session,
+        Recv::new(Instant::now()),
+        Options::default(),
+    )
+    .await
+    .expect("resumed");
+    assert!(expiry(&back.join) > first, "renewed on resume");
+    back.close().await;
+}

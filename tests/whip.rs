@@ -396,8 +396,18 @@ async fn a_whep_player_needs_a_live_room_and_a_receiving_offer() {
     let sending = sending.replace("a=sendrecv", "a=sendonly");
     let refused = s.http("POST", "/whep/r", sdp, &sending).await;
     assert_eq!(refused.status, 400, "{refused:?}");
-    // An offer asking for more places than there are seats gets ten, the rest silent.
+    // An offer asking for more places than a room has seats is refused, saying the bound (each
+    // section would cost a transceiver and an answer section); one asking for every seat gets
+    // ten places.
     let greedy = whep(&s, "r", "", 12).await;
+    assert_eq!(greedy.reply.status, 400, "{:?}", greedy.reply);
+    assert!(
+        greedy.reply.body.contains("at most 21 m-sections"),
+        "{:?}",
+        greedy.reply
+    );
+    greedy.peer.close().await;
+    let greedy = whep(&s, "r", "", 10).await;
     assert_eq!(greedy.reply.status, 201, "{:?}", greedy.reply);
     let mut places: Vec<&str> = greedy
         .reply
@@ -488,4 +498,175 @@ async fn an_encoder_publishes_for_an_anchor_on_a_socket_who_seats_a_co_host_a_wh
     for m in [viewer, guest, anchor] {
         m.close().await;
     }
+}
+
+/// A WHEP offer nobody will complete: its place is held until the connect deadline.
+async fn abandoned_offer() -> String {
+    let peer = Peer::new(None).await.expect("peer");
+    let offer = peer.receive_offer(1).await.expect("offer");
+    peer.close().await;
+    offer
+}
+
+async fn post_whep(s: &Server, room: &str, offer: &str) -> u16 {
+    s.http(
+        "POST",
+        &format!("/whep/{room}"),
+        "Content-Type: application/sdp\r\n",
+        offer,
+    )
+    .await
+    .status
+}
+
+/// Issue 26, item 2: 300 WHEP POSTs from one address took every media connection of a server,
+/// and WHIP and `publish` in another room got `unavailable` until ICE gave up on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_flood_from_one_address_leaves_another_room_able_to_go_live() {
+    let s = server_with(|c| {
+        c.signaling.http_media_per_ip_on_loopback = true;
+        if let Some(m) = &mut c.media {
+            m.loops = 1;
+            m.max_peers_per_loop = Some(64);
+        }
+    })
+    .await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
+    let offer = abandoned_offer().await;
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        *statuses
+            .entry(post_whep(&s, "r", &offer).await)
+            .or_insert(0) += 1;
+    }
+    // The address's 16 places, then 429 for the rest.
+    assert_eq!(statuses.get(&201), Some(&16), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&284), "{statuses:?}");
+
+    // Another room's anchor goes live, and its viewer gets its media.
+    let mut other = Member::join(&s.url, "q", "anchor", Role::Anchor).await;
+    other.publish(false).await;
+    let watcher = Member::join(&s.url, "q", "watcher", Role::Audience).await;
+    watcher
+        .wait_received("the other room's anchor", |r| {
+            r.get(&("anchor".to_owned(), Kind::Audio))
+                .is_some_and(|a| a.seqs.len() > 10)
+        })
+        .await;
+
+    // The abandoned offers never connect: at the connect deadline (10 s) their places are
+    // free again, and the address may watch once more.
+    let end = Instant::now() + std::time::Duration::from_secs(30);
+    while s.media_counter("connect_timeouts").await < 16 {
+        assert!(Instant::now() < end, "the abandoned offers were not closed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut again = 0;
+    while again != 201 {
+        again = post_whep(&s, "r", &offer).await;
+        assert!(Instant::now() < end, "no place freed: {again}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    watcher.close().await;
+    other.close().await;
+    viewer.close().await;
+    anchor.close().await;
+}
+
+/// Players from many addresses are held by their room's cap (the loop's share kept from
+/// players is tested on the core: `whep_players_leave_publishers_a_share_of_the_loop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_players_are_held_to_their_rooms_cap() {
+    let s = server_with(|c| {
+        c.signaling.whep_per_room = 6;
+        c.signaling.http_media_per_ip = 0;
+    })
+    .await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
+    let offer = abandoned_offer().await;
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        codes.push(post_whep(&s, "r", &offer).await);
+    }
+    assert_eq!(
+        codes,
+        [201, 201, 201, 201, 201, 201, 503],
+        "the room's cap of 6"
+    );
+    viewer.close().await;
+    anchor.close().await;
+}
+
+const FINGERPRINT: &str = "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99";
+
+/// An offer of `sections` m-sections, alternating audio and video, each with `extra` lines:
+/// shaped as a client's (credentials, fingerprint), so that only its size tells it apart.
+fn shaped_offer(sections: usize, extra: &str) -> String {
+    let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+    for i in 0..sections {
+        let (kind, pt, codec) = if i % 2 == 0 {
+            ("audio", 111, "opus/48000/2")
+        } else {
+            ("video", 96, "VP8/90000")
+        };
+        sdp += &format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{i}\r\na=sendonly\r\n\
+             a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=setup:actpass\r\n\
+             a=fingerprint:sha-256 {FINGERPRINT}\r\na=rtcp-mux\r\na=rtpmap:{pt} {codec}\r\n{extra}"
+        );
+    }
+    sdp
+}
+
+/// Issue 26, item 3: a 65 KB WHIP offer of 215 m-sections got a 47 KB answer and cost 1.6 MB
+/// per session, and 1,500 rids were accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_of_215_sections_or_1500_rids_are_refused_saying_which_bound() {
+    let s = server().await;
+    let sdp = "Content-Type: application/sdp\r\n";
+    let wide = shaped_offer(215, "");
+    assert!(wide.len() < 64 * 1024);
+    let r = s.http("POST", "/whip/r", sdp, &wide).await;
+    let said = &r.body[..r.body.len().min(300)];
+    assert_eq!(r.status, 400, "{said}");
+    assert!(
+        said.contains("at most 3 m-sections; this one has 215"),
+        "{said}"
+    );
+    // Refused before anything was built: the room the encoder would have made is gone.
+    assert_eq!(s.health().await["rooms"], 0);
+
+    // A publisher on a seat, over the WebSocket: the same bounds, as `bad_sdp`.
+    let anchor = Member::join(&s.url, "q", "anchor", Role::Anchor).await;
+    let rids: String = (0..1500).map(|i| format!("a=rid:r{i} send\r\n")).collect();
+    let reply = anchor
+        .request(Request::Publish {
+            sdp: shaped_offer(2, &rids),
+        })
+        .await;
+    let error = reply.error.expect("refused");
+    assert_eq!(error.code, miclink_protocol::ErrorCode::BadSdp);
+    assert!(
+        error.message.contains("attribute lines"),
+        "{}",
+        error.message
+    );
+    let four: String = (0..4).map(|i| format!("a=rid:r{i} send\r\n")).collect();
+    let reply = anchor
+        .request(Request::Publish {
+            sdp: shaped_offer(2, &four),
+        })
+        .await;
+    let error = reply.error.expect("refused");
+    assert!(
+        error.message.contains("4 rids; at most 3"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        s.health().await["media"]["peers"],
+        0,
+        "no connection was built"
+    );
+    anchor.close().await;
 }

@@ -344,9 +344,14 @@ test('a reload of any tab takes its place back with media', async ({ browser }) 
 test('says clearly what went wrong: server unreachable, no live room, camera refused', async ({ browser }) => {
   const context = await browser.newContext();
   const page = await context.newPage();
+  // A server the operator listed (demo_servers) that does not answer.
   await page.goto('/?server=ws://127.0.0.1:9/ws');
   await page.getByRole('button', { name: 'Join' }).click();
   await expect(page.locator('#lobby-error')).toContainText('Cannot reach the server');
+  // One nobody listed: the page does not connect (a join token would go there).
+  await page.goto('/?server=ws://127.0.0.1:10/ws');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await expect(page.locator('#lobby-error')).toContainText('connects only to its own server');
 
   await page.goto('/');
   await page.getByLabel('Room').fill(newRoom());
@@ -677,6 +682,8 @@ test('deploy/compose.yaml: one room on three nodes, joined with tokens; every pa
   const viewer = await join(browser, { room, name: 'Viewer Vic', role: 'audience', url: at(c, 'vic', 'audience') });
   const all = [anchor, g1, g2, viewer];
   expect(all.map((p) => p.user)).toEqual(['ann', 'one', 'two', 'vic']);
+  // The token left the address bar (history, bookmarks, shared links) as the page read it.
+  for (const p of all) expect(p.page.url()).not.toContain('token=');
   // The room is a's (its anchor went live there); b and c relay their pages' sessions to a.
   expect((await health(a)).origin_rooms).toBe(1);
   expect((await health(b)).origin_rooms).toBe(0);

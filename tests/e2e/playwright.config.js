@@ -61,6 +61,9 @@ export default defineConfig({
         MICLINK_HTTP_ADDR: http,
         MICLINK_MEDIA_ADDR: media,
         MICLINK_RESUME_GRACE_S: '15',
+        // A signaling server the demo may be pointed at with ?server= (nothing listens there):
+        // the page's refusal of servers not listed is tested beside it.
+        MICLINK_DEMO_SERVERS: 'ws://127.0.0.1:9/ws',
         // rtc's own info and warn lines (state changes, DTLS extensions it skips) would drown
         // the report.
         RUST_LOG: rustLog,

@@ -7,14 +7,39 @@ import { Media, MediaError } from './media.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const serverUrl =
-  params.get('server') ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+const ownServer = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+// `?server=` points the page at another miclink server. The join token goes there, so the page
+// connects only to its own server or to one the operator listed (`demo_servers`, which the
+// server also names in its Content-Security-Policy).
+const serverUrl = params.get('server') ?? ownServer;
 
 // On a server that checks join tokens (rule 10), the page is opened with `?token=<JWT>`, a link
 // the operator's own login makes: the token names the room, the user and the role, and goes
 // with the join. (Its signature is the server's to check; the page only reads the claims.)
-const token = params.get('token');
+// It is taken out of the address bar at once (so no history entry, bookmark, shared link or
+// screenshot carries it) and kept in this tab only, for a reload to rejoin.
+const TOKEN_KEY = 'miclink-token';
+const token = params.get('token') ?? sessionStorage.getItem(TOKEN_KEY);
+if (params.has('token')) {
+  sessionStorage.setItem(TOKEN_KEY, params.get('token'));
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(history.state, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+}
 const claims = token ? tokenClaims(token) : null;
+
+// Whether the page may connect to `url`: its own server always; another only when the server's
+// configuration lists it.
+async function allowedServer(url) {
+  if (url === ownServer) return true;
+  try {
+    const res = await fetch('/demo-config.json', { cache: 'no-store' });
+    const { servers } = await res.json();
+    return Array.isArray(servers) && servers.includes(url);
+  } catch {
+    return false;
+  }
+}
 
 function tokenClaims(jwt) {
   try {
@@ -137,6 +162,11 @@ async function join() {
     layers: new Map(), // user -> {video, reason}: the layer the server sends us, and why
     myMute: { audio: false, video: false }, // what this member turned off themselves
   };
+  if (!(await allowedServer(serverUrl))) {
+    throw new Error(
+      `This page connects only to its own server, not to ${serverUrl}: the server's operator can allow it (demo_servers).`,
+    );
+  }
   const signal = new Signal(serverUrl, {
     onEvent: (ev) => S === state && onEvent(ev),
     onState: (st, code) => S === state && onConnState(st, code),

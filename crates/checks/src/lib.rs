@@ -6,8 +6,10 @@
 //! `tests/replay.rs` replays every input a fuzzer ever found (`fuzz/regressions/`) on each
 //! `cargo test`, so a crash once found stays fixed.
 
+pub mod cluster;
 pub mod frame;
 pub mod media;
+pub mod sdp;
 pub mod seats;
 
 /// What broke, in words.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use miclink_checks::{Broken, frame, media, seats};
+use miclink_checks::{Broken, cluster, frame, media, sdp, seats};
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
@@ -50,4 +50,14 @@ fn seats_inputs_hold() {
 #[test]
 fn media_inputs_hold() {
     replay("media", media::check);
+}
+
+#[test]
+fn sdp_inputs_hold() {
+    replay("sdp", sdp::check);
+}
+
+#[test]
+fn cluster_inputs_hold() {
+    replay("cluster", cluster::check);
 }

@@ -1,5 +1,8 @@
-//! HS256 join tokens: claims `room`, `sub`, `role`, `exp` must match the join request.
+//! HS256 join tokens: claims `room`, `sub`, `role`, `exp` must match the join request, and a
+//! token with `nbf` is refused before that time. Refusals are said in our own words: the JWT
+//! library's messages name its internals and may quote what the token held.
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use miclink_protocol::{Ident, Role};
 use serde::Deserialize;
@@ -17,8 +20,22 @@ struct Claims {
 pub(crate) enum AuthError {
     #[error("this server needs a token to join")]
     Missing,
-    #[error("token refused: {0}")]
-    Invalid(String),
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's signature does not match this server's secret")]
+    BadSignature,
+    #[error("the token must be signed with HS256")]
+    Algorithm,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error(
+        "the token lacks a required claim (exp, sub, room or role) or has one of the wrong type"
+    )]
+    Claims,
+    #[error("the token's sub is not a valid user id")]
+    BadSubject,
     #[error("token is for another room")]
     OtherRoom,
     #[error("token is for another user")]
@@ -37,6 +54,7 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         // The contract says `exp` must be in the future: no leeway.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Auth {
             key: DecodingKey::from_secret(secret.as_bytes()),
@@ -53,8 +71,16 @@ impl Auth {
         role: Role,
     ) -> Result<Ident, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
+        // A header the library cannot read names an algorithm it does not know (`none`), or
+        // is no header at all.
+        if let Err(e) = jsonwebtoken::decode_header(token) {
+            return Err(match e.kind() {
+                ErrorKind::Json(_) => AuthError::Algorithm,
+                _ => AuthError::Malformed,
+            });
+        }
         let claims = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?
+            .map_err(|e| refusal(e.kind()))?
             .claims;
         if claims.room != room.as_str() {
             return Err(AuthError::OtherRoom);
@@ -62,7 +88,7 @@ impl Auth {
         if claims.role != role {
             return Err(AuthError::OtherRole);
         }
-        Ident::new(&claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))
+        Ident::new(&claims.sub).map_err(|_| AuthError::BadSubject)
     }
 
     /// Whether `token` lets `user` join `room` as `role`; the error says why not.
@@ -77,5 +103,114 @@ impl Auth {
             return Err(AuthError::OtherUser);
         }
         Ok(())
+    }
+}
+
+/// The refusal for what the JWT library found.
+fn refusal(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::MissingAlgorithm => AuthError::Algorithm,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        // A claim of the wrong shape fails as JSON: `role` not a role, `room` not a string.
+        ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_)
+        | ErrorKind::Json(_) => AuthError::Claims,
+        _ => AuthError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn token(claims: serde_json::Value, alg: Algorithm, secret: &str) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn check(t: &str) -> Result<(), AuthError> {
+        let id = |s: &str| Ident::new(s).expect("id");
+        Auth::new(SECRET).check(Some(t), &id("r"), &id("u"), Role::Anchor)
+    }
+
+    #[test]
+    fn refusals_are_said_in_our_words_and_nbf_is_checked() {
+        let good = json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() + 60});
+        assert_eq!(
+            check(&token(good.clone(), Algorithm::HS256, SECRET)),
+            Ok(())
+        );
+        let cases = [
+            (
+                token(good.clone(), Algorithm::HS256, "another-secret-0123"),
+                AuthError::BadSignature,
+            ),
+            (
+                token(good.clone(), Algorithm::HS384, SECRET),
+                AuthError::Algorithm,
+            ),
+            (
+                token(
+                    json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() - 1}),
+                    Algorithm::HS256,
+                    SECRET,
+                ),
+                AuthError::Expired,
+            ),
+            (
+                token(
+                    json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() + 600, "nbf": now() + 300}),
+                    Algorithm::HS256,
+                    SECRET,
+                ),
+                AuthError::NotYetValid,
+            ),
+            (
+                token(
+                    json!({"room": "r", "sub": "u", "role": "anchor"}),
+                    Algorithm::HS256,
+                    SECRET,
+                ),
+                AuthError::Claims,
+            ),
+            (
+                token(
+                    json!({"room": "r", "sub": "u", "role": "king", "exp": now() + 60}),
+                    Algorithm::HS256,
+                    SECRET,
+                ),
+                AuthError::Claims,
+            ),
+            ("not.a.jwt".to_owned(), AuthError::Malformed),
+            ("eyJhbGciOiJub25lIn0.e30.".to_owned(), AuthError::Algorithm),
+        ];
+        for (t, want) in cases {
+            let got = check(&t).expect_err("refused");
+            assert_eq!(got, want, "{t}");
+            // Nothing of the library's wording (or of the token) in what the client reads.
+            let said = got.to_string();
+            assert!(!said.contains("Error") && !said.contains("Kind"), "{said}");
+        }
+        // A token whose nbf has passed is fine.
+        let past =
+            json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() + 60, "nbf": now() - 5});
+        assert_eq!(check(&token(past, Algorithm::HS256, SECRET)), Ok(()));
     }
 }

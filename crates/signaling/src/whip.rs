@@ -13,13 +13,15 @@
 //! back); a WHEP viewer's ending is its leave.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -75,9 +77,49 @@ impl Kind {
     }
 }
 
-/// The live WHIP and WHEP resources: resource id -> its session's connection.
+/// The live WHIP and WHEP resources: resource id -> its session's connection; and what each
+/// client address and each room holds of them.
 #[derive(Default)]
-pub(crate) struct Resources(Mutex<HashMap<String, Resource>>);
+pub(crate) struct Resources {
+    map: Mutex<HashMap<String, Resource>>,
+    held: Arc<Mutex<Held>>,
+}
+
+/// Sessions held (or being set up) per client address and WHEP viewers per room.
+#[derive(Default)]
+struct Held {
+    by_ip: HashMap<IpAddr, usize>,
+    by_room: HashMap<Ident, usize>,
+}
+
+/// A session's place in the caps, given back when the resource goes (or its set-up failed).
+struct Place {
+    held: Arc<Mutex<Held>>,
+    ip: Option<IpAddr>,
+    room: Option<Ident>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ip) = self.ip
+            && let Some(n) = held.by_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.by_ip.remove(&ip);
+            }
+        }
+        if let Some(room) = &self.room
+            && let Some(n) = held.by_room.get_mut(room)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.by_room.remove(room);
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Resource {
@@ -88,30 +130,80 @@ struct Resource {
     user: Ident,
     conn: ConnId,
     etag: String,
+    /// Its place in the caps, given back with the last clone.
+    _place: Arc<Place>,
 }
 
 impl Resources {
     fn get(&self, id: &str) -> Option<Resource> {
-        self.0
-            .lock()
-            .expect("no panics under the lock")
-            .get(id)
-            .cloned()
+        self.lock().get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resource>> {
+        // Every update under the lock is one statement: a poisoned map is still whole.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn insert(&self, id: String, r: Resource) {
-        self.0
-            .lock()
-            .expect("no panics under the lock")
-            .insert(id, r);
+        self.lock().insert(id, r);
     }
 
     /// Forget `id` if it is still `conn`'s.
     fn remove(&self, id: &str, conn: ConnId) {
-        let mut map = self.0.lock().expect("no panics under the lock");
+        let mut map = self.lock();
         if map.get(id).is_some_and(|r| r.conn == conn) {
             map.remove(id);
         }
+    }
+
+    /// A place for a new session of `kind` in `room` from client `ip` (`None`: not counted per
+    /// address), or the answer refusing it.
+    // The refusal is the handler's whole answer, returned at once: boxing it would buy nothing.
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        &self,
+        config: &crate::SignalingConfig,
+        ip: Option<IpAddr>,
+        kind: Kind,
+        room: &Ident,
+    ) -> Result<Place, Response> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ip) = ip
+            && config.http_media_per_ip > 0
+            && held.by_ip.get(&ip).copied().unwrap_or(0) >= config.http_media_per_ip
+        {
+            return Err(answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this address holds {} WHIP and WHEP sessions, the most it may: end one \
+                     (DELETE its resource) first\n",
+                    config.http_media_per_ip
+                ),
+            ));
+        }
+        let room = (kind == Kind::Whep).then(|| room.clone());
+        if let Some(room) = &room
+            && held.by_room.get(room).copied().unwrap_or(0) >= config.whep_per_room
+        {
+            return Err(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this room has {} WHEP viewers, the most it takes\n",
+                    config.whep_per_room
+                ),
+            ));
+        }
+        if let Some(ip) = ip {
+            *held.by_ip.entry(ip).or_default() += 1;
+        }
+        if let Some(room) = &room {
+            *held.by_room.entry(room.clone()).or_default() += 1;
+        }
+        Ok(Place {
+            held: self.held.clone(),
+            ip,
+            room,
+        })
     }
 }
 
@@ -122,7 +214,7 @@ pub(crate) fn routes() -> Router<Signaling> {
         router = router
             .route(
                 &format!("/{p}/{{room}}"),
-                post(move |s, r, h, b| create(kind, s, r, h, b)).options(preflight),
+                post(move |s, p, r, h, b| create(kind, s, p, r, h, b)).options(preflight),
             )
             .route(
                 &format!("/{p}/{{room}}/{{resource}}"),
@@ -410,6 +502,7 @@ async fn start(
 async fn create(
     kind: Kind,
     State(sig): State<Signaling>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -470,6 +563,15 @@ async fn create(
         }
         return resp;
     }
+    // A session outlives its request: each address and each room hold a bounded number.
+    let config = &sig.inner.config;
+    let ip = peer
+        .map(|Extension(ConnectInfo(addr))| crate::client_key(addr.ip()))
+        .filter(|ip| config.http_media_per_ip_on_loopback || !ip.is_loopback());
+    let place = match sig.inner.whip.admit(config, ip, kind, &room) {
+        Ok(place) => Arc::new(place),
+        Err(resp) => return resp,
+    };
     let Some(mut s) = Session::open(&sig).await else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
     };
@@ -495,6 +597,7 @@ async fn create(
         user: user.clone(),
         conn: s.conn,
         etag: etag.clone(),
+        _place: place,
     };
     sig.inner.whip.insert(id.clone(), resource);
     info!(%room, %user, ?kind, attached, "HTTP media session");
