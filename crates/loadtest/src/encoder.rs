@@ -2,6 +2,11 @@
 //! WHIP endpoint, as any encoder does, then sends a VP8 file (IVF, looped with its timing) and
 //! Opus silence until stopped, and `DELETE`s its resource at the end. What it sends decodes in
 //! a browser: the demo's viewers and any WHEP player show the file's picture.
+//!
+//! Two more ways to go on a seat, for tests of what several seats carry: `--accept-links` keeps
+//! the anchor's place on a socket as well (the demo's "Anchor with an encoder"), accepting every
+//! link request; `--guest USER` joins the room on a socket as USER, links (an anchor that
+//! accepts is needed), and publishes the same media there with `publish`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +20,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 
+use crate::client;
 use crate::peer::{Publisher, StreamSpec, negotiated_pt};
+use crate::recv::Recv;
 use crate::util::check_loopback;
+use miclink_protocol::{Request, Role};
 
 /// What `miclink-load encode` takes.
 #[derive(clap::Args)]
@@ -33,6 +41,14 @@ pub struct Options {
     /// Seconds to send for; 0 sends until interrupted.
     #[arg(long, default_value_t = 0)]
     pub duration_s: u64,
+    /// Also hold the anchor's place on a WebSocket (as the demo's "Anchor with an encoder"
+    /// does) and accept every link request, so members can link beside the file.
+    #[arg(long, conflicts_with = "guest")]
+    pub accept_links: bool,
+    /// Publish as a linked member USER instead of the anchor: join the room on a WebSocket,
+    /// apply to link (the anchor must accept), then publish the file with `publish`.
+    #[arg(long)]
+    pub guest: Option<String>,
 }
 
 /// The largest RTP payload: room for the headers and SRTP within a 1,280-byte datagram.
@@ -84,30 +100,94 @@ fn read_ivf(path: &std::path::Path) -> anyhow::Result<(Vec<Frame>, u64)> {
     Ok((frames, length))
 }
 
+/// The signaling socket and the room of a WHIP endpoint `http://host:port/whip/<room>`.
+fn socket_of(whip: &str) -> anyhow::Result<(String, String)> {
+    let url = reqwest::Url::parse(whip)?;
+    let room = url
+        .path()
+        .strip_prefix("/whip/")
+        .filter(|r| !r.is_empty() && !r.contains('/'))
+        .ok_or_else(|| anyhow::anyhow!("{whip} is not a /whip/<room> URL"))?
+        .to_owned();
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    Ok((format!("ws://{host}:{port}/ws"), room))
+}
+
 pub async fn encode(o: Options) -> anyhow::Result<()> {
     check_loopback(&o.whip)?;
     let (frames, length) = read_ivf(&o.ivf)?;
     let streams = [StreamSpec::audio(48_000), StreamSpec::video(1_000_000, 30)];
     let (publisher, offer) = Publisher::offer("encoder", &streams).await?;
     let http = reqwest::Client::new();
-    let mut post = http
-        .post(&o.whip)
-        .header("Content-Type", "application/sdp")
-        .body(offer);
-    if let Some(t) = &o.token {
-        post = post.bearer_auth(t);
-    }
-    let res = post.send().await?;
-    let status = res.status();
-    let location = res
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let answer = res.text().await?;
-    anyhow::ensure!(status.as_u16() == 201, "POST answered {status}: {answer}");
-    let location = location.ok_or_else(|| anyhow::anyhow!("201 without a Location"))?;
-    let resource = reqwest::Url::parse(&o.whip)?.join(&location)?;
+    let (socket, room) = socket_of(&o.whip)?;
+    let recv = Recv::new(std::time::Instant::now());
+    // What holds a seat on a socket for as long as this runs (a guest, or the anchor's
+    // controls), and the WHIP resource when the encoder posted one.
+    let mut member = None;
+    let mut resource = None;
+    let answer = if let Some(user) = &o.guest {
+        let mut m = client::Member::join(
+            &socket,
+            &room,
+            user,
+            Role::Audience,
+            recv,
+            client::Options::default(),
+        )
+        .await?;
+        m.call(Request::RequestLink {
+            user: None,
+            seat: None,
+            timeout_s: Some(60),
+            open_camera: Some(true),
+        })
+        .await?;
+        m.wait_event("link_accepted", Duration::from_secs(60))
+            .await?;
+        let result = m.call(Request::Publish { sdp: offer }).await?;
+        member = Some(m);
+        result
+            .get("sdp")
+            .and_then(|s| s.as_str())
+            .ok_or_else(|| anyhow::anyhow!("publish result without sdp"))?
+            .to_owned()
+    } else {
+        let mut bearer = o.token.clone();
+        if o.accept_links {
+            // Without tokens, a bearer naming the anchor's user attaches the encoder to the
+            // anchor's session on the socket.
+            let user = format!("encoder-{:04x}", rand::random::<u16>());
+            let options = client::Options {
+                auto_accept: true,
+                token: o.token.clone(),
+                ..client::Options::default()
+            };
+            let m =
+                client::Member::join(&socket, &room, &user, Role::Anchor, recv, options).await?;
+            bearer = Some(o.token.clone().unwrap_or(user));
+            member = Some(m);
+        }
+        let mut post = http
+            .post(&o.whip)
+            .header("Content-Type", "application/sdp")
+            .body(offer);
+        if let Some(t) = &bearer {
+            post = post.bearer_auth(t);
+        }
+        let res = post.send().await?;
+        let status = res.status();
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let answer = res.text().await?;
+        anyhow::ensure!(status.as_u16() == 201, "POST answered {status}: {answer}");
+        let location = location.ok_or_else(|| anyhow::anyhow!("201 without a Location"))?;
+        resource = Some(reqwest::Url::parse(&o.whip)?.join(&location)?);
+        answer
+    };
     let opus = negotiated_pt(&answer, "audio/opus", "")
         .ok_or_else(|| anyhow::anyhow!("Opus not in the answer"))?;
     let vp8 = negotiated_pt(&answer, "video/VP8", "")
@@ -115,7 +195,13 @@ pub async fn encode(o: Options) -> anyhow::Result<()> {
     let tracks = publisher.accept(answer).await?;
     let [(audio, audio_ssrc), (video, video_ssrc)] = <[_; 2]>::try_from(tracks)
         .map_err(|_| anyhow::anyhow!("the publisher has not two tracks"))?;
-    println!("live: {resource}");
+    match (&resource, &o.guest) {
+        (Some(resource), _) => println!("live: {resource}"),
+        (None, guest) => println!(
+            "live: {} on a seat of {room}",
+            guest.as_deref().unwrap_or("")
+        ),
+    }
 
     let started = Instant::now();
     let audio_task = tokio::spawn(send_silence(audio, opus, audio_ssrc));
@@ -130,12 +216,17 @@ pub async fn encode(o: Options) -> anyhow::Result<()> {
     }
     audio_task.abort();
     video_task.abort();
-    let end = http.delete(resource.clone()).send().await?;
-    println!(
-        "sent for {:.1} s; DELETE {resource}: {}",
-        started.elapsed().as_secs_f64(),
-        end.status()
-    );
+    let sent = started.elapsed().as_secs_f64();
+    match resource {
+        Some(resource) => {
+            let end = http.delete(resource.clone()).send().await?;
+            println!("sent for {sent:.1} s; DELETE {resource}: {}", end.status());
+        }
+        None => println!("sent for {sent:.1} s"),
+    }
+    if let Some(m) = member {
+        m.close().await;
+    }
     publisher.peer.close().await;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use miclink_protocol::{Ident, VideoQuality};
+use miclink_protocol::Ident;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -13,9 +13,7 @@ use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
 use crate::peer::PeerId;
 use crate::sdp::{Purpose, Sdp};
 use crate::track::Negotiated;
-use crate::{
-    MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions, layers,
-};
+use crate::{MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions};
 
 impl MediaCore {
     pub(crate) fn command(&mut self, now: Instant, command: MediaCommand) {
@@ -394,10 +392,11 @@ impl MediaCore {
         if !allowed {
             return Err(SfuError::NotAllowed);
         }
-        Sdp::checked(&offer, Purpose::Publish)?;
-        let kinds = offered_kinds(&offer);
-        let simulcast = offered_layers(&offer);
-        let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
+        let shape = Sdp::checked(&offer, Purpose::Publish)?;
+        let (audio, video) = shape.sending();
+        let kinds = (audio > 0, video > 0);
+        let simulcast = shape.layers_sent();
+        let offer = RTCSessionDescription::offer(for_rtc(&offer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let republish = self.room_peer(room, user, PcKind::Publish).is_some();
         let link = self
@@ -518,7 +517,7 @@ impl MediaCore {
             });
         }
         Sdp::checked(&answer, Purpose::Answer)?;
-        let answer = RTCSessionDescription::answer(without_ice_lite(&answer))
+        let answer = RTCSessionDescription::answer(for_rtc(&answer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         peer.pc
             .set_remote_description(now, answer)
@@ -584,117 +583,52 @@ pub(crate) fn negotiated(
     })
 }
 
-/// Which kinds (audio, video) a publish offer sends: m-sections with a port and a sending
-/// direction.
-fn offered_kinds(sdp: &str) -> (bool, bool) {
-    let (mut audio, mut video) = (false, false);
-    let mut current: Option<(&str, bool)> = None;
-    let mut finish = |section: Option<(&str, bool)>| match section {
-        Some(("audio", true)) => audio = true,
-        Some(("video", true)) => video = true,
-        _ => {}
-    };
-    for line in sdp.lines() {
-        if let Some(rest) = line.strip_prefix("m=") {
-            finish(current.take());
-            let mut fields = rest.split_whitespace();
-            let media = fields.next().unwrap_or("");
-            let port = fields.next().unwrap_or("0");
-            current = Some((
-                if media == "audio" || media == "video" {
-                    media
-                } else {
-                    ""
-                },
-                port != "0",
-            ));
-        } else if matches!(line.trim_end(), "a=recvonly" | "a=inactive")
-            && let Some((_, sending)) = &mut current
-        {
-            *sending = false;
-        }
-    }
-    finish(current);
-    (audio, video)
-}
-
-/// The simulcast layers a publish offer announces for its video (`a=rid:<id> send` in the first
-/// sending video m-section), when there are several and each is named `q`, `h` or `f`; empty
-/// otherwise. A browser starts its top layers only once its estimate allows, so what the server
-/// has seen so far is not all the publisher can send.
-fn offered_layers(sdp: &str) -> Vec<VideoQuality> {
-    let mut out = Vec::new();
-    let mut in_video = false;
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(rest) = line.strip_prefix("m=") {
-            if !out.is_empty() {
-                break;
-            }
-            in_video = rest.starts_with("video ") && !rest.starts_with("video 0 ");
-        } else if in_video && let Some(rid) = line.strip_prefix("a=rid:") {
-            let mut fields = rid.split_whitespace();
-            let (id, direction) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-            if direction != "send" {
-                continue;
-            }
-            // Three layers at most are taken (rule 14); an offer naming more is bounded here.
-            match layers::named(id) {
-                Some(q) if out.len() < 3 => out.push(q),
-                _ => return Vec::new(),
-            }
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    if out.len() < 2 {
-        out.clear();
-    }
-    out
-}
-
-/// `sdp` without `a=ice-lite`. The server is ICE-lite and must stay the controlled side: given a
-/// client that also claims to be lite, rtc makes the offering side controlling, and a lite agent
-/// that controls falls back to a full one that checks every candidate the client listed, which
-/// would let a client aim the server's checks at any address. Clients are never lite in fact
-/// (browsers, OBS, our load tool), so the claim is dropped before rtc reads the description.
-pub(crate) fn without_ice_lite(sdp: &str) -> String {
+/// A client's description as rtc is given it:
+/// - without `a=ice-lite`. The server is ICE-lite and must stay the controlled side: given a
+///   client that also claims to be lite, rtc makes the offering side controlling, and a lite
+///   agent that controls falls back to a full one that checks every candidate the client
+///   listed, which would let a client aim the server's checks at any address. Clients are never
+///   lite in fact (browsers, OBS, GStreamer, our load tool), so the claim is dropped.
+/// - with Opus's channel count. RFC 7587 writes Opus as `opus/48000/2` whatever the client
+///   sends; some (GStreamer's webrtcbin, so whepsrc) leave the `/2` out, and rtc's answer copies
+///   the offer's line.
+pub(crate) fn for_rtc(sdp: &str) -> String {
     sdp.split_inclusive('\n')
         .filter(|line| line.trim_end() != "a=ice-lite")
+        .map(|line| match opus_without_channels(line) {
+            Some(end) => format!("{}/2{}", &line[..end], &line[end..]),
+            None => line.to_owned(),
+        })
         .collect()
+}
+
+/// Where `/2` goes in an `a=rtpmap:<pt> opus/48000` line that lacks it (the end of the clock
+/// rate), or `None` for any other line.
+fn opus_without_channels(line: &str) -> Option<usize> {
+    let rest = line.strip_prefix("a=rtpmap:")?;
+    let (_, encoding) = rest.split_once(' ')?;
+    let encoding = encoding.trim_end();
+    encoding
+        .eq_ignore_ascii_case("opus/48000")
+        .then(|| line.trim_end().len())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{offered_kinds, offered_layers};
-    use miclink_protocol::VideoQuality::{High, Low, Medium};
+    use super::for_rtc;
 
     #[test]
-    fn the_kinds_an_offer_sends() {
-        let both = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
-        assert_eq!(offered_kinds(both), (true, true));
-        let audio = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\n";
-        assert_eq!(offered_kinds(audio), (true, false));
-        let recv = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
-        assert_eq!(offered_kinds(recv), (false, false));
-        assert_eq!(offered_kinds("garbage"), (false, false));
-    }
-
-    #[test]
-    fn the_simulcast_layers_an_offer_announces() {
-        let browser = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rid:x send\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n";
-        assert_eq!(offered_layers(browser), vec![Low, Medium, High]);
-        let two = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:f send\r\na=rid:q send\r\n";
-        assert_eq!(offered_layers(two), vec![Low, High]);
-        // Other names are ranked by rate once seen; one layer is no simulcast; recv rids and
-        // rejected sections are not sent.
-        let other = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:lo send\r\na=rid:hi send\r\n";
-        assert!(offered_layers(other).is_empty());
-        let one = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:f send\r\na=rid:q recv\r\n";
-        assert!(offered_layers(one).is_empty());
-        let rejected = "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=rid:f send\r\n";
-        assert!(offered_layers(rejected).is_empty());
-        let flood: String = std::iter::repeat_n("a=rid:q send\r\n", 10_000).collect();
-        assert!(offered_layers(&format!("m=video 9 X 96\r\n{flood}")).is_empty());
-        assert!(offered_layers("garbage").is_empty());
+    fn rtc_reads_no_ice_lite_claim_and_opus_with_its_channels() {
+        let given = "v=0\r\na=ice-lite\r\nm=audio 9 X 96 111\r\na=rtpmap:96 OPUS/48000\r\n\
+                     a=rtpmap:111 opus/48000/2\r\na=rtpmap:97 opus/480000\r\n";
+        assert_eq!(
+            for_rtc(given),
+            "v=0\r\nm=audio 9 X 96 111\r\na=rtpmap:96 OPUS/48000/2\r\n\
+             a=rtpmap:111 opus/48000/2\r\na=rtpmap:97 opus/480000\r\n"
+        );
+        assert_eq!(
+            for_rtc("a=rtpmap:96 opus/48000"),
+            "a=rtpmap:96 opus/48000/2"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The SFU's reader of the session descriptions clients send, and the shape it holds them to
-//! before the WebRTC stack sees them.
+//! before the WebRTC stack sees them; and what the SFU learns from one (the kinds a publisher
+//! sends, its simulcast layers, the places a WHEP player receives).
 //!
 //! A description is parsed once with webrtc-rs's `sdp` crate into [`Sdp`]; its sections are
 //! then counted against the bounds of what the description is for ([`Purpose`]). rtc would build
@@ -82,16 +83,71 @@ impl Sdp {
         &self.description.media_descriptions
     }
 
+    /// The sections in use: those with a port, and those with port 0 that are `a=bundle-only`
+    /// (RFC 8843 section 6: a client with the max-bundle policy, such as GStreamer's webrtcbin,
+    /// offers every section but the first that way; it is not rejected).
+    fn in_use(&self) -> impl Iterator<Item = &MediaDescription> {
+        self.sections()
+            .iter()
+            .filter(|m| m.media_name.port.value != 0 || m.has_attribute("bundle-only"))
+    }
+
+    /// How many sections in use of each kind (audio, video) send media to the server.
+    pub(crate) fn sending(&self) -> (usize, usize) {
+        self.count(|m| !m.has_attribute("recvonly") && !m.has_attribute("inactive"))
+    }
+
+    /// How many sections in use of each kind (audio, video) receive media from the server.
+    pub(crate) fn receiving(&self) -> (usize, usize) {
+        self.count(|m| !m.has_attribute("sendonly") && !m.has_attribute("inactive"))
+    }
+
+    fn count(&self, direction: impl Fn(&MediaDescription) -> bool) -> (usize, usize) {
+        let of = |kind: &str| {
+            self.in_use()
+                .filter(|m| m.media_name.media == kind && direction(m))
+                .count()
+        };
+        (of("audio"), of("video"))
+    }
+
+    /// The simulcast layers a publish offer announces for its video (`a=rid:<id> send` in the
+    /// first sending video section), when there are several and each is named `q`, `h` or `f`;
+    /// empty otherwise. A browser starts its top layers only once its estimate allows, so what
+    /// the server has seen so far is not all the publisher can send.
+    pub(crate) fn layers_sent(&self) -> Vec<miclink_protocol::VideoQuality> {
+        let Some(video) = self.in_use().find(|m| {
+            m.media_name.media == "video"
+                && !m.has_attribute("recvonly")
+                && !m.has_attribute("inactive")
+        }) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for rid in values(video, "rid") {
+            let mut fields = rid.split_whitespace();
+            if fields.nth(1) != Some("send") {
+                continue;
+            }
+            match rid.split_whitespace().next().and_then(crate::layers::named) {
+                Some(q) if out.len() < MAX_RIDS => out.push(q),
+                // Other names are ranked by their measured rate once seen.
+                _ => return Vec::new(),
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        if out.len() < 2 {
+            out.clear();
+        }
+        out
+    }
+
     /// Whether the description's sections and their contents stay within the bounds of
     /// `purpose`; the error names the bound.
     pub fn check(&self, purpose: Purpose) -> Result<(), SfuError> {
         let sections = self.sections();
-        let count = |kind: &str| {
-            sections
-                .iter()
-                .filter(|m| m.media_name.media == kind && m.media_name.port.value != 0)
-                .count()
-        };
+        let count = |kind: &str| self.in_use().filter(|m| m.media_name.media == kind).count();
         let (audio, video) = (count("audio"), count("video"));
         let (max_each, max_all, what) = match purpose {
             Purpose::Publish => (1, 3, "a publish offer"),
@@ -260,6 +316,58 @@ mod tests {
         Sdp::checked(&offer(&pairs(10)), Purpose::Watch { seats: 10 }).expect("ten seats");
         let why = refused(&offer(&pairs(11)), Purpose::Watch { seats: 10 });
         assert!(why.contains("WHEP"), "{why}");
+    }
+
+    fn sdp(text: &str) -> Sdp {
+        Sdp::parse(&format!("{HEAD}{text}")).expect("parses")
+    }
+
+    #[test]
+    fn the_kinds_a_description_sends_and_receives() {
+        let both = sdp("m=audio 9 X 111\r\na=sendonly\r\nm=video 9 X 96\r\na=sendonly\r\n");
+        assert_eq!(both.sending(), (1, 1));
+        assert_eq!(both.receiving(), (0, 0));
+        let audio = sdp("m=audio 9 X 111\r\na=sendrecv\r\nm=video 0 X 96\r\n");
+        assert_eq!(audio.sending(), (1, 0), "a rejected section sends nothing");
+        let places = sdp(
+            "m=audio 9 X 111\r\na=recvonly\r\nm=video 9 X 96\r\na=recvonly\r\n\
+             m=audio 9 X 111\r\na=sendrecv\r\nm=video 9 X 96\r\nm=application 9 X webrtc-datachannel\r\n",
+        );
+        assert_eq!(places.receiving(), (2, 2));
+        // Issue 33: webrtcbin (max-bundle) offers every section but the first with port 0 and
+        // a=bundle-only; each is a place all the same.
+        let bundled = sdp(
+            "m=video 9 X 101\r\na=recvonly\r\nm=audio 0 X 96\r\na=bundle-only\r\na=recvonly\r\n",
+        );
+        assert_eq!(bundled.receiving(), (1, 1));
+        let publisher = sdp("m=audio 9 X 111\r\nm=video 0 X 96\r\na=bundle-only\r\n");
+        assert_eq!(publisher.sending(), (1, 1));
+        assert!(Sdp::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn the_simulcast_layers_an_offer_announces() {
+        use miclink_protocol::VideoQuality::{High, Low, Medium};
+        let browser = sdp(
+            "m=audio 9 X 111\r\na=rid:x send\r\nm=video 9 X 96\r\na=rid:q send\r\n\
+             a=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
+        );
+        assert_eq!(browser.layers_sent(), vec![Low, Medium, High]);
+        let two = sdp("m=video 9 X 96\r\na=rid:f send\r\na=rid:q send\r\n");
+        assert_eq!(two.layers_sent(), vec![Low, High]);
+        // Other names are ranked by rate once seen; one layer is no simulcast; recv rids and
+        // rejected sections are not sent.
+        let other = sdp("m=video 9 X 96\r\na=rid:lo send\r\na=rid:hi send\r\n");
+        assert!(other.layers_sent().is_empty());
+        let one = sdp("m=video 9 X 96\r\na=rid:f send\r\na=rid:q recv\r\n");
+        assert!(one.layers_sent().is_empty());
+        let rejected = sdp("m=video 0 X 96\r\na=rid:q send\r\na=rid:f send\r\n");
+        assert!(rejected.layers_sent().is_empty());
+        let many: String = std::iter::repeat_n("a=rid:q send\r\n", 100).collect();
+        assert_eq!(
+            sdp(&format!("m=video 9 X 96\r\n{many}")).layers_sent(),
+            Vec::new()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use tracing::info;
 
-use crate::commands::{negotiated, without_ice_lite};
+use crate::commands::{for_rtc, negotiated};
 use crate::peer::PeerId;
 use crate::track::OutTrack;
 use crate::{MediaCore, PcKind, SfuError};
@@ -35,36 +35,6 @@ pub(crate) struct Slot {
     /// Its senders that carry nothing now (nobody in the place, or that publisher has no track
     /// of the sender's kind or codec); the others are in the connection's `outs`.
     pub(crate) parked: Vec<OutTrack>,
-}
-
-/// The receiving m-sections of `sdp`, per kind: those with a port that are not send-only or
-/// inactive.
-fn receiving_sections(sdp: &str) -> (usize, usize) {
-    let mut counts = (0, 0);
-    let mut current: Option<(RtpCodecKind, bool)> = None;
-    let mut finish = |c: Option<(RtpCodecKind, bool)>| match c {
-        Some((RtpCodecKind::Audio, true)) => counts.0 += 1,
-        Some((RtpCodecKind::Video, true)) => counts.1 += 1,
-        _ => {}
-    };
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(rest) = line.strip_prefix("m=") {
-            finish(current.take());
-            let mut fields = rest.split_whitespace();
-            let kind = match fields.next() {
-                Some("audio") => RtpCodecKind::Audio,
-                Some("video") => RtpCodecKind::Video,
-                _ => RtpCodecKind::Unspecified,
-            };
-            current = Some((kind, fields.next().is_some_and(|p| p != "0")));
-        } else if matches!(line, "a=sendonly" | "a=inactive")
-            && let Some((_, receiving)) = &mut current
-        {
-            *receiving = false;
-        }
-    }
-    finish(current);
-    counts
 }
 
 /// What an idle slot's sender is created with (it is renegotiated to nothing: the answer lists
@@ -139,13 +109,14 @@ impl MediaCore {
         {
             return Err(SfuError::NotInRoom);
         }
-        crate::sdp::Sdp::checked(&offer, crate::sdp::Purpose::Watch { seats: MAX_SLOTS })?;
-        let (audio, video) = receiving_sections(&offer);
+        let shape =
+            crate::sdp::Sdp::checked(&offer, crate::sdp::Purpose::Watch { seats: MAX_SLOTS })?;
+        let (audio, video) = shape.receiving();
         let slots = audio.max(video).min(MAX_SLOTS);
         if slots == 0 {
             return Err(SfuError::BadSdp("the offer receives nothing".into()));
         }
-        let offer = RTCSessionDescription::offer(without_ice_lite(&offer))
+        let offer = RTCSessionDescription::offer(for_rtc(&offer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         if let Some(r) = self.rooms.get_mut(room) {
             r.own_offers.insert(user.clone());
@@ -327,20 +298,5 @@ impl MediaCore {
                 self.allocate_subscriber(now, sid);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::receiving_sections;
-
-    #[test]
-    fn the_receiving_sections_of_an_offer() {
-        let two = "v=0\r\nm=audio 9 X 111\r\na=recvonly\r\nm=video 9 X 96\r\na=recvonly\r\nm=audio 9 X 111\r\na=sendrecv\r\nm=video 9 X 96\r\n";
-        assert_eq!(receiving_sections(two), (2, 2));
-        let none =
-            "v=0\r\nm=audio 9 X 111\r\na=sendonly\r\nm=video 0 X 96\r\nm=application 9 X\r\n";
-        assert_eq!(receiving_sections(none), (0, 0));
-        assert_eq!(receiving_sections("garbage"), (0, 0));
     }
 }
