@@ -74,9 +74,13 @@ impl Key {
         hex::encode(self.mac(context, parts).finalize().into_bytes())
     }
 
-    /// Whether `tag` (hex) signs `parts` under `context`, in constant time.
+    /// Whether `tag` (hex) signs `parts` under `context`, in constant time. Only the tag as
+    /// [`Key::tag`] writes it (64 lowercase digits) counts: a record opens only as it was
+    /// sealed, not also with its tag in capitals.
     fn verify(&self, context: &str, parts: &[&[u8]], tag: &str) -> bool {
-        let Ok(tag) = hex::decode(tag) else {
+        let canonical =
+            tag.len() == 64 && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let Some(tag) = canonical.then(|| hex::decode(tag).ok()).flatten() else {
             return false;
         };
         self.mac(context, parts).verify_slice(&tag).is_ok()
@@ -298,7 +302,13 @@ mod tests {
         let key = Key::new(b"0123456789abcdef");
         let sealed = seal_message(&key, "b", &sender(3), NOW, b"{\"x\":1}");
         let text = String::from_utf8(sealed.clone()).expect("utf-8");
+        let tag = text
+            .split('\n')
+            .next()
+            .and_then(|h| h.rsplit(' ').next())
+            .expect("a tag");
         for forged in [
+            text.replace(tag, &tag.to_uppercase()),
             text.replace("{\"x\":1}", "{\"x\":2}"),
             text.replacen("m1 a ", "m1 c ", 1),
             text.replacen(" 7 3 ", " 7 4 ", 1),
