@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use miclink_protocol::Ident;
 use tokio::sync::{Notify, mpsc};
 
-use crate::driver::{self, LoopHandle, Msg};
+use crate::driver::{self, LocalIps, Msg, Shared};
 use crate::{CoreConfig, MediaCommand, MediaEvent, PeerStats, SfuError, SfuStats};
 
 /// Settings of the media plane.
@@ -61,25 +61,6 @@ pub(crate) fn max_peers_per_loop(loops: usize) -> usize {
     let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
     let budget = limit.saturating_sub(1024) / 3 * 2 / loops.max(1) as u64;
     usize::try_from(budget).unwrap_or(usize::MAX).max(256)
-}
-
-/// What every loop and handle shares.
-pub(crate) struct Shared {
-    pub(crate) loops: Vec<LoopHandle>,
-    /// Which loop owns which remote address, for the first packets of a flow that the kernel
-    /// still brings to another loop's socket.
-    pub(crate) owners: RwLock<HashMap<SocketAddr, usize>>,
-    /// Every live connection's server ufrag, whichever loop has it.
-    pub(crate) ufrags: RwLock<HashSet<String>>,
-    /// This host's addresses, as read at start: the sources a [`SfuConfig::local_only`] media
-    /// plane serves, and the addresses a reply may be sent from.
-    pub(crate) host: LocalIps,
-    pub(crate) local_only: bool,
-    /// A loop died: the media plane is down.
-    pub(crate) failed: AtomicBool,
-    pub(crate) failure: Notify,
-    /// Keys the room-to-loop hash, so nobody outside can aim rooms at one loop.
-    hash_key: std::hash::RandomState,
 }
 
 /// A handle to the running media plane.
@@ -266,20 +247,6 @@ fn bind(
     Err(last.unwrap_or_else(|| std::io::Error::other("no media port")))
 }
 
-/// This host's own addresses, as read at start: the sources a local-only media plane serves.
-pub(crate) struct LocalIps(HashSet<IpAddr>);
-
-impl LocalIps {
-    pub(crate) fn serves(&self, ip: IpAddr) -> bool {
-        // An IPv4 client on an IPv6 wildcard socket arrives as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        ip.is_loopback() || self.0.contains(&ip)
-    }
-}
-
 /// The candidate addresses when none are configured: the bound address itself, or for a wildcard
 /// bind the loopback address followed by every interface address of the same family.
 fn default_public_ips(bound: IpAddr, interfaces: Vec<IpAddr>) -> Vec<IpAddr> {
@@ -308,30 +275,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
-    }
-
-    #[test]
-    fn local_only_serves_loopback_and_own_addresses_and_nothing_else() {
-        let local = LocalIps([ip("192.0.2.2"), ip("2001:db8::7")].into_iter().collect());
-        for served in [
-            "127.0.0.1",
-            "127.9.9.9",
-            "::1",
-            "192.0.2.2",
-            "::ffff:192.0.2.2",
-            "2001:db8::7",
-        ] {
-            assert!(local.serves(ip(served)), "{served}");
-        }
-        for foreign in [
-            "192.0.2.3",
-            "10.0.0.1",
-            "::ffff:10.0.0.1",
-            "2001:db8::8",
-            "0.0.0.0",
-        ] {
-            assert!(!local.serves(ip(foreign)), "{foreign}");
-        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! The core stamps each RTP packet it writes to a subscriber (media, retransmissions, probe
 //! padding) with the connection's next transport-wide number and notes when it left and its
 //! size in a small ring. When the subscriber's TWCC feedback comes back, rtc's `convert_twcc`
-//! reads it and the ring turns it into the reports the estimator takes ([`crate::bwe`]).
+//! reads it and the ring turns it into the reports the estimator takes (`bwe.rs`).
 //!
 //! Doing it here rather than with rtc's TWCC-sender and congestion-control interceptors saves
 //! two stages of the interceptor chain (each moves every packet by value) and a hashed map

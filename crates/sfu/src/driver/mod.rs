@@ -20,16 +20,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UdpSocket};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::handle::Shared;
-use crate::tcp::{self, Conn, Conns, Filled, Sent};
+mod ice_tcp;
+mod shared;
+mod sockets;
+
+use shared::{FailGuard, Handed, LoopParts};
+pub(crate) use shared::{LocalIps, Msg, Shared, bind_reuseport, new_loop};
+
+use crate::tcp::{Conn, Conns, Sent};
 use crate::{
-    CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, PeerStats, Pii, Route,
-    SfuStats, Transport,
+    CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, Pii, Route, Transport,
 };
 
 /// Datagrams read from one socket before the loop turns (commands, timers, writes).
@@ -38,13 +43,6 @@ pub(crate) const BATCH: usize = 64;
 /// Datagrams read in all in one turn: what the core queues between two flushes is at most this
 /// many packets' fan-out, however many sockets are readable.
 pub(crate) const TURN: usize = 256;
-
-/// Datagrams queued from other loops (first packets of flows) before more are dropped.
-const HANDOVER_QUEUE: usize = 1024;
-
-/// Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max): one
-/// port carries every peer, and bursts of keyframes to many subscribers must not overflow it.
-const SOCKET_BUFFER: usize = 4 << 20;
 
 /// How often a dropped foreign source is logged at most.
 const FOREIGN_NOTICE: Duration = Duration::from_secs(60);
@@ -57,118 +55,6 @@ const FIRST_CONNECTED: usize = 3;
 
 /// TCP connections accepted in one turn at most.
 const ACCEPTS: usize = 64;
-
-pub(crate) enum Msg {
-    Command(MediaCommand),
-    /// A TCP connection another loop accepted whose first check names this loop, with the
-    /// bytes that loop read from it.
-    Tcp(std::net::TcpStream, SocketAddr, Vec<u8>),
-    Stats(oneshot::Sender<SfuStats>),
-    PeerStats(oneshot::Sender<Vec<PeerStats>>),
-}
-
-/// How other threads reach one loop.
-pub(crate) struct LoopHandle {
-    commands: std::sync::mpsc::Sender<Msg>,
-    /// Bounded: a flood of first packets for this loop's flows must not grow memory.
-    handover: std::sync::mpsc::SyncSender<Handed>,
-    waker: Arc<Waker>,
-}
-
-impl LoopHandle {
-    pub(crate) fn send(&self, msg: Msg) {
-        if self.commands.send(msg).is_ok() {
-            let _ = self.waker.wake();
-        }
-    }
-
-    fn hand_over(&self, data: &[u8], from: SocketAddr, to: Option<IpAddr>) -> bool {
-        let ok = self.handover.try_send((data.to_vec(), from, to)).is_ok();
-        if ok {
-            let _ = self.waker.wake();
-        }
-        ok
-    }
-}
-
-/// What a loop thread starts with.
-pub(crate) struct LoopParts {
-    pub(crate) index: usize,
-    poll: Poll,
-    socket: std::net::UdpSocket,
-    listener: Option<std::net::TcpListener>,
-    commands: std::sync::mpsc::Receiver<Msg>,
-    handover: std::sync::mpsc::Receiver<Handed>,
-}
-
-/// A datagram handed between loops: its bytes, its source, and the local address it came to.
-type Handed = (Vec<u8>, SocketAddr, Option<IpAddr>);
-
-pub(crate) fn new_loop(
-    index: usize,
-    socket: std::net::UdpSocket,
-    listener: Option<std::net::TcpListener>,
-) -> std::io::Result<(LoopHandle, LoopParts)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (htx, hrx) = std::sync::mpsc::sync_channel(HANDOVER_QUEUE);
-    Ok((
-        LoopHandle {
-            commands: tx,
-            handover: htx,
-            waker,
-        },
-        LoopParts {
-            index,
-            poll,
-            socket,
-            listener,
-            commands: rx,
-            handover: hrx,
-        },
-    ))
-}
-
-/// Bind one socket of the shared port's `SO_REUSEPORT` group.
-pub(crate) fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
-    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
-        warn!(error = %e, "could not enlarge a media socket's receive buffer");
-    }
-    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
-        warn!(error = %e, "could not enlarge a media socket's send buffer");
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Says when a loop thread dies of a panic: the media plane is marked failed (so `/healthz`
-/// and requests say so and the server exits for its supervisor to restart it), and signaling
-/// hears of it. A loop that ends because the server is shutting down is not a failure.
-struct FailGuard {
-    index: usize,
-    shared: Arc<Shared>,
-    events: mpsc::UnboundedSender<MediaEvent>,
-}
-
-impl Drop for FailGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            error!(index = self.index, "a media loop died");
-            self.shared
-                .failed
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            self.shared.failure.notify_waiters();
-            let _ = self
-                .events
-                .send(MediaEvent::LoopFailed { index: self.index });
-        }
-    }
-}
 
 /// Counters only the driver sees; added to the core's.
 #[derive(Default)]
@@ -671,268 +557,6 @@ impl Driver {
             for (to, ssrc) in dropped.drain(..) {
                 self.core.handle_video_dropped(now, to, ssrc);
             }
-        }
-    }
-
-    // ----- ICE-TCP ---------------------------------------------------------------------------
-
-    /// Accept what the listener has (a bounded number per turn).
-    fn accept(&mut self, now: Instant) {
-        for _ in 0..ACCEPTS {
-            let Some(listener) = &self.tcp.listener else {
-                return;
-            };
-            let (stream, peer) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // Out of descriptors, say: the connection waits in the backlog.
-                    debug!(error = %e, "tcp accept failed");
-                    return;
-                }
-            };
-            self.stats.tcp_accepted += 1;
-            if !self.serves(peer) {
-                self.stats.tcp_refused += 1;
-                continue;
-            }
-            self.adopt_tcp(now, Conn::new(stream, peer, now), false);
-        }
-    }
-
-    /// Register a connection with this loop; a handed-over one has frames read already.
-    fn adopt_tcp(&mut self, now: Instant, mut conn: Conn, read_already: bool) {
-        if self.tcp.pending() >= tcp::MAX_PENDING
-            && let Some(oldest) = self.tcp.oldest_pending()
-        {
-            self.close_tcp(now, oldest, true);
-        }
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        if conn.register(self.poll.registry(), token).is_err() {
-            self.stats.tcp_refused += 1;
-            return;
-        }
-        self.tcp.insert(token, conn);
-        if read_already {
-            let (more, _) = self.take_frames(now, token, usize::MAX);
-            if more && !self.readable.contains(&token) {
-                self.readable.push(token);
-            }
-        }
-    }
-
-    /// Read one chunk from a TCP connection and feed its frames (at most `budget`) to the
-    /// core. Returns whether the connection may have more, and how many frames were taken.
-    fn read_tcp(
-        &mut self,
-        now: Instant,
-        token: Token,
-        buf: &mut [u8],
-        budget: usize,
-    ) -> (bool, usize) {
-        let Some(conn) = self.tcp.by_token.get_mut(&token) else {
-            return (false, 0);
-        };
-        // Frames still waiting from the last turn are taken first, so the inbox never holds
-        // more than one read beyond them.
-        let read = if conn.unread() >= tcp::READ_CHUNK {
-            Filled::More
-        } else {
-            conn.fill(buf)
-        };
-        match read {
-            Filled::Closed => {
-                self.close_tcp(now, token, false);
-                (false, 0)
-            }
-            read => {
-                // Frames left over the budget wait in the inbox: the token must come back next
-                // turn even when the socket itself is drained (no new edge would bring it).
-                let (left, frames) = self.take_frames(now, token, budget);
-                (read == Filled::More || left, frames)
-            }
-        }
-    }
-
-    /// Feed the frames a connection holds to the core; returns whether frames were left (over
-    /// `budget`) and how many were taken. A pending connection's check may name another loop
-    /// (handed over) or nobody (closed).
-    fn take_frames(&mut self, now: Instant, token: Token, budget: usize) -> (bool, usize) {
-        let mut taken = 0;
-        loop {
-            let Some(conn) = self.tcp.by_token.get_mut(&token) else {
-                return (false, taken);
-            };
-            if taken >= budget {
-                return (true, taken);
-            }
-            let (peer, pending) = (conn.peer, conn.pending_since.is_some());
-            let frame = match conn.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return (false, taken),
-                Err(tcp::FrameTooLong) => {
-                    self.close_tcp(now, token, pending);
-                    return (false, taken);
-                }
-            };
-            taken += 1;
-            let route = self.core.handle_tcp_frame(now, peer, frame);
-            match route {
-                Route::Handled => {}
-                Route::Loop(owner) if pending => {
-                    let live = crate::stun::server_ufrag(frame)
-                        .is_some_and(|u| self.shared.ufrags.read().is_ok_and(|s| s.contains(u)));
-                    conn.unread_last();
-                    match self.shared.loops.get(owner).filter(|_| live) {
-                        Some(l) => {
-                            if let Some(conn) = self.tcp.remove(token, self.poll.registry()) {
-                                let (stream, peer, read) = conn.into_parts(self.poll.registry());
-                                self.stats.handed_over += 1;
-                                l.send(Msg::Tcp(stream, peer, read));
-                            }
-                        }
-                        None => self.close_tcp(now, token, true),
-                    }
-                    return (false, taken);
-                }
-                // Not a check, a check for no live connection, or nobody here knows the
-                // connection: garbage.
-                Route::Loop(_) | Route::Unknown | Route::Refused if pending => {
-                    self.close_tcp(now, token, true);
-                    return (false, taken);
-                }
-                Route::Refused => {}
-                Route::Loop(_) | Route::Unknown => self.stats.dropped_unknown += 1,
-            }
-        }
-    }
-
-    /// A connection's queue can be written again; false when it failed (closed here).
-    fn tcp_writable(&mut self, now: Instant, token: Token) -> bool {
-        let Some(conn) = self.tcp.by_token.get_mut(&token) else {
-            return true;
-        };
-        if conn.flush() {
-            return true;
-        }
-        self.close_tcp(now, token, false);
-        false
-    }
-
-    fn close_tcp(&mut self, now: Instant, token: Token, refused: bool) {
-        if let Some(conn) = self.tcp.remove(token, self.poll.registry()) {
-            if refused {
-                self.stats.tcp_refused += 1;
-            }
-            self.core.handle_tcp_closed(now, conn.peer);
-        }
-    }
-
-    /// When [`Driver::sweep_tcp`] has a pending connection to close: its deadline, but no
-    /// sooner than the sweep's once-a-second pace (a deadline just missed must not make the
-    /// loop spin until the next sweep).
-    fn tcp_sweep_due(&self) -> Option<Instant> {
-        let expiry = self.tcp.next_expiry()?;
-        Some(match self.tcp_swept {
-            Some(t) => expiry.max(t + Duration::from_secs(1)),
-            None => expiry,
-        })
-    }
-
-    /// Close connections that stayed pending too long (looked at once a second).
-    fn sweep_tcp(&mut self, now: Instant) {
-        if self
-            .tcp_swept
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.tcp_swept = Some(now);
-        for token in self.tcp.expired(now) {
-            self.close_tcp(now, token, true);
-        }
-    }
-
-    /// Open a socket connected to `remote` on the shared port, so the kernel brings that flow
-    /// to this loop from now on, and say so to the other loops for packets already under way.
-    ///
-    /// On a wildcard bind the socket is bound to the local address the flow came to, so what
-    /// it sends leaves from there (the kernel's route could pick another address of a
-    /// multi-homed host, and the client would drop the answers).
-    fn connect(&mut self, remote: SocketAddr, local: IpAddr) {
-        if let Ok(mut owners) = self.shared.owners.write() {
-            owners.insert(remote, self.index);
-        }
-        if self.connected_by_addr.contains_key(&remote) {
-            return;
-        }
-        let own = self.own_address(local);
-        let bind = own.map_or(self.bound, |ip| SocketAddr::new(ip, self.bound.port()));
-        let socket = bind_reuseport(bind).and_then(|s| {
-            s.connect(remote)?;
-            Ok(s)
-        });
-        let (socket, token) = match socket.map(|s| self.register(s)) {
-            Ok(Some(registered)) => registered,
-            Ok(None) => return,
-            Err(e) => {
-                // The shared socket still works; other loops hand this flow over.
-                debug!(error = %e, remote = %Pii(remote), "no connected socket");
-                return;
-            }
-        };
-        self.connected.insert(token, (socket, remote, Some(local)));
-        self.connected_by_addr.insert(remote, token);
-    }
-
-    /// A socket of its own for relay connection `relay` to a cluster node's media port at
-    /// `remote`: bound to an address of this host's (`local`'s when it is one) on a port the
-    /// kernel picks, and connected, so the other node tells this relay's flow from any other.
-    fn connect_relay(&mut self, remote: SocketAddr, relay: u64, local: IpAddr) {
-        if self.relays_by_remote.contains_key(&(remote, relay)) {
-            return;
-        }
-        let ip = self.own_address(local).unwrap_or(self.bound.ip());
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(|s| {
-            s.connect(remote)?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        });
-        let (socket, token) = match socket.map(|s| self.register(s)) {
-            Ok(Some(registered)) => registered,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = %e, remote = %Pii(remote), "no socket for a relay");
-                return;
-            }
-        };
-        self.relays.insert(token, (socket, remote, relay));
-        self.relays_by_remote.insert((remote, relay), token);
-    }
-
-    /// A UDP socket of this loop's poll, with its token; `None` if the poll refused it.
-    fn register(&mut self, socket: std::net::UdpSocket) -> Option<(UdpSocket, Token)> {
-        let mut socket = UdpSocket::from_std(socket);
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        self.poll
-            .registry()
-            .register(&mut socket, token, Interest::READABLE)
-            .ok()?;
-        Some((socket, token))
-    }
-
-    fn forget(&mut self, remote: SocketAddr) {
-        if let Some(token) = self.connected_by_addr.remove(&remote)
-            && let Some((mut socket, _, _)) = self.connected.remove(&token)
-        {
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
-        if let Ok(mut owners) = self.shared.owners.write()
-            && owners.get(&remote) == Some(&self.index)
-        {
-            owners.remove(&remote);
         }
     }
 }
