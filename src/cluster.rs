@@ -118,13 +118,14 @@ pub(crate) async fn run(
         state.redis_up.store(lost.is_ok(), Ordering::Relaxed);
         match lost {
             Ok(changes) => {
-                for node in changes.joined {
-                    info!(%node, "cluster node joined");
-                    signaling.node_joined(node).await;
-                }
+                // Lost first: a node that restarted under its id is both, and must end up live.
                 for node in changes.lost {
                     warn!(%node, "cluster node lost");
                     signaling.node_lost(node).await;
+                }
+                for node in changes.joined {
+                    info!(%node, "cluster node joined");
+                    signaling.node_joined(node).await;
                 }
             }
             Err(e) => {

@@ -107,7 +107,8 @@ pub struct Args {
     )]
     pub demo_servers: Vec<String>,
     /// WHIP and WHEP sessions one client address may hold at once, loopback excepted;
-    /// 0 = no cap [default: 16].
+    /// 0 = no cap (behind a load balancer on another host, where every client has its address)
+    /// [default: 64].
     #[arg(long, env = "MICLINK_MAX_HTTP_MEDIA_PER_IP")]
     pub max_http_media_per_ip: Option<usize>,
     /// WHEP viewers one room may have at once [default: 500].

@@ -286,7 +286,7 @@ async fn coturn_takes_fresh_credentials_and_refuses_expired_ones() {
 /// Issue 26, item 5: credentials lived a day by default and outlived a kick. They now live an
 /// hour by default (`turn_ttl_s`), and a member who resumes gets fresh ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn turn_credentials_live_an_hour_by_default_and_a_resume_renews_them() {
+async fn turn_credentials_live_an_hour_by_default_and_a_resume_or_ice_servers_renews_them() {
     // No coturn is needed: the credentials are the server's to make.
     let config = miclink::Config::load(
         <miclink::Args as clap::Parser>::try_parse_from([
@@ -343,5 +343,27 @@ async fn turn_credentials_live_an_hour_by_default_and_a_resume_renews_them() {
     .await
     .expect("resumed");
     assert!(expiry(&back.join) > first, "renewed on resume");
+    // A connection made later asks for fresh ones.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let fresh = back
+        .call(miclink_protocol::Request::IceServers)
+        .await
+        .expect("ice_servers");
+    let fresh: miclink_protocol::IceServersResult =
+        serde_json::from_value(fresh).expect("ice servers");
+    let username = fresh.ice_servers[0]
+        .username
+        .as_deref()
+        .expect("a username");
+    let renewed: u64 = username
+        .split(':')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("expiry:user");
+    assert!(
+        renewed > expiry(&back.join),
+        "made for the request: {username}"
+    );
+    assert!(username.ends_with(":viewer"));
     back.close().await;
 }

@@ -525,6 +525,7 @@ async fn post_whep(s: &Server, room: &str, offer: &str) -> u16 {
 async fn a_whep_flood_from_one_address_leaves_another_room_able_to_go_live() {
     let s = server_with(|c| {
         c.signaling.http_media_per_ip_on_loopback = true;
+        c.signaling.http_media_per_ip = 16;
         if let Some(m) = &mut c.media {
             m.loops = 1;
             m.max_peers_per_loop = Some(64);
@@ -633,7 +634,8 @@ async fn offers_of_215_sections_or_1500_rids_are_refused_saying_which_bound() {
         said.contains("at most 3 m-sections; this one has 215"),
         "{said}"
     );
-    // Refused before anything was built: the room the encoder would have made is gone.
+    // The encoder joined (the room went live) before the media plane refused the offer; the
+    // refusal ends its session, and with it the room.
     assert_eq!(s.health().await["rooms"], 0);
 
     // A publisher on a seat, over the WebSocket: the same bounds, as `bad_sdp`.
@@ -668,5 +670,49 @@ async fn offers_of_215_sections_or_1500_rids_are_refused_saying_which_bound() {
         0,
         "no connection was built"
     );
+    anchor.close().await;
+}
+
+/// Review of issue 26: a client that goes away before its answer must not take its session's
+/// place in the caps along: the session is set up all the same, and holds its place until it
+/// ends (here, at the connect deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_post_abandoned_mid_way_still_holds_its_place_until_its_session_ends() {
+    use tokio::io::AsyncWriteExt;
+    let s = server_with(|c| {
+        c.signaling.http_media_per_ip_on_loopback = true;
+        c.signaling.http_media_per_ip = 2;
+    })
+    .await;
+    let (anchor, viewer) = live_room(&s, "viewer").await;
+    let offer = abandoned_offer().await;
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(s.http)
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST /whep/r HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        );
+        c.write_all(request.as_bytes()).await.expect("write");
+        // Gone before the answer.
+        drop(c);
+    }
+    // Whatever the server made of them before they went (nothing, or a whole session), every
+    // WHEP session there is holds one of the address's two places: it takes POSTs until a 429,
+    // and then there are exactly two besides the anchor's and the viewer's sessions.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        if post_whep(&s, "r", &offer).await == 429 {
+            break;
+        }
+    }
+    assert_eq!(post_whep(&s, "r", &offer).await, 429);
+    assert_eq!(
+        s.health().await["sessions"],
+        4,
+        "a session without its place"
+    );
+    viewer.close().await;
     anchor.close().await;
 }

@@ -41,6 +41,10 @@ function describeCaptureError(e, video) {
   }
 }
 
+// Credentials younger than this are used as they are: well within the shortest life the server
+// gives them (turn_ttl_s is at least a minute, an hour by default).
+const CREDENTIALS_FRESH_MS = 50 * 1000;
+
 export class Media {
   constructor(signal, iceServers, { onRemoteStream, onError, onPublishBroken, relayOnly }) {
     this.signal = signal;
@@ -51,6 +55,8 @@ export class Media {
       bundlePolicy: 'max-bundle',
       iceTransportPolicy: relayOnly ? 'relay' : 'all',
     };
+    // When the servers' credentials were made (the join reply's: now).
+    this.configAt = Date.now();
     this.onRemoteStream = onRemoteStream;
     this.onError = onError;
     this.onPublishBroken = onPublishBroken;
@@ -76,6 +82,24 @@ export class Media {
     return this.pub !== null;
   }
 
+  // The ICE servers for a connection about to be made: TURN credentials let a relay start only
+  // for a while (an hour by default) after the server made them, so a connection made later in
+  // a long session asks for fresh ones (and one made soon after the join saves the round trip).
+  // A server that does not know the request keeps the old ones.
+  async freshConfig() {
+    if (Date.now() - this.configAt < CREDENTIALS_FRESH_MS) return this.config;
+    try {
+      const { ice_servers: iceServers } = await this.signal.request('ice_servers');
+      if (Array.isArray(iceServers)) {
+        this.config = { ...this.config, iceServers };
+        this.configAt = Date.now();
+      }
+    } catch (e) {
+      console.debug('miclink: ice_servers', e);
+    }
+    return this.config;
+  }
+
   subscribeOffer(sdp, newConnection, offerId) {
     this.offers = this.offers.then(() => this.answer(sdp, newConnection, offerId)).catch((e) => {
       // Answered after the server had replaced the offer: its newer offer is on the way.
@@ -90,7 +114,7 @@ export class Media {
       this.sub = null;
     }
     if (!this.sub) {
-      const pc = new RTCPeerConnection(this.config);
+      const pc = new RTCPeerConnection(await this.freshConfig());
       pc.ontrack = (e) => {
         const stream = e.streams[0];
         if (!stream) return;
@@ -162,7 +186,7 @@ export class Media {
     } catch (e) {
       throw new MediaError(describeCaptureError(e, video));
     }
-    const pc = new RTCPeerConnection(this.config);
+    const pc = new RTCPeerConnection(await this.freshConfig());
     this.pub = pc;
     this.local = stream;
     for (const track of stream.getTracks()) {

@@ -18,11 +18,12 @@
 //!
 //! Redis is not trusted to say who wrote what ([`seal`]): every inbox message, registry entry
 //! and room claim is signed with the cluster secret over its writer, its time and its content.
-//! A registry entry that is unsigned, forged or older than its expiry is no node; a claim that
-//! is, or that names no live node, is no claim (the next node to claim the room takes it over);
-//! an inbox message is taken only from a live node with the boot it registered, within
-//! [`seal::MAX_SKEW_MS`] of now, with a sequence number past the last one seen from it. What is
-//! refused is dropped and counted ([`Refused`]).
+//! A registry entry that is unsigned, forged or older than its expiry plus the clocks' allowance
+//! ([`seal::MAX_SKEW_MS`]) is no node; a claim that is, or that names no live node, is no claim
+//! (the next node to claim the room takes it over); an inbox message is taken only from a live
+//! node with the boot it registered, within [`seal::MAX_SKEW_MS`] of now, with a sequence number
+//! past the last one this node took from that boot (remembered whatever the registry or the
+//! subscription does meanwhile). What is refused is dropped and counted ([`Refused`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub enum ClusterError {
     TooManyNodes(usize),
     #[error("reading the Redis CA file {0}: {1}")]
     CaFile(PathBuf, std::io::Error),
+    #[error("the claim on room {0} keeps changing under this node (no valid claim holds)")]
+    Contended(String),
 }
 
 /// How this node joins the cluster.
@@ -277,7 +280,45 @@ pub struct Cluster {
     live: Arc<Mutex<BTreeMap<String, NodeInfo>>>,
     /// This node's inbox messages so far, to every node.
     sent: Arc<AtomicU64>,
+    /// The last sequence number taken from each sender ([`Heard`]), whatever inbox took it.
+    heard: Arc<Mutex<Heard>>,
     refused: Arc<Refused>,
+}
+
+/// The last sequence number taken from each sender (node and boot) and when, kept by the node,
+/// not by one inbox subscription, and kept while the sender is out of the registry: a copy of
+/// its messages played again later must still be refused. An entry is dropped once nothing it
+/// could refuse is fresh any more ([`seal::MAX_SKEW_MS`] after its last message), and the map
+/// holds [`MAX_NODES`] senders at most (the stalest goes first).
+#[derive(Default)]
+struct Heard(HashMap<(String, u64), (u64, u64)>);
+
+impl Heard {
+    /// Take sequence number `seq` of `sender` at `now` (unix ms): whether it goes forward.
+    fn take(&mut self, sender: &Sender, now: u64) -> bool {
+        self.0
+            .retain(|_, (_, at)| now.saturating_sub(*at) <= 2 * seal::MAX_SKEW_MS);
+        let key = (sender.node.clone(), sender.boot);
+        if let Some((last, at)) = self.0.get_mut(&key) {
+            if sender.seq <= *last {
+                return false;
+            }
+            *last = sender.seq;
+            *at = now;
+            return true;
+        }
+        if self.0.len() >= MAX_NODES
+            && let Some(stalest) = self
+                .0
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            self.0.remove(&stalest);
+        }
+        self.0.insert(key, (sender.seq, now));
+        true
+    }
 }
 
 impl Cluster {
@@ -322,6 +363,7 @@ impl Cluster {
             key,
             live: Arc::default(),
             sent: Arc::default(),
+            heard: Arc::default(),
             refused: Arc::default(),
         })
     }
@@ -554,10 +596,13 @@ impl Cluster {
                 }
             }
         }
-        Ok(match self.origin(room).await? {
-            Some(node) if node != self.config.node_id => Claim::Elsewhere(node),
-            _ => Claim::Origin,
-        })
+        // Changed under us twice: somebody keeps rewriting the key. Whoever holds a valid claim
+        // now is the origin; with none, the room is not this node's either.
+        match self.origin(room).await? {
+            Some(node) if node != self.config.node_id => Ok(Claim::Elsewhere(node)),
+            Some(_) => Ok(Claim::Origin),
+            None => Err(ClusterError::Contended(room.to_owned())),
+        }
     }
 
     /// Give `room` up, if this node holds it; whether it did.
@@ -609,7 +654,6 @@ impl Cluster {
         Ok(Inbox {
             stream: Box::pin(pubsub.into_on_message()),
             cluster: self.clone(),
-            last_seq: HashMap::new(),
             logged: None,
             dropped: 0,
         })
@@ -627,9 +671,6 @@ pub struct Message {
 pub struct Inbox {
     stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>,
     cluster: Cluster,
-    /// The last sequence number taken from each (node, boot): at most one entry per live node
-    /// that sent something (those no longer live are dropped at each registry read).
-    last_seq: HashMap<(String, u64), u64>,
     /// When a refusal was last logged (one line a second at most, whatever a flood sends).
     logged: Option<Instant>,
     /// Messages dropped for their size.
@@ -673,13 +714,14 @@ impl Inbox {
 
     async fn open(&mut self, payload: &[u8]) -> Result<Message, Refusal> {
         let c = &self.cluster;
-        let (sender, body) = seal::open_message(&c.key, &c.config.node_id, payload, unix_ms())?;
-        let live = {
-            let live = c.live.lock().unwrap_or_else(|e| e.into_inner());
-            self.last_seq
-                .retain(|(node, boot), _| live.get(node).is_some_and(|n| n.boot == *boot));
-            live.get(&sender.node).map(|n| n.boot)
-        };
+        let now = unix_ms();
+        let (sender, body) = seal::open_message(&c.key, &c.config.node_id, payload, now)?;
+        let live = c
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&sender.node)
+            .map(|n| n.boot);
         // A node that joined (or restarted) since the last read is read again. Only a holder
         // of the secret gets this far, so this costs nobody else a registry read.
         if live != Some(sender.boot)
@@ -690,14 +732,14 @@ impl Inbox {
         {
             return Err(Refusal::UnknownNode);
         }
-        let last = self
-            .last_seq
-            .entry((sender.node.clone(), sender.boot))
-            .or_insert(0);
-        if sender.seq <= *last {
+        if !c
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&sender, now)
+        {
             return Err(Refusal::Replayed);
         }
-        *last = sender.seq;
         Ok(Message {
             from: sender.node,
             body: body.to_vec(),
@@ -743,6 +785,37 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_senders_sequence_is_remembered_past_a_gap_and_forgotten_when_nothing_could_be_fresh() {
+        let mut heard = Heard::default();
+        let a = |seq| Sender {
+            node: "a".into(),
+            boot: 1,
+            seq,
+        };
+        let t = 1_800_000_000_000;
+        assert!(heard.take(&a(1), t));
+        assert!(heard.take(&a(5), t + 10));
+        assert!(!heard.take(&a(5), t + 20), "the same number again");
+        assert!(!heard.take(&a(3), t + 20), "an older one");
+        // Another boot of the same node counts from its own start.
+        assert!(heard.take(&Sender { boot: 2, ..a(1) }, t + 30));
+        // A copy of 5 thirty seconds on is still refused (and would be stale too); a minute
+        // after a's last message its entry goes.
+        assert!(!heard.take(&a(5), t + seal::MAX_SKEW_MS));
+        assert!(heard.take(&a(2), t + 2 * seal::MAX_SKEW_MS + 11));
+        // Bounded, the stalest first.
+        for i in 0..(MAX_NODES as u64 + 10) {
+            let s = Sender {
+                node: format!("n{i}"),
+                boot: 1,
+                seq: 1,
+            };
+            assert!(heard.take(&s, t + 2 * seal::MAX_SKEW_MS + 12 + i));
+        }
+        assert_eq!(heard.0.len(), MAX_NODES);
+    }
 
     #[test]
     fn only_loopback_and_unix_sockets_are_local() {

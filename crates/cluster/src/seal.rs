@@ -13,8 +13,8 @@ use sha2::Sha256;
 
 /// How far a record's time may be from the reader's clock. Nodes keep their clocks in step
 /// (NTP); a message takes milliseconds through Redis, so this only bounds how long a copied
-/// record could be played again (each inbox also refuses a sender's sequence numbers going
-/// back, and a registry read refuses an entry older than its expiry).
+/// record could be played again (a node also refuses a sender's sequence numbers going back,
+/// and a registry read refuses an entry older than its expiry and this allowance).
 pub const MAX_SKEW_MS: u64 = 30_000;
 
 /// The cluster secret, ready to sign and check. Without a configured secret (a Redis on this

@@ -264,6 +264,21 @@ async fn registry_entries_claims_and_messages_made_without_the_secret_are_refuse
     assert_eq!(next_within(&mut a_inbox, 200).await, None);
     assert_eq!(b.refused().messages(Refusal::Replayed), 1);
     assert_eq!(a.refused().messages(Refusal::BadSignature), 1);
+    // a drops out of the registry (its entry deleted, as an attacker with the nodes' Redis
+    // credentials can) and comes back; b's inbox is subscribed anew meanwhile. The copy is
+    // still refused: what b took from a is remembered by b, not by the registry or the inbox.
+    let _: () = con.del("miclink:node:a").await.expect("del");
+    b.nodes().await.expect("nodes");
+    drop(inbox);
+    let mut inbox = b.inbox().await.expect("inbox");
+    a.heartbeat(Load::default(), &[]).await.expect("beat");
+    b.nodes().await.expect("nodes");
+    let _: i64 = con
+        .publish("miclink:inbox:b", &copy)
+        .await
+        .expect("publish");
+    assert_eq!(next_within(&mut inbox, 500).await, None);
+    assert_eq!(b.refused().messages(Refusal::Replayed), 2);
 
     // A node that is no longer live (it left) is not heard either, with the right secret.
     let gone = node(&redis, "gone").await;

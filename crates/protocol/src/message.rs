@@ -159,6 +159,10 @@ pub enum Request {
     /// Added to the contract: the client's subscribe connection is broken (or it lost track of
     /// it); the server closes it and offers a new one (`subscribe_offer` with `new_connection`).
     Resubscribe,
+    /// Added to the contract: the ICE servers with credentials made now, for a connection the
+    /// client is about to make (TURN credentials let a relay start only for `turn_ttl_s` after
+    /// they are made; a relay started in time lasts).
+    IceServers,
     Ice {
         pc: PeerConnectionKind,
         candidate: IceCandidate,
@@ -234,6 +238,7 @@ impl Request {
         "publish",
         "subscribe_answer",
         "resubscribe",
+        "ice_servers",
         "ice",
         "list_audience",
         "lock_seat",
@@ -257,6 +262,7 @@ impl Request {
             Request::Publish { .. } => "publish",
             Request::SubscribeAnswer { .. } => "subscribe_answer",
             Request::Resubscribe => "resubscribe",
+            Request::IceServers => "ice_servers",
             Request::Ice { .. } => "ice",
             Request::ListAudience { .. } => "list_audience",
             Request::LockSeat { .. } => "lock_seat",
@@ -449,6 +455,12 @@ pub struct RequestLinkResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishResult {
     pub sdp: String,
+}
+
+/// The result of `ice_servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServersResult {
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

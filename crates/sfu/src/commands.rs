@@ -10,7 +10,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tracing::{debug, info, warn};
 
 use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
-use crate::peer::PeerId;
+use crate::peer::{CONNECT_DEADLINE, PeerId};
 use crate::sdp::{Purpose, Sdp};
 use crate::track::Negotiated;
 use crate::{MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions};
@@ -320,6 +320,7 @@ impl MediaCore {
                 self.forget_wishes(&room, &user);
                 self.rebuilds
                     .retain(|(_, r, u)| !(*r == room && *u == user));
+                self.unconnected.remove(&(room.clone(), user.clone()));
                 self.last_rebuild.remove(&(room, user));
             }
             MediaChange::CloseRoom { room } => {
@@ -336,6 +337,7 @@ impl MediaCore {
                 }
                 self.rebuilds.retain(|(_, r, _)| *r != room);
                 self.last_rebuild.retain(|(r, _), _| *r != room);
+                self.unconnected.retain(|(r, _), _| *r != room);
             }
         }
     }
@@ -469,7 +471,7 @@ impl MediaCore {
             Ok::<_, rtc::shared::error::Error>(answer.sdp)
         })();
         if answer.is_ok() {
-            peer.negotiated(now);
+            peer.negotiated(now, CONNECT_DEADLINE);
         }
         answer.map_err(|e| {
             self.remove_peer(id);
@@ -522,7 +524,13 @@ impl MediaCore {
         peer.pc
             .set_remote_description(now, answer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        peer.negotiated(now);
+        // A member whose connections keep missing the deadline gets longer each time.
+        let missed = self
+            .unconnected
+            .get(&(peer.room.clone(), peer.user.clone()))
+            .copied()
+            .unwrap_or(0);
+        peer.negotiated(now, CONNECT_DEADLINE * (1 + missed.min(2)));
         peer.pending_offer = None;
         peer.new_connection = false;
         let early = peer.early.take();
@@ -592,14 +600,34 @@ pub(crate) fn negotiated(
 /// - with Opus's channel count. RFC 7587 writes Opus as `opus/48000/2` whatever the client
 ///   sends; some (GStreamer's webrtcbin, so whepsrc) leave the `/2` out, and rtc's answer copies
 ///   the offer's line.
+/// - with at most [`crate::sdp::MAX_CANDIDATES`] candidates in each section (and at the session
+///   level): they are hints to an ICE-lite server, which learns addresses from the checks.
 pub(crate) fn for_rtc(sdp: &str) -> String {
-    sdp.split_inclusive('\n')
-        .filter(|line| line.trim_end() != "a=ice-lite")
-        .map(|line| match opus_without_channels(line) {
-            Some(end) => format!("{}/2{}", &line[..end], &line[end..]),
-            None => line.to_owned(),
-        })
-        .collect()
+    let mut candidates = 0;
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if bare == "a=ice-lite" {
+            continue;
+        }
+        if bare.starts_with("m=") {
+            candidates = 0;
+        } else if bare.starts_with("a=candidate:") {
+            candidates += 1;
+            if candidates > crate::sdp::MAX_CANDIDATES {
+                continue;
+            }
+        }
+        match opus_without_channels(line) {
+            Some(end) => {
+                out.push_str(&line[..end]);
+                out.push_str("/2");
+                out.push_str(&line[end..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// Where `/2` goes in an `a=rtpmap:<pt> opus/48000` line that lacks it (the end of the clock
@@ -630,5 +658,16 @@ mod tests {
             for_rtc("a=rtpmap:96 opus/48000"),
             "a=rtpmap:96 opus/48000/2"
         );
+    }
+
+    #[test]
+    fn rtc_gets_the_first_candidates_of_each_section() {
+        let cands: String = (0..20)
+            .map(|i| format!("a=candidate:{i} 1 udp 1 198.51.100.1 {i} typ host\r\n"))
+            .collect();
+        let given = format!("v=0\r\nm=audio 9 X 111\r\n{cands}m=video 9 X 96\r\n{cands}");
+        let kept = for_rtc(&given);
+        assert_eq!(kept.matches("a=candidate:").count(), 32);
+        assert!(kept.contains("a=candidate:15 ") && !kept.contains("a=candidate:16 "));
     }
 }

@@ -280,6 +280,10 @@ pub struct MediaCore {
     pub(crate) rebuilds: Vec<(Instant, Ident, Ident)>,
     /// When each member's subscribe connection was last rebuilt.
     pub(crate) last_rebuild: HashMap<(Ident, Ident), Instant>,
+    /// Members whose subscribe connections missed the connect deadline, how many times in a
+    /// row: each next one waits longer to be rebuilt and gets longer to connect (a client on a
+    /// slow path, TURN over TCP, still gets in; a broken one is not rebuilt every 12 s).
+    pub(crate) unconnected: HashMap<(Ident, Ident), u32>,
     pub(crate) shed: Shedder,
     pub(crate) stats: SfuStats,
     /// When the publishers' NACK counts were last read from rtc (once a second, so statistics
@@ -323,6 +327,7 @@ impl MediaCore {
             clock: None,
             rebuilds: Vec::new(),
             last_rebuild: HashMap::new(),
+            unconnected: HashMap::new(),
             shed: Shedder::default(),
             stats: SfuStats::default(),
             nacks_read: None,

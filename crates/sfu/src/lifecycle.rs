@@ -69,7 +69,13 @@ impl MediaCore {
                 };
                 debug!(parent: &peer.span, %state, "connection state");
                 match state {
-                    RTCPeerConnectionState::Connected => peer.connected = true,
+                    RTCPeerConnectionState::Connected => {
+                        peer.connected = true;
+                        if peer.kind == PcKind::Subscribe {
+                            let key = (peer.room.clone(), peer.user.clone());
+                            self.unconnected.remove(&key);
+                        }
+                    }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
                         if peer.relay_to.is_some() || peer.relay_from.is_some() =>
                     {
@@ -132,6 +138,19 @@ impl MediaCore {
             self.stats.connect_timeouts += 1;
             if let Some(p) = self.peers.get(&id) {
                 info!(parent: &p.span, "not connected by the connect deadline; closed");
+                // A member's subscribe connection is rebuilt, later each time it misses.
+                if p.kind == PcKind::Subscribe && p.relay_to.is_none() && p.whep.is_none() {
+                    let member = self
+                        .rooms
+                        .get(&p.room)
+                        .is_some_and(|r| r.members.contains(&p.user));
+                    if member {
+                        *self
+                            .unconnected
+                            .entry((p.room.clone(), p.user.clone()))
+                            .or_default() += 1;
+                    }
+                }
             }
             self.peer_event(
                 now,
@@ -156,10 +175,17 @@ impl MediaCore {
         {
             return;
         }
+        // 2 s after the last rebuild, doubling (to 32 s) while connections miss the deadline.
+        let missed = self
+            .unconnected
+            .get(&(room.clone(), user.clone()))
+            .copied()
+            .unwrap_or(0);
+        let interval = REBUILD_INTERVAL * (1 << missed.min(4));
         let at = self
             .last_rebuild
             .get(&(room.clone(), user.clone()))
-            .map_or(now, |t| now.max(*t + REBUILD_INTERVAL));
+            .map_or(now, |t| now.max(*t + interval));
         self.rebuilds.push((at, room, user));
     }
 
@@ -333,6 +359,15 @@ impl MediaCore {
             })
             .collect();
         if published.is_empty() {
+            return;
+        }
+        // Viewers leave the loop's last places to publishers, as WHEP players do: however many
+        // join, an anchor can still go live. A viewer kept out waits, tried again every
+        // rebuild interval.
+        let reserve = crate::whep::watch_reserve(self.config.max_peers);
+        if self.peers.len() >= self.config.max_peers.saturating_sub(reserve) {
+            self.stats.peers_refused += 1;
+            self.schedule_rebuild(now, room.clone(), member.clone());
             return;
         }
         let id = match self.new_peer(now, room, member, PcKind::Subscribe, false) {

@@ -126,11 +126,12 @@ impl Peer {
         self.pending_offer.is_some()
     }
 
-    /// Descriptions were exchanged at `now`: the connection's deadline starts, unless it is
-    /// connected already (a renegotiation) or running (a second exchange before connecting).
-    pub(crate) fn negotiated(&mut self, now: Instant) {
+    /// Descriptions were exchanged at `now`: the connection has `allowed` to connect, unless it
+    /// is connected already (a renegotiation) or its time is running (a second exchange before
+    /// connecting).
+    pub(crate) fn negotiated(&mut self, now: Instant, allowed: Duration) {
         if !self.connected && self.connect_by.is_none() {
-            self.connect_by = Some(now + CONNECT_DEADLINE);
+            self.connect_by = Some(now + allowed);
         }
     }
 

@@ -21,10 +21,11 @@ pub(crate) const MAX_RIDS: usize = 3;
 pub(crate) const MAX_SSRCS: usize = 8;
 /// `a=ssrc:` lines of one section (a browser writes up to four per SSRC).
 pub(crate) const MAX_SSRC_LINES: usize = 48;
-/// ICE candidates of one section (or of the session level). A browser that gathered before
-/// offering repeats its candidates in every section, each interface with a UDP and a TCP host
-/// candidate, a reflexive and a relayed one: a handful of interfaces stays well under this.
-pub(crate) const MAX_CANDIDATES: usize = 32;
+/// ICE candidates of one section (or of the session level) rtc is given. The server is
+/// ICE-lite and learns a client's addresses from its checks, so candidates are hints: past
+/// this many (a host with many interfaces, each with UDP and TCP candidates) the rest are left
+/// out ([`crate::commands::for_rtc`]), not refused.
+pub(crate) const MAX_CANDIDATES: usize = 16;
 /// Payload types one section may list: a browser's video section lists about 40.
 pub(crate) const MAX_FORMATS: usize = 64;
 /// Header extensions of one section.
@@ -166,17 +167,6 @@ impl Sdp {
                  this one has {audio} and {video}"
             )));
         }
-        let session_candidates = self
-            .description
-            .attributes
-            .iter()
-            .filter(|a| a.is_ice_candidate())
-            .count();
-        if session_candidates > MAX_CANDIDATES {
-            return Err(bad(format!(
-                "the session level lists {session_candidates} ICE candidates; at most {MAX_CANDIDATES}"
-            )));
-        }
         for (i, m) in sections.iter().enumerate() {
             let formats = m.media_name.formats.len();
             if formats > MAX_FORMATS {
@@ -220,12 +210,6 @@ impl Sdp {
             if extmaps > MAX_EXTMAPS {
                 return Err(bad(format!(
                     "m-section {i} has {extmaps} header extensions; at most {MAX_EXTMAPS}"
-                )));
-            }
-            let candidates = m.attributes.iter().filter(|a| a.is_ice_candidate()).count();
-            if candidates > MAX_CANDIDATES {
-                return Err(bad(format!(
-                    "m-section {i} lists {candidates} ICE candidates; at most {MAX_CANDIDATES}"
                 )));
             }
         }
@@ -384,20 +368,15 @@ mod tests {
         let lines: String = (0..49).map(|_| "a=ssrc:1 cname:x\r\n").collect();
         let why = refused(&offer(&[("video", &lines)]), Purpose::Publish);
         assert!(why.contains("49 a=ssrc lines"), "{why}");
-        // A browser's 16 candidates in each of two sections pass; 33 in one do not.
-        let cands = |n: usize| -> String {
-            (0..n)
-                .map(|i| format!("a=candidate:{i} 1 udp 1 198.51.100.{i} 9 typ host\r\n"))
-                .collect()
-        };
-        let sixteen = cands(16);
+        // Candidates are hints to an ICE-lite server: many pass (rtc gets the first few).
+        let cands: String = (0..40)
+            .map(|i| format!("a=candidate:{i} 1 udp 1 198.51.100.{i} 9 typ host\r\n"))
+            .collect();
         Sdp::checked(
-            &offer(&[("audio", &sixteen), ("video", &sixteen)]),
+            &offer(&[("audio", &cands), ("video", &cands)]),
             Purpose::Publish,
         )
-        .expect("a gathered browser offer");
-        let why = refused(&offer(&[("audio", &cands(33))]), Purpose::Publish);
-        assert!(why.contains("m-section 0 lists 33 ICE candidates"), "{why}");
+        .expect("a host with many interfaces");
         let formats: String = (0..65).map(|i| format!(" {}", 30 + i)).collect();
         let wide = format!("{HEAD}m=video 9 UDP/TLS/RTP/SAVPF{formats}\r\na=mid:0\r\n");
         let why = refused(&wide, Purpose::Publish);

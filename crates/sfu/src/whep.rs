@@ -22,7 +22,8 @@ use crate::{MediaCore, PcKind, SfuError};
 /// Slots one viewer may open: one per seat.
 pub(crate) const MAX_SLOTS: usize = 10;
 
-/// Connections of a loop that WHEP players may not take: an eighth.
+/// Connections of a loop that WHEP players and members' subscribe connections may not take: an
+/// eighth, kept for publish connections (and relays).
 pub(crate) fn watch_reserve(max_peers: usize) -> usize {
     max_peers / 8
 }

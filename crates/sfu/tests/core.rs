@@ -985,3 +985,26 @@ fn a_connection_that_never_connects_is_closed_at_the_connect_deadline() {
             .any(|e| matches!(e, MediaEvent::WatchEnded { user, .. } if user.as_str() == "player"))
     );
 }
+
+#[test]
+fn a_subscriber_that_never_connects_is_rebuilt_less_and_less_often() {
+    let mut net = Net::new();
+    let (mut anchor, _viewer) = live(&mut net, Codec::Vp8);
+    // A member whose network loses everything the server sends it: it answers every offer
+    // (over signaling) and its connections never come up.
+    let lost = net.enter("r", "lost");
+    net.set_loss(lost, Some(Box::new(|_| true)));
+    run(&mut net, &mut [&mut anchor], 120_000 / 20);
+    let timeouts = net.core.stats(net.now).connect_timeouts;
+    let offers = net.clients[lost].offers;
+    // A rebuild every 12 s would be 10 in two minutes; each next one waits and lasts longer
+    // (10 s, then 20 s and 30 s to connect; 2 s, doubling, between them).
+    assert!(timeouts >= 3, "{timeouts} connect timeouts");
+    assert!(offers <= 6, "{offers} subscribe offers in two minutes");
+    // Its network comes back: the next connection comes up.
+    net.set_loss(lost, None);
+    net.run_until(Duration::from_secs(90), FRAME, |n| {
+        n.clients[lost].subscriber_connected
+    });
+    assert!(net.clients[lost].subscriber_connected);
+}

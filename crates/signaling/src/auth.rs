@@ -12,7 +12,15 @@ struct Claims {
     room: String,
     sub: String,
     role: Role,
+    /// Not before (unix seconds).
+    #[serde(default)]
+    nbf: Option<u64>,
 }
+
+/// How far ahead of this server's clock a token's `nbf` may be: issuers commonly set it to
+/// the moment they sign, and their clock may run a little ahead. (`exp` gets no leeway: the
+/// contract says it must be in the future.)
+const NBF_LEEWAY_S: u64 = 60;
 
 /// Why a join token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +62,8 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         // The contract says `exp` must be in the future: no leeway.
         validation.leeway = 0;
-        validation.validate_nbf = true;
+        // Checked below, with its own leeway.
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Auth {
             key: DecodingKey::from_secret(secret.as_bytes()),
@@ -82,6 +91,12 @@ impl Auth {
         let claims = decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| refusal(e.kind()))?
             .claims;
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > jsonwebtoken::get_current_timestamp() + NBF_LEEWAY_S)
+        {
+            return Err(AuthError::NotYetValid);
+        }
         if claims.room != room.as_str() {
             return Err(AuthError::OtherRoom);
         }
@@ -208,9 +223,11 @@ mod tests {
             let said = got.to_string();
             assert!(!said.contains("Error") && !said.contains("Kind"), "{said}");
         }
-        // A token whose nbf has passed is fine.
+        // A token whose nbf has passed is fine, and so is one a clock a little ahead signed.
         let past =
             json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() + 60, "nbf": now() - 5});
         assert_eq!(check(&token(past, Algorithm::HS256, SECRET)), Ok(()));
+        let ahead = json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() + 600, "nbf": now() + 20});
+        assert_eq!(check(&token(ahead, Algorithm::HS256, SECRET)), Ok(()));
     }
 }

@@ -913,6 +913,16 @@ impl Hub {
                     },
                 );
             }
+            Request::IceServers => {
+                let ice_servers = crate::turn::ice_servers_for(
+                    &self.config.ice_servers,
+                    self.config.turn.as_ref(),
+                    user.as_str(),
+                    std::time::SystemTime::now(),
+                );
+                let reply = Reply::ok(id, miclink_protocol::IceServersResult { ice_servers });
+                return self.send_conn(conn, encode(&reply));
+            }
             Request::Resubscribe => {
                 return self.ask_media(
                     conn,

@@ -102,7 +102,7 @@ impl Default for SignalingConfig {
             join_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             max_relayed: 65_536,
-            http_media_per_ip: 16,
+            http_media_per_ip: 64,
             http_media_per_ip_on_loopback: false,
             whep_per_room: 500,
         }

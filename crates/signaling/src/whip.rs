@@ -572,10 +572,31 @@ async fn create(
         Ok(place) => Arc::new(place),
         Err(resp) => return resp,
     };
+    // From here the session is set up whatever the client does: a client that goes away
+    // mid-way cancels this handler, and a session half made (joined, its connection built)
+    // would then hold its room place and media connection without its place in these caps.
+    // Once made, it ends as any other does (DELETE, its connection failing, the room ending).
+    let (token, offer) = (token.map(str::to_owned), offer.to_owned());
+    let made = tokio::spawn(open_session(kind, sig, room, user, token, offer, place));
+    made.await
+        .unwrap_or_else(|_| answer(StatusCode::INTERNAL_SERVER_ERROR, "failed\n"))
+}
+
+/// Set the session up: join (or attach) and publish or watch; the 201 with its answer, or the
+/// refusal (the session closed again).
+async fn open_session(
+    kind: Kind,
+    sig: Signaling,
+    room: Ident,
+    user: Ident,
+    token: Option<String>,
+    offer: String,
+    place: Arc<Place>,
+) -> Response {
     let Some(mut s) = Session::open(&sig).await else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable\n");
     };
-    let (sdp, attached) = match start(kind, &mut s, &room, &user, token, offer).await {
+    let (sdp, attached) = match start(kind, &mut s, &room, &user, token.as_deref(), &offer).await {
         Ok(started) => started,
         Err(resp) => {
             s.close().await;

@@ -168,6 +168,11 @@ fn media_requests() {
         Request::Resubscribe,
     );
     request_round_trip(
+        json!({"id": 16, "type": "ice_servers"}),
+        16,
+        Request::IceServers,
+    );
+    request_round_trip(
         json!({"id": 14, "type": "ice", "pc": "publish", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}}),
         14,
         Request::Ice {
