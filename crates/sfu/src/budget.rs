@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use miclink_protocol::VideoQuality;
 
+use crate::ids::{OutKey, PeerId};
 #[cfg(test)]
 use crate::layers;
 use crate::layers::Layer;
-use crate::peer::{OutKey, PeerId};
 
 /// One layer a subscriber may be given, and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,24 +14,22 @@
 //! tracks change). The media plane obeys the seat state machine's [`MediaChange`]s and never
 //! decides admission: media from anyone not allowed is dropped at packet level.
 
-mod allocate;
 mod budget;
 mod bwe;
-mod commands;
 mod core;
 mod driver;
 mod error;
 mod extensions;
 mod feedback;
-mod forward;
 mod handle;
+mod ids;
 mod keyframe;
 mod layers;
-mod lifecycle;
 mod peer;
 mod pii;
 mod probe;
 mod relay;
+mod remote;
 mod resend;
 mod sdp;
 mod seq;

@@ -24,22 +24,16 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use crate::bwe;
-use crate::core::{Remote, Transport};
 use crate::feedback::{RtcpToApplication, sfu_feedback};
+use crate::ids::{OutKey, PeerId};
+use crate::remote::{Remote, Transport};
 use crate::stats::PeerStats;
 use crate::track::{InTrack, OutTrack};
 use crate::{PcKind, SfuError};
 
-pub(crate) type PeerId = u64;
-
 /// A datagram kept before a subscribe connection's first answer: its bytes, its source, and
 /// the local address it came to.
 pub(crate) type Early = (Vec<u8>, Remote, Option<std::net::IpAddr>);
-
-/// A subscribe connection's outgoing track: the publisher, the kind, and on a relay (which
-/// carries every simulcast layer) the layer's rid; `None` for a subscriber's one stream of a
-/// track, and on a relay for a track's only stream.
-pub(crate) type OutKey = (Ident, RtpCodecKind, Option<String>);
 
 /// Remote addresses one connection may use at once: a client switches networks now and then,
 /// but a handful covers every honest case, and each address costs a map entry and a socket.

@@ -21,14 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use rtc::rtp::Packet;
-use rtc::rtp::header::Header;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-
-use crate::allocate::{ALLOCATE_INTERVAL, UPGRADE_HOLD};
-use crate::bwe::QUEUE_LIMIT;
-use crate::peer::PeerId;
-use crate::{MediaCore, PcKind};
+use crate::bwe::{Figures, QUEUE_LIMIT};
 
 /// How long one probe sends padding: several feedback intervals.
 pub(crate) const DURATION: Duration = Duration::from_millis(1000);
@@ -64,11 +57,15 @@ const MAX_PER_TICK: u64 = 120;
 /// number extension, four bytes of padding).
 const PADDING_SIZE: u64 = 24;
 
+/// A probe that began longer ago than this (twice the allocation's pace) was not part of the
+/// same climb: the next starts again from the smallest step.
+const CLIMB: Duration = Duration::from_millis(1000);
+
 /// One subscriber's probing.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Probe {
     /// The probe running: until when, and at what padding rate.
-    pub(crate) until: Option<Instant>,
+    until: Option<Instant>,
     rate: u64,
     last_padded: Option<Instant>,
     /// Loss before the probe began, per thousand: a lossy path (Wi-Fi) is not congested by
@@ -84,184 +81,92 @@ pub(crate) struct Probe {
     started: Option<Instant>,
 }
 
-impl MediaCore {
-    /// When the running probes next send padding, if any runs.
-    pub(crate) fn probe_due(&self) -> Option<Instant> {
-        if self.probing.is_empty() {
-            return None;
-        }
-        self.padded_at.map(|t| t + PAD_INTERVAL).or(self.clock)
+/// What a running probe does at one of its ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tick {
+    /// It ended: it carried (the next may follow soon) or the path was congested (the next
+    /// waits twice as long as the last that failed).
+    Ended { congested: bool },
+    /// Send this many padding packets now.
+    Pad(u16),
+    /// Nothing due yet.
+    Wait,
+}
+
+impl Probe {
+    /// Whether one may start now: none runs, and the wait after the last one is over.
+    pub(crate) fn may_start(&self, now: Instant) -> bool {
+        self.until.is_none() && self.not_before.is_none_or(|t| now >= t)
     }
 
-    /// Pad the running probes, if their interval is due; end those done or failing.
-    pub(crate) fn pad_probes(&mut self, now: Instant) {
-        if self.probing.is_empty()
-            || self
-                .padded_at
-                .is_some_and(|t| now.saturating_duration_since(t) < PAD_INTERVAL)
+    /// Start one from the estimator's `f`, toward `desired` bits a second (what the
+    /// subscriber's tracks' best layers take); its padding rate.
+    ///
+    /// What arrives during the probe is what the estimate rises to. Up to every track's best
+    /// layer and the margin a move up needs, but a step at a time: at first 30% above the
+    /// estimate, so a probe of a path without that room fills its queue slowly enough to be
+    /// stopped before anything is lost. Bigger steps only straight after one the path carried:
+    /// a path not probed for a while starts over from the smallest.
+    pub(crate) fn start(&mut self, now: Instant, f: &Figures, desired: u64) -> u64 {
+        if self
+            .not_before
+            .is_none_or(|t| now.saturating_duration_since(t) > CLIMB)
         {
-            return;
+            self.carried = 0;
         }
-        self.padded_at = Some(now);
-        let mut still = Vec::with_capacity(MAX_PROBES);
-        for id in std::mem::take(&mut self.probing) {
-            if self.probe_step(now, id) {
-                still.push(id);
-            }
-        }
-        self.probing = still;
+        let (num, den) = STEPS[self.carried.min(STEPS.len() - 1)];
+        let need = (desired + desired / 4).min(f.estimate.saturating_mul(num) / den);
+        self.rate = need.saturating_sub(f.acked).clamp(32_000, 2_000_000);
+        self.target = (f.acked + self.rate) * 95 / 100;
+        self.started = Some(now);
+        self.until = Some(now + DURATION);
+        self.last_padded = Some(now);
+        self.loss_before = f.loss_permille;
+        self.rate
     }
 
-    /// Start probes where they are wanted (at most [`MAX_PROBES`] at once); run with each
-    /// allocation, which is what changes what subscribers want.
-    pub(crate) fn probes(&mut self, now: Instant) {
-        self.pad_probes(now);
-        let running = self.probing.len();
-        if running >= MAX_PROBES {
-            return;
-        }
-        let mut candidates: Vec<(u64, PeerId)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.kind == PcKind::Subscribe
-                    && p.connected
-                    && p.wants_more > 0
-                    && p.probe.until.is_none()
-                    && p.probe.not_before.is_none_or(|t| now >= t)
-                    && p.bwe.as_ref().is_some_and(|b| {
-                        let f = b.figures();
-                        f.reports > 0 && f.loss_permille < 100 && f.queue_ms < 20
-                    })
-                    && !p.outs.values().any(|o| {
-                        o.downgraded
-                            .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_HOLD)
-                    })
-            })
-            .map(|(id, p)| (p.wants_more, *id))
-            .collect();
-        // The subscribers missing the most first.
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        for (_, id) in candidates.into_iter().take(MAX_PROBES - running) {
-            let Some(p) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            let Some(f) = p.bwe.as_ref().map(|b| b.figures()) else {
-                continue;
-            };
-            // What arrives during the probe is what the estimate rises to. Up to every track's
-            // best layer and the margin a move up needs, but a step at a time: at first 30%
-            // above the estimate, so a probe of a path without that room fills its queue
-            // slowly enough to be stopped before anything is lost.
-            // Bigger steps only straight after one the path carried: a path not probed for a
-            // while starts over from the smallest.
-            if p.probe
-                .not_before
-                .is_none_or(|t| now.saturating_duration_since(t) > ALLOCATE_INTERVAL * 2)
-            {
-                p.probe.carried = 0;
-            }
-            let (num, den) = STEPS[p.probe.carried.min(STEPS.len() - 1)];
-            let need = (p.desired + p.desired / 4).min(f.estimate.saturating_mul(num) / den);
-            p.probe.rate = need.saturating_sub(f.acked).clamp(32_000, 2_000_000);
-            p.probe.target = (f.acked + p.probe.rate) * 95 / 100;
-            p.probe.started = Some(now);
-            p.probe.until = Some(now + DURATION);
-            p.probe.last_padded = Some(now);
-            p.probe.loss_before = f.loss_permille;
-            self.stats.probes += 1;
-            self.probing.push(id);
-            tracing::debug!(parent: &p.span, rate = p.probe.rate, "probing");
-        }
-    }
-
-    /// One tick of a running probe; whether it still runs.
-    fn probe_step(&mut self, now: Instant, id: PeerId) -> bool {
-        let Some(p) = self.peers.get_mut(&id) else {
-            return false;
-        };
-        let figures = p.bwe.as_ref().map(|b| b.figures());
-        let loss_before = p.probe.loss_before;
+    /// One tick of a running probe, with the estimator's `figures` now; `connected`: the
+    /// connection still is.
+    pub(crate) fn tick(&mut self, now: Instant, figures: Option<Figures>, connected: bool) -> Tick {
         let congested = figures.is_some_and(|f| {
-            f.queue_ms > (QUEUE_LIMIT.as_millis() / 2) as u64 || f.loss_permille > loss_before + 30
+            f.queue_ms > (QUEUE_LIMIT.as_millis() / 2) as u64
+                || f.loss_permille > self.loss_before + 30
         });
-        let reached = figures.is_some_and(|f| f.estimate >= p.probe.target)
-            && p.probe
+        let reached = figures.is_some_and(|f| f.estimate >= self.target)
+            && self
                 .started
                 .is_some_and(|t| now.saturating_duration_since(t) >= MIN_DURATION);
-        let done = reached || p.probe.until.is_none_or(|t| now >= t);
-        if congested || done || !p.connected {
+        let done = reached || self.until.is_none_or(|t| now >= t);
+        if congested || done || !connected {
             // A probe the path carried raised the estimate: the next step may follow at once.
             // One it did not waits twice as long as the last one that failed.
             let wait = if congested {
-                p.probe.backoff = (p.probe.backoff * 2).clamp(BACKOFF, MAX_BACKOFF);
-                p.probe.carried = 0;
-                p.probe.backoff
+                self.backoff = (self.backoff * 2).clamp(BACKOFF, MAX_BACKOFF);
+                self.carried = 0;
+                self.backoff
             } else {
-                p.probe.backoff = Duration::ZERO;
-                p.probe.carried += 1;
+                self.backoff = Duration::ZERO;
+                self.carried += 1;
                 AFTER_SUCCESS
             };
-            p.probe.until = None;
-            p.probe.not_before = Some(now + wait);
-            if congested {
-                self.stats.probes_failed += 1;
-            }
-            tracing::debug!(parent: &p.span, congested, ?figures, "probe ends");
-            return false;
+            self.until = None;
+            self.not_before = Some(now + wait);
+            return Tick::Ended { congested };
         }
-        let since = p
-            .probe
+        let since = self
             .last_padded
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let count = (p.probe.rate * since.as_micros() as u64 / 8 / 1_000_000 / PADDING_SIZE)
+        let count = (self.rate * since.as_micros() as u64 / 8 / 1_000_000 / PADDING_SIZE)
             .min(MAX_PER_TICK) as u16;
         if count == 0 {
-            return true;
+            Tick::Wait
+        } else {
+            Tick::Pad(count)
         }
-        // Any video stream that just ended a frame takes the padding.
-        let mut sent = 0u64;
-        for out in p.outs.values_mut() {
-            if out.kind != RtpCodecKind::Video || out.paused {
-                continue;
-            }
-            let Some((pt, twcc_id)) = out.negotiated.as_ref().map(|n| (n.payload_type, n.twcc))
-            else {
-                continue;
-            };
-            let Some((first, timestamp)) = out.munger.padding(count) else {
-                continue;
-            };
-            let Some(mut sender) = p.pc.rtp_sender(out.sender) else {
-                continue;
-            };
-            for i in 0..count {
-                let mut packet = Packet {
-                    header: Header {
-                        version: 2,
-                        padding: true,
-                        payload_type: pt,
-                        sequence_number: first.wrapping_add(i),
-                        timestamp,
-                        ssrc: out.ssrc,
-                        ..Default::default()
-                    },
-                    payload: Default::default(),
-                };
-                if let Some(id) = twcc_id {
-                    p.twcc.stamp(id, &mut packet, now);
-                }
-                if sender.write_rtp(now, packet).is_ok() {
-                    sent += 1;
-                }
-            }
-            break;
-        }
-        if sent > 0 {
-            p.probe.last_padded = Some(now);
-            self.stats.padding_sent += sent;
-            self.dirty.insert(id);
-        }
-        true
+    }
+
+    /// Padding went out at `now`.
+    pub(crate) fn padded(&mut self, now: Instant) {
+        self.last_padded = Some(now);
     }
 }

@@ -24,7 +24,7 @@ pub(crate) const MAX_SSRC_LINES: usize = 48;
 /// ICE candidates of one section (or of the session level) rtc is given. The server is
 /// ICE-lite and learns a client's addresses from its checks, so candidates are hints: past
 /// this many (a host with many interfaces, each with UDP and TCP candidates) the rest are left
-/// out ([`crate::commands::for_rtc`]), not refused.
+/// out (`for_rtc`, where the core hands descriptions to rtc), not refused.
 pub(crate) const MAX_CANDIDATES: usize = 16;
 /// Payload types one section may list: a browser's video section lists about 40.
 pub(crate) const MAX_FORMATS: usize = 64;

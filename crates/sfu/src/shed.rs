@@ -9,10 +9,7 @@
 //! protect the loop, slow to probe back. A resumed unit restarts at a keyframe, with its sequence
 //! numbers continuing where they stopped.
 
-use std::cmp::Reverse;
 use std::time::{Duration, Instant};
-
-use crate::MediaCore;
 
 /// Behind the sockets this long: shed more.
 const BEHIND: Duration = Duration::from_millis(50);
@@ -35,6 +32,13 @@ pub(crate) struct Shedder {
 impl Shedder {
     /// How many units are paused.
     pub(crate) fn level(&self) -> usize {
+        self.level
+    }
+
+    /// There are `units` units to shed from now: the level, never more than there are.
+    pub(crate) fn count(&mut self, units: usize) -> usize {
+        self.units = units;
+        self.level = self.level.min(units);
         self.level
     }
 
@@ -70,41 +74,6 @@ impl Shedder {
             self.calm_since = None;
         }
         false
-    }
-}
-
-impl MediaCore {
-    /// Pause the first `level` units, resume the rest.
-    pub(crate) fn apply_shedding(&mut self) {
-        let mut units = Vec::new();
-        for (&sid, sub) in &self.peers {
-            // A relay to another node carries every viewer there: never shed here (that
-            // node sheds its own subscribers when it is behind).
-            if sub.relay_to.is_some() {
-                continue;
-            }
-            let Some(room) = self.rooms.get(&sub.room) else {
-                continue;
-            };
-            for (key, out) in &sub.outs {
-                let audio = out.kind != rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
-                let seat = room.allowed.get(&key.0).map_or(u32::MAX, |p| p.seat);
-                units.push((audio, Reverse(seat), sid, key.clone()));
-            }
-        }
-        units.sort_unstable_by(|a, b| (a.0, a.1, a.2, &a.3.0).cmp(&(b.0, b.1, b.2, &b.3.0)));
-        self.shed.units = units.len();
-        self.shed.level = self.shed.level.min(units.len());
-        for (i, (_, _, sid, key)) in units.into_iter().enumerate() {
-            let pause = i < self.shed.level;
-            let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(&key)) else {
-                continue;
-            };
-            if pause && !out.paused {
-                out.munger.pause();
-            }
-            out.paused = pause;
-        }
     }
 }
 

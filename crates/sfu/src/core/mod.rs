@@ -14,7 +14,18 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tracing::debug;
 
-use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, PeerId, subscriber_losses};
+mod allocate;
+pub(crate) mod commands;
+mod forward;
+mod lifecycle;
+mod player;
+mod probing;
+mod relay;
+mod shedding;
+
+use crate::ids::PeerId;
+use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, subscriber_losses};
+pub use crate::remote::{Remote, Transport};
 use crate::shed::Shedder;
 use crate::speakers::Speakers;
 use crate::track::SourceId;
@@ -50,43 +61,6 @@ pub struct CoreConfig {
     /// ICE-TCP: a passive TCP host candidate on this port of every public address, for clients
     /// whose network blocks UDP. `None`: UDP only.
     pub tcp_port: Option<u16>,
-}
-
-/// How a client reaches the media port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// Datagrams on the shared UDP port.
-    Udp,
-    /// RFC 4571 frames on one TCP connection the client opened (ICE-TCP, passive).
-    Tcp,
-    /// Datagrams on a UDP socket of its own (another port) that the relay connection with
-    /// this number has to a cluster node's media port: two relays between the same nodes (two
-    /// rooms, or one each way) must not share a flow, which the shared port would make them.
-    Relay(u64),
-}
-
-/// A client's address on one transport: the same address and port may be a UDP flow and a
-/// TCP connection at once, and they are different paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Remote {
-    pub addr: SocketAddr,
-    pub transport: Transport,
-}
-
-impl Remote {
-    pub fn udp(addr: SocketAddr) -> Remote {
-        Remote {
-            addr,
-            transport: Transport::Udp,
-        }
-    }
-
-    pub fn tcp(addr: SocketAddr) -> Remote {
-        Remote {
-            addr,
-            transport: Transport::Tcp,
-        }
-    }
 }
 
 /// A datagram (or, on TCP, a frame) to send.
@@ -161,7 +135,7 @@ pub(crate) struct RoomMedia {
     pub(crate) subscribe: HashMap<Ident, PeerId>,
     pub(crate) speakers: Speakers,
     /// `set_subscription` wishes: subscriber -> (publisher, highest layer wanted), oldest
-    /// first, at most [`crate::allocate::MAX_WISHES`] each.
+    /// first, at most [`crate::core::allocate::MAX_WISHES`] each.
     pub(crate) wishes: HashMap<Ident, Vec<(Ident, miclink_protocol::VideoQuality)>>,
     /// Origin: relay connections to other nodes, by node.
     pub(crate) relays: HashMap<String, PeerId>,
@@ -252,52 +226,52 @@ impl Permit {
 /// assert_eq!(core.peers(), 0, "nobody publishes, so nobody needs a subscribe connection");
 /// ```
 pub struct MediaCore {
-    pub(crate) config: CoreConfig,
+    config: CoreConfig,
     /// The address every datagram is tagged with as its local address.
-    pub(crate) local: SocketAddr,
+    local: SocketAddr,
     /// The same for TCP frames: the passive candidate's address.
-    pub(crate) local_tcp: SocketAddr,
-    pub(crate) factory: PeerFactory,
-    pub(crate) peers: HashMap<PeerId, Peer>,
+    local_tcp: SocketAddr,
+    factory: PeerFactory,
+    peers: HashMap<PeerId, Peer>,
     /// Subscribe offers made so far: the last one's number.
-    pub(crate) offers_made: u64,
-    pub(crate) by_ufrag: HashMap<String, PeerId>,
-    pub(crate) by_addr: HashMap<Remote, PeerId>,
-    pub(crate) rooms: HashMap<Ident, RoomMedia>,
-    pub(crate) next_peer: PeerId,
-    pub(crate) next_source: SourceId,
+    offers_made: u64,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<Remote, PeerId>,
+    rooms: HashMap<Ident, RoomMedia>,
+    next_peer: PeerId,
+    next_source: SourceId,
     /// Peers with output to flush, and the one being flushed.
-    pub(crate) dirty: HashSet<PeerId>,
-    pub(crate) flushing: Option<PeerId>,
-    pub(crate) outputs: VecDeque<Output>,
+    dirty: HashSet<PeerId>,
+    flushing: Option<PeerId>,
+    outputs: VecDeque<Output>,
     /// The earliest `poll_timeout` of the peers that were not due at the last timer run; every
     /// peer is run at every tick anyway, so no datagram ever scans every peer.
-    pub(crate) soonest: Option<Instant>,
-    pub(crate) last_tick: Option<Instant>,
+    soonest: Option<Instant>,
+    last_tick: Option<Instant>,
     /// The latest `now` any `handle_*` call brought.
-    pub(crate) clock: Option<Instant>,
+    clock: Option<Instant>,
     /// Subscribe connections to rebuild: (not before, room, member).
-    pub(crate) rebuilds: Vec<(Instant, Ident, Ident)>,
+    rebuilds: Vec<(Instant, Ident, Ident)>,
     /// When each member's subscribe connection was last rebuilt.
-    pub(crate) last_rebuild: HashMap<(Ident, Ident), Instant>,
+    last_rebuild: HashMap<(Ident, Ident), Instant>,
     /// Members whose subscribe connections missed the connect deadline, how many times in a
     /// row: each next one waits longer to be rebuilt and gets longer to connect (a client on a
     /// slow path, TURN over TCP, still gets in; a broken one is not rebuilt every 12 s).
-    pub(crate) unconnected: HashMap<(Ident, Ident), u32>,
-    pub(crate) shed: Shedder,
-    pub(crate) stats: SfuStats,
+    unconnected: HashMap<(Ident, Ident), u32>,
+    shed: Shedder,
+    stats: SfuStats,
     /// When the publishers' NACK counts were last read from rtc (once a second, so statistics
     /// requests cost nothing per peer whatever their rate).
-    pub(crate) nacks_read: Option<Instant>,
+    nacks_read: Option<Instant>,
     /// When every subscriber's streams were last chosen again.
-    pub(crate) allocated_at: Option<Instant>,
+    allocated_at: Option<Instant>,
     /// The subscribe connections probing now (at most `MAX_PROBES`), and when probes last
     /// sent padding.
-    pub(crate) probing: Vec<PeerId>,
-    pub(crate) padded_at: Option<Instant>,
+    probing: Vec<PeerId>,
+    padded_at: Option<Instant>,
     /// A relayed stream may be waiting for its publisher's place here to come free (see
     /// [`MediaCore::take_up_waiting`]): set when one waits or a publish connection goes.
-    pub(crate) waiting: bool,
+    waiting: bool,
 }
 
 impl MediaCore {

@@ -14,9 +14,9 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::MediaCore;
 use crate::extensions::renumber;
+use crate::ids::PeerId;
 use crate::keyframe::Detector;
 use crate::layers::SourceId;
-use crate::peer::PeerId;
 use crate::resend::Refused;
 use crate::speakers;
 use crate::track::Verdict;
@@ -305,7 +305,7 @@ impl MediaCore {
     }
 
     /// The publisher and kind a subscriber's outgoing SSRC carries.
-    fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<crate::peer::OutKey> {
+    fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<crate::ids::OutKey> {
         let sub = self.peers.get(&sid)?;
         sub.outs
             .iter()

@@ -16,7 +16,7 @@ use rtc::sansio::Protocol;
 use tracing::{debug, info, warn};
 
 use crate::core::{Output, REBUILD_INTERVAL, Transmit, Transport};
-use crate::peer::{OutKey, PeerId};
+use crate::ids::{OutKey, PeerId};
 use crate::track::{InTrack, OutTrack};
 use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions};
 

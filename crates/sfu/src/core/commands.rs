@@ -10,7 +10,8 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tracing::{debug, info, warn};
 
 use crate::core::{MAX_REMOTE_CANDIDATES, Output, Permit};
-use crate::peer::{CONNECT_DEADLINE, PeerId};
+use crate::ids::PeerId;
+use crate::peer::CONNECT_DEADLINE;
 use crate::sdp::{Purpose, Sdp};
 use crate::track::Negotiated;
 use crate::{MediaChange, MediaCommand, MediaCore, MediaEvent, PcKind, SfuError, extensions};
@@ -498,7 +499,7 @@ impl MediaCore {
     pub(crate) fn apply_answer(
         &mut self,
         now: Instant,
-        id: crate::peer::PeerId,
+        id: crate::ids::PeerId,
         answer: String,
         offer_id: Option<u64>,
     ) -> Result<(), SfuError> {

@@ -15,7 +15,7 @@ use miclink_protocol::{Ident, SubscriptionReason, VideoQuality};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::budget::{self, Want};
-use crate::peer::PeerId;
+use crate::ids::PeerId;
 use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, bwe, layers};
 
 /// How often every subscriber's streams are chosen again.

@@ -1,0 +1,648 @@
+//! Relays between the nodes of a cluster, as the core runs them (`crate::relay` says what a
+//! relay is and holds the edge's state of one).
+
+use crate::core::{MAX_RELAYS, Output, Permit, Remote, Transport};
+use crate::ids::PeerId;
+use crate::peer::MAX_ADDRS;
+use crate::relay::{
+    Carried, MAX_RELAY_STREAMS, MAX_STAND_INS, RelayIn, parse_relay_track_id, relay_label,
+    relay_track_id, sent_track_ids, udp_candidates,
+};
+use crate::track::InTrack;
+use crate::{MediaCore, MediaEvent, PcKind, SfuError, layers};
+use miclink_protocol::Ident;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+impl MediaCore {
+    // ----- the origin's end ------------------------------------------------------------------
+
+    /// Node `node` wants `room`'s media: a new relay connection carrying every published
+    /// stream (an older one of that node goes), offered with [`MediaEvent::RelayOffer`].
+    pub(crate) fn relay_open(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: String,
+    ) -> Result<(), SfuError> {
+        let label = relay_label(&node)?;
+        let old = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relays.get(&node))
+            .copied();
+        if let Some(old) = old {
+            self.remove_peer(old);
+        } else if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.relays.len() >= MAX_RELAYS)
+        {
+            return Err(SfuError::AtCapacity);
+        }
+        let id = self.new_peer(now, room, &label, PcKind::Subscribe, old.is_some())?;
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.relay_to = Some(node.clone());
+            p.new_connection = true;
+            // Nothing chooses its streams: the estimate would only cost time.
+            p.bwe = None;
+        }
+        info!(%room, %node, "relay to another node opened");
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .relays
+            .insert(node, id);
+        let publishers: Vec<Ident> = self
+            .rooms
+            .get(room)
+            .map(|r| r.publish.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut any = false;
+        for publisher in publishers {
+            any |= self.relay_publisher(id, room, &publisher);
+        }
+        // An offer with nothing to carry names no candidate: the first track makes one.
+        if any {
+            self.negotiate(now, id);
+        }
+        Ok(())
+    }
+
+    /// Give relay `sid` a pinned sender for every stream of `publisher`'s tracks it lacks;
+    /// whether any was added.
+    pub(crate) fn relay_publisher(&mut self, sid: PeerId, room: &Ident, publisher: &Ident) -> bool {
+        let Some(r) = self.rooms.get(room) else {
+            return false;
+        };
+        let seat = r.allowed.get(publisher).map_or(u32::MAX, |p| p.seat);
+        let Some(p) = r.publish.get(publisher).and_then(|pid| self.peers.get(pid)) else {
+            return false;
+        };
+        // A publisher that came from that node (its stand-in here is fed by a relay from
+        // there) is not sent back.
+        let to = self.peers.get(&sid).and_then(|s| s.relay_to.as_deref());
+        let from = p
+            .via
+            .and_then(|v| self.peers.get(&v))
+            .and_then(|v| v.relay_from.as_ref())
+            .map(|r| r.node.as_str());
+        if to.is_some() && to == from {
+            return false;
+        }
+        let mut streams: Vec<(RtpCodecKind, RTCRtpCodec, Option<String>)> = Vec::new();
+        for t in p.tracks.values() {
+            let mut rids: Vec<Option<String>> = t
+                .layers
+                .iter()
+                .map(|l| (!l.rid.is_empty()).then(|| l.rid.clone()))
+                .collect();
+            // Announced layers the origin has not seen yet: carried from the start, so the
+            // other node can ask for them (dynacast) before they first send.
+            for q in &t.simulcast {
+                let rid = Some(layers::rid_of(*q).to_owned());
+                if !rids.contains(&rid) {
+                    rids.push(rid);
+                }
+            }
+            for rid in rids {
+                streams.push((t.kind, t.codec.clone(), rid));
+            }
+        }
+        let mut added = false;
+        for (kind, codec, rid) in streams {
+            let key = (publisher.clone(), kind, rid.clone());
+            if self
+                .peers
+                .get(&sid)
+                .is_none_or(|s| s.outs.contains_key(&key))
+            {
+                continue;
+            }
+            let Some(out) = self.new_out_track(sid, publisher.as_str(), kind, &codec, |ssrc| {
+                relay_track_id(seat, rid.as_deref(), ssrc)
+            }) else {
+                continue;
+            };
+            if let Some(sub) = self.peers.get_mut(&sid) {
+                sub.outs.insert(key, out);
+                added = true;
+            }
+        }
+        added
+    }
+
+    /// Every relay of `room` carries `publisher`'s streams; those that changed get an offer.
+    pub(crate) fn relay_all(&mut self, now: Instant, room: &Ident, publisher: &Ident) {
+        for sid in self.relays_of(room) {
+            if self.relay_publisher(sid, room, publisher) {
+                self.negotiate(now, sid);
+            }
+        }
+    }
+
+    pub(crate) fn relays_of(&self, room: &Ident) -> Vec<PeerId> {
+        self.rooms
+            .get(room)
+            .map(|r| r.relays.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Node `node`'s answer to its relay's offer.
+    pub(crate) fn relay_answer(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: &str,
+        sdp: String,
+        offer_id: u64,
+    ) -> Result<(), SfuError> {
+        let id = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relays.get(node))
+            .copied()
+            .ok_or(SfuError::NoOffer)?;
+        self.apply_answer(now, id, sdp, Some(offer_id))
+    }
+
+    // ----- the other node's end --------------------------------------------------------------
+
+    /// The origin `node`'s offer for this node's relay of `room` (`fresh`: for a new
+    /// connection): applied, answered; tracks it no longer sends leave the stand-ins.
+    pub(crate) fn relay_offer(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: &str,
+        sdp: &str,
+        fresh: bool,
+    ) -> Result<String, SfuError> {
+        crate::sdp::Sdp::checked(sdp, crate::sdp::Purpose::Answer)?;
+        let current = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relays_in.get(node))
+            .copied();
+        let id = match current {
+            Some(id) if !fresh => id,
+            // A renegotiation of a connection this node no longer has: the other end opens a
+            // new one when told so.
+            None if !fresh => return Err(SfuError::NoOffer),
+            other => {
+                if let Some(old) = other {
+                    self.close_relay_in(now, old);
+                }
+                self.new_relay_in(now, room, node, sdp)?
+            }
+        };
+        let answer = RTCSessionDescription::offer(sdp.to_owned())
+            .map_err(|e| SfuError::BadSdp(e.to_string()))
+            .and_then(|offer| self.answer_offer(now, id, Some(offer)));
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The connection is gone (or useless): so are its publishers here.
+                self.close_relay_in(now, id);
+                return Err(e);
+            }
+        };
+        // Stand-ins' tracks the origin no longer sends (a revoked or gone publisher).
+        let sent = sent_track_ids(sdp);
+        let gone: Vec<String> = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.relay_from.as_ref())
+            // Every stream taken up (`tracks`) is one the relay carries (`streams`).
+            .map(|r| {
+                r.streams
+                    .keys()
+                    .filter(|t| !sent.contains(*t))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for track in gone {
+            self.relay_track_closed(now, id, &track);
+        }
+        self.process(now, id);
+        Ok(answer)
+    }
+
+    fn new_relay_in(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        node: &str,
+        sdp: &str,
+    ) -> Result<PeerId, SfuError> {
+        if self.peers.len() >= self.config.max_peers {
+            self.stats.peers_refused += 1;
+            return Err(SfuError::AtCapacity);
+        }
+        let origin: Vec<SocketAddr> = udp_candidates(sdp).into_iter().take(MAX_ADDRS).collect();
+        let first = origin.first().copied().ok_or_else(|| {
+            SfuError::BadSdp("the relay offer names no UDP host candidate".into())
+        })?;
+        // The local candidate of the origin's kind: loopback to loopback, else a routable one.
+        let local = self
+            .config
+            .public
+            .iter()
+            .copied()
+            .find(|a| {
+                a.is_ipv4() == first.is_ipv4() && a.ip().is_loopback() == first.ip().is_loopback()
+            })
+            .unwrap_or(self.local);
+        let label = relay_label(node)?;
+        let mut peer = self.factory.build_client(now, room, &label, local)?;
+        peer.relay_from = Some(RelayIn {
+            node: node.to_owned(),
+            local,
+            tracks: HashMap::new(),
+            streams: HashMap::new(),
+        });
+        let id = self.next_peer;
+        self.next_peer += 1;
+        for addr in origin {
+            // A socket of its own for each of the origin's addresses (see `Transport::Relay`).
+            let remote = Remote {
+                addr,
+                transport: Transport::Relay(id),
+            };
+            peer.addrs.push(remote);
+            self.by_addr.insert(remote, id);
+            self.outputs.push_back(Output::Connect { remote, local });
+        }
+        self.peers.insert(id, peer);
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .relays_in
+            .insert(node.to_owned(), id);
+        info!(%room, %node, "relay from the origin opened");
+        Ok(id)
+    }
+
+    /// A stream opened on relay `id`: a track (or layer) of the stand-in for its publisher.
+    pub(crate) fn relay_track_opened(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        stream: Option<&str>,
+        track_id: String,
+        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+        ssrc: u32,
+    ) {
+        let Some((seat, rid)) = parse_relay_track_id(&track_id) else {
+            debug!(track_id, "a relay track with an id not ours");
+            return;
+        };
+        let Some(publisher) = stream.and_then(|s| Ident::new(s).ok()) else {
+            return;
+        };
+        let Some(relay) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some(r) = relay.relay_from.as_mut() {
+            if r.streams.len() >= MAX_RELAY_STREAMS && !r.streams.contains_key(&track_id) {
+                warn!(
+                    track_id,
+                    "the relay carries more streams than a room can publish"
+                );
+                return;
+            }
+            let carried = Carried {
+                publisher,
+                seat,
+                rid,
+                receiver,
+                ssrc,
+            };
+            r.streams.insert(track_id.clone(), carried.clone());
+            self.take_up(now, id, track_id, carried);
+        }
+    }
+
+    /// Feed relayed stream `track_id` to the stand-in for its publisher here, unless the
+    /// publisher publishes here or through another relay still: then it waits (`streams`) until
+    /// [`MediaCore::take_up_waiting`] finds the place free.
+    fn take_up(&mut self, now: Instant, id: PeerId, track_id: String, carried: Carried) {
+        let Carried {
+            publisher,
+            seat,
+            rid,
+            receiver,
+            ssrc,
+        } = carried;
+        let Some(relay) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let room = relay.room.clone();
+        let relay_node = relay.relay_from.as_ref().map(|r| r.node.clone());
+        let Some((kind, codec, forwarded)) =
+            crate::core::lifecycle::received_stream(&mut relay.pc, receiver, ssrc)
+        else {
+            return;
+        };
+        // The stand-in publish connection for the publisher: made on its first track.
+        let existing = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.publish.get(&publisher))
+            .copied();
+        // A stand-in left from a relay that is gone makes way for this one's.
+        if let Some(pid) = existing
+            && let Some(via) = self.peers.get(&pid).and_then(|p| p.via)
+            && via != id
+            && !self.peers.contains_key(&via)
+        {
+            self.drop_stand_in(now, pid);
+        }
+        let existing = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.publish.get(&publisher))
+            .copied();
+        let sid = match existing {
+            Some(pid) if self.peers.get(&pid).is_some_and(|p| p.via == Some(id)) => pid,
+            // Taken up when that place goes (`remove_peer` of a publish connection sets
+            // `waiting`).
+            Some(_) => {
+                debug!(%room, %publisher, track_id, "a relayed publisher publishes here too, or through another relay: its stream waits");
+                return;
+            }
+            // At the origin a pushed publisher the seats do not allow (revoked, or gone, while
+            // its node has not yet taken its streams away) gets no stand-in: its tracks would
+            // be offered to every subscriber only to be withdrawn at the next relay offer. A
+            // permit given later takes the stream up.
+            None if self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.origin.is_none() && !r.allowed.contains_key(&publisher)) =>
+            {
+                debug!(%room, %publisher, track_id, "a pushed publisher the seats do not allow: its stream waits");
+                return;
+            }
+            None if self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.publish.len() >= MAX_STAND_INS) =>
+            {
+                warn!(%room, %publisher, "the relay brings more publishers than a room has seats");
+                return;
+            }
+            None => {
+                let mut stand_in = match self.factory.build(now, &room, &publisher, PcKind::Publish)
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(%room, %publisher, error = %e, "no stand-in for a relayed publisher");
+                        return;
+                    }
+                };
+                stand_in.via = Some(id);
+                stand_in.via_node = relay_node.clone();
+                let pid = self.next_peer;
+                self.next_peer += 1;
+                self.peers.insert(pid, stand_in);
+                let r = self.rooms.entry(room.clone()).or_default();
+                r.publish.insert(publisher.clone(), pid);
+                // On a node fed by the origin, the origin forwards only what may be: everything
+                // it relays may be. At the origin, a member linked on another node publishes
+                // there and the seats here say what may be forwarded.
+                if r.origin.is_some() {
+                    r.allowed.entry(publisher.clone()).or_insert(Permit {
+                        audio: true,
+                        video: true,
+                        seat,
+                        link: 0,
+                        relayed: true,
+                    });
+                }
+                pid
+            }
+        };
+        let source = self.next_source;
+        let key = format!("{kind}");
+        let Some(stand_in) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        let rid_str = rid.clone().unwrap_or_default();
+        let new_track = match stand_in.tracks.get_mut(&key) {
+            Some(track) if track.codec.mime_type.eq_ignore_ascii_case(&codec.mime_type) => {
+                if !track.add_layer(&rid_str, ssrc, source) {
+                    return;
+                }
+                if let Some(q) = layers::named(&rid_str)
+                    && !track.simulcast.contains(&q)
+                {
+                    track.simulcast.push(q);
+                }
+                false
+            }
+            _ => {
+                let mut track = InTrack::new(kind, codec.clone(), receiver, forwarded);
+                track.add_layer(&rid_str, ssrc, source);
+                if let Some(q) = layers::named(&rid_str) {
+                    track.simulcast.push(q);
+                }
+                stand_in.tracks.insert(key.clone(), track);
+                true
+            }
+        };
+        self.next_source += 1;
+        if let Some(relay) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
+            relay.tracks.insert(track_id, (sid, key));
+        }
+        debug!(%room, %publisher, ?kind, ?rid, "relayed stream opened");
+        if new_track {
+            self.track_added(now, &room, &publisher, kind, &codec);
+        } else {
+            self.allocate_publisher(now, &room, &publisher);
+        }
+    }
+
+    /// Relayed streams no stand-in feeds (their publisher published here, or through another
+    /// relay, when they arrived; or a local publisher took their stand-in's place since) are
+    /// taken up where the place is free now. Run at a tick after a stream waited or a publish
+    /// connection went.
+    pub(crate) fn take_up_waiting(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.waiting) {
+            return;
+        }
+        let mut unfed = Vec::new();
+        for (id, p) in &self.peers {
+            let Some(r) = &p.relay_from else {
+                continue;
+            };
+            for (track, carried) in &r.streams {
+                let fed = r
+                    .tracks
+                    .get(track)
+                    .is_some_and(|(sid, _)| self.peers.contains_key(sid));
+                if !fed {
+                    unfed.push((*id, track.clone(), carried.clone()));
+                }
+            }
+        }
+        for (id, track, carried) in unfed {
+            if let Some(r) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
+                r.tracks.remove(&track);
+            }
+            self.take_up(now, id, track, carried);
+        }
+    }
+
+    /// Relay `id` no longer carries rtc track `track`: its layer leaves the stand-in, and a
+    /// stand-in track with no layer left leaves the node's subscribers.
+    fn relay_track_closed(&mut self, now: Instant, id: PeerId, track: &str) {
+        let Some((sid, key)) = self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.relay_from.as_mut())
+            .and_then(|r| {
+                r.streams.remove(track);
+                r.tracks.remove(track)
+            })
+        else {
+            return;
+        };
+        let still = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.relay_from.as_ref())
+            .is_some_and(|r| r.tracks.values().any(|(s, k)| *s == sid && *k == key));
+        if still {
+            // Another layer of the track goes on; the gone one simply stops sending.
+            return;
+        }
+        let Some(stand_in) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        let (room, publisher) = (stand_in.room.clone(), stand_in.user.clone());
+        let kind = stand_in.tracks.remove(&key).map(|t| t.kind);
+        let empty = stand_in.tracks.is_empty();
+        if kind.is_some() || empty {
+            self.withdraw(now, &room, &publisher, kind, empty.then_some(sid));
+        }
+    }
+
+    /// `publisher`'s tracks (of `kind`, or all) leave every subscriber and relay here; with
+    /// `stand_in`, the stand-in goes too, and the permit this node gave it.
+    fn withdraw(
+        &mut self,
+        now: Instant,
+        room: &Ident,
+        publisher: &Ident,
+        kind: Option<RtpCodecKind>,
+        stand_in: Option<PeerId>,
+    ) {
+        let subs: Vec<PeerId> = self
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.subscribe
+                    .values()
+                    .chain(r.relays.values())
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for s in subs {
+            if self.remove_out_tracks(s, publisher, kind) {
+                self.negotiate(now, s);
+            }
+        }
+        if let Some(pid) = stand_in {
+            if let Some(r) = self.rooms.get_mut(room) {
+                // Only the permit given to the stand-in: the seats' (at the origin, or sent for
+                // a member publishing on this node) is theirs to end.
+                if r.allowed.get(publisher).is_some_and(|p| p.relayed) {
+                    r.allowed.remove(publisher);
+                }
+                r.speakers.remove(publisher);
+            }
+            self.remove_peer(pid);
+        }
+        self.rewire_watchers(now, room);
+    }
+
+    /// Close relay `id` here and take its publishers' tracks away from the node's subscribers.
+    pub(crate) fn close_relay_in(&mut self, now: Instant, id: PeerId) {
+        let tracks: Vec<String> = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.relay_from.as_ref())
+            .map(|r| r.tracks.keys().cloned().collect())
+            .unwrap_or_default();
+        for t in tracks {
+            self.relay_track_closed(now, id, &t);
+        }
+        self.remove_peer(id);
+        // Whatever stand-in is left of it (the connection was gone already).
+        let left: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.via == Some(id))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in left {
+            self.drop_stand_in(now, pid);
+        }
+    }
+
+    /// A stand-in goes with its tracks: out of every subscriber here.
+    fn drop_stand_in(&mut self, now: Instant, pid: PeerId) {
+        let Some(p) = self.peers.get(&pid) else {
+            return;
+        };
+        let (room, publisher) = (p.room.clone(), p.user.clone());
+        self.withdraw(now, &room, &publisher, None, Some(pid));
+    }
+
+    /// Either end: the relay of `room` with `node` goes.
+    pub(crate) fn relay_close(&mut self, now: Instant, room: &Ident, node: &str) {
+        let (out, inbound) = match self.rooms.get(room) {
+            Some(r) => (r.relays.get(node).copied(), r.relays_in.get(node).copied()),
+            None => return,
+        };
+        if let Some(id) = out {
+            info!(%room, %node, "relay to another node closed");
+            self.remove_peer(id);
+        }
+        if let Some(id) = inbound {
+            info!(%room, %node, "relay from the origin closed");
+            self.close_relay_in(now, id);
+        }
+    }
+
+    /// A relay connection ended on its own (failed): the other node hears it from signaling.
+    pub(crate) fn relay_failed(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        let room = p.room.clone();
+        let (node, sending) = match (&p.relay_to, &p.relay_from) {
+            (Some(node), _) => (node.clone(), true),
+            (_, Some(r)) => (r.node.clone(), false),
+            _ => return,
+        };
+        if p.relay_from.is_some() {
+            self.close_relay_in(now, id);
+        } else {
+            self.remove_peer(id);
+        }
+        warn!(%room, %node, "a relay connection failed");
+        self.outputs
+            .push_back(Output::Event(MediaEvent::RelayEnded {
+                room,
+                node,
+                sending,
+            }));
+    }
+}
