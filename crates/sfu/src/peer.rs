@@ -58,9 +58,6 @@ pub(crate) struct Peer {
     pub(crate) pc: RTCPeerConnection,
     pub(crate) room: Ident,
     pub(crate) user: Ident,
-    pub(crate) kind: PcKind,
-    /// A publish connection's seating ([`crate::MediaChange::AllowPublish`]'s `link`).
-    pub(crate) link: u64,
     pub(crate) ufrag: String,
     /// Remote addresses learned from the client's checks, at most [`MAX_ADDRS`].
     pub(crate) addrs: Vec<Remote>,
@@ -68,56 +65,288 @@ pub(crate) struct Peer {
     /// Set once descriptions were exchanged: a connection not connected (ICE and DTLS) by then
     /// is closed as failed ([`CONNECT_DEADLINE`]).
     pub(crate) connect_by: Option<Instant>,
-    /// Publish connections: the simulcast layers its offer announced by name (rids `q`, `h`,
-    /// `f`), seen or not yet; empty without simulcast or with other rids.
-    pub(crate) simulcast: Vec<miclink_protocol::VideoQuality>,
-    /// Subscribe connections of WHEP viewers: their slots (answered once, never offered to).
-    pub(crate) whep: Option<Vec<crate::whep::Slot>>,
-    /// Publish connections: tracks by track id.
-    pub(crate) tracks: HashMap<String, InTrack>,
-    /// Subscribe connections: (publisher, kind) -> sender.
-    pub(crate) outs: HashMap<OutKey, OutTrack>,
-    /// Subscribe connections: the SDP of an offer that is out and unanswered.
-    pub(crate) pending_offer: Option<String>,
-    /// Subscribe connections: the number of the last offer made.
-    pub(crate) offer_id: u64,
-    /// Subscribe connections: the offer starts a new connection (the client must make one).
-    pub(crate) new_connection: bool,
-    /// Subscribe connections: the track set changed while an offer was out.
-    pub(crate) renegotiate: bool,
-    /// Subscribe connections before their first answer: the client's first connectivity checks
-    /// race its answer (UDP beats the WebSocket and the hub) and rtc refuses a check it cannot
-    /// yet attribute, so they are kept (a few) and fed again once the answer is in, instead of
-    /// leaving the client to its retransmission schedule.
-    pub(crate) early: Option<Vec<Early>>,
     /// Trickled candidates taken so far (they are capped).
     pub(crate) remote_candidates: usize,
-    /// Subscribe connections: the bandwidth estimator, fed from the TWCC feedback.
-    pub(crate) bwe: Option<bwe::Estimator>,
-    /// Subscribe connections: transport-wide numbers and the send history.
-    pub(crate) twcc: crate::twcc::Twcc,
-    /// Subscribe connections: how many bits a second more than the estimate its tracks' best
-    /// layers would take (0 when everything fits): what a probe would have to prove.
-    pub(crate) wants_more: u64,
-    /// Subscribe connections: what its tracks' best layers would take, bits a second.
-    pub(crate) desired: u64,
-    pub(crate) probe: crate::probe::Probe,
-    /// Origin: this subscribe connection is the relay to that node (`relay.rs`).
-    pub(crate) relay_to: Option<String>,
-    /// Another node: this connection is the relay from the room's origin.
-    pub(crate) relay_from: Option<crate::relay::RelayIn>,
-    /// A stand-in publish connection for a publisher on that relay: never connected itself,
-    /// it holds the publisher's tracks; keyframe requests go up the relay.
-    pub(crate) via: Option<PeerId>,
-    /// A stand-in: the node its relay comes from.
-    pub(crate) via_node: Option<String>,
+    /// What the connection is for, and the state that comes with it.
+    pub(crate) role: Role,
     pub(crate) counters: PeerStats,
     pub(crate) span: tracing::Span,
 }
 
-impl Peer {
+/// What a connection is for. Each role's state is its own type; a connection changes role only
+/// as it is set up (a subscribe connection becomes a WHEP player's or a relay's, a publish
+/// connection a stand-in or a relay's receiving end).
+pub(crate) enum Role {
+    /// A member's (or an encoder's) publish connection: the client offered it.
+    Publisher(Publisher),
+    /// A publisher on a relay from another node: its tracks, fed from the relay; never
+    /// connected itself.
+    StandIn(Publisher, StandIn),
+    /// A member's subscribe connection: the server offers it, and offers again when the
+    /// tracks change.
+    Subscriber(Subscriber),
+    /// A WHEP player's: made from its own receive-only offer, answered once; its places
+    /// change hands instead of being offered again.
+    Player(Subscriber, Vec<crate::whep::Slot>),
+    /// At a room's origin: the relay carrying the room to another node (its senders pinned,
+    /// every layer a stream of its own).
+    RelayOut(Subscriber, String),
+    /// At another node: the relay from the room's origin, a client connection of this core;
+    /// what it carries feeds the stand-ins.
+    RelayIn(crate::relay::RelayIn),
+}
+
+/// A stand-in's link to the relay it is fed from.
+pub(crate) struct StandIn {
+    /// The relay connection (keyframe requests go up it).
+    pub(crate) via: PeerId,
+    /// The node it comes from.
+    pub(crate) node: String,
+}
+
+impl Role {
+    /// Which of the two kinds of connection the client sees it as.
+    pub(crate) fn kind(&self) -> PcKind {
+        match self {
+            Role::Subscriber(_) | Role::Player(..) | Role::RelayOut(..) => PcKind::Subscribe,
+            Role::Publisher(_) | Role::StandIn(..) | Role::RelayIn(_) => PcKind::Publish,
+        }
+    }
+
+    /// The receiving side of a publisher or a stand-in.
+    pub(crate) fn publisher(&self) -> Option<&Publisher> {
+        match self {
+            Role::Publisher(p) | Role::StandIn(p, _) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn publisher_mut(&mut self) -> Option<&mut Publisher> {
+        match self {
+            Role::Publisher(p) | Role::StandIn(p, _) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The sending side of a subscriber, a player or a relay out.
+    pub(crate) fn subscriber(&self) -> Option<&Subscriber> {
+        match self {
+            Role::Subscriber(s) | Role::Player(s, _) | Role::RelayOut(s, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn subscriber_mut(&mut self) -> Option<&mut Subscriber> {
+        match self {
+            Role::Subscriber(s) | Role::Player(s, _) | Role::RelayOut(s, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The node a relay out carries the room to.
+    pub(crate) fn relay_to(&self) -> Option<&str> {
+        match self {
+            Role::RelayOut(_, node) => Some(node),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn relay_in(&self) -> Option<&crate::relay::RelayIn> {
+        match self {
+            Role::RelayIn(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn relay_in_mut(&mut self) -> Option<&mut crate::relay::RelayIn> {
+        match self {
+            Role::RelayIn(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn stand_in(&self) -> Option<&StandIn> {
+        match self {
+            Role::StandIn(_, s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A WHEP player's places.
+    pub(crate) fn slots(&self) -> Option<&Vec<crate::whep::Slot>> {
+        match self {
+            Role::Player(_, slots) => Some(slots),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn slots_mut(&mut self) -> Option<&mut Vec<crate::whep::Slot>> {
+        match self {
+            Role::Player(_, slots) => Some(slots),
+            _ => None,
+        }
+    }
+
+    /// A publisher's (or stand-in's) tracks, by track id.
+    pub(crate) fn tracks(&self) -> Option<&HashMap<String, InTrack>> {
+        self.publisher().map(|p| &p.tracks)
+    }
+
+    pub(crate) fn tracks_mut(&mut self) -> Option<&mut HashMap<String, InTrack>> {
+        self.publisher_mut().map(|p| &mut p.tracks)
+    }
+
+    /// A subscribe connection's (player's, relay's) senders.
+    pub(crate) fn outs(&self) -> Option<&HashMap<OutKey, OutTrack>> {
+        self.subscriber().map(|s| &s.outs)
+    }
+
+    pub(crate) fn outs_mut(&mut self) -> Option<&mut HashMap<OutKey, OutTrack>> {
+        self.subscriber_mut().map(|s| &mut s.outs)
+    }
+
+    /// Whether this is a relay between nodes (either end).
+    pub(crate) fn is_relay(&self) -> bool {
+        matches!(self, Role::RelayOut(..) | Role::RelayIn(_))
+    }
+
+    /// A subscriber's connection becomes a WHEP player's, with these places.
+    pub(crate) fn play(&mut self, slots: Vec<crate::whep::Slot>) {
+        if let Role::Subscriber(s) = std::mem::replace(self, Role::Publisher(Publisher::default()))
+        {
+            *self = Role::Player(s, slots);
+        }
+    }
+
+    /// A subscriber's connection becomes the relay to `node`.
+    pub(crate) fn relay_out(&mut self, node: String) {
+        if let Role::Subscriber(s) = std::mem::replace(self, Role::Publisher(Publisher::default()))
+        {
+            *self = Role::RelayOut(s, node);
+        }
+    }
+
+    /// A publisher's connection becomes a stand-in fed by relay `via` from `node`.
+    pub(crate) fn stand_in_for(&mut self, via: PeerId, node: String) {
+        if let Role::Publisher(p) = std::mem::replace(self, Role::Publisher(Publisher::default())) {
+            *self = Role::StandIn(p, StandIn { via, node });
+        }
+    }
+}
+
+/// The receiving side of a publish connection.
+#[derive(Default)]
+pub(crate) struct Publisher {
+    /// The seating it publishes under ([`crate::MediaChange::AllowPublish`]'s `link`).
+    pub(crate) link: u64,
+    /// The simulcast layers its offer announced by name (rids `q`, `h`, `f`), seen or not yet;
+    /// empty without simulcast or with other rids.
+    pub(crate) simulcast: Vec<miclink_protocol::VideoQuality>,
+    /// Tracks by track id.
+    pub(crate) tracks: HashMap<String, InTrack>,
+}
+
+/// The sending side of a subscribe connection (a member's, a player's, a relay's).
+pub(crate) struct Subscriber {
+    /// (publisher, kind, layer) -> sender.
+    pub(crate) outs: HashMap<OutKey, OutTrack>,
+    /// The SDP of an offer that is out and unanswered.
+    pub(crate) pending_offer: Option<String>,
+    /// The number of the last offer made.
+    pub(crate) offer_id: u64,
+    /// The offer starts a new connection (the client must make one).
+    pub(crate) new_connection: bool,
+    /// The track set changed while an offer was out.
+    pub(crate) renegotiate: bool,
+    /// Before the first answer: the client's first connectivity checks race its answer (UDP
+    /// beats the WebSocket and the hub) and rtc refuses a check it cannot yet attribute, so
+    /// they are kept (a few) and fed again once the answer is in, instead of leaving the client
+    /// to its retransmission schedule.
+    pub(crate) early: Option<Vec<Early>>,
+    /// The bandwidth estimator, fed from the TWCC feedback.
+    pub(crate) bwe: bwe::Estimator,
+    /// Transport-wide numbers and the send history.
+    pub(crate) twcc: crate::twcc::Twcc,
+    /// How many bits a second more than the estimate its tracks' best layers would take (0
+    /// when everything fits): what a probe would have to prove.
+    pub(crate) wants_more: u64,
+    /// What its tracks' best layers would take, bits a second.
+    pub(crate) desired: u64,
+    pub(crate) probe: crate::probe::Probe,
+}
+
+impl Subscriber {
+    fn new() -> Subscriber {
+        Subscriber {
+            outs: HashMap::new(),
+            pending_offer: None,
+            offer_id: 0,
+            new_connection: false,
+            renegotiate: false,
+            early: Some(Vec::new()),
+            bwe: bwe::Estimator::new(),
+            twcc: crate::twcc::Twcc::new(),
+            wants_more: 0,
+            desired: 0,
+            probe: Default::default(),
+        }
+    }
+
     pub(crate) fn offer_pending(&self) -> bool {
         self.pending_offer.is_some()
+    }
+
+    /// A running probe's `count` padding packets, on the first video stream that just ended a
+    /// frame (numbered in it: its munger makes room); how many went out.
+    pub(crate) fn pad(&mut self, pc: &mut RTCPeerConnection, count: u16, now: Instant) -> u64 {
+        let mut sent = 0u64;
+        for out in self.outs.values_mut() {
+            if out.kind != RtpCodecKind::Video || out.paused {
+                continue;
+            }
+            let Some((pt, twcc_id)) = out.negotiated.as_ref().map(|n| (n.payload_type, n.twcc))
+            else {
+                continue;
+            };
+            let Some((first, timestamp)) = out.munger.padding(count) else {
+                continue;
+            };
+            let Some(mut sender) = pc.rtp_sender(out.sender) else {
+                continue;
+            };
+            for i in 0..count {
+                let mut packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        padding: true,
+                        payload_type: pt,
+                        sequence_number: first.wrapping_add(i),
+                        timestamp,
+                        ssrc: out.ssrc,
+                        ..Default::default()
+                    },
+                    payload: Default::default(),
+                };
+                if let Some(id) = twcc_id {
+                    self.twcc.stamp(id, &mut packet, now);
+                }
+                if sender.write_rtp(now, packet).is_ok() {
+                    sent += 1;
+                }
+            }
+            break;
+        }
+        if sent > 0 {
+            self.probe.padded(now);
+        }
+        sent
+    }
+}
+
+impl Peer {
+    /// Which of the two kinds of connection the client sees it as.
+    pub(crate) fn kind(&self) -> PcKind {
+        self.role.kind()
     }
 
     /// Descriptions were exchanged at `now`: the connection has `allowed` to connect, unless it
@@ -131,7 +360,7 @@ impl Peer {
 
     /// NACKs this publish connection sent since the last read (none for a subscribe one).
     pub(crate) fn read_nacks(&mut self, now: Instant) -> u64 {
-        if self.kind != PcKind::Publish {
+        if self.kind() != PcKind::Publish {
             return 0;
         }
         let sent = nacks_sent(&mut self.pc, now);
@@ -238,34 +467,19 @@ impl PeerFactory {
             PcKind::Publish => "publish",
             PcKind::Subscribe => "subscribe",
         };
+        let role = match kind {
+            PcKind::Publish => Role::Publisher(Publisher::default()),
+            PcKind::Subscribe => Role::Subscriber(Subscriber::new()),
+        };
         Ok(Peer {
             pc,
             room: room.clone(),
             user: user.clone(),
-            kind,
-            link: 0,
             addrs: Vec::new(),
             connected: false,
             connect_by: None,
-            tracks: HashMap::new(),
-            outs: HashMap::new(),
-            pending_offer: None,
-            offer_id: 0,
-            new_connection: false,
-            renegotiate: false,
-            early: (kind == PcKind::Subscribe).then(Vec::new),
             remote_candidates: 0,
-            simulcast: Vec::new(),
-            whep: None,
-            twcc: crate::twcc::Twcc::new(),
-            bwe: (kind == PcKind::Subscribe).then(bwe::Estimator::new),
-            wants_more: 0,
-            desired: 0,
-            probe: Default::default(),
-            relay_to: None,
-            relay_from: None,
-            via: None,
-            via_node: None,
+            role,
             counters: PeerStats::new(room.clone(), user.clone(), kind),
             span: tracing::info_span!("pc", %room, %user, pc = pc_kind, ufrag = %ufrag),
             ufrag,
@@ -462,14 +676,16 @@ pub(crate) fn host_candidate(
 /// congested TCP connection such packets go first. The RTP header (RFC 3550) is clear text
 /// under SRTP; RTCP (payload types 192 to 223 in the second byte, RFC 5761) is never video.
 pub(crate) fn video_ssrc(peer: &Peer, packet: &[u8]) -> Option<u32> {
-    if peer.kind != PcKind::Subscribe || packet.len() < 12 || !(128..=191).contains(&packet[0]) {
+    if peer.kind() != PcKind::Subscribe || packet.len() < 12 || !(128..=191).contains(&packet[0]) {
         return None;
     }
     if (192..=223).contains(&packet[1]) {
         return None;
     }
     let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-    peer.outs
+    peer.role
+        .subscriber()?
+        .outs
         .values()
         .any(|o| o.ssrc == ssrc && o.kind == RtpCodecKind::Video)
         .then_some(ssrc)

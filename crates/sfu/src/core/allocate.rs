@@ -16,7 +16,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::budget::{self, Want};
 use crate::ids::PeerId;
-use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, bwe, layers};
+use crate::{MediaCore, MediaEvent, Output, PcKind, SfuError, layers};
 
 /// How often every subscriber's streams are chosen again.
 pub(crate) const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
@@ -155,15 +155,18 @@ impl MediaCore {
         let Some(r) = self.rooms.get(&sub.room) else {
             return Vec::new();
         };
-        let figures = sub.bwe.as_ref().map(|b| b.figures());
-        let estimate = figures.map_or(bwe::INITIAL, |f| f.estimate);
+        let Some(sending) = sub.role.subscriber() else {
+            return Vec::new();
+        };
+        let figures = sending.bwe.figures();
+        let estimate = figures.estimate;
         let speaking = r.speakers.current();
-        let mut wants = Vec::with_capacity(sub.outs.len());
-        for (key, out) in &sub.outs {
+        let mut wants = Vec::with_capacity(sending.outs.len());
+        for (key, out) in &sending.outs {
             let (publisher, kind, _) = key;
             let Some((pid, track_id, track)) = r.publish.get(publisher).and_then(|pid| {
                 let p = self.peers.get(pid)?;
-                let (id, t) = p.tracks.iter().find(|(_, t)| t.kind == *kind)?;
+                let (id, t) = p.role.tracks()?.iter().find(|(_, t)| t.kind == *kind)?;
                 Some((*pid, id.clone(), t))
             }) else {
                 continue;
@@ -202,7 +205,7 @@ impl MediaCore {
             let Some(track) = self
                 .peers
                 .get(&want.pid)
-                .and_then(|p| p.tracks.get(&want.track_id))
+                .and_then(|p| p.role.tracks()?.get(&want.track_id))
             else {
                 continue;
             };
@@ -255,7 +258,11 @@ impl MediaCore {
                 want.track_id.clone(),
             ));
         }
-        let Some(sub) = self.peers.get_mut(&sid) else {
+        let Some(sub) = self
+            .peers
+            .get_mut(&sid)
+            .and_then(|p| p.role.subscriber_mut())
+        else {
             return Vec::new();
         };
         sub.wants_more = plan.short;
@@ -317,14 +324,19 @@ impl MediaCore {
             return;
         };
         // A relayed publisher hears from its origin, which counts this node's relay.
-        if self.peers.get(&pid).is_some_and(|p| p.via.is_some()) {
-            return;
-        }
-        let Some(track) = self
+        if self
             .peers
             .get(&pid)
-            .and_then(|p| p.tracks.values().find(|t| t.kind == RtpCodecKind::Video))
-        else {
+            .is_some_and(|p| p.role.stand_in().is_some())
+        {
+            return;
+        }
+        let Some(track) = self.peers.get(&pid).and_then(|p| {
+            p.role
+                .tracks()?
+                .values()
+                .find(|t| t.kind == RtpCodecKind::Video)
+        }) else {
             return;
         };
         let qualities = track.qualities();
@@ -342,7 +354,7 @@ impl MediaCore {
             if member == publisher {
                 continue;
             }
-            let Some(out) = self.peers.get(sid).and_then(|s| s.outs.get(&key)) else {
+            let Some(out) = self.peers.get(sid).and_then(|s| s.role.outs()?.get(&key)) else {
                 continue;
             };
             // Off by request or paused for bandwidth. A subscriber waiting because nothing
@@ -370,7 +382,8 @@ impl MediaCore {
         watched.sort_unstable();
         watched.dedup();
         let Some(track) = self.peers.get_mut(&pid).and_then(|p| {
-            p.tracks
+            p.role
+                .tracks_mut()?
                 .values_mut()
                 .find(|t| t.kind == RtpCodecKind::Video)
         }) else {

@@ -28,7 +28,10 @@ impl MediaCore {
                 // A stand-in for a publisher on a relay is the origin's to end, not this
                 // node's: the member publishes there.
                 if let Some(id) = self.room_peer(&room, &user, PcKind::Publish)
-                    && self.peers.get(&id).is_some_and(|p| p.via.is_none())
+                    && self
+                        .peers
+                        .get(&id)
+                        .is_some_and(|p| p.role.stand_in().is_none())
                 {
                     self.remove_peer(id);
                 }
@@ -38,6 +41,7 @@ impl MediaCore {
                 let Some(sub) = self
                     .room_peer(&room, &user, PcKind::Subscribe)
                     .and_then(|id| self.peers.get(&id))
+                    .and_then(|p| p.role.subscriber())
                 else {
                     return;
                 };
@@ -191,7 +195,10 @@ impl MediaCore {
                     // stays for that stand-in. So does an encoder's connection.
                     if !encoder
                         && let Some(id) = self.room_peer(&room, &user, PcKind::Publish)
-                        && self.peers.get(&id).is_some_and(|p| p.via.is_none())
+                        && self
+                            .peers
+                            .get(&id)
+                            .is_some_and(|p| p.role.stand_in().is_none())
                     {
                         self.remove_peer(id);
                     }
@@ -277,18 +284,18 @@ impl MediaCore {
                             r.speakers.remove(&user);
                         }
                         for sid in &subs {
-                            if let Some(out) = self
-                                .peers
-                                .get_mut(sid)
-                                .and_then(|p| p.outs.get_mut(&(user.clone(), kind, None)))
-                            {
+                            if let Some(out) = self.peers.get_mut(sid).and_then(|p| {
+                                p.role.outs_mut()?.get_mut(&(user.clone(), kind, None))
+                            }) {
                                 out.munger.pause();
                             }
                         }
                         // A relay carries each layer as a stream of its own.
                         for sid in &relays {
-                            if let Some(p) = self.peers.get_mut(sid) {
-                                for ((p, k, _), out) in p.outs.iter_mut() {
+                            if let Some(outs) =
+                                self.peers.get_mut(sid).and_then(|p| p.role.outs_mut())
+                            {
+                                for ((p, k, _), out) in outs.iter_mut() {
                                     if *p == user && *k == kind {
                                         out.munger.pause();
                                     }
@@ -350,7 +357,11 @@ impl MediaCore {
         if fed
             && self
                 .room_peer(room, user, PcKind::Publish)
-                .is_some_and(|id| self.peers.get(&id).is_some_and(|p| p.via.is_some()))
+                .is_some_and(|id| {
+                    self.peers
+                        .get(&id)
+                        .is_some_and(|p| p.role.stand_in().is_some())
+                })
         {
             return;
         }
@@ -371,7 +382,11 @@ impl MediaCore {
         }
         // Their tracks leave every subscribe connection; WHEP viewers' places pass on.
         for sid in subs {
-            if self.peers.get(&sid).is_some_and(|p| p.whep.is_some()) {
+            if self
+                .peers
+                .get(&sid)
+                .is_some_and(|p| p.role.slots().is_some())
+            {
                 continue;
             }
             if self.remove_out_tracks(sid, user, None) {
@@ -408,9 +423,10 @@ impl MediaCore {
             .and_then(|r| r.allowed.get(user))
             .map_or(0, |p| p.link);
         let id = self.new_peer(now, room, user, PcKind::Publish, republish)?;
-        let peer = self.peers.get_mut(&id).expect("the peer was just inserted");
-        peer.link = link;
-        peer.simulcast = simulcast;
+        if let Some(publisher) = self.peers.get_mut(&id).and_then(|p| p.role.publisher_mut()) {
+            publisher.link = link;
+            publisher.simulcast = simulcast;
+        }
         let sdp = self.answer_offer(now, id, Some(offer))?;
         let old = self
             .rooms
@@ -504,7 +520,11 @@ impl MediaCore {
         offer_id: Option<u64>,
     ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
-        if !peer.offer_pending() {
+        let pending = peer
+            .role
+            .subscriber()
+            .map_or(0, |s| if s.offer_pending() { s.offer_id } else { 0 });
+        if pending == 0 {
             return Err(SfuError::NoOffer);
         }
         // The offer was replaced (a rebuilt connection, a rejoin) while this answer was on its
@@ -512,11 +532,11 @@ impl MediaCore {
         // ICE and DTLS credentials belong to a closed client connection.
         // 0 is no offer's number (offers count from 1): a client that sends it names none.
         if let Some(answered) = offer_id.filter(|&n| n != 0)
-            && answered != peer.offer_id
+            && answered != pending
         {
             return Err(SfuError::StaleAnswer {
                 answered,
-                latest: peer.offer_id,
+                latest: pending,
             });
         }
         Sdp::checked(&answer, Purpose::Answer)?;
@@ -532,11 +552,14 @@ impl MediaCore {
             .copied()
             .unwrap_or(0);
         peer.negotiated(now, CONNECT_DEADLINE * (1 + missed.min(2)));
-        peer.pending_offer = None;
-        peer.new_connection = false;
-        let early = peer.early.take();
+        let Some(sub) = peer.role.subscriber_mut() else {
+            return Err(SfuError::NoOffer);
+        };
+        sub.pending_offer = None;
+        sub.new_connection = false;
+        let early = sub.early.take();
         // What the answer settled: payload types and extension ids, once, not per packet.
-        for out in peer.outs.values_mut() {
+        for out in sub.outs.values_mut() {
             if out.offered
                 && let Some(n) = negotiated(&mut peer.pc, out.sender, &out.mime, &out.fmtp)
             {
@@ -547,7 +570,8 @@ impl MediaCore {
         let renegotiate = self
             .peers
             .get_mut(&id)
-            .is_some_and(|p| std::mem::take(&mut p.renegotiate));
+            .and_then(|p| p.role.subscriber_mut())
+            .is_some_and(|s| std::mem::take(&mut s.renegotiate));
         if renegotiate {
             self.negotiate(now, id);
         }

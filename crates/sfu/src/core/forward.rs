@@ -36,7 +36,19 @@ impl MediaCore {
         let Some(publisher) = self.peers.get_mut(&from) else {
             return;
         };
-        let Some(track) = publisher.tracks.get_mut(track_id) else {
+        // A relayed publisher's stream never goes back to the node it came from (looked up only
+        // where the room has relays).
+        let came_from = self
+            .rooms
+            .get(&publisher.room)
+            .is_some_and(|r| !r.relays.is_empty())
+            .then(|| publisher.role.stand_in().map(|s| s.node.clone()))
+            .flatten();
+        let Some(track) = publisher
+            .role
+            .tracks_mut()
+            .and_then(|t| t.get_mut(track_id))
+        else {
             return;
         };
         let Some(index) = track.layer_index(packet.header.ssrc) else {
@@ -103,7 +115,7 @@ impl MediaCore {
             let rid = &track.layers[index].rid;
             (key.0.clone(), kind, (!rid.is_empty()).then(|| rid.clone()))
         });
-        let came_from = relay_key.as_ref().and_then(|_| publisher.via_node.clone());
+        let came_from = relay_key.as_ref().and(came_from);
         let mut want_keyframe = false;
         // Disjoint borrows of the core's fields: the room's subscriber list is read while
         // subscriber connections are written, with no list copied per packet.
@@ -119,12 +131,15 @@ impl MediaCore {
             if !sub.connected {
                 continue;
             }
-            if came_from.is_some() && sub.relay_to == came_from {
+            if came_from.is_some() && sub.role.relay_to() == came_from.as_deref() {
                 continue;
             }
+            let Some(sending) = sub.role.subscriber_mut() else {
+                continue;
+            };
             let out = match (member, &relay_key) {
-                (Some(_), _) => sub.outs.get_mut(&key),
-                (None, Some(relay_key)) => sub.outs.get_mut(relay_key),
+                (Some(_), _) => sending.outs.get_mut(&key),
+                (None, Some(relay_key)) => sending.outs.get_mut(relay_key),
                 (None, None) => None,
             };
             let Some(out) = out else {
@@ -191,7 +206,7 @@ impl MediaCore {
                 packet.header.extensions_padding = 0;
             }
             if let Some(id) = twcc_id {
-                sub.twcc.stamp(id, &mut packet, now);
+                sending.twcc.stamp(id, &mut packet, now);
             }
             let sender = out.sender;
             let written = match sub.pc.rtp_sender(sender) {
@@ -231,7 +246,13 @@ impl MediaCore {
         let Some(publisher) = self.peers.get_mut(&from) else {
             return;
         };
-        let Some(track) = publisher.tracks.get_mut(track_id) else {
+        // A relayed publisher's stand-in asks up the relay, whose connection has the streams.
+        let via = publisher.role.stand_in().map_or(from, |s| s.via);
+        let Some(track) = publisher
+            .role
+            .tracks_mut()
+            .and_then(|t| t.get_mut(track_id))
+        else {
             return;
         };
         let receiver = track.receiver;
@@ -245,8 +266,6 @@ impl MediaCore {
             sender_ssrc: 0,
             media_ssrc: layer.ssrc,
         };
-        // A relayed publisher's stand-in asks up the relay, whose connection has the streams.
-        let via = publisher.via.unwrap_or(from);
         let Some(conn) = self.peers.get_mut(&via) else {
             return;
         };
@@ -273,7 +292,7 @@ impl MediaCore {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if peer.kind != crate::PcKind::Subscribe {
+        if peer.kind() != crate::PcKind::Subscribe {
             return;
         }
         for packet in packets {
@@ -294,11 +313,16 @@ impl MediaCore {
                 self.keyframe_for_subscriber(now, id, fir.media_ssrc);
             } else if let Some(feedback) = any.downcast_ref::<TransportLayerCc>() {
                 self.stats.twcc_feedback += 1;
-                if let Some(p) = self.peers.get_mut(&id) {
-                    let reports = p.twcc.feedback(feedback);
-                    if let Some(e) = &mut p.bwe {
-                        e.on_reports(now, &reports);
-                    }
+                // A relay's streams are pinned, nothing chooses them: its estimate would only
+                // cost time.
+                if let Some(s) = self
+                    .peers
+                    .get_mut(&id)
+                    .filter(|p| !p.role.is_relay())
+                    .and_then(|p| p.role.subscriber_mut())
+                {
+                    let reports = s.twcc.feedback(feedback);
+                    s.bwe.on_reports(now, &reports);
                 }
             }
         }
@@ -307,7 +331,8 @@ impl MediaCore {
     /// The publisher and kind a subscriber's outgoing SSRC carries.
     fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<crate::ids::OutKey> {
         let sub = self.peers.get(&sid)?;
-        sub.outs
+        sub.role
+            .outs()?
             .iter()
             .find(|(_, o)| o.ssrc == ssrc)
             .map(|(k, _)| k.clone())
@@ -326,7 +351,8 @@ impl MediaCore {
         let track_id = self
             .peers
             .get(&pid)?
-            .tracks
+            .role
+            .tracks()?
             .iter()
             .find(|(_, t)| t.kind == kind)
             .map(|(id, _)| id.clone())?;
@@ -341,7 +367,7 @@ impl MediaCore {
         let Some(source) = self
             .peers
             .get(&sid)
-            .and_then(|s| s.outs.get(&key))
+            .and_then(|s| s.role.outs()?.get(&key))
             .and_then(|o| o.munger.source().or(o.target))
         else {
             return;
@@ -359,7 +385,11 @@ impl MediaCore {
             return;
         };
         for &seq in lost {
-            let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(&key)) else {
+            let Some(out) = self
+                .peers
+                .get_mut(&sid)
+                .and_then(|s| s.role.outs_mut()?.get_mut(&key))
+            else {
                 return;
             };
             let Some(payload_type) = out.negotiated.as_ref().map(|n| n.payload_type) else {
@@ -382,7 +412,7 @@ impl MediaCore {
                 .munger
                 .original(seq)
                 .and_then(|(source, ext, ts_offset)| {
-                    let track = self.peers.get(&pid)?.tracks.get(&track_id)?;
+                    let track = self.peers.get(&pid)?.role.tracks()?.get(&track_id)?;
                     let mut p = track.layer_of(source)?.stored(ext)?.clone();
                     p.header.timestamp = p.header.timestamp.wrapping_add(ts_offset);
                     Some((p, track.keyframes == Detector::Vp8))
@@ -397,13 +427,16 @@ impl MediaCore {
             let Some(sub) = self.peers.get_mut(&sid) else {
                 return;
             };
-            if vp8 && let Some(out) = sub.outs.get(&key) {
+            let Some(sending) = sub.role.subscriber_mut() else {
+                return;
+            };
+            if vp8 && let Some(out) = sending.outs.get(&key) {
                 // The same picture numbering as when it was first sent: the packet is from the
                 // current segment, whose offsets still stand.
                 packet.payload = out.pictures.apply(&packet.payload);
             }
             if let Some(id) = twcc_id {
-                sub.twcc.stamp(id, &mut packet, now);
+                sending.twcc.stamp(id, &mut packet, now);
             }
             if let Some(mut s) = sub.pc.rtp_sender(sender)
                 && s.write_rtp(now, packet).is_ok()

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::{Output, REBUILD_INTERVAL, Transmit, Transport};
 use crate::ids::{OutKey, PeerId};
+use crate::peer::Peer;
 use crate::track::{InTrack, OutTrack};
 use crate::{MediaCore, MediaEvent, PcKind, SfuError, extensions};
 
@@ -43,7 +44,7 @@ impl MediaCore {
             }
             if let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
                 match message {
-                    RTCMessage::RtpPacket(track_id, packet) => match &peer.relay_from {
+                    RTCMessage::RtpPacket(track_id, packet) => match peer.role.relay_in() {
                         // A relayed stream belongs to its publisher's stand-in.
                         Some(relay) => {
                             if let Some((sid, key)) = relay.tracks.get(&track_id).cloned() {
@@ -71,22 +72,23 @@ impl MediaCore {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         peer.connected = true;
-                        if peer.kind == PcKind::Subscribe {
+                        if peer.kind() == PcKind::Subscribe {
                             let key = (peer.room.clone(), peer.user.clone());
                             self.unconnected.remove(&key);
                         }
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                        if peer.relay_to.is_some() || peer.relay_from.is_some() =>
+                        if peer.role.relay_to().is_some() || peer.role.relay_in().is_some() =>
                     {
                         self.relay_failed(now, id);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        let (room, user, kind) = (peer.room.clone(), peer.user.clone(), peer.kind);
+                        let (room, user, kind) =
+                            (peer.room.clone(), peer.user.clone(), peer.kind());
                         info!(parent: &peer.span, %state, "connection ended");
                         // A WHEP player's connection ending on its own is the player gone (one
                         // replaced or closed by a command is not: its successor stays).
-                        let watch_ended = peer.whep.is_some()
+                        let watch_ended = peer.role.slots().is_some()
                             && self.room_peer(&room, &user, PcKind::Subscribe) == Some(id);
                         self.remove_peer(id);
                         if watch_ended {
@@ -104,7 +106,10 @@ impl MediaCore {
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
-                if self.peers.get(&id).is_some_and(|p| p.relay_from.is_some()) =>
+                if self
+                    .peers
+                    .get(&id)
+                    .is_some_and(|p| p.role.relay_in().is_some()) =>
             {
                 let stream = init.stream_ids.first().map(String::as_str);
                 self.relay_track_opened(
@@ -139,7 +144,10 @@ impl MediaCore {
             if let Some(p) = self.peers.get(&id) {
                 info!(parent: &p.span, "not connected by the connect deadline; closed");
                 // A member's subscribe connection is rebuilt, later each time it misses.
-                if p.kind == PcKind::Subscribe && p.relay_to.is_none() && p.whep.is_none() {
+                if p.kind() == PcKind::Subscribe
+                    && p.role.relay_to().is_none()
+                    && p.role.slots().is_none()
+                {
                     let member = self
                         .rooms
                         .get(&p.room)
@@ -213,33 +221,40 @@ impl MediaCore {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if peer.kind != PcKind::Publish {
+        let Peer {
+            pc,
+            role,
+            room,
+            user,
+            span,
+            ..
+        } = peer;
+        let (room, user) = (room.clone(), user.clone());
+        let Some(publisher) = role.publisher_mut() else {
             return;
-        }
-        if let Some(track) = peer.tracks.get_mut(&track_id) {
+        };
+        if let Some(track) = publisher.tracks.get_mut(&track_id) {
             if track.add_layer(rid, ssrc, source) {
                 self.next_source += 1;
-                info!(parent: &peer.span, rid, ssrc, source, "simulcast layer published");
-                let (room, user) = (peer.room.clone(), peer.user.clone());
+                info!(parent: &*span, rid, ssrc, source, "simulcast layer published");
                 self.allocate_publisher(now, &room, &user);
                 self.relay_all(now, &room, &user);
             } else {
-                warn!(parent: &peer.span, rid, ssrc, "stream refused: the track has all its layers");
+                warn!(parent: &*span, rid, ssrc, "stream refused: the track has all its layers");
             }
             return;
         }
-        let Some((kind, codec, forwarded)) = received_stream(&mut peer.pc, receiver, ssrc) else {
+        let Some((kind, codec, forwarded)) = received_stream(pc, receiver, ssrc) else {
             return;
         };
-        let (room, user) = (peer.room.clone(), peer.user.clone());
-        info!(parent: &peer.span, ?kind, mime = %codec.mime_type, rid, source, "track published");
+        info!(parent: &*span, ?kind, mime = %codec.mime_type, rid, source, "track published");
         self.next_source += 1;
         let mut track = InTrack::new(kind, codec.clone(), receiver, forwarded);
         if kind == RtpCodecKind::Video {
-            track.simulcast = peer.simulcast.clone();
+            track.simulcast = publisher.simulcast.clone();
         }
         track.add_layer(rid, ssrc, source);
-        peer.tracks.insert(track_id, track);
+        publisher.tracks.insert(track_id, track);
         self.track_added(now, &room, &user, kind, &codec);
     }
 
@@ -265,7 +280,11 @@ impl MediaCore {
                 self.ensure_subscribe(now, &room, &member);
                 continue;
             };
-            if self.peers.get(&sid).is_some_and(|p| p.whep.is_some()) {
+            if self
+                .peers
+                .get(&sid)
+                .is_some_and(|p| p.role.slots().is_some())
+            {
                 continue;
             }
             // A republish with another codec needs a new sender; the same codec keeps the one
@@ -273,7 +292,7 @@ impl MediaCore {
             let stale = self
                 .peers
                 .get(&sid)
-                .and_then(|s| s.outs.get(&(user.clone(), kind, None)))
+                .and_then(|s| s.role.outs()?.get(&(user.clone(), kind, None)))
                 .is_some_and(|o| {
                     !o.mime.eq_ignore_ascii_case(&codec.mime_type) || o.fmtp != codec.sdp_fmtp_line
                 });
@@ -285,14 +304,18 @@ impl MediaCore {
         }
         // Relays: a republish with another codec needs new senders there too.
         for sid in self.relays_of(&room) {
-            let stale = self.peers.get(&sid).is_some_and(|s| {
-                s.outs.iter().any(|((p, k, _), o)| {
-                    *p == user
-                        && *k == kind
-                        && (!o.mime.eq_ignore_ascii_case(&codec.mime_type)
-                            || o.fmtp != codec.sdp_fmtp_line)
-                })
-            });
+            let stale = self
+                .peers
+                .get(&sid)
+                .and_then(|s| s.role.outs())
+                .is_some_and(|outs| {
+                    outs.iter().any(|((p, k, _), o)| {
+                        *p == user
+                            && *k == kind
+                            && (!o.mime.eq_ignore_ascii_case(&codec.mime_type)
+                                || o.fmtp != codec.sdp_fmtp_line)
+                    })
+                });
             let removed = stale && self.remove_out_tracks(sid, &user, Some(kind));
             if self.relay_publisher(sid, &room, &user) || removed {
                 self.negotiate(now, sid);
@@ -312,22 +335,28 @@ impl MediaCore {
         let Some(room) = self.rooms.get(&sub.room) else {
             return;
         };
-        let mappings: Vec<(OutKey, Vec<(u8, u8)>)> = sub
-            .outs
+        let Some(outs) = sub.role.outs() else {
+            return;
+        };
+        let mappings: Vec<(OutKey, Vec<(u8, u8)>)> = outs
             .iter()
             .filter_map(|(key, out)| {
                 let negotiated = out.negotiated.as_ref()?;
                 let publisher = self.peers.get(room.publish.get(&key.0)?)?;
-                let track = publisher.tracks.values().find(|t| t.kind == key.1)?;
+                let track = publisher
+                    .role
+                    .tracks()?
+                    .values()
+                    .find(|t| t.kind == key.1)?;
                 Some((
                     key.clone(),
                     extensions::mapping(&track.extensions, &negotiated.extensions),
                 ))
             })
             .collect();
-        if let Some(sub) = self.peers.get_mut(&sid) {
+        if let Some(outs) = self.peers.get_mut(&sid).and_then(|s| s.role.outs_mut()) {
             for (key, ids) in mappings {
-                if let Some(out) = sub.outs.get_mut(&key) {
+                if let Some(out) = outs.get_mut(&key) {
                     out.ext_ids = ids;
                 }
             }
@@ -353,8 +382,10 @@ impl MediaCore {
             .filter(|(u, _)| *u != member)
             .filter_map(|(u, id)| self.peers.get(id).map(|p| (u, p)))
             .flat_map(|(u, p)| {
-                p.tracks
-                    .values()
+                p.role
+                    .tracks()
+                    .into_iter()
+                    .flat_map(|t| t.values())
                     .map(move |t| (u.clone(), t.kind, t.codec.clone()))
             })
             .collect();
@@ -385,8 +416,12 @@ impl MediaCore {
         if let Some(r) = self.rooms.get_mut(room) {
             r.subscribe.insert(member.clone(), id);
             let before = !r.subscribed_before.insert(member.clone());
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.new_connection = before;
+            if let Some(s) = self
+                .peers
+                .get_mut(&id)
+                .and_then(|p| p.role.subscriber_mut())
+            {
+                s.new_connection = before;
             }
         }
         for (publisher, kind, codec) in published {
@@ -408,7 +443,7 @@ impl MediaCore {
         if self
             .peers
             .get(&sid)
-            .is_none_or(|s| s.outs.contains_key(&key))
+            .is_none_or(|s| s.role.outs().is_none_or(|o| o.contains_key(&key)))
         {
             return false;
         }
@@ -425,7 +460,9 @@ impl MediaCore {
             if let Some(mut t) = sub.pc.rtp_transceiver(out.sender.into()) {
                 let _ = t.set_codec_preferences(Vec::new());
             }
-            sub.outs.insert(key, out);
+            if let Some(outs) = sub.role.outs_mut() {
+                outs.insert(key, out);
+            }
         }
         true
     }
@@ -481,14 +518,16 @@ impl MediaCore {
         let Some(sub) = self.peers.get_mut(&sid) else {
             return false;
         };
-        let gone: Vec<OutKey> = sub
-            .outs
+        let Some(outs) = sub.role.outs_mut() else {
+            return false;
+        };
+        let gone: Vec<OutKey> = outs
             .keys()
             .filter(|(p, k, _)| p == publisher && kind.is_none_or(|kind| kind == *k))
             .cloned()
             .collect();
         for key in &gone {
-            if let Some(out) = sub.outs.remove(key) {
+            if let Some(out) = outs.remove(key) {
                 let _ = sub.pc.remove_track(out.sender);
             }
         }
@@ -498,20 +537,25 @@ impl MediaCore {
     /// Send `sid` a new subscribe offer, or note that one is due once the pending one is
     /// answered.
     pub(crate) fn negotiate(&mut self, now: Instant, sid: PeerId) {
-        let Some(sub) = self.peers.get_mut(&sid) else {
+        let Some(peer) = self.peers.get_mut(&sid) else {
             return;
         };
         // A WHEP connection was answered once; its slots change hands instead.
-        if sub.whep.is_some() {
+        if peer.role.slots().is_some() {
             return;
         }
+        let relay_to = peer.role.relay_to().map(str::to_owned);
+        let Some(sub) = peer.role.subscriber_mut() else {
+            return;
+        };
         if sub.offer_pending() {
             sub.renegotiate = true;
             return;
         }
+        let pc = &mut peer.pc;
         let offer = (|| {
-            let offer = sub.pc.create_offer(None)?;
-            sub.pc.set_local_description(now, offer.clone())?;
+            let offer = pc.create_offer(None)?;
+            pc.set_local_description(now, offer.clone())?;
             Ok::<_, rtc::shared::error::Error>(offer.sdp)
         })();
         match offer {
@@ -522,17 +566,17 @@ impl MediaCore {
                 for out in sub.outs.values_mut() {
                     out.offered = true;
                 }
-                let event = match &sub.relay_to {
+                let event = match relay_to {
                     Some(node) => MediaEvent::RelayOffer {
-                        room: sub.room.clone(),
-                        node: node.clone(),
+                        room: peer.room.clone(),
+                        node,
                         sdp,
                         offer_id: sub.offer_id,
                         fresh: sub.new_connection,
                     },
                     None => MediaEvent::SubscribeOffer {
-                        room: sub.room.clone(),
-                        user: sub.user.clone(),
+                        room: peer.room.clone(),
+                        user: peer.user.clone(),
                         sdp,
                         new_connection: sub.new_connection,
                         offer_id: sub.offer_id,
@@ -541,7 +585,7 @@ impl MediaCore {
                 self.outputs.push_back(Output::Event(event));
                 self.dirty.insert(sid);
             }
-            Err(e) => warn!(parent: &sub.span, error = %e, "could not create a subscribe offer"),
+            Err(e) => warn!(parent: &peer.span, error = %e, "could not create a subscribe offer"),
         }
     }
 
@@ -577,28 +621,28 @@ impl MediaCore {
             return;
         };
         // Its place may be the one a relayed stream waits for.
-        self.waiting |= peer.kind == PcKind::Publish && peer.relay_from.is_none();
+        self.waiting |= peer.kind() == PcKind::Publish && peer.role.relay_in().is_none();
         // The last NACKs of a publisher count too, however soon after the last read it leaves.
         if let Some(now) = self.clock {
             self.stats.nacks_to_publishers += peer.read_nacks(now);
         }
         if let Some(r) = self.rooms.get_mut(&peer.room) {
-            if let Some(node) = &peer.relay_to
+            if let Some(node) = peer.role.relay_to()
                 && r.relays.get(node) == Some(&id)
             {
                 r.relays.remove(node);
             }
-            if let Some(from) = &peer.relay_from
+            if let Some(from) = peer.role.relay_in()
                 && r.relays_in.get(&from.node) == Some(&id)
             {
                 r.relays_in.remove(&from.node);
             }
         }
         if let Some(r) = self.rooms.get_mut(&peer.room)
-            && peer.relay_to.is_none()
-            && peer.relay_from.is_none()
+            && peer.role.relay_to().is_none()
+            && peer.role.relay_in().is_none()
         {
-            let map = match peer.kind {
+            let map = match peer.kind() {
                 PcKind::Publish => &mut r.publish,
                 PcKind::Subscribe => &mut r.subscribe,
             };
@@ -606,13 +650,13 @@ impl MediaCore {
                 map.remove(&peer.user);
                 // The member's publish connection is gone, not replaced by a newer one. (A
                 // stand-in's publisher publishes on another node: nothing to report here.)
-                if peer.kind == PcKind::Publish && peer.via.is_none() {
+                if peer.kind() == PcKind::Publish && peer.role.stand_in().is_none() {
                     self.outputs.push_back(Output::Event(MediaEvent::Published {
                         room: peer.room.clone(),
                         user: peer.user.clone(),
                         audio: false,
                         video: false,
-                        link: peer.link,
+                        link: peer.role.publisher().map_or(0, |p| p.link),
                     }));
                 }
             }
@@ -622,7 +666,7 @@ impl MediaCore {
             // The last words (DTLS close) are never video.
             let transport = match msg.transport.transport_protocol {
                 rtc::shared::TransportProtocol::TCP => Transport::Tcp,
-                _ if peer.relay_from.is_some() => Transport::Relay(id),
+                _ if peer.role.relay_in().is_some() => Transport::Relay(id),
                 _ => Transport::Udp,
             };
             self.outputs.push_back(Output::Transmit(Transmit {

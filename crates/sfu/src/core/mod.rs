@@ -340,7 +340,7 @@ impl MediaCore {
                 let mut c = p.counters.clone();
                 // A publisher's leg keeps the server's own count (numbers skipped on arrival):
                 // rtc's figure falls back to zero once retransmissions repair the gaps.
-                if p.kind == PcKind::Subscribe {
+                if p.kind() == PcKind::Subscribe {
                     c.packets_lost = subscriber_losses(&mut p.pc, now);
                 }
                 c
@@ -460,8 +460,8 @@ impl MediaCore {
             return Route::Handled;
         };
         // A relay's checks went out from its own candidate, whatever socket carried them.
-        let local_addr = peer.relay_from.as_ref().map_or(local_addr, |r| r.local);
-        if let Some(early) = &mut peer.early {
+        let local_addr = peer.role.relay_in().map_or(local_addr, |r| r.local);
+        if let Some(early) = peer.role.subscriber_mut().and_then(|s| s.early.as_mut()) {
             if early.len() < EARLY_DATAGRAMS {
                 early.push((data.to_vec(), from, to));
             } else {
@@ -623,7 +623,7 @@ impl MediaCore {
                             (Transport::Tcp, crate::peer::video_ssrc(peer, &msg.message))
                         }
                         // A relay sends on its own socket.
-                        _ if peer.relay_from.is_some() => (Transport::Relay(id), None),
+                        _ if peer.role.relay_in().is_some() => (Transport::Relay(id), None),
                         _ => (Transport::Udp, None),
                     };
                     return Some(Output::Transmit(Transmit {

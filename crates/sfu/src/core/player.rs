@@ -2,6 +2,7 @@
 
 use crate::core::commands::{for_rtc, negotiated};
 use crate::ids::PeerId;
+use crate::peer::Peer;
 use crate::track::OutTrack;
 use crate::whep::{MAX_SLOTS, Slot, placeholder, watch_reserve};
 use crate::{MediaCore, PcKind, SfuError};
@@ -26,7 +27,7 @@ impl MediaCore {
                 r.publish
                     .get(*u)
                     .and_then(|id| self.peers.get(id))
-                    .is_some_and(|p| !p.tracks.is_empty())
+                    .is_some_and(|p| p.role.tracks().is_some_and(|t| !t.is_empty()))
             })
             .map(|(u, p)| (p.seat, u.clone()))
             .collect();
@@ -43,7 +44,8 @@ impl MediaCore {
     ) -> Option<RTCRtpCodec> {
         let pid = self.rooms.get(room)?.publish.get(publisher)?;
         let p = self.peers.get(pid)?;
-        p.tracks
+        p.role
+            .tracks()?
             .values()
             .find(|t| t.kind == kind)
             .map(|t| t.codec.clone())
@@ -119,8 +121,9 @@ impl MediaCore {
                 };
                 match (publisher, codec) {
                     (Some(p), Some(_)) => {
-                        if let Some(peer) = self.peers.get_mut(&id) {
-                            peer.outs.insert((p.clone(), kind, None), out);
+                        if let Some(outs) = self.peers.get_mut(&id).and_then(|p| p.role.outs_mut())
+                        {
+                            outs.insert((p.clone(), kind, None), out);
                         }
                     }
                     _ => place.parked.push(out),
@@ -130,16 +133,18 @@ impl MediaCore {
         }
         let sdp = self.answer_offer(now, id, None)?;
         let peer = self.peers.get_mut(&id).expect("the peer answered");
-        for out in peer
-            .outs
-            .values_mut()
-            .chain(places.iter_mut().flat_map(|p| p.parked.iter_mut()))
-        {
-            out.offered = true;
-            out.negotiated = negotiated(&mut peer.pc, out.sender, &out.mime, &out.fmtp);
+        let Peer { pc, role, .. } = peer;
+        if let Some(outs) = role.outs_mut() {
+            for out in outs
+                .values_mut()
+                .chain(places.iter_mut().flat_map(|p| p.parked.iter_mut()))
+            {
+                out.offered = true;
+                out.negotiated = negotiated(pc, out.sender, &out.mime, &out.fmtp);
+            }
         }
-        peer.whep = Some(places);
-        let early = peer.early.take();
+        let early = role.subscriber_mut().and_then(|s| s.early.take());
+        role.play(places);
         if let Some(r) = self.rooms.get_mut(room) {
             r.subscribe.insert(user.clone(), id);
         }
@@ -162,7 +167,7 @@ impl MediaCore {
         let watchers: Vec<(Ident, PeerId)> = r
             .subscribe
             .iter()
-            .filter(|(_, id)| self.peers.get(id).is_some_and(|p| p.whep.is_some()))
+            .filter(|(_, id)| self.peers.get(id).is_some_and(|p| p.role.slots().is_some()))
             .map(|(u, id)| (u.clone(), *id))
             .collect();
         for (viewer, sid) in watchers {
@@ -179,7 +184,11 @@ impl MediaCore {
             let Some(peer) = self.peers.get_mut(&sid) else {
                 continue;
             };
-            let Some(mut places) = peer.whep.take() else {
+            let Peer { pc, role, span, .. } = peer;
+            let Some(mut places) = role.slots_mut().map(std::mem::take) else {
+                continue;
+            };
+            let Some(outs) = role.outs_mut() else {
                 continue;
             };
             let mut changed = false;
@@ -199,8 +208,8 @@ impl MediaCore {
                 for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
                     let key = (old.clone(), kind, None);
                     let moved =
-                        Some(&old) != want || peer.outs.get(&key).is_some_and(|out| stale(k, out));
-                    if moved && let Some(out) = peer.outs.remove(&key) {
+                        Some(&old) != want || outs.get(&key).is_some_and(|out| stale(k, out));
+                    if moved && let Some(out) = outs.remove(&key) {
                         place.parked.push(out);
                         changed = true;
                     }
@@ -219,13 +228,10 @@ impl MediaCore {
                     let key = (want.clone(), out.kind, None);
                     let codec = codecs[k].iter().find(|(kind, _)| *kind == out.kind);
                     let fed = match codec {
-                        Some((_, codec)) if !peer.outs.contains_key(&key) => negotiated(
-                            &mut peer.pc,
-                            out.sender,
-                            &codec.mime_type,
-                            &codec.sdp_fmtp_line,
-                        )
-                        .map(|n| (n, codec)),
+                        Some((_, codec)) if !outs.contains_key(&key) => {
+                            negotiated(pc, out.sender, &codec.mime_type, &codec.sdp_fmtp_line)
+                                .map(|n| (n, codec))
+                        }
                         _ => None,
                     };
                     match fed {
@@ -239,7 +245,7 @@ impl MediaCore {
                             out.target = None;
                             out.reported = None;
                             out.downgraded = None;
-                            peer.outs.insert(key, out);
+                            outs.insert(key, out);
                             changed = true;
                         }
                         None => still.push(out),
@@ -247,9 +253,11 @@ impl MediaCore {
                 }
                 place.parked = still;
             }
-            peer.whep = Some(places);
+            if let Some(slots) = role.slots_mut() {
+                *slots = places;
+            }
             if changed {
-                info!(parent: &peer.span, "WHEP slots handed on");
+                info!(parent: &*span, "WHEP slots handed on");
                 self.settle_extensions(sid);
                 self.allocate_subscriber(now, sid);
             }

@@ -3,14 +3,10 @@
 
 use std::time::Instant;
 
-use rtc::rtp::Packet;
-use rtc::rtp::header::Header;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-
 use super::allocate::UPGRADE_HOLD;
+use crate::MediaCore;
 use crate::ids::PeerId;
 use crate::probe::{MAX_PROBES, PAD_INTERVAL, Tick};
-use crate::{MediaCore, PcKind};
 
 impl MediaCore {
     /// When the running probes next send padding, if any runs.
@@ -51,21 +47,21 @@ impl MediaCore {
         let mut candidates: Vec<(u64, PeerId)> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.kind == PcKind::Subscribe
-                    && p.connected
-                    && p.wants_more > 0
-                    && p.probe.may_start(now)
-                    && p.bwe.as_ref().is_some_and(|b| {
-                        let f = b.figures();
-                        f.reports > 0 && f.loss_permille < 100 && f.queue_ms < 20
-                    })
-                    && !p.outs.values().any(|o| {
+            .filter(|(_, p)| p.connected)
+            .filter_map(|(id, p)| Some((*id, p.role.subscriber()?)))
+            .filter(|(_, s)| {
+                let f = s.bwe.figures();
+                s.wants_more > 0
+                    && s.probe.may_start(now)
+                    && f.reports > 0
+                    && f.loss_permille < 100
+                    && f.queue_ms < 20
+                    && !s.outs.values().any(|o| {
                         o.downgraded
                             .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_HOLD)
                     })
             })
-            .map(|(id, p)| (p.wants_more, *id))
+            .map(|(id, s)| (s.wants_more, id))
             .collect();
         // The subscribers missing the most first.
         candidates.sort_unstable_by(|a, b| b.cmp(a));
@@ -73,10 +69,11 @@ impl MediaCore {
             let Some(p) = self.peers.get_mut(&id) else {
                 continue;
             };
-            let Some(f) = p.bwe.as_ref().map(|b| b.figures()) else {
+            let Some(s) = p.role.subscriber_mut() else {
                 continue;
             };
-            let rate = p.probe.start(now, &f, p.desired);
+            let f = s.bwe.figures();
+            let rate = s.probe.start(now, &f, s.desired);
             self.stats.probes += 1;
             self.probing.push(id);
             tracing::debug!(parent: &p.span, rate, "probing");
@@ -88,8 +85,11 @@ impl MediaCore {
         let Some(p) = self.peers.get_mut(&id) else {
             return false;
         };
-        let figures = p.bwe.as_ref().map(|b| b.figures());
-        let count = match p.probe.tick(now, figures, p.connected) {
+        let Some(s) = p.role.subscriber_mut() else {
+            return false;
+        };
+        let figures = s.bwe.figures();
+        let count = match s.probe.tick(now, Some(figures), p.connected) {
             Tick::Ended { congested } => {
                 if congested {
                     self.stats.probes_failed += 1;
@@ -100,46 +100,8 @@ impl MediaCore {
             Tick::Wait => return true,
             Tick::Pad(count) => count,
         };
-        // Any video stream that just ended a frame takes the padding.
-        let mut sent = 0u64;
-        for out in p.outs.values_mut() {
-            if out.kind != RtpCodecKind::Video || out.paused {
-                continue;
-            }
-            let Some((pt, twcc_id)) = out.negotiated.as_ref().map(|n| (n.payload_type, n.twcc))
-            else {
-                continue;
-            };
-            let Some((first, timestamp)) = out.munger.padding(count) else {
-                continue;
-            };
-            let Some(mut sender) = p.pc.rtp_sender(out.sender) else {
-                continue;
-            };
-            for i in 0..count {
-                let mut packet = Packet {
-                    header: Header {
-                        version: 2,
-                        padding: true,
-                        payload_type: pt,
-                        sequence_number: first.wrapping_add(i),
-                        timestamp,
-                        ssrc: out.ssrc,
-                        ..Default::default()
-                    },
-                    payload: Default::default(),
-                };
-                if let Some(id) = twcc_id {
-                    p.twcc.stamp(id, &mut packet, now);
-                }
-                if sender.write_rtp(now, packet).is_ok() {
-                    sent += 1;
-                }
-            }
-            break;
-        }
+        let sent = s.pad(&mut p.pc, count, now);
         if sent > 0 {
-            p.probe.padded(now);
             self.stats.padding_sent += sent;
             self.dirty.insert(id);
         }

@@ -3,7 +3,7 @@
 
 use crate::core::{MAX_RELAYS, Output, Permit, Remote, Transport};
 use crate::ids::PeerId;
-use crate::peer::MAX_ADDRS;
+use crate::peer::{MAX_ADDRS, Role};
 use crate::relay::{
     Carried, MAX_RELAY_STREAMS, MAX_STAND_INS, RelayIn, parse_relay_track_id, relay_label,
     relay_track_id, sent_track_ids, udp_candidates,
@@ -46,10 +46,10 @@ impl MediaCore {
         }
         let id = self.new_peer(now, room, &label, PcKind::Subscribe, old.is_some())?;
         if let Some(p) = self.peers.get_mut(&id) {
-            p.relay_to = Some(node.clone());
-            p.new_connection = true;
-            // Nothing chooses its streams: the estimate would only cost time.
-            p.bwe = None;
+            p.role.relay_out(node.clone());
+            if let Some(s) = p.role.subscriber_mut() {
+                s.new_connection = true;
+            }
         }
         info!(%room, %node, "relay to another node opened");
         self.rooms
@@ -85,17 +85,18 @@ impl MediaCore {
         };
         // A publisher that came from that node (its stand-in here is fed by a relay from
         // there) is not sent back.
-        let to = self.peers.get(&sid).and_then(|s| s.relay_to.as_deref());
+        let to = self.peers.get(&sid).and_then(|s| s.role.relay_to());
         let from = p
-            .via
-            .and_then(|v| self.peers.get(&v))
-            .and_then(|v| v.relay_from.as_ref())
+            .role
+            .stand_in()
+            .and_then(|s| self.peers.get(&s.via))
+            .and_then(|v| v.role.relay_in())
             .map(|r| r.node.as_str());
         if to.is_some() && to == from {
             return false;
         }
         let mut streams: Vec<(RtpCodecKind, RTCRtpCodec, Option<String>)> = Vec::new();
-        for t in p.tracks.values() {
+        for t in p.role.tracks().into_iter().flat_map(|t| t.values()) {
             let mut rids: Vec<Option<String>> = t
                 .layers
                 .iter()
@@ -119,7 +120,7 @@ impl MediaCore {
             if self
                 .peers
                 .get(&sid)
-                .is_none_or(|s| s.outs.contains_key(&key))
+                .is_none_or(|s| s.role.outs().is_none_or(|o| o.contains_key(&key)))
             {
                 continue;
             }
@@ -128,8 +129,8 @@ impl MediaCore {
             }) else {
                 continue;
             };
-            if let Some(sub) = self.peers.get_mut(&sid) {
-                sub.outs.insert(key, out);
+            if let Some(outs) = self.peers.get_mut(&sid).and_then(|s| s.role.outs_mut()) {
+                outs.insert(key, out);
                 added = true;
             }
         }
@@ -216,7 +217,7 @@ impl MediaCore {
         let gone: Vec<String> = self
             .peers
             .get(&id)
-            .and_then(|p| p.relay_from.as_ref())
+            .and_then(|p| p.role.relay_in())
             // Every stream taken up (`tracks`) is one the relay carries (`streams`).
             .map(|r| {
                 r.streams
@@ -260,7 +261,7 @@ impl MediaCore {
             .unwrap_or(self.local);
         let label = relay_label(node)?;
         let mut peer = self.factory.build_client(now, room, &label, local)?;
-        peer.relay_from = Some(RelayIn {
+        peer.role = Role::RelayIn(RelayIn {
             node: node.to_owned(),
             local,
             tracks: HashMap::new(),
@@ -308,7 +309,7 @@ impl MediaCore {
         let Some(relay) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Some(r) = relay.relay_from.as_mut() {
+        if let Some(r) = relay.role.relay_in_mut() {
             if r.streams.len() >= MAX_RELAY_STREAMS && !r.streams.contains_key(&track_id) {
                 warn!(
                     track_id,
@@ -343,7 +344,7 @@ impl MediaCore {
             return;
         };
         let room = relay.room.clone();
-        let relay_node = relay.relay_from.as_ref().map(|r| r.node.clone());
+        let relay_node = relay.role.relay_in().map(|r| r.node.clone());
         let Some((kind, codec, forwarded)) =
             crate::core::lifecycle::received_stream(&mut relay.pc, receiver, ssrc)
         else {
@@ -357,7 +358,10 @@ impl MediaCore {
             .copied();
         // A stand-in left from a relay that is gone makes way for this one's.
         if let Some(pid) = existing
-            && let Some(via) = self.peers.get(&pid).and_then(|p| p.via)
+            && let Some(via) = self
+                .peers
+                .get(&pid)
+                .and_then(|p| p.role.stand_in().map(|s| s.via))
             && via != id
             && !self.peers.contains_key(&via)
         {
@@ -369,7 +373,14 @@ impl MediaCore {
             .and_then(|r| r.publish.get(&publisher))
             .copied();
         let sid = match existing {
-            Some(pid) if self.peers.get(&pid).is_some_and(|p| p.via == Some(id)) => pid,
+            Some(pid)
+                if self
+                    .peers
+                    .get(&pid)
+                    .is_some_and(|p| p.role.stand_in().is_some_and(|s| s.via == id)) =>
+            {
+                pid
+            }
             // Taken up when that place goes (`remove_peer` of a publish connection sets
             // `waiting`).
             Some(_) => {
@@ -405,8 +416,9 @@ impl MediaCore {
                         return;
                     }
                 };
-                stand_in.via = Some(id);
-                stand_in.via_node = relay_node.clone();
+                stand_in
+                    .role
+                    .stand_in_for(id, relay_node.clone().unwrap_or_default());
                 let pid = self.next_peer;
                 self.next_peer += 1;
                 self.peers.insert(pid, stand_in);
@@ -429,11 +441,11 @@ impl MediaCore {
         };
         let source = self.next_source;
         let key = format!("{kind}");
-        let Some(stand_in) = self.peers.get_mut(&sid) else {
+        let Some(tracks) = self.peers.get_mut(&sid).and_then(|p| p.role.tracks_mut()) else {
             return;
         };
         let rid_str = rid.clone().unwrap_or_default();
-        let new_track = match stand_in.tracks.get_mut(&key) {
+        let new_track = match tracks.get_mut(&key) {
             Some(track) if track.codec.mime_type.eq_ignore_ascii_case(&codec.mime_type) => {
                 if !track.add_layer(&rid_str, ssrc, source) {
                     return;
@@ -451,12 +463,12 @@ impl MediaCore {
                 if let Some(q) = layers::named(&rid_str) {
                     track.simulcast.push(q);
                 }
-                stand_in.tracks.insert(key.clone(), track);
+                tracks.insert(key.clone(), track);
                 true
             }
         };
         self.next_source += 1;
-        if let Some(relay) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
+        if let Some(relay) = self.peers.get_mut(&id).and_then(|p| p.role.relay_in_mut()) {
             relay.tracks.insert(track_id, (sid, key));
         }
         debug!(%room, %publisher, ?kind, ?rid, "relayed stream opened");
@@ -477,7 +489,7 @@ impl MediaCore {
         }
         let mut unfed = Vec::new();
         for (id, p) in &self.peers {
-            let Some(r) = &p.relay_from else {
+            let Some(r) = p.role.relay_in() else {
                 continue;
             };
             for (track, carried) in &r.streams {
@@ -491,7 +503,7 @@ impl MediaCore {
             }
         }
         for (id, track, carried) in unfed {
-            if let Some(r) = self.peers.get_mut(&id).and_then(|p| p.relay_from.as_mut()) {
+            if let Some(r) = self.peers.get_mut(&id).and_then(|p| p.role.relay_in_mut()) {
                 r.tracks.remove(&track);
             }
             self.take_up(now, id, track, carried);
@@ -504,7 +516,7 @@ impl MediaCore {
         let Some((sid, key)) = self
             .peers
             .get_mut(&id)
-            .and_then(|p| p.relay_from.as_mut())
+            .and_then(|p| p.role.relay_in_mut())
             .and_then(|r| {
                 r.streams.remove(track);
                 r.tracks.remove(track)
@@ -515,7 +527,7 @@ impl MediaCore {
         let still = self
             .peers
             .get(&id)
-            .and_then(|p| p.relay_from.as_ref())
+            .and_then(|p| p.role.relay_in())
             .is_some_and(|r| r.tracks.values().any(|(s, k)| *s == sid && *k == key));
         if still {
             // Another layer of the track goes on; the gone one simply stops sending.
@@ -525,8 +537,11 @@ impl MediaCore {
             return;
         };
         let (room, publisher) = (stand_in.room.clone(), stand_in.user.clone());
-        let kind = stand_in.tracks.remove(&key).map(|t| t.kind);
-        let empty = stand_in.tracks.is_empty();
+        let Some(tracks) = stand_in.role.tracks_mut() else {
+            return;
+        };
+        let kind = tracks.remove(&key).map(|t| t.kind);
+        let empty = tracks.is_empty();
         if kind.is_some() || empty {
             self.withdraw(now, &room, &publisher, kind, empty.then_some(sid));
         }
@@ -577,7 +592,7 @@ impl MediaCore {
         let tracks: Vec<String> = self
             .peers
             .get(&id)
-            .and_then(|p| p.relay_from.as_ref())
+            .and_then(|p| p.role.relay_in())
             .map(|r| r.tracks.keys().cloned().collect())
             .unwrap_or_default();
         for t in tracks {
@@ -588,7 +603,7 @@ impl MediaCore {
         let left: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.via == Some(id))
+            .filter(|(_, p)| p.role.stand_in().is_some_and(|s| s.via == id))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in left {
@@ -627,12 +642,12 @@ impl MediaCore {
             return;
         };
         let room = p.room.clone();
-        let (node, sending) = match (&p.relay_to, &p.relay_from) {
-            (Some(node), _) => (node.clone(), true),
-            (_, Some(r)) => (r.node.clone(), false),
+        let (node, sending) = match &p.role {
+            Role::RelayOut(_, node) => (node.clone(), true),
+            Role::RelayIn(r) => (r.node.clone(), false),
             _ => return,
         };
-        if p.relay_from.is_some() {
+        if p.role.relay_in().is_some() {
             self.close_relay_in(now, id);
         } else {
             self.remove_peer(id);

@@ -12,13 +12,16 @@ impl MediaCore {
         for (&sid, sub) in &self.peers {
             // A relay to another node carries every viewer there: never shed here (that
             // node sheds its own subscribers when it is behind).
-            if sub.relay_to.is_some() {
+            if sub.role.relay_to().is_some() {
                 continue;
             }
             let Some(room) = self.rooms.get(&sub.room) else {
                 continue;
             };
-            for (key, out) in &sub.outs {
+            let Some(sending) = sub.role.subscriber() else {
+                continue;
+            };
+            for (key, out) in &sending.outs {
                 let audio = out.kind != rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
                 let seat = room.allowed.get(&key.0).map_or(u32::MAX, |p| p.seat);
                 units.push((audio, Reverse(seat), sid, key.clone()));
@@ -28,7 +31,12 @@ impl MediaCore {
         let level = self.shed.count(units.len());
         for (i, (_, _, sid, key)) in units.into_iter().enumerate() {
             let pause = i < level;
-            let Some(out) = self.peers.get_mut(&sid).and_then(|s| s.outs.get_mut(&key)) else {
+            let Some(out) = self
+                .peers
+                .get_mut(&sid)
+                .and_then(|s| s.role.subscriber_mut())
+                .and_then(|s| s.outs.get_mut(&key))
+            else {
                 continue;
             };
             if pause && !out.paused {
