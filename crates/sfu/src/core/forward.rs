@@ -13,48 +13,48 @@ use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::MediaCore;
-use crate::extensions::renumber;
 use crate::ids::PeerId;
 use crate::keyframe::Detector;
 use crate::layers::SourceId;
 use crate::resend::Refused;
 use crate::speakers;
-use crate::track::Verdict;
+use crate::subscriber::Sent;
+use crate::track::Incoming;
 
 /// Sequence numbers one NACK packet may ask for; a receiver never honestly misses more at once,
 /// and a forged NACK naming the same packets hundreds of times must not cost hundreds of sends.
 const MAX_NACKED: usize = 128;
 
 impl MediaCore {
-    /// One RTP packet from publish connection `from`, out to every subscriber that may have it.
+    /// One RTP packet from publish connection `from`, out to every subscriber that may have it:
+    /// classified once ([`Self::classify`]), then each subscriber's track decides and writes
+    /// ([`crate::subscriber::Subscriber::write`]).
     pub(crate) fn forward(&mut self, now: Instant, from: PeerId, track_id: &str, packet: Packet) {
         self.stats.rtp_in += 1;
-        self.forward_counted(now, from, track_id, packet);
+        let Some(incoming) = self.classify(now, from, track_id, packet) else {
+            return;
+        };
+        if self.fan_out(now, from, track_id, &incoming) {
+            self.request_keyframe(now, from, track_id, incoming.source);
+        }
     }
 
-    fn forward_counted(&mut self, now: Instant, from: PeerId, track_id: &str, mut packet: Packet) {
-        let Some(publisher) = self.peers.get_mut(&from) else {
-            return;
-        };
-        // A relayed publisher's stream never goes back to the node it came from (looked up only
-        // where the room has relays).
-        let came_from = self
-            .rooms
-            .get(&publisher.room)
-            .is_some_and(|r| !r.relays.is_empty())
-            .then(|| publisher.role.stand_in().map(|s| s.node.clone()))
-            .flatten();
-        let Some(track) = publisher
-            .role
-            .tracks_mut()
-            .and_then(|t| t.get_mut(track_id))
-        else {
-            return;
-        };
+    /// What a packet of `from`'s track is, for everyone: its layer (one that starts sending
+    /// gets the streams chosen again first), whether its publisher may be forwarded, its audio
+    /// level; `None` when it goes nowhere.
+    fn classify(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        track_id: &str,
+        mut packet: Packet,
+    ) -> Option<Incoming> {
+        let publisher = self.peers.get_mut(&from)?;
+        let track = publisher.role.tracks_mut()?.get_mut(track_id)?;
         let Some(index) = track.layer_index(packet.header.ssrc) else {
             // A stream rtc bound but the track did not take (past its layer cap).
             self.stats.rtp_unknown_stream += 1;
-            return;
+            return None;
         };
         // A simulcast layer that starts sending (new, or resumed after its publisher paused it):
         // choose again before this packet goes out, so a subscriber waiting for a sending layer
@@ -70,12 +70,10 @@ impl MediaCore {
             }
             let (room, user) = (publisher.room.clone(), publisher.user.clone());
             self.allocate_publisher(now, &room, &user);
-            // The layer is active now: this goes through once.
-            return self.forward_counted(now, from, track_id, packet);
         }
-        let Some(room) = self.rooms.get_mut(&publisher.room) else {
-            return;
-        };
+        let publisher = self.peers.get_mut(&from)?;
+        let track = publisher.role.tracks_mut()?.get_mut(track_id)?;
+        let room = self.rooms.get_mut(&publisher.room)?;
         let kind = track.kind;
         let allowed = room
             .allowed
@@ -86,7 +84,7 @@ impl MediaCore {
             // arriving.
             self.stats.rtp_dropped_not_allowed += 1;
             track.layers[index].held(now, &packet);
-            return;
+            return None;
         }
         publisher.counters.rtp_in += 1;
         if kind == RtpCodecKind::Audio
@@ -95,27 +93,54 @@ impl MediaCore {
             room.speakers.observe(&publisher.user, now, dbov);
         }
         let is_key = track.keyframes.is_keyframe(&packet.payload);
-        let marker = packet.header.marker;
         let vp8 = track.keyframes == Detector::Vp8;
-        // The publisher's extensions, in its id space; each subscriber gets its own renumbering.
-        let original = std::mem::take(&mut packet.header.extensions);
-        let had_extensions = packet.header.extension;
+        // The publisher's extensions, in its id space; each subscriber gets its own numbering.
+        let extensions = std::mem::take(&mut packet.header.extensions);
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions_padding = 0;
         let layer = &mut track.layers[index];
         let (ext, skipped) = layer.receive(now, &packet);
         publisher.counters.packets_lost += skipped;
-        let (source, timestamp) = (layer.source, packet.header.timestamp);
-        let payload = packet.payload.clone();
+        Some(Incoming {
+            source: layer.source,
+            header: packet.header,
+            payload: packet.payload,
+            extensions,
+            ext,
+            is_key,
+            vp8,
+        })
+    }
+
+    /// `incoming` (from `from`) to every subscriber of the room and every relay to another
+    /// node; whether a subscriber waits for a keyframe of its stream.
+    fn fan_out(&mut self, now: Instant, from: PeerId, track_id: &str, incoming: &Incoming) -> bool {
+        let Some(publisher) = self.peers.get(&from) else {
+            return false;
+        };
+        let Some(room) = self.rooms.get(&publisher.room) else {
+            return false;
+        };
+        let Some(track) = publisher.role.tracks().and_then(|t| t.get(track_id)) else {
+            return false;
+        };
+        let kind = track.kind;
         let key = (publisher.user.clone(), kind, None);
         // Relays to other nodes carry each layer as a stream of its own, keyed by its rid;
         // never back to the node a relayed publisher's stream came from.
-        let relay_key = (!room.relays.is_empty()).then(|| {
-            let rid = &track.layers[index].rid;
-            (key.0.clone(), kind, (!rid.is_empty()).then(|| rid.clone()))
-        });
-        let came_from = relay_key.as_ref().and(came_from);
+        let (relay_key, came_from) = if room.relays.is_empty() {
+            (None, None)
+        } else {
+            let rid = track
+                .layer_of(incoming.source)
+                .map(|l| l.rid.clone())
+                .filter(|rid| !rid.is_empty());
+            (
+                Some((key.0.clone(), kind, rid)),
+                publisher.role.stand_in().map(|s| s.node.clone()),
+            )
+        };
         let mut want_keyframe = false;
         // Disjoint borrows of the core's fields: the room's subscriber list is read while
         // subscriber connections are written, with no list copied per packet.
@@ -134,104 +159,41 @@ impl MediaCore {
             if came_from.is_some() && sub.role.relay_to() == came_from.as_deref() {
                 continue;
             }
+            let out_key = match (member, &relay_key) {
+                (Some(_), _) => &key,
+                (None, Some(relay_key)) => relay_key,
+                (None, None) => continue,
+            };
             let Some(sending) = sub.role.subscriber_mut() else {
                 continue;
             };
-            let out = match (member, &relay_key) {
-                (Some(_), _) => sending.outs.get_mut(&key),
-                (None, Some(relay_key)) => sending.outs.get_mut(relay_key),
-                (None, None) => None,
-            };
-            let Some(out) = out else {
-                continue;
-            };
-            let Some(negotiated) = &out.negotiated else {
-                continue;
-            };
-            let twcc_id = negotiated.twcc;
-            // Only the stream this subscriber is on, or the one it switches to (at a keyframe).
             // A relay's streams are pinned: each takes its layer, whatever its source.
-            let target = match (member, out.target) {
-                (None, _) => source,
-                (Some(_), Some(target)) => target,
-                (Some(_), None) => continue,
-            };
-            let on = out.munger.source() == Some(source);
-            if !on && target != source {
-                continue;
-            }
-            if out.paused {
-                match kind {
-                    RtpCodecKind::Video => self.stats.video_shed += 1,
-                    _ => self.stats.audio_shed += 1,
-                }
-                continue;
-            }
-            let (seq, timestamp) = match out.munger.rewrite_marked(
-                source,
-                ext,
-                timestamp,
-                is_key,
-                marker,
-                out.clock_rate,
-                now,
-            ) {
-                Verdict::Forward { seq, timestamp } => (seq, timestamp),
-                Verdict::WaitKeyframe => {
-                    want_keyframe = true;
-                    continue;
-                }
-                Verdict::Drop => continue,
-            };
-            if !on {
-                self.stats.layer_switches += 1;
-                tracing::debug!(subscriber = ?member, publisher = %key.0, ?kind, source, "stream starts from this source");
-            }
-            packet.header.ssrc = out.ssrc;
-            packet.header.payload_type = negotiated.payload_type;
-            packet.header.sequence_number = seq;
-            packet.header.timestamp = timestamp;
-            packet.payload = if vp8 {
-                out.pictures.rewrite(source, &payload)
-            } else {
-                payload.clone()
-            };
-            if had_extensions {
-                renumber(&mut packet.header, &original, &out.ext_ids);
-            } else {
-                // The previous subscriber's transport-wide number goes, and with it the block.
-                packet.header.extensions.clear();
-                packet.header.extension = false;
-                packet.header.extension_profile = 0;
-                packet.header.extensions_padding = 0;
-            }
-            if let Some(id) = twcc_id {
-                sending.twcc.stamp(id, &mut packet, now);
-            }
-            let sender = out.sender;
-            let written = match sub.pc.rtp_sender(sender) {
-                Some(mut sender) => sender.write_rtp(now, packet.clone()),
-                None => continue,
-            };
-            match written {
-                Ok(()) => {
+            match sending.write(&mut sub.pc, out_key, incoming, member.is_none(), now) {
+                Sent::Written { switched } => {
+                    if switched {
+                        self.stats.layer_switches += 1;
+                        tracing::debug!(subscriber = ?member, publisher = %key.0, ?kind, source = incoming.source, "stream starts from this source");
+                    }
                     self.stats.rtp_out += 1;
                     if member.is_none() {
                         self.stats.rtp_relayed += 1;
                     }
                     sub.counters.rtp_out += 1;
-                    out.resends.forwarded();
                     self.dirty.insert(sid);
                 }
-                Err(e) => {
+                Sent::Skipped => {}
+                Sent::Shed => match kind {
+                    RtpCodecKind::Video => self.stats.video_shed += 1,
+                    _ => self.stats.audio_shed += 1,
+                },
+                Sent::WaitKeyframe => want_keyframe = true,
+                Sent::Failed(e) => {
                     self.stats.rtp_write_errors += 1;
                     tracing::debug!(parent: &sub.span, error = %e, "packet refused by the subscriber leg");
                 }
             }
         }
-        if want_keyframe {
-            self.request_keyframe(now, from, track_id, source);
-        }
+        want_keyframe
     }
 
     /// Ask publisher `from` for a keyframe of `track_id`'s stream `source`, at most once per

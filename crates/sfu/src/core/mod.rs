@@ -23,11 +23,13 @@ mod probing;
 mod relay;
 mod shedding;
 
+use crate::factory::PeerFactory;
 use crate::ids::PeerId;
-use crate::peer::{EARLY_DATAGRAMS, MAX_ADDRS, Peer, PeerFactory, subscriber_losses};
+use crate::peer::{MAX_ADDRS, Peer, subscriber_losses};
 pub use crate::remote::{Remote, Transport};
 use crate::shed::Shedder;
 use crate::speakers::Speakers;
+use crate::subscriber::EARLY_DATAGRAMS;
 use crate::track::SourceId;
 use crate::{MediaCommand, MediaEvent, PcKind, PeerStats, Pii, SfuError, SfuStats, stun};
 

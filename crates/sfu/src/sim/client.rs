@@ -183,7 +183,7 @@ pub(super) fn client_pc(
         .with_interceptor_registry(registry)
         .build(now)
         .expect("client connection");
-    let candidate = crate::peer::host_candidate(addr, crate::Transport::Udp).expect("candidate");
+    let candidate = crate::factory::host_candidate(addr, crate::Transport::Udp).expect("candidate");
     pc.add_local_candidate(RTCIceCandidateInit {
         candidate,
         ..Default::default()
