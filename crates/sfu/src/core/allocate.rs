@@ -70,16 +70,6 @@ impl MediaCore {
         Ok(())
     }
 
-    /// Forget `user`'s wishes and everybody's wishes about them (they left the room).
-    pub(crate) fn forget_wishes(&mut self, room: &Ident, user: &Ident) {
-        if let Some(r) = self.rooms.get_mut(room) {
-            r.wishes.remove(user);
-            for wishes in r.wishes.values_mut() {
-                wishes.retain(|(p, _)| p != user);
-            }
-        }
-    }
-
     /// Choose again for every subscriber of `publisher` (each subscriber's tracks share its
     /// bandwidth, so all of them are chosen again).
     pub(crate) fn allocate_publisher(&mut self, now: Instant, room: &Ident, publisher: &Ident) {

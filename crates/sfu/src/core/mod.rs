@@ -11,27 +11,29 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use miclink_protocol::Ident;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tracing::debug;
+use rtc::shared::TransportProtocol;
 
 mod allocate;
+mod answers;
 pub(crate) mod commands;
 mod forward;
+mod input;
 mod lifecycle;
 mod player;
 mod probing;
 mod relay;
+mod room;
 mod shedding;
+mod subscribe;
 
 use crate::factory::PeerFactory;
 use crate::ids::PeerId;
-use crate::peer::{MAX_ADDRS, Peer, subscriber_losses};
+use crate::peer::{Peer, subscriber_losses};
 pub use crate::remote::{Remote, Transport};
 use crate::shed::Shedder;
-use crate::speakers::Speakers;
-use crate::subscriber::EARLY_DATAGRAMS;
 use crate::track::SourceId;
-use crate::{MediaCommand, MediaEvent, PcKind, PeerStats, Pii, SfuError, SfuStats, stun};
+use crate::{MediaCommand, MediaEvent, PcKind, PeerStats, SfuError, SfuStats};
+pub(crate) use room::{Permit, RoomMedia};
 
 /// Every connection is ticked this often: rtc's interceptors (RTCP reports, NACK generation,
 /// TWCC feedback) run on their own intervals that `poll_timeout` does not report.
@@ -119,59 +121,6 @@ pub enum Route {
     /// A check naming a ufrag this loop owns but no connection has (closed, or made up):
     /// dropped and counted; a TCP connection that opens with one is closed at once.
     Refused,
-}
-
-#[derive(Default)]
-pub(crate) struct RoomMedia {
-    /// Who the seats allow to publish, and on what terms.
-    pub(crate) allowed: HashMap<Ident, Permit>,
-    pub(crate) members: HashSet<Ident>,
-    /// Members who had a subscribe connection: their next one is a new connection.
-    pub(crate) subscribed_before: HashSet<Ident>,
-    /// HTTP clients ([`crate::MediaCommand::OwnOffers`]): never a server-offered connection.
-    pub(crate) own_offers: HashSet<Ident>,
-    /// Members whose subscribe connection another node of the cluster makes
-    /// ([`crate::MediaCommand::SubscribeElsewhere`]).
-    pub(crate) elsewhere: HashSet<Ident>,
-    pub(crate) publish: HashMap<Ident, PeerId>,
-    pub(crate) subscribe: HashMap<Ident, PeerId>,
-    pub(crate) speakers: Speakers,
-    /// `set_subscription` wishes: subscriber -> (publisher, highest layer wanted), oldest
-    /// first, at most [`crate::core::allocate::MAX_WISHES`] each.
-    pub(crate) wishes: HashMap<Ident, Vec<(Ident, miclink_protocol::VideoQuality)>>,
-    /// Origin: relay connections to other nodes, by node.
-    pub(crate) relays: HashMap<String, PeerId>,
-    /// Relay connections from other nodes, by node: at another node, the one from the room's
-    /// origin; at the origin, those pushing the publishers of members linked elsewhere.
-    pub(crate) relays_in: HashMap<String, PeerId>,
-    /// Another node: the room's origin, whose relay feeds it ([`crate::MediaCommand::RelayFrom`]).
-    pub(crate) origin: Option<String>,
-}
-
-/// What the seats allow one publisher ([`crate::MediaChange::AllowPublish`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Permit {
-    /// What may be forwarded now.
-    pub(crate) audio: bool,
-    pub(crate) video: bool,
-    /// Lower seats come first when video must be shed.
-    pub(crate) seat: u32,
-    /// The seats' number of this seating, echoed in publish reports.
-    pub(crate) link: u64,
-    /// Given to a stand-in on a node fed by the origin (everything relayed may be
-    /// forwarded), not by the seats: it goes with the stand-in, and never overrides theirs.
-    pub(crate) relayed: bool,
-}
-
-impl Permit {
-    pub(crate) fn forwards(&self, kind: rtc::rtp_transceiver::rtp_sender::RtpCodecKind) -> bool {
-        use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-        match kind {
-            RtpCodecKind::Audio => self.audio,
-            RtpCodecKind::Video => self.video,
-            _ => false,
-        }
-    }
 }
 
 /// The SFU of one event loop, without I/O: rooms, peer connections, routing and forwarding.
@@ -409,99 +358,6 @@ impl MediaCore {
     /// closes one that is not.
     pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Route {
         self.input(now, Remote::tcp(from), None, data)
-    }
-
-    /// The candidate a datagram that came to `to` belongs to: that address when it is one of
-    /// the advertised, else the first (behind NAT the advertised address is not a local one).
-    fn local_of(&self, to: Option<IpAddr>, transport: Transport) -> SocketAddr {
-        let base = match transport {
-            Transport::Udp | Transport::Relay(_) => self.local,
-            Transport::Tcp => self.local_tcp,
-        };
-        to.map(|ip| SocketAddr::new(ip, base.port()))
-            .filter(|a| self.config.public.iter().any(|p| p.ip() == a.ip()))
-            .unwrap_or(base)
-    }
-
-    pub(crate) fn input(
-        &mut self,
-        now: Instant,
-        from: Remote,
-        to: Option<IpAddr>,
-        data: &[u8],
-    ) -> Route {
-        self.saw(now);
-        self.stats.datagrams_in += 1;
-        let id = match self.by_addr.get(&from) {
-            Some(&id) => id,
-            None => {
-                // A new address must introduce itself with a STUN check naming a live ufrag,
-                // whose first two characters name the loop that owns the connection.
-                let Some(ufrag) = stun::server_ufrag(data) else {
-                    return Route::Unknown;
-                };
-                let owner = ufrag
-                    .get(..2)
-                    .and_then(|i| usize::from_str_radix(i, 16).ok())
-                    .filter(|i| *i < self.config.loops);
-                if let Some(owner) = owner
-                    && owner != self.config.loop_index
-                {
-                    return Route::Loop(owner);
-                }
-                let Some(&id) = self.by_ufrag.get(ufrag) else {
-                    self.stats.datagrams_dropped += 1;
-                    return Route::Refused;
-                };
-                id
-            }
-        };
-        let local_addr = self.local_of(to, from.transport);
-        let Some(peer) = self.peers.get_mut(&id) else {
-            self.stats.datagrams_dropped += 1;
-            return Route::Handled;
-        };
-        // A relay's checks went out from its own candidate, whatever socket carried them.
-        let local_addr = peer.role.relay_in().map_or(local_addr, |r| r.local);
-        if let Some(early) = peer.role.subscriber_mut().and_then(|s| s.early.as_mut()) {
-            if early.len() < EARLY_DATAGRAMS {
-                early.push((data.to_vec(), from, to));
-            } else {
-                self.stats.datagrams_dropped += 1;
-            }
-            return Route::Handled;
-        }
-        let transport_protocol = match from.transport {
-            Transport::Udp | Transport::Relay(_) => TransportProtocol::UDP,
-            Transport::Tcp => TransportProtocol::TCP,
-        };
-        let msg = TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr,
-                peer_addr: from.addr,
-                ecn: None,
-                transport_protocol,
-            },
-            message: BytesMut::from(data),
-        };
-        if let Err(e) = peer.pc.handle_read(msg) {
-            debug!(parent: &peer.span, error = %e, from = %Pii(from.addr), "datagram refused");
-            self.stats.datagrams_dropped += 1;
-            return Route::Handled;
-        }
-        peer.counters.datagrams_in += 1;
-        peer.counters.bytes_in += data.len() as u64;
-        if !peer.addrs.contains(&from) && stun::is_stun(data) && peer.addrs.len() < MAX_ADDRS {
-            peer.addrs.push(from);
-            self.by_addr.entry(from).or_insert(id);
-            self.outputs.push_back(Output::Connect {
-                remote: from,
-                local: local_addr,
-            });
-        }
-        self.process(now, id);
-        Route::Handled
     }
 
     /// A TCP connection closed: its address no longer reaches its peer connection.

@@ -1,6 +1,6 @@
 //! WHEP players, as the core serves them (`crate::whep` says what a player's places are).
 
-use crate::core::commands::{for_rtc, negotiated};
+use crate::core::answers::{for_rtc, negotiated};
 use crate::ids::PeerId;
 use crate::peer::Peer;
 use crate::track::OutTrack;

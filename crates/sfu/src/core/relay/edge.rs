@@ -1,178 +1,26 @@
-//! Relays between the nodes of a cluster, as the core runs them (`crate::relay` says what a
-//! relay is and holds the edge's state of one).
+//! A relay's other end: a node fed by the room's origin answers its relay offer, and each
+//! stream the relay carries feeds a stand-in publish connection for its publisher here (made
+//! on its first stream, gone with its last), unless that publisher publishes here or through
+//! another relay: then the stream waits until the place is free.
 
-use crate::core::{MAX_RELAYS, Output, Permit, Remote, Transport};
+use crate::core::{Output, Permit, Remote, Transport};
 use crate::ids::PeerId;
 use crate::peer::{MAX_ADDRS, Role};
 use crate::relay::{
     Carried, MAX_RELAY_STREAMS, MAX_STAND_INS, RelayIn, parse_relay_track_id, relay_label,
-    relay_track_id, sent_track_ids, udp_candidates,
+    sent_track_ids, udp_candidates,
 };
 use crate::track::InTrack;
-use crate::{MediaCore, MediaEvent, PcKind, SfuError, layers};
+use crate::{MediaCore, PcKind, SfuError, layers};
 use miclink_protocol::Ident;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
 impl MediaCore {
-    // ----- the origin's end ------------------------------------------------------------------
-
-    /// Node `node` wants `room`'s media: a new relay connection carrying every published
-    /// stream (an older one of that node goes), offered with [`MediaEvent::RelayOffer`].
-    pub(crate) fn relay_open(
-        &mut self,
-        now: Instant,
-        room: &Ident,
-        node: String,
-    ) -> Result<(), SfuError> {
-        let label = relay_label(&node)?;
-        let old = self
-            .rooms
-            .get(room)
-            .and_then(|r| r.relays.get(&node))
-            .copied();
-        if let Some(old) = old {
-            self.remove_peer(old);
-        } else if self
-            .rooms
-            .get(room)
-            .is_some_and(|r| r.relays.len() >= MAX_RELAYS)
-        {
-            return Err(SfuError::AtCapacity);
-        }
-        let id = self.new_peer(now, room, &label, PcKind::Subscribe, old.is_some())?;
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.role.relay_out(node.clone());
-            if let Some(s) = p.role.subscriber_mut() {
-                s.new_connection = true;
-            }
-        }
-        info!(%room, %node, "relay to another node opened");
-        self.rooms
-            .entry(room.clone())
-            .or_default()
-            .relays
-            .insert(node, id);
-        let publishers: Vec<Ident> = self
-            .rooms
-            .get(room)
-            .map(|r| r.publish.keys().cloned().collect())
-            .unwrap_or_default();
-        let mut any = false;
-        for publisher in publishers {
-            any |= self.relay_publisher(id, room, &publisher);
-        }
-        // An offer with nothing to carry names no candidate: the first track makes one.
-        if any {
-            self.negotiate(now, id);
-        }
-        Ok(())
-    }
-
-    /// Give relay `sid` a pinned sender for every stream of `publisher`'s tracks it lacks;
-    /// whether any was added.
-    pub(crate) fn relay_publisher(&mut self, sid: PeerId, room: &Ident, publisher: &Ident) -> bool {
-        let Some(r) = self.rooms.get(room) else {
-            return false;
-        };
-        let seat = r.allowed.get(publisher).map_or(u32::MAX, |p| p.seat);
-        let Some(p) = r.publish.get(publisher).and_then(|pid| self.peers.get(pid)) else {
-            return false;
-        };
-        // A publisher that came from that node (its stand-in here is fed by a relay from
-        // there) is not sent back.
-        let to = self.peers.get(&sid).and_then(|s| s.role.relay_to());
-        let from = p
-            .role
-            .stand_in()
-            .and_then(|s| self.peers.get(&s.via))
-            .and_then(|v| v.role.relay_in())
-            .map(|r| r.node.as_str());
-        if to.is_some() && to == from {
-            return false;
-        }
-        let mut streams: Vec<(RtpCodecKind, RTCRtpCodec, Option<String>)> = Vec::new();
-        for t in p.role.tracks().into_iter().flat_map(|t| t.values()) {
-            let mut rids: Vec<Option<String>> = t
-                .layers
-                .iter()
-                .map(|l| (!l.rid.is_empty()).then(|| l.rid.clone()))
-                .collect();
-            // Announced layers the origin has not seen yet: carried from the start, so the
-            // other node can ask for them (dynacast) before they first send.
-            for q in &t.simulcast {
-                let rid = Some(layers::rid_of(*q).to_owned());
-                if !rids.contains(&rid) {
-                    rids.push(rid);
-                }
-            }
-            for rid in rids {
-                streams.push((t.kind, t.codec.clone(), rid));
-            }
-        }
-        let mut added = false;
-        for (kind, codec, rid) in streams {
-            let key = (publisher.clone(), kind, rid.clone());
-            if self
-                .peers
-                .get(&sid)
-                .is_none_or(|s| s.role.outs().is_none_or(|o| o.contains_key(&key)))
-            {
-                continue;
-            }
-            let Some(out) = self.new_out_track(sid, publisher.as_str(), kind, &codec, |ssrc| {
-                relay_track_id(seat, rid.as_deref(), ssrc)
-            }) else {
-                continue;
-            };
-            if let Some(outs) = self.peers.get_mut(&sid).and_then(|s| s.role.outs_mut()) {
-                outs.insert(key, out);
-                added = true;
-            }
-        }
-        added
-    }
-
-    /// Every relay of `room` carries `publisher`'s streams; those that changed get an offer.
-    pub(crate) fn relay_all(&mut self, now: Instant, room: &Ident, publisher: &Ident) {
-        for sid in self.relays_of(room) {
-            if self.relay_publisher(sid, room, publisher) {
-                self.negotiate(now, sid);
-            }
-        }
-    }
-
-    pub(crate) fn relays_of(&self, room: &Ident) -> Vec<PeerId> {
-        self.rooms
-            .get(room)
-            .map(|r| r.relays.values().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// Node `node`'s answer to its relay's offer.
-    pub(crate) fn relay_answer(
-        &mut self,
-        now: Instant,
-        room: &Ident,
-        node: &str,
-        sdp: String,
-        offer_id: u64,
-    ) -> Result<(), SfuError> {
-        let id = self
-            .rooms
-            .get(room)
-            .and_then(|r| r.relays.get(node))
-            .copied()
-            .ok_or(SfuError::NoOffer)?;
-        self.apply_answer(now, id, sdp, Some(offer_id))
-    }
-
-    // ----- the other node's end --------------------------------------------------------------
-
     /// The origin `node`'s offer for this node's relay of `room` (`fresh`: for a new
     /// connection): applied, answered; tracks it no longer sends leave the stand-ins.
     pub(crate) fn relay_offer(
@@ -557,16 +405,10 @@ impl MediaCore {
         kind: Option<RtpCodecKind>,
         stand_in: Option<PeerId>,
     ) {
-        let subs: Vec<PeerId> = self
+        let subs = self
             .rooms
             .get(room)
-            .map(|r| {
-                r.subscribe
-                    .values()
-                    .chain(r.relays.values())
-                    .copied()
-                    .collect()
-            })
+            .map(|r| r.receivers())
             .unwrap_or_default();
         for s in subs {
             if self.remove_out_tracks(s, publisher, kind) {
@@ -578,9 +420,10 @@ impl MediaCore {
                 // Only the permit given to the stand-in: the seats' (at the origin, or sent for
                 // a member publishing on this node) is theirs to end.
                 if r.allowed.get(publisher).is_some_and(|p| p.relayed) {
-                    r.allowed.remove(publisher);
+                    r.revoke(publisher);
+                } else {
+                    r.speakers.remove(publisher);
                 }
-                r.speakers.remove(publisher);
             }
             self.remove_peer(pid);
         }
@@ -618,46 +461,5 @@ impl MediaCore {
         };
         let (room, publisher) = (p.room.clone(), p.user.clone());
         self.withdraw(now, &room, &publisher, None, Some(pid));
-    }
-
-    /// Either end: the relay of `room` with `node` goes.
-    pub(crate) fn relay_close(&mut self, now: Instant, room: &Ident, node: &str) {
-        let (out, inbound) = match self.rooms.get(room) {
-            Some(r) => (r.relays.get(node).copied(), r.relays_in.get(node).copied()),
-            None => return,
-        };
-        if let Some(id) = out {
-            info!(%room, %node, "relay to another node closed");
-            self.remove_peer(id);
-        }
-        if let Some(id) = inbound {
-            info!(%room, %node, "relay from the origin closed");
-            self.close_relay_in(now, id);
-        }
-    }
-
-    /// A relay connection ended on its own (failed): the other node hears it from signaling.
-    pub(crate) fn relay_failed(&mut self, now: Instant, id: PeerId) {
-        let Some(p) = self.peers.get(&id) else {
-            return;
-        };
-        let room = p.room.clone();
-        let (node, sending) = match &p.role {
-            Role::RelayOut(_, node) => (node.clone(), true),
-            Role::RelayIn(r) => (r.node.clone(), false),
-            _ => return,
-        };
-        if p.role.relay_in().is_some() {
-            self.close_relay_in(now, id);
-        } else {
-            self.remove_peer(id);
-        }
-        warn!(%room, %node, "a relay connection failed");
-        self.outputs
-            .push_back(Output::Event(MediaEvent::RelayEnded {
-                room,
-                node,
-                sending,
-            }));
     }
 }
