@@ -22,7 +22,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::{Codec, Loss, Received, SERVER};
+use super::{Codec, Loss, Received};
 use crate::is_keyframe_request;
 
 /// A simulated member: a subscribe connection (made when the server offers one) and
@@ -32,6 +32,8 @@ pub struct Client {
     pub user: Ident,
     /// The subscribe connection's address; the publish connection's is [`Client::publish_addr`].
     pub addr: SocketAddr,
+    /// The server (its node's core) it talks to.
+    pub(super) server: SocketAddr,
     pub(super) subscriber: Option<RTCPeerConnection>,
     /// Subscribe connection's track id -> (publisher, kind).
     pub(super) tracks: HashMap<String, (String, RtpCodecKind)>,
@@ -81,7 +83,7 @@ impl Client {
                 now,
                 transport: TransportContext {
                     local_addr: to,
-                    peer_addr: SERVER,
+                    peer_addr: self.server,
                     ecn: None,
                     transport_protocol: TransportProtocol::UDP,
                 },

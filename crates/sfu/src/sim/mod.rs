@@ -1,6 +1,7 @@
-//! An in-memory network around one [`MediaCore`]: sans-IO WebRTC clients (rtc peer
-//! connections with real ICE, DTLS and SRTP) exchanging datagrams with the core on a fake
-//! clock, with signaling done by direct calls. For tests of the core and for benchmarks of the
+//! An in-memory network around one [`MediaCore`] ([`Net`]), or two relaying to each other
+//! as two nodes of a cluster do ([`Pair`]): sans-IO WebRTC clients (rtc peer connections with
+//! real ICE, DTLS and SRTP) exchanging datagrams with the cores on a fake clock, with
+//! signaling done by direct calls. For tests of the core and for benchmarks of the
 //! real forwarding path; nothing here touches a socket or reads the clock after [`Net::new`].
 
 use std::collections::HashMap;
@@ -21,9 +22,11 @@ use rtc::sansio::Protocol;
 
 mod client;
 mod hostile;
+mod pair;
 
 pub use client::Client;
 use client::{Publisher, client_pc};
+pub use pair::{NODES, Pair};
 
 use crate::{
     CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, PcKind, ReplyTo,
@@ -104,6 +107,8 @@ pub struct Received {
 /// The core and its clients on one fake clock.
 pub struct Net {
     pub core: MediaCore,
+    /// The core's address ([`SERVER`] unless one of a [`Pair`]).
+    pub server: SocketAddr,
     pub now: Instant,
     pub clients: Vec<Client>,
     /// Every event the core sent signaling, in order.
@@ -118,6 +123,12 @@ pub struct Net {
     pub claim_ice_lite: bool,
     held: Vec<MediaCommand>,
     next_reply: u64,
+    /// Clients' addresses are 10.0.`subnet`.x.
+    subnet: u8,
+    /// One of a [`Pair`]: datagrams to addresses no client has and relay events wait here
+    /// for the pair to carry them to the other node.
+    relaying: bool,
+    outbox: Vec<Output>,
 }
 
 /// Where [`claiming_ice_lite`] descriptions say the client can also be reached: an address no
@@ -156,16 +167,25 @@ impl Net {
 
     /// A core that may hold at most `max_peers` connections.
     pub fn with_max_peers(max_peers: usize) -> Net {
+        Net::at(SERVER, 1, max_peers)
+    }
+
+    /// A core at `server` whose clients are on 10.0.`subnet`.x.
+    fn at(server: SocketAddr, subnet: u8, max_peers: usize) -> Net {
         let core = MediaCore::new(CoreConfig {
             loop_index: 0,
             loops: 1,
-            public: vec![SERVER],
+            public: vec![server],
             max_peers,
             tcp_port: None,
         })
         .expect("a media core");
         Net {
             core,
+            server,
+            subnet,
+            relaying: false,
+            outbox: Vec::new(),
             now: Instant::now(),
             clients: Vec::new(),
             events: Vec::new(),
@@ -205,11 +225,22 @@ impl Net {
 
     /// `user` enters `room`: a client is made for them and the core told.
     pub fn enter(&mut self, room: &str, user: &str) -> ClientId {
+        let n = self.enter_silently(room, user);
+        self.command(MediaCommand::Seats(MediaChange::Subscribe {
+            room: id(room),
+            user: id(user),
+        }));
+        n
+    }
+
+    /// `user`'s client, the core not yet told.
+    fn enter_silently(&mut self, room: &str, user: &str) -> ClientId {
         let n = self.clients.len();
         self.clients.push(Client {
             room: id(room),
             user: id(user),
-            addr: SocketAddr::from(([10, 0, 1, (n % 250) as u8 + 1], 10_000 + n as u16)),
+            addr: SocketAddr::from(([10, 0, self.subnet, (n % 250) as u8 + 1], 10_000 + n as u16)),
+            server: self.server,
             subscriber: None,
             tracks: HashMap::new(),
             publisher: None,
@@ -221,11 +252,67 @@ impl Net {
             publisher_connected: false,
             loss: None,
         });
+        n
+    }
+
+    /// A WHEP player `user` of `room`, watching `slots` places: a member making its own
+    /// offers, whose receive-only offer (an audio and a video section a place) the core
+    /// answers; its connection is the client's subscribe connection.
+    pub fn player(&mut self, room: &str, user: &str, slots: usize) -> Result<ClientId, SfuError> {
+        use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+        let n = self.enter_silently(room, user);
+        // As the hub tells it: a member (seats), then an HTTP client (no offers of the core's).
         self.command(MediaCommand::Seats(MediaChange::Subscribe {
             room: id(room),
             user: id(user),
         }));
-        n
+        self.command(MediaCommand::OwnOffers {
+            room: id(room),
+            user: id(user),
+        });
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().expect("codecs");
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+        let now = self.now;
+        let mut pc = client_pc(now, media, registry, self.clients[n].addr);
+        for _ in 0..slots {
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: Vec::new(),
+                    send_encodings: Vec::new(),
+                };
+                pc.add_transceiver_from_kind(kind, Some(init))
+                    .expect("transceiver");
+            }
+        }
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(now, offer.clone())
+            .expect("local offer");
+        let reply = self.reply();
+        self.command(MediaCommand::Watch {
+            room: id(room),
+            user: id(user),
+            offer: offer.sdp,
+            reply,
+        });
+        let answer = self
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                MediaEvent::PublishAnswer { reply: r, result } if *r == reply => {
+                    Some(result.clone())
+                }
+                _ => None,
+            })
+            .expect("the core answers a watch at once")?;
+        pc.set_remote_description(now, RTCSessionDescription::answer(answer).expect("answer"))
+            .expect("remote answer");
+        self.clients[n].subscriber = Some(pc);
+        self.pump();
+        Ok(n)
     }
 
     /// Any other command of the client's (room and user filled in by the caller).
@@ -442,8 +529,17 @@ impl Net {
                             .find(|c| c.addr == t.to || c.publish_addr() == t.to)
                         {
                             Some(client) => client.deliver(self.now, t.to, &t.data),
+                            None if self.relaying => self.outbox.push(Output::Transmit(t)),
                             None => self.stray.push(t.to),
                         }
+                    }
+                    Output::Event(
+                        e @ (MediaEvent::RelayOffer { .. }
+                        | MediaEvent::RelayAnswer { .. }
+                        | MediaEvent::RelayEnded { .. }),
+                    ) if self.relaying => {
+                        self.events.push(e.clone());
+                        self.outbox.push(Output::Event(e));
                     }
                     Output::Event(e) => self.event(e),
                     Output::Connect { .. } | Output::Forget { .. } | Output::Ufrag { .. } => {}
