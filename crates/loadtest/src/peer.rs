@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
-use miclink_sfu::sim::Codec;
+use miclink_sfu::Codec;
 use miclink_sfu::{RtcpToApplication, is_keyframe_request};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;

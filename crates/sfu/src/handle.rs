@@ -35,7 +35,7 @@ pub struct SfuConfig {
     /// ([`max_peers_per_loop`]).
     pub max_peers_per_loop: Option<usize>,
     /// Fault injection for tests: the loop that owns this room panics when someone enters it.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub fault_room: Option<String>,
 }
 
@@ -48,6 +48,7 @@ impl Default for SfuConfig {
             local_only: false,
             loops: 0,
             max_peers_per_loop: None,
+            #[cfg(feature = "test-support")]
             fault_room: None,
         }
     }
@@ -132,7 +133,10 @@ impl Sfu {
                 tcp_port: config.tcp.then_some(local_addr.port()),
             };
             let (shared, events, ready) = (shared.clone(), events_tx.clone(), ready_tx.clone());
+            #[cfg(feature = "test-support")]
             let fault_room = config.fault_room.clone();
+            #[cfg(not(feature = "test-support"))]
+            let fault_room = None;
             std::thread::Builder::new()
                 .name(format!("miclink-sfu-{}", part.index))
                 .spawn(move || driver::run(part, core, shared, events, ready, fault_room))?;

@@ -4,7 +4,8 @@
 //! - [`MediaCore`] is the SFU without I/O: it is handed datagrams, commands and the time, and
 //!   answers with datagrams to send, sockets to connect, events for signaling and its next
 //!   deadline. Routing, forwarding, rewriting, NACK, PLI and overload shedding all live there,
-//!   and tests drive it with in-memory peers ([`sim`]) and a fake clock.
+//!   and tests drive it with in-memory peers (`sim`, with the `test-support` feature) and a
+//!   fake clock.
 //! - [`Sfu`] starts the driver: a fixed number of event-loop threads sharing one UDP port, each
 //!   owning a socket of the port's `SO_REUSEPORT` group, the rooms pinned to it and one
 //!   `MediaCore`. The driver is the only code that touches sockets or reads the clock.
@@ -16,6 +17,7 @@
 
 mod budget;
 mod bwe;
+mod codec;
 mod core;
 mod driver;
 mod error;
@@ -37,6 +39,7 @@ mod resend;
 mod sdp;
 mod seq;
 mod shed;
+#[cfg(feature = "test-support")]
 pub mod sim;
 mod speakers;
 mod stats;
@@ -48,6 +51,7 @@ mod twcc;
 mod vp8;
 mod whep;
 
+pub use crate::codec::Codec;
 pub use crate::core::{CoreConfig, MediaCore, Output, Remote, Route, Transmit, Transport};
 pub use error::SfuError;
 pub use feedback::{RtcpToApplication, is_keyframe_request};

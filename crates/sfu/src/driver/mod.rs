@@ -33,9 +33,7 @@ use shared::{FailGuard, Handed, LoopParts};
 pub(crate) use shared::{LocalIps, Msg, Shared, bind_reuseport, new_loop};
 
 use crate::tcp::{Conn, Conns, Sent};
-use crate::{
-    CoreConfig, MediaChange, MediaCommand, MediaCore, MediaEvent, Output, Pii, Route, Transport,
-};
+use crate::{CoreConfig, MediaCore, MediaEvent, Output, Pii, Route, Transport};
 
 /// Datagrams read from one socket before the loop turns (commands, timers, writes).
 pub(crate) const BATCH: usize = 64;
@@ -101,6 +99,7 @@ struct Driver {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<MediaEvent>,
     stats: DriverStats,
+    #[cfg(feature = "test-support")]
     fault_room: Option<String>,
     /// When a dropped foreign source was last logged.
     foreign_said: Option<Instant>,
@@ -114,6 +113,8 @@ pub(crate) fn run(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     fault_room: Option<String>,
 ) {
+    #[cfg(not(feature = "test-support"))]
+    let _ = fault_room;
     let LoopParts {
         index,
         poll,
@@ -177,6 +178,7 @@ pub(crate) fn run(
         shared,
         events,
         stats: DriverStats::default(),
+        #[cfg(feature = "test-support")]
         fault_room,
         foreign_said: None,
     };
@@ -411,8 +413,11 @@ impl Driver {
     fn message(&mut self, now: Instant, msg: Msg) {
         match msg {
             Msg::Command(command) => {
-                if let (Some(fault), MediaCommand::Seats(MediaChange::Subscribe { room, .. })) =
-                    (&self.fault_room, &command)
+                #[cfg(feature = "test-support")]
+                if let (
+                    Some(fault),
+                    crate::MediaCommand::Seats(crate::MediaChange::Subscribe { room, .. }),
+                ) = (&self.fault_room, &command)
                     && room.as_str() == fault
                 {
                     panic!("fault injection: media loop {} dies", self.index);
