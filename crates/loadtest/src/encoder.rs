@@ -21,7 +21,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 
 use crate::client;
-use crate::peer::{Publisher, StreamSpec, negotiated_pt};
+use crate::peer::{Publisher, StreamSpec};
 use crate::recv::Recv;
 use crate::util::check_loopback;
 use miclink_protocol::{Request, Role};
@@ -188,9 +188,12 @@ pub async fn encode(o: Options) -> anyhow::Result<()> {
         resource = Some(reqwest::Url::parse(&o.whip)?.join(&location)?);
         answer
     };
-    let opus = negotiated_pt(&answer, "audio/opus", "")
+    let described = miclink_sfu::Sdp::parse(&answer)?;
+    let opus = described
+        .payload_type("audio/opus", "")
         .ok_or_else(|| anyhow::anyhow!("Opus not in the answer"))?;
-    let vp8 = negotiated_pt(&answer, "video/VP8", "")
+    let vp8 = described
+        .payload_type("video/VP8", "")
         .ok_or_else(|| anyhow::anyhow!("VP8 not in the answer"))?;
     let tracks = publisher.accept(answer).await?;
     let [(audio, audio_ssrc), (video, video_ssrc)] = <[_; 2]>::try_from(tracks)

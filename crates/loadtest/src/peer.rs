@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
-use miclink_sfu::Codec;
+use miclink_sfu::{Codec, Sdp};
 use miclink_sfu::{RtcpToApplication, is_keyframe_request};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -366,14 +366,11 @@ impl Peer {
         if !self.tcp {
             return Ok(());
         }
-        for line in sdp.lines() {
-            let Some(candidate) = line.trim().strip_prefix("a=") else {
-                continue;
-            };
-            if candidate.starts_with("candidate:") && candidate.contains("tcptype passive") {
+        for candidate in Sdp::parse(sdp)?.candidates() {
+            if candidate.contains("tcptype passive") {
                 self.pc
                     .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: candidate.to_owned(),
+                        candidate: format!("candidate:{candidate}"),
                         sdp_mid: Some("0".to_owned()),
                         sdp_mline_index: Some(0),
                         ..Default::default()
@@ -506,12 +503,14 @@ impl Publisher {
 
     /// Apply the answer and start sending until `stop`.
     pub async fn start(&self, answer: String, stop: Arc<Notify>) -> anyhow::Result<()> {
-        let level_id = extension_id(&answer, AUDIO_LEVEL_URI);
-        let mid_id = extension_id(&answer, rtc::sdp::extmap::SDES_MID_URI);
-        let rid_id = extension_id(&answer, rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
+        let described = Sdp::parse(&answer)?;
+        let level_id = described.extension_id(AUDIO_LEVEL_URI);
+        let mid_id = described.extension_id(rtc::sdp::extmap::SDES_MID_URI);
+        let rid_id = described.extension_id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
         for (_, spec, pt) in &self.tracks {
             let (_, codec) = codec_of(spec);
-            let negotiated = negotiated_pt(&answer, &codec.mime_type, &codec.sdp_fmtp_line)
+            let negotiated = described
+                .payload_type(&codec.mime_type, &codec.sdp_fmtp_line)
                 .ok_or_else(|| anyhow::anyhow!("{} not in the answer", codec.mime_type))?;
             pt.store(negotiated, Ordering::SeqCst);
         }
@@ -523,7 +522,7 @@ impl Publisher {
         for ((track, spec, pt), sent) in self.tracks.iter().zip(&self.sent) {
             let codings = track.codings().await;
             let simulcast = codings.len() > 1;
-            let mid = media_mid(&answer, "video");
+            let mid = described.mid("video").map(str::to_owned);
             if simulcast && (mid_id.is_none() || rid_id.is_none() || mid.is_none()) {
                 anyhow::bail!("the answer took simulcast without its mid and rid extensions");
             }
@@ -604,19 +603,6 @@ fn keyframe_request_ssrc(packet: &dyn rtc::rtcp::Packet) -> Option<u32> {
     Some(fir.fir.first().map_or(fir.media_ssrc, |e| e.ssrc))
 }
 
-/// The mid of an SDP's first m-section of `kind` ("audio" or "video").
-pub fn media_mid(sdp: &str, kind: &str) -> Option<String> {
-    let mut in_kind = false;
-    for line in sdp.lines() {
-        if let Some(m) = line.strip_prefix("m=") {
-            in_kind = m.starts_with(kind);
-        } else if in_kind && let Some(mid) = line.strip_prefix("a=mid:") {
-            return Some(mid.trim().to_owned());
-        }
-    }
-    None
-}
-
 /// One RTP stream a publisher's track sends: the track's only one, or a simulcast layer.
 struct Stream {
     ssrc: u32,
@@ -634,36 +620,11 @@ struct Sdes {
     rid: bytes::Bytes,
 }
 
-/// The id an SDP gives the header extension `uri` (the first `a=extmap` naming it).
-pub fn extension_id(sdp: &str, uri: &str) -> Option<u8> {
-    sdp.lines().find_map(|l| {
-        let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
-        let id = id.split('/').next()?;
-        (rest.split_whitespace().next()? == uri).then(|| id.parse().ok())?
-    })
-}
-
 /// What the answer settled for one stream.
 struct Negotiated {
     pt: u8,
     /// The audio level extension's id, for audio streams when it was negotiated.
     level_id: Option<u8>,
-}
-
-/// The payload type an SDP gives the codec `mime` (e.g. "video/H264") whose fmtp holds `fmtp`.
-pub fn negotiated_pt(sdp: &str, mime: &str, fmtp: &str) -> Option<u8> {
-    let name = mime.split('/').nth(1)?.to_ascii_lowercase();
-    sdp.lines().find_map(|l| {
-        let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
-        if !codec.to_ascii_lowercase().starts_with(&format!("{name}/")) {
-            return None;
-        }
-        let fmtp_line = sdp
-            .lines()
-            .find(|f| f.starts_with(&format!("a=fmtp:{pt} ")))
-            .unwrap_or_default();
-        (fmtp.is_empty() || fmtp_line.contains(fmtp)).then(|| pt.parse().ok())?
-    })
 }
 
 async fn send(

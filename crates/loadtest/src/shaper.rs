@@ -155,14 +155,10 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The port of an SDP's first UDP host candidate.
+/// The port of a description's first UDP host candidate.
 fn udp_candidate_port(sdp: &str) -> Option<u16> {
-    sdp.lines()
-        .filter(|l| l.starts_with("a=candidate:"))
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2)?.eq_ignore_ascii_case("udp")).then(|| f.get(5)?.parse().ok())?
-        })
+    let described = miclink_sfu::Sdp::parse(sdp).ok()?;
+    described.host_candidates("udp").first().map(|a| a.port())
 }
 
 #[cfg(test)]

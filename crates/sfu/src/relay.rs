@@ -16,7 +16,7 @@
 //! The origin still decides who is forwarded: a revoked or muted publisher stops at the origin
 //! at once, and the next relay offer takes its tracks away here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use miclink_protocol::Ident;
@@ -83,55 +83,6 @@ pub(crate) fn parse_relay_track_id(id: &str) -> Option<(u32, Option<String>)> {
     Some((seat, (rid != "-").then(|| rid.to_owned())))
 }
 
-/// The track ids an offer sends (`a=msid` of m-sections that send).
-pub(crate) fn sent_track_ids(sdp: &str) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let mut section: Option<(Option<String>, bool)> = None;
-    let mut finish = |s: Option<(Option<String>, bool)>| {
-        if let Some((Some(id), true)) = s {
-            ids.insert(id);
-        }
-    };
-    for line in sdp.lines() {
-        let line = line.trim_end();
-        if line.starts_with("m=") {
-            finish(section.take());
-            section = Some((None, true));
-        } else if let Some((id, sends)) = &mut section {
-            if let Some(msid) = line.strip_prefix("a=msid:") {
-                *id = msid.split_whitespace().nth(1).map(str::to_owned);
-            } else if matches!(line, "a=recvonly" | "a=inactive") {
-                *sends = false;
-            }
-        }
-    }
-    finish(section);
-    ids
-}
-
-/// The UDP host candidates of a description: where the origin's media port is.
-pub(crate) fn udp_candidates(sdp: &str) -> Vec<SocketAddr> {
-    let mut addrs = Vec::new();
-    for line in sdp.lines() {
-        let Some(c) = line.trim_end().strip_prefix("a=candidate:") else {
-            continue;
-        };
-        let f: Vec<&str> = c.split_whitespace().collect();
-        if f.len() >= 8
-            && f[2].eq_ignore_ascii_case("udp")
-            && f[7] == "host"
-            && let Ok(ip) = f[4].parse()
-            && let Ok(port) = f[5].parse()
-        {
-            let addr = SocketAddr::new(ip, port);
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
-            }
-        }
-    }
-    addrs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,18 +96,5 @@ mod tests {
         assert_eq!(parse_relay_track_id("alice-video-0001"), None);
         assert_eq!(parse_relay_track_id("relay.x.h.1"), None);
         assert_eq!(parse_relay_track_id("relay.1.a b.1"), None);
-    }
-
-    #[test]
-    fn an_offer_sends_the_tracks_of_its_sending_sections_at_the_candidates_it_names() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\na=sendonly\r\na=msid:alice relay.0.-.00000001\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\na=msid:bob relay.1.q.00000002\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:2 1 tcp 1 127.0.0.1 7882 typ host tcptype passive\r\na=msid:alice relay.0.f.00000003\r\n";
-        let sent = sent_track_ids(sdp);
-        assert!(sent.contains("relay.0.-.00000001"));
-        assert!(!sent.contains("relay.1.q.00000002"));
-        assert!(sent.contains("relay.0.f.00000003"));
-        assert_eq!(
-            udp_candidates(sdp),
-            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
-        );
     }
 }

@@ -217,6 +217,105 @@ impl Sdp {
     }
 }
 
+/// What the SFU, the signaling plane and the load tool read in a description, all through
+/// the one parser (never by scanning its lines).
+impl Sdp {
+    /// The values of every `key` attribute, at the session level and in every section.
+    fn all_values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.description
+            .attributes
+            .iter()
+            .filter(move |a| a.key == key)
+            .filter_map(|a| a.value.as_deref())
+            .chain(self.sections().iter().flat_map(move |m| values(m, key)))
+    }
+
+    /// The candidates (`a=candidate:` values), session level and sections, in order.
+    pub fn candidates(&self) -> impl Iterator<Item = &str> {
+        self.all_values("candidate")
+    }
+
+    /// The addresses of the host candidates of `transport` (`udp` or `tcp`), each once, in
+    /// order.
+    pub fn host_candidates(&self, transport: &str) -> Vec<std::net::SocketAddr> {
+        let mut addrs = Vec::new();
+        for c in self.candidates() {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            if f.len() >= 8
+                && f[2].eq_ignore_ascii_case(transport)
+                && f[7] == "host"
+                && let Ok(ip) = f[4].parse()
+                && let Ok(port) = f[5].parse()
+            {
+                let addr = std::net::SocketAddr::new(ip, port);
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+        addrs
+    }
+
+    /// The track ids (`a=msid:<stream> <track>`) of the sections that send.
+    pub fn sent_track_ids(&self) -> HashSet<String> {
+        self.sections()
+            .iter()
+            .filter(|m| !m.has_attribute("recvonly") && !m.has_attribute("inactive"))
+            .filter_map(|m| values(m, "msid").next()?.split_whitespace().nth(1))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The mid of the first section of `kind` (`audio` or `video`).
+    pub fn mid(&self, kind: &str) -> Option<&str> {
+        let m = self
+            .sections()
+            .iter()
+            .find(|m| m.media_name.media == kind)?;
+        values(m, "mid").next()
+    }
+
+    /// The id the description gives header extension `uri` (its first `a=extmap` naming it).
+    pub fn extension_id(&self, uri: &str) -> Option<u8> {
+        self.all_values("extmap").find_map(|v| {
+            let (id, rest) = v.split_once(' ')?;
+            let id = id.split('/').next()?;
+            (rest.split_whitespace().next()? == uri).then(|| id.parse().ok())?
+        })
+    }
+
+    /// The codecs of every section: (payload type, encoding name as written, its fmtp).
+    fn codecs(&self) -> impl Iterator<Item = (&MediaDescription, u8, &str)> {
+        self.sections().iter().flat_map(|m| {
+            values(m, "rtpmap").filter_map(move |v| {
+                let (pt, codec) = v.split_once(' ')?;
+                Some((m, pt.parse().ok()?, codec.split('/').next()?))
+            })
+        })
+    }
+
+    /// Whether some section lists a codec named one of `names` (case aside).
+    pub fn lists_codec(&self, names: &[&str]) -> bool {
+        self.codecs()
+            .any(|(_, _, name)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+
+    /// The payload type given codec `mime` (`video/H264`) whose fmtp contains `fmtp` (any
+    /// fmtp when empty).
+    pub fn payload_type(&self, mime: &str, fmtp: &str) -> Option<u8> {
+        let name = mime.split('/').nth(1)?;
+        self.codecs().find_map(|(m, pt, codec)| {
+            if !codec.eq_ignore_ascii_case(name) {
+                return None;
+            }
+            let line = values(m, "fmtp")
+                .find(|v| v.split_once(' ').is_some_and(|(p, _)| p.parse() == Ok(pt)))
+                .unwrap_or_default();
+            (fmtp.is_empty() || line.contains(fmtp)).then_some(pt)
+        })
+    }
+}
+
 /// The values of `key`'s attributes in section `m`.
 fn values<'a>(m: &'a MediaDescription, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     m.attributes
@@ -386,5 +485,54 @@ mod tests {
             .collect();
         let why = refused(&offer(&[("audio", &exts)]), Purpose::Publish);
         assert!(why.contains("33 header extensions"), "{why}");
+    }
+
+    #[test]
+    fn what_the_readers_find_in_a_description() {
+        let text = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+            a=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
+            a=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
+            a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+            a=sendonly\r\na=msid:alice relay.0.-.00000001\r\na=rtpmap:111 opus/48000/2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=inactive\r\n\
+            a=msid:bob relay.1.q.00000002\r\na=rtpmap:96 VP8/90000\r\n\
+            a=rtpmap:102 H264/90000\r\n\
+            a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n\
+            a=candidate:2 1 tcp 1 127.0.0.1 7882 typ host tcptype passive\r\n\
+            a=extmap:4/sendonly http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+            a=msid:alice relay.0.f.00000003\r\na=rtpmap:96 VP8/90000\r\n";
+        let d = Sdp::parse(text).expect("parses");
+        let sent = d.sent_track_ids();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent.contains("relay.0.-.00000001") && sent.contains("relay.0.f.00000003"));
+        assert_eq!(
+            d.host_candidates("udp"),
+            vec!["127.0.0.1:7882".parse::<std::net::SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            d.host_candidates("tcp"),
+            vec!["127.0.0.1:7882".parse::<std::net::SocketAddr>().unwrap()]
+        );
+        assert_eq!(d.mid("video"), Some("1"));
+        assert_eq!(d.mid("application"), None);
+        assert_eq!(
+            d.extension_id("urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+            Some(1)
+        );
+        assert_eq!(
+            d.extension_id(
+                "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+            ),
+            Some(4)
+        );
+        assert!(d.lists_codec(&["opus", "vp8"]) && !d.lists_codec(&["av1"]));
+        assert_eq!(
+            d.payload_type("video/H264", "packetization-mode=1"),
+            Some(102)
+        );
+        assert_eq!(d.payload_type("video/H264", "packetization-mode=0"), None);
+        assert_eq!(d.payload_type("audio/opus", ""), Some(111));
     }
 }

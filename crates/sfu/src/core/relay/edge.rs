@@ -8,8 +8,8 @@ use crate::ids::PeerId;
 use crate::peer::{MAX_ADDRS, Role};
 use crate::relay::{
     Carried, MAX_RELAY_STREAMS, MAX_STAND_INS, RelayIn, parse_relay_track_id, relay_label,
-    sent_track_ids, udp_candidates,
 };
+use crate::sdp::{Purpose, Sdp};
 use crate::track::InTrack;
 use crate::{MediaCore, PcKind, SfuError, layers};
 use miclink_protocol::Ident;
@@ -31,7 +31,7 @@ impl MediaCore {
         sdp: &str,
         fresh: bool,
     ) -> Result<String, SfuError> {
-        crate::sdp::Sdp::checked(sdp, crate::sdp::Purpose::Answer)?;
+        let described = Sdp::checked(sdp, Purpose::Answer)?;
         let current = self
             .rooms
             .get(room)
@@ -46,7 +46,7 @@ impl MediaCore {
                 if let Some(old) = other {
                     self.close_relay_in(now, old);
                 }
-                self.new_relay_in(now, room, node, sdp)?
+                self.new_relay_in(now, room, node, &described)?
             }
         };
         let answer = RTCSessionDescription::offer(sdp.to_owned())
@@ -61,7 +61,7 @@ impl MediaCore {
             }
         };
         // Stand-ins' tracks the origin no longer sends (a revoked or gone publisher).
-        let sent = sent_track_ids(sdp);
+        let sent = described.sent_track_ids();
         let gone: Vec<String> = self
             .peers
             .get(&id)
@@ -87,13 +87,17 @@ impl MediaCore {
         now: Instant,
         room: &Ident,
         node: &str,
-        sdp: &str,
+        sdp: &Sdp,
     ) -> Result<PeerId, SfuError> {
         if self.peers.len() >= self.config.max_peers {
             self.stats.peers_refused += 1;
             return Err(SfuError::AtCapacity);
         }
-        let origin: Vec<SocketAddr> = udp_candidates(sdp).into_iter().take(MAX_ADDRS).collect();
+        let origin: Vec<SocketAddr> = sdp
+            .host_candidates("udp")
+            .into_iter()
+            .take(MAX_ADDRS)
+            .collect();
         let first = origin.first().copied().ok_or_else(|| {
             SfuError::BadSdp("the relay offer names no UDP host candidate".into())
         })?;
