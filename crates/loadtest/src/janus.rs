@@ -24,7 +24,7 @@ fn transaction() -> String {
 
 /// One Janus session: requests, and a long-poll task routing asynchronous events to whoever
 /// waits for their transaction.
-struct Session {
+struct JanusSession {
     http: reqwest::Client,
     base: String,
     id: u64,
@@ -32,8 +32,8 @@ struct Session {
     closed: Notify,
 }
 
-impl Session {
-    async fn create(http: &reqwest::Client, base: &str) -> anyhow::Result<Arc<Session>> {
+impl JanusSession {
+    async fn create(http: &reqwest::Client, base: &str) -> anyhow::Result<Arc<JanusSession>> {
         let r: Value = http
             .post(base)
             .json(&json!({"janus": "create", "transaction": transaction()}))
@@ -42,7 +42,7 @@ impl Session {
             .json()
             .await?;
         let id = r["data"]["id"].as_u64().context("no session id")?;
-        let s = Arc::new(Session {
+        let s = Arc::new(JanusSession {
             http: http.clone(),
             base: base.to_owned(),
             id,
@@ -54,7 +54,7 @@ impl Session {
         Ok(s)
     }
 
-    async fn poll(self: Arc<Session>) {
+    async fn poll(self: Arc<JanusSession>) {
         let url = format!("{}/{}?maxev=10", self.base, self.id);
         loop {
             let got = tokio::select! {
@@ -162,13 +162,13 @@ pub(crate) struct Room {
     room: u64,
     /// Publisher feed ids, known once the publishers joined.
     feeds: Arc<Mutex<Vec<u64>>>,
-    admin: Arc<Session>,
+    admin: Arc<JanusSession>,
     admin_handle: u64,
 }
 
 /// A participant: its session and the connections it holds.
 pub(crate) struct Participant {
-    session: Arc<Session>,
+    session: Arc<JanusSession>,
     feed: Option<u64>,
     publisher: Option<Publisher>,
     subscriber: Option<Peer>,
@@ -192,7 +192,7 @@ impl Room {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()?;
-        let admin = Session::create(&http, base)
+        let admin = JanusSession::create(&http, base)
             .await
             .context("janus session")?;
         let admin_handle = admin.attach().await?;
@@ -229,7 +229,7 @@ impl Room {
         recv: Arc<Recv>,
         stop: Arc<Notify>,
     ) -> anyhow::Result<(Participant, Vec<Arc<Sent>>)> {
-        let session = Session::create(&self.http, &self.base).await?;
+        let session = JanusSession::create(&self.http, &self.base).await?;
         let handle = session.attach().await?;
         let (p, sdp) = Publisher::offer(name, streams).await?;
         let event = session
@@ -266,7 +266,7 @@ impl Room {
     /// A subscriber handle on `session` for `feeds`, answered on a new receiving connection.
     async fn subscribe(
         &self,
-        session: &Session,
+        session: &JanusSession,
         feeds: &[u64],
         recv: Arc<Recv>,
     ) -> anyhow::Result<Peer> {
@@ -325,7 +325,7 @@ impl Room {
 
     /// A viewer: a session with one subscriber handle for every feed.
     pub(crate) async fn view(&self, _name: &str, recv: Arc<Recv>) -> anyhow::Result<Participant> {
-        let session = Session::create(&self.http, &self.base).await?;
+        let session = JanusSession::create(&self.http, &self.base).await?;
         let feeds = self.feeds.lock().await.clone();
         let peer = self.subscribe(&session, &feeds, recv.clone()).await?;
         Ok(Participant {

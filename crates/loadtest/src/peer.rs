@@ -571,7 +571,7 @@ impl Publisher {
                 tokio::spawn(send(
                     track.clone(),
                     spec.clone(),
-                    Negotiated {
+                    Settled {
                         pt: pt.load(Ordering::SeqCst),
                         level_id: level_id.filter(|_| spec.kind == Kind::Audio),
                     },
@@ -621,7 +621,7 @@ struct Sdes {
 }
 
 /// What the answer settled for one stream.
-struct Negotiated {
+struct Settled {
     pt: u8,
     /// The audio level extension's id, for audio streams when it was negotiated.
     level_id: Option<u8>,
@@ -630,7 +630,7 @@ struct Negotiated {
 async fn send(
     track: Arc<TrackLocalStaticRTP>,
     spec: StreamSpec,
-    negotiated: Negotiated,
+    negotiated: Settled,
     stream: Stream,
     sent: Arc<Sent>,
     keyframe_wanted: Arc<AtomicBool>,

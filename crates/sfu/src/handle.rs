@@ -32,7 +32,7 @@ pub struct SfuConfig {
     /// Event-loop threads; 0 means one per core.
     pub loops: usize,
     /// Peer connections one loop may hold; `None`: derived from the open file limit
-    /// ([`max_peers_per_loop`]).
+    /// (`max_peers_per_loop`).
     pub max_peers_per_loop: Option<usize>,
     /// Fault injection for tests: the loop that owns this room panics when someone enters it.
     #[cfg(feature = "test-support")]

@@ -1,5 +1,6 @@
-//! One peer connection as the SFU holds it: the rtc connection, whose it is, its addresses, its
-//! tracks, and its offer state; and how the SFU builds one ([`PeerFactory`]).
+//! One peer connection as the SFU holds it ([`Peer`]): the rtc connection, whose it is, its
+//! addresses and connect deadline, and what it is for ([`Role`]), each role's state in a type
+//! of its own ([`crate::publisher`], [`crate::subscriber`], [`crate::relay::RelayIn`]).
 //!
 //! Nothing here routes or forwards; that is the core's job.
 

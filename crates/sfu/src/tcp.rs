@@ -36,13 +36,13 @@ pub(crate) const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// One TCP connection of the media port.
-pub(crate) struct Conn {
+pub(crate) struct TcpConn {
     stream: TcpStream,
     pub(crate) peer: SocketAddr,
     /// Bytes read and not yet taken as frames, from `taken` on.
     inbox: Vec<u8>,
     taken: usize,
-    /// Where the last frame taken starts, to put it back ([`Conn::unread_last`]).
+    /// Where the last frame taken starts, to put it back ([`TcpConn::unread_last`]).
     last: usize,
     /// Framed bytes not yet written, from `sent` on.
     out: Vec<u8>,
@@ -51,7 +51,7 @@ pub(crate) struct Conn {
     pub(crate) pending_since: Option<Instant>,
 }
 
-/// What [`Conns::send`] did with a frame.
+/// What [`TcpConns::send`] did with a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Sent {
     /// Written or queued.
@@ -79,12 +79,12 @@ pub(crate) enum Filled {
     Closed,
 }
 
-impl Conn {
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Conn {
+impl TcpConn {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> TcpConn {
         // Each frame is a packet someone waits for: no Nagle delay.
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-        Conn {
+        TcpConn {
             stream,
             peer,
             inbox: Vec::new(),
@@ -102,8 +102,8 @@ impl Conn {
         peer: SocketAddr,
         read: &[u8],
         now: Instant,
-    ) -> Conn {
-        let mut conn = Conn::new(TcpStream::from_std(stream), peer, now);
+    ) -> TcpConn {
+        let mut conn = TcpConn::new(TcpStream::from_std(stream), peer, now);
         conn.inbox.extend_from_slice(read);
         conn
     }
@@ -132,7 +132,7 @@ impl Conn {
         let _ = registry.deregister(&mut self.stream);
     }
 
-    /// Read one chunk into the inbox; take its frames with [`Conn::next_frame`].
+    /// Read one chunk into the inbox; take its frames with [`TcpConn::next_frame`].
     pub(crate) fn fill(&mut self, buf: &mut [u8]) -> Filled {
         // What was taken is gone: the inbox keeps at most a partial frame before a read.
         if self.taken > 0 {
@@ -230,15 +230,15 @@ impl Conn {
 }
 
 /// The listener of one loop and the connections it holds.
-pub(crate) struct Conns {
+pub(crate) struct TcpConns {
     pub(crate) listener: Option<TcpListener>,
-    pub(crate) by_token: HashMap<Token, Conn>,
+    pub(crate) by_token: HashMap<Token, TcpConn>,
     pub(crate) by_peer: HashMap<SocketAddr, Token>,
 }
 
-impl Conns {
-    pub(crate) fn new(listener: Option<TcpListener>) -> Conns {
-        Conns {
+impl TcpConns {
+    pub(crate) fn new(listener: Option<TcpListener>) -> TcpConns {
+        TcpConns {
             listener,
             by_token: HashMap::new(),
             by_peer: HashMap::new(),
@@ -263,12 +263,12 @@ impl Conns {
             .map(|(_, t)| t)
     }
 
-    pub(crate) fn insert(&mut self, token: Token, conn: Conn) {
+    pub(crate) fn insert(&mut self, token: Token, conn: TcpConn) {
         self.by_peer.insert(conn.peer, token);
         self.by_token.insert(token, conn);
     }
 
-    pub(crate) fn remove(&mut self, token: Token, registry: &Registry) -> Option<Conn> {
+    pub(crate) fn remove(&mut self, token: Token, registry: &Registry) -> Option<TcpConn> {
         let mut conn = self.by_token.remove(&token)?;
         if self.by_peer.get(&conn.peer) == Some(&token) {
             self.by_peer.remove(&conn.peer);
@@ -329,14 +329,14 @@ mod tests {
 
     /// A connection from a loopback listener, and the client's end (which never reads unless
     /// the test does).
-    fn pair() -> (Conn, std::net::TcpStream) {
+    fn pair() -> (TcpConn, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let client =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, peer) = listener.accept().expect("accept");
         server.set_nonblocking(true).expect("nonblocking");
         (
-            Conn::new(TcpStream::from_std(server), peer, Instant::now()),
+            TcpConn::new(TcpStream::from_std(server), peer, Instant::now()),
             client,
         )
     }
@@ -351,7 +351,7 @@ mod tests {
     }
 
     /// Fill until the client's bytes are in (loopback delivers at once, but not synchronously).
-    fn fill_all(conn: &mut Conn, want: usize) {
+    fn fill_all(conn: &mut TcpConn, want: usize) {
         let mut buf = vec![0u8; 64 * 1024];
         let deadline = Instant::now() + Duration::from_secs(5);
         while conn.unread() < want {

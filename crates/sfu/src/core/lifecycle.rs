@@ -1,5 +1,6 @@
-//! The lifecycle of peer connections in the core: building and closing them, tracks
-//! opening, subscribe connections and their offers, rebuilds after failures.
+//! The lifecycle of peer connections in the core: building and closing them, draining their
+//! events, tracks opening on publish connections, the connect deadline, and subscribe
+//! connections rebuilt after failures (made and offered in [`super::subscribe`]).
 
 use std::time::Instant;
 

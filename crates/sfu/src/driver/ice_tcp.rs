@@ -11,7 +11,7 @@ use tracing::debug;
 use super::shared::Msg;
 use super::{ACCEPTS, Driver};
 use crate::Route;
-use crate::tcp::{self, Conn, Filled};
+use crate::tcp::{self, Filled, TcpConn};
 
 impl Driver {
     /// Accept what the listener has (a bounded number per turn).
@@ -34,12 +34,12 @@ impl Driver {
                 self.stats.tcp_refused += 1;
                 continue;
             }
-            self.adopt_tcp(now, Conn::new(stream, peer, now), false);
+            self.adopt_tcp(now, TcpConn::new(stream, peer, now), false);
         }
     }
 
     /// Register a connection with this loop; a handed-over one has frames read already.
-    pub(super) fn adopt_tcp(&mut self, now: Instant, mut conn: Conn, read_already: bool) {
+    pub(super) fn adopt_tcp(&mut self, now: Instant, mut conn: TcpConn, read_already: bool) {
         if self.tcp.pending() >= tcp::MAX_PENDING
             && let Some(oldest) = self.tcp.oldest_pending()
         {

@@ -32,7 +32,7 @@ mod sockets;
 use shared::{FailGuard, Handed, LoopParts};
 pub(crate) use shared::{LocalIps, Msg, Shared, bind_reuseport, new_loop};
 
-use crate::tcp::{Conn, Conns, Sent};
+use crate::tcp::{Sent, TcpConn, TcpConns};
 use crate::{CoreConfig, MediaCore, MediaEvent, Output, Pii, Route, Transport};
 
 /// Datagrams read from one socket before the loop turns (commands, timers, writes).
@@ -88,7 +88,7 @@ struct Driver {
     relays: HashMap<Token, (UdpSocket, SocketAddr, u64)>,
     relays_by_remote: HashMap<(SocketAddr, u64), Token>,
     /// ICE-TCP: the listener and the connections this loop holds.
-    tcp: Conns,
+    tcp: TcpConns,
     /// When pending TCP connections were last looked at for their deadline.
     tcp_swept: Option<Instant>,
     next_token: usize,
@@ -169,7 +169,7 @@ pub(crate) fn run(
         relays: HashMap::new(),
         relays_by_remote: HashMap::new(),
         connected_by_addr: HashMap::new(),
-        tcp: Conns::new(listener),
+        tcp: TcpConns::new(listener),
         tcp_swept: None,
         next_token: FIRST_CONNECTED,
         readable: Vec::new(),
@@ -441,7 +441,7 @@ impl Driver {
                 let _ = tx.send(self.core.peer_stats(now));
             }
             Msg::Tcp(stream, peer, read) => {
-                let conn = Conn::handed_over(stream, peer, &read, now);
+                let conn = TcpConn::handed_over(stream, peer, &read, now);
                 self.adopt_tcp(now, conn, true);
             }
         }

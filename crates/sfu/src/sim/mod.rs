@@ -80,7 +80,7 @@ pub struct Net {
     outbox: Vec<Output>,
 }
 
-/// Where [`claiming_ice_lite`] descriptions say the client can also be reached: an address no
+/// Where `claiming_ice_lite` descriptions say the client can also be reached: an address no
 /// client has (a third party's).
 pub const FOREIGN: &str = "10.9.9.9";
 
