@@ -1,0 +1,170 @@
+//! The HTTP side of WHIP and WHEP that knows nothing of sessions: answers with their CORS
+//! headers, the preflight, reading the bearer token and content types, the codec check of an
+//! offer, the status for a refusal, and the ICE servers as `Link` headers.
+//!
+//! Pure functions of headers and bodies: nothing here talks to the hub or holds state.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use miclink_protocol::{ErrorCode, IceServer};
+
+/// An HTTP answer with the CORS headers every WHIP answer carries (browser players and
+/// publishers run on other origins).
+pub(super) fn answer(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    cors(r.headers_mut());
+    r
+}
+
+fn cors(h: &mut HeaderMap) {
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("Location, Link, ETag, Accept-Post"),
+    );
+}
+
+pub(super) async fn preflight() -> Response {
+    let mut r = answer(StatusCode::NO_CONTENT, "");
+    let h = r.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    r
+}
+
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub(super) fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+pub(super) fn unauthorized(why: impl std::fmt::Display) -> Response {
+    let mut r = answer(StatusCode::UNAUTHORIZED, format!("{why}\n"));
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Whether an offer carries a codec the server forwards (Opus, VP8, H.264) in some m-section.
+pub(super) fn has_forwarded_codec(sdp: &str) -> bool {
+    sdp.lines().any(|line| {
+        line.strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|enc| enc.split('/').next())
+            .is_some_and(|name| {
+                ["opus", "vp8", "h264"]
+                    .iter()
+                    .any(|c| name.eq_ignore_ascii_case(c))
+            })
+    })
+}
+
+/// The HTTP status for a refused join or publish.
+pub(super) fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Banned => StatusCode::FORBIDDEN,
+        ErrorCode::RoomExists | ErrorCode::AlreadyJoined => StatusCode::CONFLICT,
+        ErrorCode::RoomNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::BadRequest | ErrorCode::BadSdp => StatusCode::BAD_REQUEST,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// One `Link` value per ICE server URL (RFC 9725 section 4.6; one header line each, which
+/// every client parses).
+pub(super) fn links(servers: &[IceServer]) -> Vec<HeaderValue> {
+    // A configured value with a quote or a backslash could not be quoted plainly; none the
+    // server makes has one.
+    let quoted = |s: &str| s.replace(['"', '\\'], "");
+    servers
+        .iter()
+        .flat_map(|s| s.urls.iter().map(move |url| (s, url)))
+        .filter_map(|(s, url)| {
+            let mut v = format!("<{}>; rel=\"ice-server\"", quoted(url));
+            if let (Some(u), Some(c)) = (&s.username, &s.credential) {
+                v += &format!(
+                    "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                    quoted(u),
+                    quoted(c)
+                );
+            }
+            HeaderValue::from_str(&v).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_and_links() {
+        assert!(has_forwarded_codec(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
+        ));
+        assert!(!has_forwarded_codec(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1/90000\r\n"
+        ));
+        let servers = vec![
+            IceServer {
+                urls: vec!["stun:127.0.0.1:3478".into()],
+                username: None,
+                credential: None,
+            },
+            IceServer {
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                username: Some("1700000000:anchor".into()),
+                credential: Some("c\"x".into()),
+            },
+        ];
+        let links: Vec<String> = links(&servers)
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect();
+        assert_eq!(
+            links,
+            vec![
+                "<stun:127.0.0.1:3478>; rel=\"ice-server\"".to_owned(),
+                "<turn:127.0.0.1:3478?transport=udp>; rel=\"ice-server\"; username=\"1700000000:anchor\"; credential=\"cx\"; credential-type=\"password\"".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}
