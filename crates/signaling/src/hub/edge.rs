@@ -19,8 +19,8 @@ use miclink_sfu::{MediaChange, MediaCommand};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::{ConnId, Hub, Outbound, SessionId};
-use crate::relay::{Relay, RelayOut, SeatPermit};
+use super::{ConnId, Hub};
+use crate::relay::Relay;
 
 /// The shortest wait before asking an origin again for a relay that failed or was refused.
 const REOPEN_AFTER: Duration = Duration::from_secs(2);
@@ -189,90 +189,6 @@ impl Hub {
         }
         self.member_request(conn, id, &room, &user, request);
         None
-    }
-
-    /// Origin: a seat change for a member whose media another node serves goes there too.
-    pub(super) fn seat_to_edge(&mut self, change: &MediaChange) {
-        let (room, user, allow) = match change {
-            MediaChange::AllowPublish {
-                room,
-                user,
-                seat,
-                audio,
-                video,
-                link,
-            } => (
-                room,
-                user,
-                Some(SeatPermit {
-                    seat: *seat,
-                    audio: *audio,
-                    video: *video,
-                    link: *link,
-                }),
-            ),
-            MediaChange::RevokePublish { room, user } => (room, user, None),
-            _ => return,
-        };
-        // The member's node, whether its socket is there now or in its grace.
-        let node = self
-            .by_member
-            .get(&(room.clone(), user.clone()))
-            .and_then(|sid| self.sessions.get(sid)?.node.clone());
-        if let Some(node) = node {
-            let relay = Relay::MediaSeat {
-                room: room.clone(),
-                user: user.clone(),
-                allow,
-            };
-            self.tell_node(node, relay);
-        }
-    }
-
-    /// Origin: session `sid` is served on `conn` now (joined or resumed). When that is another
-    /// node's socket, that node serves the member's media: it hears the member's permit to
-    /// publish (nothing without a seat), in order after the reply that makes the member known
-    /// there. A node the member left hears that it may publish nothing there any more.
-    pub(super) fn member_node(&mut self, sid: SessionId, conn: ConnId) {
-        if self.cluster.is_none() {
-            return;
-        }
-        let node = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.served_for.as_ref())
-            .map(|(node, _)| node.clone());
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let (room, user) = (s.room.clone(), s.user.clone());
-        let before = std::mem::replace(&mut s.node, node.clone());
-        if let Some(before) = before.filter(|b| Some(b) != node.as_ref()) {
-            let relay = Relay::MediaSeat {
-                room: room.clone(),
-                user: user.clone(),
-                allow: None,
-            };
-            self.tell_node(before, relay);
-        }
-        if node.is_none() {
-            return;
-        }
-        let allow = match (
-            self.seats.seat(&room, &user),
-            self.seats.link(&room, &user),
-            self.seats.may_publish(&room, &user),
-        ) {
-            (Some(seat), Some(link), Some((audio, video))) => Some(SeatPermit {
-                seat,
-                audio,
-                video,
-                link,
-            }),
-            _ => None,
-        };
-        let relay = Relay::MediaSeat { room, user, allow };
-        self.queue(conn, Outbound::Relay(Box::new(relay)));
     }
 
     /// Edge: what a member publishes here is the origin's seats' business; the first
@@ -588,37 +504,6 @@ impl Hub {
                 );
             }
             _ => {}
-        }
-    }
-
-    /// Origin: whether member `user` of `room` is served on another node (and publishes there:
-    /// not through an encoder attached here).
-    pub(super) fn served_elsewhere(&self, room: &Ident, user: &Ident) -> bool {
-        let key = (room.clone(), user.clone());
-        if self.attached.contains_key(&key) {
-            return false;
-        }
-        self.by_member
-            .get(&key)
-            .and_then(|sid| self.sessions.get(sid))
-            .is_some_and(|s| s.node.is_some())
-    }
-
-    /// Whether member `user` of `room` is served on node `node` (a report from a node it left
-    /// does not count).
-    fn member_on(&self, room: &Ident, user: &Ident, node: &str) -> bool {
-        self.by_member
-            .get(&(room.clone(), user.clone()))
-            .and_then(|sid| self.sessions.get(sid))
-            .is_some_and(|s| s.node.as_deref() == Some(node))
-    }
-
-    /// A message for `node` that belongs to no socket.
-    pub(super) fn tell_node(&mut self, node: String, relay: Relay) {
-        if let Some(c) = &self.cluster
-            && c.out.try_send(RelayOut::Send { node, relay }).is_err()
-        {
-            debug!("the cluster cannot keep up; a relay message was dropped");
         }
     }
 }

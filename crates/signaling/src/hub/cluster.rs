@@ -1,0 +1,303 @@
+//! This node in a cluster ([`crate::relay`]): what it knows of the others (which are live, which
+//! connections it serves for them), the messages it sends them and what it does with theirs,
+//! a node lost or joined, and where a WHIP or WHEP request's room is held. And one side of
+//! connection relaying: a socket here whose room another node holds (its origin) has its
+//! join resolved, its requests relayed there, and what the origin says back put on it.
+//!
+//! It must not serve another node's connection (that is `served`) nor handle the media of rooms
+//! held elsewhere (that is `edge`).
+
+use std::collections::{HashMap, HashSet};
+
+use miclink_protocol::{EndReason, Event, Ident, Request};
+use miclink_sfu::MediaCommand;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{Hub, edge};
+use crate::relay::{Relay, RelayOut, close_reason};
+use crate::wire::{ConnId, Outbound, encode};
+
+/// Relay messages waiting for the cluster glue at most; past that a relayed connection is
+/// dropped as a socket that cannot keep up is.
+pub(crate) const RELAY_QUEUE: usize = 16_384;
+
+/// This hub in a cluster.
+pub(crate) struct Clustered {
+    pub(crate) node: String,
+    pub(crate) out: mpsc::Sender<RelayOut>,
+    /// Joins waiting to hear which node holds their room: the request, by connection.
+    pub(super) resolving: HashMap<ConnId, (u64, Request)>,
+    /// Connections of other nodes served here: (node, its id) -> the id here.
+    pub(super) served: HashMap<(String, ConnId), ConnId>,
+    /// Ids for them, from the top of the range down, apart from the sockets' (from 1 up).
+    pub(super) next_served: ConnId,
+    /// Members of rooms held elsewhere whose media is served here, and their rooms.
+    pub(super) edge: HashMap<(Ident, Ident), edge::EdgeMember>,
+    pub(super) edge_rooms: HashMap<Ident, edge::EdgeRoom>,
+    /// The other nodes live in the registry, as the cluster glue last said: a session token
+    /// is relayed only to one of them (a token can name any node; a client must not pick
+    /// where this node sends its requests).
+    pub(super) live: HashSet<String>,
+}
+
+impl Clustered {
+    pub(crate) fn new(node: String, out: mpsc::Sender<RelayOut>) -> Clustered {
+        Clustered {
+            node,
+            out,
+            resolving: HashMap::new(),
+            served: HashMap::new(),
+            next_served: ConnId::MAX,
+            edge: HashMap::new(),
+            edge_rooms: HashMap::new(),
+            live: HashSet::new(),
+        }
+    }
+}
+
+impl Hub {
+    /// Tell the cluster glue `out`; a full queue drops `conn` (whose traffic it is), as a
+    /// socket that cannot keep up is dropped.
+    pub(super) fn tell_cluster(&mut self, conn: ConnId, out: RelayOut) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = c.out.try_send(out) {
+            warn!(
+                conn,
+                "the cluster cannot keep up; dropping a relayed connection"
+            );
+            self.drop_conn(conn);
+        }
+    }
+
+    /// Send `relay` for local socket `conn` to `node`.
+    pub(super) fn relay_to(&mut self, conn: ConnId, node: String, relay: Relay) {
+        self.tell_cluster(conn, RelayOut::Send { node, relay });
+    }
+
+    /// A message for `node` that belongs to no socket.
+    pub(super) fn tell_node(&mut self, node: String, relay: Relay) {
+        if let Some(c) = &self.cluster
+            && c.out.try_send(RelayOut::Send { node, relay }).is_err()
+        {
+            debug!("the cluster cannot keep up; a relay message was dropped");
+        }
+    }
+
+    /// Relay socket `conn`'s request to `node`, numbered.
+    pub(super) fn relay_request(&mut self, conn: ConnId, node: String, id: u64, request: Request) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.relayed += 1;
+        match request {
+            Request::Join { .. } => c.resuming = false,
+            Request::Resume { .. } => c.resuming = true,
+            _ => {}
+        }
+        let n = c.relayed;
+        self.relay_to(
+            conn,
+            node,
+            Relay::Request {
+                conn,
+                n,
+                id,
+                request,
+            },
+        );
+    }
+
+    /// Which node holds the room a join waited for is known.
+    pub(super) fn resolved(&mut self, conn: ConnId, origin: Option<String>) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let Some((id, request)) = cluster.resolving.remove(&conn) else {
+            return;
+        };
+        let here = origin.as_ref().is_none_or(|o| *o == cluster.node);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Requests were refused while the join waited, so this cannot hold; if it did, the
+        // socket's state wins over a stale answer.
+        if c.session.is_some() || c.remote.is_some() {
+            return;
+        }
+        if here {
+            if let Request::Join {
+                room,
+                user,
+                role,
+                name,
+                token,
+            } = request
+            {
+                self.join(conn, id, room, user, role, name, token);
+            }
+            return;
+        }
+        let node = origin.unwrap_or_default();
+        debug!(conn, %node, "the room is held by another node; relaying there");
+        c.remote = Some(node.clone());
+        self.relay_request(conn, node, id, request);
+    }
+
+    /// What another node sent: requests of its sockets for rooms held here, or what our own
+    /// relayed sockets get back.
+    pub(super) fn relayed(&mut self, from: String, relay: Relay) {
+        if self.cluster.is_none() {
+            return;
+        }
+        match relay {
+            Relay::Request {
+                conn,
+                n,
+                id,
+                request,
+            } => self.serve_request(from, conn, n, id, request),
+            Relay::Closed { conn } => self.served_closed(from, conn),
+            Relay::Text { conn, text } => {
+                self.origin_says(&from, conn, Outbound::Text(text.into()))
+            }
+            Relay::Joined { conn, text } => {
+                let relayed = self
+                    .conns
+                    .get(&conn)
+                    .filter(|c| c.remote.as_deref() == Some(from.as_str()))
+                    .map(|c| c.resuming);
+                self.origin_says(&from, conn, Outbound::Joined(text.as_str().into()));
+                if let Some(resumed) = relayed {
+                    self.edge_joined(conn, &text, resumed);
+                }
+            }
+            relay @ (Relay::MediaOpen { .. }
+            | Relay::MediaClose { .. }
+            | Relay::MediaOffer { .. }
+            | Relay::MediaAnswer { .. }
+            | Relay::MediaEnded { .. }
+            | Relay::MediaSeat { .. }
+            | Relay::MediaPublished { .. }) => self.relay_media(from, relay),
+            Relay::Unbound { conn, upto } => {
+                // A later request is on its way there: a join the origin serves as a new
+                // connection, whose reply must still reach the socket.
+                // (0: from a node that does not number requests.)
+                if upto != 0 && self.conns.get(&conn).is_some_and(|c| c.relayed > upto) {
+                    debug!(
+                        conn,
+                        upto, "a session ended there with a request after it in flight"
+                    );
+                    return;
+                }
+                self.origin_says(&from, conn, Outbound::Unbound)
+            }
+            Relay::Close { conn, code, reason } => {
+                self.origin_says(&from, conn, Outbound::Close(code, close_reason(&reason)))
+            }
+        }
+    }
+
+    /// What the origin `from` sends one of our sockets relayed to it. A session that ended
+    /// there ends the relaying: the socket may join again, anywhere.
+    pub(super) fn origin_says(&mut self, from: &str, conn: ConnId, out: Outbound) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.remote.as_deref() != Some(from) {
+            return;
+        }
+        let ends = matches!(out, Outbound::Unbound | Outbound::Close(..));
+        if ends {
+            c.remote = None;
+        }
+        if matches!(out, Outbound::Unbound) {
+            self.edge_conn_ends(conn, true);
+        }
+        self.queue(conn, out);
+        if ends {
+            self.relay_to(conn, from.to_owned(), Relay::Closed { conn });
+        }
+    }
+
+    /// `node` is gone. Our sockets relayed to it hear that their room ended (`node_lost`);
+    /// the connections we served for it are dropped (their sessions wait out their grace).
+    pub(super) fn node_lost(&mut self, node: &str) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        cluster.live.remove(node);
+        let served: Vec<ConnId> = cluster
+            .served
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|(_, here)| *here)
+            .collect();
+        let relayed: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.remote.as_deref() == Some(node))
+            .map(|(id, _)| *id)
+            .collect();
+        if !served.is_empty() || !relayed.is_empty() {
+            warn!(%node, served = served.len(), relayed = relayed.len(), "a cluster node was lost");
+        }
+        for here in served {
+            self.forget_served(here);
+        }
+        let ended = encode(&Event::RoomEnded {
+            reason: EndReason::NodeLost,
+        });
+        // Media: relays to it from rooms held here, and members served here of rooms it held.
+        let held: Vec<Ident> = self.rooms.keys().cloned().collect();
+        for room in held {
+            self.to_media(MediaCommand::RelayClose {
+                room,
+                node: node.to_owned(),
+            });
+        }
+        self.edge_node_lost(node);
+        for conn in relayed {
+            self.edge_conn_ends(conn, true);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.remote = None;
+            }
+            // Should the node only have looked lost (Redis was away), its sessions for these
+            // sockets must not stay bound: best effort, it is likely gone.
+            self.relay_to(conn, node.to_owned(), Relay::Closed { conn });
+            self.queue(conn, Outbound::Text(ended.clone()));
+            self.queue(conn, Outbound::Unbound);
+        }
+    }
+
+    /// A node of the cluster registered (or registered again after a restart).
+    pub(super) fn node_joined(&mut self, node: String) {
+        if let Some(c) = &mut self.cluster {
+            c.live.insert(node);
+        }
+    }
+
+    /// Where a WHIP or WHEP request for `room` belongs: another node's URL, or `None` for here.
+    pub(super) fn locate(
+        &mut self,
+        room: Ident,
+        claim: bool,
+        reply: oneshot::Sender<Option<String>>,
+    ) {
+        match &self.cluster {
+            // Held here, or no cluster: served here.
+            Some(c) if !self.rooms.contains_key(&room) => {
+                if let Err(e) = c.out.try_send(RelayOut::Locate { room, claim, reply })
+                    && let RelayOut::Locate { reply, .. } = e.into_inner()
+                {
+                    let _ = reply.send(None);
+                }
+            }
+            _ => {
+                let _ = reply.send(None);
+            }
+        }
+    }
+}
