@@ -8,13 +8,15 @@
 //! held elsewhere (that is `edge`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use miclink_protocol::{EndReason, Event, Ident, Request};
 use miclink_sfu::MediaCommand;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{Hub, edge};
+use super::{Conn, Hub, edge};
 use crate::relay::{Relay, RelayOut, close_reason};
 use crate::wire::{ConnId, Outbound, encode};
 
@@ -56,6 +58,98 @@ impl Clustered {
     }
 }
 
+/// What a connection is to the cluster.
+pub(super) enum ConnCluster {
+    /// A socket (or WHEP resource) here that was relayed to another node: from its first
+    /// relayed request on, whether it is relayed now or not.
+    Relayed(Relayed),
+    /// A connection of another node, served here.
+    Served(Served),
+}
+
+/// A socket here whose room another node holds, or held ([`crate::relay`]).
+pub(super) struct Relayed {
+    /// The node its requests go to now (the room's origin); `None` once that ended.
+    pub(super) origin: Option<String>,
+    /// The requests relayed for it so far ([`Relay::Request`]'s `n`; never reset).
+    pub(super) sent: u64,
+    /// The last join or resume relayed was a resume.
+    pub(super) resuming: bool,
+    /// The member (room, user) whose media this node serves ([`super::edge`]).
+    pub(super) member: Option<(Ident, Ident)>,
+}
+
+/// A connection of another node served here ([`super::served`]).
+pub(super) struct Served {
+    /// That node, and its id of the connection.
+    pub(super) by: (String, ConnId),
+    /// The last request taken (its `n`), read by the task carrying `Unbound` to that node.
+    pub(super) upto: Arc<AtomicU64>,
+}
+
+impl Conn {
+    /// Relayed: the node its requests go to now.
+    pub(super) fn origin(&self) -> Option<&str> {
+        self.relayed()?.origin.as_deref()
+    }
+
+    pub(super) fn relayed(&self) -> Option<&Relayed> {
+        match &self.cluster {
+            Some(ConnCluster::Relayed(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub(super) fn relayed_mut(&mut self) -> Option<&mut Relayed> {
+        match &mut self.cluster {
+            Some(ConnCluster::Relayed(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The relayed part, made on the first request relayed; `None` for a connection served
+    /// for another node (which is never relayed on).
+    pub(super) fn relaying(&mut self) -> Option<&mut Relayed> {
+        if self.cluster.is_none() {
+            self.cluster = Some(ConnCluster::Relayed(Relayed {
+                origin: None,
+                sent: 0,
+                resuming: false,
+                member: None,
+            }));
+        }
+        self.relayed_mut()
+    }
+
+    /// Relayed: the member whose media this node serves.
+    pub(super) fn edge_member(&self) -> Option<&(Ident, Ident)> {
+        self.relayed()?.member.as_ref()
+    }
+
+    pub(super) fn served(&self) -> Option<&Served> {
+        match &self.cluster {
+            Some(ConnCluster::Served(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Served: no longer; what it was.
+    pub(super) fn take_served(&mut self) -> Option<Served> {
+        match self.cluster.take() {
+            Some(ConnCluster::Served(s)) => Some(s),
+            other => {
+                self.cluster = other;
+                None
+            }
+        }
+    }
+
+    /// Served: the node it is served for, and that node's id of it.
+    pub(super) fn served_for(&self) -> Option<&(String, ConnId)> {
+        self.served().map(|s| &s.by)
+    }
+}
+
 impl Hub {
     /// Tell the cluster glue `out`; a full queue drops `conn` (whose traffic it is), as a
     /// socket that cannot keep up is dropped.
@@ -91,13 +185,16 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.relayed += 1;
+        let Some(r) = c.relaying() else {
+            return;
+        };
+        r.sent += 1;
         match request {
-            Request::Join { .. } => c.resuming = false,
-            Request::Resume { .. } => c.resuming = true,
+            Request::Join { .. } => r.resuming = false,
+            Request::Resume { .. } => r.resuming = true,
             _ => {}
         }
-        let n = c.relayed;
+        let n = r.sent;
         self.relay_to(
             conn,
             node,
@@ -124,7 +221,7 @@ impl Hub {
         };
         // Requests were refused while the join waited, so this cannot hold; if it did, the
         // socket's state wins over a stale answer.
-        if c.session.is_some() || c.remote.is_some() {
+        if c.session.is_some() || c.origin().is_some() {
             return;
         }
         if here {
@@ -142,7 +239,9 @@ impl Hub {
         }
         let node = origin.unwrap_or_default();
         debug!(conn, %node, "the room is held by another node; relaying there");
-        c.remote = Some(node.clone());
+        if let Some(r) = c.relaying() {
+            r.origin = Some(node.clone());
+        }
         self.relay_request(conn, node, id, request);
     }
 
@@ -167,8 +266,9 @@ impl Hub {
                 let relayed = self
                     .conns
                     .get(&conn)
-                    .filter(|c| c.remote.as_deref() == Some(from.as_str()))
-                    .map(|c| c.resuming);
+                    .and_then(|c| c.relayed())
+                    .filter(|r| r.origin.as_deref() == Some(from.as_str()))
+                    .map(|r| r.resuming);
                 self.origin_says(&from, conn, Outbound::Joined(text.as_str().into()));
                 if let Some(resumed) = relayed {
                     self.edge_joined(conn, &text, resumed);
@@ -185,7 +285,13 @@ impl Hub {
                 // A later request is on its way there: a join the origin serves as a new
                 // connection, whose reply must still reach the socket.
                 // (0: from a node that does not number requests.)
-                if upto != 0 && self.conns.get(&conn).is_some_and(|c| c.relayed > upto) {
+                if upto != 0
+                    && self
+                        .conns
+                        .get(&conn)
+                        .and_then(|c| c.relayed())
+                        .is_some_and(|r| r.sent > upto)
+                {
                     debug!(
                         conn,
                         upto, "a session ended there with a request after it in flight"
@@ -206,12 +312,15 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.remote.as_deref() != Some(from) {
+        let Some(r) = c
+            .relayed_mut()
+            .filter(|r| r.origin.as_deref() == Some(from))
+        else {
             return;
-        }
+        };
         let ends = matches!(out, Outbound::Unbound | Outbound::Close(..));
         if ends {
-            c.remote = None;
+            r.origin = None;
         }
         if matches!(out, Outbound::Unbound) {
             self.edge_conn_ends(conn, true);
@@ -238,7 +347,7 @@ impl Hub {
         let relayed: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.remote.as_deref() == Some(node))
+            .filter(|(_, c)| c.origin() == Some(node))
             .map(|(id, _)| *id)
             .collect();
         if !served.is_empty() || !relayed.is_empty() {
@@ -261,8 +370,8 @@ impl Hub {
         self.edge_node_lost(node);
         for conn in relayed {
             self.edge_conn_ends(conn, true);
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.remote = None;
+            if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.relayed_mut()) {
+                r.origin = None;
             }
             // Should the node only have looked lost (Redis was away), its sessions for these
             // sockets must not stay bound: best effort, it is likely gone.

@@ -46,7 +46,11 @@ pub(crate) struct EdgeRoom {
 impl Hub {
     /// A relayed socket's join or resume succeeded at its origin (`text` is the reply).
     pub(super) fn edge_joined(&mut self, conn: ConnId, text: &str, resumed: bool) {
-        let Some(origin) = self.conns.get(&conn).and_then(|c| c.remote.clone()) else {
+        let Some(origin) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.origin().map(str::to_owned))
+        else {
             return;
         };
         let Some((room, user)) = joined_member(text) else {
@@ -54,7 +58,7 @@ impl Hub {
         };
         // The socket's previous member (its session ended there, and the `Unbound` saying so
         // was overtaken by this join): its media here ends.
-        if let Some(prev) = self.conns.get(&conn).and_then(|c| c.media.clone())
+        if let Some(prev) = self.conns.get(&conn).and_then(|c| c.edge_member().cloned())
             && prev != (room.clone(), user.clone())
         {
             self.edge_conn_ends(conn, true);
@@ -107,12 +111,12 @@ impl Hub {
         }
         let open = first && r.members == 1;
         if let Some(old) = before.and_then(|m| m.conn).filter(|c| *c != conn)
-            && let Some(c) = self.conns.get_mut(&old)
+            && let Some(r) = self.conns.get_mut(&old).and_then(|c| c.relayed_mut())
         {
-            c.media = None;
+            r.member = None;
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.media = Some(key);
+        if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.relayed_mut()) {
+            r.member = Some(key);
         }
         if open {
             info!(%room, %origin, "members here: the room's media is relayed from its origin");
@@ -162,7 +166,8 @@ impl Hub {
         id: u64,
         request: Request,
     ) -> Option<Request> {
-        let Some((room, user)) = self.conns.get(&conn).and_then(|c| c.media.clone()) else {
+        let Some((room, user)) = self.conns.get(&conn).and_then(|c| c.edge_member().cloned())
+        else {
             return Some(request);
         };
         let here = matches!(
@@ -247,7 +252,11 @@ impl Hub {
     /// Relayed socket `conn` no longer has its session (`ended`) or is gone (its member's
     /// media stays for the resume grace).
     pub(super) fn edge_conn_ends(&mut self, conn: ConnId, ended: bool) {
-        let Some(key) = self.conns.get_mut(&conn).and_then(|c| c.media.take()) else {
+        let Some(key) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.relayed_mut()?.member.take())
+        else {
             return;
         };
         let grace = self.config.seats.resume_grace;
@@ -275,8 +284,8 @@ impl Hub {
         let Some(m) = cluster.edge.remove(key) else {
             return;
         };
-        if let Some(c) = m.conn.and_then(|c| self.conns.get_mut(&c)) {
-            c.media = None;
+        if let Some(r) = m.conn.and_then(|c| self.conns.get_mut(&c)?.relayed_mut()) {
+            r.member = None;
         }
         let (room, user) = key.clone();
         let Some(cluster) = &mut self.cluster else {

@@ -24,7 +24,7 @@ impl Hub {
                 .sessions
                 .get(&sid)
                 .map(|s| (s.room.clone(), s.user.clone())),
-            None => c.media.clone(),
+            None => c.edge_member().cloned(),
         });
         let Some((room, user)) = member else {
             return self.reply_err(conn, id, ErrorCode::NotInRoom, "join a room first");
@@ -192,7 +192,10 @@ impl Hub {
                 if let Some(conn) = self
                     .edge_conn(&room, &user)
                     .filter(|conn| self.conns.get(conn).is_some_and(|c| c.http))
-                    && let Some(node) = self.conns.get(&conn).and_then(|c| c.remote.clone())
+                    && let Some(node) = self
+                        .conns
+                        .get(&conn)
+                        .and_then(|c| c.origin().map(str::to_owned))
                 {
                     self.relay_request(conn, node.clone(), 0, Request::Leave);
                     self.origin_says(&node, conn, Outbound::Unbound);

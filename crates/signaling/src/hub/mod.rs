@@ -24,8 +24,6 @@ mod served;
 mod sessions;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use miclink_protocol::{EndReason, Event, Ident};
@@ -40,8 +38,11 @@ use crate::session::{Session, SessionId};
 use crate::wire::{CLOSE_GOING_AWAY, ConnId, HubMsg, Outbound, Stats, encode};
 use crate::{MediaPlane, SignalingConfig};
 
+use cluster::ConnCluster;
 pub(crate) use cluster::{Clustered, RELAY_QUEUE};
 
+/// A connection of the hub: a socket, a WHIP or WHEP resource, or (in a cluster) a connection
+/// another node relays here.
 struct Conn {
     tx: mpsc::Sender<Outbound>,
     session: Option<SessionId>,
@@ -49,19 +50,8 @@ struct Conn {
     http: bool,
     /// A WHIP resource whose publish connection was answered: its end is this one's end.
     publishing: bool,
-    /// A socket here whose room another node holds: its requests go there ([`crate::relay`]).
-    remote: Option<String>,
-    /// A connection of another node served here: that node and its id of it.
-    served_for: Option<(String, ConnId)>,
-    /// Relayed sockets: the requests relayed for it so far ([`Relay::Request`]'s `n`).
-    relayed: u64,
-    /// Served connections: the last request taken (its `n`), read by the task carrying
-    /// `Unbound` to the edge.
-    upto: Arc<AtomicU64>,
-    /// Relayed sockets: the member (room, user) whose media this node serves ([`edge`]).
-    media: Option<(Ident, Ident)>,
-    /// Relayed sockets: the last join or resume relayed was a resume.
-    resuming: bool,
+    /// Its part in a cluster, if it has one: a connection of a node alone never does.
+    cluster: Option<ConnCluster>,
 }
 
 impl Conn {
@@ -71,12 +61,7 @@ impl Conn {
             session: None,
             http,
             publishing: false,
-            remote: None,
-            served_for: None,
-            relayed: 0,
-            upto: Arc::default(),
-            media: None,
-            resuming: false,
+            cluster: None,
         }
     }
 }

@@ -24,7 +24,7 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if let Some(node) = c.remote.clone() {
+        if let Some(node) = c.origin().map(str::to_owned) {
             // A member whose media is served here: its subscribe side stays here.
             if let Some(request) = self.edge_request(conn, id, request) {
                 self.relay_request(conn, node, id, request);
@@ -63,17 +63,21 @@ impl Hub {
                 Request::Resume { session } => {
                     // A session another live node of the cluster made: resumed there. A token
                     // naming any other node is a session unknown here.
+                    // (A connection served for another node is not relayed on: that node sends
+                    // a resume only here, to the node its token names.)
+                    let served = self.conns.get(&conn).is_some_and(|c| c.served().is_some());
                     let elsewhere = self.cluster.as_ref().and_then(|c| {
                         let node = token_node(&session)?;
                         (node != c.node
+                            && !served
                             && c.live.contains(node)
                             && !self.by_token.contains_key(&session))
                         .then(|| node.to_owned())
                     });
                     match elsewhere {
                         Some(node) => {
-                            if let Some(c) = self.conns.get_mut(&conn) {
-                                c.remote = Some(node.clone());
+                            if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.relaying()) {
+                                r.origin = Some(node.clone());
                             }
                             let request = Request::Resume { session };
                             self.relay_request(conn, node, id, request);
@@ -106,7 +110,7 @@ impl Hub {
             && self
                 .conns
                 .get(&conn)
-                .is_some_and(|c| c.served_for.is_none())
+                .is_some_and(|c| c.served_for().is_none())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -144,7 +148,7 @@ impl Hub {
         let relayed = self
             .conns
             .get(&conn)
-            .is_some_and(|c| c.served_for.is_some());
+            .is_some_and(|c| c.served_for().is_some());
         if relayed {
             self.subscribe_elsewhere(&room, &user, true);
         }
@@ -278,7 +282,7 @@ impl Hub {
         let elsewhere = self
             .conns
             .get(&conn)
-            .is_some_and(|c| c.served_for.is_some());
+            .is_some_and(|c| c.served_for().is_some());
         let was_elsewhere = self.sessions.get(&sid).is_some_and(|s| s.node.is_some());
         self.subscribe_elsewhere(&room, &user, elsewhere);
         self.member_node(sid, conn);

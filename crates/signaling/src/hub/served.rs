@@ -15,6 +15,7 @@ use miclink_sfu::MediaChange;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::cluster::{ConnCluster, Served};
 use super::{Conn, Hub};
 use crate::relay::{Relay, RelayOut, SeatPermit};
 use crate::session::SessionId;
@@ -69,15 +70,16 @@ impl Hub {
                 cluster.served.insert(key.clone(), here);
                 let (tx, rx) = mpsc::channel(self.config.outbound_queue);
                 let mut c = Conn::new(tx, false);
-                let upto = c.upto.clone();
-                tokio::spawn(forward(rx, key.0.clone(), conn, upto, cluster.out.clone()));
-                c.served_for = Some(key);
+                let upto = Arc::<AtomicU64>::default();
+                let out = cluster.out.clone();
+                tokio::spawn(forward(rx, key.0.clone(), conn, upto.clone(), out));
+                c.cluster = Some(ConnCluster::Served(Served { by: key, upto }));
                 self.conns.insert(here, c);
                 here
             }
         };
-        if let Some(c) = self.conns.get(&here) {
-            c.upto.store(n, Ordering::Relaxed);
+        if let Some(s) = self.conns.get(&here).and_then(|c| c.served()) {
+            s.upto.store(n, Ordering::Relaxed);
         }
         self.on_request(here, id, request);
         // A join or resume that failed, or a session that ended with this request:
@@ -102,7 +104,7 @@ impl Hub {
     /// (it closed it, ended it with `Unbound`, or is gone).
     pub(super) fn forget_served(&mut self, here: ConnId) {
         if let Some(c) = self.conns.get_mut(&here)
-            && let Some(key) = c.served_for.take()
+            && let Some(Served { by: key, .. }) = c.take_served()
             && let Some(cluster) = &mut self.cluster
         {
             cluster.served.remove(&key);
@@ -159,7 +161,7 @@ impl Hub {
         let node = self
             .conns
             .get(&conn)
-            .and_then(|c| c.served_for.as_ref())
+            .and_then(|c| c.served_for())
             .map(|(node, _)| node.clone());
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;

@@ -100,7 +100,7 @@ impl Hub {
         };
         if let Some(cluster) = &mut self.cluster {
             cluster.resolving.remove(&conn);
-            if let Some(key) = &c.served_for {
+            if let Some(key) = c.served_for() {
                 // Dropped here (too slow, or shutting down): the edge closes its socket.
                 cluster.served.remove(key);
                 let _ = cluster.out.try_send(RelayOut::Send {
@@ -112,7 +112,7 @@ impl Hub {
                     },
                 });
             }
-            if let Some(node) = c.remote.clone() {
+            if let Some(node) = c.origin().map(str::to_owned) {
                 // Best effort: a full queue means the origin hears of it when its own socket
                 // for this one is dropped as too slow.
                 let _ = cluster.out.try_send(RelayOut::Send {
@@ -188,7 +188,7 @@ impl Hub {
             // The socket stays open (it may join again) but is again one without a session,
             // held to the join timeout like a new one.
             let told = c.tx.try_send(Outbound::Unbound).is_ok();
-            if c.served_for.is_some() {
+            if c.served_for().is_some() {
                 // Relayed: `Unbound` ends the relaying at the edge; nothing more comes here.
                 self.forget_served(conn);
             } else if !told {
