@@ -89,7 +89,7 @@ async fn serve<S, E>(
             biased;
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => Some(Message::Text(text)),
-                Some(Outbound::Joined(text)) => {
+                Some(Outbound::Joined { text, .. }) => {
                     joined = true;
                     Some(Message::Text(text))
                 }
@@ -306,7 +306,10 @@ mod tests {
     /// The hub answers a join: the socket has a session and sends the reply.
     async fn join(h: &mut Harness) {
         h.outbound
-            .send(Outbound::Joined("joined".into()))
+            .send(Outbound::Joined {
+                text: "joined".into(),
+                member: None,
+            })
             .await
             .expect("queue");
         assert_eq!(next_text(h).await, "joined");

@@ -28,8 +28,15 @@ pub enum Relay {
     Closed { conn: u64 },
     /// Origin to edge: text for the connection's socket.
     Text { conn: u64, text: String },
-    /// Origin to edge: the reply to a join or resume that succeeded.
-    Joined { conn: u64, text: String },
+    /// Origin to edge: the reply to a join or resume that succeeded, and the member it made
+    /// (whose media the edge serves; `None` from an older node that does not say, whose members
+    /// get no media there).
+    Joined {
+        conn: u64,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<Member>,
+    },
     /// Origin to edge: the connection's session ended; the socket stays. `upto` is the last
     /// request (`n`) the origin had taken on it: an edge that has relayed a later one (a join
     /// sent before this arrived, which the origin serves as a new connection) keeps relaying.
@@ -85,6 +92,13 @@ pub enum Relay {
         video: bool,
         link: u64,
     },
+}
+
+/// A member of a room, as a join or resume reply names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub room: Ident,
+    pub user: Ident,
 }
 
 /// A seat's permission to publish, as [`miclink_seats::MediaChange::AllowPublish`] says it.
@@ -187,6 +201,28 @@ mod tests {
         assert!(matches!(
             serde_json::from_str::<Envelope>(older).expect("read").relay,
             Relay::MediaEnded { push: None, .. }
+        ));
+    }
+
+    #[test]
+    fn a_join_reply_carries_its_member_and_one_of_an_older_node_reads_without() {
+        let e = Envelope {
+            from: "a".into(),
+            relay: Relay::Joined {
+                conn: 7,
+                text: "{}".into(),
+                member: Some(Member {
+                    room: Ident::new("r").expect("id"),
+                    user: Ident::new("u").expect("id"),
+                }),
+            },
+        };
+        let json = serde_json::to_string(&e).expect("json");
+        assert_eq!(serde_json::from_str::<Envelope>(&json).expect("back"), e);
+        let older = r#"{"from":"a","relay":{"type":"joined","conn":7,"text":"{}"}}"#;
+        assert!(matches!(
+            serde_json::from_str::<Envelope>(older).expect("read").relay,
+            Relay::Joined { member: None, .. }
         ));
     }
 

@@ -96,8 +96,12 @@ pub struct Stats {
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Text(Utf8Bytes),
-    /// The reply to a successful join or resume: the socket now has a session.
-    Joined(Utf8Bytes),
+    /// The reply to a successful join or resume: the socket now has a session, of `member`
+    /// (said by the hub that made it; `None` from an older origin node that does not say).
+    Joined {
+        text: Utf8Bytes,
+        member: Option<crate::relay::Member>,
+    },
     /// The socket's session ended (left, disconnected, room ended) but the socket stays: it is
     /// held to the join timeout again.
     Unbound,

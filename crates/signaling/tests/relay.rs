@@ -226,7 +226,9 @@ async fn an_edge_keeps_relaying_a_join_sent_before_the_end_of_the_last_session_r
     sig.resolved(conn, Some("origin".into())).await;
     assert_eq!(relayed_request(&mut out, conn).await, (1, 1));
     let text = ok_text(1);
-    sig.deliver(from_origin(Relay::Joined { conn, text })).await;
+    let member = None;
+    sig.deliver(from_origin(Relay::Joined { conn, text, member }))
+        .await;
     assert!(client.reply_to(1).await.ok);
     // The member leaves; the origin replies, and its `Unbound` is slower than the client,
     // who joins again at once.
@@ -241,7 +243,9 @@ async fn an_edge_keeps_relaying_a_join_sent_before_the_end_of_the_last_session_r
     sig.deliver(from_origin(Relay::Unbound { conn, upto: 2 }))
         .await;
     let text = ok_text(3);
-    sig.deliver(from_origin(Relay::Joined { conn, text })).await;
+    let member = None;
+    sig.deliver(from_origin(Relay::Joined { conn, text, member }))
+        .await;
     assert!(
         client.reply_to(3).await.ok,
         "the second join's reply reached the socket"

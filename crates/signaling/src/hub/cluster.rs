@@ -262,16 +262,22 @@ impl Hub {
             Relay::Text { conn, text } => {
                 self.origin_says(&from, conn, Outbound::Text(text.into()))
             }
-            Relay::Joined { conn, text } => {
+            Relay::Joined { conn, text, member } => {
                 let relayed = self
                     .conns
                     .get(&conn)
                     .and_then(|c| c.relayed())
                     .filter(|r| r.origin.as_deref() == Some(from.as_str()))
                     .map(|r| r.resuming);
-                self.origin_says(&from, conn, Outbound::Joined(text.as_str().into()));
-                if let Some(resumed) = relayed {
-                    self.edge_joined(conn, &text, resumed);
+                let joined = Outbound::Joined {
+                    text: text.into(),
+                    member: member.clone(),
+                };
+                self.origin_says(&from, conn, joined);
+                if let Some(resumed) = relayed
+                    && let Some(member) = member
+                {
+                    self.edge_joined(conn, member, resumed);
                 }
             }
             relay @ (Relay::MediaOpen { .. }

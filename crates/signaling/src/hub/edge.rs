@@ -14,13 +14,13 @@
 
 use std::time::Duration;
 
-use miclink_protocol::{Ident, JoinResult, Reply, Request};
+use miclink_protocol::{Ident, Request};
 use miclink_sfu::{MediaChange, MediaCommand};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{ConnId, Hub};
-use crate::relay::Relay;
+use crate::relay::{Member, Relay};
 
 /// The shortest wait before asking an origin again for a relay that failed or was refused.
 const REOPEN_AFTER: Duration = Duration::from_secs(2);
@@ -44,8 +44,8 @@ pub(crate) struct EdgeRoom {
 }
 
 impl Hub {
-    /// A relayed socket's join or resume succeeded at its origin (`text` is the reply).
-    pub(super) fn edge_joined(&mut self, conn: ConnId, text: &str, resumed: bool) {
+    /// A relayed socket's join or resume succeeded at its origin, making `member`.
+    pub(super) fn edge_joined(&mut self, conn: ConnId, member: Member, resumed: bool) {
         let Some(origin) = self
             .conns
             .get(&conn)
@@ -53,9 +53,7 @@ impl Hub {
         else {
             return;
         };
-        let Some((room, user)) = joined_member(text) else {
-            return;
-        };
+        let Member { room, user } = member;
         // The socket's previous member (its session ended there, and the `Unbound` saying so
         // was overtaken by this join): its media here ends.
         if let Some(prev) = self.conns.get(&conn).and_then(|c| c.edge_member().cloned())
@@ -515,11 +513,4 @@ impl Hub {
             _ => {}
         }
     }
-}
-
-/// The room and user a join or resume reply names.
-fn joined_member(text: &str) -> Option<(Ident, Ident)> {
-    let reply: Reply = serde_json::from_str(text).ok()?;
-    let result: JoinResult = serde_json::from_value(reply.result?).ok()?;
-    Some((result.room.room, result.me.user))
 }

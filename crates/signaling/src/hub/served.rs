@@ -234,9 +234,10 @@ async fn forward(
                 conn,
                 text: text.as_str().to_owned(),
             },
-            Outbound::Joined(text) => Relay::Joined {
+            Outbound::Joined { text, member } => Relay::Joined {
                 conn,
                 text: text.as_str().to_owned(),
+                member,
             },
             // The hub takes no request on the connection after it queues this.
             Outbound::Unbound => Relay::Unbound {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{Hub, now};
-use crate::relay::{Relay, RelayOut};
+use crate::relay::{Member, Relay, RelayOut};
 use crate::session::SessionId;
 use crate::wire::{CLOSE_GOING_AWAY, CLOSE_REPLACED, ConnId, Outbound, encode};
 
@@ -24,6 +24,10 @@ impl Hub {
             joined.me.user.as_str(),
             std::time::SystemTime::now(),
         );
+        let member = Member {
+            room: joined.room.room.clone(),
+            user: joined.me.user.clone(),
+        };
         let result = JoinResult {
             room: joined.room,
             me: joined.me,
@@ -31,7 +35,9 @@ impl Hub {
             session,
             requests: joined.pending,
         };
-        self.queue(conn, Outbound::Joined(encode(&Reply::ok(id, result))));
+        let text = encode(&Reply::ok(id, result));
+        let member = Some(member);
+        self.queue(conn, Outbound::Joined { text, member });
     }
 
     /// One event to one member's session, if they still have one.

@@ -65,7 +65,7 @@ impl HubConn {
         let wait = async {
             while let Some(out) = self.rx.recv().await {
                 match out {
-                    Outbound::Text(t) | Outbound::Joined(t) => {
+                    Outbound::Text(t) | Outbound::Joined { text: t, .. } => {
                         if let Ok(r) = serde_json::from_str::<Reply>(&t)
                             && r.id == id
                         {
