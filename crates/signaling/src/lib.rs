@@ -7,12 +7,12 @@
 //! plane is not started here: the server hands a running one in ([`MediaPlane`]).
 
 mod auth;
-mod conn;
 mod error;
 mod hub;
 mod ratelimit;
 pub mod relay;
 mod session;
+mod socket;
 pub mod turn;
 mod whip;
 mod wire;
@@ -204,9 +204,9 @@ impl Signaling {
         let _ = self
             .inner
             .hub
-            .send(wire::HubMsg::Relayed {
+            .send(wire::HubMsg::FromNode {
                 from: envelope.from,
-                relay: envelope.relay,
+                msg: envelope.relay,
             })
             .await;
     }
@@ -280,7 +280,7 @@ async fn upgrade(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let c = &sig.inner.config;
-            let timing = conn::Timing {
+            let timing = socket::Timing {
                 keepalive: c.keepalive,
                 queue: c.outbound_queue,
                 join_timeout: c.join_timeout,
@@ -288,7 +288,7 @@ async fn upgrade(
             };
             async move {
                 let _slot = slot;
-                conn::run(socket, sig.inner.hub.clone(), conn, timing).await;
+                socket::run(socket, sig.inner.hub.clone(), conn, timing).await;
             }
         })
 }

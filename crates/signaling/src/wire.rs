@@ -63,9 +63,9 @@ pub(crate) enum HubMsg {
         origin: Option<String>,
     },
     /// What another node sent.
-    Relayed {
+    FromNode {
         from: String,
-        relay: crate::relay::Relay,
+        msg: crate::relay::Relay,
     },
     /// A node of the cluster stopped heartbeating.
     NodeLost {
@@ -108,7 +108,7 @@ pub(crate) enum Outbound {
     Close(u16, &'static str),
     /// For a connection served for another node: a message for that node, carried in order
     /// with the connection's replies (a socket never gets one).
-    Relay(Box<crate::relay::Relay>),
+    ToNode(Box<crate::relay::Relay>),
 }
 
 /// WebSocket close code for "policy violation".

@@ -35,7 +35,7 @@ pub(crate) struct Clustered {
     /// Ids for them, from the top of the range down, apart from the sockets' (from 1 up).
     pub(super) next_served: ConnId,
     /// Members of rooms held elsewhere whose media is served here, and their rooms.
-    pub(super) edge: HashMap<(Ident, Ident), edge::EdgeMember>,
+    pub(super) edge_members: HashMap<(Ident, Ident), edge::EdgeMember>,
     pub(super) edge_rooms: HashMap<Ident, edge::EdgeRoom>,
     /// The other nodes live in the registry, as the cluster glue last said: a session token
     /// is relayed only to one of them (a token can name any node; a client must not pick
@@ -51,7 +51,7 @@ impl Clustered {
             resolving: HashMap::new(),
             served: HashMap::new(),
             next_served: ConnId::MAX,
-            edge: HashMap::new(),
+            edge_members: HashMap::new(),
             edge_rooms: HashMap::new(),
             live: HashSet::new(),
         }
@@ -166,8 +166,8 @@ impl Hub {
         }
     }
 
-    /// Send `relay` for local socket `conn` to `node`.
-    pub(super) fn relay_to(&mut self, conn: ConnId, node: String, relay: Relay) {
+    /// Send `relay` to `node` for local socket `conn` (a full queue drops the socket).
+    pub(super) fn tell_node_for(&mut self, conn: ConnId, node: String, relay: Relay) {
         self.tell_cluster(conn, RelayOut::Send { node, relay });
     }
 
@@ -195,7 +195,7 @@ impl Hub {
             _ => {}
         }
         let n = r.sent;
-        self.relay_to(
+        self.tell_node_for(
             conn,
             node,
             Relay::Request {
@@ -245,13 +245,13 @@ impl Hub {
         self.relay_request(conn, node, id, request);
     }
 
-    /// What another node sent: requests of its sockets for rooms held here, or what our own
-    /// relayed sockets get back.
-    pub(super) fn relayed(&mut self, from: String, relay: Relay) {
+    /// What another node sent: requests of its sockets for rooms held here, what our own
+    /// relayed sockets get back, or a word about media ([`Self::on_node_media`]).
+    pub(super) fn on_node_msg(&mut self, from: String, msg: Relay) {
         if self.cluster.is_none() {
             return;
         }
-        match relay {
+        match msg {
             Relay::Request {
                 conn,
                 n,
@@ -286,7 +286,7 @@ impl Hub {
             | Relay::MediaAnswer { .. }
             | Relay::MediaEnded { .. }
             | Relay::MediaSeat { .. }
-            | Relay::MediaPublished { .. }) => self.relay_media(from, relay),
+            | Relay::MediaPublished { .. }) => self.on_node_media(from, relay),
             Relay::Unbound { conn, upto } => {
                 // A later request is on its way there: a join the origin serves as a new
                 // connection, whose reply must still reach the socket.
@@ -333,7 +333,7 @@ impl Hub {
         }
         self.queue(conn, out);
         if ends {
-            self.relay_to(conn, from.to_owned(), Relay::Closed { conn });
+            self.tell_node_for(conn, from.to_owned(), Relay::Closed { conn });
         }
     }
 
@@ -381,7 +381,7 @@ impl Hub {
             }
             // Should the node only have looked lost (Redis was away), its sessions for these
             // sockets must not stay bound: best effort, it is likely gone.
-            self.relay_to(conn, node.to_owned(), Relay::Closed { conn });
+            self.tell_node_for(conn, node.to_owned(), Relay::Closed { conn });
             self.queue(conn, Outbound::Text(ended.clone()));
             self.queue(conn, Outbound::Unbound);
         }

@@ -73,7 +73,7 @@ impl Hub {
             // members here waited out their grace: they are not this room's any more.
             debug!(%room, %origin, "a room's origin changed");
             let stale: Vec<(Ident, Ident)> = cluster
-                .edge
+                .edge_members
                 .keys()
                 .filter(|(r, _)| *r == room)
                 .cloned()
@@ -96,7 +96,7 @@ impl Hub {
                 repush_at: None,
                 pushing: false,
             });
-        let before = cluster.edge.insert(
+        let before = cluster.edge_members.insert(
             key.clone(),
             EdgeMember {
                 conn: Some(conn),
@@ -206,7 +206,7 @@ impl Hub {
         link: u64,
     ) -> bool {
         let Some(r) = self.cluster.as_mut().and_then(|c| {
-            c.edge
+            c.edge_members
                 .contains_key(&(room.clone(), user.clone()))
                 .then_some(())?;
             c.edge_rooms.get_mut(room)
@@ -242,7 +242,7 @@ impl Hub {
     pub(super) fn edge_conn(&self, room: &Ident, user: &Ident) -> Option<ConnId> {
         self.cluster
             .as_ref()?
-            .edge
+            .edge_members
             .get(&(room.clone(), user.clone()))?
             .conn
     }
@@ -261,7 +261,7 @@ impl Hub {
         let Some(m) = self
             .cluster
             .as_mut()
-            .and_then(|c| c.edge.get_mut(&key))
+            .and_then(|c| c.edge_members.get_mut(&key))
             .filter(|m| m.conn == Some(conn))
         else {
             return;
@@ -279,7 +279,7 @@ impl Hub {
         let Some(cluster) = &mut self.cluster else {
             return;
         };
-        let Some(m) = cluster.edge.remove(key) else {
+        let Some(m) = cluster.edge_members.remove(key) else {
             return;
         };
         if let Some(r) = m.conn.and_then(|c| self.conns.get_mut(&c)?.relayed_mut()) {
@@ -320,7 +320,7 @@ impl Hub {
             return;
         };
         let gone: Vec<(Ident, Ident)> = cluster
-            .edge
+            .edge_members
             .keys()
             .filter(|(room, _)| {
                 cluster
@@ -359,7 +359,7 @@ impl Hub {
     /// The next time [`Self::edge_timeout`] has something to do.
     pub(super) fn edge_deadline(&self) -> Option<Instant> {
         let c = self.cluster.as_ref()?;
-        let members = c.edge.values().filter_map(|m| m.expires);
+        let members = c.edge_members.values().filter_map(|m| m.expires);
         let rooms = c
             .edge_rooms
             .values()
@@ -375,7 +375,7 @@ impl Hub {
             return;
         };
         let expired: Vec<(Ident, Ident)> = c
-            .edge
+            .edge_members
             .iter()
             .filter(|(_, m)| m.expires.is_some_and(|t| t <= now))
             .map(|(k, _)| k.clone())
@@ -407,9 +407,10 @@ impl Hub {
         }
     }
 
-    /// What another node says about relays: as origin (`MediaOpen`, `MediaAnswer`,
-    /// `MediaClose`) or as edge (`MediaOffer`, `MediaEnded`).
-    pub(super) fn relay_media(&mut self, from: String, relay: Relay) {
+    /// What another node says about media: about the relays between the nodes' media planes,
+    /// as origin (`MediaOpen`, `MediaAnswer`, `MediaClose`) or as edge (`MediaOffer`,
+    /// `MediaEnded`); a member's permit (`MediaSeat`) or publishing (`MediaPublished`).
+    pub(super) fn on_node_media(&mut self, from: String, relay: Relay) {
         let edge_of = |hub: &Hub, room: &Ident| {
             hub.cluster
                 .as_ref()

@@ -186,7 +186,7 @@ impl Hub {
                 let _ = reply.send(self.rooms.keys().cloned().collect());
             }
             HubMsg::Resolved { conn, origin } => self.resolved(conn, origin),
-            HubMsg::Relayed { from, relay } => self.relayed(from, relay),
+            HubMsg::FromNode { from, msg } => self.on_node_msg(from, msg),
             HubMsg::NodeLost { node } => self.node_lost(&node),
             HubMsg::NodeJoined { node } => self.node_joined(node),
             HubMsg::Locate { room, claim, reply } => self.locate(room, claim, reply),

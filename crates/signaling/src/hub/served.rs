@@ -72,7 +72,7 @@ impl Hub {
                 let mut c = Conn::new(tx, false);
                 let upto = Arc::<AtomicU64>::default();
                 let out = cluster.out.clone();
-                tokio::spawn(forward(rx, key.0.clone(), conn, upto.clone(), out));
+                tokio::spawn(carry_to_node(rx, key.0.clone(), conn, upto.clone(), out));
                 c.cluster = Some(ConnCluster::Served(Served { by: key, upto }));
                 self.conns.insert(here, c);
                 here
@@ -193,7 +193,7 @@ impl Hub {
             _ => None,
         };
         let relay = Relay::MediaSeat { room, user, allow };
-        self.queue(conn, Outbound::Relay(Box::new(relay)));
+        self.queue(conn, Outbound::ToNode(Box::new(relay)));
     }
 
     /// Origin: whether member `user` of `room` is served on another node (and publishes there:
@@ -221,7 +221,7 @@ impl Hub {
 
 /// Carry what the hub sends a connection of `node` (its id `conn`) there, until the hub lets
 /// go of it (which tells that node itself, when it must).
-async fn forward(
+async fn carry_to_node(
     mut rx: mpsc::Receiver<Outbound>,
     node: String,
     conn: ConnId,
@@ -249,7 +249,7 @@ async fn forward(
                 code,
                 reason: reason.to_owned(),
             },
-            Outbound::Relay(relay) => *relay,
+            Outbound::ToNode(relay) => *relay,
         };
         if out
             .send(RelayOut::Send {

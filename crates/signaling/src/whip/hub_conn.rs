@@ -73,7 +73,7 @@ impl HubConn {
                         }
                     }
                     Outbound::Close(..) => return None,
-                    Outbound::Unbound | Outbound::Relay(_) => {}
+                    Outbound::Unbound | Outbound::ToNode(_) => {}
                 }
             }
             None

@@ -103,7 +103,7 @@ async fn serve<S, E>(
                 Some(Outbound::Close(code, reason)) => {
                     return close(sink, stream, code, reason).await;
                 }
-                Some(Outbound::Relay(_)) => None,
+                Some(Outbound::ToNode(_)) => None,
                 // The hub dropped us (too slow to keep up, or shutting down).
                 None => return close(sink, stream, CLOSE_GOING_AWAY, "dropped").await,
             },
