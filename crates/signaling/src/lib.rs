@@ -5,6 +5,16 @@
 //! every admission question goes to [`miclink_seats::Seats`], which one hub task owns. Socket
 //! tasks parse and police frames; the hub applies them in order and fans events out. The media
 //! plane is not started here: the server hands a running one in ([`MediaPlane`]).
+//!
+//! | module | owns | must not |
+//! | --- | --- | --- |
+//! | `socket` | one WebSocket's task: reading and policing frames, writing what the hub queues | decide anything about sessions |
+//! | `wire` | what socket tasks, HTTP handlers and the hub say to each other; frame encoding | depend on either side |
+//! | `hub` | the one task owning seats, sessions and connections (see its module table) | block, or wait on a socket |
+//! | `whip` | WHIP and WHEP over HTTP, each resource a hub connection with a session | bypass the hub's join and seats |
+//! | `relay` | the messages between nodes of a cluster, and what the hub asks of the cluster glue | know Redis |
+//! | `session` | a signaling session: its token, member, socket and backlog | know sockets' queues |
+//! | `auth`, `turn`, `ratelimit`, `error` | join tokens; TURN credentials; the frame rate; error codes | hold state of the hub |
 
 mod auth;
 mod error;

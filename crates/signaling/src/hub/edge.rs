@@ -2,7 +2,7 @@
 //! and seats, this node keeps their subscribe connections, fed by one relay connection per room
 //! from the origin's media plane (`miclink_sfu`'s relays).
 //!
-//! - A relayed socket whose join or resume succeeded at the origin (its `Joined`) becomes a
+//! - A relayed socket whose join or resume succeeded at the origin (its `Joined`, which names the member) becomes a
 //!   member here: the local media plane subscribes it, and the first member of a room asks the
 //!   origin for the room's relay (`MediaOpen`). The origin's hub leaves that member's subscribe
 //!   connection to this node (`SubscribeElsewhere`).
@@ -11,6 +11,9 @@
 //! - A socket that closes keeps its media for the resume grace, as on one node; a session that
 //!   ends (`Unbound`), a grace that runs out, or a lost origin ends it, and the last member of a
 //!   room closes the relay (`MediaClose`).
+//!
+//! It must not keep those members' sessions or seats (the origin does): it serves their media,
+//! and tells the origin what they publish, whose seats decide.
 
 use std::time::Duration;
 

@@ -3,7 +3,8 @@
 //! and the plane's events: answers, offers and reports for members, publishing reports for the
 //! seats, and the relays between nodes' media planes, which go to the cluster.
 //!
-//! It must not decide seats: what members publish is reported to the seats, which decide.
+//! It must not decide seats: what the media plane saw (a member publishing, a WHEP viewer's
+//! connection ending) is reported to the seats, which decide.
 
 use miclink_protocol::{ErrorCode, Event, Ident, Reply, Request};
 use miclink_seats::Action;

@@ -9,9 +9,9 @@
 //! | module | owns | must not |
 //! | --- | --- | --- |
 //! | `mod.rs` | the hub's state, its loop (messages, media events, timers), routing the seats' outputs, shutdown | decide anything a request asks (that is `requests`) |
-//! | `sessions` | connections and sessions: queueing to a socket, dropping one, kicking a replaced session, forgetting one | answer requests, or say anything to the cluster beyond a dropped connection's goodbye |
-//! | `requests` | a connection's requests: join, resume, attach, the member's requests to the seats and the media plane | touch a socket's queue except through `sessions` |
-//! | `media` | the bridge to the local media plane: commands, requests whose answer comes back as an event, its events | decide seats (it reports publishing to them) |
+//! | `sessions` | connections and sessions: queueing to a connection, a session, a member, a room; dropping a connection, kicking a replaced session, forgetting one | decide what a request gets, or decide seats |
+//! | `requests` | a connection's requests: join (resolved in a cluster), resume, attach, the member's requests to the seats and the media plane | decide admission itself (tokens and seats do), carry requests to other nodes (`cluster` does) |
+//! | `media` | the bridge to the local media plane: commands, requests whose answer comes back as an event, its events | decide seats (it reports to them what the media plane saw) |
 //! | `cluster` | this node in a cluster: node messages in and out, nodes lost and joined, where a room is held; a socket here relayed to the room's origin | serve another node's connection (that is `served`) |
 //! | `served` | the origin's side: connections other nodes relay here, and what the node serving their member's media must hear | touch media of rooms held elsewhere |
 //! | `edge` | the edge's side: media here for members whose room another node holds | keep sessions or seats (the origin does) |

@@ -2,8 +2,8 @@
 //! holds the room, when this node is one of a cluster), a resume, a WHIP encoder attaching to an
 //! anchor's session, and a member's requests, which go to the seats or the media plane.
 //!
-//! It must not queue to sockets except through `sessions`, nor carry requests to other nodes
-//! itself (`cluster` relays them).
+//! It must not decide admission itself (the token check and the seats do), nor carry requests
+//! to other nodes itself (`cluster` relays them).
 
 use miclink_protocol::{ErrorCode, Ident, Name, Reply, Request, RequestLinkResult, Role};
 use miclink_seats::{Action, Reply as SeatReply};

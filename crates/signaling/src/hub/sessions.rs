@@ -3,7 +3,8 @@
 //! socket), a member or a whole room; and their ends: a dropped connection (its session waits
 //! out its grace), a replaced session's kick, a session forgotten when its member departs.
 //!
-//! It must not answer requests (that is `requests`) nor decide seats: it carries what was decided.
+//! It must not decide what a request gets (that is `requests`) nor decide seats: it carries what
+//! was decided, and tells the seats a connection was lost.
 
 use axum::extract::ws::Utf8Bytes;
 use miclink_protocol::{ErrorCode, Event, Ident, JoinResult, KickReason, Reply};
