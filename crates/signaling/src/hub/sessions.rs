@@ -160,8 +160,10 @@ impl Hub {
                         .try_send(Outbound::Close(CLOSE_REPLACED, "replaced"))
                         .is_ok();
             if !told {
-                // Too far behind to be told: forgetting the socket ends its task.
-                self.conns.remove(&conn);
+                // Too far behind to be told: dropping the connection ends its task, and, for a
+                // connection served for another node, frees its place and tells that node (as
+                // any drop does; its session is detached already, so the seats hear nothing).
+                self.drop_conn(conn);
             }
         }
     }

@@ -65,17 +65,8 @@ pub(super) fn unauthorized(why: impl std::fmt::Display) -> Response {
 }
 
 /// Whether an offer carries a codec the server forwards (Opus, VP8, H.264) in some m-section.
-pub(super) fn has_forwarded_codec(sdp: &str) -> bool {
-    sdp.lines().any(|line| {
-        line.strip_prefix("a=rtpmap:")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|enc| enc.split('/').next())
-            .is_some_and(|name| {
-                ["opus", "vp8", "h264"]
-                    .iter()
-                    .any(|c| name.eq_ignore_ascii_case(c))
-            })
-    })
+pub(super) fn has_forwarded_codec(sdp: &miclink_sfu::Sdp) -> bool {
+    sdp.lists_codec(&["opus", "vp8", "h264"])
 }
 
 /// The HTTP status for a refused join or publish.
@@ -122,12 +113,15 @@ mod tests {
 
     #[test]
     fn codecs_and_links() {
-        assert!(has_forwarded_codec(
-            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
-        ));
-        assert!(!has_forwarded_codec(
-            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1/90000\r\n"
-        ));
+        let offer = |codec: &str| {
+            let text = format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+                 m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 {codec}/90000\r\n"
+            );
+            miclink_sfu::Sdp::parse(&text).expect("an offer")
+        };
+        assert!(has_forwarded_codec(&offer("H264")));
+        assert!(!has_forwarded_codec(&offer("AV1")));
         let servers = vec![
             IceServer {
                 urls: vec!["stun:127.0.0.1:3478".into()],

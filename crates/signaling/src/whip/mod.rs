@@ -126,10 +126,11 @@ async fn create(
     let Ok(offer) = std::str::from_utf8(&body) else {
         return answer(StatusCode::BAD_REQUEST, "the offer is not UTF-8\n");
     };
-    if !offer.starts_with("v=0") || !offer.lines().any(|l| l.starts_with("m=")) {
-        return answer(StatusCode::BAD_REQUEST, "the body is not an SDP offer\n");
-    }
-    if !has_forwarded_codec(offer) {
+    let described = match miclink_sfu::Sdp::parse(offer) {
+        Ok(d) if !d.sections().is_empty() => d,
+        _ => return answer(StatusCode::BAD_REQUEST, "the body is not an SDP offer\n"),
+    };
+    if !has_forwarded_codec(&described) {
         return answer(
             StatusCode::NOT_ACCEPTABLE,
             "the offer has none of the codecs this server forwards (Opus, VP8, H.264)\n",
@@ -345,6 +346,8 @@ async fn patch(
     let Ok(frag) = std::str::from_utf8(&body) else {
         return answer(StatusCode::BAD_REQUEST, "the fragment is not UTF-8\n");
     };
+    // A trickle fragment (RFC 8840) is not a session description (no version, origin or
+    // timing lines), so the SDP parser cannot read it: its few attribute lines are read here.
     let ufrag = frag
         .lines()
         .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
