@@ -2,13 +2,16 @@
 //!
 //! A shadow model is rebuilt from the outputs alone (what clients see), and after every step it
 //! must agree with the state machine's own state. A failed request must change nothing and say
-//! nothing.
+//! nothing. The milestones (what the webhooks report) are a second record rebuilt the same way:
+//! who is in each room and who is linked, by them alone, must be what the state machine holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use miclink_protocol::{CancelReason, Event, Ident, Role, RoomState, UserInfo};
-use miclink_seats::{Action, MediaChange, Output, Reply, SeatError, Seats, SeatsConfig};
+use miclink_seats::{
+    Action, MediaChange, Milestone, Output, Reply, SeatError, Seats, SeatsConfig, ServerAction,
+};
 
 use crate::{Broken, Input, ensure, ensure_eq};
 
@@ -18,8 +21,60 @@ pub const MAX_SEATS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Act { room: usize, user: usize, act: Act },
+    Act {
+        room: usize,
+        user: usize,
+        act: Act,
+    },
     Advance(u64),
+    /// Version 3: the server API acts on a room.
+    Serve {
+        room: usize,
+        act: Serve,
+    },
+}
+
+/// What the server API does to a room.
+#[derive(Debug, Clone)]
+pub enum Serve {
+    End,
+    /// Metadata of this many bytes (over 4096 is refused).
+    Metadata(usize),
+    Kick {
+        target: usize,
+        ban_s: u32,
+    },
+    Unlink {
+        target: usize,
+    },
+    Mute {
+        target: usize,
+        mic: Option<bool>,
+        camera: Option<bool>,
+    },
+}
+
+fn to_server_action(act: &Serve) -> ServerAction {
+    match act {
+        Serve::End => ServerAction::End,
+        Serve::Metadata(n) => ServerAction::SetMetadata("m".repeat(*n)),
+        Serve::Kick { target, ban_s } => ServerAction::Kick {
+            user: id(USERS[*target]),
+            ban_s: *ban_s,
+        },
+        Serve::Unlink { target } => ServerAction::Unlink {
+            user: id(USERS[*target]),
+        },
+        Serve::Mute {
+            target,
+            mic,
+            camera,
+        } => ServerAction::Mute {
+            user: id(USERS[*target]),
+            mic: *mic,
+            camera: *camera,
+        },
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +230,11 @@ struct Shadow {
     gates: HashMap<(Ident, Ident), (bool, bool)>,
     /// Bans per room and user, until when.
     bans: HashMap<(Ident, Ident), Instant>,
+    /// The room's metadata, as `room_metadata` said it.
+    metadata: HashMap<Ident, String>,
+    /// Who is in each room, and who is linked, by the milestones alone.
+    present: HashMap<Ident, BTreeSet<Ident>>,
+    linked: HashMap<Ident, BTreeSet<Ident>>,
 }
 
 fn ids(users: &[UserInfo]) -> Vec<Ident> {
@@ -336,6 +396,51 @@ fn check_step(
                 _ => {}
             },
             Output::Departed { .. } => {}
+            Output::Milestone { room, milestone } => {
+                let present = shadow.present.entry(room.clone()).or_default();
+                let linked = shadow.linked.entry(room.clone()).or_default();
+                match milestone {
+                    Milestone::RoomStarted { anchor } => {
+                        ensure!(present.is_empty(), "{room} started twice");
+                        present.insert(anchor.user.clone());
+                    }
+                    Milestone::RoomEnded { .. } => {
+                        shadow.present.remove(room);
+                        shadow.linked.remove(room);
+                    }
+                    Milestone::UserJoined { user } => {
+                        ensure!(
+                            present.insert(user.user.clone()),
+                            "{} joined twice",
+                            user.user
+                        );
+                    }
+                    Milestone::UserLeft { user } => {
+                        ensure!(present.remove(&user.user), "{} left unseen", user.user);
+                        ensure!(!linked.contains(&user.user), "{} left linked", user.user);
+                    }
+                    Milestone::LinkStarted { user } => {
+                        ensure!(
+                            linked.insert(user.user.clone()),
+                            "{} linked twice",
+                            user.user
+                        );
+                    }
+                    Milestone::LinkEnded { user, .. } => {
+                        ensure!(linked.remove(&user.user), "{} unlinked unseen", user.user);
+                    }
+                    Milestone::UserKicked { user, .. } => {
+                        ensure!(present.contains(&user.user), "{} kicked unseen", user.user);
+                    }
+                }
+            }
+        }
+        if let Output::Broadcast {
+            room,
+            event: Event::RoomMetadata { metadata },
+        } = out
+        {
+            shadow.metadata.insert(room.clone(), metadata.clone());
         }
     }
     ensure_eq!(timeouts, timeout_cancels, "each timeout tells both sides");
@@ -357,8 +462,39 @@ fn check_step(
                 !shadow.users.contains_key(&room),
                 "{room} ended without room_ended"
             );
+            ensure!(
+                !shadow.present.contains_key(&room),
+                "{room} ended without its milestone"
+            );
+            shadow.metadata.remove(&room);
             continue;
         };
+        // The milestones' record: everyone in the room, and its linked audience.
+        let members: BTreeSet<Ident> = seats.members(&room).into_iter().collect();
+        ensure_eq!(
+            shadow.present.get(&room).cloned().unwrap_or_default(),
+            members,
+            "who is in {room}, by the milestones"
+        );
+        let linked_audience: BTreeSet<Ident> = seats
+            .linked(&room)
+            .into_iter()
+            .filter(|u| u.role == Role::Audience)
+            .map(|u| u.user)
+            .collect();
+        ensure_eq!(
+            shadow.linked.get(&room).cloned().unwrap_or_default(),
+            linked_audience,
+            "who is linked in {room}, by the milestones"
+        );
+        let summary = seats
+            .summary(&room, 0)
+            .ok_or_else(|| format!("{room} is live without a summary"))?;
+        ensure_eq!(
+            &summary.metadata,
+            shadow.metadata.get(&room).map_or("", String::as_str),
+            "{room}'s metadata, as room_metadata said"
+        );
         // Exactly one anchor, on seat 0.
         let anchor_info = state.seats[0]
             .user
@@ -499,7 +635,27 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
                     _ => Some(true),
                 };
                 match (tag >> 4) & 7 {
-                    0 | 6 => Act::Lock {
+                    // Version 3: the server API.
+                    6 => {
+                        let act = match flags & 7 {
+                            0 => Serve::End,
+                            1 => Serve::Metadata(usize::from(arg) * 8),
+                            2 => Serve::Metadata(4096 + usize::from(arg & 1)),
+                            3 => Serve::Kick {
+                                target,
+                                ban_s: u32::from(flags >> 4),
+                            },
+                            4 => Serve::Unlink { target },
+                            _ => Serve::Mute {
+                                target,
+                                mic: maybe(flags >> 3),
+                                camera: maybe(flags >> 5),
+                            },
+                        };
+                        ops.push(Op::Serve { room, act });
+                        continue;
+                    }
+                    0 => Act::Lock {
                         seat: u32::from(arg & 7) % (MAX_SEATS + 1),
                         lock: maybe(flags),
                         audio: maybe(flags >> 2),
@@ -571,6 +727,36 @@ pub fn run(ops: &[Op]) -> Result<(), Broken> {
             Op::Advance(ms) => {
                 now += Duration::from_millis(*ms);
                 seats.handle_timeout(now);
+            }
+            Op::Serve { room, act } => {
+                let room = id(ROOMS[*room]);
+                let outcome = seats.serve(now, &room, to_server_action(act));
+                match outcome {
+                    Err(e) => {
+                        ensure!(
+                            seats.poll_output().is_none(),
+                            "{op:?} failed ({e}) and still said something"
+                        );
+                        ensure_eq!(
+                            snapshot(&seats),
+                            state_before,
+                            "{op:?} failed and changed state"
+                        );
+                    }
+                    Ok(()) => {
+                        if let Serve::Kick { target, ban_s } = act
+                            && *ban_s > 0
+                        {
+                            shadow.bans.insert(
+                                (room.clone(), id(USERS[*target])),
+                                now + Duration::from_secs(u64::from(*ban_s)),
+                            );
+                        }
+                        if let Serve::Metadata(n) = act {
+                            ensure!(*n <= 4096, "{op:?}: oversize metadata was taken");
+                        }
+                    }
+                }
             }
             Op::Act { room, user, act } => {
                 let room = id(ROOMS[*room]);

@@ -1,7 +1,7 @@
 //! Random command sequences never break the invariants of the seat state machine
 //! ([`miclink_checks::seats`] has the model and the checks; the fuzz target runs the same).
 
-use miclink_checks::seats::{Act, MAX_SEATS, Op, ROOMS, USERS, run};
+use miclink_checks::seats::{Act, MAX_SEATS, Op, ROOMS, Serve, USERS, run};
 use proptest::prelude::*;
 
 fn act_strategy() -> impl Strategy<Value = Act> {
@@ -34,11 +34,27 @@ fn act_strategy() -> impl Strategy<Value = Act> {
     ]
 }
 
+/// Version 3: what the server API does to a room.
+fn serve_strategy(users: usize) -> impl Strategy<Value = Serve> {
+    let user = 0..users;
+    let flag = || prop::option::of(any::<bool>());
+    prop_oneof![
+        1 => Just(Serve::End),
+        2 => prop_oneof![0usize..64, 4090usize..4100].prop_map(Serve::Metadata),
+        2 => (user.clone(), prop_oneof![Just(0u32), 1u32..30])
+            .prop_map(|(target, ban_s)| Serve::Kick { target, ban_s }),
+        2 => user.clone().prop_map(|target| Serve::Unlink { target }),
+        2 => (user, flag(), flag()).prop_map(|(target, mic, camera)| Serve::Mute { target, mic, camera }),
+    ]
+}
+
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..ROOMS.len(), 0..USERS.len(), act_strategy())
             .prop_map(|(room, user, act)| Op::Act { room, user, act }),
         2 => prop_oneof![0u64..600, 0u64..20_000].prop_map(Op::Advance),
+        1 => (0..ROOMS.len(), serve_strategy(USERS.len()))
+            .prop_map(|(room, act)| Op::Serve { room, act }),
     ]
 }
 
@@ -128,6 +144,7 @@ fn control_strategy() -> impl Strategy<Value = Op> {
         4 => anchor.prop_map(|act| Op::Act { room: 0, user: 0, act }),
         4 => (1..5usize, member).prop_map(|(user, act)| Op::Act { room: 0, user, act }),
         1 => (0u64..20_000).prop_map(Op::Advance),
+        2 => serve_strategy(5).prop_map(|act| Op::Serve { room: 0, act }),
     ]
 }
 

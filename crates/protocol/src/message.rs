@@ -222,6 +222,11 @@ pub enum Request {
         user: Ident,
         video: VideoQuality,
     },
+    /// Version 3: a message to everyone in the room (`room_message`): chat lines, likes, gifts.
+    SendMessage {
+        topic: String,
+        data: String,
+    },
 }
 
 impl Request {
@@ -247,6 +252,7 @@ impl Request {
         "set_media",
         "kick_user",
         "set_subscription",
+        "send_message",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -271,6 +277,7 @@ impl Request {
             Request::SetMedia { .. } => "set_media",
             Request::KickUser { .. } => "kick_user",
             Request::SetSubscription { .. } => "set_subscription",
+            Request::SendMessage { .. } => "send_message",
         }
     }
 }
@@ -431,6 +438,9 @@ pub struct JoinResult {
     /// that resumes (or joins again) loses none that were in flight on its old socket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<PendingLink>,
+    /// Version 3: the room's metadata, set through the server API ("" until then).
+    #[serde(default)]
+    pub metadata: String,
 }
 
 /// A pending link request, as listed in the `join` and `resume` replies.
@@ -504,6 +514,8 @@ pub enum EndReason {
     /// Version 2, clusters: the node holding the room stopped (a member connected through
     /// another node).
     NodeLost,
+    /// Version 3: the server API ended the live (`DELETE /api/v1/rooms/{room}`).
+    EndedByServer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -512,6 +524,8 @@ pub enum KickReason {
     Replaced,
     /// Version 2: the anchor removed the user (`kick_user`).
     KickedByAnchor,
+    /// Version 3: the server API removed the user.
+    KickedByServer,
 }
 
 /// Who changed a user's media state (`media_state.by`).
@@ -655,6 +669,19 @@ pub enum Event {
         video: VideoQuality,
         reason: SubscriptionReason,
     },
+    /// Version 3: a message to everyone in the room, the sender too; `from` is `None` when the
+    /// server API sent it.
+    RoomMessage {
+        from: Option<UserInfo>,
+        topic: String,
+        data: String,
+        /// Unix milliseconds.
+        at: u64,
+    },
+    /// Version 3: the server API changed the room's metadata.
+    RoomMetadata {
+        metadata: String,
+    },
 }
 
 impl Event {
@@ -679,6 +706,8 @@ impl Event {
             Event::ActiveSpeakers { .. } => "active_speakers",
             Event::PublisherLayers { .. } => "publisher_layers",
             Event::SubscriptionState { .. } => "subscription_state",
+            Event::RoomMessage { .. } => "room_message",
+            Event::RoomMetadata { .. } => "room_metadata",
         }
     }
 }

@@ -40,4 +40,6 @@ pub enum SeatError {
     Banned { seconds: u64 },
     #[error("ban_s may be at most {max}")]
     BanTooLong { max: u32 },
+    #[error("{0}")]
+    TooLong(&'static str),
 }

@@ -117,6 +117,10 @@ pub(crate) struct Room {
     pub(crate) locks: Vec<SeatLock>,
     /// Kicked users barred from joining, until when. Bounded by [`crate::MAX_BANS`].
     pub(crate) bans: HashMap<Ident, Instant>,
+    /// What the integrator's backend says about the room (the server API's metadata).
+    pub(crate) metadata: String,
+    /// When the anchor went live.
+    pub(crate) started: Instant,
 }
 
 impl Room {

@@ -12,8 +12,10 @@ use crate::SeatError;
 use crate::room::{CountState, Kind, Kinds, LinkRequest, Member, Room, TimerKey};
 
 mod control;
+mod server;
 
 pub use control::{MAX_BAN_S, MAX_BANS};
+pub use server::{KickBy, LinkEnd, Milestone, ServerAction, Summary};
 
 /// Settings of the state machine; see the server's configuration for their meaning.
 #[derive(Debug, Clone)]
@@ -119,6 +121,8 @@ pub struct Joined {
     pub pending: Vec<PendingLink>,
     /// The user was already in the room (replacement or resume): no state changed.
     pub rejoined: bool,
+    /// The room's metadata (the server API's).
+    pub metadata: String,
 }
 
 /// A change of who may publish or subscribe, for the media plane to obey.
@@ -171,6 +175,20 @@ pub enum Output {
         room: Ident,
         user: Ident,
     },
+    /// A step in the room's life for the record (the integrator's webhooks), in the order they
+    /// happened.
+    Milestone {
+        room: Ident,
+        milestone: Milestone,
+    },
+}
+
+/// Why a member leaves a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    Left,
+    Lost,
+    Kicked,
 }
 
 #[derive(Debug, Clone)]
@@ -342,7 +360,7 @@ impl Seats {
             Action::TerminateLink => self.terminate_link(room, user),
             Action::Leave => {
                 self.member(room, user)?;
-                self.remove_member(now, room, user, false);
+                self.remove_member(now, room, user, Leaving::Left);
                 Ok(Reply::Done)
             }
             Action::ConnectionLost => self.connection_lost(now, room, user),
@@ -391,7 +409,7 @@ impl Seats {
                         .and_then(|r| r.members.get_mut(&user))
                     {
                         m.lost = None;
-                        self.remove_member(now, &room, &user, true);
+                        self.remove_member(now, &room, &user, Leaving::Lost);
                     }
                 }
                 Timer::AudienceCount { room } => {
@@ -484,6 +502,8 @@ impl Seats {
                 },
             );
             room.order.insert(seq, user.clone());
+            let info = room.info(user).expect("just inserted");
+            self.milestone(room_id, Milestone::UserJoined { user: info });
             self.media(MediaChange::Subscribe {
                 room: room_id.clone(),
                 user: user.clone(),
@@ -507,6 +527,8 @@ impl Seats {
             count: CountState::default(),
             locks: vec![Default::default(); self.config.max_seats as usize],
             bans: HashMap::new(),
+            metadata: String::new(),
+            started: now,
         };
         room.members.insert(
             user.clone(),
@@ -525,7 +547,9 @@ impl Seats {
         room.order.insert(seq, user.clone());
         // The join reply carries the count, so the first broadcast need not repeat it.
         room.count.sent = Some((0, now));
+        let anchor = room.info(user).expect("just inserted");
         self.rooms.insert(room_id.clone(), room);
+        self.milestone(room_id, Milestone::RoomStarted { anchor });
         self.media(MediaChange::Subscribe {
             room: room_id.clone(),
             user: user.clone(),
@@ -571,6 +595,7 @@ impl Seats {
             me: r.info(user).expect("the member was just found or inserted"),
             pending,
             rejoined,
+            metadata: r.metadata.clone(),
         }
     }
 
@@ -779,6 +804,7 @@ impl Seats {
         m.link = link;
         let gate = room.gate(&member).expect("just seated");
         let joined = room.info(&member).expect("member");
+        let joined_info = joined.clone();
         let users = room.linked();
         self.event(room_id, sender, Event::LinkAccepted { user: user.clone() });
         self.broadcast(
@@ -789,6 +815,7 @@ impl Seats {
                 left: vec![],
             },
         );
+        self.milestone(room_id, Milestone::LinkStarted { user: joined_info });
         self.media(MediaChange::AllowPublish {
             room: room_id.clone(),
             user: member,
@@ -826,7 +853,7 @@ impl Seats {
             target.clone(),
             Event::LinkTerminated { by: user.clone() },
         );
-        self.unlink(room_id, target);
+        self.unlink(room_id, target, LinkEnd::Disconnected);
         Ok(Reply::Done)
     }
 
@@ -838,7 +865,7 @@ impl Seats {
                 "only a linked audience member can terminate a link (the anchor leaves instead)",
             ));
         }
-        self.exit_link(room_id, user);
+        self.exit_link(room_id, user, LinkEnd::Terminated);
         Ok(Reply::Done)
     }
 
@@ -940,7 +967,7 @@ impl Seats {
 
     /// Take `user`'s seat away and tell everyone. Returns the user as they were while seated.
     /// The caller has revoked their media already.
-    fn unlink(&mut self, room_id: &Ident, user: &Ident) -> Option<UserInfo> {
+    fn unlink(&mut self, room_id: &Ident, user: &Ident, why: LinkEnd) -> Option<UserInfo> {
         let room = self.rooms.get_mut(room_id)?;
         let before = room.info(user)?;
         let index = before.seat? as usize;
@@ -959,11 +986,18 @@ impl Seats {
                 left: vec![before.clone()],
             },
         );
+        self.milestone(
+            room_id,
+            Milestone::LinkEnded {
+                user: before.clone(),
+                reason: why,
+            },
+        );
         Some(before)
     }
 
     /// A linked member ends their own link (terminate, leave, lost).
-    fn exit_link(&mut self, room_id: &Ident, user: &Ident) {
+    fn exit_link(&mut self, room_id: &Ident, user: &Ident, why: LinkEnd) {
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };
@@ -981,23 +1015,23 @@ impl Seats {
         for to in others {
             self.event(room_id, to, Event::LinkExited { user: info.clone() });
         }
-        self.unlink(room_id, user);
+        self.unlink(room_id, user, why);
     }
 
-    /// `user` leaves `room` (asked to, or lost past the grace period).
-    fn remove_member(&mut self, now: Instant, room_id: &Ident, user: &Ident, lost: bool) {
+    /// `user` leaves `room` (asked to, lost past the grace period, or kicked).
+    fn remove_member(&mut self, now: Instant, room_id: &Ident, user: &Ident, why: Leaving) {
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };
         if room.anchor == *user {
-            let reason = if lost {
-                EndReason::AnchorLost
-            } else {
-                EndReason::AnchorLeft
+            let reason = match why {
+                Leaving::Lost => EndReason::AnchorLost,
+                Leaving::Left | Leaving::Kicked => EndReason::AnchorLeft,
             };
             self.end_room(room_id, reason);
             return;
         }
+        let info = room.info(user);
         let Some(m) = room.members.get(user) else {
             return;
         };
@@ -1022,7 +1056,12 @@ impl Seats {
             );
         }
         if linked {
-            self.exit_link(room_id, user);
+            let end = match why {
+                Leaving::Left => LinkEnd::Left,
+                Leaving::Lost => LinkEnd::Lost,
+                Leaving::Kicked => LinkEnd::Kicked,
+            };
+            self.exit_link(room_id, user, end);
         }
         let room = self.room_mut(room_id);
         let lost = room.members.remove(user).and_then(|m| {
@@ -1030,6 +1069,9 @@ impl Seats {
             m.lost
         });
         self.disarm(lost);
+        if let Some(info) = info {
+            self.milestone(room_id, Milestone::UserLeft { user: info });
+        }
         self.media(MediaChange::Unsubscribe {
             room: room_id.clone(),
             user: user.clone(),
@@ -1039,6 +1081,7 @@ impl Seats {
 
     fn end_room(&mut self, room_id: &Ident, reason: EndReason) {
         self.broadcast(room_id, Event::RoomEnded { reason });
+        self.milestone(room_id, Milestone::RoomEnded { reason });
         self.media(MediaChange::CloseRoom {
             room: room_id.clone(),
         });
@@ -1151,6 +1194,13 @@ impl Seats {
 
     fn media(&mut self, change: MediaChange) {
         self.outputs.push_back(Output::Media(change));
+    }
+
+    fn milestone(&mut self, room: &Ident, milestone: Milestone) {
+        self.outputs.push_back(Output::Milestone {
+            room: room.clone(),
+            milestone,
+        });
     }
 }
 

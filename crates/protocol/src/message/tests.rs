@@ -275,8 +275,15 @@ fn join_result() {
     let parsed: JoinResult = serde_json::from_value(text.clone()).expect("parses");
     assert_eq!(parsed.room.seats.len(), 2);
     assert_eq!(parsed.me.seat, None);
-    assert_eq!(serde_json::to_value(&parsed).expect("serializes"), text);
     assert!(parsed.requests.is_empty(), "absent means none pending");
+    // A version 2 server's reply has no metadata: read as "", and this server always says it.
+    assert_eq!(parsed.metadata, "");
+    let mut with_metadata = text;
+    with_metadata["metadata"] = json!("");
+    assert_eq!(
+        serde_json::to_value(&parsed).expect("serializes"),
+        with_metadata
+    );
 }
 
 #[test]
@@ -287,6 +294,7 @@ fn resume_result_lists_pending_requests() {
         "me": {"user": "bob", "name": "Bob", "role": "anchor", "seat": 0, "mic": true, "camera": true},
         "ice_servers": [],
         "session": "s1",
+        "metadata": "{\"title\":\"Blue mug\"}",
         "requests": [{"request": "q1",
                       "from": {"user": "al", "name": "Al", "role": "audience", "seat": null, "mic": false, "camera": false},
                       "to": "bob", "seat": null, "open_camera": true, "timeout_s": 42}]
@@ -294,6 +302,7 @@ fn resume_result_lists_pending_requests() {
     let parsed: JoinResult = serde_json::from_value(text.clone()).expect("parses");
     assert_eq!(parsed.requests[0].from.user, "al");
     assert_eq!(parsed.requests[0].timeout_s, 42);
+    assert_eq!(parsed.metadata, r#"{"title":"Blue mug"}"#);
     assert_eq!(serde_json::to_value(&parsed).expect("serializes"), text);
 }
 
@@ -548,6 +557,56 @@ fn version_two_events() {
             reason: KickReason::KickedByAnchor,
         },
     );
+    // Version 3.
+    event_round_trip(
+        json!({"type":"kicked","reason":"kicked_by_server"}),
+        Event::Kicked {
+            reason: KickReason::KickedByServer,
+        },
+    );
+    event_round_trip(
+        json!({"type":"room_ended","reason":"ended_by_server"}),
+        Event::RoomEnded {
+            reason: EndReason::EndedByServer,
+        },
+    );
+    event_round_trip(
+        json!({"type":"room_message","from":null,"topic":"like","data":"1","at":1767225600123u64}),
+        Event::RoomMessage {
+            from: None,
+            topic: "like".into(),
+            data: "1".into(),
+            at: 1_767_225_600_123,
+        },
+    );
+    event_round_trip(
+        json!({"type":"room_metadata","metadata":"card"}),
+        Event::RoomMetadata {
+            metadata: "card".into(),
+        },
+    );
+    let send = parse_request(r#"{"type":"send_message","id":4,"topic":"chat","data":"hi"}"#)
+        .expect("parses");
+    assert_eq!(
+        send,
+        (
+            4,
+            Request::SendMessage {
+                topic: "chat".into(),
+                data: "hi".into()
+            }
+        )
+    );
+    assert_eq!(crate::check_message("chat", "hi"), Ok(()));
+    assert!(crate::check_message("", "hi").is_err());
+    assert!(crate::check_message(&"t".repeat(65), "").is_err());
+    assert_eq!(
+        crate::check_message(&"é".repeat(64), ""),
+        Ok(()),
+        "characters, not bytes"
+    );
+    assert!(crate::check_message("a\nb", "").is_err());
+    assert!(crate::check_message("t", &"d".repeat(2049)).is_err());
     // A version 1 server's seats still parse.
     let seat: Seat =
         serde_json::from_value(json!({"index":2,"user":null,"locked":false})).expect("parses");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use miclink_protocol::{Event, Ident, KickReason, MediaBy, Role};
 
-use super::{MediaChange, Reply, Seats};
+use super::{KickBy, Leaving, MediaChange, Milestone, Reply, Seats};
 use crate::SeatError;
 use crate::room::{Kinds, MediaView, Room};
 
@@ -224,6 +224,19 @@ impl Seats {
         ban_s: u32,
     ) -> Result<Reply, SeatError> {
         self.anchor_only(room_id, user, "only the anchor removes users")?;
+        self.kick(now, room_id, target, ban_s, KickBy::Anchor)
+    }
+
+    /// Remove `target` from the room, barred from it for `ban_s` seconds: the anchor's
+    /// `kick_user` or the server API's kick.
+    pub(super) fn kick(
+        &mut self,
+        now: Instant,
+        room_id: &Ident,
+        target: &Ident,
+        ban_s: u32,
+        by: KickBy,
+    ) -> Result<Reply, SeatError> {
         if ban_s > MAX_BAN_S {
             return Err(SeatError::BanTooLong { max: MAX_BAN_S });
         }
@@ -254,14 +267,15 @@ impl Seats {
                 .insert(target.clone(), now + Duration::from_secs(u64::from(ban_s)));
         }
         // Told before they go: once departed, their session gets nothing more.
-        self.event(
-            room_id,
-            target.clone(),
-            Event::Kicked {
-                reason: KickReason::KickedByAnchor,
-            },
-        );
-        self.remove_member(now, room_id, target, false);
+        let reason = match by {
+            KickBy::Anchor => KickReason::KickedByAnchor,
+            KickBy::Server => KickReason::KickedByServer,
+        };
+        self.event(room_id, target.clone(), Event::Kicked { reason });
+        if let Some(user) = self.room(room_id)?.info(target) {
+            self.milestone(room_id, Milestone::UserKicked { user, by, ban_s });
+        }
+        self.remove_member(now, room_id, target, Leaving::Kicked);
         Ok(Reply::Done)
     }
 
