@@ -241,6 +241,18 @@ async fn relay(
                     let _ = reply.send(url);
                 });
             }
+            RelayOut::Origin { room, reply } => {
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    let origin = cluster
+                        .origin(room.as_str())
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|n| n != cluster.node_id());
+                    let _ = reply.send(origin);
+                });
+            }
             RelayOut::Send { node, relay } => {
                 let Ok(bytes) = serde_json::to_vec(&relay) else {
                     continue;

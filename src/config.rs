@@ -26,6 +26,9 @@ pub const DEFAULT_MEDIA_PORT: u16 = 7882;
 #[derive(Debug, Default, Parser)]
 #[command(name = "miclink", version, about)]
 pub struct Args {
+    /// Without a command: run the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file (keys as the flags, with underscores).
     #[arg(long, env = "MICLINK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -134,6 +137,44 @@ pub struct Args {
     /// [default: http://<http_addr>].
     #[arg(long, env = "MICLINK_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// URL the rooms' milestones are POSTed to (webhooks), repeatable; needs --webhook-secret.
+    #[arg(
+        long = "webhook-url",
+        env = "MICLINK_WEBHOOK_URLS",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
+    /// Secret that signs every webhook (`Miclink-Signature`), at least 16 bytes.
+    #[arg(long, env = "MICLINK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}
+
+/// An operator's tools, beside running the server. They read the same configuration.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print a token signed with the configured jwt_secret: a join token for a room, or an
+    /// admin token for the server API (`--role admin`, no room).
+    Token {
+        /// The room a join token is for (not for an admin token).
+        #[arg(long)]
+        room: Option<String>,
+        /// The user (`sub`): who joins, or who calls the API (in its logs).
+        #[arg(long)]
+        user: String,
+        /// anchor, audience or admin.
+        #[arg(long, value_parser = ["anchor", "audience", "admin"])]
+        role: String,
+        /// Seconds the token is valid for.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
+    /// List the live rooms of a running server through its API (`GET /api/v1/rooms`), with an
+    /// admin token made from the configured jwt_secret when one is set.
+    Rooms {
+        /// The server [default: http://<http_addr>].
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 /// The TOML file: the same keys as the flags; `ice_servers` may carry credentials.
@@ -165,6 +206,8 @@ struct FileConfig {
     cluster_secret: Option<String>,
     node_id: Option<String>,
     public_url: Option<String>,
+    webhook_urls: Option<Vec<String>>,
+    webhook_secret: Option<String>,
 }
 
 /// The checked configuration the server runs with.
@@ -376,6 +419,38 @@ impl Config {
         if whep_per_room == 0 {
             bail!("max_whep_per_room must be at least 1");
         }
+        let webhook_urls = if args.webhook_urls.is_empty() {
+            file.webhook_urls.unwrap_or_default()
+        } else {
+            args.webhook_urls
+        };
+        let webhook_secret = args.webhook_secret.or(file.webhook_secret);
+        let webhooks = match (webhook_urls.is_empty(), webhook_secret) {
+            (true, None) => None,
+            (true, Some(_)) => bail!("webhook_secret is set but no webhook_url"),
+            (false, None) => bail!(
+                "webhook_url is set but no webhook_secret: receivers check each event's signature \
+                 with it; set one of at least 16 bytes"
+            ),
+            (false, Some(secret)) => {
+                if secret.len() < 16 {
+                    bail!(
+                        "webhook_secret must be at least 16 bytes; a short secret can be guessed"
+                    );
+                }
+                for url in &webhook_urls {
+                    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                        && url.bytes().all(|b| b.is_ascii_graphic());
+                    if !ok {
+                        bail!("webhook_url {url:?} must be an http:// or https:// URL");
+                    }
+                }
+                Some(miclink_signaling::webhook::WebhookConfig::new(
+                    webhook_urls,
+                    secret,
+                ))
+            }
+        };
         let cluster = match args.redis_url.or(file.redis_url) {
             None => None,
             Some(url) => {
@@ -450,6 +525,7 @@ impl Config {
                     .or(file.max_http_media_per_ip)
                     .unwrap_or(defaults.signaling.http_media_per_ip),
                 whep_per_room,
+                webhooks,
                 ..defaults.signaling
             },
             media: Some(SfuConfig {

@@ -6,6 +6,7 @@ mod cluster;
 pub mod config;
 mod metrics;
 mod serve;
+pub mod tools;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-pub use config::{Args, Config};
+pub use config::{Args, Command, Config};
 
 /// The browser demo, embedded in the binary so `cargo run --release` needs no files beside it.
 #[derive(RustEmbed)]

@@ -14,7 +14,11 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let mut config = Config::load(Args::parse())?;
+    let mut args = Args::parse();
+    if let Some(command) = args.command.take() {
+        return miclink::tools::run(command, Config::load(args)?).await;
+    }
+    let mut config = Config::load(args)?;
     // Every member holds a socket: lift the soft descriptor limit to the hard one so the
     // distribution's default of 1024 does not cap a room.
     match rlimit::increase_nofile_limit(u64::MAX) {

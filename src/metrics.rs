@@ -51,6 +51,37 @@ pub(crate) async fn metrics(State(planes): State<Planes>, headers: HeaderMap) ->
         "Connections closed at accept: a connection cap was reached.",
         refused,
     );
+    if let Some(w) = planes.signaling.webhook_counts() {
+        use std::sync::atomic::Ordering::Relaxed;
+        counter(
+            &mut out,
+            "webhooks_delivered",
+            "Webhook events a receiver took (2xx), counted per URL.",
+            w.delivered.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "webhook_attempts_failed",
+            "Webhook deliveries refused or unanswered in time (each is retried).",
+            w.failed_attempts.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP miclink_webhooks_dropped_total Webhook events given up: the queue was full \
+             (overflow, the oldest goes) or they waited past their retry time (expired).\n\
+             # TYPE miclink_webhooks_dropped_total counter\n\
+             miclink_webhooks_dropped_total{{reason=\"overflow\"}} {}\n\
+             miclink_webhooks_dropped_total{{reason=\"expired\"}} {}",
+            w.dropped_overflow.load(Relaxed),
+            w.dropped_expired.load(Relaxed)
+        );
+        gauge(
+            &mut out,
+            "webhook_queue",
+            "Webhook events waiting to be delivered, all URLs.",
+            w.queued.load(Relaxed),
+        );
+    }
     if let Some(c) = &planes.cluster {
         use std::sync::atomic::Ordering::Relaxed;
         gauge(

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod ws;
 
 use miclink::{Args, Config};
 use miclink_loadtest::client::{self, SdpRewrite};

@@ -50,11 +50,47 @@ pub(crate) enum AuthError {
     OtherUser,
     #[error("token is for another role")]
     OtherRole,
+    #[error("the server API takes admin tokens only (role \"admin\")")]
+    NotAdmin,
+}
+
+/// A token for `room`, `user` and `role` (an admin token when `role` is admin, which names no
+/// room), signed with `secret` and valid for `ttl_s` seconds from now.
+pub fn sign_token(
+    secret: &str,
+    room: Option<&Ident>,
+    user: &str,
+    role: miclink_protocol::api::TokenRole,
+    ttl_s: u64,
+) -> String {
+    let exp = jsonwebtoken::get_current_timestamp().saturating_add(ttl_s);
+    let claims = match room {
+        Some(room) => serde_json::json!({"room": room, "sub": user, "role": role, "exp": exp}),
+        None => serde_json::json!({"sub": user, "role": role, "exp": exp}),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signs any JSON claims")
+}
+
+/// An admin token's claims (the server API's caller): `role: "admin"`, `exp`; `sub` names the
+/// caller in logs.
+#[derive(Debug, Deserialize)]
+struct AdminClaims {
+    role: String,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 pub(crate) struct Auth {
     key: DecodingKey,
     validation: Validation,
+    admin: Validation,
 }
 
 impl Auth {
@@ -64,11 +100,46 @@ impl Auth {
         validation.leeway = 0;
         // Checked below, with its own leeway.
         validation.validate_nbf = false;
+        let mut admin = validation.clone();
+        admin.set_required_spec_claims(&["exp"]);
         validation.set_required_spec_claims(&["exp", "sub"]);
         Auth {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            admin,
         }
+    }
+
+    /// Whether `token` is an admin token of this server (the server API's); its `sub`, or
+    /// "admin" when it names none.
+    pub(crate) fn admin(&self, token: &str) -> Result<String, AuthError> {
+        if let Err(e) = jsonwebtoken::decode_header(token) {
+            return Err(match e.kind() {
+                ErrorKind::Json(_) => AuthError::Algorithm,
+                _ => AuthError::Malformed,
+            });
+        }
+        let claims = decode::<AdminClaims>(token, &self.key, &self.admin)
+            .map_err(|e| refusal(e.kind()))?
+            .claims;
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > jsonwebtoken::get_current_timestamp() + NBF_LEEWAY_S)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if claims.role != "admin" {
+            return Err(AuthError::NotAdmin);
+        }
+        // A name for logs only: kept short and printable whatever the token says.
+        let sub: String = claims
+            .sub
+            .unwrap_or_else(|| "admin".into())
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
+        Ok(sub)
     }
 
     /// The user `token` lets join `room` as `role` (for a client that names none itself: a
@@ -119,6 +190,18 @@ impl Auth {
         }
         Ok(())
     }
+}
+
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The refusal for what the JWT library found.
@@ -229,5 +312,36 @@ mod tests {
         assert_eq!(check(&token(past, Algorithm::HS256, SECRET)), Ok(()));
         let ahead = json!({"room": "r", "sub": "u", "role": "anchor", "exp": now() + 600, "nbf": now() + 20});
         assert_eq!(check(&token(ahead, Algorithm::HS256, SECRET)), Ok(()));
+    }
+
+    #[test]
+    fn admin_tokens_name_the_admin_role_and_expire() {
+        use miclink_protocol::api::TokenRole;
+        let auth = Auth::new(SECRET);
+        let id = Ident::new("r").expect("id");
+        let admin = sign_token(SECRET, None, "ops", TokenRole::Admin, 60);
+        assert_eq!(auth.admin(&admin), Ok("ops".to_owned()));
+        // A member's token is not an admin's, and an admin's does not join a room.
+        let member = sign_token(SECRET, Some(&id), "u", TokenRole::Anchor, 60);
+        assert_eq!(auth.admin(&member), Err(AuthError::NotAdmin));
+        assert!(check(&admin).is_err());
+        assert_eq!(check(&member), Ok(()));
+        let expired = token(
+            json!({"role": "admin", "exp": now() - 1}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(auth.admin(&expired), Err(AuthError::Expired));
+        let unsigned = sign_token("another-secret-0123", None, "x", TokenRole::Admin, 60);
+        assert_eq!(auth.admin(&unsigned), Err(AuthError::BadSignature));
+        let no_exp = token(json!({"role": "admin"}), Algorithm::HS256, SECRET);
+        assert_eq!(auth.admin(&no_exp), Err(AuthError::Claims));
+        // Without a sub the caller is "admin"; a sub full of control characters is cleaned.
+        let bare = token(
+            json!({"role": "admin", "exp": now() + 60}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(auth.admin(&bare), Ok("admin".to_owned()));
     }
 }

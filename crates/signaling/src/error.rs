@@ -22,7 +22,8 @@ pub(crate) fn seat_error_code(e: &SeatError) -> ErrorCode {
         SeatError::WrongRole(_)
         | SeatError::NoSuchSeat { .. }
         | SeatError::TimeoutTooLong { .. }
-        | SeatError::BanTooLong { .. } => ErrorCode::BadRequest,
+        | SeatError::BanTooLong { .. }
+        | SeatError::TooLong(_) => ErrorCode::BadRequest,
         // SeatError is non_exhaustive: a new variant is a bad request until it gets its own code.
         _ => ErrorCode::BadRequest,
     }

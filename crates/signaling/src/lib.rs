@@ -13,9 +13,12 @@
 //! | `hub` | the one task owning seats, sessions and connections (see its module table) | block, or wait on a socket |
 //! | `whip` | WHIP and WHEP over HTTP, each resource a hub connection with a session | bypass the hub's join and seats |
 //! | `relay` | the messages between nodes of a cluster, and what the hub asks of the cluster glue | know Redis |
+//! | `api` | the server API over HTTP (`/api/v1`): its guard (rate, caller), bodies, refusals; a call carried to the room's node | change seats or sessions itself (the hub does) |
+//! | `webhook` | delivering the rooms' milestones to the integrator's URLs: lanes, retries, signatures | know rooms or seats, or make the hub wait |
 //! | `session` | a signaling session: its token, member, socket and backlog | know sockets' queues |
 //! | `auth`, `turn`, `ratelimit`, `error` | join tokens; TURN credentials; the frame rate; error codes | hold state of the hub |
 
+pub mod api;
 mod auth;
 mod error;
 mod hub;
@@ -24,8 +27,11 @@ pub mod relay;
 mod session;
 mod socket;
 pub mod turn;
+pub mod webhook;
 mod whip;
 mod wire;
+
+pub use auth::sign_token;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +103,10 @@ pub struct SignalingConfig {
     pub http_media_per_ip_on_loopback: bool,
     /// WHEP viewers one room may have at once.
     pub whep_per_room: usize,
+    /// Server API requests one client address may make a second (twice that at once).
+    pub api_rate_per_s: f64,
+    /// Where the rooms' milestones are POSTed, when set.
+    pub webhooks: Option<webhook::WebhookConfig>,
 }
 
 impl Default for SignalingConfig {
@@ -115,6 +125,8 @@ impl Default for SignalingConfig {
             http_media_per_ip: 64,
             http_media_per_ip_on_loopback: false,
             whep_per_room: 500,
+            api_rate_per_s: 20.0,
+            webhooks: None,
         }
     }
 }
@@ -132,6 +144,9 @@ struct Inner {
     /// Token checks for the HTTP endpoints (the hub checks joins with its own).
     auth: Option<auth::Auth>,
     whip: whip::Resources,
+    /// The server API's rate limit per client address.
+    api_limits: api::Limits,
+    webhooks: Option<webhook::Webhooks>,
 }
 
 impl Signaling {
@@ -160,7 +175,13 @@ impl Signaling {
         cluster: Option<hub::Clustered>,
     ) -> Signaling {
         let (tx, rx) = mpsc::channel(4096);
-        let (hub, media_events) = hub::Hub::new(config.clone(), media, cluster);
+        // Each event names the node that sent it: in a cluster, the room's origin.
+        let node = cluster.as_ref().map_or("local", |c| c.node.as_str());
+        let webhooks = config
+            .webhooks
+            .clone()
+            .map(|w| webhook::Webhooks::start(w, node));
+        let (hub, media_events) = hub::Hub::new(config.clone(), media, cluster, webhooks.clone());
         tokio::spawn(hub.run(rx, media_events));
         Signaling {
             inner: Arc::new(Inner {
@@ -169,6 +190,8 @@ impl Signaling {
                 config,
                 next_conn: AtomicU64::new(1),
                 whip: whip::Resources::default(),
+                api_limits: api::Limits::default(),
+                webhooks,
             }),
         }
     }
@@ -182,6 +205,7 @@ impl Signaling {
             // `publish` request (an oversize one is refused with 413).
             .layer(axum::extract::DefaultBodyLimit::max(whip::MAX_SDP + 1))
             .with_state(self.clone())
+            .merge(api::routes(self.clone()))
     }
 
     /// Tell every room `room_ended` (`server_shutdown`), close every socket, and return once
@@ -197,6 +221,68 @@ impl Signaling {
         {
             let _ = wait.await;
         }
+        // The rooms' ends go out to the webhooks' receivers, if they take them in time.
+        if let Some(hooks) = &self.inner.webhooks {
+            hooks
+                .flush(tokio::time::Instant::now() + self.inner.config.shutdown_grace)
+                .await;
+        }
+    }
+
+    /// The webhooks' counts, when webhooks are configured.
+    pub fn webhook_counts(&self) -> Option<Arc<webhook::WebhookCounts>> {
+        self.inner.webhooks.as_ref().map(|w| w.counts())
+    }
+
+    /// A server API call for the hub; `None` when the hub has stopped.
+    pub(crate) async fn api(&self, call: api::ApiCall) -> Option<api::ApiAnswer> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .hub
+            .send(wire::HubMsg::Api { call, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// A server API call answered by node `node` of the cluster.
+    pub(crate) async fn api_at(&self, node: String, call: api::ApiCall) -> Option<api::ApiAnswer> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .hub
+            .send(wire::HubMsg::ApiAt { node, call, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// The node of the cluster holding `room`, when another one does.
+    pub(crate) async fn origin_of(&self, room: &miclink_protocol::Ident) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .hub
+            .send(wire::HubMsg::Origin {
+                room: room.clone(),
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// The other live nodes of the cluster (none for a node alone).
+    pub(crate) async fn other_nodes(&self) -> Vec<String> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .hub
+            .send(wire::HubMsg::Nodes { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// The answer to [`relay::RelayOut::Resolve`]: the node holding the room, `None` for this

@@ -1,11 +1,12 @@
 //! Per-connection frame rate limits of the contract: more than 50 frames/s sustained over 2 s
-//! gets `rate_limited`; past ten times that the socket is closed with 1008.
+//! gets `rate_limited`; past ten times that the socket is closed with 1008. The token bucket is
+//! also the room messages' limit per member and the server API's per client address.
 
 use tokio::time::Instant;
 
 /// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -13,7 +14,8 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64, window_s: f64, now: Instant) -> Bucket {
+    /// `rate` a second, and up to `window_s` seconds' worth at once.
+    pub(crate) fn new(rate: f64, window_s: f64, now: Instant) -> Bucket {
         let burst = rate * window_s;
         Bucket {
             tokens: burst,
@@ -23,7 +25,7 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -33,6 +35,14 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+impl Bucket {
+    /// Full again, had it been left alone since `last` (an idle client's entry can go).
+    pub(crate) fn is_idle(&self, now: Instant) -> bool {
+        self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate
+            >= self.burst
     }
 }
 

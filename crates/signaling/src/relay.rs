@@ -92,6 +92,14 @@ pub enum Relay {
         video: bool,
         link: u64,
     },
+    /// Any node to another: a server API call the receiver answers as its own
+    /// ([`Relay::ApiAnswer`] with the same `id`).
+    Api { id: u64, call: crate::api::ApiCall },
+    /// The answer to [`Relay::Api`] `id`.
+    ApiAnswer {
+        id: u64,
+        answer: crate::api::ApiAnswer,
+    },
 }
 
 /// A member of a room, as a join or resume reply names them.
@@ -123,6 +131,11 @@ pub enum RelayOut {
     Locate {
         room: Ident,
         claim: bool,
+        reply: tokio::sync::oneshot::Sender<Option<String>>,
+    },
+    /// The id of the node holding `room`, if another node does (nothing is claimed).
+    Origin {
+        room: Ident,
         reply: tokio::sync::oneshot::Sender<Option<String>>,
     },
 }

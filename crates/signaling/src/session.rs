@@ -24,6 +24,8 @@ pub(crate) struct Session {
     /// serves the member's media, and hears the seats' permits), whether or not a socket is
     /// there now.
     pub(crate) node: Option<String>,
+    /// Its room messages' rate (`send_message`), from its first message on.
+    pub(crate) messages: Option<crate::ratelimit::Bucket>,
     backlog: VecDeque<Utf8Bytes>,
 }
 
@@ -35,6 +37,7 @@ impl Session {
             user,
             conn: Some(conn),
             node: None,
+            messages: None,
             backlog: VecDeque::new(),
         }
     }

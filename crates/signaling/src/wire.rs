@@ -82,6 +82,27 @@ pub(crate) enum HubMsg {
         claim: bool,
         reply: oneshot::Sender<Option<String>>,
     },
+    /// A server API call, answered here ([`crate::api::ApiAnswer::NotHere`] in a cluster when
+    /// another node holds its room).
+    Api {
+        call: crate::api::ApiCall,
+        reply: oneshot::Sender<crate::api::ApiAnswer>,
+    },
+    /// A server API call for node `node` of the cluster, carried there.
+    ApiAt {
+        node: String,
+        call: crate::api::ApiCall,
+        reply: oneshot::Sender<crate::api::ApiAnswer>,
+    },
+    /// The node of the cluster holding `room`, when another one does.
+    Origin {
+        room: Ident,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// The other live nodes of the cluster.
+    Nodes {
+        reply: oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// What the signaling plane holds right now.

@@ -41,6 +41,9 @@ pub(crate) struct Clustered {
     /// is relayed only to one of them (a token can name any node; a client must not pick
     /// where this node sends its requests).
     pub(super) live: HashSet<String>,
+    /// Server API calls carried to other nodes, waiting for their answers, by call id.
+    pub(super) calls: HashMap<u64, oneshot::Sender<crate::api::ApiAnswer>>,
+    pub(super) next_call: u64,
 }
 
 impl Clustered {
@@ -54,6 +57,8 @@ impl Clustered {
             edge_members: HashMap::new(),
             edge_rooms: HashMap::new(),
             live: HashSet::new(),
+            calls: HashMap::new(),
+            next_call: 0,
         }
     }
 }
@@ -259,6 +264,8 @@ impl Hub {
                 request,
             } => self.serve_request(from, conn, n, id, request),
             Relay::Closed { conn } => self.served_closed(from, conn),
+            Relay::Api { id, call } => self.api_from(from, id, call),
+            Relay::ApiAnswer { id, answer } => self.api_answered(&from, id, answer),
             Relay::Text { conn, text } => {
                 self.origin_says(&from, conn, Outbound::Text(text.into()))
             }

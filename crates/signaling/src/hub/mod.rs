@@ -15,7 +15,9 @@
 //! | `cluster` | this node in a cluster: node messages in and out, nodes lost and joined, where a room is held; a socket here relayed to the room's origin | serve another node's connection (that is `served`) |
 //! | `served` | the origin's side: connections other nodes relay here, and what the node serving their member's media must hear | touch media of rooms held elsewhere |
 //! | `edge` | the edge's side: media here for members whose room another node holds | keep sessions or seats (the origin does) |
+//! | `admin` | the integrator's side: server API calls (here, or carried to the room's node), room messages, milestones to the webhooks | decide seats, or wait on a webhook |
 
+mod admin;
 mod cluster;
 mod edge;
 mod media;
@@ -84,6 +86,8 @@ pub(crate) struct Hub {
     attached: HashMap<(Ident, Ident), ConnId>,
     /// Set when this node is one of a cluster.
     cluster: Option<Clustered>,
+    /// Where the rooms' milestones go, when webhooks are configured.
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 fn now() -> std::time::Instant {
@@ -95,6 +99,7 @@ impl Hub {
         config: SignalingConfig,
         media: Option<MediaPlane>,
         cluster: Option<Clustered>,
+        webhooks: Option<crate::webhook::Webhooks>,
     ) -> (Hub, Option<mpsc::UnboundedReceiver<MediaEvent>>) {
         let (media, media_events) = media.map(|m| (m.sfu, m.events)).unzip();
         let hub = Hub {
@@ -111,6 +116,7 @@ impl Hub {
             media,
             attached: HashMap::new(),
             cluster,
+            webhooks,
         };
         (hub, media_events)
     }
@@ -190,6 +196,21 @@ impl Hub {
             HubMsg::NodeLost { node } => self.node_lost(&node),
             HubMsg::NodeJoined { node } => self.node_joined(node),
             HubMsg::Locate { room, claim, reply } => self.locate(room, claim, reply),
+            HubMsg::Api { call, reply } => {
+                let answer = self.api(call);
+                let _ = reply.send(answer);
+            }
+            HubMsg::ApiAt { node, call, reply } => self.api_at(node, call, reply),
+            HubMsg::Origin { room, reply } => self.origin_of(room, reply),
+            HubMsg::Nodes { reply } => {
+                let mut nodes: Vec<String> = self
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.live.iter().filter(|n| **n != c.node).cloned().collect())
+                    .unwrap_or_default();
+                nodes.sort();
+                let _ = reply.send(nodes);
+            }
         }
     }
 
@@ -218,6 +239,7 @@ impl Hub {
                         self.forget_session(sid);
                     }
                 }
+                Output::Milestone { room, milestone } => self.milestone(&room, &milestone),
             }
         }
     }

@@ -395,6 +395,9 @@ impl Hub {
                     },
                 );
             }
+            Request::SendMessage { topic, data } => {
+                return self.send_message(conn, id, (room, user), topic, data);
+            }
             Request::IceServers => {
                 let ice_servers = crate::turn::ice_servers_for(
                     &self.config.ice_servers,

@@ -35,6 +35,7 @@ impl Hub {
             ice_servers,
             session,
             requests: joined.pending,
+            metadata: joined.metadata,
         };
         let text = encode(&Reply::ok(id, result));
         let member = Some(member);

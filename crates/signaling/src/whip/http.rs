@@ -1,5 +1,5 @@
 //! The HTTP side of WHIP and WHEP that knows nothing of sessions: answers with their CORS
-//! headers, the preflight, reading the bearer token and content types, the codec check of an
+//! headers, the preflight, content types, the codec check of an
 //! offer, the status for a refusal, and the ICE servers as `Link` headers.
 //!
 //! Pure functions of headers and bodies: nothing here talks to the hub or holds state.
@@ -38,15 +38,6 @@ pub(super) async fn preflight() -> Response {
     h.insert("access-control-max-age", HeaderValue::from_static("600"));
     h.insert("accept-post", HeaderValue::from_static("application/sdp"));
     r
-}
-
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 pub(super) fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
@@ -110,6 +101,7 @@ pub(super) fn links(servers: &[IceServer]) -> Vec<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::bearer;
 
     #[test]
     fn codecs_and_links() {

@@ -17,7 +17,7 @@
 //! | `mod.rs` | the routes and handlers (POST, DELETE, PATCH), who the client is | keep state of its own |
 //! | `resources` | the table of live resources and the per-address and per-room caps | talk to the hub |
 //! | `hub_conn` | a resource's connection to the hub while it is set up, replies as HTTP answers | read HTTP requests |
-//! | `http` | CORS, bearer tokens, content types, codecs, refusal statuses, `Link` headers | hold state |
+//! | `http` | CORS, content types, codecs, refusal statuses, `Link` headers | hold state |
 
 mod http;
 mod hub_conn;
@@ -38,8 +38,9 @@ use tracing::{info, warn};
 
 use crate::Signaling;
 use crate::auth::AuthError;
+use crate::auth::bearer;
 use crate::wire::{HubMsg, Outbound};
-use http::{answer, bearer, content_type_is, has_forwarded_codec, links, preflight, unauthorized};
+use http::{answer, content_type_is, has_forwarded_codec, links, preflight, unauthorized};
 use hub_conn::{HubConn, leave, start};
 use resources::{Place, Resource};
 

@@ -1,0 +1,356 @@
+//! Webhooks: the milestones of every room held here, POSTed to the integrator's URLs, signed.
+//!
+//! The hub hands each event over with [`Webhooks::push`], which only locks a queue and never
+//! waits: a slow or dead receiver costs a bounded queue, never the hub's time or the media's.
+//! Each URL has a few lanes, each a task delivering one event at a time; a room's events all go
+//! through one lane (by a hash of the room), so they arrive in order per room, and other rooms
+//! go on in the other lanes. An event is retried with backoff until a 2xx answer or until it
+//! has waited `retry_for`; a full lane drops its oldest event. Both drops are counted.
+//!
+//! It must not know rooms or seats: the hub says what happened ([`event_of`]), this carries it.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use miclink_protocol::Ident;
+use miclink_seats::{KickBy, Milestone};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep, timeout};
+use tracing::{debug, warn};
+
+/// Where the events go and how hard delivery tries.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Every event goes to each of these.
+    pub urls: Vec<String>,
+    /// Signs every delivery (`Miclink-Signature`); at least 16 bytes.
+    pub secret: String,
+    /// Events waiting per URL, at most; past this the oldest is dropped.
+    pub queue: usize,
+    /// How long an event is retried before it is dropped.
+    pub retry_for: Duration,
+    /// An attempt with no answer in this long failed.
+    pub attempt_timeout: Duration,
+    /// The first wait after a failed attempt; it doubles up to `backoff_max`.
+    pub backoff_first: Duration,
+    pub backoff_max: Duration,
+    /// Rooms delivered side by side per URL.
+    pub lanes: usize,
+}
+
+impl WebhookConfig {
+    pub fn new(urls: Vec<String>, secret: String) -> WebhookConfig {
+        WebhookConfig {
+            urls,
+            secret,
+            queue: 10_000,
+            retry_for: Duration::from_secs(15 * 60),
+            attempt_timeout: Duration::from_secs(5),
+            backoff_first: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            lanes: 4,
+        }
+    }
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WebhookCounts {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dropped_overflow: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+struct Event {
+    /// The JSON body, sent as is and signed.
+    body: Arc<str>,
+    /// When it was queued, for `retry_for`.
+    at: Instant,
+    /// Its place in the lane, so a delivery that crossed an overflow drop removes itself only.
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<VecDeque<Event>>,
+    ready: Notify,
+}
+
+/// The running webhook sender: cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Webhooks {
+    /// Per URL, its lanes.
+    lanes: Arc<[Vec<Arc<Lane>>]>,
+    cap: usize,
+    counts: Arc<WebhookCounts>,
+    seq: Arc<AtomicU64>,
+    /// This node, for each event's `node`, and the start of its event ids.
+    node: Arc<str>,
+    ids: Arc<AtomicU64>,
+    boot: u64,
+}
+
+impl Webhooks {
+    /// Start one delivery task per lane of every URL on the current runtime.
+    pub(crate) fn start(config: WebhookConfig, node: &str) -> Webhooks {
+        let lanes_per_url = config.lanes.max(1);
+        let cap = config.queue.div_ceil(lanes_per_url).max(1);
+        let client = reqwest::Client::builder()
+            .timeout(config.attempt_timeout)
+            // A receiver's redirect is not followed: the signed body goes where it was told.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("miclink/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with its default TLS roots");
+        let counts = Arc::new(WebhookCounts::default());
+        let secret: Arc<[u8]> = config.secret.as_bytes().into();
+        let lanes: Vec<Vec<Arc<Lane>>> = config
+            .urls
+            .iter()
+            .map(|url| {
+                (0..lanes_per_url)
+                    .map(|_| {
+                        let lane = Arc::new(Lane::default());
+                        tokio::spawn(deliver(
+                            lane.clone(),
+                            Target {
+                                client: client.clone(),
+                                url: url.clone(),
+                                secret: secret.clone(),
+                            },
+                            config.clone(),
+                            counts.clone(),
+                        ));
+                        lane
+                    })
+                    .collect()
+            })
+            .collect();
+        Webhooks {
+            lanes: lanes.into(),
+            cap,
+            counts,
+            seq: Arc::new(AtomicU64::new(0)),
+            node: node.into(),
+            ids: Arc::new(AtomicU64::new(0)),
+            boot: unix_ms(),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> Arc<WebhookCounts> {
+        self.counts.clone()
+    }
+
+    /// Queue `event` of `room` with its `fields` for every URL. Never waits.
+    pub(crate) fn push(&self, room: &Ident, event: &str, fields: Value) {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let mut body = json!({
+            "id": format!("{}-{:x}-{n}", self.node, self.boot),
+            "event": event,
+            "room": room,
+            "at": unix_ms(),
+            "node": &*self.node,
+        });
+        if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
+            body.extend(fields);
+        }
+        let body: Arc<str> = body.to_string().into();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        room.hash(&mut hasher);
+        let at = Instant::now();
+        for lanes in self.lanes.iter() {
+            let lane = &lanes[(hasher.finish() % lanes.len() as u64) as usize];
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let mut queue = lane.queue.lock().expect("no code panics holding the lock");
+            if queue.len() >= self.cap {
+                queue.pop_front();
+                self.counts.dropped_overflow.fetch_add(1, Ordering::Relaxed);
+                self.counts.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            queue.push_back(Event {
+                body: body.clone(),
+                at,
+                seq,
+            });
+            self.counts.queued.fetch_add(1, Ordering::Relaxed);
+            drop(queue);
+            lane.ready.notify_one();
+        }
+    }
+
+    /// Wait until every queue is empty or `deadline` passes (shutdown: the last rooms' ends
+    /// go out if their receivers take them).
+    pub(crate) async fn flush(&self, deadline: Instant) {
+        while self.counts.queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    secret: Arc<[u8]>,
+}
+
+/// One lane's task: the oldest event first, retried until delivered or too old.
+async fn deliver(
+    lane: Arc<Lane>,
+    target: Target,
+    config: WebhookConfig,
+    counts: Arc<WebhookCounts>,
+) {
+    let mut backoff = config.backoff_first;
+    loop {
+        let next = {
+            let queue = lane.queue.lock().expect("no code panics holding the lock");
+            queue.front().map(|e| (e.body.clone(), e.at, e.seq))
+        };
+        let Some((body, at, seq)) = next else {
+            lane.ready.notified().await;
+            continue;
+        };
+        let delivered = attempt(&target, &body, config.attempt_timeout).await;
+        let expired = !delivered && at.elapsed() >= config.retry_for;
+        if delivered || expired {
+            let mut queue = lane.queue.lock().expect("no code panics holding the lock");
+            // An overflow may have dropped it meanwhile: remove this one only.
+            if queue.front().is_some_and(|e| e.seq == seq) {
+                queue.pop_front();
+                counts.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if delivered {
+            counts.delivered.fetch_add(1, Ordering::Relaxed);
+            backoff = config.backoff_first;
+            continue;
+        }
+        counts.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        if expired {
+            counts.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            warn!(url = %target.url, "a webhook event was dropped after its retry time");
+            continue;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+/// One POST; whether a 2xx came back in time.
+async fn attempt(target: &Target, body: &Arc<str>, limit: Duration) -> bool {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let request = target
+        .client
+        .post(&target.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("Miclink-Signature", signature(&target.secret, t, body))
+        .body(body.to_string());
+    match timeout(limit, request.send()).await {
+        Ok(Ok(r)) if r.status().is_success() => true,
+        Ok(Ok(r)) => {
+            debug!(url = %target.url, status = %r.status(), "webhook refused");
+            false
+        }
+        Ok(Err(e)) => {
+            debug!(url = %target.url, error = %e, "webhook not delivered");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// `Miclink-Signature`: `t=<unix s>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &[u8], t: u64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={t},v1={hex}")
+}
+
+/// A milestone as a webhook: its event name and fields. `via` says how a room started.
+pub(crate) fn event_of(milestone: &Milestone, via: &str) -> (&'static str, Value) {
+    match milestone {
+        Milestone::RoomStarted { anchor } => {
+            ("room_started", json!({"anchor": anchor, "via": via}))
+        }
+        Milestone::RoomEnded { reason } => ("room_ended", json!({"reason": reason})),
+        Milestone::UserJoined { user } => ("user_joined", json!({"user": user})),
+        Milestone::UserLeft { user } => ("user_left", json!({"user": user})),
+        Milestone::LinkStarted { user } => ("link_started", json!({"user": user})),
+        Milestone::LinkEnded { user, reason } => (
+            "link_ended",
+            json!({"user": user, "reason": reason.as_str()}),
+        ),
+        Milestone::UserKicked { user, by, ban_s } => (
+            "user_kicked",
+            json!({
+                "user": user,
+                "by": match by { KickBy::Anchor => "anchor", KickBy::Server => "server" },
+                "ban_s": ban_s,
+            }),
+        ),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_time_dot_body() {
+        // The test vector of docs/api.md (computed there with Python's hmac and openssl).
+        let body = r#"{"id":"5f0c2a9e7d41b3c8","event":"user_joined","room":"r1","at":1767225600123,"node":"node-a","user":{"user":"bob","name":"Bob","role":"audience","seat":null,"mic":false,"camera":false}}"#;
+        assert_eq!(
+            signature(b"miclink-sample-webhook-secret", 1_767_225_600, body),
+            "t=1767225600,v1=efc71c120485423d1d2344d05504dbdaee54054030106ff0fa744a2c62189081"
+        );
+        // Another body or time, another signature.
+        let other = signature(b"miclink-sample-webhook-secret", 1_767_225_601, body);
+        assert!(
+            !other.ends_with("efc71c120485423d1d2344d05504dbdaee54054030106ff0fa744a2c62189081")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_drops_its_oldest_event_and_counts_it() {
+        // A URL nothing listens on (a port of this machine's discard range that refuses):
+        // nothing is delivered, and the queue stays at its cap however much is pushed.
+        let mut config = WebhookConfig::new(vec!["http://127.0.0.1:9/".into()], "s".repeat(16));
+        config.queue = 8;
+        config.lanes = 2;
+        config.backoff_first = Duration::from_secs(3600);
+        let hooks = Webhooks::start(config, "n1");
+        let room = Ident::new("r").expect("id");
+        for _ in 0..100 {
+            hooks.push(&room, "user_joined", json!({}));
+        }
+        let counts = hooks.counts();
+        assert_eq!(counts.queued.load(Ordering::Relaxed), 4, "one lane of 8/2");
+        assert_eq!(counts.dropped_overflow.load(Ordering::Relaxed), 96);
+    }
+}
