@@ -4,6 +4,7 @@
 
 import { Signal } from './signal.js';
 import { Media, MediaError } from './media.js';
+import { RoomMessages } from './messages.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -197,6 +198,10 @@ async function join() {
       if (S === state && !state.ended && !state.encoder && (state.role === 'anchor' || mySeat())) startPublishing(video);
     },
   });
+  state.messages = new RoomMessages({
+    send: (topic, data) => signal.request('send_message', { topic, data }),
+    me: result.me.user,
+  });
   S = state;
   savePlace({ room: fields.room, role: picked, name: fields.name });
   applyRoom(result);
@@ -230,6 +235,8 @@ function applyRoom(result) {
   applyBlocked();
   S.audienceCount = result.room.audience_count;
   $('room-title').textContent = `Room ${S.room}`;
+  // A server before protocol version 3 sends no metadata: no banner.
+  S.messages.setMetadata(result.metadata ?? '');
   applyRequests(result.requests ?? []);
   if (S.role === 'anchor') refreshAudience();
 }
@@ -368,6 +375,12 @@ function onEvent(ev) {
     case 'publisher_layers':
       // Dynacast: pause the simulcast layers nobody watches.
       S.media.setLayers(ev.video).catch((e) => console.debug('miclink: layers', e));
+      return;
+    case 'room_message':
+      S.messages.message(ev);
+      return;
+    case 'room_metadata':
+      S.messages.setMetadata(ev.metadata);
       return;
     case 'subscription_state':
       S.layers.set(ev.user, { video: ev.video, reason: ev.reason });
