@@ -6,10 +6,11 @@
 //! - [`peer`]: WebRTC peer connections on the async `webrtc` crate, simulated audio and video;
 //! - [`marker`] and [`recv`]: what every packet carries and how receivers account for it;
 //! - [`shaper`]: a narrow, lossy downlink for one member (a proxy on loopback);
-//! - [`run`], [`idle`], [`speakers`], [`whip`]: the load tool's scenarios; `janus` the peer SFU they also target.
+//! - [`run`], [`idle`], [`speakers`], [`whip`], [`hooks`]: the load tool's scenarios; `janus` the peer SFU they also target.
 
 pub mod client;
 pub mod encoder;
+pub mod hooks;
 pub mod idle;
 mod janus;
 pub mod marker;

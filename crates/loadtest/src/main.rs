@@ -107,6 +107,9 @@ enum Scenario {
     /// A WHIP encoder sending real media: a VP8 file (IVF, looped) and Opus silence, until
     /// stopped; its DELETE ends the live.
     Encode(miclink_loadtest::encoder::Options),
+    /// Webhooks: R rooms and viewers coming and going, this tool the receiver; events
+    /// delivered per second, their delay, and every one checked (signed, once, in order).
+    Hooks(miclink_loadtest::hooks::Options),
     /// N idle viewers in one room: server memory and CPU per connected member.
     Idle {
         /// The server's WebSocket URL (loopback only).
@@ -155,6 +158,9 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Encode(options) => {
             return rt.block_on(miclink_loadtest::encoder::encode(options));
+        }
+        Scenario::Hooks(options) => {
+            return rt.block_on(miclink_loadtest::hooks::hooks(options));
         }
         Scenario::Idle {
             url,

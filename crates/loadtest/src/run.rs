@@ -96,7 +96,7 @@ pub struct Group {
 
 /// A connected participant, holding its connections open.
 enum Participant {
-    Miclink(Member),
+    Miclink(Box<Member>),
     Janus(janus::Participant),
 }
 
@@ -273,7 +273,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                         m.apply(camera).await?;
                     }
                     let s = m.publish(streams, stop.clone(), None).await?;
-                    (Participant::Miclink(m), s)
+                    (Participant::Miclink(Box::new(m)), s)
                 }
                 RoomHandle::Janus(room) => {
                     let (j, s) = room
@@ -334,7 +334,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                         let m =
                             Member::join(&url, &id, &user, Role::Audience, recv2, options).await;
                         bar.inc(1);
-                        m.map(Participant::Miclink)
+                        m.map(|m| Participant::Miclink(Box::new(m)))
                     })
                 }
                 RoomHandle::Janus(room) => {

@@ -2,10 +2,11 @@
 //!
 //! The hub hands each event over with [`Webhooks::push`], which only locks a queue and never
 //! waits: a slow or dead receiver costs a bounded queue, never the hub's time or the media's.
-//! Each URL has a few lanes, each a task delivering one event at a time; a room's events all go
+//! Each URL has lanes, each a task delivering one event at a time; a room's events all go
 //! through one lane (by a hash of the room), so they arrive in order per room, and other rooms
 //! go on in the other lanes. An event is retried with backoff until a 2xx answer or until it
-//! has waited `retry_for`; a full lane drops its oldest event. Both drops are counted.
+//! has waited `retry_for`. A URL's lanes share one cap: past it, the longest lane drops its
+//! oldest event. Both drops are counted.
 //!
 //! It must not know rooms or seats: the hub says what happened ([`event_of`]), this carries it.
 
@@ -40,7 +41,8 @@ pub struct WebhookConfig {
     /// The first wait after a failed attempt; it doubles up to `backoff_max`.
     pub backoff_first: Duration,
     pub backoff_max: Duration,
-    /// Rooms delivered side by side per URL.
+    /// Rooms delivered side by side per URL (each lane one event at a time, so with a
+    /// receiver 50 ms away a lane carries about 20 events a second).
     pub lanes: usize,
 }
 
@@ -54,7 +56,7 @@ impl WebhookConfig {
             attempt_timeout: Duration::from_secs(5),
             backoff_first: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
-            lanes: 4,
+            lanes: 32,
         }
     }
 }
@@ -84,11 +86,18 @@ struct Lane {
     ready: Notify,
 }
 
+/// One URL's lanes and what they hold in all.
+struct Sink {
+    lanes: Vec<Arc<Lane>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// The running webhook sender: cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Webhooks {
     /// Per URL, its lanes.
-    lanes: Arc<[Vec<Arc<Lane>>]>,
+    sinks: Arc<[Sink]>,
+    /// Events one URL's lanes hold at most, in all.
     cap: usize,
     counts: Arc<WebhookCounts>,
     seq: Arc<AtomicU64>,
@@ -102,7 +111,7 @@ impl Webhooks {
     /// Start one delivery task per lane of every URL on the current runtime.
     pub(crate) fn start(config: WebhookConfig, node: &str) -> Webhooks {
         let lanes_per_url = config.lanes.max(1);
-        let cap = config.queue.div_ceil(lanes_per_url).max(1);
+        let cap = config.queue.max(1);
         let client = reqwest::Client::builder()
             .timeout(config.attempt_timeout)
             // A receiver's redirect is not followed: the signed body goes where it was told.
@@ -112,11 +121,12 @@ impl Webhooks {
             .expect("the HTTP client builds with its default TLS roots");
         let counts = Arc::new(WebhookCounts::default());
         let secret: Arc<[u8]> = config.secret.as_bytes().into();
-        let lanes: Vec<Vec<Arc<Lane>>> = config
+        let sinks: Vec<Sink> = config
             .urls
             .iter()
             .map(|url| {
-                (0..lanes_per_url)
+                let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let lanes = (0..lanes_per_url)
                     .map(|_| {
                         let lane = Arc::new(Lane::default());
                         tokio::spawn(deliver(
@@ -125,17 +135,19 @@ impl Webhooks {
                                 client: client.clone(),
                                 url: url.clone(),
                                 secret: secret.clone(),
+                                queued: queued.clone(),
                             },
                             config.clone(),
                             counts.clone(),
                         ));
                         lane
                     })
-                    .collect()
+                    .collect();
+                Sink { lanes, queued }
             })
             .collect();
         Webhooks {
-            lanes: lanes.into(),
+            sinks: sinks.into(),
             cap,
             counts,
             seq: Arc::new(AtomicU64::new(0)),
@@ -166,23 +178,46 @@ impl Webhooks {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         room.hash(&mut hasher);
         let at = Instant::now();
-        for lanes in self.lanes.iter() {
-            let lane = &lanes[(hasher.finish() % lanes.len() as u64) as usize];
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let mut queue = lane.queue.lock().expect("no code panics holding the lock");
-            if queue.len() >= self.cap {
-                queue.pop_front();
-                self.counts.dropped_overflow.fetch_add(1, Ordering::Relaxed);
-                self.counts.queued.fetch_sub(1, Ordering::Relaxed);
+        for sink in self.sinks.iter() {
+            if sink.queued.load(Ordering::Relaxed) >= self.cap {
+                self.drop_oldest(sink);
             }
-            queue.push_back(Event {
-                body: body.clone(),
-                at,
-                seq,
-            });
+            let lane = &sink.lanes[(hasher.finish() % sink.lanes.len() as u64) as usize];
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            lane.queue
+                .lock()
+                .expect("no code panics holding the lock")
+                .push_back(Event {
+                    body: body.clone(),
+                    at,
+                    seq,
+                });
+            sink.queued.fetch_add(1, Ordering::Relaxed);
             self.counts.queued.fetch_add(1, Ordering::Relaxed);
-            drop(queue);
             lane.ready.notify_one();
+        }
+    }
+
+    /// The URL's queue is full: its longest lane drops its oldest event (a lane's front may be
+    /// mid-delivery; it is dropped all the same, and its delivery then removes nothing).
+    fn drop_oldest(&self, sink: &Sink) {
+        let longest = sink.lanes.iter().max_by_key(|l| {
+            l.queue
+                .lock()
+                .expect("no code panics holding the lock")
+                .len()
+        });
+        if let Some(lane) = longest
+            && lane
+                .queue
+                .lock()
+                .expect("no code panics holding the lock")
+                .pop_front()
+                .is_some()
+        {
+            sink.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counts.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counts.dropped_overflow.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -199,6 +234,8 @@ struct Target {
     client: reqwest::Client,
     url: String,
     secret: Arc<[u8]>,
+    /// What this URL's lanes hold in all.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One lane's task: the oldest event first, retried until delivered or too old.
@@ -225,6 +262,7 @@ async fn deliver(
             // An overflow may have dropped it meanwhile: remove this one only.
             if queue.front().is_some_and(|e| e.seq == seq) {
                 queue.pop_front();
+                target.queued.fetch_sub(1, Ordering::Relaxed);
                 counts.queued.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -263,7 +301,7 @@ async fn attempt(target: &Target, body: &Arc<str>, limit: Duration) -> bool {
             false
         }
         Ok(Err(e)) => {
-            debug!(url = %target.url, error = %e, "webhook not delivered");
+            debug!(url = %target.url, error = ?e, "webhook not delivered");
             false
         }
         Err(_) => false,
@@ -342,7 +380,7 @@ mod tests {
         // nothing is delivered, and the queue stays at its cap however much is pushed.
         let mut config = WebhookConfig::new(vec!["http://127.0.0.1:9/".into()], "s".repeat(16));
         config.queue = 8;
-        config.lanes = 2;
+        config.lanes = 3;
         config.backoff_first = Duration::from_secs(3600);
         let hooks = Webhooks::start(config, "n1");
         let room = Ident::new("r").expect("id");
@@ -350,7 +388,21 @@ mod tests {
             hooks.push(&room, "user_joined", json!({}));
         }
         let counts = hooks.counts();
-        assert_eq!(counts.queued.load(Ordering::Relaxed), 4, "one lane of 8/2");
-        assert_eq!(counts.dropped_overflow.load(Ordering::Relaxed), 96);
+        assert_eq!(
+            counts.queued.load(Ordering::Relaxed),
+            8,
+            "the URL's cap, in one lane"
+        );
+        assert_eq!(counts.dropped_overflow.load(Ordering::Relaxed), 92);
+        // Rooms spread over the lanes share the cap.
+        for i in 0..50 {
+            hooks.push(
+                &Ident::new(&format!("r{i}")).expect("id"),
+                "user_joined",
+                json!({}),
+            );
+        }
+        assert_eq!(counts.queued.load(Ordering::Relaxed), 8);
+        assert_eq!(counts.dropped_overflow.load(Ordering::Relaxed), 142);
     }
 }
