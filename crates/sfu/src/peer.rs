@@ -4,7 +4,6 @@
 //!
 //! Nothing here routes or forwards; that is the core's job.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use miclink_protocol::Ident;
@@ -12,12 +11,11 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::PcKind;
-use crate::ids::{OutKey, PeerId};
+use crate::ids::PeerId;
 use crate::publisher::{Publisher, StandIn};
 use crate::remote::Remote;
 use crate::stats::PeerStats;
 use crate::subscriber::Subscriber;
-use crate::track::{InTrack, OutTrack};
 
 /// Remote addresses one connection may use at once: a client switches networks now and then,
 /// but a handful covers every honest case, and each address costs a map entry and a socket.
@@ -154,24 +152,6 @@ impl Role {
         }
     }
 
-    /// A publisher's (or stand-in's) tracks, by track id.
-    pub(crate) fn tracks(&self) -> Option<&HashMap<String, InTrack>> {
-        self.publisher().map(|p| &p.tracks)
-    }
-
-    pub(crate) fn tracks_mut(&mut self) -> Option<&mut HashMap<String, InTrack>> {
-        self.publisher_mut().map(|p| &mut p.tracks)
-    }
-
-    /// A subscribe connection's (player's, relay's) senders.
-    pub(crate) fn outs(&self) -> Option<&HashMap<OutKey, OutTrack>> {
-        self.subscriber().map(|s| &s.outs)
-    }
-
-    pub(crate) fn outs_mut(&mut self) -> Option<&mut HashMap<OutKey, OutTrack>> {
-        self.subscriber_mut().map(|s| &mut s.outs)
-    }
-
     /// Whether this is a relay between nodes (either end).
     pub(crate) fn is_relay(&self) -> bool {
         matches!(self, Role::RelayOut(..) | Role::RelayIn(_))
@@ -196,7 +176,7 @@ impl Role {
     /// A publisher's connection becomes a stand-in fed by relay `via` from `node`.
     pub(crate) fn stand_in_for(&mut self, via: PeerId, node: String) {
         if let Role::Publisher(p) = std::mem::replace(self, Role::Publisher(Publisher::default())) {
-            *self = Role::StandIn(p, StandIn { via, node });
+            *self = Role::StandIn(p, StandIn::new(via, node));
         }
     }
 }
@@ -241,9 +221,8 @@ pub(crate) fn video_ssrc(peer: &Peer, packet: &[u8]) -> Option<u32> {
     let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
     peer.role
         .subscriber()?
-        .outs
-        .values()
-        .any(|o| o.ssrc == ssrc && o.kind == RtpCodecKind::Video)
+        .outs()
+        .any(|(_, o)| o.ssrc == ssrc && o.kind == RtpCodecKind::Video)
         .then_some(ssrc)
 }
 

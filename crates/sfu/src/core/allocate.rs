@@ -148,15 +148,15 @@ impl MediaCore {
         let Some(sending) = sub.role.subscriber() else {
             return Vec::new();
         };
-        let figures = sending.bwe.figures();
+        let figures = sending.figures();
         let estimate = figures.estimate;
         let speaking = r.speakers.current();
-        let mut wants = Vec::with_capacity(sending.outs.len());
-        for (key, out) in &sending.outs {
+        let mut wants = Vec::with_capacity(sending.out_count());
+        for (key, out) in sending.outs() {
             let (publisher, kind, _) = key;
             let Some((pid, track_id, track)) = r.publish.get(publisher).and_then(|pid| {
                 let p = self.peers.get(pid)?;
-                let (id, t) = p.role.tracks()?.iter().find(|(_, t)| t.kind == *kind)?;
+                let (id, t) = p.role.publisher()?.track_of(*kind)?;
                 Some((*pid, id.clone(), t))
             }) else {
                 continue;
@@ -195,7 +195,7 @@ impl MediaCore {
             let Some(track) = self
                 .peers
                 .get(&want.pid)
-                .and_then(|p| p.role.tracks()?.get(&want.track_id))
+                .and_then(|p| p.role.publisher()?.track(&want.track_id))
             else {
                 continue;
             };
@@ -255,12 +255,11 @@ impl MediaCore {
         else {
             return Vec::new();
         };
-        sub.wants_more = plan.short;
-        sub.desired = plan.desired;
+        sub.planned(plan.short, plan.desired);
         let mut keyframes = Vec::new();
         let mut rewished = Vec::new();
         for (key, target, wish, state, pid, track_id) in chosen {
-            let Some(out) = sub.outs.get_mut(&key) else {
+            let Some(out) = sub.out_mut(&key) else {
                 continue;
             };
             if out.target != target {
@@ -323,9 +322,9 @@ impl MediaCore {
         }
         let Some(track) = self.peers.get(&pid).and_then(|p| {
             p.role
-                .tracks()?
-                .values()
-                .find(|t| t.kind == RtpCodecKind::Video)
+                .publisher()?
+                .track_of(RtpCodecKind::Video)
+                .map(|(_, t)| t)
         }) else {
             return;
         };
@@ -344,7 +343,11 @@ impl MediaCore {
             if member == publisher {
                 continue;
             }
-            let Some(out) = self.peers.get(sid).and_then(|s| s.role.outs()?.get(&key)) else {
+            let Some(out) = self
+                .peers
+                .get(sid)
+                .and_then(|s| s.role.subscriber()?.out(&key))
+            else {
                 continue;
             };
             // Off by request or paused for bandwidth. A subscriber waiting because nothing
@@ -371,12 +374,11 @@ impl MediaCore {
         }
         watched.sort_unstable();
         watched.dedup();
-        let Some(track) = self.peers.get_mut(&pid).and_then(|p| {
-            p.role
-                .tracks_mut()?
-                .values_mut()
-                .find(|t| t.kind == RtpCodecKind::Video)
-        }) else {
+        let Some(track) = self
+            .peers
+            .get_mut(&pid)
+            .and_then(|p| p.role.publisher_mut()?.track_of_mut(RtpCodecKind::Video))
+        else {
             return;
         };
         if track.watched.as_ref() == Some(&watched) {

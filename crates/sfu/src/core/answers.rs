@@ -64,25 +64,10 @@ impl MediaCore {
         offer_id: Option<u64>,
     ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoOffer)?;
-        let pending = peer
-            .role
+        peer.role
             .subscriber()
-            .map_or(0, |s| if s.offer_pending() { s.offer_id } else { 0 });
-        if pending == 0 {
-            return Err(SfuError::NoOffer);
-        }
-        // The offer was replaced (a rebuilt connection, a rejoin) while this answer was on its
-        // way: applied to the newer offer it would pass (same mids) and leave a connection whose
-        // ICE and DTLS credentials belong to a closed client connection.
-        // 0 is no offer's number (offers count from 1): a client that sends it names none.
-        if let Some(answered) = offer_id.filter(|&n| n != 0)
-            && answered != pending
-        {
-            return Err(SfuError::StaleAnswer {
-                answered,
-                latest: pending,
-            });
-        }
+            .ok_or(SfuError::NoOffer)?
+            .check_answer(offer_id)?;
         Sdp::checked(&answer, Purpose::Answer)?;
         let answer = RTCSessionDescription::answer(for_rtc(&answer))
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
@@ -99,11 +84,9 @@ impl MediaCore {
         let Some(sub) = peer.role.subscriber_mut() else {
             return Err(SfuError::NoOffer);
         };
-        sub.pending_offer = None;
-        sub.new_connection = false;
-        let early = sub.early.take();
+        let early = sub.answered();
         // What the answer settled: payload types and extension ids, once, not per packet.
-        for out in sub.outs.values_mut() {
+        for (_, out) in sub.outs_mut() {
             if out.offered
                 && let Some(n) = negotiated(&mut peer.pc, out.sender, &out.mime, &out.fmtp)
             {
@@ -115,7 +98,7 @@ impl MediaCore {
             .peers
             .get_mut(&id)
             .and_then(|p| p.role.subscriber_mut())
-            .is_some_and(|s| std::mem::take(&mut s.renegotiate));
+            .is_some_and(|s| s.take_renegotiation());
         if renegotiate {
             self.negotiate(now, id);
         }

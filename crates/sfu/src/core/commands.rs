@@ -44,14 +44,14 @@ impl MediaCore {
                 else {
                     return;
                 };
-                if let Some(sdp) = &sub.pending_offer {
+                if let Some(offer) = sub.pending_offer() {
                     self.outputs
                         .push_back(Output::Event(MediaEvent::SubscribeOffer {
                             room,
                             user,
-                            sdp: sdp.clone(),
-                            new_connection: sub.new_connection,
-                            offer_id: sub.offer_id,
+                            sdp: offer.sdp.to_owned(),
+                            new_connection: offer.new_connection,
+                            offer_id: offer.offer_id,
                         }));
                 }
             }
@@ -284,17 +284,21 @@ impl MediaCore {
                         }
                         for sid in &subs {
                             if let Some(out) = self.peers.get_mut(sid).and_then(|p| {
-                                p.role.outs_mut()?.get_mut(&(user.clone(), kind, None))
+                                p.role
+                                    .subscriber_mut()?
+                                    .out_mut(&(user.clone(), kind, None))
                             }) {
                                 out.munger.pause();
                             }
                         }
                         // A relay carries each layer as a stream of its own.
                         for sid in &relays {
-                            if let Some(outs) =
-                                self.peers.get_mut(sid).and_then(|p| p.role.outs_mut())
+                            if let Some(sending) = self
+                                .peers
+                                .get_mut(sid)
+                                .and_then(|p| p.role.subscriber_mut())
                             {
-                                for ((p, k, _), out) in outs.iter_mut() {
+                                for ((p, k, _), out) in sending.outs_mut() {
                                     if *p == user && *k == kind {
                                         out.munger.pause();
                                     }
@@ -413,8 +417,7 @@ impl MediaCore {
             .map_or(0, |p| p.link);
         let id = self.new_peer(now, room, user, PcKind::Publish, republish)?;
         if let Some(publisher) = self.peers.get_mut(&id).and_then(|p| p.role.publisher_mut()) {
-            publisher.link = link;
-            publisher.simulcast = simulcast;
+            publisher.set_up(link, simulcast);
         }
         let sdp = self.answer_offer(now, id, Some(offer))?;
         let old = self

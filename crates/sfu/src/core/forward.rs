@@ -50,7 +50,7 @@ impl MediaCore {
         mut packet: Packet,
     ) -> Option<Incoming> {
         let publisher = self.peers.get_mut(&from)?;
-        let track = publisher.role.tracks_mut()?.get_mut(track_id)?;
+        let track = publisher.role.publisher_mut()?.track_mut(track_id)?;
         let Some(index) = track.layer_index(packet.header.ssrc) else {
             // A stream rtc bound but the track did not take (past its layer cap).
             self.stats.rtp_unknown_stream += 1;
@@ -72,7 +72,7 @@ impl MediaCore {
             self.allocate_publisher(now, &room, &user);
         }
         let publisher = self.peers.get_mut(&from)?;
-        let track = publisher.role.tracks_mut()?.get_mut(track_id)?;
+        let track = publisher.role.publisher_mut()?.track_mut(track_id)?;
         let room = self.rooms.get_mut(&publisher.room)?;
         let kind = track.kind;
         let allowed = room
@@ -122,7 +122,7 @@ impl MediaCore {
         let Some(room) = self.rooms.get(&publisher.room) else {
             return false;
         };
-        let Some(track) = publisher.role.tracks().and_then(|t| t.get(track_id)) else {
+        let Some(track) = publisher.role.publisher().and_then(|p| p.track(track_id)) else {
             return false;
         };
         let kind = track.kind;
@@ -138,7 +138,7 @@ impl MediaCore {
                 .filter(|rid| !rid.is_empty());
             (
                 Some((key.0.clone(), kind, rid)),
-                publisher.role.stand_in().map(|s| s.node.clone()),
+                publisher.role.stand_in().map(|s| s.node().to_owned()),
             )
         };
         let mut want_keyframe = false;
@@ -209,11 +209,11 @@ impl MediaCore {
             return;
         };
         // A relayed publisher's stand-in asks up the relay, whose connection has the streams.
-        let via = publisher.role.stand_in().map_or(from, |s| s.via);
+        let via = publisher.role.stand_in().map_or(from, |s| s.via());
         let Some(track) = publisher
             .role
-            .tracks_mut()
-            .and_then(|t| t.get_mut(track_id))
+            .publisher_mut()
+            .and_then(|p| p.track_mut(track_id))
         else {
             return;
         };
@@ -283,8 +283,7 @@ impl MediaCore {
                     .filter(|p| !p.role.is_relay())
                     .and_then(|p| p.role.subscriber_mut())
                 {
-                    let reports = s.twcc.feedback(feedback);
-                    s.bwe.on_reports(now, &reports);
+                    s.on_feedback(now, feedback);
                 }
             }
         }
@@ -294,8 +293,8 @@ impl MediaCore {
     fn out_key(&self, sid: PeerId, ssrc: u32) -> Option<crate::ids::OutKey> {
         let sub = self.peers.get(&sid)?;
         sub.role
-            .outs()?
-            .iter()
+            .subscriber()?
+            .outs()
             .find(|(_, o)| o.ssrc == ssrc)
             .map(|(k, _)| k.clone())
     }
@@ -314,9 +313,8 @@ impl MediaCore {
             .peers
             .get(&pid)?
             .role
-            .tracks()?
-            .iter()
-            .find(|(_, t)| t.kind == kind)
+            .publisher()?
+            .track_of(kind)
             .map(|(id, _)| id.clone())?;
         Some((pid, track_id))
     }
@@ -329,7 +327,7 @@ impl MediaCore {
         let Some(source) = self
             .peers
             .get(&sid)
-            .and_then(|s| s.role.outs()?.get(&key))
+            .and_then(|s| s.role.subscriber()?.out(&key))
             .and_then(|o| o.munger.source().or(o.target))
         else {
             return;
@@ -350,7 +348,7 @@ impl MediaCore {
             let Some(out) = self
                 .peers
                 .get_mut(&sid)
-                .and_then(|s| s.role.outs_mut()?.get_mut(&key))
+                .and_then(|s| s.role.subscriber_mut()?.out_mut(&key))
             else {
                 return;
             };
@@ -374,7 +372,7 @@ impl MediaCore {
                 .munger
                 .original(seq)
                 .and_then(|(source, ext, ts_offset)| {
-                    let track = self.peers.get(&pid)?.role.tracks()?.get(&track_id)?;
+                    let track = self.peers.get(&pid)?.role.publisher()?.track(&track_id)?;
                     let mut p = track.layer_of(source)?.stored(ext)?.clone();
                     p.header.timestamp = p.header.timestamp.wrapping_add(ts_offset);
                     Some((p, track.keyframes == Detector::Vp8))
@@ -392,13 +390,13 @@ impl MediaCore {
             let Some(sending) = sub.role.subscriber_mut() else {
                 return;
             };
-            if vp8 && let Some(out) = sending.outs.get(&key) {
+            if vp8 && let Some(out) = sending.out(&key) {
                 // The same picture numbering as when it was first sent: the packet is from the
                 // current segment, whose offsets still stand.
                 packet.payload = out.pictures.apply(&packet.payload);
             }
             if let Some(id) = twcc_id {
-                sending.twcc.stamp(id, &mut packet, now);
+                sending.stamp(id, &mut packet, now);
             }
             if let Some(mut s) = sub.pc.rtp_sender(sender)
                 && s.write_rtp(now, packet).is_ok()

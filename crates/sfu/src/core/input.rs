@@ -16,7 +16,6 @@ use crate::peer::MAX_ADDRS;
 use crate::pii::Pii;
 use crate::remote::{Remote, Transport};
 use crate::stun;
-use crate::subscriber::EARLY_DATAGRAMS;
 use rtc::sansio::Protocol;
 
 impl MediaCore {
@@ -72,10 +71,10 @@ impl MediaCore {
         };
         // A relay's checks went out from its own candidate, whatever socket carried them.
         let local_addr = peer.role.relay_in().map_or(local_addr, |r| r.local);
-        if let Some(early) = peer.role.subscriber_mut().and_then(|s| s.early.as_mut()) {
-            if early.len() < EARLY_DATAGRAMS {
-                early.push((data.to_vec(), from, to));
-            } else {
+        if let Some(sub) = peer.role.subscriber_mut()
+            && sub.awaits_first_answer()
+        {
+            if !sub.keep_early(data, from, to) {
                 self.stats.datagrams_dropped += 1;
             }
             return Route::Handled;

@@ -225,7 +225,7 @@ impl MediaCore {
         let Some(publisher) = role.publisher_mut() else {
             return;
         };
-        if let Some(track) = publisher.tracks.get_mut(&track_id) {
+        if let Some(track) = publisher.track_mut(&track_id) {
             if track.add_layer(rid, ssrc, source) {
                 self.next_source += 1;
                 info!(parent: &*span, rid, ssrc, source, "simulcast layer published");
@@ -243,10 +243,10 @@ impl MediaCore {
         self.next_source += 1;
         let mut track = InTrack::new(kind, codec.clone(), receiver, forwarded);
         if kind == RtpCodecKind::Video {
-            track.simulcast = publisher.simulcast.clone();
+            track.simulcast = publisher.simulcast().to_vec();
         }
         track.add_layer(rid, ssrc, source);
-        publisher.tracks.insert(track_id, track);
+        publisher.insert_track(track_id, track);
         self.track_added(now, &room, &user, kind, &codec);
     }
 
@@ -303,7 +303,7 @@ impl MediaCore {
                 user: peer.user.clone(),
                 audio: false,
                 video: false,
-                link: publisher.link,
+                link: publisher.link(),
             }));
         }
         let _ = peer.pc.close();

@@ -27,7 +27,7 @@ impl MediaCore {
                 r.publish
                     .get(*u)
                     .and_then(|id| self.peers.get(id))
-                    .is_some_and(|p| p.role.tracks().is_some_and(|t| !t.is_empty()))
+                    .is_some_and(|p| p.role.publisher().is_some_and(|p| p.has_tracks()))
             })
             .map(|(u, p)| (p.seat, u.clone()))
             .collect();
@@ -45,10 +45,9 @@ impl MediaCore {
         let pid = self.rooms.get(room)?.publish.get(publisher)?;
         let p = self.peers.get(pid)?;
         p.role
-            .tracks()?
-            .values()
-            .find(|t| t.kind == kind)
-            .map(|t| t.codec.clone())
+            .publisher()?
+            .track_of(kind)
+            .map(|(_, t)| t.codec.clone())
     }
 
     /// `MediaCommand::Watch`: answer a WHEP viewer's offer with one sender per receiving
@@ -121,9 +120,12 @@ impl MediaCore {
                 };
                 match (publisher, codec) {
                     (Some(p), Some(_)) => {
-                        if let Some(outs) = self.peers.get_mut(&id).and_then(|p| p.role.outs_mut())
+                        if let Some(sending) = self
+                            .peers
+                            .get_mut(&id)
+                            .and_then(|p| p.role.subscriber_mut())
                         {
-                            outs.insert((p.clone(), kind, None), out);
+                            sending.insert_out((p.clone(), kind, None), out);
                         }
                     }
                     _ => place.parked.push(out),
@@ -134,16 +136,17 @@ impl MediaCore {
         let sdp = self.answer_offer(now, id, None)?;
         let peer = self.peers.get_mut(&id).expect("the peer answered");
         let Peer { pc, role, .. } = peer;
-        if let Some(outs) = role.outs_mut() {
-            for out in outs
-                .values_mut()
+        if let Some(sending) = role.subscriber_mut() {
+            for out in sending
+                .outs_mut()
+                .map(|(_, out)| out)
                 .chain(places.iter_mut().flat_map(|p| p.parked.iter_mut()))
             {
                 out.offered = true;
                 out.negotiated = negotiated(pc, out.sender, &out.mime, &out.fmtp);
             }
         }
-        let early = role.subscriber_mut().and_then(|s| s.early.take());
+        let early = role.subscriber_mut().and_then(|s| s.take_early());
         role.play(places);
         if let Some(r) = self.rooms.get_mut(room) {
             r.subscribe.insert(user.clone(), id);
@@ -188,7 +191,7 @@ impl MediaCore {
             let Some(mut places) = role.slots_mut().map(std::mem::take) else {
                 continue;
             };
-            let Some(outs) = role.outs_mut() else {
+            let Some(sending) = role.subscriber_mut() else {
                 continue;
             };
             let mut changed = false;
@@ -208,8 +211,8 @@ impl MediaCore {
                 for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
                     let key = (old.clone(), kind, None);
                     let moved =
-                        Some(&old) != want || outs.get(&key).is_some_and(|out| stale(k, out));
-                    if moved && let Some(out) = outs.remove(&key) {
+                        Some(&old) != want || sending.out(&key).is_some_and(|out| stale(k, out));
+                    if moved && let Some(out) = sending.remove_out(&key) {
                         place.parked.push(out);
                         changed = true;
                     }
@@ -228,7 +231,7 @@ impl MediaCore {
                     let key = (want.clone(), out.kind, None);
                     let codec = codecs[k].iter().find(|(kind, _)| *kind == out.kind);
                     let fed = match codec {
-                        Some((_, codec)) if !outs.contains_key(&key) => {
+                        Some((_, codec)) if !sending.has_out(&key) => {
                             negotiated(pc, out.sender, &codec.mime_type, &codec.sdp_fmtp_line)
                                 .map(|n| (n, codec))
                         }
@@ -245,7 +248,7 @@ impl MediaCore {
                             out.target = None;
                             out.reported = None;
                             out.downgraded = None;
-                            outs.insert(key, out);
+                            sending.insert_out(key, out);
                             changed = true;
                         }
                         None => still.push(out),

@@ -50,18 +50,17 @@ impl MediaCore {
             .filter(|(_, p)| p.connected)
             .filter_map(|(id, p)| Some((*id, p.role.subscriber()?)))
             .filter(|(_, s)| {
-                let f = s.bwe.figures();
-                s.wants_more > 0
-                    && s.probe.may_start(now)
+                let f = s.figures();
+                s.may_probe(now)
                     && f.reports > 0
                     && f.loss_permille < 100
                     && f.queue_ms < 20
-                    && !s.outs.values().any(|o| {
+                    && !s.outs().any(|(_, o)| {
                         o.downgraded
                             .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_HOLD)
                     })
             })
-            .map(|(id, s)| (s.wants_more, id))
+            .map(|(id, s)| (s.wants_more(), id))
             .collect();
         // The subscribers missing the most first.
         candidates.sort_unstable_by(|a, b| b.cmp(a));
@@ -72,8 +71,7 @@ impl MediaCore {
             let Some(s) = p.role.subscriber_mut() else {
                 continue;
             };
-            let f = s.bwe.figures();
-            let rate = s.probe.start(now, &f, s.desired);
+            let rate = s.start_probe(now);
             self.stats.probes += 1;
             self.probing.push(id);
             tracing::debug!(parent: &p.span, rate, "probing");
@@ -88,8 +86,8 @@ impl MediaCore {
         let Some(s) = p.role.subscriber_mut() else {
             return false;
         };
-        let figures = s.bwe.figures();
-        let count = match s.probe.tick(now, Some(figures), p.connected) {
+        let (tick, figures) = s.probe_tick(now, p.connected);
+        let count = match tick {
             Tick::Ended { congested } => {
                 if congested {
                     self.stats.probes_failed += 1;

@@ -21,7 +21,7 @@ impl MediaCore {
             let Some(sending) = sub.role.subscriber() else {
                 continue;
             };
-            for (key, out) in &sending.outs {
+            for (key, out) in sending.outs() {
                 let audio = out.kind != rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
                 let seat = room.allowed.get(&key.0).map_or(u32::MAX, |p| p.seat);
                 units.push((audio, Reverse(seat), sid, key.clone()));
@@ -35,7 +35,7 @@ impl MediaCore {
                 .peers
                 .get_mut(&sid)
                 .and_then(|s| s.role.subscriber_mut())
-                .and_then(|s| s.outs.get_mut(&key))
+                .and_then(|s| s.out_mut(&key))
             else {
                 continue;
             };

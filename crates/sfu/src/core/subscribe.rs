@@ -52,7 +52,7 @@ impl MediaCore {
             let stale = self
                 .peers
                 .get(&sid)
-                .and_then(|s| s.role.outs()?.get(&(user.clone(), kind, None)))
+                .and_then(|s| s.role.subscriber()?.out(&(user.clone(), kind, None)))
                 .is_some_and(|o| {
                     !o.mime.eq_ignore_ascii_case(&codec.mime_type) || o.fmtp != codec.sdp_fmtp_line
                 });
@@ -67,9 +67,9 @@ impl MediaCore {
             let stale = self
                 .peers
                 .get(&sid)
-                .and_then(|s| s.role.outs())
-                .is_some_and(|outs| {
-                    outs.iter().any(|((p, k, _), o)| {
+                .and_then(|s| s.role.subscriber())
+                .is_some_and(|sending| {
+                    sending.outs().any(|((p, k, _), o)| {
                         *p == user
                             && *k == kind
                             && (!o.mime.eq_ignore_ascii_case(&codec.mime_type)
@@ -95,28 +95,28 @@ impl MediaCore {
         let Some(room) = self.rooms.get(&sub.room) else {
             return;
         };
-        let Some(outs) = sub.role.outs() else {
+        let Some(sending) = sub.role.subscriber() else {
             return;
         };
-        let mappings: Vec<(OutKey, Vec<(u8, u8)>)> = outs
-            .iter()
+        let mappings: Vec<(OutKey, Vec<(u8, u8)>)> = sending
+            .outs()
             .filter_map(|(key, out)| {
                 let negotiated = out.negotiated.as_ref()?;
                 let publisher = self.peers.get(room.publish.get(&key.0)?)?;
-                let track = publisher
-                    .role
-                    .tracks()?
-                    .values()
-                    .find(|t| t.kind == key.1)?;
+                let (_, track) = publisher.role.publisher()?.track_of(key.1)?;
                 Some((
                     key.clone(),
                     extensions::mapping(&track.extensions, &negotiated.extensions),
                 ))
             })
             .collect();
-        if let Some(outs) = self.peers.get_mut(&sid).and_then(|s| s.role.outs_mut()) {
+        if let Some(sending) = self
+            .peers
+            .get_mut(&sid)
+            .and_then(|s| s.role.subscriber_mut())
+        {
             for (key, ids) in mappings {
-                if let Some(out) = outs.get_mut(&key) {
+                if let Some(out) = sending.out_mut(&key) {
                     out.ext_ids = ids;
                 }
             }
@@ -143,9 +143,9 @@ impl MediaCore {
             .filter_map(|(u, id)| self.peers.get(id).map(|p| (u, p)))
             .flat_map(|(u, p)| {
                 p.role
-                    .tracks()
+                    .publisher()
                     .into_iter()
-                    .flat_map(|t| t.values())
+                    .flat_map(|p| p.tracks())
                     .map(move |t| (u.clone(), t.kind, t.codec.clone()))
             })
             .collect();
@@ -181,7 +181,7 @@ impl MediaCore {
                 .get_mut(&id)
                 .and_then(|p| p.role.subscriber_mut())
             {
-                s.new_connection = before;
+                s.set_new_connection(before);
             }
         }
         for (publisher, kind, codec) in published {
@@ -203,7 +203,7 @@ impl MediaCore {
         if self
             .peers
             .get(&sid)
-            .is_none_or(|s| s.role.outs().is_none_or(|o| o.contains_key(&key)))
+            .is_none_or(|s| s.role.subscriber().is_none_or(|o| o.has_out(&key)))
         {
             return false;
         }
@@ -220,8 +220,8 @@ impl MediaCore {
             if let Some(mut t) = sub.pc.rtp_transceiver(out.sender.into()) {
                 let _ = t.set_codec_preferences(Vec::new());
             }
-            if let Some(outs) = sub.role.outs_mut() {
-                outs.insert(key, out);
+            if let Some(sending) = sub.role.subscriber_mut() {
+                sending.insert_out(key, out);
             }
         }
         true
@@ -278,16 +278,17 @@ impl MediaCore {
         let Some(sub) = self.peers.get_mut(&sid) else {
             return false;
         };
-        let Some(outs) = sub.role.outs_mut() else {
+        let Some(sending) = sub.role.subscriber_mut() else {
             return false;
         };
-        let gone: Vec<OutKey> = outs
-            .keys()
+        let gone: Vec<OutKey> = sending
+            .outs()
+            .map(|(key, _)| key)
             .filter(|(p, k, _)| p == publisher && kind.is_none_or(|kind| kind == *k))
             .cloned()
             .collect();
         for key in &gone {
-            if let Some(out) = outs.remove(key) {
+            if let Some(out) = sending.remove_out(key) {
                 let _ = sub.pc.remove_track(out.sender);
             }
         }
@@ -309,7 +310,7 @@ impl MediaCore {
             return;
         };
         if sub.offer_pending() {
-            sub.renegotiate = true;
+            sub.renegotiate_later();
             return;
         }
         let pc = &mut peer.pc;
@@ -320,26 +321,23 @@ impl MediaCore {
         })();
         match offer {
             Ok(sdp) => {
-                sub.pending_offer = Some(sdp.clone());
                 self.offers_made += 1;
-                sub.offer_id = self.offers_made;
-                for out in sub.outs.values_mut() {
-                    out.offered = true;
-                }
+                let offer = sub.offer_made(sdp.clone(), self.offers_made);
+                let (offer_id, new_connection) = (offer.offer_id, offer.new_connection);
                 let event = match relay_to {
                     Some(node) => MediaEvent::RelayOffer {
                         room: peer.room.clone(),
                         node,
                         sdp,
-                        offer_id: sub.offer_id,
-                        fresh: sub.new_connection,
+                        offer_id,
+                        fresh: new_connection,
                     },
                     None => MediaEvent::SubscribeOffer {
                         room: peer.room.clone(),
                         user: peer.user.clone(),
                         sdp,
-                        new_connection: sub.new_connection,
-                        offer_id: sub.offer_id,
+                        new_connection,
+                        offer_id,
                     },
                 };
                 self.outputs.push_back(Output::Event(event));

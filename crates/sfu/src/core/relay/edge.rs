@@ -213,7 +213,7 @@ impl MediaCore {
             && let Some(via) = self
                 .peers
                 .get(&pid)
-                .and_then(|p| p.role.stand_in().map(|s| s.via))
+                .and_then(|p| p.role.stand_in().map(|s| s.via()))
             && via != id
             && !self.peers.contains_key(&via)
         {
@@ -229,7 +229,7 @@ impl MediaCore {
                 if self
                     .peers
                     .get(&pid)
-                    .is_some_and(|p| p.role.stand_in().is_some_and(|s| s.via == id)) =>
+                    .is_some_and(|p| p.role.stand_in().is_some_and(|s| s.via() == id)) =>
             {
                 pid
             }
@@ -293,11 +293,15 @@ impl MediaCore {
         };
         let source = self.next_source;
         let key = format!("{kind}");
-        let Some(tracks) = self.peers.get_mut(&sid).and_then(|p| p.role.tracks_mut()) else {
+        let Some(receiving) = self
+            .peers
+            .get_mut(&sid)
+            .and_then(|p| p.role.publisher_mut())
+        else {
             return;
         };
         let rid_str = rid.clone().unwrap_or_default();
-        let new_track = match tracks.get_mut(&key) {
+        let new_track = match receiving.track_mut(&key) {
             Some(track) if track.codec.mime_type.eq_ignore_ascii_case(&codec.mime_type) => {
                 if !track.add_layer(&rid_str, ssrc, source) {
                     return;
@@ -315,7 +319,7 @@ impl MediaCore {
                 if let Some(q) = layers::named(&rid_str) {
                     track.simulcast.push(q);
                 }
-                tracks.insert(key.clone(), track);
+                receiving.insert_track(key.clone(), track);
                 true
             }
         };
@@ -389,11 +393,11 @@ impl MediaCore {
             return;
         };
         let (room, publisher) = (stand_in.room.clone(), stand_in.user.clone());
-        let Some(tracks) = stand_in.role.tracks_mut() else {
+        let Some(receiving) = stand_in.role.publisher_mut() else {
             return;
         };
-        let kind = tracks.remove(&key).map(|t| t.kind);
-        let empty = tracks.is_empty();
+        let kind = receiving.remove_track(&key).map(|t| t.kind);
+        let empty = !receiving.has_tracks();
         if kind.is_some() || empty {
             self.withdraw(now, &room, &publisher, kind, empty.then_some(sid));
         }
@@ -450,7 +454,7 @@ impl MediaCore {
         let left: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.role.stand_in().is_some_and(|s| s.via == id))
+            .filter(|(_, p)| p.role.stand_in().is_some_and(|s| s.via() == id))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in left {

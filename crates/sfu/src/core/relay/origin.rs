@@ -40,7 +40,7 @@ impl MediaCore {
         if let Some(p) = self.peers.get_mut(&id) {
             p.role.relay_out(node.clone());
             if let Some(s) = p.role.subscriber_mut() {
-                s.new_connection = true;
+                s.set_new_connection(true);
             }
         }
         info!(%room, %node, "relay to another node opened");
@@ -81,14 +81,14 @@ impl MediaCore {
         let from = p
             .role
             .stand_in()
-            .and_then(|s| self.peers.get(&s.via))
+            .and_then(|s| self.peers.get(&s.via()))
             .and_then(|v| v.role.relay_in())
             .map(|r| r.node.as_str());
         if to.is_some() && to == from {
             return false;
         }
         let mut streams: Vec<(RtpCodecKind, RTCRtpCodec, Option<String>)> = Vec::new();
-        for t in p.role.tracks().into_iter().flat_map(|t| t.values()) {
+        for t in p.role.publisher().into_iter().flat_map(|p| p.tracks()) {
             let mut rids: Vec<Option<String>> = t
                 .layers
                 .iter()
@@ -112,7 +112,7 @@ impl MediaCore {
             if self
                 .peers
                 .get(&sid)
-                .is_none_or(|s| s.role.outs().is_none_or(|o| o.contains_key(&key)))
+                .is_none_or(|s| s.role.subscriber().is_none_or(|o| o.has_out(&key)))
             {
                 continue;
             }
@@ -121,8 +121,12 @@ impl MediaCore {
             }) else {
                 continue;
             };
-            if let Some(outs) = self.peers.get_mut(&sid).and_then(|s| s.role.outs_mut()) {
-                outs.insert(key, out);
+            if let Some(sending) = self
+                .peers
+                .get_mut(&sid)
+                .and_then(|s| s.role.subscriber_mut())
+            {
+                sending.insert_out(key, out);
                 added = true;
             }
         }
