@@ -439,8 +439,10 @@ impl Config {
                     );
                 }
                 for url in &webhook_urls {
-                    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                        && url.bytes().all(|b| b.is_ascii_graphic());
+                    // Read whole now: a URL that does not parse would be retried for nothing.
+                    let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+                        matches!(u.scheme(), "http" | "https") && u.host_str().is_some()
+                    });
                     if !ok {
                         bail!("webhook_url {url:?} must be an http:// or https:// URL");
                     }
@@ -751,5 +753,24 @@ credential = "p"
         let err = parse(&["--config", path.to_str().expect("utf-8")]).expect_err("typo refused");
         assert!(format!("{err:#}").contains("max_seat"), "{err:#}");
         std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn webhooks_need_a_secret_and_urls_that_parse() {
+        let url = "http://127.0.0.1:9000/hooks";
+        let secret = "webhook-secret-0123";
+        let c = parse(&["--webhook-url", url, "--webhook-secret", secret]).expect("valid");
+        let hooks = c.signaling.webhooks.expect("webhooks on");
+        assert_eq!(hooks.urls, [url]);
+        // The secret never shows in the configuration's Debug (logs).
+        assert!(!format!("{hooks:?}").contains(secret));
+        assert!(parse(&["--webhook-url", url]).is_err(), "no secret");
+        assert!(parse(&["--webhook-url", url, "--webhook-secret", "short"]).is_err());
+        assert!(parse(&["--webhook-secret", secret]).is_err(), "no URL");
+        for bad in ["ftp://x/y", "http://", "not a url", "http://exa mple.org/"] {
+            let r = parse(&["--webhook-url", bad, "--webhook-secret", secret]);
+            assert!(r.is_err(), "{bad}");
+        }
+        assert!(parse(&[]).expect("defaults").signaling.webhooks.is_none());
     }
 }

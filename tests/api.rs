@@ -124,13 +124,26 @@ async fn every_endpoint_does_what_the_contract_says_and_members_hear_it() {
         (400, &json!("bad_request")),
         "{body}"
     );
-    let huge = json!({"metadata": "x".repeat(20_000)}).to_string();
+    let huge = json!({"metadata": "x".repeat(40_000)}).to_string();
     let (status, body) = api(&s, "PUT", "/api/v1/rooms/shop/metadata", None, &huge).await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (413, &json!("too_large")),
         "{body}"
     );
+    // 4 KiB of control characters is 24 KiB escaped: still read, and taken.
+    let escaped = json!({"metadata": "\u{1}".repeat(4096)}).to_string();
+    assert!(escaped.len() > 16 * 1024);
+    let (status, body) = api(&s, "PUT", "/api/v1/rooms/shop/metadata", None, &escaped).await;
+    assert_eq!(status, 200, "{body}");
+    for m in [&mut anchor, &mut viewer, &mut guest] {
+        assert_eq!(
+            m.event("room_metadata").await["metadata"]
+                .as_str()
+                .map(str::len),
+            Some(4096)
+        );
+    }
     let (status, body) = api(&s, "PUT", "/api/v1/rooms/shop/metadata", None, "{not json").await;
     assert_eq!(
         (status, &body["error"]["code"]),
@@ -172,8 +185,13 @@ async fn every_endpoint_does_what_the_contract_says_and_members_hear_it() {
     assert_eq!(status, 200);
     let state = anchor.event("media_state").await;
     assert_eq!(
-        (&state["user"], &state["mic_blocked"]),
-        (&json!("gus"), &json!(true)),
+        (
+            &state["user"],
+            &state["mic"],
+            &state["mic_blocked"],
+            &state["by"]
+        ),
+        (&json!("gus"), &json!(false), &json!(true), &json!("anchor")),
         "{state}"
     );
     let (status, _) = api(&s, "POST", "/api/v1/rooms/shop/users/gus/mute", None, "{}").await;
@@ -229,6 +247,27 @@ async fn every_endpoint_does_what_the_contract_says_and_members_hear_it() {
     let (status, _) = api(&s, "DELETE", "/api/v1/rooms/shop", None, "").await;
     assert_eq!(status, 404);
 
+    // A request a web page made (a browser on this machine is on loopback too) is refused.
+    let r = s
+        .http(
+            "POST",
+            "/api/v1/rooms/shop/messages",
+            "Origin: http://evil.example\r\nContent-Type: text/plain\r\n",
+            msg,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = s
+        .http("GET", "/api/v1/rooms", "Sec-Fetch-Site: cross-site\r\n", "")
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A wrong method is a JSON refusal too.
+    let (status, body) = api(&s, "PATCH", "/api/v1/rooms", None, "").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (405, &json!("method_not_allowed"))
+    );
+
     // No secret: no tokens to make; an unknown path is a JSON 404.
     let (status, body) = api(
         &s,
@@ -254,6 +293,12 @@ async fn with_a_secret_only_unexpired_admin_tokens_call_the_api() {
     ];
     for (token, what) in cases {
         let (status, body) = api(&s, "GET", "/api/v1/rooms", token.as_deref(), "").await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{what}: {body}"
+        );
+        let (status, body) = api(&s, "DELETE", "/api/v1/rooms/r", token.as_deref(), "").await;
         assert_eq!(
             (status, &body["error"]["code"]),
             (401, &json!("unauthorized")),
@@ -403,4 +448,35 @@ async fn in_a_cluster_every_node_answers_for_every_room() {
         viewer.event("room_ended").await["reason"],
         "ended_by_server"
     );
+}
+
+#[tokio::test]
+async fn a_room_full_of_senders_is_held_to_the_rooms_message_budget() {
+    let s = server_with(|_| {}).await;
+    let (_anchor, _) = Ws::join(&s.url, "busy", "anna", "anchor").await;
+    let mut fans = Vec::new();
+    for i in 0..30 {
+        fans.push(
+            Ws::join(&s.url, "busy", &format!("f{i}"), "audience")
+                .await
+                .0,
+        );
+    }
+    // Each within its own 5, together 150 at once: past the room's 100, refused.
+    let (mut sent, mut refused) = (0, 0);
+    for fan in &mut fans {
+        for _ in 0..5 {
+            let r = fan
+                .request(json!({"type": "send_message", "topic": "chat", "data": "hi"}))
+                .await;
+            if r["ok"] == true {
+                sent += 1;
+            } else {
+                assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+                refused += 1;
+            }
+        }
+    }
+    assert!((100..130).contains(&sent), "{sent} sent, {refused} refused");
+    assert!(refused > 20, "{sent} sent, {refused} refused");
 }

@@ -224,8 +224,8 @@ async fn every_milestone_of_a_live_arrives_once_signed_and_in_order() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), events.len(), "ids are unique");
-    // Nothing more comes (each once).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing more comes (each once): longer than the first retry's backoff.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         receiver.events_of("live1", 0, Duration::ZERO).await.len(),
         want.len()
@@ -249,6 +249,28 @@ async fn every_milestone_of_a_live_arrives_once_signed_and_in_order() {
         (&kicked["by"], &kicked["ban_s"]),
         (&json!("server"), &json!(0))
     );
+}
+
+#[tokio::test]
+async fn a_server_shutting_down_reports_the_end_of_each_room_it_holds() {
+    let (receiver, url) = Receiver::start().await;
+    let mut s = server_with(|c| c.signaling.webhooks = Some(hooks(&url))).await;
+    let (_a1, _) = Ws::join(&s.url, "bye1", "anna", "anchor").await;
+    let (_a2, _) = Ws::join(&s.url, "bye2", "bob", "anchor").await;
+    receiver.events_of("bye2", 1, Duration::from_secs(10)).await;
+    let done = s.done.take().expect("running");
+    drop(s);
+    done.await.expect("joined").expect("stopped cleanly");
+    // Delivered before the server returned from its shutdown.
+    for room in ["bye1", "bye2"] {
+        let events = receiver.events_of(room, 2, Duration::ZERO).await;
+        assert_eq!(
+            names(&events),
+            ["room_started", "room_ended"],
+            "{events:#?}"
+        );
+        assert_eq!(events[1]["reason"], "server_shutdown");
+    }
 }
 
 #[tokio::test]

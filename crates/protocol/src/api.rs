@@ -37,6 +37,10 @@ pub struct RoomDetail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomList {
     pub rooms: Vec<RoomSummary>,
+    /// Added to the contract: nodes of the cluster that did not list their rooms in time (the
+    /// list is then partial; absent when every node answered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_nodes: Vec<String>,
 }
 
 /// A refusal: `{"error": {"code", "message"}}`.

@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tracing::{debug, warn};
 
 /// Where the events go and how hard delivery tries.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookConfig {
     /// Every event goes to each of these.
     pub urls: Vec<String>,
@@ -44,6 +44,18 @@ pub struct WebhookConfig {
     /// Rooms delivered side by side per URL (each lane one event at a time, so with a
     /// receiver 50 ms away a lane carries about 20 events a second).
     pub lanes: usize,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    // The secret and the URLs (which may carry credentials or a token) stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("urls", &self.urls.len())
+            .field("queue", &self.queue)
+            .field("retry_for", &self.retry_for)
+            .field("lanes", &self.lanes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookConfig {
@@ -134,6 +146,7 @@ impl Webhooks {
                             Target {
                                 client: client.clone(),
                                 url: url.clone(),
+                                host: log_host(url),
                                 secret: secret.clone(),
                                 queued: queued.clone(),
                             },
@@ -184,30 +197,32 @@ impl Webhooks {
             }
             let lane = &sink.lanes[(hasher.finish() % sink.lanes.len() as u64) as usize];
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            lane.queue
-                .lock()
-                .expect("no code panics holding the lock")
-                .push_back(Event {
+            {
+                let mut queue = lane.queue.lock().expect("no code panics holding the lock");
+                // Counted before a delivery can take it off, so the counts never go below 0.
+                sink.queued.fetch_add(1, Ordering::Relaxed);
+                self.counts.queued.fetch_add(1, Ordering::Relaxed);
+                queue.push_back(Event {
                     body: body.clone(),
                     at,
                     seq,
                 });
-            sink.queued.fetch_add(1, Ordering::Relaxed);
-            self.counts.queued.fetch_add(1, Ordering::Relaxed);
+            }
             lane.ready.notify_one();
         }
     }
 
-    /// The URL's queue is full: its longest lane drops its oldest event (a lane's front may be
-    /// mid-delivery; it is dropped all the same, and its delivery then removes nothing).
+    /// The URL's queue is full: the oldest event of all its lanes goes (it may be mid-delivery;
+    /// it is dropped all the same, and its delivery then removes nothing).
     fn drop_oldest(&self, sink: &Sink) {
-        let longest = sink.lanes.iter().max_by_key(|l| {
+        let oldest = sink.lanes.iter().min_by_key(|l| {
             l.queue
                 .lock()
                 .expect("no code panics holding the lock")
-                .len()
+                .front()
+                .map_or(u64::MAX, |e| e.seq)
         });
-        if let Some(lane) = longest
+        if let Some(lane) = oldest
             && lane
                 .queue
                 .lock()
@@ -233,6 +248,8 @@ impl Webhooks {
 struct Target {
     client: reqwest::Client,
     url: String,
+    /// The URL's scheme, host and port, for logs (its path or query may carry a token).
+    host: String,
     secret: Arc<[u8]>,
     /// What this URL's lanes hold in all.
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -255,8 +272,11 @@ async fn deliver(
             lane.ready.notified().await;
             continue;
         };
-        let delivered = attempt(&target, &body, config.attempt_timeout).await;
-        let expired = !delivered && at.elapsed() >= config.retry_for;
+        // Past its retry time it goes without another attempt (against a silent receiver each
+        // costs the attempt's timeout).
+        let too_old = at.elapsed() >= config.retry_for;
+        let delivered = !too_old && attempt(&target, &body, config.attempt_timeout).await;
+        let expired = !delivered && (too_old || at.elapsed() >= config.retry_for);
         if delivered || expired {
             let mut queue = lane.queue.lock().expect("no code panics holding the lock");
             // An overflow may have dropped it meanwhile: remove this one only.
@@ -274,7 +294,7 @@ async fn deliver(
         counts.failed_attempts.fetch_add(1, Ordering::Relaxed);
         if expired {
             counts.dropped_expired.fetch_add(1, Ordering::Relaxed);
-            warn!(url = %target.url, "a webhook event was dropped after its retry time");
+            warn!(url = %target.host, "a webhook event was dropped after its retry time");
             continue;
         }
         sleep(backoff).await;
@@ -297,11 +317,11 @@ async fn attempt(target: &Target, body: &Arc<str>, limit: Duration) -> bool {
     match timeout(limit, request.send()).await {
         Ok(Ok(r)) if r.status().is_success() => true,
         Ok(Ok(r)) => {
-            debug!(url = %target.url, status = %r.status(), "webhook refused");
+            debug!(url = %target.host, status = %r.status(), "webhook refused");
             false
         }
         Ok(Err(e)) => {
-            debug!(url = %target.url, error = ?e, "webhook not delivered");
+            debug!(url = %target.host, error = %e.without_url(), "webhook not delivered");
             false
         }
         Err(_) => false,
@@ -345,6 +365,18 @@ pub(crate) fn event_of(milestone: &Milestone, via: &str) -> (&'static str, Value
                 "ban_s": ban_s,
             }),
         ),
+    }
+}
+
+fn log_host(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 

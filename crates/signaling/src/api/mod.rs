@@ -41,8 +41,9 @@ use crate::Signaling;
 use crate::auth::{bearer, sign_token};
 use crate::ratelimit::Bucket;
 
-/// The largest request body read (metadata of 4 KiB, JSON-escaped, fits).
-pub const MAX_BODY: usize = 16 * 1024;
+/// The largest request body read: 4 KiB of metadata fits even JSON-escaped (a control
+/// character takes six bytes as `\u00XX`).
+pub const MAX_BODY: usize = 32 * 1024;
 /// How long a call to another node of the cluster may take.
 const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client addresses tracked by the rate limit at once; idle ones make room.
@@ -55,6 +56,8 @@ const TOKEN_TTL_MAX_S: u64 = 24 * 3600;
 #[derive(Default)]
 pub(crate) struct Limits {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    /// When the table was last swept of idle addresses (at most once a second).
+    swept: Mutex<Option<Instant>>,
 }
 
 impl Limits {
@@ -64,10 +67,15 @@ impl Limits {
             .lock()
             .expect("no code panics holding the lock");
         if buckets.len() >= TRACKED && !buckets.contains_key(&ip) {
-            buckets.retain(|_, b| !b.is_idle(now));
+            let mut swept = self.swept.lock().expect("no code panics holding the lock");
+            if swept.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1)) {
+                *swept = Some(now);
+                buckets.retain(|_, b| !b.is_idle(now));
+            }
             if buckets.len() >= TRACKED {
-                // Every tracked address is busy: a new one waits its turn.
-                return false;
+                // Every tracked address is busy (thousands of them): a new one goes on untracked
+                // rather than locking the integrator's backend out; the caller check still holds.
+                return true;
             }
         }
         buckets
@@ -89,6 +97,7 @@ pub(crate) fn routes(sig: Signaling) -> Router {
         .route("/rooms/{room}/users/{user}/mute", post(mute))
         .route("/tokens", post(token))
         .fallback(unknown)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(sig.clone(), guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(sig);
@@ -137,6 +146,15 @@ async fn guard(
                 );
             }
         },
+        // A browser on this machine is on loopback too: a request a web page made (it carries
+        // the page's Origin, or says it is cross-site) is not the operator's.
+        None if from_a_web_page(request.headers()) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this server has no jwt_secret: its API does not answer requests made by web pages",
+            );
+        }
         None if ip.is_some_and(|ip| ip.to_canonical().is_loopback()) => "loopback".to_owned(),
         None => {
             return refuse(
@@ -152,6 +170,15 @@ async fn guard(
     response
 }
 
+/// Whether a browser made this request for a web page: it names the page's origin, or says the
+/// request is not the user's own (`Sec-Fetch-Site` other than `none`).
+fn from_a_web_page(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(axum::http::header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"none")
+}
+
 /// Ask the hub; in a cluster, the node holding the room when that is another.
 pub(crate) async fn call(sig: &Signaling, call: ApiCall) -> ApiAnswer {
     match sig.api(call.clone()).await {
@@ -165,7 +192,11 @@ pub(crate) async fn call(sig: &Signaling, call: ApiCall) -> ApiAnswer {
     match sig.origin_of(&room).await {
         Some(node) => {
             match tokio::time::timeout(NODE_TIMEOUT, sig.api_at(node.clone(), call)).await {
-                Ok(Some(ApiAnswer::NotHere)) | Ok(None) | Err(_) => {
+                // It ended, or moved, since the directory named that node.
+                Ok(Some(ApiAnswer::NotHere)) => {
+                    ApiAnswer::refused(404, "not_found", "no live room with that id")
+                }
+                Ok(None) | Err(_) => {
                     warn!(%node, %room, "the node holding the room did not answer the server API");
                     ApiAnswer::refused(
                         503,
@@ -183,7 +214,11 @@ pub(crate) async fn call(sig: &Signaling, call: ApiCall) -> ApiAnswer {
 fn respond(answer: ApiAnswer) -> Response {
     match answer {
         ApiAnswer::Done => Json(serde_json::json!({})).into_response(),
-        ApiAnswer::Rooms { rooms } => Json(RoomList { rooms }).into_response(),
+        ApiAnswer::Rooms { rooms } => Json(RoomList {
+            rooms,
+            missing_nodes: Vec::new(),
+        })
+        .into_response(),
         ApiAnswer::Room { room } => Json(room).into_response(),
         ApiAnswer::NotHere => refuse(
             StatusCode::NOT_FOUND,
@@ -248,7 +283,7 @@ async fn list_rooms(State(sig): State<Signaling>) -> Response {
             ));
         }
     };
-    // Every node's rooms: each asked at once, one that does not answer in time left out.
+    // Every node's rooms: each asked at once; one that does not answer in time is named.
     let asks = sig.other_nodes().await.into_iter().map(|node| {
         let sig = sig.clone();
         async move {
@@ -256,20 +291,28 @@ async fn list_rooms(State(sig): State<Signaling>) -> Response {
                 tokio::time::timeout(NODE_TIMEOUT, sig.api_at(node.clone(), ApiCall::ListRooms))
                     .await;
             match answer {
-                Ok(Some(ApiAnswer::Rooms { rooms })) => rooms,
+                Ok(Some(ApiAnswer::Rooms { rooms })) => Ok(rooms),
                 _ => {
                     warn!(%node, "a node did not list its rooms for the server API");
-                    Vec::new()
+                    Err(node)
                 }
             }
         }
     });
-    for more in futures_util::future::join_all(asks).await {
-        rooms.extend(more);
+    let mut missing_nodes = Vec::new();
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(more) => rooms.extend(more),
+            Err(node) => missing_nodes.push(node),
+        }
     }
     rooms.sort_by(|a, b| a.room.as_str().cmp(b.room.as_str()));
     rooms.dedup_by(|a, b| a.room == b.room);
-    respond(ApiAnswer::Rooms { rooms })
+    Json(RoomList {
+        rooms,
+        missing_nodes,
+    })
+    .into_response()
 }
 
 async fn get_room(State(sig): State<Signaling>, Path(room): Path<String>) -> Response {
@@ -441,6 +484,14 @@ async fn token(State(sig): State<Signaling>, body: Result<Bytes, BytesRejection>
     Json(TokenResult { token }).into_response()
 }
 
+async fn wrong_method() -> Response {
+    refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint takes another method (docs/api.md)",
+    )
+}
+
 async fn unknown() -> Response {
     refuse(
         StatusCode::NOT_FOUND,
@@ -522,12 +573,17 @@ mod tests {
         for i in 0..TRACKED as u32 {
             assert!(limits.admit(IpAddr::V4(Ipv4Addr::from(i)), 20.0, now));
         }
-        // Every tracked address is busy at this instant: a new one waits, a known one goes on.
-        assert!(!limits.admit(IpAddr::V4(Ipv4Addr::from(u32::MAX)), 20.0, now));
-        assert!(limits.admit(IpAddr::V4(Ipv4Addr::from(1)), 20.0, now));
-        // Later the idle ones make room.
+        // Every tracked address is busy at this instant: a new one goes on untracked (the
+        // table does not grow), and a known one is still limited.
+        let new = IpAddr::V4(Ipv4Addr::from(u32::MAX));
+        assert!(limits.admit(new, 20.0, now));
+        assert_eq!(limits.buckets.lock().expect("lock").len(), TRACKED);
+        let known = IpAddr::V4(Ipv4Addr::from(1));
+        let passed = (0..100).filter(|_| limits.admit(known, 20.0, now)).count();
+        assert_eq!(passed, 39, "a burst of 40, one taken above");
+        // Later the idle ones make room and the new address is tracked.
         let later = now + Duration::from_secs(5);
-        assert!(limits.admit(IpAddr::V4(Ipv4Addr::from(u32::MAX)), 20.0, later));
+        assert!(limits.admit(new, 20.0, later));
         assert!(limits.buckets.lock().expect("lock").len() < TRACKED);
     }
 }

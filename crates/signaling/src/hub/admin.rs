@@ -23,6 +23,11 @@ use crate::wire::{ConnId, encode};
 const DETAIL_VIEWERS: usize = 1000;
 /// Room messages one member may send a second.
 pub(crate) const MESSAGES_PER_S: f64 = 5.0;
+/// Room messages all members of one room may send a second (twice that at once): each goes to
+/// every member, so a room full of senders must not multiply into every socket's queue.
+pub(crate) const ROOM_MESSAGES_PER_S: f64 = 50.0;
+/// Rooms whose message rate is tracked at once; idle ones make room.
+const ROOM_BUCKETS: usize = 4096;
 /// Server API calls waiting for another node's answer at most.
 const CALLS_IN_FLIGHT: usize = 1024;
 
@@ -74,7 +79,7 @@ impl Hub {
                     data,
                     at: unix_ms(),
                 };
-                self.broadcast(&room, &event);
+                self.broadcast_live(&room, &event);
                 return ApiAnswer::Done;
             }
             ApiCall::EndRoom { room } => (room, ServerAction::End),
@@ -145,7 +150,7 @@ impl Hub {
         };
         if c.calls.len() >= CALLS_IN_FLIGHT {
             // Callers that gave up (their HTTP request timed out) make room.
-            c.calls.retain(|_, r| !r.is_closed());
+            c.calls.retain(|_, (_, r)| !r.is_closed());
             if c.calls.len() >= CALLS_IN_FLIGHT {
                 let _ = reply.send(ApiAnswer::refused(
                     503,
@@ -157,10 +162,10 @@ impl Hub {
         }
         c.next_call += 1;
         let id = c.next_call;
-        c.calls.insert(id, reply);
+        c.calls.insert(id, (node.clone(), reply));
         let relay = Relay::Api { id, call };
         if c.out.try_send(RelayOut::Send { node, relay }).is_err()
-            && let Some(reply) = c.calls.remove(&id)
+            && let Some((_, reply)) = c.calls.remove(&id)
         {
             let _ = reply.send(ApiAnswer::refused(
                 503,
@@ -182,7 +187,13 @@ impl Hub {
 
     /// Another node answered call `id`.
     pub(super) fn api_answered(&mut self, from: &str, id: u64, answer: ApiAnswer) {
-        if let Some(reply) = self.cluster.as_mut().and_then(|c| c.calls.remove(&id)) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        // Only the node asked answers a call.
+        if c.calls.get(&id).is_some_and(|(node, _)| node == from)
+            && let Some((_, reply)) = c.calls.remove(&id)
+        {
             debug!(node = from, id, "a node answered a server API call");
             let _ = reply.send(answer);
         }
@@ -233,6 +244,22 @@ impl Hub {
                 "at most 5 messages a second",
             );
         }
+        if self.room_messages.len() >= ROOM_BUCKETS && !self.room_messages.contains_key(room) {
+            self.room_messages.retain(|_, b| !b.is_idle(now));
+        }
+        let room_admits = self
+            .room_messages
+            .entry(room.clone())
+            .or_insert_with(|| Bucket::new(ROOM_MESSAGES_PER_S, 2.0, now))
+            .take(now);
+        if !room_admits {
+            return self.reply_err(
+                conn,
+                id,
+                ErrorCode::RateLimited,
+                "this room's members send at most 50 messages a second together",
+            );
+        }
         let from = self.seats.user_info(room, user);
         let event = Event::RoomMessage {
             from,
@@ -241,7 +268,7 @@ impl Hub {
             at: unix_ms(),
         };
         self.send_conn(conn, encode(&Reply::ok(id, miclink_protocol::Empty {})));
-        self.broadcast(room, &event);
+        self.broadcast_live(room, &event);
     }
 
     /// A milestone of a room held here, to the webhooks.

@@ -42,7 +42,7 @@ pub(crate) struct Clustered {
     /// where this node sends its requests).
     pub(super) live: HashSet<String>,
     /// Server API calls carried to other nodes, waiting for their answers, by call id.
-    pub(super) calls: HashMap<u64, oneshot::Sender<crate::api::ApiAnswer>>,
+    pub(super) calls: HashMap<u64, (String, oneshot::Sender<crate::api::ApiAnswer>)>,
     pub(super) next_call: u64,
 }
 
@@ -351,6 +351,22 @@ impl Hub {
             return;
         };
         cluster.live.remove(node);
+        // Server API calls waiting on it get their answer now.
+        let lost: Vec<u64> = cluster
+            .calls
+            .iter()
+            .filter(|(_, (n, _))| n == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some((_, reply)) = cluster.calls.remove(&id) {
+                let _ = reply.send(crate::api::ApiAnswer::refused(
+                    503,
+                    "unavailable",
+                    "the node holding the room was lost",
+                ));
+            }
+        }
         let served: Vec<ConnId> = cluster
             .served
             .iter()

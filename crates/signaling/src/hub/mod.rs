@@ -88,6 +88,8 @@ pub(crate) struct Hub {
     cluster: Option<Clustered>,
     /// Where the rooms' milestones go, when webhooks are configured.
     webhooks: Option<crate::webhook::Webhooks>,
+    /// Room messages per room (`send_message`), all members together.
+    room_messages: HashMap<Ident, crate::ratelimit::Bucket>,
 }
 
 fn now() -> std::time::Instant {
@@ -117,6 +119,7 @@ impl Hub {
             attached: HashMap::new(),
             cluster,
             webhooks,
+            room_messages: HashMap::new(),
         };
         (hub, media_events)
     }
@@ -255,6 +258,15 @@ impl Hub {
             "shutting down"
         );
         self.shutdown = Some((Instant::now() + self.config.shutdown_grace, vec![done]));
+        // The rooms end without their seats being told (the process is going): their ends go
+        // to the webhooks from here, and `Signaling::shutdown` waits for them to be delivered.
+        let held: Vec<Ident> = self.seats.rooms().cloned().collect();
+        for room in held {
+            let end = miclink_seats::Milestone::RoomEnded {
+                reason: EndReason::ServerShutdown,
+            };
+            self.milestone(&room, &end);
+        }
         let ended = encode(&Event::RoomEnded {
             reason: EndReason::ServerShutdown,
         });

@@ -64,6 +64,22 @@ impl Hub {
         }
     }
 
+    /// One event to every session of `room` that has a socket now: a room message, which a
+    /// session waiting for its resume does not keep (its backlog is for the room's state).
+    pub(super) fn broadcast_live(&mut self, room: &Ident, event: &Event) {
+        let Some(members) = self.rooms.get(room) else {
+            return;
+        };
+        let text = encode(event);
+        let conns: Vec<ConnId> = members
+            .iter()
+            .filter_map(|sid| self.sessions.get(sid)?.conn)
+            .collect();
+        for conn in conns {
+            self.send_conn(conn, text.clone());
+        }
+    }
+
     pub(super) fn reply_err(
         &mut self,
         conn: ConnId,
