@@ -87,6 +87,23 @@ struct AdminClaims {
     nbf: Option<u64>,
 }
 
+/// Claims with a not-before time (checked with its own leeway, not the library's).
+trait HasNbf {
+    fn nbf(&self) -> Option<u64>;
+}
+
+impl HasNbf for Claims {
+    fn nbf(&self) -> Option<u64> {
+        self.nbf
+    }
+}
+
+impl HasNbf for AdminClaims {
+    fn nbf(&self) -> Option<u64> {
+        self.nbf
+    }
+}
+
 pub(crate) struct Auth {
     key: DecodingKey,
     validation: Validation,
@@ -110,24 +127,37 @@ impl Auth {
         }
     }
 
-    /// Whether `token` is an admin token of this server (the server API's); its `sub`, or
-    /// "admin" when it names none.
-    pub(crate) fn admin(&self, token: &str) -> Result<String, AuthError> {
+    /// `token`'s claims, signed with this server's secret and checked by `validation`, whose
+    /// `nbf` (if any) has come: what every token, a member's or an admin's, must pass.
+    fn claims<T: serde::de::DeserializeOwned + HasNbf>(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<T, AuthError> {
+        // A header the library cannot read names an algorithm it does not know (`none`), or
+        // is no header at all.
         if let Err(e) = jsonwebtoken::decode_header(token) {
             return Err(match e.kind() {
                 ErrorKind::Json(_) => AuthError::Algorithm,
                 _ => AuthError::Malformed,
             });
         }
-        let claims = decode::<AdminClaims>(token, &self.key, &self.admin)
+        let claims = decode::<T>(token, &self.key, validation)
             .map_err(|e| refusal(e.kind()))?
             .claims;
         if claims
-            .nbf
+            .nbf()
             .is_some_and(|nbf| nbf > jsonwebtoken::get_current_timestamp() + NBF_LEEWAY_S)
         {
             return Err(AuthError::NotYetValid);
         }
+        Ok(claims)
+    }
+
+    /// Whether `token` is an admin token of this server (the server API's); its `sub`, or
+    /// "admin" when it names none.
+    pub(crate) fn admin(&self, token: &str) -> Result<String, AuthError> {
+        let claims: AdminClaims = self.claims(token, &self.admin)?;
         if claims.role != "admin" {
             return Err(AuthError::NotAdmin);
         }
@@ -151,23 +181,7 @@ impl Auth {
         role: Role,
     ) -> Result<Ident, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
-        // A header the library cannot read names an algorithm it does not know (`none`), or
-        // is no header at all.
-        if let Err(e) = jsonwebtoken::decode_header(token) {
-            return Err(match e.kind() {
-                ErrorKind::Json(_) => AuthError::Algorithm,
-                _ => AuthError::Malformed,
-            });
-        }
-        let claims = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| refusal(e.kind()))?
-            .claims;
-        if claims
-            .nbf
-            .is_some_and(|nbf| nbf > jsonwebtoken::get_current_timestamp() + NBF_LEEWAY_S)
-        {
-            return Err(AuthError::NotYetValid);
-        }
+        let claims: Claims = self.claims(token, &self.validation)?;
         if claims.room != room.as_str() {
             return Err(AuthError::OtherRoom);
         }
